@@ -1,0 +1,291 @@
+//! Durations as operators write them: `"30s"`, `"10m"`, `"1h30m"`, `"1w"`, or
+//! plain seconds; `-1` means "for ever" where a ban length is expected.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// A non-negative length of time, in whole seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    /// The length in milliseconds, the unit the jail engine counts in.
+    pub fn as_millis(self) -> i64 {
+        (self.0 as i64).saturating_mul(1000)
+    }
+}
+
+/// How long a ban lasts: a finite duration or for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BanTime {
+    /// The ban lapses after this long.
+    For(Duration),
+    /// The ban never lapses (written `-1`).
+    Permanent,
+}
+
+impl BanTime {
+    /// The length in milliseconds, `None` for a permanent ban.
+    pub fn as_millis(self) -> Option<i64> {
+        match self {
+            BanTime::For(d) => Some(d.as_millis()),
+            BanTime::Permanent => None,
+        }
+    }
+}
+
+/// Why a duration could not be read; the message says what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid duration {text:?}: {why}; expected e.g. \"30s\", \"10m\", \"1h30m\", \"1d\", \"1w\" or a number of seconds"
+)]
+pub struct DurationError {
+    text: String,
+    why: &'static str,
+}
+
+/// Parses `"1h30m"`, `"45s"`, `"2d"`, `"1w"` or `"600"` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let err = |why| DurationError {
+        text: text.to_string(),
+        why,
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration)
+            .map_err(|_| err("the number is too large"));
+    }
+    let mut total: u64 = 0;
+    let mut num: Option<u64> = None;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(d) = c.to_digit(10) {
+            let n = num.unwrap_or(0);
+            num = Some(
+                n.checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d)))
+                    .ok_or_else(|| err("the number is too large"))?,
+            );
+            continue;
+        }
+        if c.is_whitespace() {
+            continue;
+        }
+        let n = num
+            .take()
+            .ok_or_else(|| err("a unit has no number before it"))?;
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => {
+                // "mo"/"min" are common slips; accept "min", refuse months.
+                if chars.peek() == Some(&'i') {
+                    chars.next();
+                    if chars.next() != Some('n') {
+                        return Err(err("unknown unit"));
+                    }
+                }
+                60
+            }
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(err("unknown unit (use s, m, h, d or w)")),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| err("it is too long"))?;
+    }
+    if num.is_some() {
+        return Err(err("a number has no unit after it"));
+    }
+    Ok(Duration(total))
+}
+
+/// Parses a ban length: a duration, or `-1` for permanent.
+pub fn parse_bantime(text: &str) -> Result<BanTime, DurationError> {
+    if text.trim() == "-1" {
+        return Ok(BanTime::Permanent);
+    }
+    parse_duration(text).map(BanTime::For)
+}
+
+impl fmt::Display for Duration {
+    /// Writes the shortest unit combination, e.g. `1h30m`, `10m`, `0s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        if rest == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, name) in [
+            (604_800, "w"),
+            (86_400, "d"),
+            (3600, "h"),
+            (60, "m"),
+            (1, "s"),
+        ] {
+            if rest >= unit {
+                write!(f, "{}{}", rest / unit, name)?;
+                rest %= unit;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for BanTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BanTime::For(d) => d.fmt(f),
+            BanTime::Permanent => f.write_str("permanent"),
+        }
+    }
+}
+
+struct DurationVisitor {
+    allow_permanent: bool,
+}
+
+impl<'de> Visitor<'de> for DurationVisitor {
+    type Value = BanTime;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.allow_permanent {
+            f.write_str(
+                "a duration such as \"10m\", \"1h30m\", a number of seconds, or -1 for permanent",
+            )
+        } else {
+            f.write_str("a duration such as \"30s\", \"10m\", \"1h30m\" or a number of seconds")
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<BanTime, E> {
+        if v == -1 && self.allow_permanent {
+            return Ok(BanTime::Permanent);
+        }
+        u64::try_from(v)
+            .map(|s| BanTime::For(Duration(s)))
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<BanTime, E> {
+        Ok(BanTime::For(Duration(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<BanTime, E> {
+        let r = if self.allow_permanent {
+            parse_bantime(v)
+        } else {
+            parse_duration(v).map(BanTime::For)
+        };
+        r.map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_any(DurationVisitor {
+            allow_permanent: false,
+        })? {
+            BanTime::For(d) => Ok(d),
+            BanTime::Permanent => Err(de::Error::custom(
+                "a permanent duration is not allowed here",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BanTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor {
+            allow_permanent: true,
+        })
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for BanTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BanTime::For(d) => s.collect_str(d),
+            BanTime::Permanent => s.serialize_i64(-1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_combinations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration(3600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration(86_400)));
+        assert_eq!(parse_duration("1w"), Ok(Duration(604_800)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration(5400)));
+        assert_eq!(parse_duration("1h 30m 5s"), Ok(Duration(5405)));
+        assert_eq!(parse_duration("600"), Ok(Duration(600)));
+        assert_eq!(parse_duration("5min"), Ok(Duration(300)));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for bad in [
+            "",
+            "h",
+            "10x",
+            "1h30",
+            "-5m",
+            "99999999999999999999s",
+            "5mo",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn bantime_minus_one_is_permanent() {
+        assert_eq!(parse_bantime("-1"), Ok(BanTime::Permanent));
+        assert_eq!(parse_bantime("2h"), Ok(BanTime::For(Duration(7200))));
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn displays_shortest_form() {
+        assert_eq!(Duration(5400).to_string(), "1h30m");
+        assert_eq!(Duration(0).to_string(), "0s");
+        assert_eq!(Duration(86_400 + 1).to_string(), "1d1s");
+        assert_eq!(BanTime::Permanent.to_string(), "permanent");
+    }
+
+    #[test]
+    fn deserializes_integers_and_strings() {
+        #[derive(Deserialize)]
+        struct T {
+            a: Duration,
+            b: BanTime,
+            c: BanTime,
+            d: BanTime,
+        }
+        let t: T = toml::from_str("a = 60\nb = -1\nc = \"-1\"\nd = \"1h\"").unwrap();
+        assert_eq!(t.a, Duration(60));
+        assert_eq!(t.b, BanTime::Permanent);
+        assert_eq!(t.c, BanTime::Permanent);
+        assert_eq!(t.d, BanTime::For(Duration(3600)));
+        assert!(toml::from_str::<T>("a = -1\nb = 1\nc = 1\nd = 1").is_err());
+    }
+}

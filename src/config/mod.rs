@@ -1,0 +1,627 @@
+//! Configuration: TOML in fail2ban's vocabulary, read in two phases.
+//!
+//! Phase one deserialises into `Raw*` structs that reject unknown keys and bad
+//! values with the span of the offending text. Phase two resolves jails
+//! against `[defaults]` and checks what only makes sense as a whole (a filter
+//! that exists, a jail with something to read). Every error names the file,
+//! line and key, and says what is expected.
+
+pub mod duration;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+use crate::filter::{self, FilterOptions};
+use duration::{BanTime, Duration};
+
+/// The embedded default configuration (also the commented reference).
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Where the daemon looks for its configuration when none is given.
+pub const DEFAULT_PATH: &str = "/etc/sipwarden/sipwarden.toml";
+
+/// A configuration error, with the place it points at.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the configuration: {source}; check the path and its permissions")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is wrong at some place.
+    #[error("{path}:{line}:{column}: {message}\n{snippet}")]
+    Invalid {
+        /// The file (or `<embedded default>`).
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong and what is expected.
+        message: String,
+        /// The offending line with a caret under the place.
+        snippet: String,
+    },
+}
+
+/// An address or CIDR network, as `ignoreip` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetSpec(pub IpNet);
+
+impl<'de> Deserialize<'de> for NetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_net(&s).map(NetSpec).map_err(de::Error::custom)
+    }
+}
+
+/// Parses `192.0.2.1`, `2001:db8::1`, `198.51.100.0/24` or `2001:db8::/32`.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(ip.to_canonical()));
+    }
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR network (expected e.g. \"192.0.2.1\", \"198.51.100.0/24\", \"2001:db8::/32\")"))
+}
+
+/// One path or a list of paths.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathList(pub Vec<PathBuf>);
+
+impl<'de> Deserialize<'de> for PathList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(PathBuf),
+            Many(Vec<PathBuf>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(p)) => Ok(PathList(vec![p])),
+            Ok(OneOrMany::Many(v)) => Ok(PathList(v)),
+            Err(_) => Err(de::Error::custom("expected a path or a list of paths")),
+        }
+    }
+}
+
+/// The firewall backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Kernel sets in table `inet <table>`, over netlink.
+    Nftables,
+    /// Log decisions only.
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    socket_group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    maxretry: Option<Spanned<u32>>,
+    findtime: Option<Duration>,
+    bantime: Option<BanTime>,
+    ignoreip: Option<Vec<NetSpec>>,
+    ignoreself: Option<bool>,
+    max_tracked: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirewall {
+    backend: Option<Backend>,
+    table: Option<Spanned<String>>,
+    keep_on_exit: Option<bool>,
+    set_size: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJail {
+    enabled: Option<bool>,
+    filter: Option<Spanned<String>>,
+    logpath: Option<PathList>,
+    from_start: Option<bool>,
+    logtimezone: Option<Spanned<String>>,
+    count_challenges: Option<bool>,
+    count_abandoned: Option<bool>,
+    maxretry: Option<Spanned<u32>>,
+    findtime: Option<Duration>,
+    bantime: Option<BanTime>,
+    ignoreip: Option<Vec<NetSpec>>,
+    ignoreself: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    firewall: RawFirewall,
+    #[serde(default)]
+    jail: BTreeMap<String, Spanned<RawJail>>,
+}
+
+/// `[daemon]`: where the daemon keeps its state and control socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Directory of the state database.
+    pub state_dir: PathBuf,
+    /// Path of the control socket.
+    pub socket: PathBuf,
+    /// Group allowed to use the control socket.
+    pub socket_group: Option<String>,
+}
+
+/// `[firewall]`: how decisions reach the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// Which enforcer applies decisions.
+    pub backend: Backend,
+    /// The nftables table (family inet) sipwarden owns.
+    pub table: String,
+    /// Leave the table and its bans in place on exit.
+    pub keep_on_exit: bool,
+    /// Maximum elements per kernel set; 0 for no limit.
+    pub set_size: u32,
+}
+
+/// One jail, with `[defaults]` applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JailConfig {
+    /// The jail's name (`[jail.NAME]`).
+    pub name: String,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Built-in filter name.
+    pub filter: Option<String>,
+    /// Log files to follow.
+    pub logpath: Vec<PathBuf>,
+    /// Read followed files from their start.
+    pub from_start: bool,
+    /// Zone of zone-less timestamps, as written.
+    pub logtimezone: String,
+    /// Options passed to the filter.
+    pub filter_options: FilterOptions,
+    /// Failures that trigger a ban.
+    pub maxretry: u32,
+    /// The counting window.
+    pub findtime: Duration,
+    /// Ban length.
+    pub bantime: BanTime,
+    /// Networks never counted.
+    pub ignoreip: Vec<IpNet>,
+    /// Never count the host's own addresses.
+    pub ignoreself: bool,
+    /// Cap on addresses with live failure state.
+    pub max_tracked: usize,
+}
+
+/// A whole, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where it was read from (`<embedded default>` for the built-in one).
+    pub origin: String,
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[firewall]`.
+    pub firewall: FirewallConfig,
+    /// Every `[jail.NAME]`, enabled or not, in name order.
+    pub jails: Vec<JailConfig>,
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG, "<embedded default>")
+    }
+
+    /// Reads `path`, or without one `/etc/sipwarden/sipwarden.toml`, or when that
+    /// does not exist the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = PathBuf::from(DEFAULT_PATH);
+                if !p.exists() {
+                    return Config::embedded();
+                }
+                p
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            invalid(text, origin, span, e.message().trim_end())
+        })?;
+        resolve(raw, text, origin)
+    }
+
+    /// The jails that run.
+    pub fn enabled_jails(&self) -> impl Iterator<Item = &JailConfig> {
+        self.jails.iter().filter(|j| j.enabled)
+    }
+}
+
+/// Builds an `Invalid` error at byte range `span` of `text`, naming the key
+/// and table found there.
+fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> ConfigError {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |p| start + p);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let src_line = &text[line_start..line_end];
+    let mut message = message.to_string();
+    // Say which key and table, unless the message already names them.
+    let key = src_line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'));
+    if let Some(key) = key {
+        if !message.contains(&format!("`{key}`")) {
+            message = format!("key `{key}`: {message}");
+        }
+    }
+    if let Some(table) = table {
+        if !src_line.trim().starts_with('[') {
+            message = format!("{message} (in {table})");
+        }
+    }
+    let width = span
+        .end
+        .saturating_sub(span.start)
+        .clamp(1, src_line.len().saturating_sub(column - 1).max(1));
+    let snippet = format!(
+        "  | {src_line}\n  | {}{}",
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    );
+    ConfigError::Invalid {
+        path: origin.to_string(),
+        line: line_no,
+        column,
+        message,
+        snippet,
+    }
+}
+
+fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let err = |span: Range<usize>, msg: String| invalid(text, origin, span, &msg);
+    let d = &raw.defaults;
+    let def_maxretry = d.maxretry.as_ref().map_or(5, |s| *s.get_ref());
+    if let Some(m) = &d.maxretry {
+        if *m.get_ref() == 0 {
+            return Err(err(m.span(), "maxretry must be at least 1".into()));
+        }
+    }
+    let def_max_tracked = d.max_tracked.as_ref().map_or(1_000_000, |s| *s.get_ref());
+    if let Some(m) = &d.max_tracked {
+        if *m.get_ref() == 0 {
+            return Err(err(m.span(), "max_tracked must be at least 1".into()));
+        }
+    }
+    let def_findtime = d.findtime.unwrap_or(Duration(600));
+    let def_bantime = d.bantime.unwrap_or(BanTime::For(Duration(3600)));
+    let def_ignoreip: Vec<IpNet> = d.ignoreip.as_ref().map_or_else(
+        || vec![parse_net_const("127.0.0.0/8"), parse_net_const("::1")],
+        |v| v.iter().map(|n| n.0).collect(),
+    );
+    let def_ignoreself = d.ignoreself.unwrap_or(true);
+
+    let table = match &raw.firewall.table {
+        Some(t) => {
+            let name = t.get_ref();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(err(
+                    t.span(),
+                    format!("table name {name:?} must be 1-64 letters, digits, '_' or '-'"),
+                ));
+            }
+            name.clone()
+        }
+        None => "sipwarden".to_string(),
+    };
+    let firewall = FirewallConfig {
+        backend: raw.firewall.backend.unwrap_or(Backend::Nftables),
+        table,
+        keep_on_exit: raw.firewall.keep_on_exit.unwrap_or(true),
+        set_size: raw.firewall.set_size.unwrap_or(0),
+    };
+    let daemon = DaemonConfig {
+        state_dir: raw
+            .daemon
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/sipwarden")),
+        socket: raw
+            .daemon
+            .socket
+            .unwrap_or_else(|| PathBuf::from("/run/sipwarden/sipwarden.sock")),
+        socket_group: raw.daemon.socket_group,
+    };
+
+    let mut jails = Vec::new();
+    for (name, sj) in raw.jail {
+        let span = sj.span();
+        let j = sj.into_inner();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(err(
+                span,
+                format!("jail name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        let enabled = j.enabled.unwrap_or(true);
+        let filter = match &j.filter {
+            Some(f) => {
+                let fname = f.get_ref();
+                if !filter::BUILTIN_FILTERS.contains(&fname.as_str()) {
+                    return Err(err(
+                        f.span(),
+                        format!(
+                            "unknown filter {fname:?}; built-in filters are: {}",
+                            filter::BUILTIN_FILTERS.join(", ")
+                        ),
+                    ));
+                }
+                Some(fname.clone())
+            }
+            None => None,
+        };
+        let logpath = j.logpath.map(|p| p.0).unwrap_or_default();
+        if enabled && filter.is_none() {
+            return Err(err(
+                span,
+                format!(
+                    "jail {name:?} has no `filter`; set one of: {}",
+                    filter::BUILTIN_FILTERS.join(", ")
+                ),
+            ));
+        }
+        if enabled && logpath.is_empty() {
+            return Err(err(
+                span,
+                format!("jail {name:?} has no `logpath`; list the log files it should follow"),
+            ));
+        }
+        let logtimezone = match &j.logtimezone {
+            Some(z) => {
+                filter::date::parse_zone(z.get_ref()).map_err(|m| err(z.span(), m))?;
+                z.get_ref().clone()
+            }
+            None => "local".to_string(),
+        };
+        let maxretry = match &j.maxretry {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(err(m.span(), "maxretry must be at least 1".into()));
+            }
+            Some(m) => *m.get_ref(),
+            None => def_maxretry,
+        };
+        jails.push(JailConfig {
+            name,
+            enabled,
+            filter,
+            logpath,
+            from_start: j.from_start.unwrap_or(false),
+            logtimezone,
+            filter_options: FilterOptions {
+                count_challenges: j.count_challenges.unwrap_or(false),
+                count_abandoned: j.count_abandoned.unwrap_or(false),
+            },
+            maxretry,
+            findtime: j.findtime.unwrap_or(def_findtime),
+            bantime: j.bantime.unwrap_or(def_bantime),
+            ignoreip: j
+                .ignoreip
+                .map_or_else(|| def_ignoreip.clone(), |v| v.iter().map(|n| n.0).collect()),
+            ignoreself: j.ignoreself.unwrap_or(def_ignoreself),
+            max_tracked: def_max_tracked,
+        });
+    }
+    Ok(Config {
+        origin: origin.to_string(),
+        daemon,
+        firewall,
+        jails,
+    })
+}
+
+fn parse_net_const(s: &str) -> IpNet {
+    parse_net(s).unwrap_or_else(|_| IpNet::from(std::net::IpAddr::from([127, 0, 0, 1])))
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Nftables => "nftables",
+            Backend::None => "none",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.firewall.backend, Backend::Nftables);
+        assert_eq!(c.firewall.table, "sipwarden");
+        let fs = c.jails.iter().find(|j| j.name == "freeswitch").unwrap();
+        assert!(fs.enabled);
+        assert_eq!(fs.maxretry, 5);
+        assert_eq!(fs.findtime, Duration(600));
+        assert_eq!(fs.bantime, BanTime::For(Duration(3600)));
+        assert!(
+            fs.logpath
+                .iter()
+                .any(|p| p.starts_with("/usr/local/freeswitch/log"))
+        );
+        assert!(
+            fs.logpath
+                .iter()
+                .any(|p| p.starts_with("/var/log/freeswitch"))
+        );
+        assert!(c.jails.iter().any(|j| j.name == "mod-fail2ban"));
+    }
+
+    #[test]
+    fn issue_example_parses_and_inherits() {
+        let c = parse(
+            r#"
+[defaults]
+maxretry = 5
+findtime = "10m"
+bantime  = "1h"
+ignoreip = ["127.0.0.0/8", "::1", "192.0.2.0/24"]
+
+[firewall]
+backend = "nftables"
+
+[jail.freeswitch]
+filter  = "freeswitch"
+logpath = ["/usr/local/freeswitch/log/freeswitch.log"]
+
+[jail.mod-fail2ban]
+filter  = "mod-fail2ban"
+logpath = ["/usr/local/freeswitch/log/fail2ban.log"]
+maxretry = 10
+bantime = -1
+"#,
+        )
+        .unwrap();
+        let m = &c.jails[1];
+        assert_eq!(m.name, "mod-fail2ban");
+        assert_eq!(m.maxretry, 10);
+        assert_eq!(m.bantime, BanTime::Permanent);
+        assert_eq!(m.ignoreip.len(), 3);
+        assert_eq!(c.jails[0].maxretry, 5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = error(
+            "[defaults]\nmaxretry = 5\n\n[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\nmaxretryy = 3\n",
+        );
+        assert!(
+            e.starts_with("test.toml:7:1: unknown field `maxretryy`"),
+            "{e}"
+        );
+        assert!(e.contains("maxretry"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = error("[defaults]\nfindtime = \"10x\"\n");
+        assert!(
+            e.starts_with("test.toml:2:12: key `findtime`: invalid duration"),
+            "{e}"
+        );
+        assert!(e.contains("(in [defaults])"), "{e}");
+        let e = error("[defaults]\nignoreip = [\"999.1.1.1\"]\n");
+        assert!(
+            e.contains("test.toml:2:") && e.contains("not an IP address"),
+            "{e}"
+        );
+        let e = error("[jail.fs]\nfilter = \"freeswich\"\nlogpath = \"/x\"\n");
+        assert!(
+            e.starts_with("test.toml:2:10: key `filter`: unknown filter \"freeswich\""),
+            "{e}"
+        );
+        let e = error(
+            "[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\nlogtimezone = \"Mars/Base\"\n",
+        );
+        assert!(
+            e.contains("test.toml:4:") && e.contains("unknown time zone"),
+            "{e}"
+        );
+        let e = error("[firewall]\nbackend = \"iptables\"\n");
+        assert!(e.contains("test.toml:2:") && e.contains("iptables"), "{e}");
+        let e = error("[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\nmaxretry = 0\n");
+        assert!(
+            e.contains("test.toml:4:") && e.contains("at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn jail_without_logpath_is_an_error_unless_disabled() {
+        let e = error("[jail.fs]\nfilter = \"freeswitch\"\n");
+        assert!(
+            e.starts_with("test.toml:1:") && e.contains("no `logpath`"),
+            "{e}"
+        );
+        assert!(parse("[jail.fs]\nenabled = false\n").is_ok());
+    }
+
+    #[test]
+    fn syntax_error_points_at_place() {
+        let e = error("[defaults]\nmaxretry = = 5\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_says_so() {
+        let e = Config::load(Some(Path::new("/nonexistent/sipwarden.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/sipwarden.toml: cannot read"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Enforcers apply decisions: the kernel firewall, or nothing at all.
+
+use crate::jail::Decision;
+
+/// Why a firewall operation failed, in words that name the object.
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    /// Any failure, already phrased for the operator.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Applies ban and unban decisions. Calls come from one thread, in order,
+/// with decisions that arrived together batched into one call.
+pub trait Enforcer: Send {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    /// Applies a batch of decisions.
+    fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError>;
+    /// Called once when the daemon stops.
+    fn close(&mut self) -> Result<(), EnforceError> {
+        Ok(())
+    }
+}
+
+/// `backend = "none"` and `--dry-run`: decisions are logged by the jails and
+/// nothing else happens.
+#[derive(Debug, Default)]
+pub struct LogOnly;
+
+impl Enforcer for LogOnly {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError> {
+        tracing::debug!("dry run: {} decisions not enforced", decisions.len());
+        Ok(())
+    }
+}

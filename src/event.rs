@@ -1,0 +1,153 @@
+//! The values that flow between stages: a point in time, and the failure event
+//! every source produces.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// Milliseconds since the Unix epoch. The pure core never reads a clock; the
+/// edges pass `Time` in as a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct Time(pub i64);
+
+impl Time {
+    /// Reads the system clock. Only the async edges call this.
+    pub fn now() -> Time {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Time(d.as_millis() as i64)
+    }
+
+    /// Whole seconds since the epoch.
+    pub fn as_secs(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
+    /// This time plus `ms` milliseconds, saturating.
+    pub fn plus_millis(self, ms: i64) -> Time {
+        Time(self.0.saturating_add(ms))
+    }
+}
+
+impl fmt::Display for Time {
+    /// RFC 3339 in UTC, e.g. `2026-11-25T15:40:54.659Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match jiff::Timestamp::from_millisecond(self.0) {
+            Ok(ts) => write!(f, "{ts:.3}"),
+            Err(_) => write!(f, "@{}ms", self.0),
+        }
+    }
+}
+
+/// Which jail an event belongs to: an index into the daemon's jail list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JailId(pub u16);
+
+/// What kind of failure a source saw. Jails count all kinds alike, scaled by
+/// their weight; the kind is kept for history, metrics and display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A REGISTER whose digest credentials were wrong (or whose user is unknown).
+    RegisterAuth,
+    /// An INVITE whose credentials were wrong: a toll-fraud attempt.
+    InviteAuth,
+    /// A request for a user the server does not know.
+    UnknownUser,
+    /// A request refused by an access-control list.
+    AclReject,
+    /// A digest challenge (counted only where a jail asks for it).
+    Challenge,
+    /// A challenged call that was never answered with credentials.
+    Abandoned,
+    /// Any other failure a filter reports.
+    Other,
+}
+
+impl FailureKind {
+    /// A short lowercase name, as used in logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::RegisterAuth => "register_auth",
+            FailureKind::InviteAuth => "invite_auth",
+            FailureKind::UnknownUser => "unknown_user",
+            FailureKind::AclReject => "acl_reject",
+            FailureKind::Challenge => "challenge",
+            FailureKind::Abandoned => "abandoned",
+            FailureKind::Other => "other",
+        }
+    }
+}
+
+/// One failure from one source address, as every source reports it.
+///
+/// `user` is attacker-controlled text: it is data, shown escaped, never
+/// parsed for an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureEvent {
+    /// When the failure happened (from the log line or event when known).
+    pub time: Time,
+    /// The jail that counts it.
+    pub jail: JailId,
+    /// The source address of the offending packet.
+    pub addr: IpAddr,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// How many failures this event counts for (`invite_weight`).
+    pub weight: u32,
+    /// The user name tried, if the source knows it (attacker-controlled).
+    pub user: Option<Box<str>>,
+}
+
+/// Canonical form of an address: IPv4-mapped IPv6 (`::ffff:192.0.2.1`) becomes
+/// plain IPv4, so one attacker is one key whichever way a server prints it.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+/// Escapes attacker-controlled text for display: control characters, quotes
+/// and non-ASCII become escapes, and the result is cut at `max` characters.
+pub fn escape_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 2);
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_ascii_graphic() && c != '\\' && c != '"' || c == ' ' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_control_and_cuts() {
+        assert_eq!(escape_text("a\nb\x1b[31m", 100), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape_text("abcdef", 3), "abc…");
+        assert_eq!(escape_text("x\"y", 10), "x\\\"y");
+    }
+
+    #[test]
+    fn mapped_v4_is_canonical() {
+        let a: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(canonical(a), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn time_displays_utc() {
+        assert_eq!(
+            Time(1_795_621_254_659).to_string(),
+            "2026-11-25T15:40:54.659Z"
+        );
+    }
+}

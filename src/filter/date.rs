@@ -1,0 +1,273 @@
+//! Finding and reading the timestamp at the front of a log line.
+//!
+//! Built-in filters take the first `YYYY-MM-DD HH:MM:SS[.ffffff]` (or
+//! `YYYY-MM-DDTHH:MM:SS`, or year-less `MM-DD HH:MM:SS`) in the head of the line,
+//! as fail2ban does with its first matching date pattern. Lines carry no zone,
+//! so the jail's `logtimezone` says how to read them.
+
+use jiff::civil::{Date, DateTime, Time as CivilTime};
+use jiff::tz::TimeZone;
+
+use crate::event::Time;
+
+/// How far into a line to look for its timestamp (syslog prefixes included).
+const DATE_SEARCH_LIMIT: usize = 160;
+
+/// A date and time read from a line, before a zone is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineDate {
+    /// Year, or `None` for year-less formats (`08-03 07:56:53`).
+    pub year: Option<i16>,
+    /// Month 1-12.
+    pub month: i8,
+    /// Day 1-31.
+    pub day: i8,
+    /// Hour, minute, second.
+    pub hms: (i8, i8, i8),
+    /// Fraction of a second, in nanoseconds.
+    pub nanos: i32,
+}
+
+fn digits(b: &[u8], at: usize, n: usize) -> Option<i32> {
+    let s = b.get(at..at + n)?;
+    let mut v = 0i32;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i32::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// Reads `HH:MM:SS[.fff...]` at `at`; returns the parts and the end offset.
+fn read_hms(b: &[u8], at: usize) -> Option<((i8, i8, i8), i32, usize)> {
+    let h = digits(b, at, 2)?;
+    (b.get(at + 2) == Some(&b':')).then_some(())?;
+    let m = digits(b, at + 3, 2)?;
+    (b.get(at + 5) == Some(&b':')).then_some(())?;
+    let s = digits(b, at + 6, 2)?;
+    let mut end = at + 8;
+    let mut nanos = 0i32;
+    if matches!(b.get(end), Some(b'.') | Some(b',')) {
+        let mut scale = 100_000_000;
+        let mut k = end + 1;
+        while let Some(c) = b.get(k).filter(|c| c.is_ascii_digit()) {
+            nanos += i32::from(c - b'0') * scale;
+            scale /= 10;
+            k += 1;
+        }
+        if k > end + 1 {
+            end = k;
+        }
+    }
+    if h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(((h as i8, m as i8, s as i8), nanos, end))
+}
+
+/// Reads a date-time starting exactly at `at`; returns it and its end.
+pub fn read_at(b: &[u8], at: usize) -> Option<(LineDate, usize)> {
+    // YYYY-MM-DD[ T]HH:MM:SS
+    if let (Some(y), Some(b'-')) = (digits(b, at, 4), b.get(at + 4)) {
+        let mo = digits(b, at + 5, 2)?;
+        (b.get(at + 7) == Some(&b'-')).then_some(())?;
+        let d = digits(b, at + 8, 2)?;
+        matches!(b.get(at + 10), Some(b' ') | Some(b'T')).then_some(())?;
+        let (hms, nanos, end) = read_hms(b, at + 11)?;
+        return valid(Some(y as i16), mo, d, hms, nanos).map(|ld| (ld, end));
+    }
+    // MM-DD HH:MM:SS
+    let mo = digits(b, at, 2)?;
+    (b.get(at + 2) == Some(&b'-')).then_some(())?;
+    let d = digits(b, at + 3, 2)?;
+    (b.get(at + 5) == Some(&b' ')).then_some(())?;
+    let (hms, nanos, end) = read_hms(b, at + 6)?;
+    valid(None, mo, d, hms, nanos).map(|ld| (ld, end))
+}
+
+fn valid(year: Option<i16>, mo: i32, d: i32, hms: (i8, i8, i8), nanos: i32) -> Option<LineDate> {
+    ((1..=12).contains(&mo) && (1..=31).contains(&d)).then_some(LineDate {
+        year,
+        month: mo as i8,
+        day: d as i8,
+        hms,
+        nanos,
+    })
+}
+
+/// Finds the first date-time in the head of `line`; returns it and the offset
+/// just past it.
+pub fn find_line_date(line: &[u8]) -> Option<(LineDate, usize)> {
+    let limit = line.len().min(DATE_SEARCH_LIMIT);
+    let mut i = 0;
+    while i < limit {
+        if line[i].is_ascii_digit() && (i == 0 || !line[i - 1].is_ascii_digit()) {
+            if let Some(found) = read_at(line, i) {
+                return Some(found);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Turns a line date into a point in time in zone `tz`. A year-less date takes
+/// the year of `now`, or the year before when that would put it more than a
+/// day in the future (a December line read in January).
+pub fn resolve(date: LineDate, tz: &TimeZone, now: Time) -> Option<Time> {
+    let (h, m, s) = date.hms;
+    let time = CivilTime::new(h, m, s.min(59), date.nanos).ok()?;
+    let to_time = |year: i16| -> Option<Time> {
+        let dt = DateTime::from_parts(Date::new(year, date.month, date.day).ok()?, time);
+        let ts = tz.to_ambiguous_zoned(dt).compatible().ok()?.timestamp();
+        Some(Time(ts.as_millisecond()))
+    };
+    match date.year {
+        Some(y) => to_time(y),
+        None => {
+            let now_ts = jiff::Timestamp::from_millisecond(now.0).ok()?;
+            let year = now_ts.to_zoned(tz.clone()).year();
+            let t = to_time(year)?;
+            if t.0 > now.0 + 86_400_000 {
+                to_time(year - 1)
+            } else {
+                Some(t)
+            }
+        }
+    }
+}
+
+/// Reads a zone name as the `logtimezone` key accepts it: `local`, `UTC`, an
+/// IANA name (`Europe/Berlin`), or a fixed offset (`+0530`, `-03:00`).
+pub fn parse_zone(name: &str) -> Result<TimeZone, String> {
+    let n = name.trim();
+    if n.eq_ignore_ascii_case("local") || n.is_empty() {
+        return Ok(TimeZone::try_system().unwrap_or(TimeZone::UTC));
+    }
+    if n.eq_ignore_ascii_case("utc") || n.eq_ignore_ascii_case("z") || n.eq_ignore_ascii_case("gmt")
+    {
+        return Ok(TimeZone::UTC);
+    }
+    if let Some(secs) = parse_offset(n.as_bytes()) {
+        return jiff::tz::Offset::from_seconds(secs)
+            .map(TimeZone::fixed)
+            .map_err(|e| format!("offset {n:?} is out of range: {e}"));
+    }
+    TimeZone::get(n).map_err(|e| {
+        format!("unknown time zone {n:?} ({e}); use \"local\", \"UTC\", an IANA name such as \"Europe/Berlin\" or an offset such as \"+0530\"")
+    })
+}
+
+/// Reads a numeric UTC offset: `+HHMM`, `+HH:MM`, `+HH`, and mod_fail2ban's
+/// broken form for half-hour zones, `+HHSSSS`, where the part after the hours
+/// is seconds (it writes `+051800` for +05:30).
+pub fn parse_offset(b: &[u8]) -> Option<i32> {
+    let sign = match b.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let rest: Vec<u8> = b[1..].iter().copied().filter(|&c| c != b':').collect();
+    if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let hours = digits(&rest, 0, 2)?;
+    let tail = &rest[2..];
+    let extra = match tail.len() {
+        0 => 0,
+        // Well-formed minutes.
+        2 => {
+            let m = digits(tail, 0, 2)?;
+            if m > 59 {
+                return None;
+            }
+            m * 60
+        }
+        // mod_fail2ban's seconds-after-the-hour ("+05900" is +05:15).
+        3 | 4 => {
+            let s = digits(tail, 0, tail.len())?;
+            if s >= 3600 {
+                return None;
+            }
+            s
+        }
+        _ => return None,
+    };
+    if hours > 25 {
+        return None;
+    }
+    Some(sign * (hours * 3600 + extra))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: &str) -> Option<Time> {
+        let (d, _) = find_line_date(line.as_bytes())?;
+        resolve(d, &TimeZone::UTC, Time(1_795_621_254_000))
+    }
+
+    #[test]
+    fn finds_first_date() {
+        let t = at("2026-11-25 15:40:54.659156 98.73% [WARNING] x").unwrap();
+        assert_eq!(t, Time(1_795_621_254_659));
+        let t =
+            at("9e1e9dbe-206b-4400-8b9e-370389cdeea4 2026-11-25 15:41:44.179158 98.50% [WARNING]");
+        assert_eq!(t.unwrap().as_secs(), 1_795_621_304);
+        // Syslog dual time: the first one wins, as in fail2ban.
+        let t = at(
+            "2016-09-25T18:57:58.150982 www.srv.tld freeswitch[122921]: 2016-09-25 18:57:59.1 [WARNING]",
+        );
+        assert_eq!(t.unwrap().as_secs(), 1_474_829_878);
+    }
+
+    #[test]
+    fn yearless_takes_year_of_now() {
+        let t = at("08-03 07:56:53.026292 [WARN] [SOFIA] x").unwrap();
+        let z = jiff::Timestamp::from_millisecond(t.0)
+            .unwrap()
+            .to_zoned(TimeZone::UTC);
+        assert_eq!((z.year(), z.month(), z.day()), (2026, 8, 3));
+        // A date more than a day ahead of now belongs to last year.
+        let t = at("12-30 07:56:53 [WARN] x").unwrap();
+        let z = jiff::Timestamp::from_millisecond(t.0)
+            .unwrap()
+            .to_zoned(TimeZone::UTC);
+        assert_eq!(z.year(), 2025);
+    }
+
+    #[test]
+    fn rejects_non_dates() {
+        assert!(at("no date here").is_none());
+        assert!(at("2026-13-25 15:40:54 x").is_none());
+        assert!(at("2026-11-25 25:40:54 x").is_none());
+    }
+
+    #[test]
+    fn applies_zone() {
+        let (d, _) = find_line_date(b"2026-11-25 16:40:54 x").unwrap();
+        let tz = parse_zone("Europe/Berlin").unwrap();
+        assert_eq!(resolve(d, &tz, Time(0)).unwrap().as_secs(), 1_795_621_254);
+        let tz = parse_zone("+01:00").unwrap();
+        assert_eq!(resolve(d, &tz, Time(0)).unwrap().as_secs(), 1_795_621_254);
+        assert!(parse_zone("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn offsets_including_mod_fail2ban_bug() {
+        assert_eq!(parse_offset(b"+0000"), Some(0));
+        assert_eq!(parse_offset(b"+0530"), Some(19_800));
+        assert_eq!(parse_offset(b"+051800"), Some(19_800));
+        assert_eq!(parse_offset(b"+054500"), None);
+        assert_eq!(parse_offset(b"+052700"), Some(5 * 3600 + 2700));
+        assert_eq!(parse_offset(b"+05900"), Some(5 * 3600 + 900));
+        assert_eq!(parse_offset(b"-0330"), Some(-12_600));
+        assert_eq!(parse_offset(b"-031800"), Some(-12_600));
+        assert_eq!(parse_offset(b"+05:30"), Some(19_800));
+        assert_eq!(parse_offset(b"0530"), None);
+        assert_eq!(parse_offset(b"+0575"), None);
+    }
+}

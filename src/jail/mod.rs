@@ -1,0 +1,639 @@
+//! Jails: the counting policy. `maxretry` failures within `findtime` ban an
+//! address for `bantime`; `ignoreip` networks are never counted.
+//!
+//! A jail is plain data plus pure functions from (state, event, now) to
+//! outcomes: no clock, no I/O, so every rule is unit-tested with numbers.
+
+mod ignore;
+pub use ignore::own_addresses;
+
+pub use ignore::IgnoreList;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::config::duration::{BanTime, Duration};
+use crate::event::{FailureEvent, JailId, Time};
+
+/// A jail's counting policy, resolved from configuration.
+#[derive(Clone, Debug)]
+pub struct JailPolicy {
+    /// Failures within `findtime` that trigger a ban.
+    pub maxretry: u32,
+    /// The counting window.
+    pub findtime: Duration,
+    /// How long a ban lasts.
+    pub bantime: BanTime,
+    /// Addresses that are never counted nor banned.
+    pub ignore: IgnoreList,
+    /// Most addresses with live failure state; the oldest is evicted first.
+    pub max_tracked: usize,
+}
+
+/// Why an address was banned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanReason {
+    /// It reached `maxretry` failures.
+    Failures,
+    /// An operator banned it.
+    Manual,
+}
+
+/// Why an address was unbanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnbanReason {
+    /// Its bantime ran out.
+    Expired,
+    /// An operator unbanned it.
+    Manual,
+}
+
+/// A decision to ban one address (or prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanDecision {
+    /// The deciding jail.
+    pub jail: JailId,
+    /// Its name, for logs.
+    pub jail_name: Arc<str>,
+    /// What to ban: a single address is a /32 or /128.
+    pub addr: IpNet,
+    /// When the ban began.
+    pub start: Time,
+    /// When it ends; `None` for permanent.
+    pub end: Option<Time>,
+    /// Its length as configured, for logs.
+    pub bantime: BanTime,
+    /// Failures counted when it was decided (0 for manual bans).
+    pub failures: u32,
+    /// Why.
+    pub reason: BanReason,
+}
+
+/// A decision to lift a ban.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnbanDecision {
+    /// The jail whose ban ends.
+    pub jail: JailId,
+    /// Its name, for logs.
+    pub jail_name: Arc<str>,
+    /// The address or prefix.
+    pub addr: IpNet,
+    /// Why.
+    pub reason: UnbanReason,
+}
+
+/// What enforcers act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Block this address.
+    Ban(BanDecision),
+    /// Stop blocking it.
+    Unban(UnbanDecision),
+}
+
+/// Whether `net` is a single address (/32 or /128).
+pub fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// Writes an address the way logs show it: bare for a single host.
+pub struct DisplayNet<'a>(pub &'a IpNet);
+
+impl fmt::Display for DisplayNet<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if is_host(self.0) {
+            self.0.addr().fmt(f)
+        } else {
+            self.0.fmt(f)
+        }
+    }
+}
+
+impl fmt::Display for BanDecision {
+    /// `[JAIL] Ban ADDR (N failures, DURATION)` or `[JAIL] Ban ADDR (manual, DURATION)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] Ban {} (", self.jail_name, DisplayNet(&self.addr))?;
+        match self.reason {
+            BanReason::Failures => write!(f, "{} failures, {})", self.failures, self.bantime),
+            BanReason::Manual => write!(f, "manual, {})", self.bantime),
+        }
+    }
+}
+
+impl fmt::Display for UnbanDecision {
+    /// `[JAIL] Unban ADDR (expired)` or `(manual)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.reason {
+            UnbanReason::Expired => "expired",
+            UnbanReason::Manual => "manual",
+        };
+        write!(
+            f,
+            "[{}] Unban {} ({why})",
+            self.jail_name,
+            DisplayNet(&self.addr)
+        )
+    }
+}
+
+/// What one failure event did to a jail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The address is in `ignoreip` (or is the host itself).
+    Ignored,
+    /// The event is older than `findtime`.
+    TooOld,
+    /// The address is already banned; the event is not counted.
+    AlreadyBanned,
+    /// Counted; `count` failures now stand within `findtime`.
+    Found {
+        /// Failures within findtime, this one included.
+        count: u32,
+    },
+    /// Counted, and the count reached `maxretry`.
+    Ban(BanDecision),
+}
+
+/// An address's live failure state: the newest failure times within
+/// findtime, at most `maxretry` of them.
+#[derive(Clone, Debug)]
+struct Track {
+    /// Creation number, to recognise this track in the eviction queue.
+    seq: u64,
+    times: Vec<i64>,
+}
+
+/// A ban in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ActiveBan {
+    /// When it began.
+    pub start: Time,
+    /// When it ends; `None` for permanent.
+    pub end: Option<Time>,
+    /// Failures that caused it.
+    pub failures: u32,
+    /// Why.
+    pub reason: BanReason,
+}
+
+/// Counters a jail keeps for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JailCounters {
+    /// Failures counted since start.
+    pub total_failed: u64,
+    /// Bans decided since start.
+    pub total_banned: u64,
+    /// Addresses dropped from tracking to respect `max_tracked`.
+    pub evictions: u64,
+}
+
+/// One jail: policy plus state.
+#[derive(Debug)]
+pub struct Jail {
+    id: JailId,
+    name: Arc<str>,
+    policy: JailPolicy,
+    failing: HashMap<IpAddr, Track>,
+    /// Tracks in creation order, for oldest-first eviction; entries whose
+    /// track is gone or newer are stale and skipped.
+    order: VecDeque<(IpAddr, u64)>,
+    next_seq: u64,
+    banned: HashMap<IpNet, ActiveBan>,
+    /// The banned prefixes (not single hosts), checked per event.
+    prefixes: Vec<IpNet>,
+    expiries: BinaryHeap<Reverse<(Time, IpNet)>>,
+    counters: JailCounters,
+}
+
+impl Jail {
+    /// A jail with no state.
+    pub fn new(id: JailId, name: &str, policy: JailPolicy) -> Jail {
+        Jail {
+            id,
+            name: name.into(),
+            policy,
+            failing: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            banned: HashMap::new(),
+            prefixes: Vec::new(),
+            expiries: BinaryHeap::new(),
+            counters: JailCounters::default(),
+        }
+    }
+
+    /// The jail's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The jail's id.
+    pub fn id(&self) -> JailId {
+        self.id
+    }
+
+    /// The jail's policy.
+    pub fn policy(&self) -> &JailPolicy {
+        &self.policy
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> JailCounters {
+        self.counters
+    }
+
+    /// Addresses with live failure state.
+    pub fn failing_count(&self) -> usize {
+        self.failing.len()
+    }
+
+    /// Bans in force.
+    pub fn banned(&self) -> &HashMap<IpNet, ActiveBan> {
+        &self.banned
+    }
+
+    /// Whether `addr` is covered by one of this jail's bans.
+    pub fn is_banned(&self, addr: IpAddr) -> bool {
+        self.banned.contains_key(&IpNet::from(addr))
+            || self.prefixes.iter().any(|n| n.contains(&addr))
+    }
+
+    /// Counts one failure at `now` (the event's own time decides whether it
+    /// is inside `findtime`).
+    pub fn record(&mut self, ev: &FailureEvent, now: Time) -> Outcome {
+        let addr = ev.addr;
+        if self.policy.ignore.contains(addr) {
+            return Outcome::Ignored;
+        }
+        if self.is_banned(addr) {
+            return Outcome::AlreadyBanned;
+        }
+        let findtime = self.policy.findtime.as_millis();
+        // A line dated in the future (clock skew, wrong logtimezone) counts as now.
+        let t = ev.time.min(now);
+        if t.0 <= now.0 - findtime {
+            return Outcome::TooOld;
+        }
+        let maxretry = self.policy.maxretry.max(1) as usize;
+        if !self.failing.contains_key(&addr) {
+            self.make_room();
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.order.push_back((addr, seq));
+            self.failing.insert(
+                addr,
+                Track {
+                    seq,
+                    times: Vec::with_capacity(maxretry.min(8)),
+                },
+            );
+        }
+        let Some(track) = self.failing.get_mut(&addr) else {
+            return Outcome::Ignored;
+        };
+        track.times.retain(|&x| x > t.0 - findtime);
+        for _ in 0..ev.weight.max(1) {
+            if track.times.len() >= maxretry {
+                // Keep the newest maxretry times: older ones can never matter.
+                track.times.remove(0);
+            }
+            track.times.push(t.0);
+        }
+        self.counters.total_failed += 1;
+        let count = track.times.len() as u32;
+        if track.times.len() >= maxretry {
+            self.failing.remove(&addr);
+            let decision = self.ban(
+                IpNet::from(addr),
+                now,
+                self.policy.bantime,
+                count,
+                BanReason::Failures,
+            );
+            return Outcome::Ban(decision);
+        }
+        Outcome::Found { count }
+    }
+
+    /// Bans `addr` from `now` for `bantime`. Replaces an existing ban of the
+    /// same address.
+    pub fn ban(
+        &mut self,
+        addr: IpNet,
+        now: Time,
+        bantime: BanTime,
+        failures: u32,
+        reason: BanReason,
+    ) -> BanDecision {
+        let end = bantime.as_millis().map(|ms| now.plus_millis(ms));
+        if !is_host(&addr) && !self.banned.contains_key(&addr) {
+            self.prefixes.push(addr);
+        }
+        self.banned.insert(
+            addr,
+            ActiveBan {
+                start: now,
+                end,
+                failures,
+                reason,
+            },
+        );
+        if let Some(end) = end {
+            self.expiries.push(Reverse((end, addr)));
+        }
+        self.counters.total_banned += 1;
+        BanDecision {
+            jail: self.id,
+            jail_name: self.name.clone(),
+            addr,
+            start: now,
+            end,
+            bantime,
+            failures,
+            reason,
+        }
+    }
+
+    /// Lifts the ban on `addr` and forgets its failures (a clean slate).
+    pub fn unban(&mut self, addr: IpNet) -> Option<UnbanDecision> {
+        self.remove_ban(&addr)?;
+        if is_host(&addr) {
+            self.failing.remove(&addr.addr());
+        }
+        Some(UnbanDecision {
+            jail: self.id,
+            jail_name: self.name.clone(),
+            addr,
+            reason: UnbanReason::Manual,
+        })
+    }
+
+    /// When the next ban runs out, if any.
+    pub fn next_expiry(&mut self) -> Option<Time> {
+        while let Some(Reverse((end, addr))) = self.expiries.peek().copied() {
+            match self.banned.get(&addr) {
+                Some(b) if b.end == Some(end) => return Some(end),
+                // Stale entry: the ban was lifted or replaced.
+                _ => {
+                    self.expiries.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Lifts every ban whose time ran out by `now`.
+    pub fn expire(&mut self, now: Time) -> Vec<UnbanDecision> {
+        let mut out = Vec::new();
+        while let Some(end) = self.next_expiry() {
+            if end > now {
+                break;
+            }
+            if let Some(Reverse((_, addr))) = self.expiries.pop() {
+                self.remove_ban(&addr);
+                out.push(UnbanDecision {
+                    jail: self.id,
+                    jail_name: self.name.clone(),
+                    addr,
+                    reason: UnbanReason::Expired,
+                });
+            }
+        }
+        out
+    }
+
+    fn remove_ban(&mut self, addr: &IpNet) -> Option<ActiveBan> {
+        let b = self.banned.remove(addr)?;
+        if !is_host(addr) {
+            self.prefixes.retain(|p| p != addr);
+        }
+        Some(b)
+    }
+
+    /// Forgets addresses whose failures have all left the window.
+    pub fn sweep(&mut self, now: Time) {
+        let horizon = now.0 - self.policy.findtime.as_millis();
+        self.failing
+            .retain(|_, t| t.times.last().is_some_and(|&x| x > horizon));
+        self.compact_order();
+    }
+
+    /// Evicts the oldest tracked addresses until one more fits.
+    fn make_room(&mut self) {
+        while self.failing.len() >= self.policy.max_tracked.max(1) {
+            let Some((addr, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.failing.get(&addr).is_some_and(|t| t.seq == seq) {
+                self.failing.remove(&addr);
+                self.counters.evictions += 1;
+            }
+        }
+        self.compact_order();
+    }
+
+    /// Drops stale queue entries once they outnumber live ones.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.failing.len() + 1024 {
+            let failing = &self.failing;
+            self.order
+                .retain(|(a, s)| failing.get(a).is_some_and(|t| t.seq == *s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FailureKind;
+
+    fn policy(maxretry: u32, findtime: u64, bantime: BanTime) -> JailPolicy {
+        JailPolicy {
+            maxretry,
+            findtime: Duration(findtime),
+            bantime,
+            ignore: IgnoreList::new(vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "192.0.2.0/24".parse().unwrap(),
+            ]),
+            max_tracked: 1000,
+        }
+    }
+
+    fn ev(addr: &str, secs: i64) -> FailureEvent {
+        FailureEvent {
+            time: Time(secs * 1000),
+            jail: JailId(0),
+            addr: addr.parse().unwrap(),
+            kind: FailureKind::RegisterAuth,
+            weight: 1,
+            user: None,
+        }
+    }
+
+    fn t(secs: i64) -> Time {
+        Time(secs * 1000)
+    }
+
+    #[test]
+    fn bans_at_maxretry_within_findtime() {
+        let mut j = Jail::new(
+            JailId(0),
+            "fs",
+            policy(3, 600, BanTime::For(Duration(3600))),
+        );
+        assert_eq!(
+            j.record(&ev("198.51.100.1", 1000), t(1000)),
+            Outcome::Found { count: 1 }
+        );
+        assert_eq!(
+            j.record(&ev("198.51.100.1", 1001), t(1001)),
+            Outcome::Found { count: 2 }
+        );
+        let Outcome::Ban(b) = j.record(&ev("198.51.100.1", 1002), t(1002)) else {
+            panic!("expected a ban")
+        };
+        assert_eq!(b.failures, 3);
+        assert_eq!(b.end, Some(t(1002 + 3600)));
+        assert_eq!(b.to_string(), "[fs] Ban 198.51.100.1 (3 failures, 1h)");
+        // Further failures do not re-ban.
+        assert_eq!(
+            j.record(&ev("198.51.100.1", 1003), t(1003)),
+            Outcome::AlreadyBanned
+        );
+        assert_eq!(j.counters().total_banned, 1);
+        assert_eq!(j.failing_count(), 0);
+    }
+
+    #[test]
+    fn failures_outside_findtime_do_not_add_up() {
+        let mut j = Jail::new(JailId(0), "fs", policy(3, 600, BanTime::For(Duration(60))));
+        j.record(&ev("198.51.100.2", 0), t(0));
+        j.record(&ev("198.51.100.2", 300), t(300));
+        // At 601 the first failure has left the window.
+        assert_eq!(
+            j.record(&ev("198.51.100.2", 601), t(601)),
+            Outcome::Found { count: 2 }
+        );
+        assert!(matches!(
+            j.record(&ev("198.51.100.2", 700), t(700)),
+            Outcome::Ban(_)
+        ));
+    }
+
+    #[test]
+    fn old_events_are_ignored_and_future_ones_clamped() {
+        let mut j = Jail::new(JailId(0), "fs", policy(2, 600, BanTime::For(Duration(60))));
+        assert_eq!(j.record(&ev("198.51.100.3", 100), t(1000)), Outcome::TooOld);
+        assert_eq!(
+            j.record(&ev("198.51.100.3", 5000), t(1000)),
+            Outcome::Found { count: 1 }
+        );
+        assert!(matches!(
+            j.record(&ev("198.51.100.3", 1000), t(1000)),
+            Outcome::Ban(_)
+        ));
+    }
+
+    #[test]
+    fn ignoreip_and_ipv6() {
+        let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::Permanent));
+        assert_eq!(j.record(&ev("192.0.2.77", 10), t(10)), Outcome::Ignored);
+        assert_eq!(j.record(&ev("127.0.0.1", 10), t(10)), Outcome::Ignored);
+        let Outcome::Ban(b) = j.record(&ev("2001:db8::5", 10), t(10)) else {
+            panic!("expected a ban")
+        };
+        assert_eq!(b.end, None);
+        assert_eq!(
+            b.to_string(),
+            "[fs] Ban 2001:db8::5 (1 failures, permanent)"
+        );
+        assert_eq!(j.next_expiry(), None);
+    }
+
+    #[test]
+    fn expiry_and_manual_unban() {
+        let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::For(Duration(10))));
+        j.record(&ev("198.51.100.4", 0), t(0));
+        j.record(&ev("198.51.100.5", 5), t(5));
+        assert_eq!(j.next_expiry(), Some(t(10)));
+        assert!(j.expire(t(9)).is_empty());
+        let gone = j.expire(t(10));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].to_string(), "[fs] Unban 198.51.100.4 (expired)");
+        let u = j.unban("198.51.100.5/32".parse().unwrap()).unwrap();
+        assert_eq!(u.to_string(), "[fs] Unban 198.51.100.5 (manual)");
+        assert!(j.expire(t(100)).is_empty());
+        assert_eq!(j.next_expiry(), None);
+    }
+
+    #[test]
+    fn weight_counts_more() {
+        let mut j = Jail::new(JailId(0), "fs", policy(5, 600, BanTime::For(Duration(10))));
+        let mut e = ev("198.51.100.6", 0);
+        e.weight = 3;
+        assert_eq!(j.record(&e, t(0)), Outcome::Found { count: 3 });
+        assert!(matches!(
+            j.record(&e, t(1)),
+            Outcome::Ban(BanDecision { failures: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn prefix_ban_covers_addresses() {
+        let mut j = Jail::new(JailId(0), "fs", policy(5, 600, BanTime::For(Duration(10))));
+        j.ban(
+            "198.51.100.0/24".parse().unwrap(),
+            t(0),
+            BanTime::Permanent,
+            0,
+            BanReason::Manual,
+        );
+        assert_eq!(
+            j.record(&ev("198.51.100.99", 0), t(0)),
+            Outcome::AlreadyBanned
+        );
+    }
+
+    #[test]
+    fn max_tracked_evicts_oldest_first() {
+        let mut p = policy(5, 600, BanTime::For(Duration(10)));
+        p.max_tracked = 3;
+        let mut j = Jail::new(JailId(0), "fs", p);
+        for i in 1..=3 {
+            j.record(&ev(&format!("198.51.100.{i}"), 0), t(0));
+        }
+        j.record(&ev("198.51.100.4", 1), t(1));
+        assert_eq!(j.failing_count(), 3);
+        assert_eq!(j.counters().evictions, 1);
+        // The oldest (.1) went; .2 still counts.
+        assert_eq!(
+            j.record(&ev("198.51.100.2", 2), t(2)),
+            Outcome::Found { count: 2 }
+        );
+        // Bounded under a flood of distinct sources.
+        for i in 0..10_000u32 {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            j.record(&ev(&a, 3), t(3));
+        }
+        assert_eq!(j.failing_count(), 3);
+        assert!(j.order.len() <= 2 * 3 + 1024 + 1);
+    }
+
+    #[test]
+    fn sweep_forgets_stale_addresses() {
+        let mut j = Jail::new(JailId(0), "fs", policy(5, 600, BanTime::For(Duration(10))));
+        j.record(&ev("198.51.100.7", 0), t(0));
+        j.record(&ev("198.51.100.8", 500), t(500));
+        j.sweep(t(700));
+        assert_eq!(j.failing_count(), 1);
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources turn the outside world into [`FailureEvent`](crate::event::FailureEvent)s.
+//! They know nothing about banning.
+
+pub mod file;

@@ -1,0 +1,7 @@
+//! Integration tests: the real `sipwarden` binary, driven from outside.
+//!
+//! One test binary (compile time matters on two cores); each area is a module.
+
+mod cli;
+mod common;
+mod dry_run;
