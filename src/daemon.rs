@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::config::{Backend, Config, JailConfig};
-use crate::enforce::{Enforcer, LogOnly};
+use crate::enforce::{Enforcer, LogOnly, NftEnforcer};
 use crate::event::{FailureEvent, JailId, Time};
 use crate::filter::{self, Filter};
 use crate::jail::{Decision, IgnoreList, Jail, JailPolicy, Outcome, own_addresses};
@@ -140,9 +140,9 @@ fn build_enforcer(config: &Config, opts: RunOptions) -> Result<Box<dyn Enforcer>
         tracing::info!("firewall backend none (dry run): decisions are logged, not enforced");
         return Ok(Box::new(LogOnly));
     }
-    Err(DaemonError::Setup(
-        "the nftables backend is not available in this build; set `backend = \"none\"` in [firewall] or run with --dry-run".into(),
-    ))
+    let nft =
+        NftEnforcer::start(&config.firewall).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    Ok(Box::new(nft))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

@@ -1,5 +1,11 @@
 //! Enforcers apply decisions: the kernel firewall, or nothing at all.
 
+pub mod conntrack;
+pub mod netlink;
+pub mod nftables;
+
+pub use nftables::NftEnforcer;
+
 use crate::jail::Decision;
 
 /// Why a firewall operation failed, in words that name the object.

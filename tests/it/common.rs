@@ -143,3 +143,156 @@ pub fn append(path: &Path, text: &str) {
         .unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
+
+/// Whether this process may create network namespaces and use nftables
+/// (root, with `ip` and `nft` installed). Tests that need it skip otherwise.
+pub fn can_use_netns() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["ip", "nft"]
+        .iter()
+        .all(|t| Command::new(t).arg("-V").output().is_ok());
+    if !(root && tools) {
+        eprintln!("skipped: needs root with `ip` and `nft` (root={root}, tools={tools})");
+    }
+    root && tools
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace made by this test, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sw{tag}{}x{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        NetNs { name }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn sh(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (sockets made
+    /// there stay in it).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            use std::os::fd::AsRawFd;
+            let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {path}");
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Elements of a set of table inet sipwarden, as `nft -j` lists them.
+    pub fn set_elements(&self, set: &str) -> Vec<serde_json::Value> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "nft",
+                "-j",
+                "list",
+                "set",
+                "inet",
+                "sipwarden",
+                set,
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .and_then(|a| a.iter().find_map(|o| o.get("set")))
+            .and_then(|s| s.get("elem"))
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `pbx` (10.77.0.1, fd77::1) and
+/// `atk` (10.77.0.2, fd77::2).
+pub struct TestNet {
+    pub pbx: NetNs,
+    pub atk: NetNs,
+}
+
+impl TestNet {
+    pub fn new() -> TestNet {
+        let pbx = NetNs::new("p");
+        let atk = NetNs::new("a");
+        let (v1, v2) = (format!("{}v", pbx.name), format!("{}v", atk.name));
+        sh(&[
+            "ip", "link", "add", &v1, "netns", &pbx.name, "type", "veth", "peer", "name", &v2,
+            "netns", &atk.name,
+        ]);
+        for (ns, dev, a4, a6) in [
+            (&pbx, &v1, "10.77.0.1/24", "fd77::1/64"),
+            (&atk, &v2, "10.77.0.2/24", "fd77::2/64"),
+        ] {
+            ns.sh(&["ip", "addr", "add", a4, "dev", dev]);
+            ns.sh(&["ip", "-6", "addr", "add", a6, "dev", dev, "nodad"]);
+            ns.sh(&["ip", "link", "set", dev, "up"]);
+        }
+        TestNet { pbx, atk }
+    }
+}
+
+/// Whether a datagram sent from `from` reaches `to` within `wait`.
+pub fn delivered(from: &std::net::UdpSocket, to: &std::net::UdpSocket, wait: Duration) -> bool {
+    let peer = to.local_addr().unwrap();
+    let token = format!("probe-{}", Instant::now().elapsed().as_nanos());
+    let _ = from.send_to(token.as_bytes(), peer);
+    to.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match to.recv_from(&mut buf) {
+            Ok((n, _)) if &buf[..n] == token.as_bytes() => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}

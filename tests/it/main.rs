@@ -5,3 +5,4 @@
 mod cli;
 mod common;
 mod dry_run;
+mod nft;

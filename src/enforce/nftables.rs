@@ -1,0 +1,499 @@
+//! The nftables enforcer: kernel sets with per-element timeouts, a chain at
+//! prerouting with raw priority (before connection tracking), bans and
+//! unbans in netlink batches, conntrack entries of banned sources flushed.
+//!
+//! The table is laid out once at start with one `nft -f -` transaction
+//! (atomic: the old table, if any, is replaced in the same step). Every ban
+//! and unban after that is a netlink batch from this process: no child
+//! process per ban.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+use super::conntrack;
+use super::netlink::{
+    NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
+};
+use super::{EnforceError, Enforcer};
+use crate::config::FirewallConfig;
+use crate::event::Time;
+use crate::jail::{Decision, UnbanReason, is_host};
+
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+/// Deletes an element, succeeding when it is already gone (kernel 6.3+).
+const NFT_MSG_DESTROYSETELEM: u16 = 30;
+const NFPROTO_INET: u8 = 1;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+
+/// Element bytes per netlink message: a nested attribute's length is 16 bits.
+const MAX_MSG_PAYLOAD: usize = 56 * 1024;
+/// Elements per batch (one atomic transaction, one send).
+const MAX_BATCH_OPS: usize = 20_000;
+
+/// The four kernel sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetName {
+    V4,
+    V6,
+    NetV4,
+    NetV6,
+}
+
+impl SetName {
+    fn as_str(self) -> &'static str {
+        match self {
+            SetName::V4 => "banned_v4",
+            SetName::V6 => "banned_v6",
+            SetName::NetV4 => "banned_net_v4",
+            SetName::NetV6 => "banned_net_v6",
+        }
+    }
+
+    fn for_net(net: &IpNet) -> SetName {
+        match (net, is_host(net)) {
+            (IpNet::V4(_), true) => SetName::V4,
+            (IpNet::V6(_), true) => SetName::V6,
+            (IpNet::V4(_), false) => SetName::NetV4,
+            (IpNet::V6(_), false) => SetName::NetV6,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpKind {
+    Add,
+    Delete,
+}
+
+/// One element change.
+#[derive(Clone, Debug)]
+struct ElemOp {
+    kind: OpKind,
+    set: SetName,
+    net: IpNet,
+    /// Kernel timeout in milliseconds; `None` for permanent.
+    timeout_ms: Option<u64>,
+}
+
+fn addr_bytes(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+/// The first address after the prefix, or `None` when the prefix reaches the
+/// top of the address space (the interval is then open-ended).
+fn after_prefix(net: &IpNet) -> Option<IpAddr> {
+    match net {
+        IpNet::V4(n) => u32::from(n.broadcast())
+            .checked_add(1)
+            .map(|v| IpAddr::from(v.to_be_bytes())),
+        IpNet::V6(n) => u128::from(n.broadcast())
+            .checked_add(1)
+            .map(|v| IpAddr::from(v.to_be_bytes())),
+    }
+}
+
+/// The nftables ruleset sipwarden owns, as one `nft -f` transaction that
+/// replaces any leftover table of the same name.
+pub fn layout(table: &str, set_size: u32) -> String {
+    let size = if set_size > 0 {
+        format!(" size {set_size};")
+    } else {
+        String::new()
+    };
+    format!(
+        "table inet {table}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n\
+         \tset banned_v4 {{ type ipv4_addr; flags timeout;{size} }}\n\
+         \tset banned_v6 {{ type ipv6_addr; flags timeout;{size} }}\n\
+         \tset banned_net_v4 {{ type ipv4_addr; flags interval, timeout;{size} }}\n\
+         \tset banned_net_v6 {{ type ipv6_addr; flags interval, timeout;{size} }}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\tip saddr @banned_v4 drop\n\
+         \t\tip6 saddr @banned_v6 drop\n\
+         \t\tip saddr @banned_net_v4 drop\n\
+         \t\tip6 saddr @banned_net_v6 drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Bans in kernel sets of table `inet <table>`.
+#[derive(Debug)]
+pub struct NftEnforcer {
+    sock: NfSocket,
+    table: String,
+    keep_on_exit: bool,
+    /// Whether the kernel knows DESTROYSETELEM (else DELSETELEM, which fails
+    /// on elements already gone).
+    destroy: bool,
+    /// Conntrack flushing stays off after the kernel refused it once.
+    conntrack_ok: bool,
+}
+
+impl NftEnforcer {
+    /// Lays out the table (replacing a leftover one) and opens the netlink
+    /// socket.
+    pub fn start(cfg: &FirewallConfig) -> Result<NftEnforcer, EnforceError> {
+        apply_layout(&cfg.table, cfg.set_size)?;
+        let sock = NfSocket::open().map_err(|e| EnforceError::Failed(socket_error(&e)))?;
+        tracing::info!(
+            "firewall: table inet {} ready (sets banned_v4, banned_v6, banned_net_v4, banned_net_v6; chain prerouting, priority raw)",
+            cfg.table
+        );
+        Ok(NftEnforcer {
+            sock,
+            table: cfg.table.clone(),
+            keep_on_exit: cfg.keep_on_exit,
+            destroy: true,
+            conntrack_ok: true,
+        })
+    }
+
+    /// Encodes `ops` as one batch and sends it; returns one reply per op.
+    fn send_ops(&mut self, ops: &[ElemOp]) -> Result<Vec<Reply>, EnforceError> {
+        let mut b = self.sock.buffer();
+        b.batch_begin(NFNL_SUBSYS_NFTABLES);
+        // Which reply belongs to which ops: messages group consecutive ops.
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            let (kind, set) = (ops[i].kind, ops[i].set);
+            let msg_type = match kind {
+                OpKind::Add => NFT_MSG_NEWSETELEM,
+                OpKind::Delete if self.destroy => NFT_MSG_DESTROYSETELEM,
+                OpKind::Delete => NFT_MSG_DELSETELEM,
+            };
+            let flags =
+                NLM_F_REQUEST | NLM_F_ACK | if kind == OpKind::Add { NLM_F_CREATE } else { 0 };
+            let start = b.begin(
+                (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+                flags,
+                NFPROTO_INET,
+                0,
+            );
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+            let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+            let first = i;
+            while i < ops.len()
+                && ops[i].kind == kind
+                && ops[i].set == set
+                && b.len() - list < MAX_MSG_PAYLOAD
+            {
+                let op = &ops[i];
+                put_elem(
+                    &mut b,
+                    &addr_bytes(op.net.network()),
+                    if kind == OpKind::Add {
+                        op.timeout_ms
+                    } else {
+                        None
+                    },
+                    0,
+                );
+                if !is_host(&op.net) {
+                    if let Some(end) = after_prefix(&op.net) {
+                        put_elem(&mut b, &addr_bytes(end), None, NFT_SET_ELEM_INTERVAL_END);
+                    }
+                }
+                i += 1;
+            }
+            b.nest_end(list);
+            b.end(start);
+            groups.push(first..i);
+        }
+        b.batch_end(NFNL_SUBSYS_NFTABLES);
+        let replies = self
+            .sock
+            .transact(&b)
+            .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?;
+        let mut per_op = vec![Reply::Ack; ops.len()];
+        for (g, r) in groups.iter().zip(replies) {
+            for slot in &mut per_op[g.clone()] {
+                *slot = r;
+            }
+        }
+        Ok(per_op)
+    }
+
+    /// Applies `ops`; when the batch is refused because of some elements
+    /// (an overlapping prefix, an element already gone), splits it and
+    /// retries, so one bad element never loses the rest. Returns the ops that
+    /// failed, with their errno.
+    fn apply_ops(
+        &mut self,
+        ops: &[ElemOp],
+        failed: &mut Vec<(ElemOp, i32)>,
+    ) -> Result<(), EnforceError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let replies = self.send_ops(ops)?;
+        let Some(errno) = replies.iter().find_map(|r| match r {
+            Reply::Error(e) => Some(*e),
+            Reply::Ack => None,
+        }) else {
+            return Ok(());
+        };
+        // DESTROYSETELEM unknown to this kernel: fall back to DELSETELEM.
+        if self.destroy && errno == libc::EOPNOTSUPP && ops.iter().any(|o| o.kind == OpKind::Delete)
+        {
+            tracing::info!("firewall: this kernel has no DESTROYSETELEM; using DELSETELEM");
+            self.destroy = false;
+            return self.apply_ops(ops, failed);
+        }
+        let element_specific = errno == libc::EEXIST
+            || (errno == libc::ENOENT
+                && !self.destroy
+                && ops.iter().any(|o| o.kind == OpKind::Delete));
+        if !element_specific {
+            return Err(EnforceError::Failed(explain(
+                errno,
+                &format!("updating the sets of table inet {}", self.table),
+            )));
+        }
+        if ops.len() == 1 {
+            failed.push((ops[0].clone(), errno));
+            return Ok(());
+        }
+        let (a, b) = ops.split_at(ops.len() / 2);
+        self.apply_ops(a, failed)?;
+        self.apply_ops(b, failed)
+    }
+
+    /// Removes the table (for `keep_on_exit = false`).
+    fn delete_table(&mut self) -> Result<(), EnforceError> {
+        let mut b = self.sock.buffer();
+        b.batch_begin(NFNL_SUBSYS_NFTABLES);
+        let s = b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            NFPROTO_INET,
+            0,
+        );
+        b.attr_str(NFTA_TABLE_NAME, &self.table);
+        b.end(s);
+        b.batch_end(NFNL_SUBSYS_NFTABLES);
+        match self
+            .sock
+            .transact(&b)
+            .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?
+            .first()
+        {
+            Some(Reply::Error(e)) if *e != libc::ENOENT => Err(EnforceError::Failed(explain(
+                *e,
+                &format!("deleting table inet {}", self.table),
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn put_elem(b: &mut super::netlink::MsgBuf, key: &[u8], timeout_ms: Option<u64>, flags: u32) {
+    let e = b.nest_begin(NFTA_LIST_ELEM);
+    let k = b.nest_begin(NFTA_SET_ELEM_KEY);
+    b.attr(NFTA_DATA_VALUE, key);
+    b.nest_end(k);
+    if flags != 0 {
+        b.attr_be32(NFTA_SET_ELEM_FLAGS, flags);
+    }
+    if let Some(t) = timeout_ms {
+        b.attr_be64(NFTA_SET_ELEM_TIMEOUT, t);
+    }
+    b.nest_end(e);
+}
+
+fn socket_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => explain(errno, "opening the netfilter netlink socket"),
+        None => format!("opening the netfilter netlink socket: {e}"),
+    }
+}
+
+fn explain_io(e: &std::io::Error, table: &str) -> String {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => format!("table inet {table}: the kernel did not answer within 5 s"),
+        Some(errno) => explain(errno, &format!("table inet {table}")),
+        None => format!("table inet {table}: {e}"),
+    }
+}
+
+/// Runs `nft -f -` with the layout: one atomic transaction.
+fn apply_layout(table: &str, set_size: u32) -> Result<(), EnforceError> {
+    let text = layout(table, set_size);
+    let child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EnforceError::Failed(
+                "cannot lay out table inet sipwarden: the `nft` command is missing; install the nftables package (or run with --dry-run)".into(),
+            ));
+        }
+        Err(e) => return Err(EnforceError::Failed(format!("cannot run `nft`: {e}"))),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| EnforceError::Failed(format!("`nft -f -`: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let hint = if err.contains("Operation not permitted") {
+        "; run sipwarden as root or give it CAP_NET_ADMIN (or use --dry-run)"
+    } else if err.contains("No such file or directory") || err.contains("Protocol not supported") {
+        "; is the nf_tables kernel module available?"
+    } else {
+        ""
+    };
+    Err(EnforceError::Failed(format!(
+        "laying out table inet {table} failed: {}{hint}",
+        err.trim()
+    )))
+}
+
+impl Enforcer for NftEnforcer {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError> {
+        let now = Time::now();
+        let mut ops = Vec::with_capacity(decisions.len());
+        let mut banned: Vec<IpNet> = Vec::new();
+        for d in decisions {
+            match d {
+                Decision::Ban(b) => {
+                    let timeout_ms = match b.end {
+                        None => None,
+                        Some(end) if end.0 > now.0 => Some((end.0 - now.0) as u64),
+                        // Already over: nothing to add.
+                        Some(_) => continue,
+                    };
+                    ops.push(ElemOp {
+                        kind: OpKind::Add,
+                        set: SetName::for_net(&b.addr),
+                        net: b.addr,
+                        timeout_ms,
+                    });
+                    banned.push(b.addr);
+                }
+                // The kernel's own timeout removed the element.
+                Decision::Unban(u) if u.reason == UnbanReason::Expired => {}
+                Decision::Unban(u) => ops.push(ElemOp {
+                    kind: OpKind::Delete,
+                    set: SetName::for_net(&u.addr),
+                    net: u.addr,
+                    timeout_ms: None,
+                }),
+            }
+        }
+        let mut failed = Vec::new();
+        for chunk in ops.chunks(MAX_BATCH_OPS) {
+            self.apply_ops(chunk, &mut failed)?;
+        }
+        for (op, errno) in &failed {
+            let what = format!(
+                "{} {} in set {}",
+                if op.kind == OpKind::Add {
+                    "adding"
+                } else {
+                    "removing"
+                },
+                op.net,
+                op.set.as_str()
+            );
+            tracing::warn!("firewall: {}", explain(*errno, &what));
+        }
+        if !banned.is_empty() && self.conntrack_ok {
+            match conntrack::flush_sources(&mut self.sock, &banned) {
+                Ok(n) if n > 0 => {
+                    tracing::debug!("firewall: deleted {n} conntrack entries of banned sources")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "conntrack: {e}; established flows of banned sources are still dropped before conntrack, entries age out by themselves"
+                    );
+                    self.conntrack_ok = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), EnforceError> {
+        if self.keep_on_exit {
+            tracing::info!(
+                "firewall: table inet {} and its bans stay in place (keep_on_exit); kernel timeouts expire them",
+                self.table
+            );
+            return Ok(());
+        }
+        self.delete_table()?;
+        tracing::info!(
+            "firewall: table inet {} removed (keep_on_exit = false)",
+            self.table
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_next_address() {
+        let n: IpNet = "198.51.100.0/24".parse().unwrap();
+        assert_eq!(after_prefix(&n), Some("198.51.101.0".parse().unwrap()));
+        let top: IpNet = "255.255.255.0/24".parse().unwrap();
+        assert_eq!(after_prefix(&top), None);
+        let v6: IpNet = "2001:db8::/32".parse().unwrap();
+        assert_eq!(after_prefix(&v6), Some("2001:db9::".parse().unwrap()));
+    }
+
+    #[test]
+    fn layout_has_sets_and_raw_prerouting_chain() {
+        let l = layout("sipwarden", 0);
+        assert!(l.starts_with("table inet sipwarden\ndelete table inet sipwarden\n"));
+        assert!(l.contains("set banned_net_v6 { type ipv6_addr; flags interval, timeout; }"));
+        assert!(l.contains("type filter hook prerouting priority raw; policy accept;"));
+        assert!(layout("t", 1000).contains("flags timeout; size 1000;"));
+    }
+
+    #[test]
+    fn sets_by_address_kind() {
+        let f = |s: &str| SetName::for_net(&s.parse().unwrap()).as_str();
+        assert_eq!(f("192.0.2.1/32"), "banned_v4");
+        assert_eq!(f("2001:db8::1/128"), "banned_v6");
+        assert_eq!(f("192.0.2.0/24"), "banned_net_v4");
+        assert_eq!(f("2001:db8::/48"), "banned_net_v6");
+    }
+}

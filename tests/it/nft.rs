@@ -1,0 +1,361 @@
+//! The nftables enforcer against the real kernel, in network namespaces this
+//! test creates (and deletes). Needs root; skips with a message otherwise.
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sipwarden::config::duration::{BanTime, Duration as Dur};
+use sipwarden::config::{Backend, FirewallConfig};
+use sipwarden::enforce::{Enforcer, NftEnforcer};
+use sipwarden::event::{JailId, Time};
+use sipwarden::jail::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReason};
+
+use crate::common::{Daemon, NetNs, TempDir, TestNet, append, bin, can_use_netns, delivered};
+
+fn config(dir: &TempDir, log: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\n{extra}\n[jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn failure_line(ip: &str) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
+    format!(
+        "{now} 3.10% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1001@10.77.0.1] from ip {ip}\n"
+    )
+}
+
+fn start_in(ns: &NetNs, cfg: &std::path::Path) -> Daemon {
+    let d = Daemon::start_with(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.name,
+        bin(),
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]));
+    assert!(
+        d.wait_for(": following", Duration::from_secs(10)).is_some(),
+        "daemon did not start"
+    );
+    d
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn ban_drops_an_established_udp_flow_and_expires_in_the_kernel() {
+    if !can_use_netns() {
+        return;
+    }
+    let net = TestNet::new();
+    // A typical host firewall: established flows are accepted at input. A
+    // ban hooked at input after this rule would let the flow through.
+    net.pbx.sh(&["nft", "add table inet hostfw"]);
+    net.pbx.sh(&["nft", "add chain inet hostfw input { type filter hook input priority 0; ct state established accept; }"]);
+    let dir = TempDir::new("nft");
+    let log = dir.path("freeswitch.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = config(&dir, &log, "maxretry = 3\nbantime = \"3s\"");
+    let d = start_in(&net.pbx, &cfg);
+
+    let rx = Arc::new(net.pbx.run(|| UdpSocket::bind("10.77.0.1:5060").unwrap()));
+    let tx = Arc::new(net.atk.run(|| UdpSocket::bind("10.77.0.2:5062").unwrap()));
+    assert!(
+        delivered(&tx, &rx, Duration::from_secs(2)),
+        "traffic must pass before the ban"
+    );
+    assert!(
+        delivered(&tx, &rx, Duration::from_secs(2)),
+        "the flow is established"
+    );
+    let ct = net.pbx.sh(&["conntrack", "-L", "-s", "10.77.0.2"]);
+    println!("conntrack before the ban:\n{ct}");
+
+    let t0 = Instant::now();
+    append(&log, &failure_line("10.77.0.2").repeat(3));
+    assert!(
+        d.wait_for(
+            "[freeswitch] Ban 10.77.0.2 (3 failures, 3s)",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    assert!(wait_until(Duration::from_secs(5), || !net
+        .pbx
+        .set_elements("banned_v4")
+        .is_empty()));
+    println!("ban in the kernel set {:?} after the append", t0.elapsed());
+    let elems = net.pbx.set_elements("banned_v4");
+    let e = &elems[0]["elem"];
+    assert_eq!(e["val"], "10.77.0.2", "{elems:?}");
+    assert!(
+        e["timeout"].as_u64().is_some_and(|t| t > 0 && t <= 3),
+        "element has a kernel timeout: {elems:?}"
+    );
+    // Same 5-tuple as the established flow: dropped before conntrack.
+    assert!(
+        !delivered(&tx, &rx, Duration::from_millis(500)),
+        "banned traffic must be dropped"
+    );
+    let ct = net.pbx.sh(&["conntrack", "-L", "-s", "10.77.0.2"]);
+    assert!(
+        !ct.contains("src=10.77.0.2"),
+        "conntrack entries of the banned source are flushed: {ct}"
+    );
+
+    // SIGKILL: the element stays, and the kernel expires it by itself.
+    let mut d = d;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    assert_eq!(
+        net.pbx.set_elements("banned_v4").len(),
+        1,
+        "the ban survives the daemon"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || net
+            .pbx
+            .set_elements("banned_v4")
+            .is_empty()),
+        "kernel timeout expires the ban"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || delivered(
+            &tx,
+            &rx,
+            Duration::from_millis(200)
+        )),
+        "traffic passes again"
+    );
+}
+
+#[test]
+fn ipv6_attacker_lands_in_banned_v6_and_keep_on_exit_false_removes_the_table() {
+    if !can_use_netns() {
+        return;
+    }
+    let net = TestNet::new();
+    let dir = TempDir::new("nft6");
+    let log = dir.path("freeswitch.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = config(
+        &dir,
+        &log,
+        "maxretry = 3\n[firewall]\nkeep_on_exit = false\n",
+    );
+    let d = start_in(&net.pbx, &cfg);
+    let rx = Arc::new(net.pbx.run(|| UdpSocket::bind("[fd77::1]:5060").unwrap()));
+    let tx = Arc::new(net.atk.run(|| UdpSocket::bind("[fd77::2]:5062").unwrap()));
+    assert!(
+        wait_until(Duration::from_secs(5), || delivered(
+            &tx,
+            &rx,
+            Duration::from_millis(300)
+        )),
+        "v6 traffic passes before the ban"
+    );
+    append(&log, &failure_line("fd77::2").repeat(3));
+    assert!(
+        d.wait_for(
+            "[freeswitch] Ban fd77::2 (3 failures, 1h)",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    assert!(wait_until(Duration::from_secs(5), || !net
+        .pbx
+        .set_elements("banned_v6")
+        .is_empty()));
+    assert_eq!(
+        net.pbx.set_elements("banned_v6")[0]["elem"]["val"],
+        "fd77::2"
+    );
+    assert!(
+        !delivered(&tx, &rx, Duration::from_millis(500)),
+        "banned v6 traffic must be dropped"
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
+    let tables = net.pbx.sh(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("sipwarden"),
+        "keep_on_exit = false removes the table: {tables}"
+    );
+}
+
+#[test]
+fn burst_of_10000_addresses_lands_in_the_set_without_a_process_per_ban() {
+    if !can_use_netns() {
+        return;
+    }
+    let ns = NetNs::new("b");
+    let dir = TempDir::new("burst");
+    let log = dir.path("freeswitch.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = config(&dir, &log, "maxretry = 1\nignoreself = false\n");
+    let trace = dir.path("execve.trace");
+    let strace = Command::new("strace").arg("-V").output().is_ok();
+    let mut cmd = if strace {
+        let mut c = Command::new("strace");
+        c.args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&trace)
+            .args(["ip", "netns", "exec", &ns.name]);
+        c
+    } else {
+        eprintln!("strace missing: the no-child-process check is skipped");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name]);
+        c
+    };
+    let d = Daemon::start_with(cmd.args([bin(), "run", "--config", cfg.to_str().unwrap()]));
+    assert!(d.wait_for(": following", Duration::from_secs(20)).is_some());
+    let execs_at_start = std::fs::read_to_string(&trace).unwrap_or_default();
+
+    let mut text = String::new();
+    for i in 0..10_000u32 {
+        let a = std::net::Ipv4Addr::from(0x0a40_0000u32 + i);
+        text.push_str(&failure_line(&a.to_string()));
+    }
+    let t0 = Instant::now();
+    append(&log, &text);
+    let all = wait_until(Duration::from_secs(60), || net_count(&ns) >= 10_000);
+    let took = t0.elapsed();
+    assert!(all, "only {} of 10000 addresses in the set", net_count(&ns));
+    assert_eq!(net_count(&ns), 10_000);
+    println!("10000 distinct addresses banned and in the kernel set {took:?} after the append");
+    assert_eq!(d.lines_with("] Ban ").len(), 10_000);
+    if strace {
+        let execs = std::fs::read_to_string(&trace).unwrap();
+        let n = |t: &str| t.lines().filter(|l| l.contains("execve(")).count();
+        assert!(
+            execs_at_start.contains("\"nft\"") || execs_at_start.contains("/nft\""),
+            "the layout ran nft once at start: {execs_at_start}"
+        );
+        assert_eq!(
+            n(&execs),
+            n(&execs_at_start),
+            "bans must not start processes:\n{execs}"
+        );
+    }
+}
+
+fn net_count(ns: &NetNs) -> usize {
+    ns.set_elements("banned_v4").len()
+}
+
+fn ban(addr: &str, secs: Option<i64>) -> Decision {
+    let now = Time::now();
+    Decision::Ban(BanDecision {
+        jail: JailId(0),
+        jail_name: "t".into(),
+        addr: addr.parse().unwrap(),
+        start: now,
+        end: secs.map(|s| now.plus_millis(s * 1000)),
+        bantime: secs.map_or(BanTime::Permanent, |s| BanTime::For(Dur(s as u64))),
+        failures: 0,
+        reason: BanReason::Manual,
+    })
+}
+
+fn unban(addr: &str) -> Decision {
+    Decision::Unban(UnbanDecision {
+        jail: JailId(0),
+        jail_name: "t".into(),
+        addr: addr.parse().unwrap(),
+        reason: UnbanReason::Manual,
+    })
+}
+
+#[test]
+fn enforcer_handles_prefixes_unbans_and_bad_elements_in_a_batch() {
+    if !can_use_netns() {
+        return;
+    }
+    let ns = NetNs::new("e");
+    let (v4, v6, n4, n6) = ns.run(|| {
+        let cfg = FirewallConfig {
+            backend: Backend::Nftables,
+            table: "sipwarden".into(),
+            keep_on_exit: true,
+            set_size: 0,
+        };
+        let mut e = NftEnforcer::start(&cfg).unwrap();
+        e.apply(&[
+            ban("198.51.100.1/32", Some(600)),
+            ban("2001:db8::1/128", None),
+            ban("198.51.100.0/24", Some(600)),
+            ban("2001:db8:1::/48", Some(600)),
+            ban("203.0.113.0/24", None),
+        ])
+        .unwrap();
+        // An overlapping prefix is refused by the kernel; the rest of its
+        // batch still lands.
+        e.apply(&[
+            ban("198.51.100.0/25", Some(60)),
+            ban("192.0.2.55/32", Some(60)),
+            ban("192.0.2.56/32", Some(60)),
+        ])
+        .unwrap();
+        // Unbans, including one of an element that is not there.
+        e.apply(&[
+            unban("198.51.100.1/32"),
+            unban("203.0.113.0/24"),
+            unban("192.0.2.99/32"),
+        ])
+        .unwrap();
+        let names = ["banned_v4", "banned_v6", "banned_net_v4", "banned_net_v6"];
+        let lists: Vec<String> = names
+            .iter()
+            .map(|s| {
+                String::from_utf8(
+                    Command::new("nft")
+                        .args(["list", "set", "inet", "sipwarden", s])
+                        .output()
+                        .unwrap()
+                        .stdout,
+                )
+                .unwrap()
+            })
+            .collect();
+        (
+            lists[0].clone(),
+            lists[1].clone(),
+            lists[2].clone(),
+            lists[3].clone(),
+        )
+    });
+    println!("{v4}{v6}{n4}{n6}");
+    assert!(!v4.contains("198.51.100.1 "), "manually unbanned: {v4}");
+    assert!(
+        v4.contains("192.0.2.55") && v4.contains("192.0.2.56"),
+        "{v4}"
+    );
+    assert!(
+        v6.contains("2001:db8::1") && !v6.contains("timeout 0"),
+        "{v6}"
+    );
+    assert!(
+        n4.contains("198.51.100.0/24") && !n4.contains("203.0.113.0/24"),
+        "{n4}"
+    );
+    assert!(n6.contains("2001:db8:1::/48"), "{n6}");
+}
