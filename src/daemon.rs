@@ -1,28 +1,45 @@
-//! The running daemon: sources feed jails, jails feed the enforcer.
+//! The running daemon: sources feed jails, jails feed the enforcer and the
+//! store, the control socket reads and steers it all.
 //!
 //! Sources run on their own threads and send batches of events over a
 //! channel. One task owns every jail (no locks on the counting path), turns
-//! events into decisions, logs them in fail2ban's words, and hands them to
-//! the enforcer thread in batches.
+//! events into decisions, logs them in fail2ban's words, and hands them in
+//! batches to the enforcer thread and the store thread.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{Backend, Config, JailConfig};
+use crate::config::duration::{BanTime, parse_bantime};
+use crate::config::{Backend, Config, JailConfig, parse_net};
+use crate::control::server::{ControlMsg, ControlSocket};
+use crate::control::{
+    BanRef, BanView, JailView, Request, Response, SourceView, StatusView, UnbanView,
+};
 use crate::enforce::{Enforcer, LogOnly, NftEnforcer};
 use crate::event::{FailureEvent, JailId, Time};
-use crate::filter::{self, Filter};
-use crate::jail::{Decision, IgnoreList, Jail, JailPolicy, Outcome, own_addresses};
+use crate::filter::{self, Filter, FilterOptions};
+use crate::jail::{
+    BanDecision, BanHistory, BanReason, Decision, DisplayNet, IgnoreList, Jail, JailPolicy,
+    Outcome, UnbanDecision, is_host, own_addresses,
+};
 use crate::source::file::{FileSource, FollowStats};
+use crate::store::{Store, StoreOp, StoredBan};
 
 /// How the daemon was asked to run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Log decisions, touch no firewall.
     pub dry_run: bool,
+    /// The configuration file given with `--config`, re-read on reload.
+    pub config_path: Option<PathBuf>,
 }
 
 /// Why the daemon could not start or run.
@@ -44,58 +61,118 @@ pub enum DaemonError {
 /// Events per channel slot; sources block when the jails fall this far behind.
 const EVENT_QUEUE: usize = 1024;
 
-/// The counting core: every jail, owned by one task.
+/// Builds a jail's policy from its configuration.
+fn policy(jc: &JailConfig, own: &[IpNet]) -> JailPolicy {
+    let mut ignore = IgnoreList::new(jc.ignoreip.clone());
+    if jc.ignoreself {
+        ignore.extend(own.iter().copied());
+    }
+    JailPolicy {
+        maxretry: jc.maxretry,
+        findtime: jc.findtime,
+        bantime: jc.bantime,
+        ignore,
+        max_tracked: jc.max_tracked,
+        escalation: jc.escalation.clone(),
+    }
+}
+
+/// The counting core: every jail, owned by one task. Jail ids stay stable
+/// across reloads (a name keeps its id), so running sources keep working.
+#[derive(Debug, Default)]
 pub struct Core {
-    jails: Vec<Jail>,
+    slots: Vec<Option<Jail>>,
+    ids: HashMap<String, JailId>,
+    filters: HashMap<JailId, Option<String>>,
+    history: BanHistory,
+    own: Vec<IpNet>,
 }
 
 impl Core {
-    /// Builds jails for the enabled jail configurations, in order; a jail's
-    /// [`JailId`] is its index here.
+    /// A core with the given jails.
     pub fn new(jails: &[&JailConfig]) -> Core {
-        let own = if jails.iter().any(|j| j.ignoreself) {
-            own_addresses()
-        } else {
-            Vec::new()
+        let mut core = Core {
+            own: if jails.iter().any(|j| j.ignoreself) {
+                own_addresses()
+            } else {
+                Vec::new()
+            },
+            ..Core::default()
         };
-        let jails = jails
-            .iter()
-            .enumerate()
-            .map(|(i, jc)| {
-                let mut ignore = IgnoreList::new(jc.ignoreip.clone());
-                if jc.ignoreself {
-                    ignore.extend(own.iter().copied());
+        core.configure(jails);
+        core
+    }
+
+    /// Applies a (new) set of jail configurations: existing jails keep their
+    /// state with the new policy, new ones start empty, and jails no longer
+    /// configured are dropped with their bans lifted (returned).
+    pub fn configure(&mut self, jails: &[&JailConfig]) -> Vec<Decision> {
+        let mut keep = vec![false; self.slots.len()];
+        for jc in jails {
+            let p = policy(jc, &self.own);
+            let id = match self.ids.get(&jc.name) {
+                Some(&id) => id,
+                None => {
+                    let id = JailId(self.slots.len() as u16);
+                    self.slots.push(None);
+                    keep.push(false);
+                    self.ids.insert(jc.name.clone(), id);
+                    id
                 }
-                let policy = JailPolicy {
-                    maxretry: jc.maxretry,
-                    findtime: jc.findtime,
-                    bantime: jc.bantime,
-                    ignore,
-                    max_tracked: jc.max_tracked,
-                };
-                Jail::new(JailId(i as u16), &jc.name, policy)
-            })
-            .collect();
-        Core { jails }
+            };
+            let slot = &mut self.slots[usize::from(id.0)];
+            match slot {
+                Some(j) => j.set_policy(p),
+                None => *slot = Some(Jail::new(id, &jc.name, p)),
+            }
+            keep[usize::from(id.0)] = true;
+            self.filters.insert(id, jc.filter.clone());
+        }
+        let mut out = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if !keep[i] {
+                if let Some(mut j) = slot.take() {
+                    tracing::info!(
+                        "[{}] jail removed from the configuration; lifting its bans",
+                        j.name()
+                    );
+                    out.extend(j.unban_all().into_iter().map(Decision::Unban));
+                }
+            }
+        }
+        out
     }
 
-    /// The jails, in id order.
-    pub fn jails(&self) -> &[Jail] {
-        &self.jails
+    /// The id of the running jail `name`.
+    pub fn jail_id(&self, name: &str) -> Option<JailId> {
+        self.ids
+            .get(name)
+            .copied()
+            .filter(|id| self.jail(*id).is_some())
     }
 
-    /// Counts a batch of events at `now`; logs what happened and returns the
+    fn jail(&self, id: JailId) -> Option<&Jail> {
+        self.slots.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+
+    /// The running jails, in id order.
+    pub fn jails(&self) -> impl Iterator<Item = &Jail> {
+        self.slots.iter().flatten()
+    }
+
+    /// Counts a batch of events at `now`; logs what happened and appends the
     /// decisions to enforce.
     pub fn handle(&mut self, batch: &[FailureEvent], now: Time, out: &mut Vec<Decision>) {
         for ev in batch {
-            let Some(jail) = self.jails.get_mut(usize::from(ev.jail.0)) else {
+            let Some(Some(jail)) = self.slots.get_mut(usize::from(ev.jail.0)) else {
                 continue;
             };
-            match jail.record(ev, now) {
+            match jail.record(ev, now, &self.history) {
                 Outcome::Found { .. } => tracing::info!("[{}] Found {}", jail.name(), ev.addr),
                 Outcome::Ban(d) => {
                     tracing::info!("[{}] Found {}", jail.name(), ev.addr);
                     tracing::warn!("{d}");
+                    self.history.note_ban(jail.name_arc(), d.addr, 1);
                     out.push(Decision::Ban(d));
                 }
                 Outcome::AlreadyBanned => {
@@ -113,7 +190,7 @@ impl Core {
 
     /// Lifts bans that ran out by `now`.
     pub fn expire(&mut self, now: Time, out: &mut Vec<Decision>) {
-        for jail in &mut self.jails {
+        for jail in self.slots.iter_mut().flatten() {
             for u in jail.expire(now) {
                 tracing::info!("{u}");
                 out.push(Decision::Unban(u));
@@ -123,19 +200,258 @@ impl Core {
 
     /// The earliest ban expiry across jails.
     pub fn next_expiry(&mut self) -> Option<Time> {
-        self.jails.iter_mut().filter_map(Jail::next_expiry).min()
+        self.slots
+            .iter_mut()
+            .flatten()
+            .filter_map(Jail::next_expiry)
+            .min()
     }
 
     /// Forgets stale failure state.
     pub fn sweep(&mut self, now: Time) {
-        for jail in &mut self.jails {
+        for jail in self.slots.iter_mut().flatten() {
             jail.sweep(now);
+        }
+    }
+
+    /// Loads escalation history from the store.
+    pub fn load_history(&mut self, counts: Vec<(String, IpNet, u32)>) {
+        for (jail, addr, n) in counts {
+            self.history.note_ban(&Arc::from(jail.as_str()), addr, n);
+        }
+    }
+
+    /// Puts back bans read from the store; returns the decisions to enforce
+    /// and how many bans belonged to jails no longer configured.
+    pub fn restore(&mut self, bans: Vec<StoredBan>) -> (Vec<Decision>, usize) {
+        let mut out = Vec::with_capacity(bans.len());
+        let mut orphans = 0;
+        for b in bans {
+            match self
+                .ids
+                .get(&b.jail)
+                .and_then(|id| self.slots.get_mut(usize::from(id.0)))
+                .and_then(Option::as_mut)
+            {
+                Some(j) => out.push(Decision::Ban(
+                    j.restore(b.addr, b.start, b.end, b.failures, b.reason),
+                )),
+                None => orphans += 1,
+            }
+        }
+        (out, orphans)
+    }
+
+    /// A ban by hand. Refuses addresses a jail must never ban unless `force`.
+    pub fn manual_ban(
+        &mut self,
+        jail: &str,
+        net: IpNet,
+        bantime: Option<BanTime>,
+        force: bool,
+        now: Time,
+    ) -> Result<BanDecision, String> {
+        let id = self.jail_id(jail).ok_or_else(|| self.no_such_jail(jail))?;
+        let Some(Some(j)) = self.slots.get_mut(usize::from(id.0)) else {
+            return Err(format!("no jail named {jail:?}"));
+        };
+        if !force {
+            if let Some(n) = j.policy().ignore.overlapping(&net) {
+                return Err(format!(
+                    "{} is covered by ignoreip/ignoreself ({n}) of jail {jail}; refusing (add --force to ban it anyway)",
+                    DisplayNet(&net)
+                ));
+            }
+        }
+        let bantime = bantime.unwrap_or(j.policy().bantime);
+        let d = j.ban(net, now, bantime, 0, BanReason::Manual);
+        self.history.note_ban(j.name_arc(), net, 1);
+        tracing::warn!("{d}");
+        Ok(d)
+    }
+
+    /// Lifts bans by hand: of `addr` (in `jail`, or every jail), or all of
+    /// them. A lifted address starts over with a clean slate.
+    pub fn unban(
+        &mut self,
+        addr: Option<IpNet>,
+        jail: Option<&str>,
+        all: bool,
+    ) -> Result<Vec<UnbanDecision>, String> {
+        if let Some(name) = jail {
+            if self.jail_id(name).is_none() {
+                return Err(self.no_such_jail(name));
+            }
+        }
+        let mut out = Vec::new();
+        for j in self.slots.iter_mut().flatten() {
+            if jail.is_some_and(|n| n != j.name()) {
+                continue;
+            }
+            if all {
+                out.extend(j.unban_all());
+            } else if let Some(a) = addr {
+                out.extend(j.unban(a));
+            }
+        }
+        for u in &out {
+            self.history.clear(&u.addr);
+            tracing::info!("{u}");
+        }
+        if out.is_empty() && !all {
+            if let Some(a) = addr {
+                return Err(format!(
+                    "{} is not banned{}",
+                    DisplayNet(&a),
+                    jail.map(|j| format!(" in jail {j}")).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn no_such_jail(&self, name: &str) -> String {
+        let names: Vec<&str> = self.jails().map(Jail::name).collect();
+        format!(
+            "no running jail named {name:?}; jails: {}",
+            names.join(", ")
+        )
+    }
+
+    /// The view of one jail for `status`.
+    pub fn jail_view(
+        &self,
+        j: &Jail,
+        sources: Vec<SourceView>,
+        with_bans: bool,
+        now: Time,
+    ) -> JailView {
+        let c = j.counters();
+        JailView {
+            name: j.name().to_string(),
+            filter: self.filters.get(&j.id()).cloned().flatten(),
+            maxretry: j.policy().maxretry,
+            findtime: j.policy().findtime,
+            bantime: j.policy().bantime,
+            currently_failing: j.failing_count() as u64,
+            total_failed: c.total_failed,
+            currently_banned: j.banned().len() as u64,
+            total_banned: c.total_banned,
+            evictions: c.evictions,
+            sources,
+            banned: with_bans.then(|| {
+                let mut v: Vec<BanView> = j
+                    .banned()
+                    .iter()
+                    .map(|(addr, b)| BanView {
+                        addr: DisplayNet(addr).to_string(),
+                        jail: j.name().to_string(),
+                        start: b.start.to_string(),
+                        end: b.end.map(|e| e.to_string()),
+                        remaining_s: b.end.map(|e| (e.0 - now.0).max(0) / 1000),
+                        failures: b.failures,
+                        reason: match b.reason {
+                            BanReason::Failures => "failures".into(),
+                            BanReason::Manual => "manual".into(),
+                        },
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.addr.cmp(&b.addr)));
+                v
+            }),
         }
     }
 }
 
+/// What identifies a jail's sources: when it changes on reload, the
+/// followers restart.
+#[derive(Clone, Debug, PartialEq)]
+struct SourceKey {
+    filter: Option<String>,
+    logpath: Vec<PathBuf>,
+    from_start: bool,
+    logtimezone: String,
+    options: FilterOptions,
+}
+
+impl SourceKey {
+    fn of(jc: &JailConfig) -> SourceKey {
+        SourceKey {
+            filter: jc.filter.clone(),
+            logpath: jc.logpath.clone(),
+            from_start: jc.from_start,
+            logtimezone: jc.logtimezone.clone(),
+            options: jc.filter_options,
+        }
+    }
+}
+
+/// The followers of one jail.
+struct SourceGroup {
+    key: SourceKey,
+    stop: Arc<AtomicBool>,
+    stats: Vec<(PathBuf, Arc<FollowStats>)>,
+}
+
+impl SourceGroup {
+    fn views(&self) -> Vec<SourceView> {
+        self.stats
+            .iter()
+            .map(|(p, s)| SourceView {
+                kind: "file".into(),
+                path: p.display().to_string(),
+                healthy: s.open.load(Ordering::Relaxed),
+                lines: s.lines.load(Ordering::Relaxed),
+                matched: s.matched.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+fn spawn_sources(
+    jc: &JailConfig,
+    id: JailId,
+    tx: &mpsc::Sender<Vec<FailureEvent>>,
+) -> Result<SourceGroup, DaemonError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    if let Some(fname) = jc.filter.as_deref() {
+        let filter: Arc<dyn Filter> = filter::builtin(fname, jc.filter_options)
+            .map(Arc::from)
+            .ok_or_else(|| {
+                DaemonError::Setup(format!("jail {}: unknown filter {fname:?}", jc.name))
+            })?;
+        let tz = filter::date::parse_zone(&jc.logtimezone)
+            .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
+        for path in &jc.logpath {
+            let st = Arc::new(FollowStats::default());
+            FileSource {
+                path: path.clone(),
+                jail: id,
+                filter: filter.clone(),
+                tz: tz.clone(),
+                from_start: jc.from_start,
+                tx: tx.clone(),
+                stop: stop.clone(),
+                stats: st.clone(),
+            }
+            .spawn()
+            .map_err(|source| DaemonError::Io {
+                what: format!("starting the follower of {}", path.display()),
+                source,
+            })?;
+            stats.push((path.clone(), st));
+        }
+    }
+    Ok(SourceGroup {
+        key: SourceKey::of(jc),
+        stop,
+        stats,
+    })
+}
+
 /// Picks the enforcer for the configuration.
-fn build_enforcer(config: &Config, opts: RunOptions) -> Result<Box<dyn Enforcer>, DaemonError> {
+fn build_enforcer(config: &Config, opts: &RunOptions) -> Result<Box<dyn Enforcer>, DaemonError> {
     if opts.dry_run || config.firewall.backend == Backend::None {
         tracing::info!("firewall backend none (dry run): decisions are logged, not enforced");
         return Ok(Box::new(LogOnly));
@@ -145,46 +461,325 @@ fn build_enforcer(config: &Config, opts: RunOptions) -> Result<Box<dyn Enforcer>
     Ok(Box::new(nft))
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
-    let enabled: Vec<&JailConfig> = config.enabled_jails().collect();
-    if enabled.len() > usize::from(u16::MAX) {
-        return Err(DaemonError::Setup("too many jails (at most 65535)".into()));
+/// Takes the state directory's lock so a second daemon refuses to start.
+/// `Ok(None)` when the directory cannot be used at all (the daemon then
+/// runs without a store, still protecting).
+fn lock_state_dir(dir: &Path) -> Result<Option<File>, DaemonError> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::error!(
+            "state directory {}: {e}; running WITHOUT a state store: bans will not survive a restart",
+            dir.display()
+        );
+        return Ok(None);
     }
-    let mut core = Core::new(&enabled);
-    let mut enforcer = build_enforcer(&config, opts)?;
+    let path = dir.join("sipwarden.lock");
+    let f = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(
+                "{}: {e}; running WITHOUT a state store: bans will not survive a restart",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DaemonError::Setup(format!(
+            "another sipwarden is running with state directory {} (it holds {}); stop it first, or give this one another [daemon] state_dir",
+            dir.display(),
+            path.display()
+        )));
+    }
+    let _ = f.set_len(0);
+    let _ = std::io::Write::write_all(&mut &f, format!("{}\n", std::process::id()).as_bytes());
+    Ok(Some(f))
+}
 
-    let (tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
-    let stop = Arc::new(AtomicBool::new(false));
-    for (i, jc) in enabled.iter().enumerate() {
-        let Some(fname) = jc.filter.as_deref() else {
-            continue;
-        };
-        let filter: Arc<dyn Filter> = filter::builtin(fname, jc.filter_options)
-            .map(Arc::from)
-            .ok_or_else(|| {
-                DaemonError::Setup(format!("jail {}: unknown filter {fname:?}", jc.name))
-            })?;
-        let tz = filter::date::parse_zone(&jc.logtimezone)
-            .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
-        for path in &jc.logpath {
-            let src = FileSource {
-                path: path.clone(),
-                jail: JailId(i as u16),
-                filter: filter.clone(),
-                tz: tz.clone(),
-                from_start: jc.from_start,
-                tx: tx.clone(),
-                stop: stop.clone(),
-                stats: Arc::new(FollowStats::default()),
+/// Turns decisions into store writes.
+fn store_ops(decisions: &[Decision], now: Time) -> Vec<StoreOp> {
+    decisions
+        .iter()
+        .map(|d| match d {
+            Decision::Ban(b) => StoreOp::Ban(StoredBan {
+                jail: b.jail_name.to_string(),
+                addr: b.addr,
+                start: b.start,
+                end: b.end,
+                failures: b.failures,
+                reason: b.reason,
+            }),
+            Decision::Unban(u) => StoreOp::Unban {
+                jail: u.jail_name.to_string(),
+                addr: u.addr,
+                at: now,
+                reason: u.reason,
+            },
+        })
+        .collect()
+}
+
+/// Everything the main loop owns.
+struct Runtime {
+    core: Core,
+    config: Config,
+    opts: RunOptions,
+    started: Time,
+    firewall: &'static str,
+    sources: HashMap<String, SourceGroup>,
+    events_tx: mpsc::Sender<Vec<FailureEvent>>,
+    dec_tx: std::sync::mpsc::Sender<Vec<Decision>>,
+    store_tx: Option<std::sync::mpsc::Sender<Vec<StoreOp>>>,
+}
+
+impl Runtime {
+    /// Sends decisions to the enforcer and the store.
+    fn dispatch(&self, decisions: Vec<Decision>) -> Result<(), DaemonError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        if let Some(tx) = &self.store_tx {
+            let _ = tx.send(store_ops(&decisions, Time::now()));
+        }
+        self.dec_tx.send(decisions).map_err(|_| {
+            DaemonError::Setup("the enforcer thread stopped; see the error above".into())
+        })
+    }
+
+    fn start_sources(&mut self) -> Result<(), DaemonError> {
+        let enabled: Vec<JailConfig> = self.config.enabled_jails().cloned().collect();
+        let wanted: HashMap<&str, &JailConfig> =
+            enabled.iter().map(|j| (j.name.as_str(), j)).collect();
+        // Stop followers of jails that went away or changed.
+        self.sources.retain(|name, g| {
+            let keep = wanted
+                .get(name.as_str())
+                .is_some_and(|jc| SourceKey::of(jc) == g.key);
+            if !keep {
+                g.stop.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
+        for jc in &enabled {
+            if self.sources.contains_key(&jc.name) {
+                continue;
+            }
+            let Some(id) = self.core.jail_id(&jc.name) else {
+                continue;
             };
-            src.spawn().map_err(|source| DaemonError::Io {
-                what: format!("starting the follower of {}", path.display()),
-                source,
-            })?;
+            let g = spawn_sources(jc, id, &self.events_tx)?;
+            self.sources.insert(jc.name.clone(), g);
+        }
+        Ok(())
+    }
+
+    fn status(&self, jail: Option<&str>) -> Response {
+        let now = Time::now();
+        let views = |j: &Jail| {
+            self.sources
+                .get(j.name())
+                .map(SourceGroup::views)
+                .unwrap_or_default()
+        };
+        match jail {
+            Some(name) => match self.core.jail_id(name).and_then(|id| self.core.jail(id)) {
+                Some(j) => Response::ok(self.core.jail_view(j, views(j), true, now)),
+                None => Response::error(self.core.no_such_jail(name)),
+            },
+            None => Response::ok(StatusView {
+                version: env!("CARGO_PKG_VERSION").into(),
+                started: self.started.to_string(),
+                uptime_s: (now.0 - self.started.0) / 1000,
+                firewall: self.firewall.into(),
+                config: self.config.origin.clone(),
+                jails: self
+                    .core
+                    .jails()
+                    .map(|j| self.core.jail_view(j, views(j), false, now))
+                    .collect(),
+            }),
         }
     }
-    drop(tx);
+
+    fn reload(&mut self) -> Response {
+        let cfg = match Config::load(self.opts.config_path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reload refused, the running configuration stays: {e}");
+                return Response::error(format!(
+                    "reload refused, the running configuration stays: {e}"
+                ));
+            }
+        };
+        if cfg.firewall != self.config.firewall || cfg.daemon != self.config.daemon {
+            tracing::warn!(
+                "reload: [firewall] and [daemon] changes take effect at the next restart"
+            );
+        }
+        let enabled: Vec<JailConfig> = cfg.enabled_jails().cloned().collect();
+        let refs: Vec<&JailConfig> = enabled.iter().collect();
+        let lifted = self.core.configure(&refs);
+        self.config = cfg;
+        if let Err(e) = self.start_sources().and_then(|_| self.dispatch(lifted)) {
+            return Response::error(e.to_string());
+        }
+        tracing::info!("reloaded {}: {} jail(s)", self.config.origin, enabled.len());
+        Response::ok(serde_json::json!({ "config": self.config.origin, "jails": enabled.len() }))
+    }
+
+    fn control(&mut self, req: Request) -> Response {
+        let now = Time::now();
+        match req {
+            Request::Ping {} => Response::ok(
+                serde_json::json!({ "pong": true, "version": env!("CARGO_PKG_VERSION") }),
+            ),
+            Request::Status { jail } => self.status(jail.as_deref()),
+            Request::Reload {} => self.reload(),
+            Request::Ban {
+                jail,
+                addr,
+                duration,
+                force,
+            } => {
+                let net = match parse_request_net(&addr) {
+                    Ok(n) => n,
+                    Err(e) => return Response::error(e),
+                };
+                let bantime = match duration.as_deref().map(parse_bantime).transpose() {
+                    Ok(b) => b,
+                    Err(e) => return Response::error(e.to_string()),
+                };
+                match self.core.manual_ban(&jail, net, bantime, force, now) {
+                    Ok(d) => {
+                        let view = serde_json::json!({
+                            "jail": d.jail_name.to_string(),
+                            "addr": DisplayNet(&d.addr).to_string(),
+                            "bantime": d.bantime.to_string(),
+                            "end": d.end.map(|e| e.to_string()),
+                        });
+                        match self.dispatch(vec![Decision::Ban(d)]) {
+                            Ok(()) => Response::ok(view),
+                            Err(e) => Response::error(e.to_string()),
+                        }
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::Unban { addr, jail, all } => {
+                let net = match (&addr, all) {
+                    (Some(a), false) => match parse_request_net(a) {
+                        Ok(n) => Some(n),
+                        Err(e) => return Response::error(e),
+                    },
+                    (None, false) => return Response::error("unban needs an address, or --all"),
+                    (Some(_), true) => {
+                        return Response::error("give either an address or --all, not both");
+                    }
+                    (None, true) => None,
+                };
+                match self.core.unban(net, jail.as_deref(), all) {
+                    Ok(us) => {
+                        let view = UnbanView {
+                            unbanned: us
+                                .iter()
+                                .map(|u| BanRef {
+                                    jail: u.jail_name.to_string(),
+                                    addr: DisplayNet(&u.addr).to_string(),
+                                })
+                                .collect(),
+                        };
+                        match self.dispatch(us.into_iter().map(Decision::Unban).collect()) {
+                            Ok(()) => Response::ok(view),
+                            Err(e) => Response::error(e.to_string()),
+                        }
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+        }
+    }
+}
+
+/// Reads an address or prefix given to `ban`/`unban`; a prefix with host
+/// bits set is refused rather than silently widened.
+pub fn parse_request_net(s: &str) -> Result<IpNet, String> {
+    let net = parse_net(s)?;
+    if let Ok(given) = s.trim().parse::<IpNet>() {
+        if given != net {
+            return Err(format!("{s} has host bits set; did you mean {net}?"));
+        }
+    }
+    if net.prefix_len() == 0 {
+        return Err(format!("{s} would ban everything; refusing"));
+    }
+    Ok(if is_host(&net) {
+        IpNet::from(net.addr().to_canonical())
+    } else {
+        net
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
+    let enabled: Vec<JailConfig> = config.enabled_jails().cloned().collect();
+    if enabled.len() > usize::from(u16::MAX) / 2 {
+        return Err(DaemonError::Setup("too many jails".into()));
+    }
+    let lock = lock_state_dir(&config.daemon.state_dir)?;
+    let control = ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())
+        .map_err(DaemonError::Setup)?;
+    let now = Time::now();
+    let mut store = match lock {
+        Some(_) => match Store::open(&config.daemon.state_dir, now) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(
+                    "{e}; running WITHOUT a state store: bans will not survive a restart"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let refs: Vec<&JailConfig> = enabled.iter().collect();
+    let mut core = Core::new(&refs);
+    let mut enforcer = build_enforcer(&config, &opts)?;
+    let firewall = enforcer.name();
+
+    // Restore the bans still in force, in a few batches, before anything new.
+    if let Some(s) = &store {
+        match s.ban_counts() {
+            Ok(c) => core.load_history(c),
+            Err(e) => tracing::error!("{e}; escalation starts without history"),
+        }
+        match s.active(now) {
+            Ok(active) => {
+                let t0 = std::time::Instant::now();
+                let (decisions, orphans) = core.restore(active);
+                if !decisions.is_empty() {
+                    if let Err(e) = enforcer.apply(&decisions) {
+                        tracing::error!("restoring bans: {e}");
+                    }
+                }
+                tracing::info!(
+                    "restored {} active ban(s) in {:?}",
+                    decisions.len(),
+                    t0.elapsed()
+                );
+                if orphans > 0 {
+                    tracing::warn!(
+                        "{orphans} stored ban(s) belong to jails no longer configured; not restored"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("{e}; no bans restored"),
+        }
+    }
 
     // The enforcer runs on its own thread: firewall calls are blocking, and
     // decisions that pile up while one call runs go out together.
@@ -208,6 +803,60 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             what: "starting the enforcer thread".into(),
             source,
         })?;
+    // The store writes on its own thread too, a transaction per burst.
+    let (store_tx, store_thread) = match store.take() {
+        Some(mut s) => {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<StoreOp>>();
+            let h = std::thread::Builder::new()
+                .name("store".into())
+                .spawn(move || {
+                    let mut failing = false;
+                    while let Ok(mut ops) = rx.recv() {
+                        while let Ok(more) = rx.try_recv() {
+                            ops.extend(more);
+                        }
+                        match s.write(&ops) {
+                            Ok(()) if failing => {
+                                tracing::info!("state store writable again");
+                                failing = false;
+                            }
+                            Ok(()) => {}
+                            Err(e) => {
+                                if !failing {
+                                    tracing::error!(
+                                        "{e}; bans are still enforced, but these are not recorded"
+                                    );
+                                }
+                                failing = true;
+                            }
+                        }
+                    }
+                })
+                .map_err(|source| DaemonError::Io {
+                    what: "starting the store thread".into(),
+                    source,
+                })?;
+            (Some(tx), Some(h))
+        }
+        None => (None, None),
+    };
+
+    let (events_tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
+    let mut rt = Runtime {
+        core,
+        config,
+        opts,
+        started: now,
+        firewall,
+        sources: HashMap::new(),
+        events_tx,
+        dec_tx,
+        store_tx,
+    };
+    rt.start_sources()?;
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    let server = tokio::spawn(control.serve(ctl_tx));
 
     let sig = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|source| DaemonError::Io {
@@ -220,7 +869,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
 
     tracing::info!(
-        "sipwarden {} started: {} jail(s) [{}], configuration {}",
+        "sipwarden {} started: {} jail(s) [{}], configuration {}, control socket {}",
         env!("CARGO_PKG_VERSION"),
         enabled.len(),
         enabled
@@ -228,53 +877,88 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             .map(|j| j.name.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        config.origin
+        rt.config.origin,
+        rt.config.daemon.socket.display()
     );
 
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
     let mut decisions = Vec::new();
-    let mut sources_open = true;
     loop {
-        let wake = core.next_expiry().map(|t| {
+        let wake = rt.core.next_expiry().map(|t| {
             let wait = (t.0 - Time::now().0).max(0) as u64;
             tokio::time::Instant::now() + std::time::Duration::from_millis(wait)
         });
         tokio::select! {
-            batch = rx.recv(), if sources_open => {
-                let Some(batch) = batch else {
-                    // Every source has ended; keep expiring bans until told to stop.
-                    sources_open = false;
-                    continue;
-                };
+            Some(batch) = rx.recv() => {
                 let now = Time::now();
-                core.handle(&batch, now, &mut decisions);
+                rt.core.handle(&batch, now, &mut decisions);
                 // Take whatever else is queued, so a burst becomes one batch.
                 while let Ok(more) = rx.try_recv() {
-                    core.handle(&more, now, &mut decisions);
+                    rt.core.handle(&more, now, &mut decisions);
                 }
             }
-            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
-                core.expire(Time::now(), &mut decisions);
+            Some((req, reply)) = ctl_rx.recv() => {
+                let resp = rt.control(req);
+                let _ = reply.send(resp);
             }
-            _ = sweep.tick() => core.sweep(Time::now()),
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                rt.core.expire(Time::now(), &mut decisions);
+            }
+            _ = sweep.tick() => rt.core.sweep(Time::now()),
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => {
-                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart sipwarden to apply changes");
-            }
+            _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(); }
         }
-        if !decisions.is_empty() && dec_tx.send(std::mem::take(&mut decisions)).is_err() {
-            return Err(DaemonError::Setup(
-                "the enforcer thread stopped; see the error above".into(),
-            ));
-        }
+        rt.dispatch(std::mem::take(&mut decisions))?;
     }
-    stop.store(true, Ordering::Relaxed);
+    server.abort();
+    for g in rt.sources.values() {
+        g.stop.store(true, Ordering::Relaxed);
+    }
     drop(rx);
+    let Runtime {
+        dec_tx, store_tx, ..
+    } = rt;
+    // Everything decided reaches the store and the kernel before exit.
+    drop(store_tx);
+    if let Some(h) = store_thread {
+        let _ = h.join();
+    }
     drop(dec_tx);
     if enforcer_thread.join().is_err() {
         tracing::error!("the enforcer thread panicked while stopping");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_addresses_are_validated() {
+        assert_eq!(
+            parse_request_net("192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            parse_request_net("198.51.100.0/24").unwrap().to_string(),
+            "198.51.100.0/24"
+        );
+        assert_eq!(
+            parse_request_net("::ffff:192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        for bad in [
+            "999.1.1.1",
+            "::g",
+            "198.51.100.5/24",
+            "0.0.0.0/0",
+            "",
+            "1.2.3.4/33",
+        ] {
+            assert!(parse_request_net(bad).is_err(), "{bad}");
+        }
+    }
 }

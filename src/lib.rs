@@ -9,12 +9,15 @@
 //! ```
 //!
 //! [`config`] reads the TOML configuration; [`daemon`] wires the stages
-//! together with tokio.
+//! together with tokio; [`store`] keeps ban history in SQLite; [`control`]
+//! is the socket the CLI talks to.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod event;
 pub mod filter;
 pub mod jail;
 pub mod source;
+pub mod store;

@@ -1,12 +1,13 @@
-//! The `sipwarden` command: the daemon and its tools.
+//! The `sipwarden` command: the daemon, and the verbs that talk to it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use sipwarden::config::{self, Config};
+use sipwarden::control::{Request, client};
 use sipwarden::daemon::{self, RunOptions};
 
 /// SIP-aware intrusion prevention: counts failures per source address and
@@ -16,6 +17,21 @@ use sipwarden::daemon::{self, RunOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options of every verb that talks to the running daemon.
+#[derive(Args, Debug, Clone)]
+struct Talk {
+    /// Control socket [default: `[daemon] socket` of the configuration,
+    /// else /run/sipwarden/sipwarden.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Configuration whose `[daemon] socket` to use.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the daemon's JSON answer instead of text (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,10 +52,71 @@ enum Command {
         /// embedded default].
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Jails with their counts, or one jail in detail with its banned addresses.
+    Status {
+        /// Show this jail in detail.
+        jail: Option<String>,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Ban an address or prefix by hand.
+    Ban {
+        /// The jail the ban belongs to.
+        jail: String,
+        /// Address or CIDR prefix (e.g. 203.0.113.7, 198.51.100.0/24).
+        addr: String,
+        /// Ban length, e.g. 30m, 2h, 1d; -1 for permanent [default: the jail's bantime].
+        #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true)]
+        duration: Option<String>,
+        /// Ban even an address in ignoreip or one of this host's.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Lift a ban (in every jail unless --jail), or every ban with --all.
+    Unban {
+        /// Address or CIDR prefix.
+        #[arg(required_unless_present = "all")]
+        addr: Option<String>,
+        /// Only in this jail.
+        #[arg(long)]
+        jail: Option<String>,
+        /// Every ban (of --jail, or of all jails).
+        #[arg(long, conflicts_with = "addr")]
+        all: bool,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Re-read the configuration; a bad one is refused and the old one keeps running.
+    Reload {
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Check that the daemon answers.
+    Ping {
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// fail2ban-client spellings: `set JAIL banip ADDR`, `set JAIL unbanip ADDR`.
+    Set {
+        /// The jail.
+        jail: String,
+        /// `banip` or `unbanip`.
+        #[arg(value_parser = ["banip", "unbanip"])]
+        action: String,
+        /// Address or prefix.
+        addr: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,6 +136,30 @@ fn init_logging() {
         .init();
 }
 
+/// Sends one request to the daemon and prints the answer.
+fn talk(t: Talk, req: Request) -> anyhow::Result<ExitCode> {
+    let socket = match t.socket {
+        Some(s) => s,
+        None => Config::load(t.config.as_deref())?.daemon.socket,
+    };
+    let resp = client::request(&socket, &req)?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else if resp.ok {
+        print!("{}", client::render(&req, &resp));
+    } else {
+        eprintln!(
+            "error: {}",
+            resp.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    Ok(if resp.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, dry_run } => {
@@ -68,24 +169,93 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(daemon::run(cfg, RunOptions { dry_run }))?;
+            rt.block_on(daemon::run(
+                cfg,
+                RunOptions {
+                    dry_run,
+                    config_path: config,
+                },
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let cfg = Config::load(config.as_deref())?;
+        Command::Check { config, json } => {
+            let cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) if json => {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": false, "error": e.to_string() })
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
             let enabled: Vec<&str> = cfg.enabled_jails().map(|j| j.name.as_str()).collect();
-            println!(
-                "{}: OK ({} jail(s) enabled: {}; firewall {})",
-                cfg.origin,
-                enabled.len(),
-                enabled.join(", "),
-                cfg.firewall.backend
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "config": cfg.origin, "jails": enabled, "firewall": cfg.firewall.backend.to_string() })
+                );
+            } else {
+                println!(
+                    "{}: OK ({} jail(s) enabled: {}; firewall {})",
+                    cfg.origin,
+                    enabled.len(),
+                    enabled.join(", "),
+                    cfg.firewall.backend
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { jail, talk: t } => talk(t, Request::Status { jail }),
+        Command::Ban {
+            jail,
+            addr,
+            duration,
+            force,
+            talk: t,
+        } => talk(
+            t,
+            Request::Ban {
+                jail,
+                addr,
+                duration,
+                force,
+            },
+        ),
+        Command::Unban {
+            addr,
+            jail,
+            all,
+            talk: t,
+        } => talk(t, Request::Unban { addr, jail, all }),
+        Command::Reload { talk: t } => talk(t, Request::Reload {}),
+        Command::Ping { talk: t } => talk(t, Request::Ping {}),
+        Command::Set {
+            jail,
+            action,
+            addr,
+            talk: t,
+        } => {
+            let req = if action == "banip" {
+                Request::Ban {
+                    jail,
+                    addr,
+                    duration: None,
+                    force: false,
+                }
+            } else {
+                Request::Unban {
+                    addr: Some(addr),
+                    jail: Some(jail),
+                    all: false,
+                }
+            };
+            talk(t, req)
         }
     }
 }

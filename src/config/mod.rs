@@ -123,6 +123,11 @@ struct RawDefaults {
     ignoreip: Option<Vec<NetSpec>>,
     ignoreself: Option<bool>,
     max_tracked: Option<Spanned<usize>>,
+    bantime_increment: Option<bool>,
+    bantime_factor: Option<Spanned<f64>>,
+    bantime_multipliers: Option<Spanned<Vec<u32>>>,
+    bantime_maxtime: Option<Duration>,
+    bantime_overalljails: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +154,11 @@ struct RawJail {
     bantime: Option<BanTime>,
     ignoreip: Option<Vec<NetSpec>>,
     ignoreself: Option<bool>,
+    bantime_increment: Option<bool>,
+    bantime_factor: Option<Spanned<f64>>,
+    bantime_multipliers: Option<Spanned<Vec<u32>>>,
+    bantime_maxtime: Option<Duration>,
+    bantime_overalljails: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,7 +199,7 @@ pub struct FirewallConfig {
 }
 
 /// One jail, with `[defaults]` applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JailConfig {
     /// The jail's name (`[jail.NAME]`).
     pub name: String,
@@ -217,10 +227,12 @@ pub struct JailConfig {
     pub ignoreself: bool,
     /// Cap on addresses with live failure state.
     pub max_tracked: usize,
+    /// Escalation for repeat offenders, when `bantime_increment = true`.
+    pub escalation: Option<crate::jail::Escalation>,
 }
 
 /// A whole, validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where it was read from (`<embedded default>` for the built-in one).
     pub origin: String,
@@ -321,6 +333,15 @@ fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> Confi
     }
 }
 
+/// The escalation keys of one table, before inheritance.
+struct EscKeys {
+    inc: Option<bool>,
+    factor: Option<f64>,
+    mults: Option<Vec<u32>>,
+    maxtime: Option<Duration>,
+    overall: Option<bool>,
+}
+
 fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
     let err = |span: Range<usize>, msg: String| invalid(text, origin, span, &msg);
     let d = &raw.defaults;
@@ -343,6 +364,44 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         |v| v.iter().map(|n| n.0).collect(),
     );
     let def_ignoreself = d.ignoreself.unwrap_or(true);
+    let esc_keys = |inc: Option<bool>,
+                    factor: &Option<Spanned<f64>>,
+                    mults: &Option<Spanned<Vec<u32>>>,
+                    maxtime: Option<Duration>,
+                    overall: Option<bool>|
+     -> Result<EscKeys, ConfigError> {
+        if let Some(f) = factor {
+            let v = *f.get_ref();
+            if !(v.is_finite() && v > 0.0) {
+                return Err(err(
+                    f.span(),
+                    "bantime_factor must be a positive number".into(),
+                ));
+            }
+        }
+        if let Some(m) = mults {
+            if m.get_ref().is_empty() || m.get_ref().contains(&0) {
+                return Err(err(
+                    m.span(),
+                    "bantime_multipliers must be a non-empty list of positive integers".into(),
+                ));
+            }
+        }
+        Ok(EscKeys {
+            inc,
+            factor: factor.as_ref().map(|f| *f.get_ref()),
+            mults: mults.as_ref().map(|m| m.get_ref().clone()),
+            maxtime,
+            overall,
+        })
+    };
+    let def_esc = esc_keys(
+        d.bantime_increment,
+        &d.bantime_factor,
+        &d.bantime_multipliers,
+        d.bantime_maxtime,
+        d.bantime_overalljails,
+    )?;
 
     let table = match &raw.firewall.table {
         Some(t) => {
@@ -442,6 +501,26 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             Some(m) => *m.get_ref(),
             None => def_maxretry,
         };
+        let k = esc_keys(
+            j.bantime_increment,
+            &j.bantime_factor,
+            &j.bantime_multipliers,
+            j.bantime_maxtime,
+            j.bantime_overalljails,
+        )?;
+        let escalation = k
+            .inc
+            .or(def_esc.inc)
+            .unwrap_or(false)
+            .then(|| crate::jail::Escalation {
+                factor: k.factor.or(def_esc.factor).unwrap_or(1.0),
+                multipliers: k
+                    .mults
+                    .or_else(|| def_esc.mults.clone())
+                    .unwrap_or_default(),
+                maxtime: k.maxtime.or(def_esc.maxtime),
+                overall_jails: k.overall.or(def_esc.overall).unwrap_or(false),
+            });
         jails.push(JailConfig {
             name,
             enabled,
@@ -461,6 +540,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
                 .map_or_else(|| def_ignoreip.clone(), |v| v.iter().map(|n| n.0).collect()),
             ignoreself: j.ignoreself.unwrap_or(def_ignoreself),
             max_tracked: def_max_tracked,
+            escalation,
         });
     }
     Ok(Config {
@@ -606,6 +686,16 @@ bantime = -1
             "{e}"
         );
         assert!(parse("[jail.fs]\nenabled = false\n").is_ok());
+    }
+
+    #[test]
+    fn escalation_keys() {
+        let c = parse("[defaults]\nbantime_increment = true\nbantime_maxtime = \"1w\"\n[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\nbantime_factor = 2.0\n[jail.b]\nfilter = \"freeswitch\"\nlogpath = \"/y\"\nbantime_increment = false\n").unwrap();
+        let e = c.jails[1].escalation.as_ref().unwrap();
+        assert_eq!((e.factor, e.maxtime), (2.0, Some(Duration(604_800))));
+        assert!(c.jails[0].escalation.is_none());
+        let e = error("[defaults]\nbantime_multipliers = [1, 0]\n");
+        assert!(e.contains(":2:") && e.contains("positive"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,14 @@ impl IgnoreList {
         self.nets.iter().any(|n| n.contains(&addr))
     }
 
+    /// The first listed network that shares addresses with `net`.
+    pub fn overlapping(&self, net: &IpNet) -> Option<IpNet> {
+        self.nets
+            .iter()
+            .copied()
+            .find(|n| n.contains(&net.network()) || net.contains(&n.network()))
+    }
+
     /// The networks, sorted.
     pub fn nets(&self) -> &[IpNet] {
         &self.nets

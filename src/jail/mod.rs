@@ -4,10 +4,11 @@
 //! A jail is plain data plus pure functions from (state, event, now) to
 //! outcomes: no clock, no I/O, so every rule is unit-tested with numbers.
 
+mod escalation;
 mod ignore;
-pub use ignore::own_addresses;
 
-pub use ignore::IgnoreList;
+pub use escalation::{BanHistory, Escalation};
+pub use ignore::{IgnoreList, own_addresses};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -34,6 +35,8 @@ pub struct JailPolicy {
     pub ignore: IgnoreList,
     /// Most addresses with live failure state; the oldest is evicted first.
     pub max_tracked: usize,
+    /// Longer bans for repeat offenders, when enabled.
+    pub escalation: Option<Escalation>,
 }
 
 /// Why an address was banned.
@@ -268,7 +271,7 @@ impl Jail {
 
     /// Counts one failure at `now` (the event's own time decides whether it
     /// is inside `findtime`).
-    pub fn record(&mut self, ev: &FailureEvent, now: Time) -> Outcome {
+    pub fn record(&mut self, ev: &FailureEvent, now: Time, history: &BanHistory) -> Outcome {
         let addr = ev.addr;
         if self.policy.ignore.contains(addr) {
             return Outcome::Ignored;
@@ -311,16 +314,80 @@ impl Jail {
         let count = track.times.len() as u32;
         if track.times.len() >= maxretry {
             self.failing.remove(&addr);
-            let decision = self.ban(
-                IpNet::from(addr),
-                now,
-                self.policy.bantime,
-                count,
-                BanReason::Failures,
-            );
+            let net = IpNet::from(addr);
+            let bantime = self.escalated_bantime(&net, history);
+            let decision = self.ban(net, now, bantime, count, BanReason::Failures);
             return Outcome::Ban(decision);
         }
         Outcome::Found { count }
+    }
+
+    /// The ban length for `addr` now, given its earlier bans.
+    pub fn escalated_bantime(&self, addr: &IpNet, history: &BanHistory) -> BanTime {
+        match &self.policy.escalation {
+            Some(e) => e.bantime(
+                self.policy.bantime,
+                history.prior(&self.name, addr, e.overall_jails),
+            ),
+            None => self.policy.bantime,
+        }
+    }
+
+    /// The name as shared text (for history keys).
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Replaces the policy (on reload), keeping failure state and bans.
+    pub fn set_policy(&mut self, policy: JailPolicy) {
+        self.policy = policy;
+    }
+
+    /// Puts back a ban read from the store (counted as a ban, not decided
+    /// again). Returns the decision the enforcer needs.
+    pub fn restore(
+        &mut self,
+        addr: IpNet,
+        start: Time,
+        end: Option<Time>,
+        failures: u32,
+        reason: BanReason,
+    ) -> BanDecision {
+        let bantime = match end {
+            Some(e) => BanTime::For(Duration(((e.0 - start.0).max(0) / 1000) as u64)),
+            None => BanTime::Permanent,
+        };
+        if !is_host(&addr) && !self.banned.contains_key(&addr) {
+            self.prefixes.push(addr);
+        }
+        self.banned.insert(
+            addr,
+            ActiveBan {
+                start,
+                end,
+                failures,
+                reason,
+            },
+        );
+        if let Some(end) = end {
+            self.expiries.push(Reverse((end, addr)));
+        }
+        BanDecision {
+            jail: self.id,
+            jail_name: self.name.clone(),
+            addr,
+            start,
+            end,
+            bantime,
+            failures,
+            reason,
+        }
+    }
+
+    /// Lifts every ban of this jail (manual), returning the decisions.
+    pub fn unban_all(&mut self) -> Vec<UnbanDecision> {
+        let addrs: Vec<IpNet> = self.banned.keys().copied().collect();
+        addrs.into_iter().filter_map(|a| self.unban(a)).collect()
     }
 
     /// Bans `addr` from `now` for `bantime`. Replaces an existing ban of the
@@ -465,6 +532,7 @@ mod tests {
                 "192.0.2.0/24".parse().unwrap(),
             ]),
             max_tracked: 1000,
+            escalation: None,
         }
     }
 
@@ -491,14 +559,15 @@ mod tests {
             policy(3, 600, BanTime::For(Duration(3600))),
         );
         assert_eq!(
-            j.record(&ev("198.51.100.1", 1000), t(1000)),
+            j.record(&ev("198.51.100.1", 1000), t(1000), &BanHistory::default()),
             Outcome::Found { count: 1 }
         );
         assert_eq!(
-            j.record(&ev("198.51.100.1", 1001), t(1001)),
+            j.record(&ev("198.51.100.1", 1001), t(1001), &BanHistory::default()),
             Outcome::Found { count: 2 }
         );
-        let Outcome::Ban(b) = j.record(&ev("198.51.100.1", 1002), t(1002)) else {
+        let Outcome::Ban(b) = j.record(&ev("198.51.100.1", 1002), t(1002), &BanHistory::default())
+        else {
             panic!("expected a ban")
         };
         assert_eq!(b.failures, 3);
@@ -506,7 +575,7 @@ mod tests {
         assert_eq!(b.to_string(), "[fs] Ban 198.51.100.1 (3 failures, 1h)");
         // Further failures do not re-ban.
         assert_eq!(
-            j.record(&ev("198.51.100.1", 1003), t(1003)),
+            j.record(&ev("198.51.100.1", 1003), t(1003), &BanHistory::default()),
             Outcome::AlreadyBanned
         );
         assert_eq!(j.counters().total_banned, 1);
@@ -516,15 +585,15 @@ mod tests {
     #[test]
     fn failures_outside_findtime_do_not_add_up() {
         let mut j = Jail::new(JailId(0), "fs", policy(3, 600, BanTime::For(Duration(60))));
-        j.record(&ev("198.51.100.2", 0), t(0));
-        j.record(&ev("198.51.100.2", 300), t(300));
+        j.record(&ev("198.51.100.2", 0), t(0), &BanHistory::default());
+        j.record(&ev("198.51.100.2", 300), t(300), &BanHistory::default());
         // At 601 the first failure has left the window.
         assert_eq!(
-            j.record(&ev("198.51.100.2", 601), t(601)),
+            j.record(&ev("198.51.100.2", 601), t(601), &BanHistory::default()),
             Outcome::Found { count: 2 }
         );
         assert!(matches!(
-            j.record(&ev("198.51.100.2", 700), t(700)),
+            j.record(&ev("198.51.100.2", 700), t(700), &BanHistory::default()),
             Outcome::Ban(_)
         ));
     }
@@ -532,13 +601,16 @@ mod tests {
     #[test]
     fn old_events_are_ignored_and_future_ones_clamped() {
         let mut j = Jail::new(JailId(0), "fs", policy(2, 600, BanTime::For(Duration(60))));
-        assert_eq!(j.record(&ev("198.51.100.3", 100), t(1000)), Outcome::TooOld);
         assert_eq!(
-            j.record(&ev("198.51.100.3", 5000), t(1000)),
+            j.record(&ev("198.51.100.3", 100), t(1000), &BanHistory::default()),
+            Outcome::TooOld
+        );
+        assert_eq!(
+            j.record(&ev("198.51.100.3", 5000), t(1000), &BanHistory::default()),
             Outcome::Found { count: 1 }
         );
         assert!(matches!(
-            j.record(&ev("198.51.100.3", 1000), t(1000)),
+            j.record(&ev("198.51.100.3", 1000), t(1000), &BanHistory::default()),
             Outcome::Ban(_)
         ));
     }
@@ -546,9 +618,16 @@ mod tests {
     #[test]
     fn ignoreip_and_ipv6() {
         let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::Permanent));
-        assert_eq!(j.record(&ev("192.0.2.77", 10), t(10)), Outcome::Ignored);
-        assert_eq!(j.record(&ev("127.0.0.1", 10), t(10)), Outcome::Ignored);
-        let Outcome::Ban(b) = j.record(&ev("2001:db8::5", 10), t(10)) else {
+        assert_eq!(
+            j.record(&ev("192.0.2.77", 10), t(10), &BanHistory::default()),
+            Outcome::Ignored
+        );
+        assert_eq!(
+            j.record(&ev("127.0.0.1", 10), t(10), &BanHistory::default()),
+            Outcome::Ignored
+        );
+        let Outcome::Ban(b) = j.record(&ev("2001:db8::5", 10), t(10), &BanHistory::default())
+        else {
             panic!("expected a ban")
         };
         assert_eq!(b.end, None);
@@ -562,8 +641,8 @@ mod tests {
     #[test]
     fn expiry_and_manual_unban() {
         let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::For(Duration(10))));
-        j.record(&ev("198.51.100.4", 0), t(0));
-        j.record(&ev("198.51.100.5", 5), t(5));
+        j.record(&ev("198.51.100.4", 0), t(0), &BanHistory::default());
+        j.record(&ev("198.51.100.5", 5), t(5), &BanHistory::default());
         assert_eq!(j.next_expiry(), Some(t(10)));
         assert!(j.expire(t(9)).is_empty());
         let gone = j.expire(t(10));
@@ -576,13 +655,42 @@ mod tests {
     }
 
     #[test]
+    fn repeat_offenders_get_longer_bans() {
+        let mut p = policy(1, 600, BanTime::For(Duration(60)));
+        p.escalation = Some(Escalation {
+            factor: 1.0,
+            multipliers: vec![],
+            maxtime: Some(Duration(200)),
+            overall_jails: false,
+        });
+        let mut j = Jail::new(JailId(0), "fs", p);
+        let mut h = BanHistory::default();
+        let mut lengths = Vec::new();
+        // Injected clock: each ban runs out before the next failure.
+        for round in 0..4 {
+            let now = t(round * 1000);
+            j.expire(now);
+            let Outcome::Ban(b) = j.record(&ev("198.51.100.9", round * 1000), now, &h) else {
+                panic!("expected a ban")
+            };
+            h.note_ban(j.name_arc(), b.addr, 1);
+            lengths.push(b.bantime.to_string());
+        }
+        assert_eq!(lengths, vec!["1m", "2m", "3m20s", "3m20s"]);
+        assert_eq!(j.counters().total_banned, 4);
+    }
+
+    #[test]
     fn weight_counts_more() {
         let mut j = Jail::new(JailId(0), "fs", policy(5, 600, BanTime::For(Duration(10))));
         let mut e = ev("198.51.100.6", 0);
         e.weight = 3;
-        assert_eq!(j.record(&e, t(0)), Outcome::Found { count: 3 });
+        assert_eq!(
+            j.record(&e, t(0), &BanHistory::default()),
+            Outcome::Found { count: 3 }
+        );
         assert!(matches!(
-            j.record(&e, t(1)),
+            j.record(&e, t(1), &BanHistory::default()),
             Outcome::Ban(BanDecision { failures: 5, .. })
         ));
     }
@@ -598,7 +706,7 @@ mod tests {
             BanReason::Manual,
         );
         assert_eq!(
-            j.record(&ev("198.51.100.99", 0), t(0)),
+            j.record(&ev("198.51.100.99", 0), t(0), &BanHistory::default()),
             Outcome::AlreadyBanned
         );
     }
@@ -609,20 +717,24 @@ mod tests {
         p.max_tracked = 3;
         let mut j = Jail::new(JailId(0), "fs", p);
         for i in 1..=3 {
-            j.record(&ev(&format!("198.51.100.{i}"), 0), t(0));
+            j.record(
+                &ev(&format!("198.51.100.{i}"), 0),
+                t(0),
+                &BanHistory::default(),
+            );
         }
-        j.record(&ev("198.51.100.4", 1), t(1));
+        j.record(&ev("198.51.100.4", 1), t(1), &BanHistory::default());
         assert_eq!(j.failing_count(), 3);
         assert_eq!(j.counters().evictions, 1);
         // The oldest (.1) went; .2 still counts.
         assert_eq!(
-            j.record(&ev("198.51.100.2", 2), t(2)),
+            j.record(&ev("198.51.100.2", 2), t(2), &BanHistory::default()),
             Outcome::Found { count: 2 }
         );
         // Bounded under a flood of distinct sources.
         for i in 0..10_000u32 {
             let a = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
-            j.record(&ev(&a, 3), t(3));
+            j.record(&ev(&a, 3), t(3), &BanHistory::default());
         }
         assert_eq!(j.failing_count(), 3);
         assert!(j.order.len() <= 2 * 3 + 1024 + 1);
@@ -631,8 +743,8 @@ mod tests {
     #[test]
     fn sweep_forgets_stale_addresses() {
         let mut j = Jail::new(JailId(0), "fs", policy(5, 600, BanTime::For(Duration(10))));
-        j.record(&ev("198.51.100.7", 0), t(0));
-        j.record(&ev("198.51.100.8", 500), t(500));
+        j.record(&ev("198.51.100.7", 0), t(0), &BanHistory::default());
+        j.record(&ev("198.51.100.8", 500), t(500), &BanHistory::default());
         j.sweep(t(700));
         assert_eq!(j.failing_count(), 1);
     }

@@ -296,3 +296,22 @@ pub fn delivered(from: &std::net::UdpSocket, to: &std::net::UdpSocket, wait: Dur
     }
     false
 }
+
+/// A `[daemon]` table keeping state and socket inside `dir`.
+pub fn daemon_section(dir: &TempDir) -> String {
+    format!(
+        "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n\n",
+        dir.path("state").display(),
+        dir.path("sipwarden.sock").display()
+    )
+}
+
+/// Runs the CLI against the daemon whose state lives in `dir`.
+pub fn cli(dir: &TempDir, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--socket")
+        .arg(dir.path("sipwarden.sock"))
+        .output()
+        .unwrap()
+}

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, TempDir, append, shared};
+use crate::common::{Daemon, TempDir, append, daemon_section, shared};
 
 /// Rewrites mod_fail2ban's `at[...]` stamps so the last line is "now" and the
 /// spacing between lines stays as captured.
@@ -39,9 +39,10 @@ fn mod_fail2ban_corpus_bans_the_attacker_once() {
     std::fs::write(
         &cfg,
         format!(
-            "[defaults]\nmaxretry = 5\nfindtime = \"10m\"\nbantime = \"1h\"\nignoreip = [\"127.0.0.0/8\"]\nignoreself = false\n\n\
+            "{}[defaults]\nmaxretry = 5\nfindtime = \"10m\"\nbantime = \"1h\"\nignoreip = [\"127.0.0.0/8\"]\nignoreself = false\n\n\
              [firewall]\nbackend = \"nftables\"\n\n\
              [jail.mod-fail2ban]\nfilter = \"mod-fail2ban\"\nlogpath = [\"{}\"]\n",
+            daemon_section(&dir),
             log.display()
         ),
     )
@@ -98,8 +99,9 @@ fn freeswitch_log_follows_rotation_and_truncation() {
     std::fs::write(
         &cfg,
         format!(
-            "[defaults]\nmaxretry = 3\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+            "{}[defaults]\nmaxretry = 3\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
              [jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n",
+            daemon_section(&dir),
             log.display()
         ),
     )

@@ -4,5 +4,7 @@
 
 mod cli;
 mod common;
+mod control;
 mod dry_run;
 mod nft;
+mod restart;

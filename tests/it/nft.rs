@@ -12,14 +12,17 @@ use sipwarden::enforce::{Enforcer, NftEnforcer};
 use sipwarden::event::{JailId, Time};
 use sipwarden::jail::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReason};
 
-use crate::common::{Daemon, NetNs, TempDir, TestNet, append, bin, can_use_netns, delivered};
+use crate::common::{
+    Daemon, NetNs, TempDir, TestNet, append, bin, can_use_netns, daemon_section, delivered,
+};
 
 fn config(dir: &TempDir, log: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let cfg = dir.path("sipwarden.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[defaults]\n{extra}\n[jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n",
+            "{}[defaults]\n{extra}\n[jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n",
+            daemon_section(dir),
             log.display()
         ),
     )

@@ -1,0 +1,248 @@
+//! The control plane: line-delimited JSON over a Unix socket, spoken by the
+//! `sipwarden` CLI (and by scripts). The status shapes here are the ones any
+//! later HTTP API serves too.
+//!
+//! One request per line, one response per line:
+//!
+//! ```text
+//! {"cmd":"ping"}
+//! {"cmd":"status"}                      {"cmd":"status","jail":"freeswitch"}
+//! {"cmd":"ban","jail":"freeswitch","addr":"203.0.113.7","for":"2h","force":false}
+//! {"cmd":"unban","addr":"203.0.113.7"}  {"cmd":"unban","addr":"198.51.100.0/24","jail":"freeswitch"}
+//! {"cmd":"unban","all":true}
+//! {"cmd":"reload"}
+//! ```
+//!
+//! Responses are `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration::{BanTime, Duration};
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Is the daemon alive?
+    Ping {},
+    /// Jails with counts, or one jail in detail.
+    Status {
+        /// One jail, with its banned addresses.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jail: Option<String>,
+    },
+    /// Ban an address or prefix by hand.
+    Ban {
+        /// The jail the ban belongs to.
+        jail: String,
+        /// Address or CIDR prefix.
+        addr: String,
+        /// Ban length (default: the jail's bantime); `-1` for permanent.
+        #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+        duration: Option<String>,
+        /// Ban even an `ignoreip` address.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Lift bans.
+    Unban {
+        /// Address or prefix (absent with `all`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
+        /// Only in this jail.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jail: Option<String>,
+        /// Every ban (of `jail`, or of all jails).
+        #[serde(default)]
+        all: bool,
+    },
+    /// Re-read the configuration; a bad one is refused and the old one kept.
+    Reload {},
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// What went wrong, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A success carrying `result`.
+    pub fn ok(result: impl Serialize) -> Response {
+        match serde_json::to_value(result) {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response::error(format!("internal error encoding the answer: {e}")),
+        }
+    }
+
+    /// A failure with a message.
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(msg.into()),
+        }
+    }
+}
+
+/// `status`: the daemon and its jails.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// sipwarden's version.
+    pub version: String,
+    /// When the daemon started (RFC 3339).
+    pub started: String,
+    /// Seconds since start.
+    pub uptime_s: i64,
+    /// The firewall backend in use (`nftables` or `none`).
+    pub firewall: String,
+    /// Where the configuration came from.
+    pub config: String,
+    /// Every running jail.
+    pub jails: Vec<JailView>,
+}
+
+/// One jail's counters (the facts `fail2ban-client status JAIL` shows).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JailView {
+    /// The jail's name.
+    pub name: String,
+    /// Its filter.
+    pub filter: Option<String>,
+    /// Failures that trigger a ban.
+    pub maxretry: u32,
+    /// Counting window.
+    pub findtime: Duration,
+    /// Ban length.
+    pub bantime: BanTime,
+    /// Addresses with failures inside findtime, not banned.
+    pub currently_failing: u64,
+    /// Failures counted since start.
+    pub total_failed: u64,
+    /// Bans in force.
+    pub currently_banned: u64,
+    /// Bans since start (restored ones not included).
+    pub total_banned: u64,
+    /// Addresses forgotten to respect `max_tracked`.
+    pub evictions: u64,
+    /// Where the failures come from.
+    pub sources: Vec<SourceView>,
+    /// The bans in force (only in `status JAIL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banned: Option<Vec<BanView>>,
+}
+
+/// One source of a jail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceView {
+    /// `file`.
+    pub kind: String,
+    /// What it reads.
+    pub path: String,
+    /// Whether it is open and followed right now.
+    pub healthy: bool,
+    /// Lines read.
+    pub lines: u64,
+    /// Lines that matched.
+    pub matched: u64,
+}
+
+/// One ban in force.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BanView {
+    /// Address, or prefix in CIDR form.
+    pub addr: String,
+    /// The jail.
+    pub jail: String,
+    /// Start (RFC 3339).
+    pub start: String,
+    /// End (RFC 3339), absent when permanent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Seconds left, absent when permanent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_s: Option<i64>,
+    /// Failures that caused it (0 for manual bans).
+    pub failures: u32,
+    /// `failures` or `manual`.
+    pub reason: String,
+}
+
+/// The result of `unban`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnbanView {
+    /// What was lifted.
+    pub unbanned: Vec<BanRef>,
+}
+
+/// A (jail, address) pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BanRef {
+    /// The jail.
+    pub jail: String,
+    /// The address or prefix.
+    pub addr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_reject_junk() {
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"ban","jail":"fs","addr":"192.0.2.1","for":"2h"}"#)
+                .unwrap();
+        assert_eq!(
+            r,
+            Request::Ban {
+                jail: "fs".into(),
+                addr: "192.0.2.1".into(),
+                duration: Some("2h".into()),
+                force: false
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"unban","all":true}"#).unwrap(),
+            Request::Unban {
+                addr: None,
+                jail: None,
+                all: true
+            }
+        );
+        for bad in [
+            r#"{"cmd":"explode"}"#,
+            r#"{"cmd":"ping","x":1}"#,
+            "not json",
+            r#"{"cmd":"ban","jail":"x"}"#,
+            "[]",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_shapes() {
+        let s = serde_json::to_string(&Response::error("nope")).unwrap();
+        assert_eq!(s, r#"{"ok":false,"error":"nope"}"#);
+        let s = serde_json::to_string(&Response::ok(serde_json::json!({"pong": true}))).unwrap();
+        assert_eq!(s, r#"{"ok":true,"result":{"pong":true}}"#);
+    }
+}

@@ -1,0 +1,159 @@
+//! The daemon's side of the control socket.
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{MAX_REQUEST, Request, Response};
+
+/// A request on its way to the core, with the way back.
+pub type ControlMsg = (Request, oneshot::Sender<Response>);
+
+/// Most control connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// The bound control socket; the file is removed on drop.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Group whose members may talk to the daemon (besides root and the
+    /// daemon's own user).
+    gid: Option<u32>,
+}
+
+/// The numeric id of group `name`.
+fn group_id(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer to static storage or null; we copy
+    // the id out at once. The daemon calls this once at start.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        None
+    } else {
+        Some(unsafe { (*g).gr_gid })
+    }
+}
+
+impl ControlSocket {
+    /// Binds `path` (mode 0660, group `group`). Refuses when another daemon
+    /// answers on it; removes a stale socket file.
+    pub fn bind(path: &Path, group: Option<&str>) -> Result<ControlSocket, String> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "another sipwarden is running: its control socket {} answers; stop it first, or give this one another [daemon] socket",
+                    path.display()
+                ));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("binding control socket {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("setting mode 0660 on {}: {e}", path.display()))?;
+        let gid = match group {
+            Some(g) => {
+                let gid = group_id(g).ok_or_else(|| {
+                    format!("[daemon] socket_group: no group named {g:?} on this system")
+                })?;
+                std::os::unix::fs::chown(path, None, Some(gid))
+                    .map_err(|e| format!("giving {} to group {g}: {e}", path.display()))?;
+                Some(gid)
+            }
+            None => None,
+        };
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            gid,
+        })
+    }
+
+    /// Serves connections; runs until the daemon drops the task.
+    pub async fn serve(self, core: mpsc::Sender<ControlMsg>) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let own_uid = unsafe { libc::geteuid() };
+        loop {
+            let Ok((stream, _)) = self.listener.accept().await else {
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("control socket: too many connections; refusing one");
+                continue;
+            };
+            let allowed = match stream.peer_cred() {
+                Ok(c) => {
+                    c.uid() == 0 || c.uid() == own_uid || self.gid.is_some_and(|g| c.gid() == g)
+                }
+                Err(_) => false,
+            };
+            let core = core.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_conn(stream, allowed, core).await;
+            });
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_conn(stream: UnixStream, allowed: bool, core: mpsc::Sender<ControlMsg>) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut rd)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let resp = if !allowed {
+            Response::error(
+                "permission denied: the control socket serves root, the daemon's user and [daemon] socket_group",
+            )
+        } else if line.len() > MAX_REQUEST {
+            Response::error(format!("request longer than {MAX_REQUEST} bytes"))
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => ask(&core, req).await,
+                Err(e) => Response::error(format!("bad request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_vec(&resp)
+            .unwrap_or_else(|_| br#"{"ok":false,"error":"encoding failed"}"#.to_vec());
+        out.push(b'\n');
+        if wr.write_all(&out).await.is_err() || !allowed || line.len() > MAX_REQUEST {
+            return;
+        }
+    }
+}
+
+async fn ask(core: &mpsc::Sender<ControlMsg>, req: Request) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if core.send((req, tx)).await.is_err() {
+        return Response::error("the daemon is stopping");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+}

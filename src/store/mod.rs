@@ -1,0 +1,434 @@
+//! The state store: every ban ever decided, in SQLite (WAL), so a restart
+//! restores the bans still in force and escalation knows repeat offenders.
+//!
+//! A corrupt or unreadable database is moved aside with a loud error and a
+//! fresh one is started: the daemon never refuses to protect because of its
+//! history.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::event::Time;
+use crate::jail::{BanReason, UnbanReason};
+
+/// Schema migrations, applied in order and tracked by `PRAGMA user_version`.
+/// Append only: never edit or remove one.
+const MIGRATIONS: &[&str] = &["CREATE TABLE bans (
+        id INTEGER PRIMARY KEY,
+        jail TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER,
+        failures INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        lifted_ms INTEGER,
+        lifted_reason TEXT
+    );
+    CREATE INDEX bans_open ON bans(lifted_ms) WHERE lifted_ms IS NULL;
+    CREATE INDEX bans_addr ON bans(addr, start_ms);"];
+
+/// Why the store failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("state database {path}: {source}")]
+pub struct StoreError {
+    /// The database file.
+    pub path: String,
+    /// What SQLite said.
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+/// A ban as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBan {
+    /// The jail's name.
+    pub jail: String,
+    /// Address or prefix.
+    pub addr: IpNet,
+    /// Start.
+    pub start: Time,
+    /// End; `None` for permanent.
+    pub end: Option<Time>,
+    /// Failures that caused it.
+    pub failures: u32,
+    /// Why.
+    pub reason: BanReason,
+}
+
+/// A ban with, once it ended, when and why.
+pub type HistoryRow = (StoredBan, Option<(Time, String)>);
+
+/// A write the daemon asks of the store.
+#[derive(Clone, Debug)]
+pub enum StoreOp {
+    /// A ban began.
+    Ban(StoredBan),
+    /// A ban of `addr` in `jail` ended.
+    Unban {
+        /// Jail name.
+        jail: String,
+        /// Address or prefix.
+        addr: IpNet,
+        /// When.
+        at: Time,
+        /// Why.
+        reason: UnbanReason,
+    },
+}
+
+/// The open database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn reason_str(r: BanReason) -> &'static str {
+    match r {
+        BanReason::Failures => "failures",
+        BanReason::Manual => "manual",
+    }
+}
+
+fn unban_str(r: UnbanReason) -> &'static str {
+    match r {
+        UnbanReason::Expired => "expired",
+        UnbanReason::Manual => "manual",
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `state_dir/sipwarden.db`. When the file is corrupt
+    /// or unreadable it is renamed `sipwarden.db.corrupt-<time>` and a fresh
+    /// database replaces it.
+    pub fn open(state_dir: &Path, now: Time) -> Result<Store, StoreError> {
+        let path = state_dir.join("sipwarden.db");
+        match Store::open_at(&path) {
+            Ok(s) => Ok(s),
+            Err(e) if path.exists() => {
+                let aside = state_dir.join(format!("sipwarden.db.corrupt-{}", now.as_secs()));
+                tracing::error!(
+                    "{e}; moving it aside to {} and starting with an empty history (active bans in it are not restored)",
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, &aside);
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(state_dir.join(format!("sipwarden.db{ext}")));
+                }
+                Store::open_at(&path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_at(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(err)?;
+        let ok: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err)?;
+        if ok != "ok" {
+            return Err(err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!("integrity check failed: {ok}")),
+            )));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.migrate().map_err(err)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        tx.commit()
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Applies writes in one transaction.
+    pub fn write(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let r = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO bans (jail, addr, start_ms, end_ms, failures, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                // A new ban of an address supersedes any open one in the jail.
+                let mut close = tx.prepare_cached(
+                    "UPDATE bans SET lifted_ms = ?3, lifted_reason = ?4 WHERE jail = ?1 AND addr = ?2 AND lifted_ms IS NULL",
+                )?;
+                for op in ops {
+                    match op {
+                        StoreOp::Ban(b) => {
+                            let addr = b.addr.to_string();
+                            close.execute(params![b.jail, addr, b.start.0, "replaced"])?;
+                            ins.execute(params![
+                                b.jail,
+                                addr,
+                                b.start.0,
+                                b.end.map(|e| e.0),
+                                b.failures,
+                                reason_str(b.reason)
+                            ])?;
+                        }
+                        StoreOp::Unban {
+                            jail,
+                            addr,
+                            at,
+                            reason,
+                        } => {
+                            close.execute(params![
+                                jail,
+                                addr.to_string(),
+                                at.0,
+                                unban_str(*reason)
+                            ])?;
+                        }
+                    }
+                }
+            }
+            tx.commit()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Bans still in force at `now`, oldest first.
+    pub fn active(&self, now: Time) -> Result<Vec<StoredBan>, StoreError> {
+        let r = (|| {
+            let mut q = self.conn.prepare(
+                "SELECT jail, addr, start_ms, end_ms, failures, reason FROM bans
+                 WHERE lifted_ms IS NULL AND (end_ms IS NULL OR end_ms > ?1) ORDER BY start_ms",
+            )?;
+            let rows = q.query_map([now.0], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (jail, addr, start, end, failures, reason) = row?;
+                // A row this build cannot read is skipped, not fatal.
+                let Ok(addr) = addr.parse::<IpNet>() else {
+                    continue;
+                };
+                out.push(StoredBan {
+                    jail,
+                    addr,
+                    start: Time(start),
+                    end: end.map(Time),
+                    failures,
+                    reason: if reason == "manual" {
+                        BanReason::Manual
+                    } else {
+                        BanReason::Failures
+                    },
+                });
+            }
+            Ok(out)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// For escalation: per (jail, address), how many bans began since the
+    /// address's last manual unban (a manual unban is a clean slate).
+    pub fn ban_counts(&self) -> Result<Vec<(String, IpNet, u32)>, StoreError> {
+        let r = (|| {
+            let mut q = self.conn.prepare(
+                "SELECT b.jail, b.addr, COUNT(*) FROM bans b
+                 WHERE b.start_ms > COALESCE((SELECT MAX(m.lifted_ms) FROM bans m
+                        WHERE m.addr = b.addr AND m.lifted_reason = 'manual'), -1)
+                 GROUP BY b.jail, b.addr",
+            )?;
+            let rows = q.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (jail, addr, n) = row?;
+                if let Ok(addr) = addr.parse::<IpNet>() {
+                    out.push((jail, addr, n));
+                }
+            }
+            Ok(out)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Every ban of `addr`, newest first (for history views).
+    pub fn history(&self, addr: &IpNet, limit: usize) -> Result<Vec<HistoryRow>, StoreError> {
+        let r = (|| {
+            let mut q = self.conn.prepare(
+                "SELECT jail, start_ms, end_ms, failures, reason, lifted_ms, lifted_reason FROM bans
+                 WHERE addr = ?1 ORDER BY start_ms DESC LIMIT ?2",
+            )?;
+            let rows = q.query_map(params![addr.to_string(), limit as i64], |r| {
+                Ok((
+                    StoredBan {
+                        jail: r.get(0)?,
+                        addr: *addr,
+                        start: Time(r.get(1)?),
+                        end: r.get::<_, Option<i64>>(2)?.map(Time),
+                        failures: r.get(3)?,
+                        reason: if r.get::<_, String>(4)? == "manual" {
+                            BanReason::Manual
+                        } else {
+                            BanReason::Failures
+                        },
+                    },
+                    r.get::<_, Option<i64>>(5)?
+                        .zip(r.get::<_, Option<String>>(6)?)
+                        .map(|(t, w)| (Time(t), w)),
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Total rows, for tests and status.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM bans", [], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "sipwarden-store-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn ban(jail: &str, addr: &str, start: i64, end: Option<i64>) -> StoreOp {
+        StoreOp::Ban(StoredBan {
+            jail: jail.into(),
+            addr: addr.parse().unwrap(),
+            start: Time(start),
+            end: end.map(Time),
+            failures: 5,
+            reason: BanReason::Failures,
+        })
+    }
+
+    #[test]
+    fn keeps_active_bans_across_reopen() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        s.write(&[
+            ban("fs", "192.0.2.1/32", 1000, Some(5000)),
+            ban("fs", "192.0.2.2/32", 1000, None),
+            ban("fs", "192.0.2.3/32", 1000, Some(1500)),
+            ban("fs", "198.51.100.0/24", 1000, Some(9000)),
+        ])
+        .unwrap();
+        s.write(&[StoreOp::Unban {
+            jail: "fs".into(),
+            addr: "198.51.100.0/24".parse().unwrap(),
+            at: Time(2000),
+            reason: UnbanReason::Manual,
+        }])
+        .unwrap();
+        drop(s);
+        let s = Store::open(&d, Time(0)).unwrap();
+        let active: Vec<String> = s
+            .active(Time(2000))
+            .unwrap()
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(active, vec!["192.0.2.1/32", "192.0.2.2/32"]);
+        assert_eq!(s.count().unwrap(), 4);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rebans_replace_open_rows_and_manual_unban_resets_counts() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        s.write(&[
+            ban("fs", "192.0.2.1/32", 1000, Some(2000)),
+            ban("fs", "192.0.2.1/32", 3000, Some(5000)),
+        ])
+        .unwrap();
+        assert_eq!(s.active(Time(3500)).unwrap().len(), 1);
+        assert_eq!(
+            s.ban_counts().unwrap(),
+            vec![("fs".to_string(), "192.0.2.1/32".parse().unwrap(), 2)]
+        );
+        s.write(&[StoreOp::Unban {
+            jail: "fs".into(),
+            addr: "192.0.2.1/32".parse().unwrap(),
+            at: Time(4000),
+            reason: UnbanReason::Manual,
+        }])
+        .unwrap();
+        assert!(s.ban_counts().unwrap().is_empty());
+        s.write(&[ban("fs", "192.0.2.1/32", 6000, Some(7000))])
+            .unwrap();
+        assert_eq!(s.ban_counts().unwrap()[0].2, 1);
+        assert_eq!(
+            s.history(&"192.0.2.1/32".parse().unwrap(), 10)
+                .unwrap()
+                .len(),
+            3
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corrupt_database_is_moved_aside() {
+        let d = tmp();
+        std::fs::write(d.join("sipwarden.db"), b"this is not a database, it is garbage........................................................................................").unwrap();
+        let mut s = Store::open(&d, Time(1_000_000)).unwrap();
+        s.write(&[ban("fs", "192.0.2.1/32", 1, None)]).unwrap();
+        assert!(d.join("sipwarden.db.corrupt-1000").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
