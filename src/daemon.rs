@@ -30,7 +30,9 @@ use crate::jail::{
     BanDecision, BanHistory, BanReason, Decision, DisplayNet, IgnoreList, Jail, JailPolicy,
     Outcome, UnbanDecision, is_host, own_addresses,
 };
+use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::{FileSource, FollowStats};
+use crate::source::scanner::ScannerList;
 use crate::store::{Store, StoreOp, StoredBan};
 
 /// How the daemon was asked to run.
@@ -67,6 +69,13 @@ fn policy(jc: &JailConfig, own: &[IpNet]) -> JailPolicy {
     if jc.ignoreself {
         ignore.extend(own.iter().copied());
     }
+    // The PBXs we listen to are never banned.
+    ignore.extend(
+        jc.esl
+            .iter()
+            .filter_map(|p| p.host.parse::<std::net::IpAddr>().ok())
+            .map(IpNet::from),
+    );
     JailPolicy {
         maxretry: jc.maxretry,
         findtime: jc.findtime,
@@ -74,6 +83,10 @@ fn policy(jc: &JailConfig, own: &[IpNet]) -> JailPolicy {
         ignore,
         max_tracked: jc.max_tracked,
         escalation: jc.escalation.clone(),
+        ban_scanners: jc.ban_scanners,
+        trust_registered: jc.trust_registered,
+        trusted_maxretry: jc.trusted_maxretry,
+        wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
     }
 }
 
@@ -177,6 +190,9 @@ impl Core {
                 }
                 Outcome::AlreadyBanned => {
                     tracing::debug!("[{}] {} already banned", jail.name(), ev.addr)
+                }
+                Outcome::Trusted => {
+                    tracing::debug!("[{}] Trust {} (registered)", jail.name(), ev.addr)
                 }
                 Outcome::Ignored => {
                     tracing::debug!("[{}] Ignore {} (ignoreip)", jail.name(), ev.addr)
@@ -372,6 +388,8 @@ struct SourceKey {
     from_start: bool,
     logtimezone: String,
     options: FilterOptions,
+    esl: Vec<EslPeer>,
+    invite_weight: u32,
 }
 
 impl SourceKey {
@@ -382,29 +400,45 @@ impl SourceKey {
             from_start: jc.from_start,
             logtimezone: jc.logtimezone.clone(),
             options: jc.filter_options,
+            esl: jc.esl.clone(),
+            invite_weight: jc.invite_weight,
         }
     }
 }
 
-/// The followers of one jail.
+/// The sources of one jail: file followers (threads) and Event Socket
+/// clients (tasks).
 struct SourceGroup {
     key: SourceKey,
     stop: Arc<AtomicBool>,
     stats: Vec<(PathBuf, Arc<FollowStats>)>,
+    esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
 }
 
 impl SourceGroup {
     fn views(&self) -> Vec<SourceView> {
-        self.stats
-            .iter()
-            .map(|(p, s)| SourceView {
-                kind: "file".into(),
-                path: p.display().to_string(),
-                healthy: s.open.load(Ordering::Relaxed),
-                lines: s.lines.load(Ordering::Relaxed),
-                matched: s.matched.load(Ordering::Relaxed),
-            })
-            .collect()
+        let files = self.stats.iter().map(|(p, s)| SourceView {
+            kind: "file".into(),
+            path: p.display().to_string(),
+            healthy: s.open.load(Ordering::Relaxed),
+            lines: s.lines.load(Ordering::Relaxed),
+            matched: s.matched.load(Ordering::Relaxed),
+        });
+        let esl = self.esl.iter().map(|(label, s, _)| SourceView {
+            kind: "esl".into(),
+            path: label.clone(),
+            healthy: s.connected.load(Ordering::Relaxed),
+            lines: s.events.load(Ordering::Relaxed),
+            matched: s.failures.load(Ordering::Relaxed),
+        });
+        files.chain(esl).collect()
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (_, _, task) in &self.esl {
+            task.abort();
+        }
     }
 }
 
@@ -412,6 +446,7 @@ fn spawn_sources(
     jc: &JailConfig,
     id: JailId,
     tx: &mpsc::Sender<Vec<FailureEvent>>,
+    scanners: &Arc<ScannerList>,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut stats = Vec::new();
@@ -443,10 +478,26 @@ fn spawn_sources(
             stats.push((path.clone(), st));
         }
     }
+    let mut esl = Vec::new();
+    for peer in &jc.esl {
+        let st = Arc::new(EslStats::default());
+        let src = EslSource {
+            peer: peer.clone(),
+            mapper: EventMapper {
+                jail: id,
+                invite_weight: jc.invite_weight,
+                scanners: scanners.clone(),
+            },
+            tx: tx.clone(),
+            stats: st.clone(),
+        };
+        esl.push((peer.label(), st, tokio::spawn(src.run())));
+    }
     Ok(SourceGroup {
         key: SourceKey::of(jc),
         stop,
         stats,
+        esl,
     })
 }
 
@@ -535,6 +586,7 @@ struct Runtime {
     events_tx: mpsc::Sender<Vec<FailureEvent>>,
     dec_tx: std::sync::mpsc::Sender<Vec<Decision>>,
     store_tx: Option<std::sync::mpsc::Sender<Vec<StoreOp>>>,
+    scanners: Arc<ScannerList>,
 }
 
 impl Runtime {
@@ -561,7 +613,7 @@ impl Runtime {
                 .get(name.as_str())
                 .is_some_and(|jc| SourceKey::of(jc) == g.key);
             if !keep {
-                g.stop.store(true, Ordering::Relaxed);
+                g.stop();
             }
             keep
         });
@@ -572,7 +624,7 @@ impl Runtime {
             let Some(id) = self.core.jail_id(&jc.name) else {
                 continue;
             };
-            let g = spawn_sources(jc, id, &self.events_tx)?;
+            let g = spawn_sources(jc, id, &self.events_tx, &self.scanners)?;
             self.sources.insert(jc.name.clone(), g);
         }
         Ok(())
@@ -624,6 +676,7 @@ impl Runtime {
         let enabled: Vec<JailConfig> = cfg.enabled_jails().cloned().collect();
         let refs: Vec<&JailConfig> = enabled.iter().collect();
         let lifted = self.core.configure(&refs);
+        self.scanners = Arc::new(ScannerList::new(&cfg.scanners));
         self.config = cfg;
         if let Err(e) = self.start_sources().and_then(|_| self.dispatch(lifted)) {
             return Response::error(e.to_string());
@@ -842,7 +895,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     };
 
     let (events_tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
+    let scanners = Arc::new(ScannerList::new(&config.scanners));
     let mut rt = Runtime {
+        scanners,
         core,
         config,
         opts,
@@ -913,7 +968,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     }
     server.abort();
     for g in rt.sources.values() {
-        g.stop.store(true, Ordering::Relaxed);
+        g.stop();
     }
     drop(rx);
     let Runtime {

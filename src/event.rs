@@ -65,6 +65,12 @@ pub enum FailureKind {
     Abandoned,
     /// Any other failure a filter reports.
     Other,
+    /// A call left in the wrong state (FreeSWITCH `sofia::wrong_call_state`):
+    /// a weak signal with its own threshold.
+    WrongCallState,
+    /// Not a failure: a successful registration, which a jail may use to
+    /// trust the address (`trust_registered`).
+    Registered,
 }
 
 impl FailureKind {
@@ -78,6 +84,8 @@ impl FailureKind {
             FailureKind::Challenge => "challenge",
             FailureKind::Abandoned => "abandoned",
             FailureKind::Other => "other",
+            FailureKind::WrongCallState => "wrong_call_state",
+            FailureKind::Registered => "registered",
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct FailureEvent {
     pub weight: u32,
     /// The user name tried, if the source knows it (attacker-controlled).
     pub user: Option<Box<str>>,
+    /// The request came from a known attack tool (by its user agent).
+    pub scanner: bool,
 }
 
 /// Canonical form of an address: IPv4-mapped IPv6 (`::ffff:192.0.2.1`) becomes

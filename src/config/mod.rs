@@ -19,6 +19,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use crate::filter::{self, FilterOptions};
+use crate::source::esl::{EslFormat, EslPeer};
 use duration::{BanTime, Duration};
 
 /// The embedded default configuration (also the commented reference).
@@ -141,8 +142,30 @@ struct RawFirewall {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawEsl {
+    host: Option<String>,
+    port: Option<u16>,
+    password: Option<String>,
+    format: Option<EslFormat>,
+    log_acl: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScanners {
+    user_agents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawJail {
     enabled: Option<bool>,
+    esl: Option<Spanned<toml::Value>>,
+    invite_weight: Option<Spanned<u32>>,
+    ban_scanners: Option<bool>,
+    trust_registered: Option<Duration>,
+    trusted_maxretry: Option<u32>,
+    wrong_call_state_maxretry: Option<u32>,
     filter: Option<Spanned<String>>,
     logpath: Option<PathList>,
     from_start: Option<bool>,
@@ -170,6 +193,8 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default)]
     firewall: RawFirewall,
+    #[serde(default)]
+    scanners: RawScanners,
     #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
 }
@@ -229,6 +254,18 @@ pub struct JailConfig {
     pub max_tracked: usize,
     /// Escalation for repeat offenders, when `bantime_increment = true`.
     pub escalation: Option<crate::jail::Escalation>,
+    /// FreeSWITCH Event Sockets to listen to.
+    pub esl: Vec<EslPeer>,
+    /// Weight of an INVITE authentication failure.
+    pub invite_weight: u32,
+    /// Ban attack tools (by user agent) at their first failure.
+    pub ban_scanners: bool,
+    /// Trust an address for this long after a successful registration.
+    pub trust_registered: Option<Duration>,
+    /// Failures that ban a trusted address.
+    pub trusted_maxretry: u32,
+    /// `wrong_call_state` events that ban on their own (0 = not counted).
+    pub wrong_call_state_maxretry: u32,
 }
 
 /// A whole, validated configuration.
@@ -242,6 +279,8 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// Every `[jail.NAME]`, enabled or not, in name order.
     pub jails: Vec<JailConfig>,
+    /// `[scanners] user_agents`: attack-tool user-agent fragments.
+    pub scanners: Vec<String>,
 }
 
 impl Config {
@@ -472,20 +511,35 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             None => None,
         };
         let logpath = j.logpath.map(|p| p.0).unwrap_or_default();
-        if enabled && filter.is_none() {
+        let esl = match &j.esl {
+            Some(v) => esl_peers(v.get_ref()).map_err(|m| err(v.span(), m))?,
+            None => Vec::new(),
+        };
+        if enabled && esl.is_empty() && filter.is_none() {
             return Err(err(
                 span,
                 format!(
-                    "jail {name:?} has no `filter`; set one of: {}",
+                    "jail {name:?} has nothing to read: set `filter` and `logpath` (built-in filters: {}), or `esl`",
                     filter::BUILTIN_FILTERS.join(", ")
                 ),
             ));
         }
-        if enabled && logpath.is_empty() {
+        if enabled && filter.is_some() && logpath.is_empty() {
             return Err(err(
                 span,
                 format!("jail {name:?} has no `logpath`; list the log files it should follow"),
             ));
+        }
+        if enabled && filter.is_none() && !logpath.is_empty() {
+            return Err(err(
+                span,
+                format!("jail {name:?} has a `logpath` but no `filter` to read it with"),
+            ));
+        }
+        if let Some(w) = &j.invite_weight {
+            if *w.get_ref() == 0 {
+                return Err(err(w.span(), "invite_weight must be at least 1".into()));
+            }
         }
         let logtimezone = match &j.logtimezone {
             Some(z) => {
@@ -541,14 +595,49 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             ignoreself: j.ignoreself.unwrap_or(def_ignoreself),
             max_tracked: def_max_tracked,
             escalation,
+            esl,
+            invite_weight: j.invite_weight.map_or(1, |w| *w.get_ref()),
+            ban_scanners: j.ban_scanners.unwrap_or(false),
+            trust_registered: j.trust_registered,
+            trusted_maxretry: j.trusted_maxretry.unwrap_or(maxretry.saturating_mul(3)),
+            wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
         });
     }
+    let scanners = raw.scanners.user_agents.unwrap_or_else(|| {
+        crate::source::scanner::DEFAULT_SCANNERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
     Ok(Config {
         origin: origin.to_string(),
         daemon,
         firewall,
         jails,
+        scanners,
     })
+}
+
+/// Reads a jail's `esl`: one table or an array of tables.
+fn esl_peers(v: &toml::Value) -> Result<Vec<EslPeer>, String> {
+    let raws: Vec<RawEsl> = match v {
+        toml::Value::Array(_) => v.clone().try_into().map_err(|e: toml::de::Error| format!("esl: {}", e.message()))?,
+        toml::Value::Table(_) => vec![v.clone().try_into().map_err(|e: toml::de::Error| format!("esl: {}", e.message()))?],
+        _ => return Err("esl must be a table { host, port, password, format, log_acl } or an array of such tables".into()),
+    };
+    if raws.is_empty() {
+        return Err("esl is an empty list; give at least one { host, port, password }".into());
+    }
+    Ok(raws
+        .into_iter()
+        .map(|r| EslPeer {
+            host: r.host.unwrap_or_else(|| "127.0.0.1".into()),
+            port: r.port.unwrap_or(8021),
+            password: r.password.unwrap_or_else(|| "ClueCon".into()),
+            format: r.format.unwrap_or(EslFormat::Plain),
+            log_acl: r.log_acl.unwrap_or(false),
+        })
+        .collect())
 }
 
 fn parse_net_const(s: &str) -> IpNet {
@@ -581,8 +670,16 @@ mod tests {
         let c = Config::embedded().unwrap();
         assert_eq!(c.firewall.backend, Backend::Nftables);
         assert_eq!(c.firewall.table, "sipwarden");
+        let esl = c.jails.iter().find(|j| j.name == "freeswitch-esl").unwrap();
+        assert!(esl.enabled && esl.ban_scanners);
+        assert_eq!(esl.esl[0].label(), "127.0.0.1:8021");
+        assert_eq!(
+            c.enabled_jails().count(),
+            1,
+            "log jails are present but disabled: one failure never counts twice"
+        );
         let fs = c.jails.iter().find(|j| j.name == "freeswitch").unwrap();
-        assert!(fs.enabled);
+        assert!(!fs.enabled);
         assert_eq!(fs.maxretry, 5);
         assert_eq!(fs.findtime, Duration(600));
         assert_eq!(fs.bantime, BanTime::For(Duration(3600)));
@@ -696,6 +793,20 @@ bantime = -1
         assert!(c.jails[0].escalation.is_none());
         let e = error("[defaults]\nbantime_multipliers = [1, 0]\n");
         assert!(e.contains(":2:") && e.contains("positive"), "{e}");
+    }
+
+    #[test]
+    fn esl_jails() {
+        let c = parse("[jail.esl]\nesl = { host = \"127.0.0.1\", port = 8021, password = \"ClueCon\" }\ninvite_weight = 3\n[jail.two]\nesl = [{ host = \"10.0.0.1\" }, { host = \"10.0.0.2\", format = \"json\" }]\n").unwrap();
+        assert_eq!(c.jails[0].esl.len(), 1);
+        assert_eq!(c.jails[0].invite_weight, 3);
+        assert_eq!(c.jails[1].esl[1].format, EslFormat::Json);
+        assert_eq!(c.jails[1].esl[0].password, "ClueCon");
+        let e = error("[jail.esl]\nesl = { hots = \"x\" }\n");
+        assert!(e.starts_with("test.toml:2:") && e.contains("hots"), "{e}");
+        let e = error("[jail.esl]\nesl = 5\n");
+        assert!(e.contains("esl must be a table"), "{e}");
+        assert!(!c.scanners.is_empty());
     }
 
     #[test]

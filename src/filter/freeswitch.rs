@@ -128,6 +128,24 @@ fn bracket_user(line: &[u8], open: usize, tail_start: usize) -> Option<Box<str>>
     Some(user_text(user))
 }
 
+/// Reads a profile ACL rejection message, `IP ADDR Rejected by acl "NAME"` or
+/// `IP ADDR Rejected by register acl "NAME"`, as FreeSWITCH logs it (also
+/// through the Event Socket's `log` output). The DEBUG variant ending in
+/// `. Falling back to Digest auth.` is not a rejection.
+pub fn acl_reject(msg: &[u8]) -> Option<std::net::IpAddr> {
+    let rest = msg.strip_prefix(b"IP ")?;
+    let sp = memchr(b' ', rest)?;
+    let addr = parse_addr(&rest[..sp])?;
+    let after = &rest[sp..];
+    let quoted = after
+        .strip_prefix(b" Rejected by acl \"")
+        .or_else(|| after.strip_prefix(b" Rejected by register acl \""))?;
+    // The rejection is the whole message: the name's closing quote ends it.
+    let quoted = trim_end(quoted);
+    let close = memchr(b'"', quoted)?;
+    (close + 1 == quoted.len()).then_some(addr)
+}
+
 impl Filter for FreeSwitchFilter {
     fn name(&self) -> &str {
         "freeswitch"
@@ -185,20 +203,7 @@ impl Filter for FreeSwitchFilter {
             });
         }
 
-        if let Some(rest) = msg.strip_prefix(b"IP ") {
-            let sp = memchr(b' ', rest)?;
-            let addr = parse_addr(&rest[..sp])?;
-            let after = &rest[sp..];
-            let quoted = after
-                .strip_prefix(b" Rejected by acl \"")
-                .or_else(|| after.strip_prefix(b" Rejected by register acl \""))?;
-            // The rejection is the whole message: the name's closing quote ends
-            // the line. `". Falling back to Digest auth.` is not a failure.
-            let quoted = trim_end(quoted);
-            let close = memchr(b'"', quoted)?;
-            if close + 1 != quoted.len() {
-                return None;
-            }
+        if let Some(addr) = acl_reject(msg) {
             return Some(LineMatch {
                 addr,
                 time: stamp(),

@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::config::duration::{BanTime, Duration};
-use crate::event::{FailureEvent, JailId, Time};
+use crate::event::{FailureEvent, FailureKind, JailId, Time};
 
 /// A jail's counting policy, resolved from configuration.
 #[derive(Clone, Debug)]
@@ -37,6 +37,14 @@ pub struct JailPolicy {
     pub max_tracked: usize,
     /// Longer bans for repeat offenders, when enabled.
     pub escalation: Option<Escalation>,
+    /// Ban a known attack tool (by user agent) at its first failure.
+    pub ban_scanners: bool,
+    /// How long a successful registration makes an address trusted.
+    pub trust_registered: Option<Duration>,
+    /// Failures that ban a trusted address (at least `maxretry`).
+    pub trusted_maxretry: u32,
+    /// `wrong_call_state` events that ban on their own; 0 = not counted.
+    pub wrong_call_state_maxretry: u32,
 }
 
 /// Why an address was banned.
@@ -163,6 +171,8 @@ pub enum Outcome {
     },
     /// Counted, and the count reached `maxretry`.
     Ban(BanDecision),
+    /// A success that makes the address trusted for a while.
+    Trusted,
 }
 
 /// An address's live failure state: the newest failure times within
@@ -172,6 +182,8 @@ struct Track {
     /// Creation number, to recognise this track in the eviction queue.
     seq: u64,
     times: Vec<i64>,
+    /// Weak signals (`wrong_call_state`), counted apart with their own threshold.
+    weak: Vec<i64>,
 }
 
 /// A ban in force.
@@ -209,6 +221,8 @@ pub struct Jail {
     /// track is gone or newer are stale and skipped.
     order: VecDeque<(IpAddr, u64)>,
     next_seq: u64,
+    /// Addresses that registered successfully, until when they are trusted.
+    trusted: HashMap<IpAddr, i64>,
     banned: HashMap<IpNet, ActiveBan>,
     /// The banned prefixes (not single hosts), checked per event.
     prefixes: Vec<IpNet>,
@@ -226,6 +240,7 @@ impl Jail {
             failing: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
+            trusted: HashMap::new(),
             banned: HashMap::new(),
             prefixes: Vec::new(),
             expiries: BinaryHeap::new(),
@@ -276,16 +291,40 @@ impl Jail {
         if self.policy.ignore.contains(addr) {
             return Outcome::Ignored;
         }
-        if self.is_banned(addr) {
-            return Outcome::AlreadyBanned;
-        }
         let findtime = self.policy.findtime.as_millis();
         // A line dated in the future (clock skew, wrong logtimezone) counts as now.
         let t = ev.time.min(now);
+        if ev.kind == FailureKind::Registered {
+            return match self.policy.trust_registered {
+                Some(d)
+                    if self.trusted.len() < self.policy.max_tracked
+                        || self.trusted.contains_key(&addr) =>
+                {
+                    self.trusted.insert(addr, t.0 + d.as_millis());
+                    Outcome::Trusted
+                }
+                _ => Outcome::Ignored,
+            };
+        }
+        if self.is_banned(addr) {
+            return Outcome::AlreadyBanned;
+        }
         if t.0 <= now.0 - findtime {
             return Outcome::TooOld;
         }
-        let maxretry = self.policy.maxretry.max(1) as usize;
+        let weak = ev.kind == FailureKind::WrongCallState;
+        if weak && self.policy.wrong_call_state_maxretry == 0 {
+            return Outcome::Ignored;
+        }
+        let trusted = self.trusted.get(&addr).is_some_and(|&until| until > now.0);
+        let maxretry = if weak {
+            self.policy.wrong_call_state_maxretry
+        } else if trusted {
+            self.policy.trusted_maxretry.max(self.policy.maxretry)
+        } else {
+            self.policy.maxretry
+        }
+        .max(1) as usize;
         if !self.failing.contains_key(&addr) {
             self.make_room();
             let seq = self.next_seq;
@@ -295,24 +334,32 @@ impl Jail {
                 addr,
                 Track {
                     seq,
-                    times: Vec::with_capacity(maxretry.min(8)),
+                    times: Vec::new(),
+                    weak: Vec::new(),
                 },
             );
         }
         let Some(track) = self.failing.get_mut(&addr) else {
             return Outcome::Ignored;
         };
-        track.times.retain(|&x| x > t.0 - findtime);
+        let ring = if weak {
+            &mut track.weak
+        } else {
+            &mut track.times
+        };
+        ring.retain(|&x| x > t.0 - findtime);
         for _ in 0..ev.weight.max(1) {
-            if track.times.len() >= maxretry {
+            if ring.len() >= maxretry {
                 // Keep the newest maxretry times: older ones can never matter.
-                track.times.remove(0);
+                ring.remove(0);
             }
-            track.times.push(t.0);
+            ring.push(t.0);
         }
         self.counters.total_failed += 1;
-        let count = track.times.len() as u32;
-        if track.times.len() >= maxretry {
+        let count = ring.len() as u32;
+        // A known attack tool is banned at its first failure, where asked.
+        let scanner = ev.scanner && self.policy.ban_scanners && !trusted;
+        if ring.len() >= maxretry || scanner {
             self.failing.remove(&addr);
             let net = IpNet::from(addr);
             let bantime = self.escalated_bantime(&net, history);
@@ -520,7 +567,6 @@ impl Jail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::FailureKind;
 
     fn policy(maxretry: u32, findtime: u64, bantime: BanTime) -> JailPolicy {
         JailPolicy {
@@ -533,6 +579,10 @@ mod tests {
             ]),
             max_tracked: 1000,
             escalation: None,
+            ban_scanners: false,
+            trust_registered: None,
+            trusted_maxretry: 0,
+            wrong_call_state_maxretry: 0,
         }
     }
 
@@ -544,6 +594,7 @@ mod tests {
             kind: FailureKind::RegisterAuth,
             weight: 1,
             user: None,
+            scanner: false,
         }
     }
 
@@ -678,6 +729,53 @@ mod tests {
         }
         assert_eq!(lengths, vec!["1m", "2m", "3m20s", "3m20s"]);
         assert_eq!(j.counters().total_banned, 4);
+    }
+
+    #[test]
+    fn scanners_trusted_phones_and_weak_signals() {
+        let mut p = policy(3, 600, BanTime::For(Duration(60)));
+        p.ban_scanners = true;
+        p.trust_registered = Some(Duration(86_400));
+        p.trusted_maxretry = 6;
+        p.wrong_call_state_maxretry = 4;
+        let mut j = Jail::new(JailId(0), "esl", p);
+        let h = BanHistory::default();
+        // A scanner is banned at its first failure.
+        let mut e = ev("198.51.100.20", 0);
+        e.scanner = true;
+        assert!(matches!(
+            j.record(&e, t(0), &h),
+            Outcome::Ban(BanDecision { failures: 1, .. })
+        ));
+        // A phone that registered gets trusted_maxretry.
+        let mut ok = ev("198.51.100.21", 0);
+        ok.kind = FailureKind::Registered;
+        assert_eq!(j.record(&ok, t(0), &h), Outcome::Trusted);
+        for i in 1..=5 {
+            assert_eq!(
+                j.record(&ev("198.51.100.21", i), t(i), &h),
+                Outcome::Found { count: i as u32 }
+            );
+        }
+        assert!(matches!(
+            j.record(&ev("198.51.100.21", 6), t(6), &h),
+            Outcome::Ban(_)
+        ));
+        // Weak signals count apart, at their own threshold.
+        let mut w = ev("198.51.100.22", 0);
+        w.kind = FailureKind::WrongCallState;
+        for i in 1..=3 {
+            assert_eq!(j.record(&w, t(i), &h), Outcome::Found { count: i as u32 });
+        }
+        assert_eq!(
+            j.record(&ev("198.51.100.22", 4), t(4), &h),
+            Outcome::Found { count: 1 }
+        );
+        assert!(matches!(j.record(&w, t(5), &h), Outcome::Ban(_)));
+        // Off by default: not counted at all.
+        let mut j = Jail::new(JailId(0), "esl", policy(3, 600, BanTime::For(Duration(60))));
+        assert_eq!(j.record(&w, t(5), &h), Outcome::Ignored);
+        assert_eq!(j.record(&ok, t(5), &h), Outcome::Ignored);
     }
 
     #[test]

@@ -348,6 +348,7 @@ impl FileSource {
             kind: m.kind,
             weight: 1,
             user: m.user,
+            scanner: false,
         });
     }
 

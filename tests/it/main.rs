@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod control;
 mod dry_run;
+mod esl;
 mod nft;
 mod restart;
