@@ -468,6 +468,7 @@ fn spawn_sources(
                 from_start: jc.from_start,
                 tx: tx.clone(),
                 stop: stop.clone(),
+                scanners: scanners.clone(),
                 stats: st.clone(),
             }
             .spawn()

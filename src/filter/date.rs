@@ -97,14 +97,47 @@ fn valid(year: Option<i16>, mo: i32, d: i32, hms: (i8, i8, i8), nanos: i32) -> O
     })
 }
 
+const MONTHS: [&[u8; 3]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+/// Reads syslog's `Mmm DD HH:MM:SS` (day space-padded) at `at`.
+fn read_syslog_at(b: &[u8], at: usize) -> Option<(LineDate, usize)> {
+    let m = b.get(at..at + 3)?;
+    let month = MONTHS.iter().position(|x| x.as_slice() == m)? as i32 + 1;
+    let mut i = at + 3;
+    (b.get(i) == Some(&b' ')).then_some(())?;
+    while b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let d1 = digits(b, i, 1)?;
+    let (day, next) = match digits(b, i + 1, 1) {
+        Some(d2) => (d1 * 10 + d2, i + 2),
+        None => (d1, i + 1),
+    };
+    (b.get(next) == Some(&b' ')).then_some(())?;
+    // Some logs put the year after the day: `Mar 27 2024 10:06:14`.
+    let (year, hms_at) = match (digits(b, next + 1, 4), b.get(next + 5)) {
+        (Some(y), Some(b' ')) => (Some(y as i16), next + 6),
+        _ => (None, next + 1),
+    };
+    let (hms, nanos, end) = read_hms(b, hms_at)?;
+    valid(year, month, day, hms, nanos).map(|ld| (ld, end))
+}
+
 /// Finds the first date-time in the head of `line`; returns it and the offset
 /// just past it.
 pub fn find_line_date(line: &[u8]) -> Option<(LineDate, usize)> {
     let limit = line.len().min(DATE_SEARCH_LIMIT);
     let mut i = 0;
     while i < limit {
-        if line[i].is_ascii_digit() && (i == 0 || !line[i - 1].is_ascii_digit()) {
+        let c = line[i];
+        if c.is_ascii_digit() && (i == 0 || !line[i - 1].is_ascii_digit()) {
             if let Some(found) = read_at(line, i) {
+                return Some(found);
+            }
+        } else if c.is_ascii_uppercase() && (i == 0 || !line[i - 1].is_ascii_alphabetic()) {
+            if let Some(found) = read_syslog_at(line, i) {
                 return Some(found);
             }
         }
@@ -237,6 +270,22 @@ mod tests {
             .unwrap()
             .to_zoned(TimeZone::UTC);
         assert_eq!(z.year(), 2025);
+    }
+
+    #[test]
+    fn syslog_dates() {
+        let t = at("Nov  4 18:30:40 localhost asterisk[32229]: x").unwrap();
+        let z = jiff::Timestamp::from_millisecond(t.0)
+            .unwrap()
+            .to_zoned(TimeZone::UTC);
+        assert_eq!((z.month(), z.day(), z.hour(), z.second()), (11, 4, 18, 40));
+        let t = at("[Jan 18 17:39:50] NOTICE[12049]: res_pjsip").unwrap();
+        let z = jiff::Timestamp::from_millisecond(t.0)
+            .unwrap()
+            .to_zoned(TimeZone::UTC);
+        assert_eq!((z.year(), z.month(), z.day()), (2026, 1, 18));
+        assert!(at("Nov x").is_none());
+        assert!(at("Jun 31 10:00:00 x").is_none());
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl Filter for FreeSwitchFilter {
                 time: stamp(),
                 kind,
                 user,
+                user_agent: None,
             });
         }
 
@@ -200,6 +201,7 @@ impl Filter for FreeSwitchFilter {
                 time: stamp(),
                 kind: FailureKind::UnknownUser,
                 user,
+                user_agent: None,
             });
         }
 
@@ -209,6 +211,7 @@ impl Filter for FreeSwitchFilter {
                 time: stamp(),
                 kind: FailureKind::AclReject,
                 user: None,
+                user_agent: None,
             });
         }
         None

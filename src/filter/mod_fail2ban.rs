@@ -89,6 +89,7 @@ impl Filter for ModFail2banFilter {
             time: read_stamp(stamp, cx),
             kind,
             user,
+            user_agent: None,
         })
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::event::{FailureEvent, JailId, Time};
 use crate::filter::{Filter, FilterContext};
+use crate::source::scanner::ScannerList;
 
 /// Lines longer than this are skipped (with a counted warning).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -119,6 +120,8 @@ pub struct FileSource {
     pub tx: Sender<Vec<FailureEvent>>,
     /// Set to stop the follower.
     pub stop: Arc<AtomicBool>,
+    /// Attack-tool user agents, for lines that carry one.
+    pub scanners: Arc<ScannerList>,
     /// Counters.
     pub stats: Arc<FollowStats>,
 }
@@ -347,8 +350,11 @@ impl FileSource {
             addr: m.addr,
             kind: m.kind,
             weight: 1,
+            scanner: m
+                .user_agent
+                .as_deref()
+                .is_some_and(|ua| self.scanners.matches(ua)),
             user: m.user,
-            scanner: false,
         });
     }
 

@@ -7,5 +7,6 @@ mod common;
 mod control;
 mod dry_run;
 mod esl;
+mod kamailio;
 mod nft;
 mod restart;
