@@ -59,6 +59,40 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run fail2ban's annotated sample logs against fail2ban filter files
+    /// and report pass/fail per evaluation.
+    Samples {
+        /// fail2ban configuration directory (holding filter.d/).
+        #[arg(long, value_name = "DIR")]
+        config: PathBuf,
+        /// Directory of annotated sample logs (one file per filter name).
+        #[arg(long, value_name = "DIR")]
+        logs: PathBuf,
+        /// Only this filter.
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
+        /// Print the report as JSON (`total`, `passed`, `failed`, ...).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a log file through a filter, like fail2ban-regex: a built-in filter
+    /// name, a fail2ban filter file (`path/to/sshd.conf[mode=aggressive]`), or
+    /// a regex with <HOST>.
+    TestFilter {
+        /// The log file.
+        log: PathBuf,
+        /// Built-in name, fail2ban filter file, or regex.
+        filter: String,
+        /// Print the counts as JSON (`lines`, `matched`, `ignored`, `missed`).
+        #[arg(long)]
+        json: bool,
+        /// Print up to this many missed lines.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        show_missed: usize,
+        /// Zone of zone-less timestamps.
+        #[arg(long, default_value = "local")]
+        logtimezone: String,
+    },
     /// Jails with their counts, or one jail in detail with its banned addresses.
     Status {
         /// Show this jail in detail.
@@ -211,6 +245,36 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Samples {
+            config,
+            logs,
+            filter,
+            json,
+        } => {
+            let report = sipwarden::filter::f2b::samples::run(&config, &logs, filter.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for f in &report.failures {
+                    println!("FAIL {} {} {}\n    {}", f.filter, f.at, f.options, f.diff);
+                }
+                println!("{} filters tested", report.filters);
+                println!("{} passed, {} failed", report.passed, report.failed);
+            }
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::TestFilter {
+            log,
+            filter,
+            json,
+            show_missed,
+            logtimezone,
+        } => sipwarden::filter::test_filter::run(&log, &filter, json, show_missed, &logtimezone),
         Command::Status { jail, talk: t } => talk(t, Request::Status { jail }),
         Command::Ban {
             jail,

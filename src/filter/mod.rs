@@ -7,10 +7,12 @@
 
 pub mod asterisk;
 pub mod date;
+pub mod f2b;
 pub mod freeswitch;
 pub mod mod_fail2ban;
 pub mod sip_proxy;
 pub mod sshd;
+pub mod test_filter;
 
 use std::net::IpAddr;
 

@@ -65,3 +65,113 @@ fn run_refuses_a_bad_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":2:") && err.contains("findtime"), "{err}");
 }
+
+/// fail2ban's annotated samples: evaluations that pass today. The count may
+/// only go up; raise it when filters improve (README lists what remains).
+const SAMPLES_PASSING: u64 = 1432;
+
+#[test]
+fn fail2ban_samples_do_not_regress() {
+    let (Some(config), Some(logs)) = (
+        crate::common::shared("corpus/fail2ban-1.1.2.dev1/config"),
+        crate::common::shared("corpus/fail2ban-1.1.2.dev1/tests/files/logs"),
+    ) else {
+        eprintln!("skipped: ../shared/corpus/fail2ban-1.1.2.dev1 is absent");
+        return;
+    };
+    let out = Command::new(bin())
+        .arg("samples")
+        .arg("--config")
+        .arg(&config)
+        .arg("--logs")
+        .arg(&logs)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("samples --json prints JSON");
+    let (total, passed, failed) = (
+        v["total"].as_u64().unwrap(),
+        v["passed"].as_u64().unwrap(),
+        v["failed"].as_u64().unwrap(),
+    );
+    println!("fail2ban samples: {passed} passed, {failed} failed of {total}");
+    assert_eq!(passed + failed, total);
+    assert_eq!(v["filters"], 99);
+    assert!(
+        passed >= SAMPLES_PASSING,
+        "regression: {passed} < {SAMPLES_PASSING} passing evaluations"
+    );
+    // The text form ends with the count line.
+    let out = Command::new(bin())
+        .arg("samples")
+        .arg("--config")
+        .arg(&config)
+        .arg("--logs")
+        .arg(&logs)
+        .args(["--filter", "freeswitch"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .ends_with(" passed, 0 failed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn test_filter_counts_the_corpus() {
+    let Some(log) = crate::common::shared("corpus/freeswitch-1.10.12/freeswitch.log") else {
+        eprintln!("skipped: corpus absent");
+        return;
+    };
+    let out = Command::new(bin())
+        .arg("test-filter")
+        .arg(&log)
+        .args(["freeswitch", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["matched"], 13);
+    assert_eq!(
+        v["lines"].as_u64().unwrap(),
+        v["matched"].as_u64().unwrap()
+            + v["ignored"].as_u64().unwrap()
+            + v["missed"].as_u64().unwrap()
+    );
+    // A fail2ban filter file with options, and a bare regex.
+    if let Some(conf) =
+        crate::common::shared("corpus/fail2ban-1.1.2.dev1/config/filter.d/freeswitch.conf")
+    {
+        let spec = format!("{}[mode=normal]", conf.display());
+        let out = Command::new(bin())
+            .arg("test-filter")
+            .arg(&log)
+            .arg(&spec)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(
+            v["matched"], 13,
+            "fail2ban's filter in normal mode counts the same 13 failures"
+        );
+    }
+    let out = Command::new(bin())
+        .arg("test-filter")
+        .arg(&log)
+        .args([
+            r"SIP auth failure \(REGISTER\) .* from ip <HOST>$",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["matched"], 11);
+}

@@ -1,0 +1,355 @@
+//! Dates in fail2ban filters: `datepattern` (strptime directives inside a
+//! regex, `{^LN-BEG}`, `{DATE}`, `EPOCH`, `LEPOCH`, `TAI64N`) and, without
+//! one, a list of common log date formats tried in order (written here).
+//!
+//! The matched date is cut out of the line before the failure regexes run,
+//! as fail2ban does (which is why its prefixes allow an empty `[]`).
+
+use jiff::civil::{Date, DateTime, Time as CivilTime};
+use jiff::tz::{Offset, TimeZone};
+
+use super::regex::Pattern;
+use crate::event::Time;
+
+/// Common formats, as strptime-style templates, most specific first.
+const DEFAULT_TEMPLATES: &[&str] = &[
+    r"^EPOCH",
+    r"^TAI64N",
+    r"%Y-%m-%d[T ]%H:%M:%S(?:[.,]%f)?(?:\s*%z)?",
+    r"%Y/%m/%d[T ]%H:%M:%S(?:[.,]%f)?",
+    r"%a %b %d %H:%M:%S(?:[.,]%f)? %Y",
+    r"%a %b %d %Y %H:%M:%S(?:[.,]%f)?",
+    r"%b %d %Y %H:%M:%S(?:[.,]%f)?",
+    r"%d/%b/%Y[: ]%H:%M:%S(?:[.,]%f)?(?: ?%z)?",
+    r"%d-%b-%Y %H:%M:%S(?:[.,]%f)?",
+    r"%d/%m/%Y %H:%M:%S",
+    r"%m/%d/%Y:? ?%H:%M:%S",
+    r"%a %b %d %H:%M:%S(?:[.,]%f)?",
+    r"%b %d %H:%M:%S(?:[.,]%f)?",
+    r"%d %b %Y %H:%M:%S",
+    r"\b%y%m%d ?%H:%M:%S",
+    r"\b%Y%m%d ?%H%M%S\b",
+    r"%m-%d %H:%M:%S(?:[.,]%f)?",
+    r"%H:%M:%S %d/%m/%Y",
+];
+
+/// Expands strptime directives into regex groups.
+fn strptime_to_regex(p: &str) -> String {
+    let mut out = String::new();
+    let mut chars = p.chars().peekable();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut group = |name: &'static str, re: &str, out: &mut String| {
+        if seen.contains(&name) {
+            out.push_str(&format!("(?:{re})"));
+        } else {
+            seen.push(name);
+            out.push_str(&format!("(?P<{name}>{re})"));
+        }
+    };
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut d = chars.next().unwrap_or('%');
+        let mut exact = false;
+        if d == 'E' && chars.peek() == Some(&'x') {
+            chars.next();
+            exact = true;
+            d = chars.next().unwrap_or('%');
+        }
+        match d {
+            '%' => out.push('%'),
+            'Y' => group("dY", if exact { r"20\d\d" } else { r"\d{4}" }, &mut out),
+            'y' => group("dy", r"\d\d", &mut out),
+            'm' => group(
+                "dm",
+                if exact {
+                    r"0[1-9]|1[0-2]"
+                } else {
+                    r"1[0-2]|0?[1-9]"
+                },
+                &mut out,
+            ),
+            'd' => group(
+                "dd",
+                if exact {
+                    r"0[1-9]|[12]\d|3[01]"
+                } else {
+                    r"3[01]|[12]\d|0?[1-9]| [1-9]"
+                },
+                &mut out,
+            ),
+            'e' => group("dd", r" ?[1-9]|[12]\d|3[01]", &mut out),
+            'H' | 'k' => group(
+                "dH",
+                if exact {
+                    r"[01]\d|2[0-3]"
+                } else {
+                    r"2[0-3]|[01]?\d"
+                },
+                &mut out,
+            ),
+            'I' | 'l' => group("dI", r"1[0-2]|0?[1-9]", &mut out),
+            'M' => group("dM", if exact { r"[0-5]\d" } else { r"[0-5]?\d" }, &mut out),
+            'S' => group(
+                "dS",
+                if exact { r"[0-5]\d|60" } else { r"[0-5]?\d|60" },
+                &mut out,
+            ),
+            'f' => group("df", r"\d+", &mut out),
+            'p' => group("dp", r"[AaPp][Mm]", &mut out),
+            'b' | 'B' | 'h' => group("db", r"[A-Z][a-z]{2,8}|[A-Z]{3}", &mut out),
+            'a' | 'A' => out.push_str(r"(?:[A-Z][a-z]{2,8})"),
+            'z' => group("dz", r"Z|[+-]\d\d(?::?\d\d){0,2}", &mut out),
+            'Z' => group("dZ", r"[A-Z]{3,5}", &mut out),
+            'j' => group("dj", r"\d{1,3}", &mut out),
+            's' => group("ds", r"\d{9,11}", &mut out),
+            other => {
+                out.push('%');
+                out.push(other);
+            }
+        }
+    }
+    out
+}
+
+/// Regex of a template (keywords and strptime).
+fn template_regex(t: &str) -> String {
+    if let Some(rest) = t
+        .strip_prefix('^')
+        .filter(|r| matches!(*r, "EPOCH" | "LEPOCH" | "TAI64N"))
+    {
+        return format!("^{}", template_regex(rest));
+    }
+    match t.trim() {
+        "EPOCH" => r"(?P<ds>\d{9,11})(?:\.(?P<df>\d{1,6}))?".to_string(),
+        "LEPOCH" => r"(?P<dms>\d{12,16})".to_string(),
+        "TAI64N" => r"@(?P<dtai>[0-9a-fA-F]{24})".to_string(),
+        other => strptime_to_regex(other),
+    }
+}
+
+/// How a filter finds dates.
+#[derive(Debug, Clone)]
+pub struct DateDetector {
+    patterns: Vec<Pattern>,
+}
+
+/// A date found in a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FoundDate {
+    /// The instant.
+    pub time: Time,
+    /// Byte range of the date text in the line.
+    pub span: (usize, usize),
+}
+
+impl DateDetector {
+    /// The default list of formats, found anywhere in the line.
+    pub fn default_templates() -> DateDetector {
+        DateDetector::from_datepattern("{DATE}").unwrap_or(DateDetector {
+            patterns: Vec::new(),
+        })
+    }
+
+    /// Builds a detector from a `datepattern` value (one pattern per line).
+    pub fn from_datepattern(v: &str) -> Result<DateDetector, String> {
+        let mut patterns = Vec::new();
+        for line in v.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (line, anchored) = match line.strip_prefix("{^LN-BEG}") {
+                Some(rest) => (if rest.is_empty() { "{DATE}" } else { rest }, true),
+                None => (line, false),
+            };
+            if line.contains("{DATE}") {
+                for t in DEFAULT_TEMPLATES {
+                    let mut re = line.replace("{DATE}", &template_regex(t));
+                    if anchored {
+                        re = format!(r"^\W{{0,3}}{re}");
+                    }
+                    patterns.push(Pattern::new(&re).map_err(|e| e.to_string())?);
+                }
+            } else {
+                let mut re = template_regex(line);
+                if anchored {
+                    re = format!(r"^\W{{0,3}}{re}");
+                }
+                patterns.push(Pattern::new(&re).map_err(|e| format!("datepattern {line:?}: {e}"))?);
+            }
+        }
+        Ok(DateDetector { patterns })
+    }
+
+    /// Finds the date of `line`: the first pattern (in order) that matches.
+    pub fn find(&self, line: &str, tz: &TimeZone, now: Time) -> Option<FoundDate> {
+        for p in &self.patterns {
+            if let Some(c) = p.captures(line) {
+                if let Some(time) = to_time(&c, tz, now) {
+                    return Some(FoundDate { time, span: c.span });
+                }
+            }
+        }
+        None
+    }
+}
+
+fn month_number(name: &str) -> Option<i8> {
+    const M: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let l = name.get(..3)?.to_ascii_lowercase();
+    M.iter().position(|m| *m == l).map(|i| i as i8 + 1)
+}
+
+fn offset_secs(z: &str) -> Option<i32> {
+    if z == "Z" {
+        return Some(0);
+    }
+    let sign = if z.starts_with('-') { -1 } else { 1 };
+    let digits: String = z[1..].chars().filter(char::is_ascii_digit).collect();
+    let h: i32 = digits.get(..2)?.parse().ok()?;
+    let m: i32 = digits.get(2..4).map_or(Some(0), |s| s.parse().ok())?;
+    Some(sign * (h * 3600 + m * 60))
+}
+
+fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time> {
+    if let Some(s) = c.get("ds") {
+        let secs: i64 = s.parse().ok()?;
+        let frac = c.get("df").map_or(0, |f| {
+            let f = format!("{f:0<3}");
+            f[..3].parse::<i64>().unwrap_or(0)
+        });
+        return Some(Time(secs * 1000 + frac));
+    }
+    if let Some(ms) = c.get("dms") {
+        let v: i64 = ms.parse().ok()?;
+        return Some(Time(match ms.len() {
+            12 | 13 => v,
+            _ => v / 1000,
+        }));
+    }
+    if let Some(t) = c.get("dtai") {
+        let secs = i64::from_str_radix(&t[..16], 16).ok()? - (1i64 << 62) - 10;
+        return Some(Time(secs * 1000));
+    }
+    let month = match (c.get("dm"), c.get("db")) {
+        (Some(m), _) => m.trim().parse().ok()?,
+        (None, Some(b)) => month_number(b)?,
+        _ => return None,
+    };
+    let day: i8 = c.get("dd")?.trim().parse().ok()?;
+    let mut hour: i8 = c
+        .get("dH")
+        .or(c.get("dI"))
+        .map_or(Some(0), |h| h.parse().ok())?;
+    if let Some(p) = c.get("dp") {
+        let pm = p.eq_ignore_ascii_case("pm");
+        hour = match (hour, pm) {
+            (12, false) => 0,
+            (12, true) => 12,
+            (h, true) => h + 12,
+            (h, false) => h,
+        };
+    }
+    let minute: i8 = c.get("dM").map_or(Some(0), |m| m.parse().ok())?;
+    let second: i8 = c.get("dS").map_or(Some(0), |s| s.parse().ok())?;
+    let nanos: i32 = c.get("df").map_or(0, |f| {
+        let f = format!("{f:0<9}");
+        f[..9].parse().unwrap_or(0)
+    });
+    let time = CivilTime::new(hour, minute, second.min(59), nanos).ok()?;
+    let zone = match c.get("dz").and_then(offset_secs) {
+        Some(s) => TimeZone::fixed(Offset::from_seconds(s).ok()?),
+        None => tz.clone(),
+    };
+    let mk = |year: i16| -> Option<Time> {
+        let dt = DateTime::from_parts(Date::new(year, month, day).ok()?, time);
+        Some(Time(
+            zone.to_ambiguous_zoned(dt)
+                .compatible()
+                .ok()?
+                .timestamp()
+                .as_millisecond(),
+        ))
+    };
+    match (c.get("dY"), c.get("dy")) {
+        (Some(y), _) => mk(y.parse().ok()?),
+        (None, Some(y)) => {
+            let y: i16 = y.parse().ok()?;
+            mk(if y < 69 { 2000 + y } else { 1900 + y })
+        }
+        (None, None) => {
+            let year = jiff::Timestamp::from_millisecond(now.0)
+                .ok()?
+                .to_zoned(zone.clone())
+                .year();
+            let t = mk(year)?;
+            // A year-less date more than a day ahead belongs to last year.
+            if t.0 > now.0 + 86_400_000 {
+                mk(year - 1)
+            } else {
+                Some(t)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn civil(t: Time, tz: &TimeZone) -> String {
+        jiff::Timestamp::from_millisecond(t.0)
+            .unwrap()
+            .to_zoned(tz.clone())
+            .datetime()
+            .strftime("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    }
+
+    #[test]
+    fn default_formats() {
+        let d = DateDetector::default_templates();
+        let tz = TimeZone::UTC;
+        let now = Time(1_124_013_600_000);
+        let cases = [
+            (
+                "2013-12-31 17:39:54.767815 [WARNING] x",
+                "2013-12-31T17:39:54",
+            ),
+            (
+                "Nov  4 18:30:40 localhost sshd[1]: x",
+                "2004-11-04T18:30:40",
+            ),
+            ("[Jan 18 17:39:50] NOTICE x", "2005-01-18T17:39:50"),
+            (
+                "1.2.3.4 - - [23/Jan/2005:21:59:59 +0000] \"GET /\"",
+                "2005-01-23T21:59:59",
+            ),
+            ("Sun Jan 23 21:59:59 2005 x", "2005-01-23T21:59:59"),
+            ("1124013599.5 x", "2005-08-14T09:59:59"),
+        ];
+        for (line, want) in cases {
+            let f = d
+                .find(line, &tz, now)
+                .unwrap_or_else(|| panic!("no date in {line:?}"));
+            assert_eq!(civil(f.time, &tz), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn datepattern_directives_and_anchor() {
+        let tz = TimeZone::UTC;
+        let now = Time(1_124_013_600_000);
+        let d = DateDetector::from_datepattern(r"^%Y-%m-%d %H:%M:%S").unwrap();
+        let f = d.find("2005-08-14 10:00:00 host x", &tz, now).unwrap();
+        assert_eq!(f.span, (0, 19));
+        assert!(d.find("x 2005-08-14 10:00:00", &tz, now).is_none());
+        let d = DateDetector::from_datepattern("{^LN-BEG}").unwrap();
+        assert!(d.find("[2005-08-14 10:00:00] x", &tz, now).is_some());
+        assert!(d.find("host says 2005-08-14 10:00:00", &tz, now).is_none());
+        let d = DateDetector::from_datepattern(r"^%d-%b-%Y %I:%M:%S %p").unwrap();
+        let f = d.find("14-Aug-2005 01:02:03 PM x", &tz, now).unwrap();
+        assert_eq!(civil(f.time, &tz), "2005-08-14T13:02:03");
+    }
+}
