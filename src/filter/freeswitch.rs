@@ -36,22 +36,12 @@ const LEVELS: &[&[u8]] = &[
 #[derive(Debug, Clone)]
 pub struct FreeSwitchFilter {
     opts: FilterOptions,
-    /// Cheap rejection of lines that cannot matter: every failure line holds
-    /// one of these words.
-    auth: memmem::Finder<'static>,
-    find_user: memmem::Finder<'static>,
-    rejected: memmem::Finder<'static>,
 }
 
 impl FreeSwitchFilter {
     /// A filter with the jail's options (`count_challenges`).
     pub fn new(opts: FilterOptions) -> Self {
-        FreeSwitchFilter {
-            opts,
-            auth: memmem::Finder::new(b"SIP auth "),
-            find_user: memmem::Finder::new(b"Can't find user ["),
-            rejected: memmem::Finder::new(b" Rejected by "),
-        }
+        FreeSwitchFilter { opts }
     }
 }
 
@@ -152,16 +142,16 @@ impl Filter for FreeSwitchFilter {
     }
 
     fn match_line(&self, line: &[u8], cx: &FilterContext) -> Option<LineMatch> {
-        // Prefilter: one memmem pass rejects the ~all lines that are not ours.
-        if self.auth.find(line).is_none()
-            && self.find_user.find(line).is_none()
-            && self.rejected.find(line).is_none()
-        {
-            return None;
-        }
         let (tag, after_tag) = level_tag(line)?;
         let msg_at = message_start(line, after_tag)?;
         let msg = &line[msg_at..];
+        // Cheap rejection: a failure message starts with one of three words.
+        if !(msg.starts_with(b"SIP auth ")
+            || msg.starts_with(b"Can't find user [")
+            || msg.starts_with(b"IP "))
+        {
+            return None;
+        }
         let stamp = || line_time(&line[..tag], cx);
 
         if let Some(rest) = msg.strip_prefix(b"SIP auth ") {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# W2 live burst: the 200,000-line log squeezed into the 5 minutes before now,
+# appended at once to a log the daemon follows (nftables backend, inside a
+# network namespace made here); time until every due ban is in the kernel
+# sets. Jail as in ../shared/bench/fail2ban_live_burst.sh: maxretry 3,
+# findtime 10m, bantime 1h. Run as root. Prints one row.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+WORK=$(mktemp -d)
+NS=swbench$$
+cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+cargo build --release -q
+BIN=$PWD/target/release/sipwarden
+GEN_SPAN_S=300 GEN_END_NOW=1 python3 "$SHARED/bench/gen_freeswitch_log.py" 200000 "$WORK/burst.log" >/dev/null
+# Due bans: addresses with at least 3 failures (the built-in filter's lines),
+# outside ignoreip (127.0.0.0/8 and ::1, as in fail2ban's script).
+DUE=$(python3 - "$WORK/burst.log" <<'PY'
+import re, sys, collections
+c = collections.Counter()
+for l in open(sys.argv[1], errors="replace"):
+    m = re.search(r"(?:SIP auth failure \(\w+\) .* from ip|Can't find user \[.*\] from) (\S+)$", l.rstrip())
+    if m: c[m.group(1)] += 1
+print(sum(1 for a, v in c.items() if v >= 3 and not a.startswith("127.") and a != "::1"))
+PY
+)
+cat > "$WORK/sw.toml" <<TOML
+[daemon]
+state_dir = "$WORK/state"
+socket = "$WORK/sw.sock"
+[defaults]
+maxretry = 3
+findtime = "10m"
+bantime = "1h"
+ignoreself = false
+[jail.freeswitch]
+filter = "freeswitch"
+logpath = "$WORK/freeswitch.log"
+TOML
+: > "$WORK/freeswitch.log"
+ip netns add "$NS"
+ip netns exec "$NS" "$BIN" run --config "$WORK/sw.toml" 2>"$WORK/daemon.log" &
+PID=$!
+for _ in $(seq 100); do grep -q "following" "$WORK/daemon.log" && break; sleep 0.1; done
+count() { ip netns exec "$NS" nft -j list table inet sipwarden | python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+print(sum(len(o["set"].get("elem",[])) for o in d["nftables"] if "set" in o))'; }
+T0=$(date +%s.%N)
+cat "$WORK/burst.log" >> "$WORK/freeswitch.log"
+n=0
+for _ in $(seq 600); do n=$(count); [ "$n" -ge "$DUE" ] && break; sleep 0.05; done
+T1=$(date +%s.%N)
+RSS=$(ps -o rss= -p "$PID" | tr -d ' ')
+echo "W2 | due bans | in kernel | seconds until all in kernel | daemon RSS KiB"
+echo "W2 | $DUE | $n | $(echo "$T1 - $T0" | bc -l | cut -c1-6) | $RSS"
