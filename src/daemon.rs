@@ -841,7 +841,18 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let enforcer_thread = std::thread::Builder::new()
         .name("enforce".into())
         .spawn(move || {
-            while let Ok(mut batch) = dec_rx.recv() {
+            loop {
+                let mut batch = match dec_rx.recv_timeout(std::time::Duration::from_millis(500)) {
+                    Ok(b) => b,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        // Idle: check for drift (a flushed ruleset, elements deleted by hand).
+                        if let Err(e) = enforcer.tick() {
+                            tracing::error!("firewall ({}): {e}", enforcer.name());
+                        }
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
                 while let Ok(more) = dec_rx.try_recv() {
                     batch.extend(more);
                 }

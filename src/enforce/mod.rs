@@ -23,6 +23,12 @@ pub trait Enforcer: Send {
     fn name(&self) -> &'static str;
     /// Applies a batch of decisions.
     fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError>;
+    /// Called when no decision arrived for a while (about every 500 ms):
+    /// time to check that the firewall still holds what it should.
+    fn tick(&mut self) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
     /// Called once when the daemon stops.
     fn close(&mut self) -> Result<(), EnforceError> {
         Ok(())

@@ -7,9 +7,12 @@
 //! and unban after that is a netlink batch from this process: no child
 //! process per ban.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+
+use super::netlink::{NLM_F_DUMP, attrs};
 
 use ipnet::IpNet;
 
@@ -22,7 +25,12 @@ use crate::config::FirewallConfig;
 use crate::event::Time;
 use crate::jail::{Decision, UnbanReason, is_host};
 
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 /// Deletes an element, succeeding when it is already gone (kernel 6.3+).
@@ -147,6 +155,13 @@ pub struct NftEnforcer {
     destroy: bool,
     /// Conntrack flushing stays off after the kernel refused it once.
     conntrack_ok: bool,
+    /// Every ban in force as this enforcer applied it, with its end: what
+    /// the kernel must hold, restored after drift.
+    active: HashMap<IpNet, Option<Time>>,
+    set_size: u32,
+    /// When the table was last checked, and its elements.
+    last_probe: std::time::Instant,
+    last_verify: std::time::Instant,
 }
 
 impl NftEnforcer {
@@ -165,6 +180,10 @@ impl NftEnforcer {
             keep_on_exit: cfg.keep_on_exit,
             destroy: true,
             conntrack_ok: true,
+            active: HashMap::new(),
+            set_size: cfg.set_size,
+            last_probe: std::time::Instant::now(),
+            last_verify: std::time::Instant::now(),
         })
     }
 
@@ -308,6 +327,212 @@ impl NftEnforcer {
     }
 }
 
+/// How often the table and chain are checked, and the set contents compared.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl NftEnforcer {
+    /// Whether the table and its chain exist (a flushed ruleset removes both).
+    fn layout_present(&mut self) -> Result<bool, EnforceError> {
+        for (msg, attrs_) in [
+            (
+                NFT_MSG_GETTABLE,
+                vec![(NFTA_TABLE_NAME, self.table.clone())],
+            ),
+            (
+                NFT_MSG_GETCHAIN,
+                vec![
+                    (NFTA_CHAIN_TABLE, self.table.clone()),
+                    (NFTA_CHAIN_NAME, "prerouting".to_string()),
+                ],
+            ),
+        ] {
+            let mut b = self.sock.buffer();
+            let s = b.begin(
+                (NFNL_SUBSYS_NFTABLES << 8) | msg,
+                NLM_F_REQUEST | NLM_F_ACK,
+                NFPROTO_INET,
+                0,
+            );
+            for (t, v) in &attrs_ {
+                b.attr_str(*t, v);
+            }
+            b.end(s);
+            match self
+                .sock
+                .dump(&b, |_| {})
+                .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?
+            {
+                Some(libc::ENOENT) => return Ok(false),
+                Some(e) => {
+                    return Err(EnforceError::Failed(explain(
+                        e,
+                        &format!("checking table inet {}", self.table),
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// The keys (network start addresses) in one of the sets, or `None` when
+    /// the set is missing.
+    fn set_keys(&mut self, set: SetName) -> Result<Option<HashSet<IpAddr>>, EnforceError> {
+        let mut b = self.sock.buffer();
+        let s = b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            NFPROTO_INET,
+            0,
+        );
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+        b.end(s);
+        let mut keys = HashSet::new();
+        let r = self
+            .sock
+            .dump(&b, |m| {
+                let Some(body) = m.payload.get(4..) else {
+                    return;
+                };
+                for list in attrs(body).filter(|a| a.ty == NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    for elem in attrs(list.data).filter(|a| a.ty == NFTA_LIST_ELEM) {
+                        let mut key = None;
+                        let mut end = false;
+                        for a in attrs(elem.data) {
+                            match a.ty {
+                                NFTA_SET_ELEM_KEY => {
+                                    key = attrs(a.data)
+                                        .find(|d| d.ty == NFTA_DATA_VALUE)
+                                        .map(|d| d.data)
+                                }
+                                NFTA_SET_ELEM_FLAGS => {
+                                    end = a.data.len() == 4
+                                        && u32::from_be_bytes([
+                                            a.data[0], a.data[1], a.data[2], a.data[3],
+                                        ]) & NFT_SET_ELEM_INTERVAL_END
+                                            != 0
+                                }
+                                _ => {}
+                            }
+                        }
+                        if end {
+                            continue;
+                        }
+                        match key.map(|k| k.len()) {
+                            Some(4) => keys.extend(
+                                key.and_then(|k| <[u8; 4]>::try_from(k).ok())
+                                    .map(IpAddr::from),
+                            ),
+                            Some(16) => keys.extend(
+                                key.and_then(|k| <[u8; 16]>::try_from(k).ok())
+                                    .map(IpAddr::from),
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?;
+        match r {
+            Some(libc::ENOENT) => Ok(None),
+            Some(e) => Err(EnforceError::Failed(explain(
+                e,
+                &format!("listing set {}", set.as_str()),
+            ))),
+            None => Ok(Some(keys)),
+        }
+    }
+
+    /// Re-adds `nets` (still in force) with their remaining time.
+    fn readd(&mut self, nets: Vec<IpNet>) -> Result<usize, EnforceError> {
+        let now = Time::now();
+        let ops: Vec<ElemOp> = nets
+            .into_iter()
+            .filter_map(|net| {
+                let end = *self.active.get(&net)?;
+                let timeout_ms = match end {
+                    None => None,
+                    Some(e) if e.0 > now.0 => Some((e.0 - now.0) as u64),
+                    Some(_) => return None,
+                };
+                Some(ElemOp {
+                    kind: OpKind::Add,
+                    set: SetName::for_net(&net),
+                    net,
+                    timeout_ms,
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for chunk in ops.chunks(MAX_BATCH_OPS) {
+            self.apply_ops(chunk, &mut failed)?;
+        }
+        Ok(ops.len() - failed.len())
+    }
+
+    /// Checks for drift and repairs it: a missing table or chain is laid out
+    /// again with every ban in force; elements deleted by hand are re-added.
+    pub fn check_drift(&mut self) -> Result<(), EnforceError> {
+        let now = Time::now();
+        self.active.retain(|_, end| end.is_none_or(|e| e.0 > now.0));
+        let t0 = std::time::Instant::now();
+        if !self.layout_present()? {
+            tracing::warn!(
+                "firewall: table inet {} or its chain is gone (ruleset flushed?); restoring it",
+                self.table
+            );
+            apply_layout(&self.table, self.set_size)?;
+            let all: Vec<IpNet> = self.active.keys().copied().collect();
+            let n = self.readd(all)?;
+            tracing::warn!(
+                "firewall: table inet {} restored with {n} ban(s) in {:?}",
+                self.table,
+                t0.elapsed()
+            );
+            self.last_verify = std::time::Instant::now();
+            return Ok(());
+        }
+        if self.last_verify.elapsed() < VERIFY_EVERY {
+            return Ok(());
+        }
+        self.last_verify = std::time::Instant::now();
+        let mut present: HashSet<IpAddr> = HashSet::new();
+        for set in [SetName::V4, SetName::V6, SetName::NetV4, SetName::NetV6] {
+            match self.set_keys(set)? {
+                Some(k) => present.extend(k),
+                None => {
+                    tracing::warn!(
+                        "firewall: set {} is gone; restoring the table",
+                        set.as_str()
+                    );
+                    self.last_probe = std::time::Instant::now() - PROBE_EVERY;
+                    apply_layout(&self.table, self.set_size)?;
+                    let all: Vec<IpNet> = self.active.keys().copied().collect();
+                    self.readd(all)?;
+                    return Ok(());
+                }
+            }
+        }
+        let missing: Vec<IpNet> = self
+            .active
+            .keys()
+            .filter(|n| !present.contains(&n.network()))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let n = self.readd(missing)?;
+            if n > 0 {
+                tracing::warn!(
+                    "firewall: {n} ban(s) were missing from the kernel sets (deleted outside sipwarden); re-added"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 fn put_elem(b: &mut super::netlink::MsgBuf, key: &[u8], timeout_ms: Option<u64>, flags: u32) {
     let e = b.nest_begin(NFTA_LIST_ELEM);
     let k = b.nest_begin(NFTA_SET_ELEM_KEY);
@@ -402,16 +627,22 @@ impl Enforcer for NftEnforcer {
                         net: b.addr,
                         timeout_ms,
                     });
+                    self.active.insert(b.addr, b.end);
                     banned.push(b.addr);
                 }
                 // The kernel's own timeout removed the element.
-                Decision::Unban(u) if u.reason == UnbanReason::Expired => {}
-                Decision::Unban(u) => ops.push(ElemOp {
-                    kind: OpKind::Delete,
-                    set: SetName::for_net(&u.addr),
-                    net: u.addr,
-                    timeout_ms: None,
-                }),
+                Decision::Unban(u) if u.reason == UnbanReason::Expired => {
+                    self.active.remove(&u.addr);
+                }
+                Decision::Unban(u) => {
+                    self.active.remove(&u.addr);
+                    ops.push(ElemOp {
+                        kind: OpKind::Delete,
+                        set: SetName::for_net(&u.addr),
+                        net: u.addr,
+                        timeout_ms: None,
+                    })
+                }
             }
         }
         let mut failed = Vec::new();
@@ -446,6 +677,14 @@ impl Enforcer for NftEnforcer {
             }
         }
         Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), EnforceError> {
+        if self.last_probe.elapsed() < PROBE_EVERY {
+            return Ok(());
+        }
+        self.last_probe = std::time::Instant::now();
+        self.check_drift()
     }
 
     fn close(&mut self) -> Result<(), EnforceError> {

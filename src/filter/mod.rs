@@ -9,6 +9,7 @@ pub mod asterisk;
 pub mod date;
 pub mod f2b;
 pub mod freeswitch;
+mod hostile;
 pub mod mod_fail2ban;
 pub mod sip_proxy;
 pub mod sshd;

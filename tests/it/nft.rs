@@ -362,3 +362,84 @@ fn enforcer_handles_prefixes_unbans_and_bad_elements_in_a_batch() {
     );
     assert!(n6.contains("2001:db8:1::/48"), "{n6}");
 }
+
+#[test]
+fn flushed_ruleset_and_hand_deleted_elements_are_restored() {
+    if !can_use_netns() {
+        return;
+    }
+    let ns = NetNs::new("d");
+    let dir = TempDir::new("drift");
+    let log = dir.path("freeswitch.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = config(&dir, &log, "maxretry = 3\nignoreself = false\n");
+    let d = start_in(&ns, &cfg);
+    for args in [
+        &["ban", "freeswitch", "198.51.100.7", "--for", "1h"][..],
+        &["ban", "freeswitch", "2001:db8::7", "--for", "-1"],
+        &["ban", "freeswitch", "203.0.113.0/24", "--for", "2h"],
+    ] {
+        assert!(crate::common::cli(&dir, args).status.success());
+    }
+    let total = || {
+        ["banned_v4", "banned_v6", "banned_net_v4"]
+            .iter()
+            .map(|s| ns.set_elements(s).len())
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || total() >= 3),
+        "bans in the kernel"
+    );
+
+    // Someone flushes the whole ruleset (a restart of nftables.service does).
+    let t0 = Instant::now();
+    ns.sh(&["nft", "flush", "ruleset"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || total() >= 3),
+        "table and bans restored"
+    );
+    println!(
+        "flushed ruleset restored with every ban {:?} after the flush",
+        t0.elapsed()
+    );
+    assert!(
+        d.wait_for("restored with 3 ban(s)", Duration::from_secs(5))
+            .is_some()
+    );
+    let v4 = &ns.set_elements("banned_v4")[0]["elem"];
+    assert!(
+        v4["timeout"].as_u64().is_some_and(|t| t > 3000),
+        "remaining time kept: {v4}"
+    );
+
+    // An element deleted by hand comes back.
+    ns.sh(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "sipwarden",
+        "banned_v4",
+        "{ 198.51.100.7 }",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(15), || ns
+            .set_elements("banned_v4")
+            .len()
+            == 1),
+        "hand-deleted element re-added"
+    );
+    // An unban through sipwarden is not undone.
+    assert!(
+        crate::common::cli(&dir, &["unban", "198.51.100.7"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        ns.set_elements("banned_v4").is_empty(),
+        "unbanned through sipwarden stays unbanned"
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
