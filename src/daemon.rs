@@ -60,8 +60,10 @@ pub enum DaemonError {
     },
 }
 
-/// Events per channel slot; sources block when the jails fall this far behind.
-const EVENT_QUEUE: usize = 1024;
+/// Batches in flight between sources and jails (a batch is one read, up to a
+/// few thousand events); sources block when the jails fall this far behind,
+/// so a flood cannot pile up in memory.
+const EVENT_QUEUE: usize = 16;
 
 /// Builds a jail's policy from its configuration.
 fn policy(jc: &JailConfig, own: &[IpNet]) -> JailPolicy {

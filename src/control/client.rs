@@ -120,7 +120,7 @@ fn jail_detail(j: &JailView) -> String {
 
 /// Renders a successful answer for people.
 pub fn render(req: &Request, resp: &Response) -> String {
-    let Some(v) = resp.result.clone() else {
+    let Some(v) = resp.parse::<serde_json::Value>() else {
         return String::new();
     };
     match req {

@@ -67,13 +67,15 @@ pub enum Request {
 }
 
 /// The answer to a request.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Response {
     /// Whether the request succeeded.
     pub ok: bool,
-    /// The result, on success.
+    /// The result, on success, as JSON text (serialised straight from the
+    /// view, without an intermediate tree: a status of 100,000 bans stays
+    /// cheap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     /// What went wrong, on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -82,7 +84,7 @@ pub struct Response {
 impl Response {
     /// A success carrying `result`.
     pub fn ok(result: impl Serialize) -> Response {
-        match serde_json::to_value(result) {
+        match serde_json::value::to_raw_value(&result) {
             Ok(v) => Response {
                 ok: true,
                 result: Some(v),
@@ -99,6 +101,11 @@ impl Response {
             result: None,
             error: Some(msg.into()),
         }
+    }
+
+    /// The result parsed into `T`.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.result.as_ref()?.get()).ok()
     }
 }
 

@@ -175,15 +175,59 @@ pub enum Outcome {
     Trusted,
 }
 
+/// Failure times of one address: the common single failure inline, more on
+/// the heap. Kept small: a flood of spoofed sources is a million of these.
+#[derive(Clone, Debug)]
+enum Times {
+    One(i64),
+    // A thin pointer keeps this enum at 16 bytes (`Vec` or `Box<[_]>` would
+    // not), which is most of a tracked address's size.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<i64>>),
+}
+
+impl Times {
+    /// Drops times at or before `horizon`, adds `weight` copies of `t`
+    /// (keeping the newest `cap`), returns the count.
+    fn add(&mut self, t: i64, horizon: i64, weight: u32, cap: usize) -> usize {
+        let mut v = match std::mem::replace(self, Times::One(t)) {
+            Times::One(x) if x > horizon => vec![x],
+            Times::One(_) => Vec::new(),
+            Times::Many(mut v) => {
+                v.retain(|&x| x > horizon);
+                *v
+            }
+        };
+        for _ in 0..weight.max(1) {
+            if v.len() >= cap {
+                v.remove(0);
+            }
+            v.push(t);
+        }
+        let n = v.len();
+        *self = if n == 1 {
+            Times::One(t)
+        } else {
+            Times::Many(Box::new(v))
+        };
+        n
+    }
+
+    fn last(&self) -> i64 {
+        match self {
+            Times::One(x) => *x,
+            Times::Many(v) => v.last().copied().unwrap_or(i64::MIN),
+        }
+    }
+}
+
 /// An address's live failure state: the newest failure times within
 /// findtime, at most `maxretry` of them.
 #[derive(Clone, Debug)]
 struct Track {
     /// Creation number, to recognise this track in the eviction queue.
-    seq: u64,
-    times: Vec<i64>,
-    /// Weak signals (`wrong_call_state`), counted apart with their own threshold.
-    weak: Vec<i64>,
+    seq: u32,
+    times: Times,
 }
 
 /// A ban in force.
@@ -219,8 +263,11 @@ pub struct Jail {
     failing: HashMap<IpAddr, Track>,
     /// Tracks in creation order, for oldest-first eviction; entries whose
     /// track is gone or newer are stale and skipped.
-    order: VecDeque<(IpAddr, u64)>,
-    next_seq: u64,
+    order: VecDeque<(IpAddr, u32)>,
+    next_seq: u32,
+    /// Weak signals (`wrong_call_state`), counted apart with their own
+    /// threshold; only addresses that sent one are here.
+    weak: HashMap<IpAddr, Times>,
     /// Addresses that registered successfully, until when they are trusted.
     trusted: HashMap<IpAddr, i64>,
     banned: HashMap<IpNet, ActiveBan>,
@@ -240,6 +287,7 @@ impl Jail {
             failing: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
+            weak: HashMap::new(),
             trusted: HashMap::new(),
             banned: HashMap::new(),
             prefixes: Vec::new(),
@@ -325,48 +373,52 @@ impl Jail {
             self.policy.maxretry
         }
         .max(1) as usize;
-        if !self.failing.contains_key(&addr) {
-            self.make_room();
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.order.push_back((addr, seq));
-            self.failing.insert(
-                addr,
-                Track {
-                    seq,
-                    times: Vec::new(),
-                    weak: Vec::new(),
-                },
-            );
-        }
-        let Some(track) = self.failing.get_mut(&addr) else {
-            return Outcome::Ignored;
-        };
-        let ring = if weak {
-            &mut track.weak
-        } else {
-            &mut track.times
-        };
-        ring.retain(|&x| x > t.0 - findtime);
-        for _ in 0..ev.weight.max(1) {
-            if ring.len() >= maxretry {
-                // Keep the newest maxretry times: older ones can never matter.
-                ring.remove(0);
+        let horizon = t.0 - findtime;
+        let count = if weak {
+            if !self.weak.contains_key(&addr) && self.weak.len() >= self.policy.max_tracked.max(1) {
+                return Outcome::Ignored;
             }
-            ring.push(t.0);
-        }
+            match self.weak.get_mut(&addr) {
+                Some(w) => w.add(t.0, horizon, ev.weight, maxretry),
+                None => {
+                    self.weak.insert(addr, Times::One(t.0));
+                    1
+                }
+            }
+        } else {
+            match self.failing.get_mut(&addr) {
+                Some(track) => track.times.add(t.0, horizon, ev.weight, maxretry),
+                None => {
+                    self.make_room();
+                    let seq = self.next_seq;
+                    self.next_seq = self.next_seq.wrapping_add(1);
+                    self.order.push_back((addr, seq));
+                    let mut times = Times::One(t.0);
+                    let n = if ev.weight > 1 {
+                        times.add(t.0, horizon, ev.weight - 1, maxretry)
+                    } else {
+                        1
+                    };
+                    self.failing.insert(addr, Track { seq, times });
+                    n
+                }
+            }
+        };
         self.counters.total_failed += 1;
-        let count = ring.len() as u32;
         // A known attack tool is banned at its first failure, where asked.
         let scanner = ev.scanner && self.policy.ban_scanners && !trusted;
-        if ring.len() >= maxretry || scanner {
+        if count >= maxretry || scanner {
+            let count = count as u32;
             self.failing.remove(&addr);
+            self.weak.remove(&addr);
             let net = IpNet::from(addr);
             let bantime = self.escalated_bantime(&net, history);
             let decision = self.ban(net, now, bantime, count, BanReason::Failures);
             return Outcome::Ban(decision);
         }
-        Outcome::Found { count }
+        Outcome::Found {
+            count: count as u32,
+        }
     }
 
     /// The ban length for `addr` now, given its earlier bans.
@@ -481,6 +533,7 @@ impl Jail {
         self.remove_ban(&addr)?;
         if is_host(&addr) {
             self.failing.remove(&addr.addr());
+            self.weak.remove(&addr.addr());
         }
         Some(UnbanDecision {
             jail: self.id,
@@ -535,21 +588,37 @@ impl Jail {
     /// Forgets addresses whose failures have all left the window.
     pub fn sweep(&mut self, now: Time) {
         let horizon = now.0 - self.policy.findtime.as_millis();
-        self.failing
-            .retain(|_, t| t.times.last().is_some_and(|&x| x > horizon));
+        self.failing.retain(|_, t| t.times.last() > horizon);
+        self.weak.retain(|_, w| w.last() > horizon);
+        self.trusted.retain(|_, &mut until| until > now.0);
         self.compact_order();
     }
 
-    /// Evicts the oldest tracked addresses until one more fits.
+    /// Evicts the oldest tracked addresses until one more fits. An address
+    /// with more than one failure gets a second turn (a bounded number per
+    /// call): a flood of spoofed one-off sources must not push a real,
+    /// repeating attacker out before it reaches maxretry.
     fn make_room(&mut self) {
+        let mut spared = 0;
         while self.failing.len() >= self.policy.max_tracked.max(1) {
             let Some((addr, seq)) = self.order.pop_front() else {
                 break;
             };
-            if self.failing.get(&addr).is_some_and(|t| t.seq == seq) {
-                self.failing.remove(&addr);
-                self.counters.evictions += 1;
+            let Some(track) = self.failing.get_mut(&addr) else {
+                continue;
+            };
+            if track.seq != seq {
+                continue;
             }
+            if matches!(track.times, Times::Many(_)) && spared < 64 {
+                spared += 1;
+                track.seq = self.next_seq;
+                self.next_seq = self.next_seq.wrapping_add(1);
+                self.order.push_back((addr, track.seq));
+                continue;
+            }
+            self.failing.remove(&addr);
+            self.counters.evictions += 1;
         }
         self.compact_order();
     }
@@ -836,6 +905,33 @@ mod tests {
         }
         assert_eq!(j.failing_count(), 3);
         assert!(j.order.len() <= 2 * 3 + 1024 + 1);
+    }
+
+    #[test]
+    fn spoofed_flood_stays_bounded_and_the_real_attacker_is_banned() {
+        let mut p = policy(5, 600, BanTime::For(Duration(10)));
+        p.max_tracked = 1000;
+        let mut j = Jail::new(JailId(0), "fs", p);
+        let h = BanHistory::default();
+        let attacker = "203.0.113.66";
+        let mut banned = false;
+        // 200,000 spoofed one-off sources; the attacker's failures come in
+        // pairs spread through the flood.
+        for i in 0..200_000u32 {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            j.record(&ev(&a, 1), t(1), &h);
+            if i % 20_000 == 0 {
+                for _ in 0..2 {
+                    if let Outcome::Ban(b) = j.record(&ev(attacker, 1), t(1), &h) {
+                        assert_eq!(b.addr.to_string(), "203.0.113.66/32");
+                        banned = true;
+                    }
+                }
+            }
+            assert!(j.failing_count() <= 1000);
+        }
+        assert!(banned, "the real attacker is banned despite the flood");
+        assert!(j.counters().evictions > 190_000);
     }
 
     #[test]
