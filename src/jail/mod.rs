@@ -190,27 +190,38 @@ impl Times {
     /// Drops times at or before `horizon`, adds `weight` copies of `t`
     /// (keeping the newest `cap`), returns the count.
     fn add(&mut self, t: i64, horizon: i64, weight: u32, cap: usize) -> usize {
-        let mut v = match std::mem::replace(self, Times::One(t)) {
-            Times::One(x) if x > horizon => vec![x],
-            Times::One(_) => Vec::new(),
-            Times::Many(mut v) => {
-                v.retain(|&x| x > horizon);
-                *v
+        let cap = cap.max(1);
+        if let Times::Many(v) = self {
+            // In place: no allocation once an address has a vector.
+            v.retain(|&x| x > horizon);
+            for _ in 0..weight.max(1) {
+                if v.len() >= cap {
+                    v.remove(0);
+                }
+                v.push(t);
             }
-        };
+            return v.len();
+        }
+        let Times::One(x) = *self else { return 0 };
+        let keep_old = x > horizon;
+        let n = usize::from(keep_old) + weight.max(1) as usize;
+        if n.min(cap) == 1 {
+            *self = Times::One(t);
+            return 1;
+        }
+        let mut v = Vec::with_capacity(cap.min(n).max(2));
+        if keep_old {
+            v.push(x);
+        }
         for _ in 0..weight.max(1) {
             if v.len() >= cap {
                 v.remove(0);
             }
             v.push(t);
         }
-        let n = v.len();
-        *self = if n == 1 {
-            Times::One(t)
-        } else {
-            Times::Many(Box::new(v))
-        };
-        n
+        let len = v.len();
+        *self = Times::Many(Box::new(v));
+        len
     }
 
     fn last(&self) -> i64 {

@@ -36,8 +36,12 @@ impl ScannerList {
         if self.0.is_empty() || user_agent.is_empty() {
             return false;
         }
-        let ua = user_agent.to_ascii_lowercase();
-        self.0.iter().any(|s| ua.contains(s.as_str()))
+        let ua = user_agent.as_bytes();
+        // Case-insensitive substring search without allocating.
+        self.0.iter().any(|s| {
+            let s = s.as_bytes();
+            s.len() <= ua.len() && ua.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s))
+        })
     }
 }
 

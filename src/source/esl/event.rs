@@ -51,6 +51,50 @@ impl Headers for PlainEvent<'_> {
     }
 }
 
+/// The headers `classify` reads, picked from a plain event in one pass.
+pub struct PlainPick<'a> {
+    fields: [Option<&'a [u8]>; PICKED.len()],
+}
+
+const PICKED: [&str; 10] = [
+    "Event-Name",
+    "Event-Subclass",
+    "registration-type",
+    "network-ip",
+    "network_ip",
+    "to-user",
+    "from-user",
+    "from_user",
+    "user-agent",
+    "Event-Date-Timestamp",
+];
+
+impl<'a> PlainPick<'a> {
+    /// Reads the event's header block once, keeping the first value of each
+    /// header `classify` needs.
+    pub fn new(ev: &PlainEvent<'a>) -> PlainPick<'a> {
+        let mut fields = [None; PICKED.len()];
+        for (name, value) in super::frame::header_lines(ev.headers) {
+            if let Some(i) = PICKED
+                .iter()
+                .position(|p| p.len() == name.len() && p.as_bytes().eq_ignore_ascii_case(name))
+            {
+                if fields[i].is_none() {
+                    fields[i] = Some(value);
+                }
+            }
+        }
+        PlainPick { fields }
+    }
+}
+
+impl Headers for PlainPick<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        let i = PICKED.iter().position(|p| p.eq_ignore_ascii_case(name))?;
+        self.fields[i].map(text)
+    }
+}
+
 /// A `text/event-json` body.
 pub struct JsonEvent(serde_json::Map<String, serde_json::Value>);
 

@@ -40,12 +40,14 @@ pub struct Frame<'a> {
 /// Finds the end of a header block: the offset of the empty line's end.
 /// Tolerates `\r\n` line ends.
 fn block_end(buf: &[u8]) -> Option<(usize, usize)> {
-    // Fast path: "\n\n".
-    let lf = memmem::find(buf, b"\n\n").map(|p| (p, p + 2));
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|p| (p, p + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    // Look for "\r\n\r\n" only before the first "\n\n": searching the
+    // whole buffer for it at every frame would be quadratic.
+    match memmem::find(buf, b"\n\n") {
+        Some(p) => match memmem::find(&buf[..(p + 2).min(buf.len())], b"\r\n\r\n") {
+            Some(c) if c < p => Some((c, c + 4)),
+            _ => Some((p, p + 2)),
+        },
+        None => memmem::find(buf, b"\r\n\r\n").map(|c| (c, c + 4)),
     }
 }
 

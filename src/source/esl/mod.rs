@@ -227,7 +227,7 @@ impl EventMapper {
     pub fn map(&self, f: &Frame<'_>, now: Time, heartbeat: &mut bool) -> Option<FailureEvent> {
         let ct = content_type(f.headers);
         let signal = match &*ct {
-            "text/event-plain" => classify(&PlainEvent::parse(f.body)),
+            "text/event-plain" => classify(&event::PlainPick::new(&PlainEvent::parse(f.body))),
             "text/event-json" => classify(&JsonEvent::parse(f.body)?),
             "log/data" => {
                 // Profile ACL rejections fire no event: read them from the log.
