@@ -61,6 +61,15 @@ fn main() {
         black_box(&events);
     });
 
+    let framing = median_ns(10_000, || {
+        let mut fb = FrameBuffer::default();
+        fb.extend(&stream);
+        let mut n = 0usize;
+        fb.drain(|f| n += f.body.len()).unwrap_or(0);
+        black_box(n);
+    });
+    println!("esl framing only:      {framing:.0} ns/event");
+
     // Jail: count those events (10,000 addresses, maxretry 5, no bans).
     let policy = JailPolicy {
         maxretry: 1_000_000,

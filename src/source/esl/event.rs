@@ -32,8 +32,8 @@ pub enum Signal {
         time: Option<Time>,
         /// The user tried (attacker text).
         user: Option<Box<str>>,
-        /// The user agent (attacker text).
-        user_agent: Option<Box<str>>,
+        /// The user agent is a known attack tool's.
+        scanner: bool,
     },
     /// FreeSWITCH's periodic heartbeat: the connection is alive.
     Heartbeat,
@@ -138,8 +138,11 @@ fn boxed(v: Option<Cow<'_, str>>) -> Option<Box<str>> {
     })
 }
 
-/// Reads one event.
-pub fn classify(h: &impl Headers) -> Option<Signal> {
+/// Reads one event; `scanners` flags attack tools by user agent.
+pub fn classify(
+    h: &impl Headers,
+    scanners: &crate::source::scanner::ScannerList,
+) -> Option<Signal> {
     let name = h.get("Event-Name")?;
     if name == "HEARTBEAT" {
         return Some(Signal::Heartbeat);
@@ -177,7 +180,7 @@ pub fn classify(h: &impl Headers) -> Option<Signal> {
         addr,
         time: event_time(h),
         user: boxed(user),
-        user_agent: boxed(h.get("user-agent")),
+        scanner: h.get("user-agent").is_some_and(|ua| scanners.matches(&ua)),
     })
 }
 

@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memmem};
+use memchr::memchr;
 
 /// Largest header block accepted before its terminating empty line.
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
@@ -40,28 +40,51 @@ pub struct Frame<'a> {
 /// Finds the end of a header block: the offset of the empty line's end.
 /// Tolerates `\r\n` line ends.
 fn block_end(buf: &[u8]) -> Option<(usize, usize)> {
-    // Look for "\r\n\r\n" only before the first "\n\n": searching the
-    // whole buffer for it at every frame would be quadratic.
-    match memmem::find(buf, b"\n\n") {
-        Some(p) => match memmem::find(&buf[..(p + 2).min(buf.len())], b"\r\n\r\n") {
-            Some(c) if c < p => Some((c, c + 4)),
-            _ => Some((p, p + 2)),
-        },
-        None => memmem::find(buf, b"\r\n\r\n").map(|c| (c, c + 4)),
+    // Line by line: the end is the first empty line, `\n\n` or `\r\n\r\n`.
+    // (A whole-buffer substring search per frame was quadratic.)
+    let mut from = 0;
+    while let Some(p) = memchr(b'\n', &buf[from..]) {
+        let nl = from + p;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some((nl, nl + 2)),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => {
+                let start = if nl > 0 && buf[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                };
+                return Some((start, nl + 3));
+            }
+            _ => from = nl + 1,
+        }
     }
+    None
 }
 
 /// Iterates over `Name: value` lines of a header block.
 pub fn header_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    block.split(|&b| b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = memchr(b':', line)?;
-        let name = &line[..colon];
-        let mut value = &line[colon + 1..];
-        if value.first() == Some(&b' ') {
-            value = &value[1..];
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let (line, next) = match memchr(b'\n', rest) {
+                Some(p) => (&rest[..p], &rest[p + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            rest = next;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = memchr(b':', line) else {
+                continue;
+            };
+            let name = &line[..colon];
+            let mut value = &line[colon + 1..];
+            if value.first() == Some(&b' ') {
+                value = &value[1..];
+            }
+            return Some((name, value));
         }
-        Some((name, value))
     })
 }
 

@@ -227,8 +227,11 @@ impl EventMapper {
     pub fn map(&self, f: &Frame<'_>, now: Time, heartbeat: &mut bool) -> Option<FailureEvent> {
         let ct = content_type(f.headers);
         let signal = match &*ct {
-            "text/event-plain" => classify(&event::PlainPick::new(&PlainEvent::parse(f.body))),
-            "text/event-json" => classify(&JsonEvent::parse(f.body)?),
+            "text/event-plain" => classify(
+                &event::PlainPick::new(&PlainEvent::parse(f.body)),
+                &self.scanners,
+            ),
+            "text/event-json" => classify(&JsonEvent::parse(f.body)?, &self.scanners),
             "log/data" => {
                 // Profile ACL rejections fire no event: read them from the log.
                 let msg = f.body.trim_ascii();
@@ -255,7 +258,7 @@ impl EventMapper {
                 addr,
                 time,
                 user,
-                user_agent,
+                scanner,
             } => Some(FailureEvent {
                 time: time.unwrap_or(now),
                 jail: self.jail,
@@ -267,9 +270,7 @@ impl EventMapper {
                     1
                 },
                 user,
-                scanner: user_agent
-                    .as_deref()
-                    .is_some_and(|ua| self.scanners.matches(ua)),
+                scanner,
             }),
         }
     }
