@@ -464,7 +464,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         backend: raw.firewall.backend.unwrap_or(Backend::Nftables),
         table,
         keep_on_exit: raw.firewall.keep_on_exit.unwrap_or(true),
-        set_size: raw.firewall.set_size.unwrap_or(0),
+        set_size: raw.firewall.set_size.unwrap_or(1_000_000),
     };
     let daemon = DaemonConfig {
         state_dir: raw

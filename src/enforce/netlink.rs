@@ -451,7 +451,10 @@ pub fn explain(errno: i32, what: &str) -> String {
             format!("{what}: not found (was the ruleset flushed or the table deleted?)")
         }
         libc::EEXIST => format!("{what}: already exists"),
-        libc::ENOSPC => format!("{what}: the set is full; raise [firewall] set_size"),
+        // The kernel answers ENFILE when a set reached its `size`.
+        libc::ENOSPC | libc::ENFILE => {
+            format!("{what}: the set is full; raise [firewall] set_size")
+        }
         libc::EMSGSIZE => format!("{what}: message too large for the netlink socket"),
         libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::EOPNOTSUPP => {
             format!("{what}: nf_tables is not available in this kernel (load the nf_tables module)")

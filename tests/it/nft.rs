@@ -443,3 +443,34 @@ fn flushed_ruleset_and_hand_deleted_elements_are_restored() {
     );
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+#[test]
+fn a_full_set_is_reported_with_what_to_raise() {
+    if !can_use_netns() {
+        return;
+    }
+    let ns = NetNs::new("f");
+    let err = ns.run(|| {
+        let cfg = FirewallConfig {
+            backend: Backend::Nftables,
+            table: "sipwarden".into(),
+            keep_on_exit: true,
+            set_size: 3,
+        };
+        let mut e = NftEnforcer::start(&cfg).unwrap();
+        e.apply(&[ban("192.0.2.1/32", Some(60)), ban("192.0.2.2/32", Some(60))])
+            .unwrap();
+        e.apply(
+            &(3..9)
+                .map(|i| ban(&format!("192.0.2.{i}/32"), Some(60)))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_err()
+        .to_string()
+    });
+    assert!(
+        err.contains("set is full") && err.contains("set_size"),
+        "{err}"
+    );
+    assert_eq!(ns.set_elements("banned_v4").len(), 2, "earlier bans stay");
+}
