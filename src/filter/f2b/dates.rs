@@ -31,6 +31,10 @@ const DEFAULT_TEMPLATES: &[&str] = &[
     r"\b%Y%m%d ?%H%M%S\b",
     r"%m-%d %H:%M:%S(?:[.,]%f)?",
     r"%H:%M:%S %d/%m/%Y",
+    r"%b-%d-%y %H:%M:%S",
+    r"%d-%m-%Y %H:%M:%S(?: %z)?",
+    r"%Y:%m:%d-%H:%M:%S",
+    r"%m/%d/%Y - %H:%M:%S",
 ];
 
 /// Expands strptime directives into regex groups.
@@ -163,7 +167,9 @@ impl DateDetector {
             };
             if line.contains("{DATE}") {
                 for t in DEFAULT_TEMPLATES {
-                    let mut re = line.replace("{DATE}", &template_regex(t));
+                    // Only the date itself is cut out of the line, not the
+                    // anchor or the text around {DATE}.
+                    let mut re = line.replace("{DATE}", &format!("(?P<dt>{})", template_regex(t)));
                     if anchored {
                         re = format!(r"^\W{{0,3}}{re}");
                     }
@@ -185,7 +191,10 @@ impl DateDetector {
         for p in &self.patterns {
             if let Some(c) = p.captures(line) {
                 if let Some(time) = to_time(&c, tz, now) {
-                    return Some(FoundDate { time, span: c.span });
+                    return Some(FoundDate {
+                        time,
+                        span: c.dt_span.unwrap_or(c.span),
+                    });
                 }
             }
         }

@@ -284,20 +284,31 @@ impl Ini {
         extra: &BTreeMap<String, String>,
         depth: usize,
     ) -> String {
-        if depth > 20 || !v.contains("%(") {
+        if depth > 20 || !v.contains('%') {
             return v.to_string();
         }
         let mut out = String::with_capacity(v.len());
         let mut rest = v;
-        while let Some(p) = rest.find("%(") {
+        while let Some(p) = rest.find('%') {
             out.push_str(&rest[..p]);
-            let after = &rest[p + 2..];
-            let Some(close) = after.find(")s") else {
+            let after = &rest[p + 1..];
+            // `%%` is a literal `%` (configparser), as in datepatterns.
+            if let Some(r) = after.strip_prefix('%') {
+                out.push('%');
+                rest = r;
+                continue;
+            }
+            let Some(inner) = after.strip_prefix('(') else {
+                out.push('%');
+                rest = after;
+                continue;
+            };
+            let Some(close) = inner.find(")s") else {
                 out.push_str(&rest[p..]);
                 rest = "";
                 break;
             };
-            let name = &after[..close];
+            let name = &inner[..close];
             let (sec, key) = match name.split_once('/') {
                 Some(("default", k)) => ("DEFAULT", k),
                 Some(("known", k)) => (section, k),
@@ -318,7 +329,7 @@ impl Ini {
                 // regex then simply does not match).
                 None => out.push_str(&rest[p..p + 2 + close + 2]),
             }
-            rest = &after[close + 2..];
+            rest = &inner[close + 2..];
         }
         out.push_str(rest);
         out

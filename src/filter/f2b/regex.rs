@@ -197,6 +197,9 @@ pub struct Captures {
     pub named: Vec<(String, String)>,
     /// Start and end of the whole match.
     pub span: (usize, usize),
+    /// Start and end of the group named `dt`, when the pattern has one (the
+    /// date inside a date pattern).
+    pub dt_span: Option<(usize, usize)>,
 }
 
 impl Captures {
@@ -248,6 +251,7 @@ impl Pattern {
                 Some(Captures {
                     named,
                     span: (m.start(), m.end()),
+                    dt_span: c.name("dt").map(|d| (d.start(), d.end())),
                 })
             }
             Pattern::Fancy(r) => {
@@ -262,6 +266,7 @@ impl Pattern {
                 Some(Captures {
                     named,
                     span: (m.start(), m.end()),
+                    dt_span: c.name("dt").map(|d| (d.start(), d.end())),
                 })
             }
         }
