@@ -315,3 +315,34 @@ pub fn cli(dir: &TempDir, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Starts `sipwarden run` inside `ns` and waits (bounded) until it follows
+/// its log.
+pub fn start_in(ns: &NetNs, cfg: &Path) -> Daemon {
+    let d = Daemon::start_with(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.name,
+        bin(),
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]));
+    assert!(
+        d.wait_for(": following", Duration::from_secs(30)).is_some(),
+        "daemon did not start"
+    );
+    d
+}
+
+/// Polls `f` until it holds or `timeout` passes; returns its last answer.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

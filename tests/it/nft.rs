@@ -14,6 +14,7 @@ use sipwarden::jail::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReas
 
 use crate::common::{
     Daemon, NetNs, TempDir, TestNet, append, bin, can_use_netns, daemon_section, delivered,
+    start_in, wait_until,
 };
 
 fn config(dir: &TempDir, log: &std::path::Path, extra: &str) -> std::path::PathBuf {
@@ -35,34 +36,6 @@ fn failure_line(ip: &str) -> String {
     format!(
         "{now} 3.10% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1001@10.77.0.1] from ip {ip}\n"
     )
-}
-
-fn start_in(ns: &NetNs, cfg: &std::path::Path) -> Daemon {
-    let d = Daemon::start_with(Command::new("ip").args([
-        "netns",
-        "exec",
-        &ns.name,
-        bin(),
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]));
-    assert!(
-        d.wait_for(": following", Duration::from_secs(10)).is_some(),
-        "daemon did not start"
-    );
-    d
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 #[test]

@@ -1,27 +1,9 @@
 //! Bans survive a restart: the store restores them into the kernel with
 //! their remaining time, in a few netlink batches.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, NetNs, TempDir, append, bin, can_use_netns, cli, daemon_section};
-
-fn start_in(ns: &NetNs, cfg: &std::path::Path) -> Daemon {
-    let d = Daemon::start_with(Command::new("ip").args([
-        "netns",
-        "exec",
-        &ns.name,
-        bin(),
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]));
-    assert!(
-        d.wait_for(": following", Duration::from_secs(30)).is_some(),
-        "daemon did not start"
-    );
-    d
-}
+use crate::common::{NetNs, TempDir, append, can_use_netns, cli, daemon_section, start_in};
 
 #[test]
 fn twenty_thousand_bans_survive_a_restart_with_their_remaining_time() {

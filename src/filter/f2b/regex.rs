@@ -239,36 +239,26 @@ impl Pattern {
 
     /// Searches `text`; returns the named captures of the first match.
     pub fn captures(&self, text: &str) -> Option<Captures> {
+        // The two engines' capture types share their shape, not a trait.
+        macro_rules! collect {
+            ($r:expr, $c:expr) => {{
+                let c = $c;
+                let m = c.get(0)?;
+                Some(Captures {
+                    named: $r
+                        .capture_names()
+                        .flatten()
+                        .filter_map(|n| c.name(n).map(|v| (n.to_string(), v.as_str().to_string())))
+                        .collect(),
+                    span: (m.start(), m.end()),
+                    dt_span: c.name("dt").map(|d| (d.start(), d.end())),
+                })
+            }};
+        }
         match self {
-            Pattern::Fast(r) => {
-                let c = r.captures(text)?;
-                let m = c.get(0)?;
-                let named = r
-                    .capture_names()
-                    .flatten()
-                    .filter_map(|n| c.name(n).map(|v| (n.to_string(), v.as_str().to_string())))
-                    .collect();
-                Some(Captures {
-                    named,
-                    span: (m.start(), m.end()),
-                    dt_span: c.name("dt").map(|d| (d.start(), d.end())),
-                })
-            }
-            Pattern::Fancy(r) => {
-                // A backtracking limit hit is treated as no match.
-                let c = r.captures(text).ok()??;
-                let m = c.get(0)?;
-                let named = r
-                    .capture_names()
-                    .flatten()
-                    .filter_map(|n| c.name(n).map(|v| (n.to_string(), v.as_str().to_string())))
-                    .collect();
-                Some(Captures {
-                    named,
-                    span: (m.start(), m.end()),
-                    dt_span: c.name("dt").map(|d| (d.start(), d.end())),
-                })
-            }
+            Pattern::Fast(r) => collect!(r, r.captures(text)?),
+            // A backtracking limit hit is treated as no match.
+            Pattern::Fancy(r) => collect!(r, r.captures(text).ok()??),
         }
     }
 
