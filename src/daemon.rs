@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// The configuration file given with `--config`, re-read on reload.
     pub config_path: Option<PathBuf>,
+    /// A fail2ban configuration directory (`--fail2ban-config`), re-read on reload.
+    pub fail2ban_config: Option<PathBuf>,
 }
 
 /// Why the daemon could not start or run.
@@ -386,6 +388,7 @@ impl Core {
 #[derive(Clone, Debug, PartialEq)]
 struct SourceKey {
     filter: Option<String>,
+    fail2ban_filter: Option<(PathBuf, String)>,
     logpath: Vec<PathBuf>,
     from_start: bool,
     logtimezone: String,
@@ -398,6 +401,7 @@ impl SourceKey {
     fn of(jc: &JailConfig) -> SourceKey {
         SourceKey {
             filter: jc.filter.clone(),
+            fail2ban_filter: jc.fail2ban_filter.clone(),
             logpath: jc.logpath.clone(),
             from_start: jc.from_start,
             logtimezone: jc.logtimezone.clone(),
@@ -452,12 +456,21 @@ fn spawn_sources(
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut stats = Vec::new();
-    if let Some(fname) = jc.filter.as_deref() {
-        let filter: Arc<dyn Filter> = filter::builtin(fname, jc.filter_options)
-            .map(Arc::from)
-            .ok_or_else(|| {
-                DaemonError::Setup(format!("jail {}: unknown filter {fname:?}", jc.name))
-            })?;
+    let chosen: Option<Arc<dyn Filter>> = match (&jc.filter, &jc.fail2ban_filter) {
+        (Some(fname), _) => Some(
+            filter::builtin(fname, jc.filter_options)
+                .map(Arc::from)
+                .ok_or_else(|| {
+                    DaemonError::Setup(format!("jail {}: unknown filter {fname:?}", jc.name))
+                })?,
+        ),
+        (None, Some((dir, spec))) => Some(Arc::new(
+            filter::f2b::F2bFilter::load(dir, spec, &Default::default())
+                .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?,
+        )),
+        (None, None) => None,
+    };
+    if let Some(filter) = chosen {
         let tz = filter::date::parse_zone(&jc.logtimezone)
             .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
         for path in &jc.logpath {
@@ -662,7 +675,10 @@ impl Runtime {
     }
 
     fn reload(&mut self) -> Response {
-        let cfg = match Config::load(self.opts.config_path.as_deref()) {
+        let cfg = match Config::load_with(
+            self.opts.config_path.as_deref(),
+            self.opts.fail2ban_config.as_deref(),
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("reload refused, the running configuration stays: {e}");

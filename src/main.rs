@@ -45,6 +45,16 @@ enum Command {
         /// Log decisions only; touch no firewall (same as `backend = "none"`).
         #[arg(long)]
         dry_run: bool,
+        /// Also run the enabled jails of this fail2ban configuration
+        /// (e.g. /etc/fail2ban: jail.conf, jail.d/, jail.local, filter.d/);
+        /// sipwarden's nftables enforcer bans instead of fail2ban's actions.
+        #[arg(long, value_name = "DIR")]
+        fail2ban_config: Option<PathBuf>,
+    },
+    /// Print the sipwarden TOML equivalent of a fail2ban configuration.
+    ImportFail2ban {
+        /// fail2ban configuration directory (e.g. /etc/fail2ban).
+        dir: PathBuf,
     },
     /// Validate a configuration file; exits non-zero on error.
     Check {
@@ -196,9 +206,14 @@ fn talk(t: Talk, req: Request) -> anyhow::Result<ExitCode> {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, dry_run } => {
+        Command::Run {
+            config,
+            dry_run,
+            fail2ban_config,
+        } => {
             init_logging();
-            let cfg = Config::load(config.as_deref())?;
+            let cfg = Config::load_with(config.as_deref(), fail2ban_config.as_deref())
+                .map_err(anyhow::Error::msg)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -208,6 +223,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 RunOptions {
                     dry_run,
                     config_path: config,
+                    fail2ban_config,
                 },
             ))?;
             Ok(ExitCode::SUCCESS)
@@ -239,6 +255,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     cfg.firewall.backend
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportFail2ban { dir } => {
+            let c = config::fail2ban::from_fail2ban(&dir).map_err(anyhow::Error::msg)?;
+            print!("{}", config::fail2ban::to_toml(&c));
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Default) => {

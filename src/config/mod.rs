@@ -7,6 +7,7 @@
 //! line and key, and says what is expected.
 
 pub mod duration;
+pub mod fail2ban;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -167,6 +168,7 @@ struct RawJail {
     trusted_maxretry: Option<u32>,
     wrong_call_state_maxretry: Option<u32>,
     filter: Option<Spanned<String>>,
+    fail2ban_filter: Option<Spanned<String>>,
     logpath: Option<PathList>,
     from_start: Option<bool>,
     logtimezone: Option<Spanned<String>>,
@@ -232,6 +234,9 @@ pub struct JailConfig {
     pub enabled: bool,
     /// Built-in filter name.
     pub filter: Option<String>,
+    /// A fail2ban filter file instead: (fail2ban configuration directory,
+    /// `NAME[options]`).
+    pub fail2ban_filter: Option<(PathBuf, String)>,
     /// Log files to follow.
     pub logpath: Vec<PathBuf>,
     /// Read followed files from their start.
@@ -307,6 +312,31 @@ impl Config {
             source,
         })?;
         Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Reads the configuration the way `sipwarden run` is told to: a TOML file
+    /// (or the default search), plus, with `fail2ban`, the enabled jails of a
+    /// fail2ban configuration directory. With `fail2ban` and no TOML file,
+    /// only fail2ban's jails run (on sipwarden's `[daemon]`/`[firewall]`
+    /// defaults).
+    pub fn load_with(path: Option<&Path>, fail2ban: Option<&Path>) -> Result<Config, String> {
+        let Some(dir) = fail2ban else {
+            return Config::load(path).map_err(|e| e.to_string());
+        };
+        let f2b = fail2ban::from_fail2ban(dir)?;
+        let Some(p) = path else { return Ok(f2b) };
+        let mut c = Config::load(Some(p)).map_err(|e| e.to_string())?;
+        for j in f2b.jails {
+            if c.jails.iter().any(|k| k.name == j.name) {
+                return Err(format!(
+                    "jail {:?} is defined both in {} and in {}",
+                    j.name, c.origin, f2b.origin
+                ));
+            }
+            c.jails.push(j);
+        }
+        c.origin = format!("{} + {}", c.origin, f2b.origin);
+        Ok(c)
     }
 
     /// Parses configuration text; `origin` names it in errors.
@@ -510,12 +540,23 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             }
             None => None,
         };
+        let fail2ban_filter = match &j.fail2ban_filter {
+            Some(f) => Some(split_fail2ban_filter(f.get_ref()).map_err(|m| err(f.span(), m))?),
+            None => None,
+        };
+        if filter.is_some() && fail2ban_filter.is_some() {
+            return Err(err(
+                span,
+                format!("jail {name:?} sets both `filter` and `fail2ban_filter`; keep one"),
+            ));
+        }
+        let filter_set = filter.is_some() || fail2ban_filter.is_some();
         let logpath = j.logpath.map(|p| p.0).unwrap_or_default();
         let esl = match &j.esl {
             Some(v) => esl_peers(v.get_ref()).map_err(|m| err(v.span(), m))?,
             None => Vec::new(),
         };
-        if enabled && esl.is_empty() && filter.is_none() {
+        if enabled && esl.is_empty() && !filter_set {
             return Err(err(
                 span,
                 format!(
@@ -524,13 +565,13 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
                 ),
             ));
         }
-        if enabled && filter.is_some() && logpath.is_empty() {
+        if enabled && filter_set && logpath.is_empty() {
             return Err(err(
                 span,
                 format!("jail {name:?} has no `logpath`; list the log files it should follow"),
             ));
         }
-        if enabled && filter.is_none() && !logpath.is_empty() {
+        if enabled && !filter_set && !logpath.is_empty() {
             return Err(err(
                 span,
                 format!("jail {name:?} has a `logpath` but no `filter` to read it with"),
@@ -579,6 +620,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             name,
             enabled,
             filter,
+            fail2ban_filter,
             logpath,
             from_start: j.from_start.unwrap_or(false),
             logtimezone,
@@ -616,6 +658,30 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         jails,
         scanners,
     })
+}
+
+/// Splits `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]` into the
+/// fail2ban configuration directory and `sshd[mode=aggressive]`.
+pub fn split_fail2ban_filter(v: &str) -> Result<(PathBuf, String), String> {
+    let (path, opts) = match v.find('[') {
+        Some(p) => (&v[..p], &v[p..]),
+        None => (v, ""),
+    };
+    let p = Path::new(path.trim());
+    let name = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".conf").trim_end_matches(".local"))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| format!("fail2ban_filter {v:?}: expected a path such as \"/etc/fail2ban/filter.d/sshd.conf\""))?;
+    let dir = p
+        .parent()
+        .filter(|d| d.ends_with("filter.d"))
+        .and_then(Path::parent)
+        .ok_or_else(|| {
+            format!("fail2ban_filter {v:?}: the file must sit in a filter.d directory")
+        })?;
+    Ok((dir.to_path_buf(), format!("{name}{opts}")))
 }
 
 /// Reads a jail's `esl`: one table or an array of tables.

@@ -175,3 +175,110 @@ fn freeswitch_log_follows_rotation_and_truncation() {
     );
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// Copies fail2ban's stock configuration (read at test time from
+/// ../shared, never committed) into a temp dir with a jail.local.
+fn fail2ban_dir(dir: &TempDir, jail_local: &str) -> Option<std::path::PathBuf> {
+    let src = shared("corpus/fail2ban-1.1.2.dev1/config")?;
+    let dst = dir.path("fail2ban");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .ok()?;
+    assert!(status.success());
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&dst)
+        .status();
+    std::fs::write(dst.join("jail.local"), jail_local).unwrap();
+    Some(dst)
+}
+
+#[test]
+fn a_fail2ban_configuration_runs_as_is_and_imports_to_toml() {
+    let dir = TempDir::new("f2bcfg");
+    let auth = dir.path("auth.log");
+    std::fs::write(&auth, "").unwrap();
+    let Some(f2b) = fail2ban_dir(
+        &dir,
+        &format!(
+            "[sshd]\nenabled = true\nlogpath = {}\nmaxretry = 3\n",
+            auth.display()
+        ),
+    ) else {
+        eprintln!("skipped: ../shared corpus absent");
+        return;
+    };
+    // The TOML file only places state and socket in the temp dir.
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[firewall]\nbackend = \"none\"\n", daemon_section(&dir)),
+    )
+    .unwrap();
+    let d = Daemon::start(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--fail2ban-config",
+        f2b.to_str().unwrap(),
+    ]);
+    assert!(
+        d.wait_for(
+            &format!("{}: following", auth.display()),
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    let now = jiff::Timestamp::now()
+        .strftime("%b %e %H:%M:%S")
+        .to_string();
+    let line = |ip: &str| {
+        format!(
+            "{now} pbx sshd[123]: Failed password for invalid user admin from {ip} port 4242 ssh2\n"
+        )
+    };
+    append(
+        &auth,
+        &(line("192.0.2.10").repeat(3) + &line("192.0.2.11").repeat(2)),
+    );
+    let ban = d
+        .wait_for("[sshd] Ban 192.0.2.10", Duration::from_secs(10))
+        .expect("banned by fail2ban's own sshd filter");
+    assert!(ban.contains("(3 failures, 10m)"), "{ban}");
+    assert!(
+        d.wait_for("[sshd] Found 192.0.2.11", Duration::from_secs(5))
+            .is_some()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.lines_with("Ban 192.0.2.11").is_empty());
+    assert!(d.stop().is_some_and(|s| s.success()));
+
+    // import-fail2ban prints TOML that sipwarden accepts as it is.
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("import-fail2ban")
+        .arg(&f2b)
+        .output()
+        .unwrap();
+    let toml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        toml.contains("[jail.sshd]")
+            && toml.contains("sshd.conf[mode=normal]")
+            && toml.contains("maxretry = 3"),
+        "{toml}"
+    );
+    let imported = dir.path("imported.toml");
+    std::fs::write(&imported, toml).unwrap();
+    let check = std::process::Command::new(crate::common::bin())
+        .args(["check", "--config"])
+        .arg(&imported)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

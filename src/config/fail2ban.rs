@@ -1,0 +1,207 @@
+//! A fail2ban configuration (`jail.conf`, `jail.d/`, `jail.local`, filters)
+//! read as a sipwarden configuration: `sipwarden run --fail2ban-config DIR`
+//! and `sipwarden import-fail2ban DIR`.
+//!
+//! Every enabled jail keeps its filter file, `logpath`, `maxretry`,
+//! `findtime`, `bantime`, `ignoreip` and `bantime.increment` settings.
+//! Actions are not run: sipwarden's own nftables enforcer bans, whatever
+//! `banaction` says.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::duration::{BanTime, Duration, parse_bantime, parse_duration};
+use super::{Config, JailConfig, parse_net};
+use crate::filter::FilterOptions;
+use crate::filter::f2b::ini::Ini;
+use crate::jail::Escalation;
+
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "true" | "yes" | "1" | "on" | "enabled"
+    )
+}
+
+/// Builds a configuration from fail2ban's directory (e.g. `/etc/fail2ban`),
+/// on top of sipwarden's defaults for `[daemon]` and `[firewall]`.
+pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
+    let ini = Ini::load(&dir.join("jail")).map_err(|e| e.to_string())?;
+    if ini.sections.is_empty() {
+        return Err(format!(
+            "{}: no jail.conf or jail.local there",
+            dir.display()
+        ));
+    }
+    let mut base = Config::parse("", &format!("fail2ban configuration {}", dir.display()))
+        .map_err(|e| e.to_string())?;
+    let mut banactions = Vec::new();
+    for name in ini.sections.keys() {
+        if matches!(
+            name.as_str(),
+            "DEFAULT" | "INCLUDES" | "Init" | "Definition"
+        ) {
+            continue;
+        }
+        let mut extra = BTreeMap::new();
+        extra.insert("__name__".to_string(), name.clone());
+        let get = |k: &str| {
+            ini.get(name, k, &extra)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if !get("enabled").is_some_and(|v| truthy(&v)) {
+            continue;
+        }
+        let at =
+            |k: &str, e: String| format!("{}: [{name}] {k}: {e}", dir.join("jail.conf").display());
+        let spec = get("filter").unwrap_or_else(|| name.clone());
+        let logpath: Vec<std::path::PathBuf> = get("logpath")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(Into::into)
+            .collect();
+        if logpath.is_empty() {
+            return Err(at(
+                "logpath",
+                "an enabled jail needs a logpath (journal backends are not supported yet)".into(),
+            ));
+        }
+        let maxretry = get("maxretry")
+            .map(|v| v.parse::<u32>().map_err(|e| at("maxretry", e.to_string())))
+            .transpose()?
+            .unwrap_or(5);
+        let findtime = get("findtime")
+            .map(|v| parse_duration(&v).map_err(|e| at("findtime", e.to_string())))
+            .transpose()?
+            .unwrap_or(Duration(600));
+        let bantime = get("bantime")
+            .map(|v| parse_bantime(&v).map_err(|e| at("bantime", e.to_string())))
+            .transpose()?
+            .unwrap_or(BanTime::For(Duration(600)));
+        let mut ignoreip = Vec::new();
+        for a in get("ignoreip")
+            .unwrap_or_default()
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|a| !a.is_empty())
+        {
+            match parse_net(a) {
+                Ok(n) => ignoreip.push(n),
+                Err(_) => tracing::warn!(
+                    "[{name}] ignoreip {a:?} is not an address or network (names are not resolved); skipped"
+                ),
+            }
+        }
+        let escalation = get("bantime.increment")
+            .is_some_and(|v| truthy(&v))
+            .then(|| Escalation {
+                factor: get("bantime.factor")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1.0),
+                multipliers: get("bantime.multipliers")
+                    .map(|v| {
+                        v.split_whitespace()
+                            .filter_map(|m| m.parse().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                maxtime: get("bantime.maxtime").and_then(|v| parse_duration(&v).ok()),
+                overall_jails: get("bantime.overalljails").is_some_and(|v| truthy(&v)),
+            });
+        if let Some(b) = get("banaction") {
+            banactions.push(format!("{name}: {}", b.lines().next().unwrap_or_default()));
+        }
+        base.jails.push(JailConfig {
+            name: name.clone(),
+            enabled: true,
+            filter: None,
+            fail2ban_filter: Some((dir.to_path_buf(), spec)),
+            logpath,
+            from_start: false,
+            logtimezone: "local".into(),
+            filter_options: FilterOptions::default(),
+            maxretry: maxretry.max(1),
+            findtime,
+            bantime,
+            ignoreip: if ignoreip.is_empty() {
+                vec![
+                    parse_net("127.0.0.0/8").unwrap_or_else(|_| unreachable_net()),
+                    parse_net("::1").unwrap_or_else(|_| unreachable_net()),
+                ]
+            } else {
+                ignoreip
+            },
+            ignoreself: get("ignoreself").is_none_or(|v| truthy(&v)),
+            max_tracked: 1_000_000,
+            escalation,
+            esl: Vec::new(),
+            invite_weight: 1,
+            ban_scanners: false,
+            trust_registered: None,
+            trusted_maxretry: maxretry.saturating_mul(3),
+            wrong_call_state_maxretry: 0,
+        });
+    }
+    if !banactions.is_empty() {
+        tracing::info!(
+            "fail2ban actions are not run; sipwarden's nftables enforcer bans instead ({})",
+            banactions.join("; ")
+        );
+    }
+    Ok(base)
+}
+
+fn unreachable_net() -> ipnet::IpNet {
+    ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
+/// The sipwarden TOML equivalent of a fail2ban configuration.
+pub fn to_toml(c: &Config) -> String {
+    let mut out = format!(
+        "# sipwarden configuration imported from {}\n# Actions are not imported: sipwarden bans with its own nftables enforcer.\n",
+        c.origin
+    );
+    for j in c.jails.iter().filter(|j| j.enabled) {
+        out.push_str(&format!("\n[jail.{}]\n", j.name));
+        if let Some((dir, spec)) = &j.fail2ban_filter {
+            let (name, opts) = spec
+                .split_once('[')
+                .map_or((spec.as_str(), String::new()), |(n, o)| {
+                    (n, format!("[{o}"))
+                });
+            out.push_str(&format!(
+                "fail2ban_filter = {:?}\n",
+                format!("{}/filter.d/{name}.conf{opts}", dir.display())
+            ));
+        }
+        let paths: Vec<String> = j
+            .logpath
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
+        out.push_str(&format!("logpath = [{}]\n", paths.join(", ")));
+        out.push_str(&format!(
+            "maxretry = {}\nfindtime = \"{}\"\n",
+            j.maxretry, j.findtime
+        ));
+        match j.bantime {
+            BanTime::Permanent => out.push_str("bantime = -1\n"),
+            BanTime::For(d) => out.push_str(&format!("bantime = \"{d}\"\n")),
+        }
+        let ips: Vec<String> = j.ignoreip.iter().map(|n| format!("\"{n}\"")).collect();
+        out.push_str(&format!("ignoreip = [{}]\n", ips.join(", ")));
+        if let Some(e) = &j.escalation {
+            out.push_str(&format!(
+                "bantime_increment = true\nbantime_factor = {}\n",
+                e.factor
+            ));
+            if let Some(m) = e.maxtime {
+                out.push_str(&format!("bantime_maxtime = \"{m}\"\n"));
+            }
+            if e.overall_jails {
+                out.push_str("bantime_overalljails = true\n");
+            }
+        }
+    }
+    out
+}
