@@ -12,6 +12,7 @@ NS=swbench$$
 cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 cargo build --release -q
+. bench/lib.sh
 BIN=$PWD/target/release/sipwarden
 GEN_SPAN_S=300 GEN_END_NOW=1 python3 "$SHARED/bench/gen_freeswitch_log.py" 200000 "$WORK/burst.log" >/dev/null
 # Due bans: addresses with at least 3 failures (the built-in filter's lines),
@@ -25,20 +26,7 @@ for l in open(sys.argv[1], errors="replace"):
 print(sum(1 for a, v in c.items() if v >= 3 and not a.startswith("127.") and a != "::1"))
 PY
 )
-cat > "$WORK/sw.toml" <<TOML
-[daemon]
-state_dir = "$WORK/state"
-socket = "$WORK/sw.sock"
-[defaults]
-maxretry = 3
-findtime = "10m"
-bantime = "1h"
-ignoreself = false
-[jail.freeswitch]
-filter = "freeswitch"
-logpath = "$WORK/freeswitch.log"
-TOML
-: > "$WORK/freeswitch.log"
+sw_config 'maxretry = 3\nfindtime = "10m"\nbantime = "1h"'
 ip netns add "$NS"
 ip netns exec "$NS" "$BIN" run --config "$WORK/sw.toml" 2>"$WORK/daemon.log" &
 PID=$!
@@ -48,7 +36,7 @@ import json,sys
 d=json.load(sys.stdin)
 print(sum(len(o["set"].get("elem",[])) for o in d["nftables"] if "set" in o))'; }
 T0=$(date +%s.%N)
-cat "$WORK/burst.log" >> "$WORK/freeswitch.log"
+cat "$WORK/burst.log" >> "$WORK/fs.log"
 n=0
 for _ in $(seq 600); do n=$(count); [ "$n" -ge "$DUE" ] && break; sleep 0.05; done
 T1=$(date +%s.%N)

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 WORK=$(mktemp -d)
 trap 'kill ${PID:-} 2>/dev/null; rm -rf "$WORK"' EXIT
 cargo build --release -q
+. bench/lib.sh
 BIN=$PWD/target/release/sipwarden
 python3 - "$WORK" <<'PY'
 import sys, time
@@ -22,21 +23,7 @@ with open(f"{w}/bans.log", "w") as f:
         ip = f"{a>>24}.{(a>>16)&255}.{(a>>8)&255}.{a&255}"
         f.write(f"{now}.000000 [WARNING] sofia_reg.c:2531 Can't find user [x@h] from {ip}\n" * 2)
 PY
-cat > "$WORK/sw.toml" <<TOML
-[daemon]
-state_dir = "$WORK/state"
-socket = "$WORK/sw.sock"
-[defaults]
-maxretry = 3
-ignoreself = false
-[firewall]
-backend = "none"
-[jail.freeswitch]
-filter = "freeswitch"
-logtimezone = "UTC"
-logpath = "$WORK/fs.log"
-TOML
-: > "$WORK/fs.log"
+sw_config 'maxretry = 3' '[firewall]\nbackend = "none"'
 RUST_LOG=warn ${MALLOC_ENV:-} "$BIN" run --config "$WORK/sw.toml" 2>/dev/null &
 PID=$!
 for _ in $(seq 100); do [ -S "$WORK/sw.sock" ] && break; sleep 0.1; done

@@ -12,20 +12,9 @@ NS=swrest$$
 cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 cargo build --release -q
+. bench/lib.sh
 BIN=$PWD/target/release/sipwarden
-cat > "$WORK/sw.toml" <<TOML
-[daemon]
-state_dir = "$WORK/state"
-socket = "$WORK/sw.sock"
-[defaults]
-maxretry = 1
-bantime = "1h"
-ignoreself = false
-[jail.freeswitch]
-filter = "freeswitch"
-logtimezone = "UTC"
-logpath = "$WORK/fs.log"
-TOML
+sw_config 'maxretry = 1\nbantime = "1h"'
 python3 - "$WORK/burst.log" "$N" <<'PY'
 import sys, time
 now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
@@ -34,7 +23,6 @@ with open(sys.argv[1], "w") as f:
         a = 0x0C000000 + i
         f.write(f"{now}.000000 [WARNING] sofia_reg.c:2531 Can't find user [x@h] from {a>>24}.{(a>>16)&255}.{(a>>8)&255}.{a&255}\n")
 PY
-: > "$WORK/fs.log"
 ip netns add "$NS"
 count() { ip netns exec "$NS" nft -j list set inet sipwarden banned_v4 2>/dev/null | python3 -c '
 import json,sys

@@ -79,15 +79,18 @@ fn fail2ban_samples_do_not_regress() {
         eprintln!("skipped: ../shared/corpus/fail2ban-1.1.2.dev1 is absent");
         return;
     };
-    let out = Command::new(bin())
-        .arg("samples")
-        .arg("--config")
-        .arg(&config)
-        .arg("--logs")
-        .arg(&logs)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let samples = |extra: &[&str]| {
+        Command::new(bin())
+            .arg("samples")
+            .arg("--config")
+            .arg(&config)
+            .arg("--logs")
+            .arg(&logs)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = samples(&["--json"]);
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("samples --json prints JSON");
     let (total, passed, failed) = (
@@ -103,15 +106,7 @@ fn fail2ban_samples_do_not_regress() {
         "regression: {passed} < {SAMPLES_PASSING} passing evaluations"
     );
     // The text form ends with the count line.
-    let out = Command::new(bin())
-        .arg("samples")
-        .arg("--config")
-        .arg(&config)
-        .arg("--logs")
-        .arg(&logs)
-        .args(["--filter", "freeswitch"])
-        .output()
-        .unwrap();
+    let out = samples(&["--filter", "freeswitch"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
