@@ -1,78 +1,50 @@
-//! In-process hot paths, measured without a framework (`cargo bench --bench
-//! hot_paths`): ESL frame parsing plus event mapping, the FreeSWITCH log
-//! filter, and the jail counter. Prints the median ns per item over 7 runs.
+//! Criterion micro-benchmarks of the hot paths (`cargo bench --bench
+//! hot_paths`): ESL framing, event parsing and mapping, the jail counter,
+//! the whole in-process ESL pipeline, and the FreeSWITCH log filter.
+//! Every group reports time per item (one event, one line).
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sipwarden::config::duration::{BanTime, Duration};
 use sipwarden::event::{FailureEvent, FailureKind, JailId, Time};
 use sipwarden::filter::{FilterContext, FilterOptions, builtin};
 use sipwarden::jail::{BanHistory, IgnoreList, Jail, JailPolicy};
+use sipwarden::source::esl::frame::parse_frame;
 use sipwarden::source::esl::{EventMapper, FrameBuffer};
 use sipwarden::source::scanner::{DEFAULT_SCANNERS, ScannerList};
 
-fn median_ns(items: usize, mut run: impl FnMut()) -> f64 {
-    let mut v: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            t.elapsed().as_nanos() as f64 / items as f64
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[3]
-}
+/// Events per batch in the batched groups.
+const N: usize = 10_000;
+const NOW: Time = Time(1_795_621_254_000);
 
-fn main() {
-    // ESL: 10,000 register_failure frames in one buffer.
-    let body = |i: u32| {
-        format!(
+/// `N` `sofia::register_failure` frames as FreeSWITCH writes them, from
+/// `N` addresses, in one buffer.
+fn esl_stream() -> Vec<u8> {
+    let mut stream = Vec::new();
+    for i in 0..N as u32 {
+        let body = format!(
             "Event-Subclass: sofia%3A%3Aregister_failure\nEvent-Name: CUSTOM\nCore-UUID: 418244e5-62e0-4fcb-b610-3d7599f3bf29\nFreeSWITCH-Hostname: vm\nEvent-Date-Timestamp: 1795621254659156\nEvent-Calling-File: sofia_reg.c\nprofile-name: internal\nto-user: 1009\nto-host: 10.77.0.1\nnetwork-ip: 10.{}.{}.{}\nuser-agent: friendly-scanner\nprofile-name: internal\nnetwork-port: 5060\nregistration-type: REGISTER\n\n",
             100 + i / 65536,
             (i / 256) % 256,
             i % 256
-        )
-    };
-    let stream: Vec<u8> = (0..10_000u32)
-        .flat_map(|i| {
-            let b = body(i);
+        );
+        stream.extend_from_slice(
             format!(
-                "Content-Length: {}\nContent-Type: text/event-plain\n\n{b}",
-                b.len()
+                "Content-Length: {}\nContent-Type: text/event-plain\n\n",
+                body.len()
             )
-            .into_bytes()
-        })
-        .collect();
-    let mapper = EventMapper {
-        jail: JailId(0),
-        invite_weight: 1,
-        scanners: Arc::new(ScannerList::new(DEFAULT_SCANNERS)),
-    };
-    let mut events = Vec::new();
-    let esl = median_ns(10_000, || {
-        let mut fb = FrameBuffer::default();
-        fb.extend(&stream);
-        let mut hb = false;
-        events.clear();
-        fb.drain(|f| events.extend(mapper.map(&f, Time(0), &mut hb)))
-            .unwrap_or(0);
-        black_box(&events);
-    });
+            .as_bytes(),
+        );
+        stream.extend_from_slice(body.as_bytes());
+    }
+    stream
+}
 
-    let framing = median_ns(10_000, || {
-        let mut fb = FrameBuffer::default();
-        fb.extend(&stream);
-        let mut n = 0usize;
-        fb.drain(|f| n += f.body.len()).unwrap_or(0);
-        black_box(n);
-    });
-    println!("esl framing only:      {framing:.0} ns/event");
-
-    // Jail: count those events (10,000 addresses, maxretry 5, no bans).
-    let policy = JailPolicy {
-        maxretry: 1_000_000,
+fn policy() -> JailPolicy {
+    JailPolicy {
+        maxretry: 1_000_000, // count, never ban: the counter is measured
         findtime: Duration(600),
         bantime: BanTime::For(Duration(3600)),
         ignore: IgnoreList::new(vec![]),
@@ -82,10 +54,75 @@ fn main() {
         trust_registered: None,
         trusted_maxretry: 0,
         wrong_call_state_maxretry: 0,
+    }
+}
+
+fn esl(c: &mut Criterion) {
+    let stream = esl_stream();
+    let mapper = EventMapper {
+        jail: JailId(0),
+        invite_weight: 1,
+        scanners: Arc::new(ScannerList::new(DEFAULT_SCANNERS)),
     };
-    let evs: Vec<FailureEvent> = (0..100_000u32)
+    // The frames, split once, for the mapping alone.
+    let mut frames = Vec::with_capacity(N);
+    let mut at = 0;
+    while let Ok(Some((f, used))) = parse_frame(&stream[at..]) {
+        frames.push(f);
+        at += used;
+    }
+    assert_eq!(frames.len(), N);
+    let filled = || {
+        let mut fb = FrameBuffer::default();
+        fb.extend(&stream);
+        fb
+    };
+
+    let mut g = c.benchmark_group("esl");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("framing", |b| {
+        b.iter_batched_ref(
+            filled,
+            |fb| {
+                let mut n = 0usize;
+                let _ = fb.drain(|f| n += f.body.len());
+                black_box(n)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("parse_and_map", |b| {
+        b.iter(|| {
+            let mut hb = false;
+            for f in &frames {
+                black_box(mapper.map(f, NOW, &mut hb));
+            }
+        })
+    });
+    // What the daemon does per event in process: frame, map, count.
+    let history = BanHistory::default();
+    g.bench_function("pipeline", |b| {
+        b.iter_batched_ref(
+            || (filled(), Jail::new(JailId(0), "b", policy())),
+            |(fb, jail)| {
+                let mut hb = false;
+                let _ = fb.drain(|f| {
+                    if let Some(e) = mapper.map(&f, NOW, &mut hb) {
+                        black_box(jail.record(&e, NOW, &history));
+                    }
+                });
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn jail(c: &mut Criterion) {
+    // 100,000 failures from 10,000 addresses into one jail.
+    let events: Vec<FailureEvent> = (0..100_000u32)
         .map(|i| FailureEvent {
-            time: Time(1_795_621_254_000),
+            time: NOW,
             jail: JailId(0),
             addr: std::net::IpAddr::from([10, 100, ((i % 10_000) / 256) as u8, (i % 256) as u8]),
             kind: FailureKind::RegisterAuth,
@@ -94,35 +131,50 @@ fn main() {
             scanner: false,
         })
         .collect();
-    let h = BanHistory::default();
-    let jail = median_ns(evs.len(), || {
-        let mut j = Jail::new(JailId(0), "b", policy.clone());
-        for e in &evs {
-            black_box(j.record(e, Time(1_795_621_254_000), &h));
-        }
+    let history = BanHistory::default();
+    let mut g = c.benchmark_group("jail");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("record", |b| {
+        b.iter_batched_ref(
+            || Jail::new(JailId(0), "b", policy()),
+            |j| {
+                for e in &events {
+                    black_box(j.record(e, NOW, &history));
+                }
+            },
+            BatchSize::LargeInput,
+        )
     });
+    g.finish();
+}
 
-    // FreeSWITCH log filter over a mix of lines.
-    let lines: Vec<Vec<u8>> = (0..10_000u32)
+fn log_filter(c: &mut Criterion) {
+    // 20 % failures, 20 % challenges, the rest other FreeSWITCH lines.
+    let lines: Vec<Vec<u8>> = (0..N as u32)
         .map(|i| match i % 5 {
             0 => format!("2026-11-25 15:40:54.659156 98.73% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1009@10.77.0.1] from ip 10.77.{}.{}", i / 256 % 256, i % 256).into_bytes(),
             1 => b"2026-11-25 15:40:54.639126 98.73% [WARNING] sofia_reg.c:1842 SIP auth challenge (REGISTER) on sofia profile 'internal' for [1009@10.77.0.1] from ip 10.77.0.2".to_vec(),
             _ => b"2026-11-25 15:40:54.659156 98.73% [DEBUG] switch_core_state_machine.c:584 (sofia/internal/1001@10.77.0.1) Running State Change CS_INIT".to_vec(),
         })
         .collect();
-    let f = builtin("freeswitch", FilterOptions::default()).unwrap_or_else(|| unreachable!());
+    let Some(f) = builtin("freeswitch", FilterOptions::default()) else {
+        panic!("the freeswitch filter is built in");
+    };
     let cx = FilterContext {
         tz: jiff::tz::TimeZone::UTC,
-        now: Time(1_795_621_254_000),
+        now: NOW,
     };
-    let filter = median_ns(lines.len(), || {
-        for l in &lines {
-            black_box(f.match_line(l, &cx));
-        }
+    let mut g = c.benchmark_group("filter");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("freeswitch_line", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(f.match_line(l, &cx));
+            }
+        })
     });
-
-    println!("esl frame parse + map: {esl:.0} ns/event");
-    println!("jail counting:          {jail:.0} ns/event");
-    println!("esl + jail in process:  {:.0} ns/event", esl + jail);
-    println!("freeswitch log filter:  {filter:.0} ns/line (20% failures, 20% challenges)");
+    g.finish();
 }
+
+criterion_group!(benches, esl, jail, log_filter);
+criterion_main!(benches);

@@ -15,33 +15,37 @@ pub const DEFAULT_SCANNERS: &[&str] = &[
     "iWar",
 ];
 
-/// A list of scanner user-agent fragments.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScannerList(Vec<String>);
+/// A list of scanner user-agent fragments, searched all at once.
+#[derive(Clone, Debug, Default)]
+pub struct ScannerList(Option<aho_corasick::AhoCorasick>);
 
 impl ScannerList {
     /// A list of the given fragments (empty ones are dropped).
     pub fn new<S: AsRef<str>>(items: &[S]) -> ScannerList {
+        let items: Vec<&str> = items
+            .iter()
+            .map(|s| s.as_ref().trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.is_empty() {
+            return ScannerList(None);
+        }
+        // One automaton for all fragments: a user agent is read once, not
+        // once per fragment. Building fails only past size limits that a
+        // list of user-agent fragments cannot reach; then nothing matches.
         ScannerList(
-            items
-                .iter()
-                .map(|s| s.as_ref().trim().to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                // A few short fragments: a full DFA is small and fastest.
+                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                .build(&items)
+                .ok(),
         )
     }
 
     /// Whether `user_agent` belongs to a listed tool.
     pub fn matches(&self, user_agent: &str) -> bool {
-        if self.0.is_empty() || user_agent.is_empty() {
-            return false;
-        }
-        let ua = user_agent.as_bytes();
-        // Case-insensitive substring search without allocating.
-        self.0.iter().any(|s| {
-            let s = s.as_bytes();
-            s.len() <= ua.len() && ua.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s))
-        })
+        self.0.as_ref().is_some_and(|ac| ac.is_match(user_agent))
     }
 }
 

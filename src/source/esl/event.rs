@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use super::frame::{PlainEvent, header_lines, text};
+use super::frame::{header_lines, text};
 use crate::event::{FailureKind, Time};
 use crate::filter::parse_addr;
 
@@ -39,48 +39,120 @@ pub enum Signal {
     Heartbeat,
 }
 
-/// Read access to an event's headers, whichever the format.
-pub trait Headers {
-    /// The first value of `name` (case-insensitive), decoded.
-    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+/// The event headers `classify` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// `Event-Name`
+    EventName,
+    /// `Event-Subclass`
+    EventSubclass,
+    /// `registration-type`
+    RegistrationType,
+    /// `network-ip` (register events)
+    NetworkIp,
+    /// `network_ip` (call-state events)
+    NetworkIpUnderscore,
+    /// `to-user`
+    ToUser,
+    /// `from-user`
+    FromUser,
+    /// `from_user`
+    FromUserUnderscore,
+    /// `user-agent`
+    UserAgent,
+    /// `Event-Date-Timestamp`
+    EventDateTimestamp,
 }
 
-impl Headers for PlainEvent<'_> {
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        PlainEvent::get(self, name)
+impl Field {
+    const ALL: [Field; 10] = [
+        Field::EventName,
+        Field::EventSubclass,
+        Field::RegistrationType,
+        Field::NetworkIp,
+        Field::NetworkIpUnderscore,
+        Field::ToUser,
+        Field::FromUser,
+        Field::FromUserUnderscore,
+        Field::UserAgent,
+        Field::EventDateTimestamp,
+    ];
+
+    /// The header's name as FreeSWITCH writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::EventName => "Event-Name",
+            Field::EventSubclass => "Event-Subclass",
+            Field::RegistrationType => "registration-type",
+            Field::NetworkIp => "network-ip",
+            Field::NetworkIpUnderscore => "network_ip",
+            Field::ToUser => "to-user",
+            Field::FromUser => "from-user",
+            Field::FromUserUnderscore => "from_user",
+            Field::UserAgent => "user-agent",
+            Field::EventDateTimestamp => "Event-Date-Timestamp",
+        }
+    }
+
+    /// Which field starts the header line `line`, and where its value
+    /// begins. The first byte picks the candidates; their names' lengths
+    /// say where the colon must be, so no line is scanned for it.
+    fn of_line(line: &[u8]) -> Option<(Field, usize)> {
+        use Field::*;
+        let candidates: &[Field] = match line.first()? | 0x20 {
+            b't' => &[ToUser],
+            b'f' => &[FromUser, FromUserUnderscore],
+            b'e' => &[EventName, EventSubclass, EventDateTimestamp],
+            b'n' => &[NetworkIp, NetworkIpUnderscore],
+            b'u' => &[UserAgent],
+            b'r' => &[RegistrationType],
+            _ => return None,
+        };
+        candidates.iter().copied().find_map(|f| {
+            let n = f.name().len();
+            (line.get(n) == Some(&b':') && f.name().as_bytes().eq_ignore_ascii_case(&line[..n]))
+                .then_some((f, n + 1))
+        })
+    }
+}
+
+/// Read access to an event's headers, whichever the format.
+pub trait Headers {
+    /// The first value of `f`, decoded.
+    fn get(&self, f: Field) -> Option<Cow<'_, str>>;
+
+    /// Whether the first value of `f` decodes to exactly `value`.
+    fn is(&self, f: Field, value: &str) -> bool {
+        self.get(f).is_some_and(|v| v == value)
     }
 }
 
 /// The headers `classify` reads, picked from a plain event in one pass.
 pub struct PlainPick<'a> {
-    fields: [Option<&'a [u8]>; PICKED.len()],
+    fields: [Option<&'a [u8]>; Field::ALL.len()],
 }
 
-const PICKED: [&str; 10] = [
-    "Event-Name",
-    "Event-Subclass",
-    "registration-type",
-    "network-ip",
-    "network_ip",
-    "to-user",
-    "from-user",
-    "from_user",
-    "user-agent",
-    "Event-Date-Timestamp",
-];
-
 impl<'a> PlainPick<'a> {
-    /// Reads the event's header block once, keeping the first value of each
-    /// header `classify` needs.
-    pub fn new(ev: &PlainEvent<'a>) -> PlainPick<'a> {
-        let mut fields = [None; PICKED.len()];
-        for (name, value) in super::frame::header_lines(ev.headers) {
-            if let Some(i) = PICKED
-                .iter()
-                .position(|p| p.len() == name.len() && p.as_bytes().eq_ignore_ascii_case(name))
-            {
-                if fields[i].is_none() {
-                    fields[i] = Some(value);
+    /// Reads a `text/event-plain` body's header block once, up to its empty
+    /// line, keeping the first value of each header `classify` needs. The
+    /// inner body (if any) is never looked at.
+    pub fn from_body(body: &'a [u8]) -> PlainPick<'a> {
+        let mut fields = [None; Field::ALL.len()];
+        // One vectorised pass finds every line end; a per-line search
+        // costs more in set-up than in scanning on lines this short.
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+            let line = &body[start..end];
+            start = end + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break; // end of the header block
+            }
+            if let Some((f, at)) = Field::of_line(line) {
+                let slot = &mut fields[f as usize];
+                if slot.is_none() {
+                    let v = &line[at..];
+                    *slot = Some(v.strip_prefix(b" ").unwrap_or(v));
                 }
             }
         }
@@ -89,10 +161,35 @@ impl<'a> PlainPick<'a> {
 }
 
 impl Headers for PlainPick<'_> {
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        let i = PICKED.iter().position(|p| p.eq_ignore_ascii_case(name))?;
-        self.fields[i].map(text)
+    fn get(&self, f: Field) -> Option<Cow<'_, str>> {
+        self.fields[f as usize].map(text)
     }
+
+    fn is(&self, f: Field, value: &str) -> bool {
+        self.fields[f as usize].is_some_and(|raw| decoded_eq(raw, value.as_bytes()))
+    }
+}
+
+/// Whether percent-encoded `raw` decodes to `want`, without decoding it
+/// into a new buffer.
+fn decoded_eq(raw: &[u8], want: &[u8]) -> bool {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let (mut i, mut j) = (0, 0);
+    while i < raw.len() {
+        let mut b = raw[i];
+        i += 1;
+        if b == b'%' && i + 1 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i]), hex(raw[i + 1])) {
+                b = (h * 16 + l) as u8;
+                i += 2;
+            }
+        }
+        if want.get(j) != Some(&b) {
+            return false;
+        }
+        j += 1;
+    }
+    j == want.len()
 }
 
 /// A `text/event-json` body.
@@ -109,7 +206,8 @@ impl JsonEvent {
 }
 
 impl Headers for JsonEvent {
-    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+    fn get(&self, f: Field) -> Option<Cow<'_, str>> {
+        let name = f.name();
         let v = self.0.get(name).or_else(|| {
             self.0
                 .iter()
@@ -126,7 +224,7 @@ impl Headers for JsonEvent {
 
 /// `Event-Date-Timestamp`: microseconds since the epoch.
 fn event_time(h: &impl Headers) -> Option<Time> {
-    let us: i64 = h.get("Event-Date-Timestamp")?.trim().parse().ok()?;
+    let us: i64 = h.get(Field::EventDateTimestamp)?.trim().parse().ok()?;
     (us > 0).then_some(Time(us / 1000))
 }
 
@@ -143,44 +241,49 @@ pub fn classify(
     h: &impl Headers,
     scanners: &crate::source::scanner::ScannerList,
 ) -> Option<Signal> {
-    let name = h.get("Event-Name")?;
-    if name == "HEARTBEAT" {
-        return Some(Signal::Heartbeat);
+    if !h.is(Field::EventName, "CUSTOM") {
+        return h
+            .is(Field::EventName, "HEARTBEAT")
+            .then_some(Signal::Heartbeat);
     }
-    if name != "CUSTOM" {
-        return None;
-    }
-    let sub = h.get("Event-Subclass")?;
-    let (kind, addr_header) = match &*sub {
-        "sofia::register_failure" => {
-            let kind = match h.get("registration-type").as_deref() {
-                Some(t) if t.eq_ignore_ascii_case("INVITE") => FailureKind::InviteAuth,
-                _ => FailureKind::RegisterAuth,
-            };
-            (kind, "network-ip")
-        }
-        "sofia::register" => (FailureKind::Registered, "network-ip"),
-        "sofia::wrong_call_state" => (FailureKind::WrongCallState, "network_ip"),
-        _ => return None,
-    };
-    let raw = h.get(addr_header).or_else(|| {
-        h.get(if addr_header == "network-ip" {
-            "network_ip"
+    // Compared in place: most events are one of these three.
+    let (kind, addr_field, other) = if h.is(Field::EventSubclass, "sofia::register_failure") {
+        let invite = h.get(Field::RegistrationType);
+        let kind = if invite.is_some_and(|t| t.eq_ignore_ascii_case("INVITE")) {
+            FailureKind::InviteAuth
         } else {
-            "network-ip"
-        })
-    })?;
+            FailureKind::RegisterAuth
+        };
+        (kind, Field::NetworkIp, Field::NetworkIpUnderscore)
+    } else if h.is(Field::EventSubclass, "sofia::register") {
+        (
+            FailureKind::Registered,
+            Field::NetworkIp,
+            Field::NetworkIpUnderscore,
+        )
+    } else if h.is(Field::EventSubclass, "sofia::wrong_call_state") {
+        (
+            FailureKind::WrongCallState,
+            Field::NetworkIpUnderscore,
+            Field::NetworkIp,
+        )
+    } else {
+        return None;
+    };
+    let raw = h.get(addr_field).or_else(|| h.get(other))?;
     let addr = parse_addr(raw.trim().as_bytes())?;
     let user = match kind {
-        FailureKind::WrongCallState => h.get("from_user"),
-        _ => h.get("to-user").or_else(|| h.get("from-user")),
+        FailureKind::WrongCallState => h.get(Field::FromUserUnderscore),
+        _ => h.get(Field::ToUser).or_else(|| h.get(Field::FromUser)),
     };
     Some(Signal::Address {
         kind,
         addr,
         time: event_time(h),
         user: boxed(user),
-        scanner: h.get("user-agent").is_some_and(|ua| scanners.matches(&ua)),
+        scanner: h
+            .get(Field::UserAgent)
+            .is_some_and(|ua| scanners.matches(&ua)),
     })
 }
 

@@ -151,7 +151,8 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError>
 /// Decodes `%XX` escapes (either case of hex). A `%` not followed by two hex
 /// digits stays as it is. Borrows when there is nothing to decode.
 pub fn percent_decode(v: &[u8]) -> Cow<'_, [u8]> {
-    if memchr(b'%', v).is_none() {
+    // Values are short: a plain scan costs less than memchr's set-up.
+    if !v.contains(&b'%') {
         return Cow::Borrowed(v);
     }
     let hex = |c: u8| match c {

@@ -227,10 +227,7 @@ impl EventMapper {
     pub fn map(&self, f: &Frame<'_>, now: Time, heartbeat: &mut bool) -> Option<FailureEvent> {
         let ct = content_type(f.headers);
         let signal = match &*ct {
-            "text/event-plain" => classify(
-                &event::PlainPick::new(&PlainEvent::parse(f.body)),
-                &self.scanners,
-            ),
+            "text/event-plain" => classify(&event::PlainPick::from_body(f.body), &self.scanners),
             "text/event-json" => classify(&JsonEvent::parse(f.body)?, &self.scanners),
             "log/data" => {
                 // Profile ACL rejections fire no event: read them from the log.
