@@ -892,29 +892,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             let (tx, rx) = std::sync::mpsc::channel::<Vec<StoreOp>>();
             let h = std::thread::Builder::new()
                 .name("store".into())
-                .spawn(move || {
-                    let mut failing = false;
-                    while let Ok(mut ops) = rx.recv() {
-                        while let Ok(more) = rx.try_recv() {
-                            ops.extend(more);
-                        }
-                        match s.write(&ops) {
-                            Ok(()) if failing => {
-                                tracing::info!("state store writable again");
-                                failing = false;
-                            }
-                            Ok(()) => {}
-                            Err(e) => {
-                                if !failing {
-                                    tracing::error!(
-                                        "{e}; bans are still enforced, but these are not recorded"
-                                    );
-                                }
-                                failing = true;
-                            }
-                        }
-                    }
-                })
+                .spawn(move || store_writer(&mut s, &rx))
                 .map_err(|source| DaemonError::Io {
                     what: "starting the store thread".into(),
                     source,
@@ -1015,6 +993,73 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Most store operations kept while the disk refuses them (a full or
+/// read-only state directory); beyond it the oldest are dropped, counted.
+const STORE_BACKLOG: usize = 1_000_000;
+
+/// The store thread: a transaction per burst. When a write fails (disk full,
+/// read-only, I/O error) the bans are still enforced; the operations wait in
+/// a bounded backlog and are written, in order, once the store takes them
+/// again, so a full disk loses no history that fits the backlog.
+fn store_writer(s: &mut Store, rx: &std::sync::mpsc::Receiver<Vec<StoreOp>>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut backlog: Vec<StoreOp> = Vec::new();
+    let mut dropped = 0usize;
+    let mut failing = false;
+    loop {
+        // While failing, retry every few seconds even without new work.
+        let next = if backlog.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(std::time::Duration::from_secs(2))
+        };
+        match next {
+            Ok(ops) => backlog.extend(ops),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) if backlog.is_empty() => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Stopping: one last try, then say what is lost.
+                if let Err(e) = s.write(&backlog) {
+                    tracing::error!(
+                        "{e}; {} ban record(s) could not be written before exit",
+                        backlog.len()
+                    );
+                }
+                return;
+            }
+        }
+        while let Ok(more) = rx.try_recv() {
+            backlog.extend(more);
+        }
+        if backlog.len() > STORE_BACKLOG {
+            let over = backlog.len() - STORE_BACKLOG;
+            backlog.drain(..over);
+            dropped += over;
+        }
+        match s.write(&backlog) {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(
+                        "state store writable again; {} waiting record(s) written, {dropped} dropped",
+                        backlog.len()
+                    );
+                    failing = false;
+                    dropped = 0;
+                }
+                backlog.clear();
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(
+                        "{e}; bans are still enforced; their records wait in memory and are retried every 2 s"
+                    );
+                }
+                failing = true;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,11 @@ impl Daemon {
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn stop(mut self) -> Option<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    /// Like `stop`, keeping the daemon's collected log readable.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }

@@ -7,6 +7,7 @@ mod common;
 mod control;
 mod dry_run;
 mod esl;
+mod faults;
 mod kamailio;
 mod nft;
 mod restart;
