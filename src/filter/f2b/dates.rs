@@ -138,6 +138,9 @@ fn template_regex(t: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct DateDetector {
     patterns: Vec<Pattern>,
+    /// How many bytes of the line can precede the cut-out date, when that is
+    /// bounded for every pattern (the prefilter needs it).
+    max_lead: Option<usize>,
 }
 
 /// A date found in a line.
@@ -154,12 +157,14 @@ impl DateDetector {
     pub fn default_templates() -> DateDetector {
         DateDetector::from_datepattern("{DATE}").unwrap_or(DateDetector {
             patterns: Vec::new(),
+            max_lead: Some(0),
         })
     }
 
     /// Builds a detector from a `datepattern` value (one pattern per line).
     pub fn from_datepattern(v: &str) -> Result<DateDetector, String> {
         let mut patterns = Vec::new();
+        let mut max_lead = Some(0);
         for line in v.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let (line, anchored) = match line.strip_prefix("{^LN-BEG}") {
                 Some(rest) => (if rest.is_empty() { "{DATE}" } else { rest }, true),
@@ -175,15 +180,36 @@ impl DateDetector {
                     }
                     patterns.push(Pattern::new(&re).map_err(|e| e.to_string())?);
                 }
+                // At most the anchor's three characters before the date,
+                // when nothing stands before {DATE}.
+                let lead = (anchored && line.starts_with("{DATE}")).then_some(3);
+                max_lead = max_lead.zip(lead).map(|(a, b)| a.max(b));
             } else {
                 let mut re = template_regex(line);
                 if anchored {
                     re = format!(r"^\W{{0,3}}{re}");
                 }
-                patterns.push(Pattern::new(&re).map_err(|e| format!("datepattern {line:?}: {e}"))?);
+                let p = Pattern::new(&re).map_err(|e| format!("datepattern {line:?}: {e}"))?;
+                // The whole match is cut: anchored at the line's start,
+                // nothing precedes it (or the anchor's three characters).
+                let lead = if anchored {
+                    Some(3)
+                } else if starts_at_line_start(&p) {
+                    Some(0)
+                } else {
+                    None
+                };
+                max_lead = max_lead.zip(lead).map(|(a, b)| a.max(b));
+                patterns.push(p);
             }
         }
-        Ok(DateDetector { patterns })
+        Ok(DateDetector { patterns, max_lead })
+    }
+
+    /// How many bytes of a line can precede its cut-out date; `None` when
+    /// a pattern can find a date anywhere.
+    pub fn max_lead(&self) -> Option<usize> {
+        self.max_lead
     }
 
     /// Finds the date of `line`: the first pattern (in order) that matches.
@@ -200,6 +226,19 @@ impl DateDetector {
         }
         None
     }
+}
+
+/// Whether every match of `p` starts at the start of the text.
+fn starts_at_line_start(p: &Pattern) -> bool {
+    let Pattern::Fast(r) = p else { return false };
+    regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(r.as_str())
+        .is_ok_and(|h| {
+            h.properties()
+                .look_set_prefix()
+                .contains(regex_syntax::hir::Look::Start)
+        })
 }
 
 fn month_number(name: &str) -> Option<i8> {

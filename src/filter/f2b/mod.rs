@@ -6,6 +6,7 @@
 
 pub mod dates;
 pub mod ini;
+pub mod prefilter;
 pub mod regex;
 pub mod samples;
 
@@ -86,6 +87,8 @@ pub struct F2bFilter {
     failregex: Vec<Pattern>,
     ignoreregex: Vec<Pattern>,
     dates: DateDetector,
+    /// Literals one of which a line needs to match any pattern.
+    prefilter: Option<aho_corasick::AhoCorasick>,
     /// Multi-line buffer size (recorded; multi-line matching is not done yet).
     pub maxlines: usize,
     /// `journalmatch`, recorded for a journal source.
@@ -256,15 +259,25 @@ impl F2bFilter {
             })?,
             None => DateDetector::default_templates(),
         };
+        let failregex = compile_list("failregex")?;
+        let ignoreregex = compile_list("ignoreregex")?;
+        let maxlines = get("maxlines")
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(1);
+        // Single lines only: a multi-line buffer's match spans lines.
+        let prefilter = if maxlines <= 1 {
+            prefilter::build(failregex.iter().chain(&ignoreregex), dates.max_lead())
+        } else {
+            None
+        };
         Ok(F2bFilter {
             name: name.to_string(),
             prefregex,
-            failregex: compile_list("failregex")?,
-            ignoreregex: compile_list("ignoreregex")?,
+            failregex,
+            ignoreregex,
             dates,
-            maxlines: get("maxlines")
-                .and_then(|m| m.trim().parse().ok())
-                .unwrap_or(1),
+            prefilter,
+            maxlines,
             journalmatch: get("journalmatch"),
         })
     }
@@ -294,6 +307,14 @@ impl F2bFilter {
 
     /// Runs one line; `tz` reads zone-less dates.
     pub fn process(&self, line: &str, tz: &TimeZone, now: Time) -> Outcome {
+        // Every pattern's match holds one of the literals (made proof
+        // against the date cut, see `prefilter`), so a line without any of
+        // them can match none.
+        if let Some(p) = &self.prefilter {
+            if !p.is_match(line) {
+                return Outcome::Missed;
+            }
+        }
         let found = self.dates.find(line, tz, now);
         // The date is cut out of the line, as fail2ban does.
         let text: std::borrow::Cow<'_, str> = match found {
