@@ -68,11 +68,13 @@ pub enum DaemonError {
 const EVENT_QUEUE: usize = 16;
 
 /// Builds a jail's policy from its configuration.
-fn policy(jc: &JailConfig, own: &[IpNet]) -> JailPolicy {
+fn policy(jc: &JailConfig, own: &[IpNet], peers: &[IpNet]) -> JailPolicy {
     let mut ignore = IgnoreList::new(jc.ignoreip.clone());
     if jc.ignoreself {
         ignore.extend(own.iter().copied());
     }
+    // Cluster peers (and the Redis server) are never banned.
+    ignore.extend(peers.iter().copied());
     // The PBXs we listen to are never banned.
     ignore.extend(
         jc.esl
@@ -103,6 +105,8 @@ pub struct Core {
     filters: HashMap<JailId, Option<String>>,
     history: BanHistory,
     own: Vec<IpNet>,
+    /// Addresses of cluster peers and of the Redis server.
+    peers: Vec<IpNet>,
 }
 
 impl Core {
@@ -126,7 +130,7 @@ impl Core {
     pub fn configure(&mut self, jails: &[&JailConfig]) -> Vec<Decision> {
         let mut keep = vec![false; self.slots.len()];
         for jc in jails {
-            let p = policy(jc, &self.own);
+            let p = policy(jc, &self.own, &self.peers);
             let id = match self.ids.get(&jc.name) {
                 Some(&id) => id,
                 None => {
@@ -262,6 +266,81 @@ impl Core {
         (out, orphans)
     }
 
+    /// Sets the cluster peers' addresses (never banned); `jails` re-applies
+    /// the policies.
+    pub fn set_peers(&mut self, peers: Vec<IpNet>, jails: &[&JailConfig]) {
+        if peers != self.peers {
+            self.peers = peers;
+            self.configure(jails);
+        }
+    }
+
+    /// A ban another node decided: kept with its own start and end. `None`
+    /// when this node has no such jail, already holds the ban at least as
+    /// long, or must never ban the address.
+    pub fn remote_ban(&mut self, b: &crate::cluster::SharedBan) -> Option<BanDecision> {
+        let net = parse_request_net(&b.addr).ok()?;
+        let id = self.jail_id(&b.jail)?;
+        let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        if let Some(n) = j.policy().ignore.overlapping(&net) {
+            tracing::warn!(
+                "[{}] cluster ban of {} from node {} refused: covered by ignoreip/ignoreself/peers ({n})",
+                b.jail,
+                DisplayNet(&net),
+                b.origin
+            );
+            return None;
+        }
+        let end = b.end.map(Time);
+        if let Some(cur) = j.banned().get(&net) {
+            let longer = match (cur.end, end) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(c), Some(e)) => c >= e,
+            };
+            if longer {
+                return None;
+            }
+        }
+        let d = j.restore(net, Time(b.start), end, b.failures, BanReason::Cluster);
+        tracing::warn!("{d} (from node {})", b.origin);
+        Some(d)
+    }
+
+    /// The jail's `shared_count` failures: what the cluster counts.
+    pub fn shared_failure(&self, ev: &FailureEvent) -> Option<(String, u32, u64)> {
+        let j = self.jail(ev.jail)?;
+        if j.policy().ignore.contains(ev.addr) || j.banned().contains_key(&IpNet::from(ev.addr)) {
+            return None;
+        }
+        Some((
+            j.name().to_string(),
+            j.policy().maxretry,
+            j.policy().findtime.0 * 1000,
+        ))
+    }
+
+    /// The cluster's count reached maxretry and this node decides.
+    pub fn shared_ban(
+        &mut self,
+        jail: &str,
+        addr: std::net::IpAddr,
+        failures: u32,
+        now: Time,
+    ) -> Option<BanDecision> {
+        let id = self.jail_id(jail)?;
+        let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        let net = IpNet::from(addr);
+        if j.policy().ignore.contains(addr) || j.banned().contains_key(&net) {
+            return None;
+        }
+        let bantime = j.policy().bantime;
+        let d = j.ban(net, now, bantime, failures, BanReason::Failures);
+        self.history.note_ban(j.name_arc(), net, 1);
+        tracing::warn!("{d} (counted across the cluster)");
+        Some(d)
+    }
+
     /// A ban by hand. Refuses addresses a jail must never ban unless `force`.
     pub fn manual_ban(
         &mut self,
@@ -345,6 +424,7 @@ impl Core {
         sources: Vec<SourceView>,
         with_bans: bool,
         now: Time,
+        origins: &HashMap<(JailId, IpNet), Arc<str>>,
     ) -> JailView {
         let c = j.counters();
         JailView {
@@ -373,7 +453,9 @@ impl Core {
                         reason: match b.reason {
                             BanReason::Failures => "failures".into(),
                             BanReason::Manual => "manual".into(),
+                            BanReason::Cluster => "cluster".into(),
                         },
+                        origin: origins.get(&(j.id(), *addr)).map(|o| o.to_string()),
                     })
                     .collect();
                 v.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.addr.cmp(&b.addr)));
@@ -603,13 +685,138 @@ struct Runtime {
     dec_tx: std::sync::mpsc::Sender<Vec<Decision>>,
     store_tx: Option<std::sync::mpsc::Sender<Vec<StoreOp>>>,
     scanners: Arc<ScannerList>,
+    /// The fleet, when `[cluster]` is set.
+    cluster: Option<crate::cluster::Cluster>,
+    /// Which node decided each ban received from the cluster.
+    origins: HashMap<(JailId, IpNet), Arc<str>>,
 }
 
 impl Runtime {
     /// Sends decisions to the enforcer and the store.
-    fn dispatch(&self, decisions: Vec<Decision>) -> Result<(), DaemonError> {
+    /// Hands this node's own decisions to the cluster: its bans, and its
+    /// manual unbans (expiries happen on every node by themselves).
+    fn publish(&self, decisions: &[Decision]) {
+        let Some(c) = &self.cluster else { return };
+        for d in decisions {
+            match d {
+                Decision::Ban(b) if b.reason != BanReason::Cluster => {
+                    c.send(crate::cluster::Outbound::Ban(crate::cluster::SharedBan {
+                        jail: b.jail_name.to_string(),
+                        addr: DisplayNet(&b.addr).to_string(),
+                        start: b.start.0,
+                        end: b.end.map(|e| e.0),
+                        failures: b.failures,
+                        origin: c.config.node.clone(),
+                    }));
+                }
+                Decision::Unban(u) if u.reason == crate::jail::UnbanReason::Manual => {
+                    c.send(crate::cluster::Outbound::Unban {
+                        jail: u.jail_name.to_string(),
+                        addr: DisplayNet(&u.addr).to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Failures of `shared_count` jails go to the cluster's counter.
+    fn share_failures(&self, batch: &[FailureEvent]) {
+        let Some(c) = &self.cluster else { return };
+        for ev in batch {
+            if !self
+                .config
+                .enabled_jails()
+                .any(|j| j.shared_count && self.core.jail_id(&j.name) == Some(ev.jail))
+            {
+                continue;
+            }
+            if let Some((jail, maxretry, findtime_ms)) = self.core.shared_failure(ev) {
+                c.send(crate::cluster::Outbound::Failure {
+                    jail,
+                    addr: ev.addr,
+                    time: ev.time,
+                    maxretry,
+                    findtime_ms,
+                });
+            }
+        }
+    }
+
+    /// Applies what the cluster says.
+    fn apply_cluster(&mut self, msg: crate::cluster::Inbound) -> Vec<Decision> {
+        use crate::cluster::Inbound;
+        match msg {
+            Inbound::Ban(b) => match self.core.remote_ban(&b) {
+                Some(d) => {
+                    self.origins
+                        .insert((d.jail, d.addr), Arc::from(b.origin.as_str()));
+                    vec![Decision::Ban(d)]
+                }
+                None => Vec::new(),
+            },
+            Inbound::Unban { jail, addr, origin } => {
+                let Ok(net) = parse_request_net(&addr) else {
+                    return Vec::new();
+                };
+                if self.core.jail_id(&jail).is_none() {
+                    return Vec::new();
+                }
+                match self.core.unban(Some(net), Some(&jail), false) {
+                    Ok(us) => {
+                        tracing::info!("[{jail}] unban of {addr} came from node {origin}");
+                        us.into_iter()
+                            .map(|u| {
+                                self.origins.remove(&(u.jail, u.addr));
+                                Decision::Unban(u)
+                            })
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                }
+            }
+            Inbound::SharedBan {
+                jail,
+                addr,
+                failures,
+            } => match self.core.shared_ban(&jail, addr, failures, Time::now()) {
+                Some(d) => {
+                    let ds = vec![Decision::Ban(d)];
+                    self.publish(&ds);
+                    ds
+                }
+                None => Vec::new(),
+            },
+            Inbound::Peers(addrs) => {
+                let mut nets: Vec<IpNet> = addrs.into_iter().map(IpNet::from).collect();
+                if let Some(ip) = self
+                    .config
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.redis.host.parse::<std::net::IpAddr>().ok())
+                {
+                    nets.push(IpNet::from(ip));
+                }
+                nets.sort();
+                nets.dedup();
+                let enabled: Vec<JailConfig> = self.config.enabled_jails().cloned().collect();
+                let refs: Vec<&JailConfig> = enabled.iter().collect();
+                self.core.set_peers(nets, &refs);
+                Vec::new()
+            }
+        }
+    }
+
+    fn dispatch(&mut self, decisions: Vec<Decision>) -> Result<(), DaemonError> {
         if decisions.is_empty() {
             return Ok(());
+        }
+        if !self.origins.is_empty() {
+            for d in &decisions {
+                if let Decision::Unban(u) = d {
+                    self.origins.remove(&(u.jail, u.addr));
+                }
+            }
         }
         if let Some(tx) = &self.store_tx {
             let _ = tx.send(store_ops(&decisions, Time::now()));
@@ -656,7 +863,7 @@ impl Runtime {
         };
         match jail {
             Some(name) => match self.core.jail_id(name).and_then(|id| self.core.jail(id)) {
-                Some(j) => Response::ok(self.core.jail_view(j, views(j), true, now)),
+                Some(j) => Response::ok(self.core.jail_view(j, views(j), true, now, &self.origins)),
                 None => Response::error(self.core.no_such_jail(name)),
             },
             None => Response::ok(StatusView {
@@ -668,8 +875,9 @@ impl Runtime {
                 jails: self
                     .core
                     .jails()
-                    .map(|j| self.core.jail_view(j, views(j), false, now))
+                    .map(|j| self.core.jail_view(j, views(j), false, now, &self.origins))
                     .collect(),
+                cluster: self.cluster.as_ref().map(crate::cluster::Cluster::view),
             }),
         }
     }
@@ -734,7 +942,9 @@ impl Runtime {
                             "bantime": d.bantime.to_string(),
                             "end": d.end.map(|e| e.to_string()),
                         });
-                        match self.dispatch(vec![Decision::Ban(d)]) {
+                        let ds = vec![Decision::Ban(d)];
+                        self.publish(&ds);
+                        match self.dispatch(ds) {
                             Ok(()) => Response::ok(view),
                             Err(e) => Response::error(e.to_string()),
                         }
@@ -765,7 +975,9 @@ impl Runtime {
                                 })
                                 .collect(),
                         };
-                        match self.dispatch(us.into_iter().map(Decision::Unban).collect()) {
+                        let ds: Vec<Decision> = us.into_iter().map(Decision::Unban).collect();
+                        self.publish(&ds);
+                        match self.dispatch(ds) {
                             Ok(()) => Response::ok(view),
                             Err(e) => Response::error(e.to_string()),
                         }
@@ -915,8 +1127,29 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         events_tx,
         dec_tx,
         store_tx,
+        cluster: None,
+        origins: HashMap::new(),
     };
     rt.start_sources()?;
+    let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
+    if let Some(cc) = rt.config.cluster.clone() {
+        let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
+        // The Redis server itself is never banned either.
+        let redis_addr: Vec<IpNet> = cc
+            .redis
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(IpNet::from)
+            .into_iter()
+            .collect();
+        let enabled: Vec<JailConfig> = rt.config.enabled_jails().cloned().collect();
+        let refs: Vec<&JailConfig> = enabled.iter().collect();
+        rt.core.set_peers(redis_addr, &refs);
+        rt.cluster = Some(crate::cluster::Cluster::start(cc, own, cluster_tx));
+    } else {
+        drop(cluster_tx);
+    }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     let server = tokio::spawn(control.serve(ctl_tx));
@@ -955,10 +1188,18 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             Some(batch) = rx.recv() => {
                 let now = Time::now();
                 rt.core.handle(&batch, now, &mut decisions);
+                rt.share_failures(&batch);
                 // Take whatever else is queued, so a burst becomes one batch.
                 while let Ok(more) = rx.try_recv() {
                     rt.core.handle(&more, now, &mut decisions);
+                    rt.share_failures(&more);
                 }
+                rt.publish(&decisions);
+            }
+            Some(msg) = cluster_rx.recv() => {
+                // Applied and enforced here, never published again.
+                let ds = rt.apply_cluster(msg);
+                rt.dispatch(ds)?;
             }
             Some((req, reply)) = ctl_rx.recv() => {
                 let resp = rt.control(req);
@@ -975,6 +1216,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         rt.dispatch(std::mem::take(&mut decisions))?;
     }
     server.abort();
+    if let Some(c) = &rt.cluster {
+        c.stop();
+    }
     for g in rt.sources.values() {
         g.stop();
     }

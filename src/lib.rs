@@ -12,6 +12,7 @@
 //! together with tokio; [`store`] keeps ban history in SQLite; [`control`]
 //! is the socket the CLI talks to.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -140,6 +140,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             trust_registered: None,
             trusted_maxretry: maxretry.saturating_mul(3),
             wrong_call_state_maxretry: 0,
+            shared_count: false,
         });
     }
     if !banactions.is_empty() {

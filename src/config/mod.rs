@@ -167,6 +167,7 @@ struct RawJail {
     trust_registered: Option<Duration>,
     trusted_maxretry: Option<u32>,
     wrong_call_state_maxretry: Option<u32>,
+    shared_count: Option<bool>,
     filter: Option<Spanned<String>>,
     fail2ban_filter: Option<Spanned<String>>,
     logpath: Option<PathList>,
@@ -198,7 +199,17 @@ struct RawConfig {
     #[serde(default)]
     scanners: RawScanners,
     #[serde(default)]
+    cluster: Option<RawCluster>,
+    #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    redis: Spanned<String>,
+    node: Option<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
 }
 
 /// `[daemon]`: where the daemon keeps its state and control socket.
@@ -271,6 +282,8 @@ pub struct JailConfig {
     pub trusted_maxretry: u32,
     /// `wrong_call_state` events that ban on their own (0 = not counted).
     pub wrong_call_state_maxretry: u32,
+    /// Count failures across the cluster toward one maxretry.
+    pub shared_count: bool,
 }
 
 /// A whole, validated configuration.
@@ -286,6 +299,8 @@ pub struct Config {
     pub jails: Vec<JailConfig>,
     /// `[scanners] user_agents`: attack-tool user-agent fragments.
     pub scanners: Vec<String>,
+    /// `[cluster]`: bans shared through Redis; `None` runs alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -496,6 +511,46 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         keep_on_exit: raw.firewall.keep_on_exit.unwrap_or(true),
         set_size: raw.firewall.set_size.unwrap_or(1_000_000),
     };
+    let cluster = match &raw.cluster {
+        None => None,
+        Some(c) => {
+            let redis = crate::cluster::resp::RedisUrl::parse(c.redis.get_ref())
+                .map_err(|m| err(c.redis.span(), m))?;
+            let node = match &c.node {
+                Some(n) => n.get_ref().clone(),
+                None => default_node_name(),
+            };
+            let word = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            if let Some(n) = &c.node {
+                if !word(n.get_ref()) {
+                    return Err(err(
+                        n.span(),
+                        "node must be 1-64 letters, digits, '-', '_' or '.'".into(),
+                    ));
+                }
+            }
+            let prefix = match &c.key_prefix {
+                Some(p) if !word(p.get_ref()) => {
+                    return Err(err(
+                        p.span(),
+                        "key_prefix must be 1-64 letters, digits, '-', '_' or '.'".into(),
+                    ));
+                }
+                Some(p) => p.get_ref().clone(),
+                None => "sipwarden".into(),
+            };
+            Some(crate::cluster::ClusterConfig {
+                redis,
+                node,
+                prefix,
+            })
+        }
+    };
     let daemon = DaemonConfig {
         state_dir: raw
             .daemon
@@ -643,6 +698,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             trust_registered: j.trust_registered,
             trusted_maxretry: j.trusted_maxretry.unwrap_or(maxretry.saturating_mul(3)),
             wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
+            shared_count: j.shared_count.unwrap_or(false),
         });
     }
     let scanners = raw.scanners.user_agents.unwrap_or_else(|| {
@@ -657,7 +713,17 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         firewall,
         jails,
         scanners,
+        cluster,
     })
+}
+
+/// The host's name, for a cluster node without `node`.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sipwarden".into())
 }
 
 /// Splits `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]` into the

@@ -75,6 +75,34 @@ fn jail_table(jails: &[JailView]) -> String {
     out
 }
 
+fn cluster_text(c: &crate::cluster::ClusterView) -> String {
+    let mut out = format!(
+        "\ncluster: node {}, redis {} {}, {} published, {} received, {} queued\n",
+        c.node,
+        c.redis,
+        if c.connected {
+            "connected".to_string()
+        } else {
+            format!("DOWN ({})", c.error.as_deref().unwrap_or("connecting"))
+        },
+        c.published,
+        c.received,
+        c.queued
+    );
+    for p in &c.peers {
+        out.push_str(&format!(
+            "  peer {:<20} seen {} ms ago{}  {}\n",
+            p.node,
+            p.seen_ms_ago,
+            p.lag_ms
+                .map(|l| format!(", lag {l} ms"))
+                .unwrap_or_default(),
+            p.addrs.join(" ")
+        ));
+    }
+    out
+}
+
 fn jail_detail(j: &JailView) -> String {
     let files: Vec<String> = j
         .sources
@@ -110,7 +138,10 @@ fn jail_detail(j: &JailView) -> String {
                 b.addr,
                 b.remaining_s.map_or_else(|| "permanent".to_string(), secs),
                 b.failures,
-                b.reason,
+                match &b.origin {
+                    Some(o) => format!("{} ({o})", b.reason),
+                    None => b.reason.clone(),
+                },
                 b.start
             ));
         }
@@ -127,12 +158,13 @@ pub fn render(req: &Request, resp: &Response) -> String {
         Request::Ping {} => "pong\n".to_string(),
         Request::Status { jail: None } => match serde_json::from_value::<StatusView>(v) {
             Ok(s) => format!(
-                "sipwarden {}, up {}, firewall {}, configuration {}\n{}",
+                "sipwarden {}, up {}, firewall {}, configuration {}\n{}{}",
                 s.version,
                 secs(s.uptime_s),
                 s.firewall,
                 s.config,
-                jail_table(&s.jails)
+                jail_table(&s.jails),
+                s.cluster.as_ref().map(cluster_text).unwrap_or_default()
             ),
             Err(_) => "(unreadable status)\n".into(),
         },

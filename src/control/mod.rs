@@ -124,6 +124,9 @@ pub struct StatusView {
     pub config: String,
     /// Every running jail.
     pub jails: Vec<JailView>,
+    /// The cluster, when `[cluster]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 /// One jail's counters (the facts `fail2ban-client status JAIL` shows).
@@ -188,8 +191,11 @@ pub struct BanView {
     pub remaining_s: Option<i64>,
     /// Failures that caused it (0 for manual bans).
     pub failures: u32,
-    /// `failures` or `manual`.
+    /// `failures`, `manual` or `cluster`.
     pub reason: String,
+    /// The node that decided a ban received from the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// The result of `unban`.

@@ -55,6 +55,8 @@ pub enum BanReason {
     Failures,
     /// An operator banned it.
     Manual,
+    /// Another node of the cluster decided it.
+    Cluster,
 }
 
 /// Why an address was unbanned.
@@ -135,6 +137,7 @@ impl fmt::Display for BanDecision {
         match self.reason {
             BanReason::Failures => write!(f, "{} failures, {})", self.failures, self.bantime),
             BanReason::Manual => write!(f, "manual, {})", self.bantime),
+            BanReason::Cluster => write!(f, "cluster, {})", self.bantime),
         }
     }
 }

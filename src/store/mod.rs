@@ -89,6 +89,15 @@ fn reason_str(r: BanReason) -> &'static str {
     match r {
         BanReason::Failures => "failures",
         BanReason::Manual => "manual",
+        BanReason::Cluster => "cluster",
+    }
+}
+
+fn parse_reason(s: &str) -> BanReason {
+    match s {
+        "manual" => BanReason::Manual,
+        "cluster" => BanReason::Cluster,
+        _ => BanReason::Failures,
     }
 }
 
@@ -248,11 +257,7 @@ impl Store {
                     start: Time(start),
                     end: end.map(Time),
                     failures,
-                    reason: if reason == "manual" {
-                        BanReason::Manual
-                    } else {
-                        BanReason::Failures
-                    },
+                    reason: parse_reason(&reason),
                 });
             }
             Ok(out)
@@ -304,11 +309,7 @@ impl Store {
                         start: Time(r.get(1)?),
                         end: r.get::<_, Option<i64>>(2)?.map(Time),
                         failures: r.get(3)?,
-                        reason: if r.get::<_, String>(4)? == "manual" {
-                            BanReason::Manual
-                        } else {
-                            BanReason::Failures
-                        },
+                        reason: parse_reason(&r.get::<_, String>(4)?),
                     },
                     r.get::<_, Option<i64>>(5)?
                         .zip(r.get::<_, Option<String>>(6)?)
