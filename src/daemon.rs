@@ -765,6 +765,12 @@ impl Runtime {
                 match self.core.unban(Some(net), Some(&jail), false) {
                     Ok(us) => {
                         tracing::info!("[{jail}] unban of {addr} came from node {origin}");
+                        if let Some(c) = &self.cluster {
+                            c.send(crate::cluster::Outbound::Forget {
+                                jail: jail.clone(),
+                                addr: addr.clone(),
+                            });
+                        }
                         us.into_iter()
                             .map(|u| {
                                 self.origins.remove(&(u.jail, u.addr));
@@ -895,9 +901,12 @@ impl Runtime {
                 ));
             }
         };
-        if cfg.firewall != self.config.firewall || cfg.daemon != self.config.daemon {
+        if cfg.firewall != self.config.firewall
+            || cfg.daemon != self.config.daemon
+            || cfg.cluster != self.config.cluster
+        {
             tracing::warn!(
-                "reload: [firewall] and [daemon] changes take effect at the next restart"
+                "reload: [firewall], [daemon] and [cluster] changes take effect at the next restart"
             );
         }
         let enabled: Vec<JailConfig> = cfg.enabled_jails().cloned().collect();

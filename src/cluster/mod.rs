@@ -104,6 +104,14 @@ pub enum Outbound {
         /// Address or prefix.
         addr: String,
     },
+    /// A ban of this node lifted elsewhere: no longer this node's to
+    /// re-assert after a reconnection (nothing is published).
+    Forget {
+        /// Jail name.
+        jail: String,
+        /// Address or prefix.
+        addr: String,
+    },
     /// A failure in a `shared_count` jail.
     Failure {
         /// Jail name.
@@ -367,6 +375,7 @@ impl Writer {
             Outbound::Failure { .. } => {
                 self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
             }
+            op @ Outbound::Forget { .. } => self.note_own(&op),
             op => {
                 self.note_own(&op);
                 if self.queue.len() >= QUEUE_MAX {
@@ -385,7 +394,7 @@ impl Writer {
             Outbound::Ban(b) => {
                 self.own.insert((b.jail.clone(), b.addr.clone()), b.clone());
             }
-            Outbound::Unban { jail, addr } => {
+            Outbound::Unban { jail, addr } | Outbound::Forget { jail, addr } => {
                 self.own.remove(&(jail.clone(), addr.clone()));
             }
             Outbound::Failure { .. } => {}
@@ -429,7 +438,7 @@ impl Writer {
                 op = rx.recv() => {
                     let Some(op) = op else { return Ok(()) };
                     if let Err(e) = self.handle(conn, op.clone()).await {
-                        if !matches!(op, Outbound::Failure { .. }) {
+                        if matches!(op, Outbound::Ban(_) | Outbound::Unban { .. }) {
                             self.queue.push_back(op);
                         }
                         return Err(e);
@@ -476,6 +485,10 @@ impl Writer {
                         })
                         .await;
                 }
+                Ok(())
+            }
+            op @ Outbound::Forget { .. } => {
+                self.note_own(&op);
                 Ok(())
             }
             op => {
@@ -535,7 +548,7 @@ impl Writer {
                 ]);
                 conn.queue(&["DEL", &key_ban(&self.cfg.prefix, jail, addr)]);
             }
-            Outbound::Failure { .. } => return Ok(()),
+            Outbound::Failure { .. } | Outbound::Forget { .. } => return Ok(()),
         }
         for r in conn.flush(2).await? {
             if let Err(e) = r {
