@@ -437,6 +437,7 @@ impl Core {
             total_failed: c.total_failed,
             currently_banned: j.banned().len() as u64,
             total_banned: c.total_banned,
+            total_unbanned: c.total_unbanned,
             evictions: c.evictions,
             sources,
             banned: with_bans.then(|| {
@@ -689,6 +690,95 @@ struct Runtime {
     cluster: Option<crate::cluster::Cluster>,
     /// Which node decided each ban received from the cluster.
     origins: HashMap<(JailId, IpNet), Arc<str>>,
+    /// The last failures and attacks per minute (the dashboard's data).
+    recent: Recent,
+}
+
+/// Recent failures kept for the dashboard: a bounded ring, and counts per
+/// minute over the last hour.
+#[derive(Debug, Default)]
+struct Recent {
+    events: std::collections::VecDeque<FailureEvent>,
+    /// (minute since the epoch, failures in it), oldest first.
+    minutes: std::collections::VecDeque<(i64, u64)>,
+}
+
+/// Failures kept in the ring.
+const RECENT_EVENTS: usize = 1000;
+
+impl Recent {
+    fn note(&mut self, batch: &[FailureEvent], now: Time) {
+        let minute = now.0 / 60_000;
+        match self.minutes.back_mut() {
+            Some((m, n)) if *m == minute => *n += batch.len() as u64,
+            _ => self.minutes.push_back((minute, batch.len() as u64)),
+        }
+        while self.minutes.front().is_some_and(|(m, _)| *m <= minute - 60) {
+            self.minutes.pop_front();
+        }
+        // Only the newest RECENT_EVENTS of a large batch are kept.
+        let skip = batch.len().saturating_sub(RECENT_EVENTS);
+        for ev in &batch[skip..] {
+            if self.events.len() == RECENT_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(ev.clone());
+        }
+    }
+
+    fn view(&self, core: &Core, now: Time) -> crate::control::RecentView {
+        use crate::control::{Count, RecentEvent, RecentView};
+        let name = |id: JailId| {
+            core.jail(id)
+                .map(|j| j.name().to_string())
+                .unwrap_or_default()
+        };
+        let minute = now.0 / 60_000;
+        let per_minute = (minute - 59..=minute)
+            .map(|m| {
+                self.minutes
+                    .iter()
+                    .find(|(k, _)| *k == m)
+                    .map_or(0, |(_, n)| *n)
+            })
+            .collect();
+        let top = |key: &dyn Fn(&FailureEvent) -> Option<String>| {
+            let mut c: HashMap<String, u64> = HashMap::new();
+            for e in &self.events {
+                if let Some(k) = key(e) {
+                    *c.entry(k).or_default() += 1;
+                }
+            }
+            let mut v: Vec<Count> = c
+                .into_iter()
+                .map(|(value, count)| Count { value, count })
+                .collect();
+            v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            v.truncate(10);
+            v
+        };
+        RecentView {
+            events: self
+                .events
+                .iter()
+                .rev()
+                .take(100)
+                .map(|e| RecentEvent {
+                    time: e.time.to_string(),
+                    jail: name(e.jail),
+                    addr: e.addr.to_string(),
+                    kind: serde_json::to_value(e.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    user: e.user.as_deref().map(String::from),
+                })
+                .collect(),
+            per_minute,
+            top_addrs: top(&|e| Some(e.addr.to_string())),
+            top_users: top(&|e| e.user.as_deref().map(String::from)),
+        }
+    }
 }
 
 impl Runtime {
@@ -904,9 +994,10 @@ impl Runtime {
         if cfg.firewall != self.config.firewall
             || cfg.daemon != self.config.daemon
             || cfg.cluster != self.config.cluster
+            || cfg.http != self.config.http
         {
             tracing::warn!(
-                "reload: [firewall], [daemon] and [cluster] changes take effect at the next restart"
+                "reload: [firewall], [daemon], [cluster] and [http] changes take effect at the next restart"
             );
         }
         let enabled: Vec<JailConfig> = cfg.enabled_jails().cloned().collect();
@@ -929,6 +1020,7 @@ impl Runtime {
             ),
             Request::Status { jail } => self.status(jail.as_deref()),
             Request::Reload {} => self.reload(),
+            Request::Recent {} => Response::ok(self.recent.view(&self.core, now)),
             Request::Ban {
                 jail,
                 addr,
@@ -1077,6 +1169,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // The enforcer runs on its own thread: firewall calls are blocking, and
     // decisions that pile up while one call runs go out together.
     let (dec_tx, dec_rx) = std::sync::mpsc::channel::<Vec<Decision>>();
+    let metrics = Arc::new(crate::http::metrics::Metrics::default());
+    let enf_metrics = metrics.clone();
     let enforcer_thread = std::thread::Builder::new()
         .name("enforce".into())
         .spawn(move || {
@@ -1095,8 +1189,24 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 while let Ok(more) = dec_rx.try_recv() {
                     batch.extend(more);
                 }
-                if let Err(e) = enforcer.apply(&batch) {
-                    tracing::error!("firewall ({}): {e}", enforcer.name());
+                match enforcer.apply(&batch) {
+                    Ok(()) => {
+                        let now = Time::now();
+                        for d in &batch {
+                            if let Decision::Ban(b) = d {
+                                if b.reason == BanReason::Failures {
+                                    enf_metrics
+                                        .observe_ban((now.0 - b.start.0).max(0) as f64 / 1000.0);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        enf_metrics
+                            .firewall_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!("firewall ({}): {e}", enforcer.name());
+                    }
                 }
             }
             if let Err(e) = enforcer.close() {
@@ -1138,6 +1248,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         store_tx,
         cluster: None,
         origins: HashMap::new(),
+        recent: Recent::default(),
     };
     rt.start_sources()?;
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
@@ -1161,6 +1272,30 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    let http = match rt.config.http.clone() {
+        Some(h) => {
+            let listener = crate::http::bind(h.listen)
+                .await
+                .map_err(DaemonError::Setup)?;
+            tracing::info!(
+                "http: dashboard, API and metrics on http://{}/{}",
+                h.listen,
+                if h.token.is_some() {
+                    ""
+                } else {
+                    " (read-only: no [http] token)"
+                }
+            );
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                ctl_tx.clone(),
+                h.token,
+                rt.config.daemon.state_dir.clone(),
+                metrics.clone(),
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(control.serve(ctl_tx));
 
     let sig = |kind: SignalKind, name: &str| {
@@ -1198,10 +1333,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 let now = Time::now();
                 rt.core.handle(&batch, now, &mut decisions);
                 rt.share_failures(&batch);
+                rt.recent.note(&batch, now);
                 // Take whatever else is queued, so a burst becomes one batch.
                 while let Ok(more) = rx.try_recv() {
                     rt.core.handle(&more, now, &mut decisions);
                     rt.share_failures(&more);
+                    rt.recent.note(&more, now);
                 }
                 rt.publish(&decisions);
             }
@@ -1225,6 +1362,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         rt.dispatch(std::mem::take(&mut decisions))?;
     }
     server.abort();
+    if let Some(h) = &http {
+        h.abort();
+    }
     if let Some(c) = &rt.cluster {
         c.stop();
     }

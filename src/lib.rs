@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod event;
 pub mod filter;
+pub mod http;
 pub mod jail;
 pub mod source;
 pub mod store;

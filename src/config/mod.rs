@@ -201,7 +201,25 @@ struct RawConfig {
     #[serde(default)]
     cluster: Option<RawCluster>,
     #[serde(default)]
+    http: Option<RawHttp>,
+    #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Spanned<toml::Value>,
+    token: Option<Spanned<String>>,
+}
+
+/// `[http]`: the JSON API, metrics and dashboard listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where to listen (a bare port means loopback).
+    pub listen: std::net::SocketAddr,
+    /// Bearer token for write operations; without one they are refused.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +319,8 @@ pub struct Config {
     pub scanners: Vec<String>,
     /// `[cluster]`: bans shared through Redis; `None` runs alone.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// `[http]`: `None` keeps the listener off.
+    pub http: Option<HttpConfig>,
 }
 
 impl Config {
@@ -551,6 +571,41 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             })
         }
     };
+    let http = match &raw.http {
+        None => None,
+        Some(h) => {
+            let bad = || {
+                err(
+                    h.listen.span(),
+                    "listen must be a port (loopback) or \"address:port\", e.g. \"127.0.0.1:9080\""
+                        .into(),
+                )
+            };
+            let listen = match h.listen.get_ref() {
+                toml::Value::Integer(p) => {
+                    let p = u16::try_from(*p).map_err(|_| bad())?;
+                    std::net::SocketAddr::from(([127, 0, 0, 1], p))
+                }
+                toml::Value::String(s) => match s.parse::<u16>() {
+                    Ok(p) => std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                    Err(_) => s.parse().map_err(|_| bad())?,
+                },
+                _ => return Err(bad()),
+            };
+            if let Some(t) = &h.token {
+                if t.get_ref().len() < 16 {
+                    return Err(err(
+                        t.span(),
+                        "token must be at least 16 characters (e.g. `openssl rand -hex 24`)".into(),
+                    ));
+                }
+            }
+            Some(HttpConfig {
+                listen,
+                token: h.token.as_ref().map(|t| t.get_ref().clone()),
+            })
+        }
+    };
     let daemon = DaemonConfig {
         state_dir: raw
             .daemon
@@ -714,6 +769,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         jails,
         scanners,
         cluster,
+        http,
     })
 }
 

@@ -64,6 +64,9 @@ pub enum Request {
     },
     /// Re-read the configuration; a bad one is refused and the old one kept.
     Reload {},
+    /// Recent failures, attacks per minute, top addresses and user names
+    /// (the dashboard's data).
+    Recent {},
 }
 
 /// The answer to a request.
@@ -150,6 +153,9 @@ pub struct JailView {
     pub currently_banned: u64,
     /// Bans since start (restored ones not included).
     pub total_banned: u64,
+    /// Bans lifted since start (expired or by hand).
+    #[serde(default)]
+    pub total_unbanned: u64,
     /// Addresses forgotten to respect `max_tracked`.
     pub evictions: u64,
     /// Where the failures come from.
@@ -258,4 +264,43 @@ mod tests {
         let s = serde_json::to_string(&Response::ok(serde_json::json!({"pong": true}))).unwrap();
         assert_eq!(s, r#"{"ok":true,"result":{"pong":true}}"#);
     }
+}
+
+/// Recent activity, for the dashboard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecentView {
+    /// The last failures, newest first.
+    pub events: Vec<RecentEvent>,
+    /// Failures per minute over the last hour, oldest first (the last one is
+    /// the current minute).
+    pub per_minute: Vec<u64>,
+    /// Most frequent sources among the recent failures.
+    pub top_addrs: Vec<Count>,
+    /// Most frequent user names tried among the recent failures.
+    pub top_users: Vec<Count>,
+}
+
+/// One failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecentEvent {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The jail.
+    pub jail: String,
+    /// The source.
+    pub addr: String,
+    /// What kind (`register_auth`, `invite_auth`, ...).
+    pub kind: String,
+    /// The user tried, when known (attacker text: escape it when shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A value and how often it was seen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Count {
+    /// The value.
+    pub value: String,
+    /// How often.
+    pub count: u64,
 }

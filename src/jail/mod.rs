@@ -264,6 +264,8 @@ pub struct JailCounters {
     pub total_failed: u64,
     /// Bans decided since start.
     pub total_banned: u64,
+    /// Bans lifted (expired or by hand) since start.
+    pub total_unbanned: u64,
     /// Addresses dropped from tracking to respect `max_tracked`.
     pub evictions: u64,
 }
@@ -593,6 +595,7 @@ impl Jail {
 
     fn remove_ban(&mut self, addr: &IpNet) -> Option<ActiveBan> {
         let b = self.banned.remove(addr)?;
+        self.counters.total_unbanned += 1;
         if !is_host(addr) {
             self.prefixes.retain(|p| p != addr);
         }

@@ -1,0 +1,220 @@
+//! Prometheus metrics, written in the text exposition format from the same
+//! status view `sipwarden status --json` prints, plus the enforcer's own
+//! counters. The format is a few lines per metric; a registry crate would
+//! keep a second copy of counters the jails already keep.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::control::StatusView;
+
+/// Upper bounds (seconds) of the ban-latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Counters the enforcer thread keeps.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Firewall operations that failed.
+    pub firewall_errors: AtomicU64,
+    /// Bans by failures, by latency bucket (the last is +Inf).
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one ban's latency: from its failures reaching the core to
+    /// the firewall accepting it.
+    pub fn observe_ban(&self, secs: f64) {
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add((secs.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Escapes a label value (attacker text never reaches labels, but paths
+/// and names may hold quotes or backslashes).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub fn render(s: &StatusView, m: &Metrics) -> String {
+    let mut o = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(o, "{name}{labels} {v}");
+        }
+    };
+    let per_jail = |f: &dyn Fn(&crate::control::JailView) -> u64| {
+        s.jails
+            .iter()
+            .map(|j| (format!("{{jail=\"{}\"}}", label(&j.name)), f(j).to_string()))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "sipwarden_failures_total",
+        "counter",
+        "Failures counted, per jail.",
+        per_jail(&|j| j.total_failed),
+    );
+    family(
+        "sipwarden_bans_total",
+        "counter",
+        "Bans decided, per jail.",
+        per_jail(&|j| j.total_banned),
+    );
+    family(
+        "sipwarden_unbans_total",
+        "counter",
+        "Bans lifted (expired or by hand), per jail.",
+        per_jail(&|j| j.total_unbanned),
+    );
+    family(
+        "sipwarden_active_bans",
+        "gauge",
+        "Bans in force, per jail.",
+        per_jail(&|j| j.currently_banned),
+    );
+    family(
+        "sipwarden_tracked_addresses",
+        "gauge",
+        "Addresses with failures inside findtime, per jail.",
+        per_jail(&|j| j.currently_failing),
+    );
+    family(
+        "sipwarden_evictions_total",
+        "counter",
+        "Addresses forgotten to respect max_tracked, per jail.",
+        per_jail(&|j| j.evictions),
+    );
+    let sources = |f: &dyn Fn(&crate::control::SourceView) -> u64| {
+        s.jails
+            .iter()
+            .flat_map(|j| {
+                j.sources.iter().map(move |src| {
+                    (
+                        format!(
+                            "{{jail=\"{}\",kind=\"{}\",source=\"{}\"}}",
+                            label(&j.name),
+                            label(&src.kind),
+                            label(&src.path)
+                        ),
+                        f(src).to_string(),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "sipwarden_source_up",
+        "gauge",
+        "1 when the source is healthy (Event Socket connected, file followed).",
+        sources(&|x| u64::from(x.healthy)),
+    );
+    family(
+        "sipwarden_source_lines_total",
+        "counter",
+        "Lines or events read, per source.",
+        sources(&|x| x.lines),
+    );
+    family(
+        "sipwarden_source_failures_total",
+        "counter",
+        "Failures found, per source.",
+        sources(&|x| x.matched),
+    );
+    family(
+        "sipwarden_firewall_errors_total",
+        "counter",
+        "Firewall operations that failed.",
+        vec![(
+            String::new(),
+            m.firewall_errors.load(Ordering::Relaxed).to_string(),
+        )],
+    );
+    let _ = writeln!(
+        o,
+        "# HELP sipwarden_ban_latency_seconds From a ban's failures reaching the core to the firewall accepting it.\n# TYPE sipwarden_ban_latency_seconds histogram"
+    );
+    let mut cum = 0u64;
+    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+        cum += m.latency[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            o,
+            "sipwarden_ban_latency_seconds_bucket{{le=\"{b}\"}} {cum}"
+        );
+    }
+    cum += m.latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(
+        o,
+        "sipwarden_ban_latency_seconds_bucket{{le=\"+Inf\"}} {cum}"
+    );
+    let _ = writeln!(
+        o,
+        "sipwarden_ban_latency_seconds_sum {}\nsipwarden_ban_latency_seconds_count {cum}",
+        m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    if let Some(c) = &s.cluster {
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_cluster_connected 1 when both Redis connections are up.\n# TYPE sipwarden_cluster_connected gauge\nsipwarden_cluster_connected {}\n# HELP sipwarden_cluster_published_total Bans and unbans published.\n# TYPE sipwarden_cluster_published_total counter\nsipwarden_cluster_published_total {}\n# HELP sipwarden_cluster_received_total Bans and unbans received from peers.\n# TYPE sipwarden_cluster_received_total counter\nsipwarden_cluster_received_total {}\n# HELP sipwarden_cluster_queued Publications waiting for Redis.\n# TYPE sipwarden_cluster_queued gauge\nsipwarden_cluster_queued {}\n# HELP sipwarden_cluster_peers Peers seen.\n# TYPE sipwarden_cluster_peers gauge\nsipwarden_cluster_peers {}",
+            u8::from(c.connected),
+            c.published,
+            c.received,
+            c.queued,
+            c.peers.len()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP sipwarden_uptime_seconds Seconds since the daemon started.\n# TYPE sipwarden_uptime_seconds gauge\nsipwarden_uptime_seconds {}",
+        s.uptime_s
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_labels_escaped() {
+        let m = Metrics::default();
+        m.observe_ban(0.0005);
+        m.observe_ban(0.02);
+        m.observe_ban(9.0);
+        let s = StatusView {
+            version: "x".into(),
+            started: "t".into(),
+            uptime_s: 5,
+            firewall: "none".into(),
+            config: "c".into(),
+            jails: vec![],
+            cluster: None,
+        };
+        let out = render(&s, &m);
+        assert!(
+            out.contains("sipwarden_ban_latency_seconds_bucket{le=\"0.001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sipwarden_ban_latency_seconds_bucket{le=\"0.025\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sipwarden_ban_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("sipwarden_ban_latency_seconds_count 3\n"));
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
