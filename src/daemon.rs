@@ -1321,6 +1321,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         rt.config.daemon.socket.display()
     );
 
+    crate::systemd::notify("READY=1");
+    let mut watchdog = tokio::time::interval(
+        crate::systemd::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600)),
+    );
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
     let mut decisions = Vec::new();
     loop {
@@ -1355,12 +1359,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 rt.core.expire(Time::now(), &mut decisions);
             }
             _ = sweep.tick() => rt.core.sweep(Time::now()),
+            // Pinged from the loop that does the work: a stuck loop misses it.
+            _ = watchdog.tick() => crate::systemd::notify("WATCHDOG=1"),
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(); }
         }
         rt.dispatch(std::mem::take(&mut decisions))?;
     }
+    crate::systemd::notify("STOPPING=1");
     server.abort();
     if let Some(h) = &http {
         h.abort();

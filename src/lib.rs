@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
 pub mod enforce;
 pub mod event;
 pub mod filter;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod jail;
 pub mod source;
 pub mod store;
+pub mod systemd;
 
 /// Bodies of the fuzz targets in `fuzz/`, kept in the library so `cargo
 /// test` replays their corpora and past crashes without a fuzzer. Each must

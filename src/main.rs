@@ -51,6 +51,21 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         fail2ban_config: Option<PathBuf>,
     },
+    /// Check this machine and the configuration; one line per check, with
+    /// what to fix. Exits non-zero when a check fails.
+    Doctor {
+        /// Configuration file [default: /etc/sipwarden/sipwarden.toml, else the
+        /// embedded default].
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `sipwarden man > sipwarden.1`.
+    Man,
     /// Print the sipwarden TOML equivalent of a fail2ban configuration.
     ImportFail2ban {
         /// fail2ban configuration directory (e.g. /etc/fail2ban).
@@ -319,6 +334,24 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             talk: t,
         } => talk(t, Request::Unban { addr, jail, all }),
         Command::Reload { talk: t } => talk(t, Request::Reload {}),
+        Command::Doctor { config } => Ok(sipwarden::doctor::run(config.as_deref())),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a closed pipe.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "sipwarden", &mut out);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .context("rendering the manual page")?;
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ping { talk: t } => talk(t, Request::Ping {}),
         Command::Set {
             jail,

@@ -170,3 +170,103 @@ fn test_filter_counts_the_corpus() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["matched"], 11);
 }
+
+/// A one-connection Event Socket that accepts `password` and answers
+/// `module_exists`.
+fn fake_esl(password: &'static str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = w.write_all(b"Content-Type: auth/request\n\n");
+        let mut cmd = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.trim().is_empty() {
+                let c = std::mem::take(&mut cmd);
+                let reply = if c.starts_with("auth ") {
+                    if c.trim() == format!("auth {password}") {
+                        "Content-Type: command/reply\nReply-Text: +OK accepted\n\n".to_string()
+                    } else {
+                        "Content-Type: command/reply\nReply-Text: -ERR invalid\n\n".to_string()
+                    }
+                } else if c.starts_with("api module_exists") {
+                    "Content-Type: api/response\nContent-Length: 5\n\nfalse".to_string()
+                } else {
+                    return;
+                };
+                let _ = w.write_all(reply.as_bytes());
+            } else {
+                cmd.push_str(&line);
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn doctor_says_what_to_fix() {
+    let dir = TempDir::new("doctor");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // bound and dropped: nothing listens there now
+    let good = fake_esl("ClueCon");
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n[jail.up]\nesl = {{ host = \"127.0.0.1\", port = {good}, password = \"ClueCon\" }}\n[jail.down]\nesl = {{ host = \"127.0.0.1\", port = {closed}, password = \"x\" }}\n[jail.logs]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
+            crate::common::daemon_section(&dir),
+            dir.path("missing.log").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["doctor", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(!out.status.success(), "a failed check fails the command");
+    assert!(text.contains("ok    configuration"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok") && l.contains("password accepted")),
+        "{text}"
+    );
+    assert!(text.contains("mod_fail2ban: not loaded"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains(&format!(":{closed}: cannot connect"))),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warn") && l.contains("missing.log: does not exist")),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_and_man_page() {
+    for (args, needle) in [
+        (&["completions", "bash"][..], "_sipwarden()"),
+        (&["completions", "zsh"][..], "#compdef sipwarden"),
+        (&["man"][..], ".TH sipwarden 1"),
+    ] {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(needle),
+            "{args:?}"
+        );
+    }
+}

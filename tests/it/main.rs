@@ -12,4 +12,5 @@ mod faults;
 mod http;
 mod kamailio;
 mod nft;
+mod package;
 mod restart;
