@@ -606,9 +606,59 @@ fn build_enforcer(config: &Config, opts: &RunOptions) -> Result<Box<dyn Enforcer
         tracing::info!("firewall backend none (dry run): decisions are logged, not enforced");
         return Ok(Box::new(LogOnly));
     }
-    let nft =
-        NftEnforcer::start(&config.firewall).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let feeds = config.feeds.iter().map(|f| f.name.clone()).collect();
+    let nft = NftEnforcer::start_with_feeds(&config.firewall, feeds)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
     Ok(Box::new(nft))
+}
+
+/// Keeps one blocklist feed loaded: its last good copy first, then a fetch
+/// every `refresh`; a failed fetch changes nothing.
+async fn run_feed(
+    f: crate::feed::FeedConfig,
+    state_dir: PathBuf,
+    tx: std::sync::mpsc::Sender<(String, Vec<IpNet>)>,
+) {
+    let mut current = crate::feed::load_saved(&state_dir, &f.name, f.max_entries);
+    if let Some(nets) = &current {
+        tracing::info!("feed {}: last good copy, {} entries", f.name, nets.len());
+        let _ = tx.send((f.name.clone(), nets.clone()));
+    }
+    loop {
+        let cfg = f.clone();
+        match tokio::task::spawn_blocking(move || crate::feed::fetch(&cfg)).await {
+            Ok(Ok(p)) if current.as_ref() == Some(&p.nets) => {}
+            Ok(Ok(p)) => {
+                if p.bad_lines > 0 {
+                    if let Some((line, text)) = &p.first_bad {
+                        tracing::warn!(
+                            "feed {}: {} line(s) skipped, not an address or prefix (first: line {line}: {:?})",
+                            f.name,
+                            p.bad_lines,
+                            text
+                        );
+                    }
+                }
+                if let Err(e) = crate::feed::save(&state_dir, &f.name, &p.nets) {
+                    tracing::warn!(
+                        "feed {}: cannot keep a copy in the state directory ({e})",
+                        f.name
+                    );
+                }
+                if tx.send((f.name.clone(), p.nets.clone())).is_err() {
+                    return;
+                }
+                current = Some(p.nets);
+            }
+            Ok(Err(e)) => tracing::warn!(
+                "feed {}: {e}; keeping the last good copy ({} entries)",
+                f.name,
+                current.as_ref().map_or(0, Vec::len)
+            ),
+            Err(_) => return,
+        }
+        tokio::time::sleep(f.refresh).await;
+    }
 }
 
 /// Takes the state directory's lock so a second daemon refuses to start.
@@ -995,9 +1045,10 @@ impl Runtime {
             || cfg.daemon != self.config.daemon
             || cfg.cluster != self.config.cluster
             || cfg.http != self.config.http
+            || cfg.feeds != self.config.feeds
         {
             tracing::warn!(
-                "reload: [firewall], [daemon], [cluster] and [http] changes take effect at the next restart"
+                "reload: [firewall], [daemon], [cluster], [http] and [[feed]] changes take effect at the next restart"
             );
         }
         let enabled: Vec<JailConfig> = cfg.enabled_jails().cloned().collect();
@@ -1169,12 +1220,22 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // The enforcer runs on its own thread: firewall calls are blocking, and
     // decisions that pile up while one call runs go out together.
     let (dec_tx, dec_rx) = std::sync::mpsc::channel::<Vec<Decision>>();
+    // Blocklist feeds' contents, replaced whole (checked on every turn).
+    let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
     let metrics = Arc::new(crate::http::metrics::Metrics::default());
     let enf_metrics = metrics.clone();
     let enforcer_thread = std::thread::Builder::new()
         .name("enforce".into())
         .spawn(move || {
             loop {
+                while let Ok((name, nets)) = feed_rx.try_recv() {
+                    match enforcer.load_feed(&name, &nets) {
+                        Ok(n) => tracing::info!("feed {name}: {n} entries in force"),
+                        Err(e) => {
+                            tracing::error!("feed {name}: {e}; the previous contents stay in force")
+                        }
+                    }
+                }
                 let mut batch = match dec_rx.recv_timeout(std::time::Duration::from_millis(500)) {
                     Ok(b) => b,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -1251,6 +1312,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         recent: Recent::default(),
     };
     rt.start_sources()?;
+    let feed_tasks: Vec<tokio::task::JoinHandle<()>> = rt
+        .config
+        .feeds
+        .iter()
+        .cloned()
+        .map(|f| {
+            tokio::spawn(run_feed(
+                f,
+                rt.config.daemon.state_dir.clone(),
+                feed_tx.clone(),
+            ))
+        })
+        .collect();
+    drop(feed_tx);
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
     if let Some(cc) = rt.config.cluster.clone() {
         let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
@@ -1368,6 +1443,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         rt.dispatch(std::mem::take(&mut decisions))?;
     }
     crate::systemd::notify("STOPPING=1");
+    for t in &feed_tasks {
+        t.abort();
+    }
     server.abort();
     if let Some(h) = &http {
         h.abort();

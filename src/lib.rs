@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod enforce;
 pub mod event;
+pub mod feed;
 pub mod filter;
 pub mod http;
 pub mod jail;

@@ -203,7 +203,23 @@ struct RawConfig {
     #[serde(default)]
     http: Option<RawHttp>,
     #[serde(default)]
+    feed: Vec<Spanned<RawFeed>>,
+    #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    name: Spanned<String>,
+    url: Option<Spanned<String>>,
+    path: Option<PathBuf>,
+    format: Option<crate::feed::FeedFormat>,
+    key: Option<String>,
+    set: Option<String>,
+    refresh: Option<Duration>,
+    max_size: Option<u64>,
+    max_entries: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +337,8 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// `[http]`: `None` keeps the listener off.
     pub http: Option<HttpConfig>,
+    /// `[[feed]]`: blocklists loaded into kernel sets of their own.
+    pub feeds: Vec<crate::feed::FeedConfig>,
 }
 
 impl Config {
@@ -606,6 +624,62 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             })
         }
     };
+    let mut feeds: Vec<crate::feed::FeedConfig> = Vec::new();
+    for rf in &raw.feed {
+        let span = rf.span();
+        let f = rf.get_ref();
+        let name = f.name.get_ref();
+        if name.is_empty()
+            || name.len() > 24
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(err(
+                f.name.span(),
+                "feed name must be 1-24 lowercase letters, digits or '_' (it names kernel sets)"
+                    .into(),
+            ));
+        }
+        if feeds.iter().any(|g| &g.name == name) {
+            return Err(err(f.name.span(), format!("a second feed named {name:?}")));
+        }
+        let source = match (&f.url, &f.path) {
+            (Some(u), None) => {
+                let url = u.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(err(
+                        u.span(),
+                        "url must start with http:// or https://".into(),
+                    ));
+                }
+                crate::feed::FeedSource::Url(url.clone())
+            }
+            (None, Some(p)) => crate::feed::FeedSource::Path(p.clone()),
+            _ => {
+                return Err(err(
+                    span,
+                    "a [[feed]] needs exactly one of url and path".into(),
+                ));
+            }
+        };
+        let format = f.format.unwrap_or(crate::feed::FeedFormat::List);
+        if format == crate::feed::FeedFormat::Apiban
+            && !matches!(source, crate::feed::FeedSource::Url(_))
+        {
+            return Err(err(span, "format \"apiban\" needs a url".into()));
+        }
+        feeds.push(crate::feed::FeedConfig {
+            name: name.clone(),
+            source,
+            format,
+            key: f.key.clone(),
+            set: f.set.clone().unwrap_or_else(|| "sip".into()),
+            refresh: std::time::Duration::from_secs(f.refresh.unwrap_or(Duration(3600)).0.max(1)),
+            max_size: f.max_size.unwrap_or(16 * 1024 * 1024),
+            max_entries: f.max_entries.unwrap_or(1_000_000),
+        });
+    }
     let daemon = DaemonConfig {
         state_dir: raw
             .daemon
@@ -770,6 +844,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         scanners,
         cluster,
         http,
+        feeds,
     })
 }
 

@@ -29,6 +29,16 @@ pub trait Enforcer: Send {
         Ok(())
     }
 
+    /// Replaces the contents of blocklist feed `name` with `nets` (merged,
+    /// non-overlapping); returns how many entries are in force.
+    fn load_feed(&mut self, name: &str, nets: &[ipnet::IpNet]) -> Result<usize, EnforceError> {
+        tracing::info!(
+            "feed {name}: {} entries (not enforced: no firewall backend)",
+            nets.len()
+        );
+        Ok(nets.len())
+    }
+
     /// Called once when the daemon stops.
     fn close(&mut self) -> Result<(), EnforceError> {
         Ok(())

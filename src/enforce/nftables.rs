@@ -119,12 +119,23 @@ fn after_prefix(net: &IpNet) -> Option<IpAddr> {
 
 /// The nftables ruleset sipwarden owns, as one `nft -f` transaction that
 /// replaces any leftover table of the same name.
-pub fn layout(table: &str, set_size: u32) -> String {
+pub fn layout(table: &str, set_size: u32, feeds: &[String]) -> String {
     let size = if set_size > 0 {
         format!(" size {set_size};")
     } else {
         String::new()
     };
+    // Blocklist feeds: prefixes, replaced whole on each refresh.
+    let mut feed_sets = String::new();
+    let mut feed_rules = String::new();
+    for f in feeds {
+        feed_sets.push_str(&format!(
+            "\tset feed_{f}_v4 {{ type ipv4_addr; flags interval;{size} }}\n\tset feed_{f}_v6 {{ type ipv6_addr; flags interval;{size} }}\n"
+        ));
+        feed_rules.push_str(&format!(
+            "\t\tip saddr @feed_{f}_v4 drop\n\t\tip6 saddr @feed_{f}_v6 drop\n"
+        ));
+    }
     format!(
         "table inet {table}\n\
          delete table inet {table}\n\
@@ -133,12 +144,14 @@ pub fn layout(table: &str, set_size: u32) -> String {
          \tset banned_v6 {{ type ipv6_addr; flags timeout;{size} }}\n\
          \tset banned_net_v4 {{ type ipv4_addr; flags interval, timeout;{size} }}\n\
          \tset banned_net_v6 {{ type ipv6_addr; flags interval, timeout;{size} }}\n\
+         {feed_sets}\
          \tchain prerouting {{\n\
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
          \t\tip saddr @banned_v4 drop\n\
          \t\tip6 saddr @banned_v6 drop\n\
          \t\tip saddr @banned_net_v4 drop\n\
          \t\tip6 saddr @banned_net_v6 drop\n\
+         {feed_rules}\
          \t}}\n\
          }}\n"
     )
@@ -162,13 +175,25 @@ pub struct NftEnforcer {
     /// When the table was last checked, and its elements.
     last_probe: std::time::Instant,
     last_verify: std::time::Instant,
+    /// Names of the blocklist feeds (sets `feed_<name>_v4`/`_v6`).
+    feeds: Vec<String>,
+    /// Each feed's current contents, put back after drift.
+    feed_nets: HashMap<String, Vec<IpNet>>,
 }
 
 impl NftEnforcer {
     /// Lays out the table (replacing a leftover one) and opens the netlink
     /// socket.
     pub fn start(cfg: &FirewallConfig) -> Result<NftEnforcer, EnforceError> {
-        apply_layout(&cfg.table, cfg.set_size)?;
+        NftEnforcer::start_with_feeds(cfg, Vec::new())
+    }
+
+    /// Like `start`, with a pair of sets for each blocklist feed.
+    pub fn start_with_feeds(
+        cfg: &FirewallConfig,
+        feeds: Vec<String>,
+    ) -> Result<NftEnforcer, EnforceError> {
+        apply_layout(&cfg.table, cfg.set_size, &feeds)?;
         let sock = NfSocket::open().map_err(|e| EnforceError::Failed(socket_error(&e)))?;
         tracing::info!(
             "firewall: table inet {} ready (sets banned_v4, banned_v6, banned_net_v4, banned_net_v6; chain prerouting, priority raw)",
@@ -184,6 +209,8 @@ impl NftEnforcer {
             set_size: cfg.set_size,
             last_probe: std::time::Instant::now(),
             last_verify: std::time::Instant::now(),
+            feeds,
+            feed_nets: HashMap::new(),
         })
     }
 
@@ -472,6 +499,102 @@ impl NftEnforcer {
         Ok(ops.len() - failed.len())
     }
 
+    /// Puts every feed's contents back (after the table was laid out again).
+    fn reload_feeds(&mut self) -> Result<(), EnforceError> {
+        let feeds: Vec<(String, Vec<IpNet>)> = self
+            .feed_nets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, nets) in feeds {
+            self.replace_feed(&name, &nets)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the contents of feed `name`'s two sets: flush and refill in
+    /// one netlink transaction (several, in order, past `MAX_BATCH_OPS`
+    /// elements), so the kernel never holds a half-read feed.
+    fn replace_feed(&mut self, name: &str, nets: &[IpNet]) -> Result<usize, EnforceError> {
+        if !self.feeds.iter().any(|f| f == name) {
+            return Err(EnforceError::Failed(format!(
+                "feed {name} has no sets in table inet {} (feeds are laid out at start; restart after adding one)",
+                self.table
+            )));
+        }
+        let sets = [format!("feed_{name}_v4"), format!("feed_{name}_v6")];
+        let chunks: Vec<&[IpNet]> = if nets.is_empty() {
+            vec![&[]]
+        } else {
+            nets.chunks(MAX_BATCH_OPS / 2).collect()
+        };
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut b = self.sock.buffer();
+            b.batch_begin(NFNL_SUBSYS_NFTABLES);
+            if i == 0 {
+                for set in &sets {
+                    // DELSETELEM without elements flushes the set.
+                    let m = b.begin(
+                        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM,
+                        NLM_F_REQUEST | NLM_F_ACK,
+                        NFPROTO_INET,
+                        0,
+                    );
+                    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
+                    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+                    b.end(m);
+                }
+            }
+            for (set, v4) in [(&sets[0], true), (&sets[1], false)] {
+                let mut items = chunk
+                    .iter()
+                    .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+                    .peekable();
+                while items.peek().is_some() {
+                    let m = b.begin(
+                        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
+                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+                        NFPROTO_INET,
+                        0,
+                    );
+                    b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
+                    b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+                    let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+                    while let Some(n) = items.peek() {
+                        if b.len() - list >= MAX_MSG_PAYLOAD {
+                            break;
+                        }
+                        // Interval sets: every entry is a start and, unless
+                        // it runs to the end of the space, an end.
+                        put_elem(&mut b, &addr_bytes(n.network()), None, 0);
+                        if let Some(end) = after_prefix(n) {
+                            put_elem(&mut b, &addr_bytes(end), None, NFT_SET_ELEM_INTERVAL_END);
+                        }
+                        items.next();
+                    }
+                    b.nest_end(list);
+                    b.end(m);
+                }
+            }
+            b.batch_end(NFNL_SUBSYS_NFTABLES);
+            let replies = self
+                .sock
+                .transact(&b)
+                .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?;
+            if let Some(errno) = replies.iter().find_map(|r| match r {
+                Reply::Error(e) => Some(*e),
+                Reply::Ack => None,
+            }) {
+                return Err(EnforceError::Failed(explain(
+                    errno,
+                    &format!("loading feed {name} into table inet {}", self.table),
+                )));
+            }
+        }
+        self.feed_nets.insert(name.to_string(), nets.to_vec());
+        Ok(nets.len())
+    }
+
     /// Checks for drift and repairs it: a missing table or chain is laid out
     /// again with every ban in force; elements deleted by hand are re-added.
     pub fn check_drift(&mut self) -> Result<(), EnforceError> {
@@ -483,9 +606,10 @@ impl NftEnforcer {
                 "firewall: table inet {} or its chain is gone (ruleset flushed?); restoring it",
                 self.table
             );
-            apply_layout(&self.table, self.set_size)?;
+            apply_layout(&self.table, self.set_size, &self.feeds)?;
             let all: Vec<IpNet> = self.active.keys().copied().collect();
             let n = self.readd(all)?;
+            self.reload_feeds()?;
             tracing::warn!(
                 "firewall: table inet {} restored with {n} ban(s) in {:?}",
                 self.table,
@@ -508,9 +632,10 @@ impl NftEnforcer {
                         set.as_str()
                     );
                     self.last_probe = std::time::Instant::now() - PROBE_EVERY;
-                    apply_layout(&self.table, self.set_size)?;
+                    apply_layout(&self.table, self.set_size, &self.feeds)?;
                     let all: Vec<IpNet> = self.active.keys().copied().collect();
                     self.readd(all)?;
+                    self.reload_feeds()?;
                     return Ok(());
                 }
             }
@@ -563,8 +688,8 @@ fn explain_io(e: &std::io::Error, table: &str) -> String {
 }
 
 /// Runs `nft -f -` with the layout: one atomic transaction.
-fn apply_layout(table: &str, set_size: u32) -> Result<(), EnforceError> {
-    let text = layout(table, set_size);
+fn apply_layout(table: &str, set_size: u32, feeds: &[String]) -> Result<(), EnforceError> {
+    let text = layout(table, set_size, feeds);
     let child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -606,6 +731,10 @@ fn apply_layout(table: &str, set_size: u32) -> Result<(), EnforceError> {
 impl Enforcer for NftEnforcer {
     fn name(&self) -> &'static str {
         "nftables"
+    }
+
+    fn load_feed(&mut self, name: &str, nets: &[IpNet]) -> Result<usize, EnforceError> {
+        self.replace_feed(name, nets)
     }
 
     fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError> {
@@ -720,11 +849,17 @@ mod tests {
 
     #[test]
     fn layout_has_sets_and_raw_prerouting_chain() {
-        let l = layout("sipwarden", 0);
+        let l = layout("sipwarden", 0, &[]);
         assert!(l.starts_with("table inet sipwarden\ndelete table inet sipwarden\n"));
         assert!(l.contains("set banned_net_v6 { type ipv6_addr; flags interval, timeout; }"));
         assert!(l.contains("type filter hook prerouting priority raw; policy accept;"));
-        assert!(layout("t", 1000).contains("flags timeout; size 1000;"));
+        assert!(layout("t", 1000, &[]).contains("flags timeout; size 1000;"));
+        let f = layout("t", 0, &["apiban".into()]);
+        assert!(
+            f.contains("set feed_apiban_v4 { type ipv4_addr; flags interval; }"),
+            "{f}"
+        );
+        assert!(f.contains("ip6 saddr @feed_apiban_v6 drop"), "{f}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod control;
 mod dry_run;
 mod esl;
 mod faults;
+mod feeds;
 mod http;
 mod kamailio;
 mod nft;
