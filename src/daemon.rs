@@ -478,6 +478,7 @@ struct SourceKey {
     options: FilterOptions,
     esl: Vec<EslPeer>,
     invite_weight: u32,
+    wire: Option<crate::source::wire::WireConfig>,
 }
 
 impl SourceKey {
@@ -491,6 +492,7 @@ impl SourceKey {
             options: jc.filter_options,
             esl: jc.esl.clone(),
             invite_weight: jc.invite_weight,
+            wire: jc.wire.clone(),
         }
     }
 }
@@ -502,6 +504,7 @@ struct SourceGroup {
     stop: Arc<AtomicBool>,
     stats: Vec<(PathBuf, Arc<FollowStats>)>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
+    wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
 }
 
 impl SourceGroup {
@@ -520,7 +523,14 @@ impl SourceGroup {
             lines: s.events.load(Ordering::Relaxed),
             matched: s.failures.load(Ordering::Relaxed),
         });
-        files.chain(esl).collect()
+        let wire = self.wire.iter().map(|(label, s)| SourceView {
+            kind: "wire".into(),
+            path: label.clone(),
+            healthy: s.up.load(Ordering::Relaxed),
+            lines: s.messages.load(Ordering::Relaxed),
+            matched: s.failures.load(Ordering::Relaxed),
+        });
+        files.chain(esl).chain(wire).collect()
     }
 
     fn stop(&self) {
@@ -592,11 +602,35 @@ fn spawn_sources(
         };
         esl.push((peer.label(), st, tokio::spawn(src.run())));
     }
+    let wire = match &jc.wire {
+        Some(w) => {
+            let st = Arc::new(crate::source::wire::WireStats::default());
+            crate::source::wire::WireSource {
+                cfg: w.clone(),
+                jail: id,
+                tx: tx.clone(),
+                stop: stop.clone(),
+                scanners: scanners.clone(),
+                stats: st.clone(),
+            }
+            .spawn()
+            .map_err(|e| DaemonError::Setup(format!("jail {}: wire source: {e}", jc.name)))?;
+            let label = format!(
+                "{} ports {:?}",
+                w.interface.as_deref().unwrap_or("all interfaces"),
+                w.ports
+            );
+            tracing::info!("[{}] wire: capturing SIP on {label}", jc.name);
+            Some((label, st))
+        }
+        None => None,
+    };
     Ok(SourceGroup {
         key: SourceKey::of(jc),
         stop,
         stats,
         esl,
+        wire,
     })
 }
 

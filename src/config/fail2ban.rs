@@ -141,6 +141,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             trusted_maxretry: maxretry.saturating_mul(3),
             wrong_call_state_maxretry: 0,
             shared_count: false,
+            wire: None,
         });
     }
     if !banactions.is_empty() {

@@ -168,6 +168,7 @@ struct RawJail {
     trusted_maxretry: Option<u32>,
     wrong_call_state_maxretry: Option<u32>,
     shared_count: Option<bool>,
+    wire: Option<RawWire>,
     filter: Option<Spanned<String>>,
     fail2ban_filter: Option<Spanned<String>>,
     logpath: Option<PathList>,
@@ -206,6 +207,13 @@ struct RawConfig {
     feed: Vec<Spanned<RawFeed>>,
     #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWire {
+    interface: Option<String>,
+    ports: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +326,8 @@ pub struct JailConfig {
     pub wrong_call_state_maxretry: u32,
     /// Count failures across the cluster toward one maxretry.
     pub shared_count: bool,
+    /// A wire sensor: SIP seen on the network.
+    pub wire: Option<crate::source::wire::WireConfig>,
 }
 
 /// A whole, validated configuration.
@@ -740,11 +750,15 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             Some(v) => esl_peers(v.get_ref()).map_err(|m| err(v.span(), m))?,
             None => Vec::new(),
         };
-        if enabled && esl.is_empty() && !filter_set {
+        let wire = j.wire.as_ref().map(|w| crate::source::wire::WireConfig {
+            interface: w.interface.clone(),
+            ports: w.ports.clone().unwrap_or_else(|| vec![5060]),
+        });
+        if enabled && esl.is_empty() && !filter_set && wire.is_none() {
             return Err(err(
                 span,
                 format!(
-                    "jail {name:?} has nothing to read: set `filter` and `logpath` (built-in filters: {}), or `esl`",
+                    "jail {name:?} has nothing to read: set `filter` and `logpath` (built-in filters: {}), `esl`, or `wire`",
                     filter::BUILTIN_FILTERS.join(", ")
                 ),
             ));
@@ -828,6 +842,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             trusted_maxretry: j.trusted_maxretry.unwrap_or(maxretry.saturating_mul(3)),
             wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
             shared_count: j.shared_count.unwrap_or(false),
+            wire,
         });
     }
     let scanners = raw.scanners.user_agents.unwrap_or_else(|| {

@@ -4,3 +4,4 @@
 pub mod esl;
 pub mod file;
 pub mod scanner;
+pub mod wire;

@@ -51,83 +51,172 @@ fn options_answered(sock: &UdpSocket) -> bool {
     matches!(sock.recv_from(&mut buf), Ok((n, _)) if buf[..n].starts_with(b"SIP/2.0 200"))
 }
 
+/// Kamailio in a `pbx` namespace joined by a veth pair to an `atk`
+/// namespace holding the attacker's and the phone's addresses.
+struct Lab {
+    dir: TempDir,
+    pbx: NetNs,
+    atk: NetNs,
+    /// The pbx side of the veth pair.
+    pbx_if: String,
+    klog: std::path::PathBuf,
+    kam: Option<Kamailio>,
+    kchild: std::process::Child,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        drop(self.kam.take());
+        let _ = self.kchild.wait();
+    }
+}
+
+impl Lab {
+    /// `None` (with the reason printed) when the tools or the corpus are
+    /// missing.
+    fn new(tag: &str, tools: &[&str]) -> Option<Lab> {
+        if !can_use_netns() {
+            return None;
+        }
+        let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "skipped: {missing:?} not installed (.ci/run installs kamailio, sipvicious, sip-tester)"
+            );
+            return None;
+        }
+        let dir = TempDir::new(tag);
+        let pbx = NetNs::new("k");
+        let atk = NetNs::new("c");
+        let (v1, v2) = (format!("{}v", pbx.name), format!("{}v", atk.name));
+        sh(&[
+            "ip", "link", "add", &v1, "netns", &pbx.name, "type", "veth", "peer", "name", &v2,
+            "netns", &atk.name,
+        ]);
+        pbx.sh(&["ip", "addr", "add", &format!("{PBX}/24"), "dev", &v1]);
+        atk.sh(&["ip", "addr", "add", &format!("{ATTACKER}/24"), "dev", &v2]);
+        atk.sh(&["ip", "addr", "add", &format!("{PHONE}/24"), "dev", &v2]);
+        pbx.sh(&["ip", "link", "set", &v1, "up"]);
+        atk.sh(&["ip", "link", "set", &v2, "up"]);
+
+        // Kamailio, from the verified fixture, with its files in the temp dir.
+        let run = dir.path("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg_text = include_str!("../fixtures/kamailio/kamailio.cfg")
+            .replace("@RUNDIR@", run.to_str().unwrap());
+        let kcfg = dir.path("kamailio.cfg");
+        std::fs::write(&kcfg, cfg_text).unwrap();
+        let klog = dir.path("kamailio.log");
+        std::fs::write(&klog, "").unwrap();
+        let kam = Kamailio {
+            pid_file: dir.path("kamailio.pid"),
+        };
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&klog)
+            .unwrap();
+        let kchild = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pbx.name,
+                "kamailio",
+                "-f",
+                kcfg.to_str().unwrap(),
+                "-DD",
+                "-E",
+                "-P",
+            ])
+            .arg(&kam.pid_file)
+            .arg("-Y")
+            .arg(&run)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            pbx.sh(&["ss", "-Hlun", "sport = :5060"]).contains(PBX)
+        });
+        assert!(
+            up,
+            "kamailio did not come up: {}",
+            std::fs::read_to_string(&klog).unwrap_or_default()
+        );
+        Some(Lab {
+            dir,
+            pbx,
+            atk,
+            pbx_if: v1,
+            klog,
+            kam: Some(kam),
+            kchild,
+        })
+    }
+
+    /// sipwarden inside the pbx namespace with `cfg`.
+    fn daemon(&self, cfg: &std::path::Path, ready: &str) -> Daemon {
+        let d = Daemon::start_with(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.pbx.name,
+            bin(),
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]));
+        assert!(d.wait_for(ready, Duration::from_secs(20)).is_some());
+        d
+    }
+
+    /// svcrack with `n` wrong passwords for 1009, in the background.
+    fn svcrack(&self, n: usize) -> std::process::Child {
+        let words = self.dir.path("words.txt");
+        std::fs::write(
+            &words,
+            (0..n).map(|i| format!("wrong{i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.atk.name,
+                "timeout",
+                "60",
+                "svcrack",
+                "-u",
+                "1009",
+                "-d",
+            ])
+            .arg(&words)
+            .args(["-b", ATTACKER, PBX])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Failures Kamailio logged for the attacker.
+    fn reached(&self) -> usize {
+        std::fs::read_to_string(&self.klog)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("AUTH FAILED") && l.contains(&format!("ip={ATTACKER} ")))
+            .count()
+    }
+}
+
 #[test]
 fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
-    if !can_use_netns() {
-        return;
-    }
-    let missing: Vec<&str> = ["kamailio", "svcrack", "sipp"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "skipped: {missing:?} not installed (.ci/run installs kamailio, sipvicious, sip-tester)"
-        );
-        return;
-    }
     let Some(scenario) = shared("corpus/freeswitch-1.10.12/reg_auth.xml") else {
         eprintln!("skipped: ../shared/corpus not present");
         return;
     };
-    let dir = TempDir::new("kam");
-    let pbx = NetNs::new("k");
-    let atk = NetNs::new("c");
-    let (v1, v2) = (format!("{}v", pbx.name), format!("{}v", atk.name));
-    sh(&[
-        "ip", "link", "add", &v1, "netns", &pbx.name, "type", "veth", "peer", "name", &v2, "netns",
-        &atk.name,
-    ]);
-    pbx.sh(&["ip", "addr", "add", &format!("{PBX}/24"), "dev", &v1]);
-    atk.sh(&["ip", "addr", "add", &format!("{ATTACKER}/24"), "dev", &v2]);
-    atk.sh(&["ip", "addr", "add", &format!("{PHONE}/24"), "dev", &v2]);
-    pbx.sh(&["ip", "link", "set", &v1, "up"]);
-    atk.sh(&["ip", "link", "set", &v2, "up"]);
-
-    // Kamailio, from the verified fixture, with its files in the temp dir.
-    let run = dir.path("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let cfg_text = include_str!("../fixtures/kamailio/kamailio.cfg")
-        .replace("@RUNDIR@", run.to_str().unwrap());
-    let kcfg = dir.path("kamailio.cfg");
-    std::fs::write(&kcfg, cfg_text).unwrap();
-    let klog = dir.path("kamailio.log");
-    std::fs::write(&klog, "").unwrap();
-    let kam = Kamailio {
-        pid_file: dir.path("kamailio.pid"),
+    let Some(lab) = Lab::new("kam", &["kamailio", "svcrack", "sipp"]) else {
+        return;
     };
-    let log_file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&klog)
-        .unwrap();
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pbx.name,
-            "kamailio",
-            "-f",
-            kcfg.to_str().unwrap(),
-            "-DD",
-            "-E",
-            "-P",
-        ])
-        .arg(&kam.pid_file)
-        .arg("-Y")
-        .arg(&run)
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn();
-    let mut kchild = status.unwrap();
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        pbx.sh(&["ss", "-Hlun", "sport = :5060"]).contains(PBX)
-    });
-    assert!(
-        up,
-        "kamailio did not come up: {}",
-        std::fs::read_to_string(&klog).unwrap_or_default()
-    );
+    let (dir, atk, klog) = (&lab.dir, &lab.atk, &lab.klog);
 
     // sipwarden following Kamailio's log, nftables backend.
     let cfg = dir.path("sipwarden.toml");
@@ -135,21 +224,12 @@ fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
         &cfg,
         format!(
             "{}[defaults]\nmaxretry = 5\nfindtime = \"10m\"\nbantime = \"1h\"\n\n[jail.kamailio]\nfilter = \"kamailio\"\nlogpath = \"{}\"\n",
-            daemon_section(&dir),
+            daemon_section(dir),
             klog.display()
         ),
     )
     .unwrap();
-    let d = Daemon::start_with(Command::new("ip").args([
-        "netns",
-        "exec",
-        &pbx.name,
-        bin(),
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]));
-    assert!(d.wait_for(": following", Duration::from_secs(20)).is_some());
+    let d = lab.daemon(&cfg, ": following");
 
     // A probe socket on the attacker's address: Kamailio answers OPTIONS.
     let probe = Arc::new(atk.run(|| UdpSocket::bind((ATTACKER, 5099)).unwrap()));
@@ -192,23 +272,8 @@ fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
     );
 
     // svcrack: 60 wrong passwords for 1009 at full speed.
-    let words = dir.path("words.txt");
-    std::fs::write(
-        &words,
-        (0..60).map(|i| format!("wrong{i}\n")).collect::<String>(),
-    )
-    .unwrap();
     let t0 = Instant::now();
-    let crack = Command::new("ip")
-        .args([
-            "netns", "exec", &atk.name, "timeout", "60", "svcrack", "-u", "1009", "-d",
-        ])
-        .arg(&words)
-        .args(["-b", ATTACKER, PBX])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let crack = lab.svcrack(60);
     let ban = d
         .wait_for(
             &format!("[kamailio] Ban {ATTACKER}"),
@@ -221,11 +286,8 @@ fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
     let _ = crack.wait_with_output();
 
     // What reached Kamailio before the ban took effect (the W0 figure).
-    let log = std::fs::read_to_string(&klog).unwrap();
-    let reached = log
-        .lines()
-        .filter(|l| l.contains("AUTH FAILED") && l.contains(&format!("ip={ATTACKER} ")))
-        .count();
+    let log = std::fs::read_to_string(klog).unwrap();
+    let reached = lab.reached();
     println!("W0: {reached} of 60 svcrack failures reached Kamailio before the ban (maxretry 5)");
     assert!(
         (5..60).contains(&reached),
@@ -240,7 +302,7 @@ fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
         "the phone registered"
     );
     let s: serde_json::Value =
-        serde_json::from_slice(&cli(&dir, &["status", "kamailio", "--json"]).stdout).unwrap();
+        serde_json::from_slice(&cli(dir, &["status", "kamailio", "--json"]).stdout).unwrap();
     assert_eq!(
         s["result"]["banned"].as_array().map(Vec::len),
         Some(1),
@@ -248,10 +310,69 @@ fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
     );
 
     // Unban restores service.
-    assert!(cli(&dir, &["unban", ATTACKER]).status.success());
+    assert!(cli(dir, &["unban", ATTACKER]).status.success());
     let back = (0..20).any(|_| options_answered(&probe));
     assert!(back, "service restored after unban");
     assert!(d.stop().is_some_and(|s| s.success()));
-    drop(kam);
-    let _ = kchild.wait();
+}
+
+#[test]
+fn wire_only_detection_bans_svcrack_and_svmap() {
+    let Some(lab) = Lab::new("wire", &["kamailio", "svcrack", "svmap"]) else {
+        return;
+    };
+    // No log at all: the sensor watches SIP on the pbx side of the link.
+    // Scanner user agents off first, so svcrack is caught by the answers
+    // it gets (401 to its credentials), not by its name.
+    let write_cfg = |scanners: &str| {
+        let cfg = lab.dir.path("sipwarden.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}[defaults]\nmaxretry = 5\nbantime = \"1h\"\nignoreself = false\n{scanners}\n[jail.wire]\nwire = {{ interface = \"{}\", ports = [5060] }}\nban_scanners = true\n",
+                daemon_section(&lab.dir),
+                lab.pbx_if
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let cfg = write_cfg("[scanners]\nuser_agents = []");
+    let d = lab.daemon(&cfg, "wire: capturing SIP");
+    let probe = Arc::new(lab.atk.run(|| UdpSocket::bind((ATTACKER, 5099)).unwrap()));
+    assert!(options_answered(&probe), "Kamailio answers before the ban");
+    let crack = lab.svcrack(60);
+    let ban = d
+        .wait_for(&format!("[wire] Ban {ATTACKER}"), Duration::from_secs(30))
+        .expect("svcrack banned from wire traffic alone");
+    assert!(ban.contains("(5 failures, 1h)"), "{ban}");
+    let _ = crack.wait_with_output();
+    let reached = lab.reached();
+    println!("wire: {reached} of 60 svcrack failures reached Kamailio before the ban (maxretry 5)");
+    assert!((5..60).contains(&reached), "{reached}");
+    assert!(!options_answered(&probe), "banned from the wire");
+    assert!(cli(&lab.dir, &["unban", ATTACKER]).status.success());
+    assert!(d.stop().is_some_and(|s| s.success()));
+
+    // svmap's OPTIONS scan: its user agent gives it away at once.
+    let cfg = write_cfg("");
+    let d = lab.daemon(&cfg, "wire: capturing SIP");
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.atk.name,
+            "timeout",
+            "30",
+            "svmap",
+            PBX,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let ban = d
+        .wait_for(&format!("[wire] Ban {ATTACKER}"), Duration::from_secs(20))
+        .expect("svmap banned from wire traffic alone");
+    println!("svmap: {ban}");
+    assert!(d.stop().is_some_and(|s| s.success()));
 }

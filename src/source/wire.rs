@@ -1,0 +1,487 @@
+//! The wire sensor: SIP seen on the network, whatever the server logs.
+//!
+//! A packet socket (AF_PACKET, needs CAP_NET_RAW) receives every IPv4 and
+//! IPv6 packet of an interface, in and out. UDP datagrams and TCP segments
+//! to or from the configured SIP ports are read as SIP messages (a TCP
+//! message split over segments is not reassembled: each segment that starts
+//! a message is read). Requests and responses are paired by source
+//! address, Call-ID and CSeq:
+//!
+//! * REGISTER or INVITE sent with credentials and answered 401/407 again,
+//!   or answered 403: a failed authentication (`register_auth`,
+//!   `invite_auth`);
+//! * REGISTER answered 404: an unknown user;
+//! * a first 401/407 to a request without credentials is a challenge, not a
+//!   failure (every phone gets one);
+//! * any request whose User-Agent is a known attack tool (svmap's OPTIONS
+//!   scan, svwar, svcrack): a scanner, banned at once with `ban_scanners`.
+//!
+//! The address is the packet's source address (of the request; of the
+//! response's destination), never text from the message.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::mpsc::Sender;
+
+use crate::event::{FailureEvent, FailureKind, JailId, Time};
+use crate::source::scanner::ScannerList;
+
+/// `wire = { interface = "eth0", ports = [5060] }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireConfig {
+    /// The interface to watch; `None` for every interface.
+    pub interface: Option<String>,
+    /// SIP ports (UDP and TCP).
+    pub ports: Vec<u16>,
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    /// Capturing.
+    pub up: AtomicBool,
+    /// SIP messages read.
+    pub messages: AtomicU64,
+    /// Failures found.
+    pub failures: AtomicU64,
+}
+
+/// The parts of a SIP message the sensor reads.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SipMessage<'a> {
+    /// Request method, or `None` for a response.
+    pub method: Option<&'a str>,
+    /// Response status.
+    pub status: Option<u16>,
+    /// Call-ID.
+    pub call_id: &'a str,
+    /// CSeq number and method.
+    pub cseq: (u32, &'a str),
+    /// Whether the request carries credentials.
+    pub authorized: bool,
+    /// User-Agent.
+    pub user_agent: &'a str,
+    /// The user of the To header (attacker text).
+    pub to_user: &'a str,
+}
+
+/// Reads a SIP message's start line and the headers the sensor needs.
+/// `None` when it is not SIP.
+pub fn parse_sip(data: &[u8]) -> Option<SipMessage<'_>> {
+    let head_end = memchr::memmem::find(data, b"\r\n\r\n").unwrap_or(data.len());
+    let text = std::str::from_utf8(&data[..head_end]).ok()?;
+    let mut lines = text.split("\r\n");
+    let first = lines.next()?;
+    let mut m = SipMessage::default();
+    if let Some(rest) = first.strip_prefix("SIP/2.0 ") {
+        m.status = rest.get(..3)?.parse().ok();
+        m.status?;
+    } else {
+        let mut parts = first.split(' ');
+        let method = parts.next()?;
+        let _uri = parts.next()?;
+        if parts.next()? != "SIP/2.0"
+            || method.is_empty()
+            || !method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        m.method = Some(method);
+    }
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "call-id" | "i" => m.call_id = value,
+            "cseq" => {
+                let mut p = value.split_whitespace();
+                m.cseq = (
+                    p.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+                    p.next().unwrap_or(""),
+                );
+            }
+            "authorization" | "proxy-authorization" => m.authorized = true,
+            "user-agent" => m.user_agent = value,
+            "to" | "t" => {
+                m.to_user = value
+                    .split("sip:")
+                    .nth(1)
+                    .and_then(|r| r.split(['@', '>', ';']).next())
+                    .unwrap_or("");
+            }
+            _ => {}
+        }
+    }
+    (!m.call_id.is_empty()).then_some(m)
+}
+
+/// What a request looked like, kept until its answer.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    authorized: bool,
+}
+
+/// Pairs requests with responses; bounded.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pending: HashMap<(IpAddr, String, u32, String), Pending>,
+    order: VecDeque<(IpAddr, String, u32, String)>,
+}
+
+/// Requests remembered while waiting for their answers.
+const MAX_PENDING: usize = 100_000;
+
+impl Tracker {
+    /// Reads one message between `client` and the server (`from_client`:
+    /// the client sent it). Returns a failure or scanner signal.
+    pub fn observe(
+        &mut self,
+        client: IpAddr,
+        from_client: bool,
+        m: &SipMessage<'_>,
+        scanners: &ScannerList,
+    ) -> Option<(FailureKind, bool, String)> {
+        let key = (
+            client,
+            m.call_id.to_string(),
+            m.cseq.0,
+            m.cseq.1.to_string(),
+        );
+        if from_client {
+            let method = m.method?;
+            if !m.user_agent.is_empty() && scanners.matches(m.user_agent) {
+                return Some((FailureKind::Other, true, m.to_user.to_string()));
+            }
+            if method == "REGISTER" || method == "INVITE" {
+                if self.pending.len() >= MAX_PENDING {
+                    if let Some(old) = self.order.pop_front() {
+                        self.pending.remove(&old);
+                    }
+                }
+                if self
+                    .pending
+                    .insert(
+                        key.clone(),
+                        Pending {
+                            authorized: m.authorized,
+                        },
+                    )
+                    .is_none()
+                {
+                    self.order.push_back(key);
+                }
+            }
+            return None;
+        }
+        let status = m.status?;
+        if status < 200 {
+            return None; // provisional: the final answer follows
+        }
+        let p = self.pending.remove(&key)?;
+        let invite = m.cseq.1 == "INVITE";
+        let auth_kind = if invite {
+            FailureKind::InviteAuth
+        } else {
+            FailureKind::RegisterAuth
+        };
+        let kind = match status {
+            401 | 407 if p.authorized => auth_kind,
+            403 => auth_kind,
+            404 if !invite => FailureKind::UnknownUser,
+            _ => return None,
+        };
+        Some((kind, false, m.to_user.to_string()))
+    }
+}
+
+/// The transport payload of an IP packet to or from one of `ports`:
+/// (source, destination, source port, destination port, payload).
+pub fn transport<'a>(pkt: &'a [u8], ports: &[u16]) -> Option<(IpAddr, IpAddr, u16, u16, &'a [u8])> {
+    let version = pkt.first()? >> 4;
+    let (src, dst, proto, l4) = match version {
+        4 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*pkt.get(2)?, *pkt.get(3)?]));
+            // Fragments other than the first carry no header to read.
+            let frag = u16::from_be_bytes([*pkt.get(6)?, *pkt.get(7)?]) & 0x1fff;
+            if ihl < 20 || frag != 0 {
+                return None;
+            }
+            let src = IpAddr::from(<[u8; 4]>::try_from(pkt.get(12..16)?).ok()?);
+            let dst = IpAddr::from(<[u8; 4]>::try_from(pkt.get(16..20)?).ok()?);
+            (src, dst, *pkt.get(9)?, pkt.get(ihl..total.min(pkt.len()))?)
+        }
+        6 => {
+            let src = IpAddr::from(<[u8; 16]>::try_from(pkt.get(8..24)?).ok()?);
+            let dst = IpAddr::from(<[u8; 16]>::try_from(pkt.get(24..40)?).ok()?);
+            // Extension headers are not followed: SIP packets carry none.
+            (src, dst, *pkt.get(6)?, pkt.get(40..)?)
+        }
+        _ => return None,
+    };
+    let (sport, dport, payload) = match proto {
+        17 => {
+            let sp = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+            let dp = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+            (sp, dp, l4.get(8..)?)
+        }
+        6 => {
+            let sp = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+            let dp = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+            let off = usize::from(l4.get(12)? >> 4) * 4;
+            (sp, dp, l4.get(off..)?)
+        }
+        _ => return None,
+    };
+    (ports.contains(&sport) || ports.contains(&dport)).then_some((src, dst, sport, dport, payload))
+}
+
+/// One wire sensor for a jail.
+pub struct WireSource {
+    /// What to watch.
+    pub cfg: WireConfig,
+    /// The jail its failures count for.
+    pub jail: JailId,
+    /// Where batches go.
+    pub tx: Sender<Vec<FailureEvent>>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Attack-tool user agents.
+    pub scanners: Arc<ScannerList>,
+    /// Counters.
+    pub stats: Arc<WireStats>,
+}
+
+const ETH_P_ALL: u16 = 0x0003;
+
+impl WireSource {
+    /// Opens the packet socket (so a missing capability is reported at
+    /// start) and reads on a thread of its own.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let fd = open_socket(self.cfg.interface.as_deref())?;
+        std::thread::Builder::new()
+            .name("wire".into())
+            .spawn(move || self.run(fd))
+    }
+
+    fn run(self, fd: std::os::fd::OwnedFd) {
+        use std::os::fd::AsRawFd;
+        self.stats.up.store(true, Ordering::Relaxed);
+        let mut tracker = Tracker::default();
+        let mut buf = vec![0u8; 65_536];
+        while !self.stop.load(Ordering::Relaxed) {
+            // SAFETY: `buf` is a valid, writable buffer of its length for
+            // the duration of the call; the descriptor is owned here.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue; // the receive timeout: check `stop`
+            }
+            let pkt = &buf[..n as usize];
+            let Some((src, dst, sport, _dport, payload)) = transport(pkt, &self.cfg.ports) else {
+                continue;
+            };
+            let Some(m) = parse_sip(payload) else {
+                continue;
+            };
+            self.stats.messages.fetch_add(1, Ordering::Relaxed);
+            // The server's side is its SIP port: a message from it goes to
+            // the client.
+            let from_client = !self.cfg.ports.contains(&sport) || m.method.is_some();
+            let client = if from_client { src } else { dst };
+            if let Some((kind, scanner, user)) =
+                tracker.observe(client, from_client, &m, &self.scanners)
+            {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let ev = FailureEvent {
+                    time: Time::now(),
+                    jail: self.jail,
+                    addr: client.to_canonical(),
+                    kind,
+                    weight: 1,
+                    user: (!user.is_empty()).then(|| crate::filter::user_text(user.as_bytes())),
+                    scanner,
+                };
+                if self.tx.blocking_send(vec![ev]).is_err() {
+                    return;
+                }
+            }
+        }
+        self.stats.up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A packet socket on `interface` (all interfaces for `None`), with a
+/// 500 ms receive timeout.
+fn open_socket(interface: Option<&str>) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let proto = ETH_P_ALL.to_be();
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+    if raw < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("opening a packet socket ({e}); the wire source needs CAP_NET_RAW"),
+        ));
+    }
+    // SAFETY: `raw` is a fresh descriptor this function owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let ifindex = match interface {
+        Some(name) => {
+            let c = std::ffi::CString::new(name)
+                .map_err(|_| std::io::Error::other("interface name with a NUL byte"))?;
+            // SAFETY: `c` is a valid C string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if i == 0 {
+                return Err(std::io::Error::other(format!(
+                    "no interface named {name:?} (see `ip link`)"
+                )));
+            }
+            i as i32
+        }
+        None => 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex;
+    // SAFETY: `sll` is a valid sockaddr_ll of the size given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 500_000,
+    };
+    // SAFETY: `tv` is a valid timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: &str = "REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5062\r\nFrom: <sip:1009@10.0.0.1>;tag=1\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: abc\r\nCSeq: 1 REGISTER\r\nUser-Agent: Yealink\r\nContent-Length: 0\r\n\r\n";
+
+    fn resp(code: &str, cseq: u32) -> String {
+        format!(
+            "SIP/2.0 {code}\r\nTo: <sip:1009@10.0.0.1>;tag=9\r\nCall-ID: abc\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn challenge_is_not_a_failure_but_a_rejected_answer_is() {
+        let sc = ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS);
+        let mut t = Tracker::default();
+        let c: IpAddr = "10.0.0.2".parse().unwrap();
+        let m = parse_sip(REG.as_bytes()).unwrap();
+        assert_eq!(m.method, Some("REGISTER"));
+        assert_eq!(m.to_user, "1009");
+        assert_eq!(t.observe(c, true, &m, &sc), None);
+        let r = resp("401 Unauthorized", 1);
+        assert_eq!(
+            t.observe(c, false, &parse_sip(r.as_bytes()).unwrap(), &sc),
+            None
+        );
+        // The retry with credentials, answered 401 again: a failure.
+        let auth = REG.replace("CSeq: 1", "CSeq: 2").replace(
+            "User-Agent",
+            "Authorization: Digest username=\"1009\"\r\nUser-Agent",
+        );
+        assert_eq!(
+            t.observe(c, true, &parse_sip(auth.as_bytes()).unwrap(), &sc),
+            None
+        );
+        let r = resp("401 Unauthorized", 2);
+        assert_eq!(
+            t.observe(c, false, &parse_sip(r.as_bytes()).unwrap(), &sc),
+            Some((FailureKind::RegisterAuth, false, "1009".into()))
+        );
+        // 404 to a REGISTER: an unknown user.
+        let reg3 = REG.replace("CSeq: 1", "CSeq: 3");
+        t.observe(c, true, &parse_sip(reg3.as_bytes()).unwrap(), &sc);
+        assert_eq!(
+            t.observe(
+                c,
+                false,
+                &parse_sip(resp("404 Not Found", 3).as_bytes()).unwrap(),
+                &sc
+            ),
+            Some((FailureKind::UnknownUser, false, "1009".into()))
+        );
+        // An answer nobody asked for is ignored.
+        assert_eq!(
+            t.observe(
+                c,
+                false,
+                &parse_sip(resp("403 Forbidden", 9).as_bytes()).unwrap(),
+                &sc
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn scanner_user_agent_and_garbage() {
+        let sc = ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS);
+        let mut t = Tracker::default();
+        let opt = "OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\nTo: \"from ip 1.2.3.4\" <sip:100@10.0.0.1>\r\n\r\n";
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let got = t.observe(c, true, &parse_sip(opt.as_bytes()).unwrap(), &sc);
+        assert_eq!(got.map(|g| g.1), Some(true));
+        assert!(parse_sip(b"GET / HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse_sip(b"\xff\xfe").is_none());
+        assert!(parse_sip(b"SIP/2.0 40").is_none());
+    }
+
+    #[test]
+    fn transport_reads_udp_over_ipv4() {
+        let payload = b"hello";
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let total = (20 + 8 + payload.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&5062u16.to_be_bytes());
+        p.extend_from_slice(&5060u16.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        let (s, d, sp, dp, pl) = transport(&p, &[5060]).unwrap();
+        assert_eq!(
+            (s.to_string(), d.to_string(), sp, dp, pl),
+            (
+                "10.0.0.2".into(),
+                "10.0.0.1".into(),
+                5062,
+                5060,
+                &payload[..]
+            )
+        );
+        assert!(transport(&p, &[5070]).is_none());
+        assert!(transport(&p[..10], &[5060]).is_none());
+    }
+}
