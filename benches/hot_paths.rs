@@ -176,5 +176,57 @@ fn log_filter(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, esl, jail, log_filter);
+/// An IPv4/UDP packet from `src:sport` to `dst:dport` carrying `payload`.
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn wire(c: &mut Criterion) {
+    use sipwarden::source::wire::{Tracker, parse_sip, transport};
+    // Alternating REGISTER-with-credentials and its 401, from 5,000 clients.
+    let packets: Vec<(Vec<u8>, bool)> = (0..N as u32)
+        .map(|i| {
+            let client = [10, 9, (i / 2 / 250 % 250) as u8, (1 + i / 2 % 250) as u8];
+            let call = i / 2;
+            if i % 2 == 0 {
+                let m = format!("REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.1:5062;branch=z9hG4bK{call}\r\nFrom: <sip:1009@10.0.0.1>;tag={call}\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nAuthorization: Digest username=\"1009\", realm=\"x\", nonce=\"n\", uri=\"sip:10.0.0.1\", response=\"r\"\r\nUser-Agent: Yealink SIP-T46S\r\nContent-Length: 0\r\n\r\n");
+                (udp(client, 5062, [10, 0, 0, 1], 5060, m.as_bytes()), true)
+            } else {
+                let m = format!("SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 10.9.0.1:5062;branch=z9hG4bK{call}\r\nFrom: <sip:1009@10.0.0.1>;tag={call}\r\nTo: <sip:1009@10.0.0.1>;tag=srv\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nWWW-Authenticate: Digest realm=\"x\", nonce=\"n2\"\r\nContent-Length: 0\r\n\r\n");
+                (udp([10, 0, 0, 1], 5060, client, 5062, m.as_bytes()), false)
+            }
+        })
+        .collect();
+    let scanners = ScannerList::new(DEFAULT_SCANNERS);
+    let mut g = c.benchmark_group("wire");
+    g.throughput(Throughput::Elements(packets.len() as u64));
+    g.bench_function("sip_packet", |b| {
+        b.iter_batched_ref(
+            Tracker::default,
+            |t| {
+                for (p, from_client) in &packets {
+                    if let Some((src, dst, _, _, payload)) = transport(p, &[5060]) {
+                        if let Some(m) = parse_sip(payload) {
+                            let client = if *from_client { src } else { dst };
+                            black_box(t.observe(client, *from_client, &m, &scanners));
+                        }
+                    }
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, esl, jail, log_filter, wire);
 criterion_main!(benches);

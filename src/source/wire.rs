@@ -263,7 +263,7 @@ impl WireSource {
     /// Opens the packet socket (so a missing capability is reported at
     /// start) and reads on a thread of its own.
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let fd = open_socket(self.cfg.interface.as_deref())?;
+        let fd = open_socket(self.cfg.interface.as_deref(), &self.cfg.ports)?;
         std::thread::Builder::new()
             .name("wire".into())
             .spawn(move || self.run(fd))
@@ -274,50 +274,155 @@ impl WireSource {
         self.stats.up.store(true, Ordering::Relaxed);
         let mut tracker = Tracker::default();
         let mut buf = vec![0u8; 65_536];
+        // On loopback every packet shows twice, leaving and arriving: the
+        // leaving copy is skipped there (on other interfaces the server's
+        // answers are the leaving packets, and are needed).
+        // SAFETY: a valid C string literal.
+        let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) } as i32;
+        let mut batch = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            // SAFETY: `buf` is a valid, writable buffer of its length for
-            // the duration of the call; the descriptor is owned here.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                continue; // the receive timeout: check `stop`
-            }
-            let pkt = &buf[..n as usize];
-            let Some((src, dst, sport, _dport, payload)) = transport(pkt, &self.cfg.ports) else {
-                continue;
-            };
-            let Some(m) = parse_sip(payload) else {
-                continue;
-            };
-            self.stats.messages.fetch_add(1, Ordering::Relaxed);
-            // The server's side is its SIP port: a message from it goes to
-            // the client.
-            let from_client = !self.cfg.ports.contains(&sport) || m.method.is_some();
-            let client = if from_client { src } else { dst };
-            if let Some((kind, scanner, user)) =
-                tracker.observe(client, from_client, &m, &self.scanners)
-            {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                let ev = FailureEvent {
-                    time: Time::now(),
-                    jail: self.jail,
-                    addr: client.to_canonical(),
-                    kind,
-                    weight: 1,
-                    user: (!user.is_empty()).then(|| crate::filter::user_text(user.as_bytes())),
-                    scanner,
+            // Block for the first packet, then take what is already queued
+            // (up to 256) before handing the failures on in one batch.
+            let mut flags = 0;
+            for _ in 0..256 {
+                // SAFETY: a zeroed sockaddr_ll is valid for recvfrom to fill.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: `buf` and `from` are valid for writes of the given
+                // lengths for the duration of the call.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        flags,
+                        (&mut from as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
                 };
-                if self.tx.blocking_send(vec![ev]).is_err() {
-                    return;
+                if n <= 0 {
+                    break; // timeout (check `stop`) or nothing more queued
                 }
+                flags = libc::MSG_DONTWAIT;
+                if from.sll_ifindex == lo && from.sll_pkttype == libc::PACKET_OUTGOING {
+                    continue;
+                }
+                self.packet(&buf[..n as usize], &mut tracker, &mut batch);
+            }
+            if !batch.is_empty() && self.tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                return;
             }
         }
         self.stats.up.store(false, Ordering::Relaxed);
     }
+
+    fn packet(&self, pkt: &[u8], tracker: &mut Tracker, out: &mut Vec<FailureEvent>) {
+        let Some((src, dst, sport, _dport, payload)) = transport(pkt, &self.cfg.ports) else {
+            return;
+        };
+        let Some(m) = parse_sip(payload) else {
+            return;
+        };
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        // A request comes from the client; an answer from the server's SIP
+        // port goes to it.
+        let from_client = !self.cfg.ports.contains(&sport) || m.method.is_some();
+        let client = if from_client { src } else { dst };
+        if let Some((kind, scanner, user)) =
+            tracker.observe(client, from_client, &m, &self.scanners)
+        {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            out.push(FailureEvent {
+                time: Time::now(),
+                jail: self.jail,
+                addr: client.to_canonical(),
+                kind,
+                weight: 1,
+                user: (!user.is_empty()).then(|| crate::filter::user_text(user.as_bytes())),
+                scanner,
+            });
+        }
+    }
 }
 
-/// A packet socket on `interface` (all interfaces for `None`), with a
-/// 500 ms receive timeout.
-fn open_socket(interface: Option<&str>) -> std::io::Result<std::os::fd::OwnedFd> {
+/// A classic BPF program, attached to the socket, that passes only IPv4 and
+/// IPv6 UDP and TCP packets to or from `ports` (first fragments only): the
+/// kernel drops RTP and everything else before it reaches the sensor.
+fn bpf_program(ports: &[u16]) -> Vec<libc::sock_filter> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum T {
+        Next,
+        L(&'static str),
+    }
+    struct I(u16, T, T, u32);
+    const LDB: u16 = 0x30; // ld byte [k]
+    const LDH: u16 = 0x28; // ld half [k]
+    const LDH_X: u16 = 0x48; // ld half [x + k]
+    const LDX_MSH: u16 = 0xb1; // x = 4 * ([k] & 0xf)
+    const AND: u16 = 0x54;
+    const JEQ: u16 = 0x15;
+    const JSET: u16 = 0x45;
+    const RET: u16 = 0x06;
+    let mut prog: Vec<I> = Vec::new();
+    let mut labels: Vec<(&'static str, usize)> = Vec::new();
+    let ports_from = |prog: &mut Vec<I>, load: I| {
+        prog.push(load);
+        for &p in ports {
+            prog.push(I(JEQ, T::L("accept"), T::Next, u32::from(p)));
+        }
+    };
+    prog.push(I(LDB, T::Next, T::Next, 0));
+    prog.push(I(AND, T::Next, T::Next, 0xf0));
+    prog.push(I(JEQ, T::Next, T::L("v6"), 0x40));
+    prog.push(I(LDB, T::Next, T::Next, 9));
+    prog.push(I(JEQ, T::L("v4l4"), T::Next, 17));
+    prog.push(I(JEQ, T::L("v4l4"), T::L("drop"), 6));
+    labels.push(("v4l4", prog.len()));
+    prog.push(I(LDH, T::Next, T::Next, 6));
+    prog.push(I(JSET, T::L("drop"), T::Next, 0x1fff));
+    prog.push(I(LDX_MSH, T::Next, T::Next, 0));
+    ports_from(&mut prog, I(LDH_X, T::Next, T::Next, 0));
+    ports_from(&mut prog, I(LDH_X, T::Next, T::Next, 2));
+    prog.push(I(RET, T::Next, T::Next, 0));
+    labels.push(("v6", prog.len()));
+    prog.push(I(JEQ, T::Next, T::L("drop"), 0x60));
+    prog.push(I(LDB, T::Next, T::Next, 6));
+    prog.push(I(JEQ, T::L("v6l4"), T::Next, 17));
+    prog.push(I(JEQ, T::L("v6l4"), T::L("drop"), 6));
+    labels.push(("v6l4", prog.len()));
+    ports_from(&mut prog, I(LDH, T::Next, T::Next, 40));
+    ports_from(&mut prog, I(LDH, T::Next, T::Next, 42));
+    labels.push(("drop", prog.len()));
+    prog.push(I(RET, T::Next, T::Next, 0));
+    labels.push(("accept", prog.len()));
+    prog.push(I(RET, T::Next, T::Next, 0x40000));
+    let at = |t: T, i: usize| -> u8 {
+        match t {
+            T::Next => 0,
+            T::L(name) => {
+                let pos = labels
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(i + 1, |(_, p)| *p);
+                // Ports are few: every jump stays within cBPF's 255.
+                u8::try_from(pos - (i + 1)).unwrap_or(u8::MAX)
+            }
+        }
+    };
+    prog.iter()
+        .enumerate()
+        .map(|(i, I(code, jt, jf, k))| libc::sock_filter {
+            code: *code,
+            jt: at(*jt, i),
+            jf: at(*jf, i),
+            k: *k,
+        })
+        .collect()
+}
+
+/// A packet socket on `interface` (all interfaces for `None`), with the
+/// port filter attached and a 500 ms receive timeout.
+fn open_socket(interface: Option<&str>, ports: &[u16]) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let proto = ETH_P_ALL.to_be();
     // SAFETY: plain socket(2); the result is checked before use.
@@ -358,6 +463,25 @@ fn open_socket(interface: Option<&str>) -> std::io::Result<std::os::fd::OwnedFd>
             fd.as_raw_fd(),
             (&sll as *const libc::sockaddr_ll).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let prog = bpf_program(ports);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel
+    // copies the program.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as u32,
         )
     };
     if r < 0 {
