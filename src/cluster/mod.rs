@@ -517,35 +517,13 @@ impl Writer {
                     return Ok(()); // ran out while queued
                 }
                 let v = serde_json::to_string(b).unwrap_or_default();
-                conn.queue(&[
-                    "XADD",
-                    &stream,
-                    "MAXLEN",
-                    "~",
-                    STREAM_MAXLEN,
-                    "*",
-                    "op",
-                    "ban",
-                    "ban",
-                    &v,
-                ]);
+                queue_entry(conn, &stream, "ban", &v);
                 self.queue_key(conn, b, now);
             }
             Outbound::Unban { jail, addr } => {
                 let v = serde_json::json!({"jail": jail, "addr": addr, "origin": self.cfg.node})
                     .to_string();
-                conn.queue(&[
-                    "XADD",
-                    &stream,
-                    "MAXLEN",
-                    "~",
-                    STREAM_MAXLEN,
-                    "*",
-                    "op",
-                    "unban",
-                    "ban",
-                    &v,
-                ]);
+                queue_entry(conn, &stream, "unban", &v);
                 conn.queue(&["DEL", &key_ban(&self.cfg.prefix, jail, addr)]);
             }
             Outbound::Failure { .. } | Outbound::Forget { .. } => return Ok(()),
@@ -617,6 +595,23 @@ impl Writer {
         let _ = self.inbound.send(Inbound::Peers(addrs)).await;
         Ok(())
     }
+}
+
+/// Queues one stream entry (`op`, and the ban or unban as JSON), the stream
+/// trimmed to about `STREAM_MAXLEN` entries.
+fn queue_entry(conn: &mut Conn, stream: &str, op: &str, value: &str) {
+    conn.queue(&[
+        "XADD",
+        stream,
+        "MAXLEN",
+        "~",
+        STREAM_MAXLEN,
+        "*",
+        "op",
+        op,
+        "ban",
+        value,
+    ]);
 }
 
 /// Every key matching `pattern` (SCAN, so Redis is never blocked).

@@ -157,10 +157,10 @@ async fn history(State(ctx): State<Ctx>, Path(addr): Path<String>) -> HttpRespon
         );
     };
     let dir = ctx.state_dir.clone();
-    // The store is a file: read it with a connection of our own, off the
-    // async threads (WAL lets it read beside the writer).
+    // The store is a file: read it with a read-only connection of our own,
+    // off the async threads (WAL lets it read beside the writer).
     let rows = tokio::task::spawn_blocking(move || {
-        let store = crate::store::Store::open(&dir, crate::event::Time::now())?;
+        let store = crate::store::Store::open_read_only(&dir)?;
         store.history(&net, 1000)
     })
     .await;

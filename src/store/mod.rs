@@ -132,6 +132,24 @@ impl Store {
         }
     }
 
+    /// Opens the database read-only, for lookups beside the running daemon
+    /// (the HTTP history view): never creates, migrates or moves anything.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join("sipwarden.db");
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(err)?;
+        Ok(Store { conn, path })
+    }
+
     fn open_at(path: &Path) -> Result<Store, StoreError> {
         let err = |source| StoreError {
             path: path.display().to_string(),

@@ -110,15 +110,7 @@ fn failures(ip: &str, n: usize) -> String {
 }
 
 fn set(ns: &NetNs) -> BTreeSet<String> {
-    ns.set_elements("banned_v4")
-        .iter()
-        .filter_map(|e| {
-            e["elem"]["val"]
-                .as_str()
-                .or_else(|| e.as_str())
-                .map(str::to_string)
-        })
-        .collect()
+    ns.addresses("banned_v4")
 }
 
 fn start_node(f: &Fleet, dirs: &[TempDir], i: usize) -> Daemon {

@@ -217,6 +217,19 @@ impl NetNs {
         .unwrap()
     }
 
+    /// The single addresses in a set of table inet sipwarden, as text.
+    pub fn addresses(&self, set: &str) -> std::collections::BTreeSet<String> {
+        self.set_elements(set)
+            .iter()
+            .filter_map(|e| {
+                e["elem"]["val"]
+                    .as_str()
+                    .or_else(|| e.as_str())
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// Elements of a set of table inet sipwarden, as `nft -j` lists them.
     pub fn set_elements(&self, set: &str) -> Vec<serde_json::Value> {
         let out = Command::new("ip")

@@ -41,15 +41,7 @@ fn burst(base: u32, n: u32) -> String {
 }
 
 fn kernel_set(ns: &NetNs) -> BTreeSet<String> {
-    ns.set_elements("banned_v4")
-        .iter()
-        .filter_map(|e| {
-            e["elem"]["val"]
-                .as_str()
-                .or_else(|| e.as_str())
-                .map(str::to_string)
-        })
-        .collect()
+    ns.addresses("banned_v4")
 }
 
 fn stored(dir: &TempDir) -> BTreeSet<String> {
