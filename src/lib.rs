@@ -98,6 +98,44 @@ pub mod fuzzing {
         }
     }
 
+    /// The wire sensor on one captured packet: IP and transport headers,
+    /// the SIP message, and the pairing (the packet seen from both sides).
+    pub fn fuzz_wire(data: &[u8]) {
+        use crate::source::wire::{Tracker, parse_sip, transport};
+        // Built once: an automaton per input would be most of the time.
+        static SCANNERS: std::sync::OnceLock<crate::source::scanner::ScannerList> =
+            std::sync::OnceLock::new();
+        let scanners = SCANNERS.get_or_init(|| {
+            crate::source::scanner::ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS)
+        });
+        let mut t = Tracker::default();
+        let payload = match transport(data, &[5060]) {
+            Some((_, _, _, _, p)) => p,
+            None => data,
+        };
+        if let Some(m) = parse_sip(payload) {
+            let c = std::net::IpAddr::from([192, 0, 2, 1]);
+            let _ = t.observe(c, true, &m, scanners);
+            let _ = t.observe(c, false, &m, scanners);
+        }
+    }
+
+    /// Feed parsing (the list format and APIBAN answers).
+    pub fn fuzz_feeds(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let p = crate::feed::parse_list(&text, 10_000);
+        // Merged networks never overlap.
+        for w in p.nets.windows(2) {
+            assert!(
+                !w[0].contains(&w[1].network()),
+                "{} and {} overlap",
+                w[0],
+                w[1]
+            );
+        }
+        let _ = crate::feed::parse_apiban(&text);
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -110,12 +148,14 @@ pub mod fuzzing {
         #[test]
         fn fuzz_corpora_replay_clean() {
             let root = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus");
-            let targets: [Target; 5] = [
+            let targets: [Target; 7] = [
                 ("esl_frames", fuzz_frames),
                 ("filters", fuzz_filters),
                 ("config", fuzz_config),
                 ("ini", fuzz_ini),
                 ("control", fuzz_control),
+                ("wire", fuzz_wire),
+                ("feeds", fuzz_feeds),
             ];
             let mut n = 0;
             for (name, f) in targets {
