@@ -652,17 +652,33 @@ async fn run_feed(
     f: crate::feed::FeedConfig,
     state_dir: PathBuf,
     tx: std::sync::mpsc::Sender<(String, Vec<IpNet>)>,
+    view: Arc<std::sync::Mutex<crate::control::FeedView>>,
 ) {
+    let note = |entries: Option<usize>, error: Option<String>| {
+        if let Ok(mut v) = view.lock() {
+            if let Some(n) = entries {
+                v.entries = n as u64;
+            }
+            if error.is_none() {
+                v.last_ok = Some(Time::now().to_string());
+            }
+            v.error = error;
+        }
+    };
     let mut current = crate::feed::load_saved(&state_dir, &f.name, f.max_entries);
     if let Some(nets) = &current {
+        if let Ok(mut v) = view.lock() {
+            v.entries = nets.len() as u64;
+        }
         tracing::info!("feed {}: last good copy, {} entries", f.name, nets.len());
         let _ = tx.send((f.name.clone(), nets.clone()));
     }
     loop {
         let cfg = f.clone();
         match tokio::task::spawn_blocking(move || crate::feed::fetch(&cfg)).await {
-            Ok(Ok(p)) if current.as_ref() == Some(&p.nets) => {}
+            Ok(Ok(p)) if current.as_ref() == Some(&p.nets) => note(Some(p.nets.len()), None),
             Ok(Ok(p)) => {
+                note(Some(p.nets.len()), None);
                 if p.bad_lines > 0 {
                     if let Some((line, text)) = &p.first_bad {
                         tracing::warn!(
@@ -684,11 +700,14 @@ async fn run_feed(
                 }
                 current = Some(p.nets);
             }
-            Ok(Err(e)) => tracing::warn!(
-                "feed {}: {e}; keeping the last good copy ({} entries)",
-                f.name,
-                current.as_ref().map_or(0, Vec::len)
-            ),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "feed {}: {e}; keeping the last good copy ({} entries)",
+                    f.name,
+                    current.as_ref().map_or(0, Vec::len)
+                );
+                note(None, Some(e.to_string()));
+            }
             Err(_) => return,
         }
         tokio::time::sleep(f.refresh).await;
@@ -776,6 +795,8 @@ struct Runtime {
     origins: HashMap<(JailId, IpNet), Arc<str>>,
     /// The last failures and attacks per minute (the dashboard's data).
     recent: Recent,
+    /// Each blocklist feed's state, kept by its task.
+    feeds: Vec<Arc<std::sync::Mutex<crate::control::FeedView>>>,
 }
 
 /// Recent failures kept for the dashboard: a bounded ring, and counts per
@@ -1058,6 +1079,11 @@ impl Runtime {
                     .map(|j| self.core.jail_view(j, views(j), false, now, &self.origins))
                     .collect(),
                 cluster: self.cluster.as_ref().map(crate::cluster::Cluster::view),
+                feeds: self
+                    .feeds
+                    .iter()
+                    .filter_map(|f| f.lock().ok().map(|v| v.clone()))
+                    .collect(),
             }),
         }
     }
@@ -1344,21 +1370,23 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         cluster: None,
         origins: HashMap::new(),
         recent: Recent::default(),
+        feeds: Vec::new(),
     };
     rt.start_sources()?;
-    let feed_tasks: Vec<tokio::task::JoinHandle<()>> = rt
-        .config
-        .feeds
-        .iter()
-        .cloned()
-        .map(|f| {
-            tokio::spawn(run_feed(
-                f,
-                rt.config.daemon.state_dir.clone(),
-                feed_tx.clone(),
-            ))
-        })
-        .collect();
+    let mut feed_tasks = Vec::new();
+    for f in rt.config.feeds.clone() {
+        let view = Arc::new(std::sync::Mutex::new(crate::control::FeedView {
+            name: f.name.clone(),
+            ..Default::default()
+        }));
+        rt.feeds.push(view.clone());
+        feed_tasks.push(tokio::spawn(run_feed(
+            f,
+            rt.config.daemon.state_dir.clone(),
+            feed_tx.clone(),
+            view,
+        )));
+    }
     drop(feed_tx);
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
     if let Some(cc) = rt.config.cluster.clone() {

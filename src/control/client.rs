@@ -75,6 +75,29 @@ fn jail_table(jails: &[JailView]) -> String {
     out
 }
 
+fn feeds_text(feeds: &[super::FeedView]) -> String {
+    let mut out = String::new();
+    for f in feeds {
+        out.push_str(&format!(
+            "feed {}: {} entries{}\n",
+            f.name,
+            f.entries,
+            match &f.error {
+                Some(e) => format!(", last fetch FAILED ({e})"),
+                None => f
+                    .last_ok
+                    .as_ref()
+                    .map(|t| format!(", fetched {t}"))
+                    .unwrap_or_default(),
+            }
+        ));
+    }
+    if !out.is_empty() {
+        out.insert(0, '\n');
+    }
+    out
+}
+
 fn cluster_text(c: &crate::cluster::ClusterView) -> String {
     let mut out = format!(
         "\ncluster: node {}, redis {} {}, {} published, {} received, {} queued\n",
@@ -164,7 +187,7 @@ pub fn render(req: &Request, resp: &Response) -> String {
                 s.firewall,
                 s.config,
                 jail_table(&s.jails),
-                s.cluster.as_ref().map(cluster_text).unwrap_or_default()
+                s.cluster.as_ref().map(cluster_text).unwrap_or_default() + &feeds_text(&s.feeds)
             ),
             Err(_) => "(unreadable status)\n".into(),
         },

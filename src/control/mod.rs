@@ -130,6 +130,24 @@ pub struct StatusView {
     /// The cluster, when `[cluster]` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterView>,
+    /// Blocklist feeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedView>,
+}
+
+/// One blocklist feed's state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeedView {
+    /// Its name.
+    pub name: String,
+    /// Entries in force (after merging).
+    pub entries: u64,
+    /// When the last fetch succeeded (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok: Option<String>,
+    /// The last fetch's error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One jail's counters (the facts `fail2ban-client status JAIL` shows).

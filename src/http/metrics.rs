@@ -174,6 +174,32 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
             c.peers.len()
         );
     }
+    if !s.feeds.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_feed_entries Entries of a blocklist feed in force.\n# TYPE sipwarden_feed_entries gauge"
+        );
+        for f in &s.feeds {
+            let _ = writeln!(
+                o,
+                "sipwarden_feed_entries{{feed=\"{}\"}} {}",
+                label(&f.name),
+                f.entries
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_feed_up 1 when the feed's last fetch succeeded.\n# TYPE sipwarden_feed_up gauge"
+        );
+        for f in &s.feeds {
+            let _ = writeln!(
+                o,
+                "sipwarden_feed_up{{feed=\"{}\"}} {}",
+                label(&f.name),
+                u8::from(f.error.is_none() && f.last_ok.is_some())
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP sipwarden_uptime_seconds Seconds since the daemon started.\n# TYPE sipwarden_uptime_seconds gauge\nsipwarden_uptime_seconds {}",
@@ -200,6 +226,7 @@ mod tests {
             config: "c".into(),
             jails: vec![],
             cluster: None,
+            feeds: vec![],
         };
         let out = render(&s, &m);
         assert!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{NetNs, TempDir, can_use_netns, daemon_section, start_in, wait_until};
+use crate::common::{NetNs, TempDir, can_use_netns, cli, daemon_section, start_in, wait_until};
 
 const KEY: &str = "apiban-test-key";
 
@@ -174,6 +174,32 @@ fn feeds_load_refresh_and_fail_safely() {
     assert!(
         d.wait_for("line(s) skipped", Duration::from_secs(5))
             .is_some()
+    );
+    // Their state in `status` and the metrics' source.
+    let st: Value = serde_json::from_slice(&cli(&dir, &["status", "--json"]).stdout).unwrap();
+    let feeds = st["result"]["feeds"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let feed = |n: &str| {
+        feeds
+            .iter()
+            .find(|f| f["name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(feed("api")["entries"], 3, "{st}");
+    assert!(feed("api")["error"].is_null());
+    assert!(
+        feed("badkey")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unauthorized")),
+        "{st}"
+    );
+    let text = String::from_utf8_lossy(&cli(&dir, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("feed badkey: 0 entries, last fetch FAILED"),
+        "{text}"
     );
 
     // Refresh replaces the set whole.
