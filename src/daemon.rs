@@ -797,6 +797,8 @@ struct Runtime {
     recent: Recent,
     /// Each blocklist feed's state, kept by its task.
     feeds: Vec<Arc<std::sync::Mutex<crate::control::FeedView>>>,
+    /// Adds a few new bans' elements at once, before the enforcer thread.
+    fast: Option<crate::enforce::nftables::FastAdd>,
 }
 
 /// Recent failures kept for the dashboard: a bounded ring, and counts per
@@ -1017,6 +1019,16 @@ impl Runtime {
                 if let Decision::Unban(u) = d {
                     self.origins.remove(&(u.jail, u.addr));
                 }
+            }
+        }
+        // A few new bans: into the kernel from here, now; the enforcer
+        // thread follows with the same decisions and does the rest.
+        if let Some(f) = &mut self.fast {
+            if decisions.len() <= crate::enforce::nftables::FastAdd::MAX {
+                f.add(decisions.iter().filter_map(|d| match d {
+                    Decision::Ban(b) => Some(b),
+                    Decision::Unban(_) => None,
+                }));
             }
         }
         if let Some(tx) = &self.store_tx {
@@ -1371,7 +1383,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         origins: HashMap::new(),
         recent: Recent::default(),
         feeds: Vec::new(),
+        fast: None,
     };
+    if firewall == "nftables" {
+        rt.fast = crate::enforce::nftables::FastAdd::open(&rt.config.firewall.table);
+    }
     rt.start_sources()?;
     let mut feed_tasks = Vec::new();
     for f in rt.config.feeds.clone() {

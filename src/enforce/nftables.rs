@@ -216,69 +216,7 @@ impl NftEnforcer {
 
     /// Encodes `ops` as one batch and sends it; returns one reply per op.
     fn send_ops(&mut self, ops: &[ElemOp]) -> Result<Vec<Reply>, EnforceError> {
-        let mut b = self.sock.buffer();
-        b.batch_begin(NFNL_SUBSYS_NFTABLES);
-        // Which reply belongs to which ops: messages group consecutive ops.
-        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut i = 0;
-        while i < ops.len() {
-            let (kind, set) = (ops[i].kind, ops[i].set);
-            let msg_type = match kind {
-                OpKind::Add => NFT_MSG_NEWSETELEM,
-                OpKind::Delete if self.destroy => NFT_MSG_DESTROYSETELEM,
-                OpKind::Delete => NFT_MSG_DELSETELEM,
-            };
-            let flags =
-                NLM_F_REQUEST | NLM_F_ACK | if kind == OpKind::Add { NLM_F_CREATE } else { 0 };
-            let start = b.begin(
-                (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
-                flags,
-                NFPROTO_INET,
-                0,
-            );
-            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
-            b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
-            let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
-            let first = i;
-            while i < ops.len()
-                && ops[i].kind == kind
-                && ops[i].set == set
-                && b.len() - list < MAX_MSG_PAYLOAD
-            {
-                let op = &ops[i];
-                put_elem(
-                    &mut b,
-                    &addr_bytes(op.net.network()),
-                    if kind == OpKind::Add {
-                        op.timeout_ms
-                    } else {
-                        None
-                    },
-                    0,
-                );
-                if !is_host(&op.net) {
-                    if let Some(end) = after_prefix(&op.net) {
-                        put_elem(&mut b, &addr_bytes(end), None, NFT_SET_ELEM_INTERVAL_END);
-                    }
-                }
-                i += 1;
-            }
-            b.nest_end(list);
-            b.end(start);
-            groups.push(first..i);
-        }
-        b.batch_end(NFNL_SUBSYS_NFTABLES);
-        let replies = self
-            .sock
-            .transact(&b)
-            .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?;
-        let mut per_op = vec![Reply::Ack; ops.len()];
-        for (g, r) in groups.iter().zip(replies) {
-            for slot in &mut per_op[g.clone()] {
-                *slot = r;
-            }
-        }
-        Ok(per_op)
+        send_ops(&mut self.sock, &self.table, self.destroy, ops)
     }
 
     /// Applies `ops`; when the batch is refused because of some elements
@@ -655,6 +593,127 @@ impl NftEnforcer {
             }
         }
         Ok(())
+    }
+}
+
+/// Encodes `ops` as one batch on `sock` and sends it; returns one reply per
+/// op.
+fn send_ops(
+    sock: &mut NfSocket,
+    table: &str,
+    destroy: bool,
+    ops: &[ElemOp],
+) -> Result<Vec<Reply>, EnforceError> {
+    let mut b = sock.buffer();
+    b.batch_begin(NFNL_SUBSYS_NFTABLES);
+    // Which reply belongs to which ops: messages group consecutive ops.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut i = 0;
+    while i < ops.len() {
+        let (kind, set) = (ops[i].kind, ops[i].set);
+        let msg_type = match kind {
+            OpKind::Add => NFT_MSG_NEWSETELEM,
+            OpKind::Delete if destroy => NFT_MSG_DESTROYSETELEM,
+            OpKind::Delete => NFT_MSG_DELSETELEM,
+        };
+        let flags = NLM_F_REQUEST | NLM_F_ACK | if kind == OpKind::Add { NLM_F_CREATE } else { 0 };
+        let start = b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+            flags,
+            NFPROTO_INET,
+            0,
+        );
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+        let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let first = i;
+        while i < ops.len()
+            && ops[i].kind == kind
+            && ops[i].set == set
+            && b.len() - list < MAX_MSG_PAYLOAD
+        {
+            let op = &ops[i];
+            put_elem(
+                &mut b,
+                &addr_bytes(op.net.network()),
+                if kind == OpKind::Add {
+                    op.timeout_ms
+                } else {
+                    None
+                },
+                0,
+            );
+            if !is_host(&op.net) {
+                if let Some(end) = after_prefix(&op.net) {
+                    put_elem(&mut b, &addr_bytes(end), None, NFT_SET_ELEM_INTERVAL_END);
+                }
+            }
+            i += 1;
+        }
+        b.nest_end(list);
+        b.end(start);
+        groups.push(first..i);
+    }
+    b.batch_end(NFNL_SUBSYS_NFTABLES);
+    let replies = sock
+        .transact(&b)
+        .map_err(|e| EnforceError::Failed(explain_io(&e, table)))?;
+    let mut per_op = vec![Reply::Ack; ops.len()];
+    for (g, r) in groups.iter().zip(replies) {
+        for slot in &mut per_op[g.clone()] {
+            *slot = r;
+        }
+    }
+    Ok(per_op)
+}
+
+/// The core's fast path for a few new bans: their elements are added from
+/// the core's own thread the moment they are decided, sparing a thread
+/// hand-off before the kernel drops the attacker. The enforcer thread still
+/// applies every decision (adding an element that is there changes nothing),
+/// flushes conntrack and keeps the books; this only gets there first.
+#[derive(Debug)]
+pub struct FastAdd {
+    sock: NfSocket,
+    table: String,
+}
+
+impl FastAdd {
+    /// Most bans handled here at once; larger bursts go to the enforcer only.
+    pub const MAX: usize = 64;
+
+    /// A netlink socket of its own for table `inet <table>`.
+    pub fn open(table: &str) -> Option<FastAdd> {
+        NfSocket::open().ok().map(|sock| FastAdd {
+            sock,
+            table: table.to_string(),
+        })
+    }
+
+    /// Adds the elements of `bans` (already over ones skipped); errors are
+    /// left to the enforcer, which applies the same bans next.
+    pub fn add<'a>(&mut self, bans: impl Iterator<Item = &'a crate::jail::BanDecision>) {
+        let now = Time::now();
+        let ops: Vec<ElemOp> = bans
+            .filter_map(|b| {
+                let timeout_ms = match b.end {
+                    None => None,
+                    Some(end) if end.0 > now.0 => Some((end.0 - now.0) as u64),
+                    Some(_) => return None,
+                };
+                Some(ElemOp {
+                    kind: OpKind::Add,
+                    set: SetName::for_net(&b.addr),
+                    net: b.addr,
+                    timeout_ms,
+                })
+            })
+            .collect();
+        if !ops.is_empty() {
+            if let Err(e) = send_ops(&mut self.sock, &self.table, true, &ops) {
+                tracing::debug!("fast path: {e}; the enforcer applies these bans");
+            }
+        }
     }
 }
 
