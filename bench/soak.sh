@@ -13,7 +13,7 @@ RATE=${RATE:-10000}
 ADDRS=${ADDRS:-500000}
 WORK=$(mktemp -d)
 NS=swsoak$$
-trap 'kill ${PID:-} ${SIM:-} 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill ${PID:-} ${SIM:-} 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 BIN=$PWD/target/release/sipwarden
 ip netns add "$NS"

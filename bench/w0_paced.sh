@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 MAXRETRY=${MAXRETRY:-5}
 WORK=$(mktemp -d)
 NS=swpace$$
-trap 'ip netns del "$NS" 2>/dev/null; ip netns del "${NS}f" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'ip netns del "$NS" 2>/dev/null || true; ip netns del "${NS}f" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 ip netns add "$NS"
 ip -n "$NS" link set lo up

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 WORK=$(mktemp -d)
 NS=swbench$$
-cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true; }
 trap cleanup EXIT
 cargo build --release -q
 . bench/lib.sh

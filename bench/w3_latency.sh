@@ -13,7 +13,7 @@ TRIALS=${TRIALS:-1000}
 WORK=$(mktemp -d)
 NS=swlat$$
 SPIN=()
-trap 'kill "${SPIN[@]}" 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${SPIN[@]}" 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 ip netns add "$NS"
 ip -n "$NS" link set lo up

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d)
-trap 'kill ${PID:-} 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill ${PID:-} 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 . bench/lib.sh
 BIN=$PWD/target/release/sipwarden

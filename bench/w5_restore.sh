@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 N=${N:-100000}
 WORK=$(mktemp -d)
 NS=swrest$$
-cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true; }
 trap cleanup EXIT
 cargo build --release -q
 . bench/lib.sh

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-500000}
 WORK=$(mktemp -d)
-trap 'kill ${PID:-} ${SIM:-} 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill ${PID:-} ${SIM:-} 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 BIN=$PWD/target/release/sipwarden
 cat > "$WORK/sim.py" <<'PY'

@@ -10,7 +10,7 @@ RATE=${RATE:-10000}
 SECS=${SECS:-20}
 WORK=$(mktemp -d)
 NS=swwire$$
-trap 'kill ${PID:-} 2>/dev/null; ip netns del "$NS" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill ${PID:-} 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 BIN=$PWD/target/release/sipwarden
 ip netns add "$NS"
