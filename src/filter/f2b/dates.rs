@@ -277,7 +277,9 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
         }));
     }
     if let Some(t) = c.get("dtai") {
-        let secs = i64::from_str_radix(&t[..16], 16).ok()? - (1i64 << 62) - 10;
+        // The label read as Unix seconds, with no TAI-UTC correction: what
+        // fail2ban does, and what its samples expect.
+        let secs = i64::from_str_radix(&t[..16], 16).ok()? - (1i64 << 62);
         return Some(Time(secs * 1000));
     }
     let month = match (c.get("dm"), c.get("db")) {
