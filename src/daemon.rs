@@ -920,12 +920,18 @@ impl Runtime {
     /// Failures of `shared_count` jails go to the cluster's counter.
     fn share_failures(&self, batch: &[FailureEvent]) {
         let Some(c) = &self.cluster else { return };
+        // Which jails share their counts: looked up once per batch, not per event.
+        let shared: Vec<JailId> = self
+            .config
+            .enabled_jails()
+            .filter(|j| j.shared_count)
+            .filter_map(|j| self.core.jail_id(&j.name))
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
         for ev in batch {
-            if !self
-                .config
-                .enabled_jails()
-                .any(|j| j.shared_count && self.core.jail_id(&j.name) == Some(ev.jail))
-            {
+            if !shared.contains(&ev.jail) {
                 continue;
             }
             if let Some((jail, maxretry, findtime_ms)) = self.core.shared_failure(ev) {
