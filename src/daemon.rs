@@ -266,11 +266,18 @@ impl Core {
         (out, orphans)
     }
 
-    /// Sets the cluster peers' addresses (never banned); `jails` re-applies
-    /// the policies.
+    /// Adds cluster peers' addresses (never banned); `jails` re-applies the
+    /// policies. The set only grows: a heartbeat that misses a peer for a
+    /// moment (a restart, Redis coming back empty) must not leave it
+    /// bannable.
     pub fn set_peers(&mut self, peers: Vec<IpNet>, jails: &[&JailConfig]) {
-        if peers != self.peers {
-            self.peers = peers;
+        let before = self.peers.len();
+        for p in peers {
+            if !self.peers.contains(&p) {
+                self.peers.push(p);
+            }
+        }
+        if self.peers.len() != before {
             self.configure(jails);
         }
     }
