@@ -190,6 +190,12 @@ impl FileSource {
                         "{}: file was replaced (rotation); following the new one",
                         self.path.display()
                     );
+                    // Lines written to the old file between the read above
+                    // and this check are still only in the old handle:
+                    // drain it once more before letting go.
+                    if !self.read_available(st) {
+                        return false;
+                    }
                     let mut batch = Vec::new();
                     let cx = self.context();
                     st.lines
