@@ -1,9 +1,10 @@
 //! `sipwarden test-filter LOG FILTER`: the fail2ban-regex equivalent.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -66,6 +67,252 @@ fn load(spec: &str) -> anyhow::Result<Which> {
     Ok(Which::F2b(Box::new(f)))
 }
 
+/// What one pass over part of the log found.
+#[derive(Default)]
+struct Part {
+    lines: u64,
+    matched: u64,
+    ignored: u64,
+    missed: u64,
+    hits: Vec<u64>,
+    dated: u64,
+    /// The first few failures: host and date.
+    fails: Vec<(String, Option<Time>)>,
+    /// The first missed lines, up to the number asked for.
+    missed_lines: Vec<String>,
+}
+
+impl Part {
+    fn merge(&mut self, o: Part, show_missed: usize) {
+        self.lines += o.lines;
+        self.matched += o.matched;
+        self.ignored += o.ignored;
+        self.missed += o.missed;
+        if self.hits.len() < o.hits.len() {
+            self.hits.resize(o.hits.len(), 0);
+        }
+        for (a, b) in self.hits.iter_mut().zip(o.hits) {
+            *a += b;
+        }
+        self.dated += o.dated;
+        let room = 5usize.saturating_sub(self.fails.len());
+        self.fails.extend(o.fails.into_iter().take(room));
+        let room = show_missed.saturating_sub(self.missed_lines.len());
+        self.missed_lines
+            .extend(o.missed_lines.into_iter().take(room));
+    }
+
+    /// Lines no pattern can match (the prefilter said so), all missed.
+    fn skip(&mut self, region: &[u8], show_missed: usize) {
+        let mut n = memchr::memchr_iter(b'\n', region).count() as u64;
+        if region.last().is_some_and(|&b| b != b'\n') {
+            n += 1;
+        }
+        self.lines += n;
+        self.missed += n;
+        if self.missed_lines.len() < show_missed {
+            for l in region.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                if self.missed_lines.len() >= show_missed {
+                    break;
+                }
+                self.missed_lines
+                    .push(String::from_utf8_lossy(trim_cr(l)).into_owned());
+            }
+        }
+    }
+
+    /// `known`: the line holds a prefilter literal (no need to look again).
+    fn line(
+        &mut self,
+        line: &[u8],
+        filter: &Which,
+        cx: &FilterContext,
+        show_missed: usize,
+        known: bool,
+    ) {
+        let line = trim_cr(line);
+        self.lines += 1;
+        let (hit, ignored) = match filter {
+            Which::Builtin(f) => match f.match_line(line, cx) {
+                Some(m) => {
+                    self.count_hit(0, 1);
+                    if self.fails.len() < 5 {
+                        self.fails.push((m.addr.to_string(), m.time));
+                    }
+                    self.dated += u64::from(m.time.is_some());
+                    (true, false)
+                }
+                None => (false, false),
+            },
+            Which::F2b(f) => {
+                let text = match std::str::from_utf8(line) {
+                    Ok(t) => std::borrow::Cow::Borrowed(t),
+                    Err(_) => String::from_utf8_lossy(line),
+                };
+                let outcome = if known {
+                    // Instants are shown for the first few failures only.
+                    f.process_prefiltered(&text, &cx.tz, cx.now, self.fails.len() < 5)
+                } else {
+                    f.process(&text, &cx.tz, cx.now)
+                };
+                match outcome {
+                    Outcome::Fail(fl) => {
+                        self.count_hit(fl.regex, f.failregex_count());
+                        self.dated += u64::from(fl.dated);
+                        if self.fails.len() < 5 {
+                            self.fails.push((fl.host, fl.time));
+                        }
+                        (true, false)
+                    }
+                    Outcome::Ignored => (false, true),
+                    _ => (false, false),
+                }
+            }
+        };
+        if hit {
+            self.matched += 1;
+        } else if ignored {
+            self.ignored += 1;
+        } else {
+            self.missed += 1;
+            if self.missed_lines.len() < show_missed {
+                self.missed_lines
+                    .push(String::from_utf8_lossy(line).into_owned());
+            }
+        }
+    }
+
+    fn count_hit(&mut self, i: usize, n: usize) {
+        if self.hits.len() < n.max(i + 1) {
+            self.hits.resize(n.max(i + 1), 0);
+        }
+        self.hits[i] += 1;
+    }
+}
+
+fn trim_cr(l: &[u8]) -> &[u8] {
+    l.strip_suffix(b"\r").unwrap_or(l)
+}
+
+/// Runs `data` (whole lines) through the filter.
+fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show_missed: usize) -> Part {
+    let mut part = Part::default();
+    let prefilter = match filter {
+        Which::F2b(f) => f.prefilter(),
+        Which::Builtin(_) => None,
+    };
+    let Some(pf) = prefilter else {
+        for l in data.split(|&b| b == b'\n') {
+            part.line(l, filter, cx, show_missed, false);
+        }
+        // `split` yields an empty piece after a final newline.
+        if data.is_empty() || data.ends_with(b"\n") {
+            part.lines -= 1;
+            part.missed -= 1;
+            if part.missed_lines.last().is_some_and(String::is_empty) {
+                part.missed_lines.pop();
+            }
+        }
+        return part;
+    };
+    // Search the literals across the whole buffer, as grep does, and look
+    // at the lines around their hits only: every other line is a miss.
+    let mut pos = 0;
+    while pos < data.len() {
+        let Some(m) = pf.find(&data[pos..]) else {
+            break;
+        };
+        let hit = pos + m.0;
+        let start = memchr::memrchr(b'\n', &data[pos..hit]).map_or(pos, |i| pos + i + 1);
+        let end = memchr::memchr(b'\n', &data[hit..]).map_or(data.len(), |i| hit + i);
+        part.skip(&data[pos..start], show_missed);
+        part.line(&data[start..end], filter, cx, show_missed, true);
+        pos = end + 1;
+    }
+    if pos < data.len() {
+        part.skip(&data[pos..], show_missed);
+    }
+    part
+}
+
+/// Bytes read at a time: little enough to stay in cache.
+const CHUNK: usize = 1 << 20;
+
+/// Reads `range` of the file (whole lines) chunk by chunk through the
+/// filter. Every thread has its own range, handle and buffer.
+fn scan_range(
+    log: &Path,
+    range: std::ops::Range<u64>,
+    filter: &Which,
+    cx: &FilterContext,
+    show_missed: usize,
+    progress: Option<(&AtomicU64, u64)>,
+) -> std::io::Result<Part> {
+    let mut file = std::fs::File::open(log)?;
+    file.seek(SeekFrom::Start(range.start))?;
+    let mut left = range.end - range.start;
+    let mut part = Part::default();
+    // One buffer, zeroed once: `carry` bytes of a partial line stay at its
+    // front between reads.
+    let mut buf = vec![0u8; CHUNK.min(left as usize) + 64 * 1024];
+    let mut carry = 0;
+    loop {
+        if carry == buf.len() {
+            // A line longer than the buffer: make room.
+            buf.resize(buf.len() * 2, 0);
+        }
+        let want = (buf.len() - carry).min(left as usize);
+        let n = read_full(&mut file, &mut buf[carry..carry + want])?;
+        left -= n as u64;
+        let filled = carry + n;
+        let eof = n == 0 || left == 0;
+        // Whole lines now; a partial last one waits for the next read.
+        let cut = if eof {
+            filled
+        } else {
+            memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1)
+        };
+        part.merge(scan(&buf[..cut], filter, cx, show_missed), show_missed);
+        buf.copy_within(cut..filled, 0);
+        carry = filled - cut;
+        if let Some((read, size)) = progress {
+            let total = read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            eprint!("\r{:>5.1}% read", total as f64 * 100.0 / size.max(1) as f64);
+            let _ = std::io::stderr().flush();
+        }
+        if eof {
+            return Ok(part);
+        }
+    }
+}
+
+/// Cuts the file into `n` ranges that start at line starts.
+fn ranges(log: &Path, size: u64, n: u64) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+    let mut file = std::fs::File::open(log)?;
+    let mut cuts = vec![0];
+    let mut probe = vec![0u8; 64 * 1024];
+    for k in 1..n {
+        let mut at = (size * k / n).max(*cuts.last().unwrap_or(&0));
+        // The first line start after `at`.
+        loop {
+            file.seek(SeekFrom::Start(at))?;
+            let got = read_full(&mut file, &mut probe)?;
+            if got == 0 {
+                at = size;
+                break;
+            }
+            if let Some(i) = memchr::memchr(b'\n', &probe[..got]) {
+                at += i as u64 + 1;
+                break;
+            }
+            at += got as u64;
+        }
+        cuts.push(at.min(size));
+    }
+    cuts.push(size);
+    Ok(cuts.windows(2).map(|w| w[0]..w[1]).collect())
+}
+
 /// Runs the command.
 pub fn run(
     log: &Path,
@@ -76,87 +323,71 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let filter = load(spec)?;
     let tz = parse_zone(zone).map_err(anyhow::Error::msg)?;
-    let file = std::fs::File::open(log).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(log)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?
+        .len();
     let progress = size > 8 << 20 && std::io::stderr().is_terminal();
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let now = Time::now();
     let cx = FilterContext {
         tz: tz.clone(),
-        now,
+        now: Time::now(),
     };
-    let mut r = TestFilterReport::default();
-    let mut missed_lines = Vec::new();
-    let mut buf = Vec::with_capacity(4096);
-    let mut read = 0u64;
+    // Lines are independent unless the filter keeps state across them
+    // (multi-line buffers, connection ids): then one thread, in order.
+    let stateless = match &filter {
+        Which::Builtin(_) => true,
+        Which::F2b(f) => f.is_stateless(),
+    };
+    let threads = if stateless && size > 1 << 20 {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u64)
+    } else {
+        1
+    };
     let t0 = std::time::Instant::now();
-    let mut fails: Vec<(String, Option<Time>)> = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        read += n as u64;
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        r.lines += 1;
-        let (hit, ignored, date) = match &filter {
-            Which::Builtin(f) => match f.match_line(line, &cx) {
-                Some(m) => {
-                    if r.hits.is_empty() {
-                        r.hits.push(0);
-                    }
-                    r.hits[0] += 1;
-                    if fails.len() < 5 {
-                        fails.push((m.addr.to_string(), m.time));
-                    }
-                    (true, false, m.time.is_some())
-                }
-                None => (false, false, false),
-            },
-            Which::F2b(f) => {
-                let text = String::from_utf8_lossy(line);
-                match f.process(&text, &tz, now) {
-                    Outcome::Fail(fl) => {
-                        if r.hits.len() < f.failregex_count() {
-                            r.hits.resize(f.failregex_count(), 0);
-                        }
-                        r.hits[fl.regex] += 1;
-                        if fails.len() < 5 {
-                            fails.push((fl.host.clone(), fl.time));
-                        }
-                        (true, false, fl.time.is_some())
-                    }
-                    Outcome::Ignored => (false, true, false),
-                    _ => (false, false, false),
-                }
-            }
-        };
-        if hit {
-            r.matched += 1;
-        } else if ignored {
-            r.ignored += 1;
-        } else {
-            r.missed += 1;
-            if missed_lines.len() < show_missed {
-                missed_lines.push(String::from_utf8_lossy(line).into_owned());
-            }
-        }
-        if date {
-            r.dated += 1;
-        }
-        if progress && r.lines % 100_000 == 0 {
-            eprint!(
-                "\r{:>5.1}% {} lines",
-                read as f64 * 100.0 / size as f64,
-                r.lines
-            );
-            let _ = std::io::stderr().flush();
-        }
+    let read = AtomicU64::new(0);
+    let parts =
+        ranges(log, size, threads).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
+    let results: Vec<std::io::Result<Part>> = std::thread::scope(|s| {
+        let (filter, cx, read) = (&filter, &cx, &read);
+        let handles: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let r = r.clone();
+                s.spawn(move || {
+                    let p = (progress && i == 0).then_some((read, size));
+                    scan_range(log, r, filter, cx, show_missed, p)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a reader thread failed")))
+            })
+            .collect()
+    });
+    let mut total = Part::default();
+    for r in results {
+        total.merge(
+            r.map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?,
+            show_missed,
+        );
     }
     if progress {
         eprintln!();
+    }
+    let mut r = TestFilterReport {
+        lines: total.lines,
+        matched: total.matched,
+        ignored: total.ignored,
+        missed: total.missed,
+        hits: total.hits,
+        dated: total.dated,
+        ..Default::default()
+    };
+    if let Which::F2b(f) = &filter {
+        r.hits.resize(r.hits.len().max(f.failregex_count()), 0);
     }
     r.seconds = t0.elapsed().as_secs_f64();
     r.lines_per_second = if r.seconds > 0.0 {
@@ -175,19 +406,34 @@ pub fn run(
             println!("  failregex #{i}: {h} hit(s)");
         }
         println!("Dates: {} lines with a date", r.dated);
-        for (host, t) in &fails {
+        for (host, t) in &total.fails {
             println!(
-                "  e.g. {host} at {}",
+                "  e.g. {} at {}",
+                crate::event::escape_text(host, 100),
                 t.map_or_else(|| "(no date)".to_string(), |t| t.to_string())
             );
         }
-        if !missed_lines.is_empty() {
+        if !total.missed_lines.is_empty() {
             println!("Missed lines:");
-            for l in &missed_lines {
+            for l in &total.missed_lines {
                 println!("  {}", crate::event::escape_text(l, 300));
             }
         }
         println!("{:.3} s, {:.0} lines/s", r.seconds, r.lines_per_second);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

@@ -364,3 +364,30 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Kills, on drop, every process whose command line holds `arg` (a path
+/// unique to one test). For daemons started under a wrapper such as
+/// `strace`: killing the wrapper leaves its tracee running.
+pub struct KillByArg(pub String);
+
+impl Drop for KillByArg {
+    fn drop(&mut self) {
+        let me = std::process::id();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid as u32 == me {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let hit = cmdline.split(|&b| b == 0).any(|a| a == self.0.as_bytes());
+            if hit {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}

@@ -13,8 +13,8 @@ use sipwarden::event::{JailId, Time};
 use sipwarden::jail::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReason};
 
 use crate::common::{
-    Daemon, NetNs, TempDir, TestNet, append, bin, can_use_netns, daemon_section, delivered,
-    start_in, wait_until,
+    Daemon, KillByArg, NetNs, TempDir, TestNet, append, bin, can_use_netns, daemon_section,
+    delivered, start_in, wait_until,
 };
 
 fn config(dir: &TempDir, log: &std::path::Path, extra: &str) -> std::path::PathBuf {
@@ -203,6 +203,8 @@ fn burst_of_10000_addresses_lands_in_the_set_without_a_process_per_ban() {
         c
     };
     let d = Daemon::start_with(cmd.args([bin(), "run", "--config", cfg.to_str().unwrap()]));
+    // Killing strace would leave the daemon running: kill it by its config.
+    let _daemon = KillByArg(cfg.to_str().unwrap().to_string());
     assert!(d.wait_for(": following", Duration::from_secs(20)).is_some());
     let execs_at_start = std::fs::read_to_string(&trace).unwrap_or_default();
 

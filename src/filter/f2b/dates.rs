@@ -146,8 +146,8 @@ pub struct DateDetector {
 /// A date found in a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FoundDate {
-    /// The instant.
-    pub time: Time,
+    /// The instant, when the text is a valid date.
+    pub time: Option<Time>,
     /// Byte range of the date text in the line.
     pub span: (usize, usize),
 }
@@ -212,33 +212,49 @@ impl DateDetector {
         self.max_lead
     }
 
-    /// Finds the date of `line`: the first pattern (in order) that matches.
-    pub fn find(&self, line: &str, tz: &TimeZone, now: Time) -> Option<FoundDate> {
-        for p in &self.patterns {
-            if let Some(c) = p.captures(line) {
-                if let Some(time) = to_time(&c, tz, now) {
-                    return Some(FoundDate {
-                        time,
-                        span: c.dt_span.unwrap_or(c.span),
-                    });
-                }
-            }
-        }
-        None
+    /// Where the date of `line` is: the first pattern (in order) that
+    /// matches, and the span to cut out. Found with DFAs where the pattern
+    /// allows; reading the date's fields is left to [`time_at`](Self::time_at).
+    pub fn locate(&self, line: &str) -> Option<Located> {
+        self.patterns.iter().enumerate().find_map(|(i, p)| {
+            p.group_span(line, "dt")
+                .map(|span| Located { pattern: i, span })
+        })
     }
+
+    /// The instant of a located date; `None` when its text is not a valid
+    /// date (fail2ban then also goes on without a date, the text still cut).
+    pub fn time_at(&self, line: &str, at: &Located, tz: &TimeZone, now: Time) -> Option<Time> {
+        let c = self.patterns.get(at.pattern)?.captures(line)?;
+        to_time(&c, tz, now)
+    }
+
+    /// Finds the date of `line` and reads it.
+    pub fn find(&self, line: &str, tz: &TimeZone, now: Time) -> Option<FoundDate> {
+        let at = self.locate(line)?;
+        Some(FoundDate {
+            time: self.time_at(line, &at, tz, now),
+            span: at.span,
+        })
+    }
+}
+
+/// A date located in a line, not read yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// Which pattern found it.
+    pub pattern: usize,
+    /// Byte range of the date text in the line.
+    pub span: (usize, usize),
 }
 
 /// Whether every match of `p` starts at the start of the text.
 fn starts_at_line_start(p: &Pattern) -> bool {
-    let Pattern::Fast(r) = p else { return false };
-    regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(r.as_str())
-        .is_ok_and(|h| {
-            h.properties()
-                .look_set_prefix()
-                .contains(regex_syntax::hir::Look::Start)
-        })
+    p.hir().is_some_and(|h| {
+        h.properties()
+            .look_set_prefix()
+            .contains(regex_syntax::hir::Look::Start)
+    })
 }
 
 fn month_number(name: &str) -> Option<i8> {
@@ -260,39 +276,99 @@ fn offset_secs(z: &str) -> Option<i32> {
     Some(sign * (h * 3600 + m * 60))
 }
 
+/// The first `digits` digits of a fraction's digits, right-padded with
+/// zeros (`"5"` is 500 milliseconds).
+fn fraction(f: &str, digits: usize) -> i32 {
+    let mut v = 0i32;
+    let mut b = f.bytes();
+    for _ in 0..digits {
+        let d = match b.next() {
+            Some(c @ b'0'..=b'9') => i32::from(c - b'0'),
+            _ => 0,
+        };
+        v = v * 10 + d;
+    }
+    v
+}
+
+/// The date groups of a match, read in one pass.
+#[derive(Default)]
+struct Fields<'a> {
+    epoch: Option<&'a str>,
+    frac: Option<&'a str>,
+    epoch_ms: Option<&'a str>,
+    tai: Option<&'a str>,
+    month: Option<&'a str>,
+    month_name: Option<&'a str>,
+    day: Option<&'a str>,
+    hour24: Option<&'a str>,
+    hour12: Option<&'a str>,
+    ampm: Option<&'a str>,
+    minute: Option<&'a str>,
+    second: Option<&'a str>,
+    zone: Option<&'a str>,
+    year4: Option<&'a str>,
+    year2: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(c: &super::regex::Captures<'a>) -> Fields<'a> {
+        let mut f = Fields::default();
+        for (n, v) in &c.named {
+            match *n {
+                "ds" => f.epoch = Some(*v),
+                "df" => f.frac = Some(*v),
+                "dms" => f.epoch_ms = Some(*v),
+                "dtai" => f.tai = Some(*v),
+                "dm" => f.month = Some(*v),
+                "db" => f.month_name = Some(*v),
+                "dd" => f.day = Some(*v),
+                "dH" => f.hour24 = Some(*v),
+                "dI" => f.hour12 = Some(*v),
+                "dp" => f.ampm = Some(*v),
+                "dM" => f.minute = Some(*v),
+                "dS" => f.second = Some(*v),
+                "dz" => f.zone = Some(*v),
+                "dY" => f.year4 = Some(*v),
+                "dy" => f.year2 = Some(*v),
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
 fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time> {
-    if let Some(s) = c.get("ds") {
+    let f = Fields::of(c);
+    if let Some(s) = f.epoch {
         let secs: i64 = s.parse().ok()?;
-        let frac = c.get("df").map_or(0, |f| {
-            let f = format!("{f:0<3}");
-            f[..3].parse::<i64>().unwrap_or(0)
-        });
+        let frac = f.frac.map_or(0, |f| i64::from(fraction(f, 3)));
         return Some(Time(secs * 1000 + frac));
     }
-    if let Some(ms) = c.get("dms") {
+    if let Some(ms) = f.epoch_ms {
         let v: i64 = ms.parse().ok()?;
         return Some(Time(match ms.len() {
             12 | 13 => v,
             _ => v / 1000,
         }));
     }
-    if let Some(t) = c.get("dtai") {
+    if let Some(t) = f.tai {
         // The label read as Unix seconds, with no TAI-UTC correction: what
         // fail2ban does, and what its samples expect.
         let secs = i64::from_str_radix(&t[..16], 16).ok()? - (1i64 << 62);
         return Some(Time(secs * 1000));
     }
-    let month = match (c.get("dm"), c.get("db")) {
+    let month = match (f.month, f.month_name) {
         (Some(m), _) => m.trim().parse().ok()?,
         (None, Some(b)) => month_number(b)?,
         _ => return None,
     };
-    let day: i8 = c.get("dd")?.trim().parse().ok()?;
+    let day: i8 = f.day?.trim().parse().ok()?;
     let mut hour: i8 = c
         .get("dH")
-        .or(c.get("dI"))
+        .or(f.hour12)
         .map_or(Some(0), |h| h.parse().ok())?;
-    if let Some(p) = c.get("dp") {
+    if let Some(p) = f.ampm {
         let pm = p.eq_ignore_ascii_case("pm");
         hour = match (hour, pm) {
             (12, false) => 0,
@@ -301,37 +377,38 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
             (h, false) => h,
         };
     }
-    let minute: i8 = c.get("dM").map_or(Some(0), |m| m.parse().ok())?;
-    let second: i8 = c.get("dS").map_or(Some(0), |s| s.parse().ok())?;
-    let nanos: i32 = c.get("df").map_or(0, |f| {
-        let f = format!("{f:0<9}");
-        f[..9].parse().unwrap_or(0)
-    });
+    let minute: i8 = f.minute.map_or(Some(0), |m| m.parse().ok())?;
+    let second: i8 = f.second.map_or(Some(0), |s| s.parse().ok())?;
+    let nanos: i32 = f.frac.map_or(0, |f| fraction(f, 9));
     let time = CivilTime::new(hour, minute, second.min(59), nanos).ok()?;
-    let zone = match c.get("dz").and_then(offset_secs) {
-        Some(s) => TimeZone::fixed(Offset::from_seconds(s).ok()?),
-        None => tz.clone(),
+    // Borrowed, not cloned: a zone is shared, and cloning it on every line
+    // made threads fight over its reference count.
+    let fixed;
+    let zone: &TimeZone = match f.zone.and_then(offset_secs) {
+        Some(s) => {
+            fixed = TimeZone::fixed(Offset::from_seconds(s).ok()?);
+            &fixed
+        }
+        None => tz,
     };
     let mk = |year: i16| -> Option<Time> {
         let dt = DateTime::from_parts(Date::new(year, month, day).ok()?, time);
         Some(Time(
-            zone.to_ambiguous_zoned(dt)
+            zone.to_ambiguous_timestamp(dt)
                 .compatible()
                 .ok()?
-                .timestamp()
                 .as_millisecond(),
         ))
     };
-    match (c.get("dY"), c.get("dy")) {
+    match (f.year4, f.year2) {
         (Some(y), _) => mk(y.parse().ok()?),
         (None, Some(y)) => {
             let y: i16 = y.parse().ok()?;
             mk(if y < 69 { 2000 + y } else { 1900 + y })
         }
         (None, None) => {
-            let year = jiff::Timestamp::from_millisecond(now.0)
-                .ok()?
-                .to_zoned(zone.clone())
+            let year = zone
+                .to_datetime(jiff::Timestamp::from_millisecond(now.0).ok()?)
                 .year();
             let t = mk(year)?;
             // A year-less date more than a day ahead belongs to last year.
@@ -383,7 +460,7 @@ mod tests {
             let f = d
                 .find(line, &tz, now)
                 .unwrap_or_else(|| panic!("no date in {line:?}"));
-            assert_eq!(civil(f.time, &tz), want, "{line}");
+            assert_eq!(civil(f.time.unwrap(), &tz), want, "{line}");
         }
     }
 
@@ -400,6 +477,6 @@ mod tests {
         assert!(d.find("host says 2005-08-14 10:00:00", &tz, now).is_none());
         let d = DateDetector::from_datepattern(r"^%d-%b-%Y %I:%M:%S %p").unwrap();
         let f = d.find("14-Aug-2005 01:02:03 PM x", &tz, now).unwrap();
-        assert_eq!(civil(f.time, &tz), "2005-08-14T13:02:03");
+        assert_eq!(civil(f.time.unwrap(), &tz), "2005-08-14T13:02:03");
     }
 }
