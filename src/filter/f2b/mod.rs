@@ -6,6 +6,7 @@
 
 pub mod dates;
 pub mod ini;
+pub mod multiline;
 pub mod prefilter;
 pub mod regex;
 pub mod samples;
@@ -82,7 +83,7 @@ pub struct Failure {
 }
 
 /// A fail2ban filter, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct F2bFilter {
     name: String,
     prefregex: Option<Pattern>,
@@ -91,10 +92,55 @@ pub struct F2bFilter {
     dates: DateDetector,
     /// Literals one of which a line needs to match any pattern.
     prefilter: Option<prefilter::Literals>,
-    /// Multi-line buffer size (recorded; multi-line matching is not done yet).
+    /// Multi-line buffer size.
     pub maxlines: usize,
+    /// Lines depend on earlier ones: a multi-line buffer, or failures tied
+    /// by a connection id.
+    stateful: bool,
+    /// What the filter remembers between lines.
+    state: std::sync::Mutex<multiline::State>,
     /// `journalmatch`, recorded for a journal source.
     pub journalmatch: Option<String>,
+}
+
+impl Clone for F2bFilter {
+    /// A copy with the same patterns and a memory of its own.
+    fn clone(&self) -> F2bFilter {
+        F2bFilter {
+            name: self.name.clone(),
+            prefregex: self.prefregex.clone(),
+            failregex: self.failregex.clone(),
+            ignoreregex: self.ignoreregex.clone(),
+            dates: self.dates.clone(),
+            prefilter: self.prefilter.clone(),
+            maxlines: self.maxlines,
+            stateful: self.stateful,
+            state: std::sync::Mutex::default(),
+            journalmatch: self.journalmatch.clone(),
+        }
+    }
+}
+
+/// One failregex hit, with everything fail2ban's annotated samples check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Index of the failregex.
+    pub regex: usize,
+    /// Host (or failure id) text; `None` while a connection's failure waits
+    /// for its host.
+    pub host: Option<String>,
+    /// The address, when the host is one.
+    pub addr: Option<IpAddr>,
+    /// The line's date.
+    pub time: Option<Time>,
+    /// `user`, as merged over the connection's lines.
+    pub user: Option<String>,
+    /// Every user tried on the connection.
+    pub users: Vec<String>,
+    /// Lines that make up the failure.
+    pub attempts: usize,
+    /// Not a failure (`<F-NOFAIL>`, or a success on the connection).
+    pub nofail: bool,
 }
 
 /// Splits `name[opt=v, opt2="x y"]` into the name and its options.
@@ -228,6 +274,11 @@ impl F2bFilter {
             let v = ini.interpolate("Definition", &raw, &opts, 0);
             Some(substitute(ini, &opts, &v))
         };
+        let maxlines: usize = get("maxlines")
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(1);
+        // Over a multi-line buffer `^` and `$` mean line starts and ends.
+        let flags = if maxlines > 1 { "(?m)" } else { "" };
         let compile_list = |key: &str| -> Result<Vec<Pattern>, F2bError> {
             get(key)
                 .unwrap_or_default()
@@ -235,25 +286,28 @@ impl F2bFilter {
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .map(|l| {
-                    Pattern::new(&expand_tags(l)).map_err(|source| F2bError::Regex {
-                        file: file.to_string(),
-                        key: key.to_string(),
-                        source,
+                    Pattern::new(&format!("{flags}{}", expand_tags(l))).map_err(|source| {
+                        F2bError::Regex {
+                            file: file.to_string(),
+                            key: key.to_string(),
+                            source,
+                        }
                     })
                 })
                 .collect()
         };
-        let prefregex =
-            match get("prefregex").filter(|p| !p.trim().is_empty()) {
-                Some(p) => Some(Pattern::new(&expand_tags(p.trim())).map_err(|source| {
+        let prefregex = match get("prefregex").filter(|p| !p.trim().is_empty()) {
+            Some(p) => Some(
+                Pattern::new(&format!("{flags}{}", expand_tags(p.trim()))).map_err(|source| {
                     F2bError::Regex {
                         file: file.to_string(),
                         key: "prefregex".into(),
                         source,
                     }
-                })?),
-                None => None,
-            };
+                })?,
+            ),
+            None => None,
+        };
         let dates = match get("datepattern").filter(|d| !d.trim().is_empty()) {
             Some(d) => DateDetector::from_datepattern(&d).map_err(|message| F2bError::Date {
                 file: file.to_string(),
@@ -263,9 +317,10 @@ impl F2bFilter {
         };
         let failregex = compile_list("failregex")?;
         let ignoreregex = compile_list("ignoreregex")?;
-        let maxlines = get("maxlines")
-            .and_then(|m| m.trim().parse().ok())
-            .unwrap_or(1);
+        let mlfid = failregex
+            .iter()
+            .chain(&prefregex)
+            .any(|p| p.as_str().contains("(?P<mlfid>"));
         // Single lines only: a multi-line buffer's match spans lines.
         let prefilter = if maxlines <= 1 {
             prefilter::build(failregex.iter().chain(&ignoreregex), dates.max_lead())
@@ -280,6 +335,8 @@ impl F2bFilter {
             dates,
             prefilter,
             maxlines,
+            stateful: maxlines > 1 || mlfid,
+            state: std::sync::Mutex::default(),
             journalmatch: get("journalmatch"),
         })
     }
@@ -305,9 +362,10 @@ impl F2bFilter {
         self.prefilter.as_ref()
     }
 
-    /// Whether lines are independent of each other (no multi-line buffer).
+    /// Whether lines are independent of each other (no multi-line buffer,
+    /// no connection ids).
     pub fn is_stateless(&self) -> bool {
-        self.maxlines <= 1
+        !self.stateful
     }
 
     /// How many failregexes the filter has.
@@ -339,6 +397,9 @@ impl F2bFilter {
         now: Time,
         want_time: bool,
     ) -> Outcome {
+        if self.stateful {
+            return outcome_of(&self.process_all(line, tz, now, false));
+        }
         let found = self.dates.locate(line);
         // The date is cut out of the line, as fail2ban does.
         let text: std::borrow::Cow<'_, str> = match found {
@@ -403,6 +464,209 @@ impl F2bFilter {
             });
         }
         Outcome::Missed
+    }
+}
+
+/// The single outcome a line had, from its hits.
+fn outcome_of(found: &[Found]) -> Outcome {
+    if let Some(f) = found.iter().find(|f| !f.nofail && f.host.is_some()) {
+        return Outcome::Fail(Failure {
+            host: f.host.clone().unwrap_or_default(),
+            addr: f.addr,
+            regex: f.regex,
+            time: f.time,
+            dated: f.time.is_some(),
+            user: f.user.clone(),
+        });
+    }
+    if found.iter().any(|f| f.nofail) {
+        return Outcome::NoFail;
+    }
+    Outcome::Missed
+}
+
+/// Owned copies of a match's named groups.
+fn owned(c: &Captures<'_>) -> multiline::Groups {
+    c.named
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+/// The lines of a buffer as the patterns see them: joined, and ending in
+/// a newline when there are several (fail2ban's form).
+fn joined(lines: &[String]) -> String {
+    if lines.len() == 1 {
+        return lines[0].clone();
+    }
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
+impl F2bFilter {
+    /// Runs one line with fail2ban's full semantics: the multi-line buffer,
+    /// connection ids, and (`check_all`) every failregex rather than the
+    /// first that matches. Returns every hit, "no failure" ones included.
+    pub fn process_all(&self, line: &str, tz: &TimeZone, now: Time, check_all: bool) -> Vec<Found> {
+        self.process_all_at(line, tz, now, check_all, None)
+    }
+
+    /// [`process_all`](Self::process_all) for a line whose time is known
+    /// (`date`, as a journal gives it): no date is looked for in the text.
+    pub fn process_all_at(
+        &self,
+        line: &str,
+        tz: &TimeZone,
+        now: Time,
+        check_all: bool,
+        date: Option<Time>,
+    ) -> Vec<Found> {
+        let mut out = Vec::new();
+        let located = if date.is_some() {
+            None
+        } else {
+            self.dates.locate(line)
+        };
+        let (text, time) = match located {
+            Some(at) => (
+                format!("{}{}", &line[..at.span.0], &line[at.span.1..]),
+                self.dates.time_at(line, &at, tz, now),
+            ),
+            None => (line.to_string(), date),
+        };
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let multi = self.maxlines > 1;
+        if multi {
+            st.buffer.push(text);
+            let excess = st.buffer.len().saturating_sub(self.maxlines);
+            st.buffer.drain(..excess);
+        } else {
+            st.buffer = vec![text];
+        }
+        let mut buf = joined(&st.buffer);
+        // Many ignoreregexes, few failregexes: fail2ban looks at them first.
+        if !self.ignoreregex.is_empty()
+            && self.ignoreregex.len() + 2 < self.failregex.len()
+            && self.ignoreregex.iter().any(|r| r.is_match(&buf))
+        {
+            return out;
+        }
+        let mut pre = multiline::Groups::new();
+        if let Some(p) = &self.prefregex {
+            let Some(c) = p.captures(&buf) else {
+                return out;
+            };
+            pre = owned(&c);
+            if let Some(content) = pre.remove("content").filter(|c| !c.is_empty()) {
+                st.buffer = vec![content];
+                buf = joined(&st.buffer);
+            }
+        }
+        for (i, r) in self.failregex.iter().enumerate() {
+            let Some(c) = r.captures(&buf) else {
+                continue;
+            };
+            let groups = owned(&c);
+            let skipped: Vec<&str> = c
+                .named
+                .iter()
+                .filter(|(n, _)| n.starts_with("skiplines"))
+                .map(|(_, v)| *v)
+                .collect();
+            let (matched, unmatched) = multiline::split_lines(&st.buffer, &buf, c.span, &skipped);
+            if !self.ignoreregex.is_empty() {
+                let seen = if multi { joined(&matched) } else { buf.clone() };
+                if self.ignoreregex.iter().any(|r| r.is_match(&seen)) {
+                    if multi || !check_all {
+                        st.buffer = unmatched;
+                        buf = joined(&st.buffer);
+                    }
+                    if !check_all {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if multi || !check_all {
+                st.buffer = unmatched;
+                buf = if st.buffer.is_empty() {
+                    String::new()
+                } else {
+                    joined(&st.buffer)
+                };
+            }
+            let mut fail = pre.clone();
+            fail.extend(groups);
+            // `alt_user` and the like stand in for a missing `user`.
+            let alts: Vec<(String, String)> = fail
+                .iter()
+                .filter_map(|(k, v)| {
+                    let base = k.strip_prefix("alt_")?;
+                    let base = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+                    Some((base.to_string(), v.clone()))
+                })
+                .collect();
+            for (k, v) in alts {
+                if !v.is_empty() && !multiline::flag(&fail, &k) {
+                    fail.insert(k, v);
+                }
+            }
+            let mlfid = fail.get("mlfid").cloned();
+            let (groups, users, attempts, nofail) = match &mlfid {
+                Some(id) => {
+                    let e = st.ids.merge(id, fail, matched.len(), now);
+                    (e.groups, e.users.into_iter().collect(), e.matches, e.nofail)
+                }
+                None => {
+                    let nofail = multiline::flag(&fail, "nofail");
+                    let users = fail.get("user").cloned().into_iter().collect();
+                    (fail, users, matched.len(), nofail)
+                }
+            };
+            if nofail && !check_all {
+                out.push(Found {
+                    regex: i,
+                    nofail,
+                    ..Found::default()
+                });
+                return out;
+            }
+            let host = ["ip4", "ip6", "dns", "fid"]
+                .iter()
+                .find_map(|g| groups.get(*g).filter(|v| !v.is_empty()))
+                .cloned();
+            if host.is_none() {
+                if let Some(id) = &mlfid {
+                    // The connection's host comes on a later line.
+                    st.ids.set_pending(id);
+                }
+                if !check_all {
+                    return out;
+                }
+            }
+            let addr = host
+                .as_deref()
+                .and_then(|h| h.parse::<IpAddr>().ok())
+                .map(|a| a.to_canonical());
+            out.push(Found {
+                regex: i,
+                host,
+                addr,
+                time,
+                user: groups.get("user").cloned(),
+                users,
+                attempts,
+                nofail,
+            });
+            if !check_all {
+                break;
+            }
+        }
+        out
     }
 }
 

@@ -37,7 +37,16 @@ pub fn expand_tags(p: &str) -> String {
     s = s.replace("<IP6>", &format!("(?P<ip6>{IP6})"));
     s = s.replace("<DNS>", &format!("(?P<dns>{DNS})"));
     s = s.replace("<CIDR>", r"(?P<cidr>\d{1,3})");
-    s = s.replace("<SKIPLINES>", r"(?:[^\n]*\n)*?");
+    // Lines a multi-line pattern steps over, numbered so each is a group
+    // of its own (they are taken out of the matched lines).
+    let mut n = 0;
+    while let Some(i) = s.find("<SKIPLINES>") {
+        s.replace_range(
+            i..i + "<SKIPLINES>".len(),
+            &format!(r"\n(?P<skiplines{n}>(?:.*\n)*?)"),
+        );
+        n += 1;
+    }
     // <F-NAME> ... </F-NAME> → (?P<name> ... )
     let mut out = String::with_capacity(s.len());
     let mut rest = s.as_str();
@@ -63,7 +72,7 @@ pub fn expand_tags(p: &str) -> String {
                         out.push(')');
                     } else {
                         out.push_str("(?P<");
-                        out.push_str(&name.to_ascii_lowercase().replace('-', "_"));
+                        out.push_str(&group_name(name));
                         out.push('>');
                     }
                     rest = &after[end + 1..];
@@ -76,6 +85,16 @@ pub fn expand_tags(p: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The group an `<F-NAME>` tag captures into: lower case, and fail2ban's
+/// two renamings (`ID` is the failure id `fid`, `PORT` is `fport`).
+fn group_name(tag: &str) -> String {
+    match tag.to_ascii_lowercase().replace('-', "_").as_str() {
+        "id" => "fid".to_string(),
+        "port" => "fport".to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Rewrites Python-only syntax into what Rust's engines read.

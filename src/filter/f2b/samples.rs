@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ini::Ini;
-use super::{F2bFilter, Outcome};
+use super::{F2bFilter, Found};
 use crate::event::Time;
 
 /// The frozen "now" of the samples.
@@ -119,76 +119,124 @@ pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleRepor
         }
         report.filters += 1;
         let ini = Ini::load(&fdir.join(&name)).map_err(|e| e.to_string())?;
+        // One filter instance per option set, keeping its memory across
+        // blocks and added files, as fail2ban's harness does.
         let mut cache: HashMap<String, Result<F2bFilter, String>> = HashMap::new();
         let mut queue = vec![name.clone()];
-        let mut sets: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
-        let mut file_opts: BTreeMap<String, String> = BTreeMap::new();
-        while let Some(file) = queue.pop() {
+        // The active option sets: (filter key, options).
+        let mut tests: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+        let mut common: BTreeMap<String, String> = BTreeMap::new();
+        let mut ignore_block = false;
+        let mut i = 0;
+        while i < queue.len() {
+            let file = queue[i].clone();
+            i += 1;
             let path = logs.join(&file);
             let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let text = String::from_utf8_lossy(&text);
-            let mut pending: Option<Value> = None;
-            for (n, line) in text.lines().enumerate() {
+            let mut lines = text.lines().enumerate();
+            while let Some((n, line)) = lines.next() {
                 let at = format!("{}:{}", path.display(), n + 1);
-                let annotation = line.trim_start_matches('#').trim_start();
-                if line.starts_with('#') {
-                    if let Some(v) = annotation.strip_prefix("filterOptions:") {
+                let (line, want, at) = match annotation(line) {
+                    Some(("fileOptions", v)) => {
                         let v: Value =
                             serde_json::from_str(v.trim()).map_err(|e| format!("{at}: {e}"))?;
-                        sets = match v {
+                        common = as_opts(&v);
+                        continue;
+                    }
+                    Some(("filterOptions", v)) => {
+                        let v: Value =
+                            serde_json::from_str(v.trim()).map_err(|e| format!("{at}: {e}"))?;
+                        let sets = match v {
                             Value::Array(a) => a.iter().map(as_opts).collect(),
                             o => vec![as_opts(&o)],
                         };
-                    } else if let Some(v) = annotation.strip_prefix("fileOptions:") {
-                        let v: Value =
-                            serde_json::from_str(v.trim()).map_err(|e| format!("{at}: {e}"))?;
-                        file_opts.extend(as_opts(&v));
-                    } else if let Some(v) = annotation.strip_prefix("addFILE:") {
-                        queue.insert(0, v.trim().trim_matches('"').to_string());
-                    } else if let Some(v) = annotation.strip_prefix("failJSON:") {
-                        pending = serde_json::from_str(v.trim()).ok();
+                        tests.clear();
+                        ignore_block = false;
+                        for set in sets {
+                            let mut opts = common.clone();
+                            opts.extend(set);
+                            if let Some(c) = opts.get("test.condition") {
+                                ignore_block = !condition(c, &name, &opts);
+                            }
+                            if !ignore_block {
+                                let key = opts
+                                    .get("test.filter-name")
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("{:?}", filter_options(&opts)));
+                                tests.push((key, opts));
+                            }
+                        }
+                        continue;
                     }
+                    Some(("addFILE", v)) => {
+                        queue.push(v.trim().trim_matches('"').to_string());
+                        continue;
+                    }
+                    Some((_, v)) => {
+                        // failJSON: the next line, whatever it is, is the one.
+                        let want: Option<Value> = serde_json::from_str(v.trim()).ok();
+                        let Some((n2, next)) = lines.next() else {
+                            break;
+                        };
+                        (next, want, format!("{}:{}", path.display(), n2 + 1))
+                    }
+                    None if ignore_block || line.starts_with('#') || line.trim().is_empty() => {
+                        continue;
+                    }
+                    // Unannotated: must not match.
+                    None => (line, None, at),
+                };
+                if ignore_block {
                     continue;
                 }
-                if line.trim().is_empty() {
-                    continue;
+                if tests.is_empty() {
+                    tests.push((
+                        format!("{:?}", BTreeMap::<String, String>::new()),
+                        common.clone(),
+                    ));
                 }
-                let Some(want) = pending.take() else { continue };
-                for set in &sets {
-                    let mut opts = file_opts.clone();
-                    opts.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    if let Some(c) = opts.get("test.condition") {
-                        if !condition(c, &name, &opts) {
+                for (key, opts) in &tests {
+                    if let Some(c) = want
+                        .as_ref()
+                        .and_then(|w| w.get("constraint"))
+                        .and_then(Value::as_str)
+                    {
+                        if !condition(c, &name, opts) {
                             continue;
                         }
                     }
-                    if let Some(c) = want.get("constraint").and_then(Value::as_str) {
-                        if !condition(c, &name, &opts) {
-                            continue;
-                        }
-                    }
-                    let prefix = opts.get("test.prefix-line").cloned().unwrap_or_default();
-                    let filter_opts: BTreeMap<String, String> = opts
-                        .iter()
-                        .filter(|(k, _)| !k.starts_with("test."))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    let key = format!("{filter_opts:?}");
                     let filter = cache.entry(key.clone()).or_insert_with(|| {
                         F2bFilter::from_ini(
                             &ini,
                             &name,
-                            &filter_opts,
+                            &filter_options(opts),
                             &fdir.join(&name).display().to_string(),
                         )
                         .map_err(|e| e.to_string())
                     });
-                    report.total += 1;
-                    let line = format!("{prefix}{line}");
+                    let journal = opts.get("logtype").is_some_and(|t| t == "journal");
+                    let line = if journal {
+                        format!(
+                            "{}{line}",
+                            opts.get("test.prefix-line").cloned().unwrap_or_default()
+                        )
+                    } else {
+                        line.to_string()
+                    };
                     let diff = match filter {
                         Err(e) => Some(format!("filter did not load: {e}")),
-                        Ok(f) => compare(&want, &f.process(&line, &tz, SAMPLES_NOW), &tz),
+                        Ok(f) => {
+                            // The journal gives each entry its time.
+                            let date = journal.then_some(SAMPLES_NOW);
+                            let found = f.process_all_at(&line, &tz, SAMPLES_NOW, true, date);
+                            compare(want.as_ref(), &found, &tz)
+                        }
                     };
+                    if want.is_none() && diff.is_none() {
+                        continue;
+                    }
+                    report.total += 1;
                     let entry = report.per_filter.entry(name.clone()).or_default();
                     match diff {
                         None => {
@@ -201,7 +249,7 @@ pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleRepor
                             report.failures.push(SampleFailure {
                                 filter: name.clone(),
                                 at: at.clone(),
-                                options: key,
+                                options: key.clone(),
                                 diff: format!("{diff}\n    line: {line}"),
                             });
                         }
@@ -213,56 +261,112 @@ pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleRepor
     Ok(report)
 }
 
-/// Compares an outcome with its annotation; `None` when they agree.
-fn compare(want: &Value, got: &Outcome, tz: &TimeZone) -> Option<String> {
-    let should = want.get("match").and_then(Value::as_bool).unwrap_or(false);
-    let fail = match got {
-        Outcome::Fail(f) => Some(f),
-        _ => None,
+/// The annotation's kind and value, when `line` is one.
+fn annotation(line: &str) -> Option<(&str, &str)> {
+    let rest = line.trim_start_matches('#');
+    if rest.len() == line.len() {
+        return None;
+    }
+    let rest = rest.strip_prefix(' ').unwrap_or(rest);
+    ["failJSON", "fileOptions", "filterOptions", "addFILE"]
+        .into_iter()
+        .find_map(|k| rest.strip_prefix(k)?.strip_prefix(':').map(|v| (k, v)))
+}
+
+/// The options a filter sees (the harness's own `test.*` keys removed).
+fn filter_options(opts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    opts.iter()
+        .filter(|(k, _)| !k.starts_with("test."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Compares what a line gave with its annotation (`None`: an unannotated
+/// line, which must give nothing); `None` when they agree.
+fn compare(want: Option<&Value>, found: &[Found], tz: &TimeZone) -> Option<String> {
+    // Hits without a host (waiting for one) or marked "no failure" are not
+    // failures.
+    let fails: Vec<&Found> = found
+        .iter()
+        .filter(|f| f.host.is_some() && !f.nofail)
+        .collect();
+    let should = want
+        .and_then(|w| w.get("match"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let f = match (should, fails.as_slice()) {
+        (false, []) => return None,
+        (false, [f, ..]) => {
+            return Some(format!(
+                "expected no match, got host {}",
+                f.host.as_deref().unwrap_or_default()
+            ));
+        }
+        (true, []) => {
+            let nofail = found.iter().any(|f| f.nofail);
+            return Some(format!(
+                "expected a match, got {}",
+                if nofail { "NoFail" } else { "Missed" }
+            ));
+        }
+        (true, [f]) => *f,
+        (true, many) => {
+            let which: Vec<usize> = many.iter().map(|f| f.regex).collect();
+            return Some(format!("several failregexes matched: {which:?}"));
+        }
     };
-    match (should, fail) {
-        (false, None) => None,
-        (false, Some(f)) => Some(format!("expected no match, got host {}", f.host)),
-        (true, None) => Some(format!("expected a match, got {got:?}")),
-        (true, Some(f)) => {
-            let mut diffs = Vec::new();
-            if let Some(h) = want.get("host").and_then(Value::as_str) {
-                let same = f.host == h
-                    || matches!((f.addr, h.parse::<std::net::IpAddr>()), (Some(a), Ok(b)) if a == b.to_canonical());
-                if !same {
-                    diffs.push(format!("host: expected {h}, got {}", f.host));
-                }
-            }
-            if let Some(t) = want.get("time").and_then(Value::as_str) {
-                let got_t = f
-                    .time
-                    .and_then(|t| jiff::Timestamp::from_millisecond(t.0).ok())
-                    .map(|ts| {
-                        let z = ts.to_zoned(tz.clone());
-                        if t.contains('.') {
-                            z.datetime().strftime("%Y-%m-%dT%H:%M:%S%.f").to_string()
-                        } else {
-                            z.datetime().strftime("%Y-%m-%dT%H:%M:%S").to_string()
-                        }
-                    });
-                let ok = got_t.as_deref().is_some_and(|g| {
-                    g == t || (t.contains('.') && g.starts_with(&t[..t.len().min(19)]))
-                });
-                if !ok {
-                    diffs.push(format!(
-                        "time: expected {t}, got {}",
-                        got_t.unwrap_or_else(|| "none".into())
-                    ));
-                }
-            }
-            if let Some(u) = want.get("user").and_then(Value::as_str) {
-                if f.user.as_deref() != Some(u) {
-                    diffs.push(format!("user: expected {u:?}, got {:?}", f.user));
-                }
-            }
-            (!diffs.is_empty()).then(|| diffs.join("; "))
+    let want = want?;
+    let host = f.host.as_deref().unwrap_or_default();
+    let mut diffs = Vec::new();
+    if let Some(h) = want.get("host").and_then(Value::as_str) {
+        let same = host == h
+            || matches!((f.addr, h.parse::<std::net::IpAddr>()), (Some(a), Ok(b)) if a == b.to_canonical());
+        if !same {
+            diffs.push(format!("host: expected {h}, got {host}"));
         }
     }
+    if let Some(t) = want.get("time").and_then(Value::as_str) {
+        let got_t = f
+            .time
+            .and_then(|t| jiff::Timestamp::from_millisecond(t.0).ok())
+            .map(|ts| {
+                let z = ts.to_zoned(tz.clone());
+                if t.contains('.') {
+                    z.datetime().strftime("%Y-%m-%dT%H:%M:%S%.f").to_string()
+                } else {
+                    z.datetime().strftime("%Y-%m-%dT%H:%M:%S").to_string()
+                }
+            });
+        let ok = got_t
+            .as_deref()
+            .is_some_and(|g| g == t || (t.contains('.') && g.starts_with(&t[..t.len().min(19)])));
+        if !ok {
+            diffs.push(format!(
+                "time: expected {t}, got {}",
+                got_t.unwrap_or_else(|| "none".into())
+            ));
+        }
+    }
+    if let Some(u) = want.get("user").and_then(Value::as_str) {
+        if f.user.as_deref() != Some(u) {
+            diffs.push(format!("user: expected {u:?}, got {:?}", f.user));
+        }
+    }
+    if let Some(us) = want.get("users").and_then(Value::as_array) {
+        let mut w: Vec<&str> = us.iter().filter_map(Value::as_str).collect();
+        w.sort_unstable();
+        let mut g: Vec<&str> = f.users.iter().map(String::as_str).collect();
+        g.sort_unstable();
+        if w != g {
+            diffs.push(format!("users: expected {w:?}, got {g:?}"));
+        }
+    }
+    if let Some(n) = want.get("attempts").and_then(Value::as_u64) {
+        if f.attempts as u64 != n {
+            diffs.push(format!("attempts: expected {n}, got {}", f.attempts));
+        }
+    }
+    (!diffs.is_empty()).then(|| diffs.join("; "))
 }
 
 #[cfg(test)]
