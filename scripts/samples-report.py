@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes docs/fail2ban-samples.md: every fail2ban sample evaluation that
-sipwarden does not pass yet, grouped by filter, with the cause where it is
-known from the filter file (multi-line matching, which sipwarden does not
-do yet). Usage: python3 scripts/samples-report.py [SIPWARDEN_BIN]"""
+sipwarden does not pass yet, grouped by filter, with its likely cause (read from the filter's date configuration: every
+remaining failure is a line whose date sipwarden does not find or read as
+fail2ban does; the diff and line below each are the evidence). Usage: python3 scripts/samples-report.py [SIPWARDEN_BIN]"""
 import json, os, re, subprocess, sys, collections
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,12 +19,15 @@ def cause(name):
         text = open(path, encoding="utf-8", errors="replace").read()
     except OSError:
         return "filter file not found"
-    if "F-MLFID" in text or "__prefix_line" in text and "mlfid" in text.lower():
-        return "multi-line: the filter ties lines together by `<F-MLFID>` (and `<F-NOFAIL>`/`<F-MLFFORGET>`), which sipwarden does not do yet"
-    m = re.search(r"^\s*maxlines\s*=\s*(\d+)", text, re.M)
-    if m and int(m.group(1)) > 1:
-        return "multi-line: `maxlines = %s` buffers, which sipwarden does not do yet" % m.group(1)
-    return "not analysed yet (single-line filter: the difference below is the lead)"
+    m = re.search(r"^\s*datepattern\s*=(.*)$", text, re.M)
+    pattern = m.group(1).strip() if m else ""
+    if not pattern or "{^LN-BEG}" in pattern or "{DATE}" in pattern:
+        return ("likely date detection: the line's date is written in a form missing from sipwarden's own "
+                "list of common date formats (used for `{DATE}`, `{^LN-BEG}` and filters without a "
+                "datepattern; fail2ban's template list is not copied), so the date is not found or "
+                "not cut out before the failregex runs")
+    return ("likely date detection: the filter's own datepattern `%s` is not read as fail2ban reads it "
+            "(back-reference, abbreviated or localised month, or time without a date)" % pattern[:60].replace("|", "\\|"))
 
 by = collections.defaultdict(list)
 for f in r["failures"]:

@@ -198,11 +198,11 @@ impl Ini {
                 file: file.to_path_buf(),
                 line: *line,
             };
-            // `%(known/key)s` is the value this assignment replaces.
-            let known = self
-                .sections
-                .get(sec)
-                .and_then(|s| s.get(key))
+            // `%(known/key)s` is the value this assignment replaces: the
+            // section's own, else the one it inherits from `[DEFAULT]`.
+            let known = [sec.as_str(), "DEFAULT"]
+                .iter()
+                .find_map(|s| self.sections.get(*s).and_then(|s| s.get(key)))
                 .map(|(v, _)| v.clone())
                 .unwrap_or_default();
             let value = value.replace(&format!("%(known/{key})s"), &known);
@@ -387,12 +387,18 @@ mod tests {
             "[Definition]\nr = %(known/r)s second\n",
         )
         .unwrap();
-        std::fs::write(d.join("x.local"), "[Definition]\nc = %(default/base)s\n").unwrap();
+        std::fs::write(
+            d.join("x.local"),
+            "[Definition]\nc = %(default/base)s\nbase = %(known/base)s+\n",
+        )
+        .unwrap();
         let ini = Ini::load(&d.join("x")).unwrap();
         let no = BTreeMap::new();
-        assert_eq!(ini.get("Definition", "a", &no).as_deref(), Some("1 B"));
+        assert_eq!(ini.get("Definition", "a", &no).as_deref(), Some("1 B+"));
         assert_eq!(ini.get("Definition", "b", &no).as_deref(), Some("O"));
         assert_eq!(ini.get("Definition", "c", &no).as_deref(), Some("B"));
+        // `known/` of a key the section inherits from [DEFAULT].
+        assert_eq!(ini.get("Definition", "base", &no).as_deref(), Some("B+"));
         assert_eq!(
             ini.get("Definition", "r", &no).as_deref(),
             Some("first second")
