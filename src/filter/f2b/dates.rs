@@ -15,26 +15,29 @@ use crate::event::Time;
 const DEFAULT_TEMPLATES: &[&str] = &[
     r"^EPOCH",
     r"^TAI64N",
-    r"%Y-%m-%d[T ]%H:%M:%S(?:[.,]%f)?(?:\s*%z)?",
+    r"%Y-%m-%d(?:T| +)%H:%M:%S(?:[.,]%f)?(?:\s*%z)?",
     r"%Y/%m/%d[T ]%H:%M:%S(?:[.,]%f)?",
+    r"%Y\.%m\.%d[T ]%H:%M:%S(?:[.,]%f)?",
     r"%a %b %d %H:%M:%S(?:[.,]%f)? %Y",
     r"%a %b %d %Y %H:%M:%S(?:[.,]%f)?",
     r"%b %d %Y %H:%M:%S(?:[.,]%f)?",
     r"%d/%b/%Y[: ]%H:%M:%S(?:[.,]%f)?(?: ?%z)?",
-    r"%d-%b-%Y %H:%M:%S(?:[.,]%f)?",
+    r"%d-%b-%Y %H:%M:%S(?:[.,]%f)?(?: ?%z)?",
     r"%d/%m/%Y %H:%M:%S",
+    r"%d-%m-%Y %H:%M:%S",
     r"%m/%d/%Y:? ?%H:%M:%S",
+    r"%m/%d/%Y - %H:%M:%S",
     r"%a %b %d %H:%M:%S(?:[.,]%f)?",
+    // A zone name before the date, as monit writes it.
+    r"(?P<dZ>UTC|GMT|CES?T|EES?T|WES?T|[ECMP][SD]T|MSK|JST) %b %d %H:%M:%S(?:[.,]%f)?",
     r"%b %d %H:%M:%S(?:[.,]%f)?",
     r"%d %b %Y %H:%M:%S",
-    r"\b%y%m%d ?%H:%M:%S",
+    r"\b%Exy%Exm%Exd\s*%H:%M:%S",
     r"\b%Y%m%d ?%H%M%S\b",
     r"%m-%d %H:%M:%S(?:[.,]%f)?",
     r"%H:%M:%S %d/%m/%Y",
     r"%b-%d-%y %H:%M:%S",
-    r"%d-%m-%Y %H:%M:%S(?: %z)?",
     r"%Y:%m:%d-%H:%M:%S",
-    r"%m/%d/%Y - %H:%M:%S",
 ];
 
 /// Expands strptime directives into regex groups.
@@ -103,9 +106,14 @@ fn strptime_to_regex(p: &str) -> String {
             ),
             'f' => group("df", r"\d+", &mut out),
             'p' => group("dp", r"[AaPp][Mm]", &mut out),
-            'b' | 'B' | 'h' => group("db", r"[A-Z][a-z]{2,8}|[A-Z]{3}", &mut out),
+            // Month names in any case, abbreviated any way (`Sep`, `sept.`).
+            'b' | 'B' | 'h' => group(
+                "db",
+                r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-zA-Z]*",
+                &mut out,
+            ),
             'a' | 'A' => out.push_str(r"(?:[A-Z][a-z]{2,8})"),
-            'z' => group("dz", r"Z|[+-]\d\d(?::?\d\d){0,2}", &mut out),
+            'z' => group("dz", r"Z|UTC|GMT|[+-]\d\d(?::?\d\d){0,2}", &mut out),
             'Z' => group("dZ", r"[A-Z]{3,5}", &mut out),
             'j' => group("dj", r"\d{1,3}", &mut out),
             's' => group("ds", r"\d{9,11}", &mut out),
@@ -120,13 +128,15 @@ fn strptime_to_regex(p: &str) -> String {
 
 /// Regex of a template (keywords and strptime).
 fn template_regex(t: &str) -> String {
-    if let Some(rest) = t
-        .strip_prefix('^')
-        .filter(|r| matches!(*r, "EPOCH" | "LEPOCH" | "TAI64N"))
-    {
-        return format!("^{}", template_regex(rest));
+    // Keywords are read in any case (`Epoch`, as nsd's filter writes it).
+    let keyword = |r: &str| {
+        let u = r.trim().to_ascii_uppercase();
+        matches!(u.as_str(), "EPOCH" | "LEPOCH" | "TAI64N").then_some(u)
+    };
+    if let Some(rest) = t.strip_prefix('^').and_then(keyword) {
+        return format!("^{}", template_regex(&rest));
     }
-    match t.trim() {
+    match keyword(t).as_deref().unwrap_or(t.trim()) {
         "EPOCH" => r"(?P<ds>\d{9,11})(?:\.(?P<df>\d{1,6}))?".to_string(),
         "LEPOCH" => r"(?P<dms>\d{12,16})".to_string(),
         "TAI64N" => r"@(?P<dtai>[0-9a-fA-F]{24})".to_string(),
@@ -166,42 +176,48 @@ impl DateDetector {
         let mut patterns = Vec::new();
         let mut max_lead = Some(0);
         for line in v.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            // `**` at either end only lifts fail2ban's word boundaries,
+            // which sipwarden does not add.
+            let line = line.strip_prefix("**").unwrap_or(line);
+            let line = line.strip_suffix("**").unwrap_or(line);
             let (line, anchored) = match line.strip_prefix("{^LN-BEG}") {
                 Some(rest) => (if rest.is_empty() { "{DATE}" } else { rest }, true),
                 None => (line, false),
             };
-            if line.contains("{DATE}") {
-                for t in DEFAULT_TEMPLATES {
-                    // Only the date itself is cut out of the line, not the
-                    // anchor or the text around {DATE}.
-                    let mut re = line.replace("{DATE}", &format!("(?P<dt>{})", template_regex(t)));
-                    if anchored {
-                        re = format!(r"^\W{{0,3}}{re}");
-                    }
-                    patterns.push(Pattern::new(&re).map_err(|e| e.to_string())?);
-                }
-                // At most the anchor's three characters before the date,
-                // when nothing stands before {DATE}.
-                let lead = (anchored && line.starts_with("{DATE}")).then_some(3);
-                max_lead = max_lead.zip(lead).map(|(a, b)| a.max(b));
+            let bodies: Vec<String> = if line.contains("{DATE}") {
+                DEFAULT_TEMPLATES
+                    .iter()
+                    .map(|t| line.replace("{DATE}", &template_regex(t)))
+                    .collect()
             } else {
-                let mut re = template_regex(line);
+                vec![template_regex(line)]
+            };
+            let mut lead = Some(0);
+            for body in bodies {
+                // What is cut out of the line: the pattern's first plain
+                // group when it has one, else all of it; never the
+                // `{^LN-BEG}` anchor (fail2ban's rule).
+                let (mut re, explicit) = cut_group(&body);
                 if anchored {
                     re = format!(r"^\W{{0,3}}{re}");
                 }
                 let p = Pattern::new(&re).map_err(|e| format!("datepattern {line:?}: {e}"))?;
-                // The whole match is cut: anchored at the line's start,
-                // nothing precedes it (or the anchor's three characters).
-                let lead = if anchored {
+                // How much of the line can precede the cut (the prefilter
+                // needs a bound): the anchor's three characters, nothing
+                // for a pattern tied to the line's start, else unknown.
+                let l = if explicit {
+                    None
+                } else if anchored {
                     Some(3)
                 } else if starts_at_line_start(&p) {
                     Some(0)
                 } else {
                     None
                 };
-                max_lead = max_lead.zip(lead).map(|(a, b)| a.max(b));
+                lead = lead.zip(l).map(|(a, b)| a.max(b));
                 patterns.push(p);
             }
+            max_lead = max_lead.zip(lead).map(|(a, b)| a.max(b));
         }
         Ok(DateDetector { patterns, max_lead })
     }
@@ -248,6 +264,28 @@ pub struct Located {
     pub span: (usize, usize),
 }
 
+/// `re` with its cut marked as group `dt`: the first plain (unnamed,
+/// capturing) group becomes it, or the whole pattern is wrapped. Also
+/// whether the pattern had such a group.
+fn cut_group(re: &str) -> (String, bool) {
+    let b = re.as_bytes();
+    let mut i = 0;
+    let mut in_class = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'(' if !in_class && b.get(i + 1) != Some(&b'?') => {
+                return (format!("{}(?P<dt>{}", &re[..i], &re[i + 1..]), true);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (format!("(?P<dt>{re})"), false)
+}
+
 /// Whether every match of `p` starts at the start of the text.
 fn starts_at_line_start(p: &Pattern) -> bool {
     p.hir().is_some_and(|h| {
@@ -266,7 +304,7 @@ fn month_number(name: &str) -> Option<i8> {
 }
 
 fn offset_secs(z: &str) -> Option<i32> {
-    if z == "Z" {
+    if matches!(z, "Z" | "UTC" | "GMT") {
         return Some(0);
     }
     let sign = if z.starts_with('-') { -1 } else { 1 };
@@ -307,6 +345,7 @@ struct Fields<'a> {
     minute: Option<&'a str>,
     second: Option<&'a str>,
     zone: Option<&'a str>,
+    zone_name: Option<&'a str>,
     year4: Option<&'a str>,
     year2: Option<&'a str>,
 }
@@ -329,6 +368,7 @@ impl<'a> Fields<'a> {
                 "dM" => f.minute = Some(*v),
                 "dS" => f.second = Some(*v),
                 "dz" => f.zone = Some(*v),
+                "dZ" => f.zone_name = Some(*v),
                 "dY" => f.year4 = Some(*v),
                 "dy" => f.year2 = Some(*v),
                 _ => {}
@@ -336,6 +376,24 @@ impl<'a> Fields<'a> {
         }
         f
     }
+}
+
+/// Offsets of the zone names logs write (standard and summer time).
+fn zone_name_secs(z: &str) -> Option<i32> {
+    let h = match z {
+        "UTC" | "GMT" | "WET" | "Z" => 0,
+        "CET" | "WEST" => 1,
+        "CEST" | "EET" => 2,
+        "EEST" | "MSK" => 3,
+        "JST" => 9,
+        "EST" | "CDT" => -5,
+        "EDT" => -4,
+        "CST" | "MDT" => -6,
+        "MST" | "PDT" => -7,
+        "PST" => -8,
+        _ => return None,
+    };
+    Some(h * 3600)
 }
 
 fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time> {
@@ -358,12 +416,18 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
         let secs = i64::from_str_radix(&t[..16], 16).ok()? - (1i64 << 62);
         return Some(Time(secs * 1000));
     }
-    let month = match (f.month, f.month_name) {
-        (Some(m), _) => m.trim().parse().ok()?,
-        (None, Some(b)) => month_number(b)?,
-        _ => return None,
+    // A time without a date is today's (yesterday's, if that is ahead).
+    let time_only = f.month.is_none() && f.month_name.is_none() && f.day.is_none();
+    let (month, day): (i8, i8) = if time_only {
+        (1, 1)
+    } else {
+        let month = match (f.month, f.month_name) {
+            (Some(m), _) => m.trim().parse().ok()?,
+            (None, Some(b)) => month_number(b)?,
+            _ => return None,
+        };
+        (month, f.day?.trim().parse().ok()?)
     };
-    let day: i8 = f.day?.trim().parse().ok()?;
     let mut hour: i8 = c
         .get("dH")
         .or(f.hour12)
@@ -384,7 +448,11 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
     // Borrowed, not cloned: a zone is shared, and cloning it on every line
     // made threads fight over its reference count.
     let fixed;
-    let zone: &TimeZone = match f.zone.and_then(offset_secs) {
+    let zone: &TimeZone = match f
+        .zone
+        .and_then(offset_secs)
+        .or_else(|| f.zone_name.and_then(zone_name_secs))
+    {
         Some(s) => {
             fixed = TimeZone::fixed(Offset::from_seconds(s).ok()?);
             &fixed
@@ -400,6 +468,28 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
                 .as_millisecond(),
         ))
     };
+    if time_only {
+        if f.hour24.is_none() && f.hour12.is_none() {
+            return None;
+        }
+        let today = zone
+            .to_datetime(jiff::Timestamp::from_millisecond(now.0).ok()?)
+            .date();
+        let at = |d: Date| -> Option<Time> {
+            Some(Time(
+                zone.to_ambiguous_timestamp(DateTime::from_parts(d, time))
+                    .compatible()
+                    .ok()?
+                    .as_millisecond(),
+            ))
+        };
+        let t = at(today)?;
+        return if t.0 > now.0 + 60_000 {
+            at(today.yesterday().ok()?)
+        } else {
+            Some(t)
+        };
+    }
     match (f.year4, f.year2) {
         (Some(y), _) => mk(y.parse().ok()?),
         (None, Some(y)) => {

@@ -539,6 +539,15 @@ impl F2bFilter {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // A line without a (readable) date takes the last one seen, when
+        // that is recent or ahead of now, as fail2ban does.
+        let time = match time {
+            Some(t) => {
+                st.last_date = Some(t);
+                Some(t)
+            }
+            None => st.last_date.filter(|l| l.0 > now.0 - 60_000),
+        };
         let multi = self.maxlines > 1;
         if multi {
             st.buffer.push(text);

@@ -191,6 +191,8 @@ pub struct State {
     pub buffer: Vec<String>,
     /// Open connections.
     pub ids: MlfidCache,
+    /// The last date read from a line.
+    pub last_date: Option<Time>,
 }
 
 #[cfg(test)]

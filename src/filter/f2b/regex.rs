@@ -28,7 +28,8 @@ const DNS: &str = r"[\w\-.^_]*\w";
 
 /// Replaces fail2ban's special tags with groups.
 pub fn expand_tags(p: &str) -> String {
-    let addr = format!(r"(?:(?P<ip4>{IP4})|\[?(?P<ip6>{IP6})\]?)");
+    // Either address may stand in brackets (`[192.0.2.1]`, `[2001:db8::1]`).
+    let addr = format!(r"\[?(?:(?P<ip4>{IP4})|(?P<ip6>{IP6}))\]?");
     let mut s = p.to_string();
     s = s.replace("<HOST>", &format!(r"(?:{addr}|(?P<dns>{DNS}))"));
     s = s.replace("<SUBNET>", &format!(r"{addr}(?:/(?P<cidr>\d{{1,3}}))?"));
@@ -110,6 +111,8 @@ pub fn normalise(p: &str) -> String {
             let n = b[i + 1];
             match n {
                 'Z' => out.push_str(r"\z"),
+                // Literal angle brackets in Python; word boundaries in Rust.
+                '<' | '>' => out.push(n),
                 // Python's \d, \w, \s are fine; octal/escapes pass through.
                 _ => {
                     out.push('\\');
@@ -492,7 +495,9 @@ impl Engines {
             let input = Input::new(text).range(from..).anchored(Anchored::Yes);
             match dfa.try_search_fwd(cache, &input) {
                 Ok(Some(m)) => Some(Some((from, m.offset()))),
-                Ok(None) if self.anchored => None,
+                // Without a head the tail is the whole pattern: a true miss.
+                // After a head, another way of matching it may still work.
+                Ok(None) if self.anchored && self.head.is_none() => None,
                 Ok(None) | Err(_) => Some(None),
             }
         })
@@ -532,7 +537,7 @@ impl Engines {
             }
             let end = match dfa.try_search_fwd(cache, &input) {
                 Ok(Some(m)) => m.offset(),
-                Ok(None) if self.anchored => return None,
+                Ok(None) if self.anchored && self.head.is_none() => return None,
                 Ok(None) | Err(_) => return Some(None),
             };
             let v = text.get(from..end)?;
@@ -843,6 +848,7 @@ mod tests {
         assert_eq!(normalise(r"[^[]+"), r"[^\[]+");
         assert_eq!(normalise(r"[]a]"), r"[\]a]");
         assert_eq!(normalise(r"end\Z"), r"end\z");
+        assert_eq!(normalise(r"\<a@b\>"), r"<a@b>");
         assert_eq!(normalise(r"[a\]b]"), r"[a\]b]");
     }
 
@@ -912,6 +918,10 @@ mod tests {
             ),
             // No named group at all.
             (r"^\d+ lines?$", &["12 lines", "1 line", "x"]),
+            // The head's first way (`\W` taking the `@`) leaves the tail
+            // nothing: the backtracker gives the `@` back.
+            (r"^\W{0,3}(?P<dt>@(?P<n>\d+))", &["@123", "[@1", "@@x"]),
+            (r"^\W{0,3}(?P<content>.+)$", &["@", "@@", "x"]),
         ];
         for (p, texts) in cases {
             let pat = Pattern::new(&expand_tags(p)).unwrap();
