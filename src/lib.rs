@@ -78,7 +78,18 @@ pub mod fuzzing {
             for key in ["failregex", "prefregex", "datepattern"] {
                 let _ = ini.get("Definition", key, &opts);
             }
-            let _ = crate::filter::f2b::F2bFilter::from_ini(&ini, "fuzz", &opts, "fuzz.conf");
+            // Engines compile on first use: run the filter over lines (its
+            // own text, so patterns and input share material), including
+            // the multi-line and connection-id paths.
+            if let Ok(f) = crate::filter::f2b::F2bFilter::from_ini(&ini, "fuzz", &opts, "fuzz.conf")
+            {
+                let tz = jiff::tz::TimeZone::UTC;
+                let now = crate::event::Time(1_124_013_600_000);
+                for line in text.lines().take(8) {
+                    let _ = f.process(line, &tz, now);
+                    let _ = f.process_all(line, &tz, now, true);
+                }
+            }
         }
     }
 
