@@ -440,11 +440,7 @@ impl Engines {
     /// `None`: no match. `Some(None)`: ask the full engine.
     #[allow(clippy::option_option)]
     fn captures<'a>(&'a self, text: &'a str) -> Option<Option<Captures<'a>>> {
-        let start = if self.anchored {
-            0
-        } else {
-            self.full.find(text)?.start()
-        };
+        let start = self.start(text)?;
         self.with_scratch(|s| self.captures_from(text, start, s))
     }
 
@@ -474,33 +470,67 @@ impl Engines {
         if outer != name {
             return Some(None);
         }
-        let start = if self.anchored {
-            0
-        } else {
-            self.full.find(text)?.start()
-        };
+        let start = self.start(text)?;
         self.with_scratch(|s| {
-            let from = match (&self.head, s.head.as_mut()) {
-                (Some(h), Some(cache)) => {
-                    let input = Input::new(text).range(start..).anchored(Anchored::Yes);
-                    match h.try_search_fwd(cache, &input) {
-                        Ok(Some(m)) => m.offset(),
-                        Ok(None) if self.anchored => return None,
-                        Ok(None) | Err(_) => return Some(None),
-                    }
-                }
-                _ => start,
+            let Some(from) = self.after_head(text, start, s.head.as_mut())? else {
+                return Some(None);
             };
             let cache = s.outer.as_mut()?;
-            let input = Input::new(text).range(from..).anchored(Anchored::Yes);
-            match dfa.try_search_fwd(cache, &input) {
-                Ok(Some(m)) => Some(Some((from, m.offset()))),
-                // Without a head the tail is the whole pattern: a true miss.
-                // After a head, another way of matching it may still work.
-                Ok(None) if self.anchored && self.head.is_none() => None,
-                Ok(None) | Err(_) => Some(None),
-            }
+            let end = self.tail_end(dfa, cache, text, from)?;
+            Some(end.map(|end| (from, end)))
         })
+    }
+
+    /// Where the first match starts: the text's start for anchored
+    /// patterns, else what the full engine finds. `None`: no match.
+    fn start(&self, text: &str) -> Option<usize> {
+        if self.anchored {
+            Some(0)
+        } else {
+            Some(self.full.find(text)?.start())
+        }
+    }
+
+    /// Where the head's first way of matching from `start` ends (`start`
+    /// itself without a head). `None`: no match at all; `Some(None)`: ask
+    /// the full engine.
+    #[allow(clippy::option_option)]
+    fn after_head(
+        &self,
+        text: &str,
+        start: usize,
+        cache: Option<&mut hybrid::dfa::Cache>,
+    ) -> Option<Option<usize>> {
+        let (Some(h), Some(cache)) = (&self.head, cache) else {
+            return Some(Some(start));
+        };
+        let input = Input::new(text).range(start..).anchored(Anchored::Yes);
+        match h.try_search_fwd(cache, &input) {
+            Ok(Some(m)) => Some(Some(m.offset())),
+            // Anchored and `A` does not match: neither does `A B`.
+            Ok(None) if self.anchored => None,
+            Ok(None) | Err(_) => Some(None),
+        }
+    }
+
+    /// Where a tail DFA's match from `from` ends. `None`: no match at all;
+    /// `Some(None)`: ask the full engine.
+    #[allow(clippy::option_option)]
+    fn tail_end(
+        &self,
+        dfa: &hybrid::dfa::DFA,
+        cache: &mut hybrid::dfa::Cache,
+        text: &str,
+        from: usize,
+    ) -> Option<Option<usize>> {
+        let input = Input::new(text).range(from..).anchored(Anchored::Yes);
+        match dfa.try_search_fwd(cache, &input) {
+            Ok(Some(m)) => Some(Some(m.offset())),
+            // Without a head the tail is the whole pattern: a true miss.
+            // After a head, another way of matching it may still work.
+            Ok(None) if self.anchored && self.head.is_none() => None,
+            Ok(None) | Err(_) => Some(None),
+        }
     }
 
     #[allow(clippy::option_option)]
@@ -510,19 +540,9 @@ impl Engines {
         start: usize,
         s: &mut Scratch,
     ) -> Option<Option<Captures<'a>>> {
-        let from = match (&self.head, s.head.as_mut()) {
-            (Some(h), Some(cache)) => {
-                let input = Input::new(text).range(start..).anchored(Anchored::Yes);
-                match h.try_search_fwd(cache, &input) {
-                    Ok(Some(m)) => m.offset(),
-                    // Anchored and `A` does not match: neither does `A B`.
-                    Ok(None) if self.anchored => return None,
-                    Ok(None) | Err(_) => return Some(None),
-                }
-            }
-            _ => start,
+        let Some(from) = self.after_head(text, start, s.head.as_mut())? else {
+            return Some(None);
         };
-        let input = Input::new(text).range(from..).anchored(Anchored::Yes);
         if let (Some((dfa, name)), Some(cache)) = (&self.sole, s.sole.as_mut()) {
             // `(?P<g>.+)$` on a single line: the rest of the line, no search.
             if self.rest_of_line && !text[from..].contains('\n') {
@@ -535,10 +555,8 @@ impl Engines {
                     }));
                 }
             }
-            let end = match dfa.try_search_fwd(cache, &input) {
-                Ok(Some(m)) => m.offset(),
-                Ok(None) if self.anchored && self.head.is_none() => return None,
-                Ok(None) | Err(_) => return Some(None),
+            let Some(end) = self.tail_end(dfa, cache, text, from)? else {
+                return Some(None);
             };
             let v = text.get(from..end)?;
             return Some(Some(Captures {
@@ -547,6 +565,7 @@ impl Engines {
                 dt_span: (name == "dt").then_some((from, end)),
             }));
         }
+        let input = Input::new(text).range(from..).anchored(Anchored::Yes);
         if self
             .tail
             .try_search(&mut s.tail, &input, &mut s.caps)
