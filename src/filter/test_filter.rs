@@ -202,15 +202,11 @@ fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show_missed: usize) -> 
         Which::Builtin(_) => None,
     };
     let Some(pf) = prefilter else {
-        for l in data.split(|&b| b == b'\n') {
-            part.line(l, filter, cx, show_missed, false);
-        }
-        // `split` yields an empty piece after a final newline.
-        if data.is_empty() || data.ends_with(b"\n") {
-            part.lines -= 1;
-            part.missed -= 1;
-            if part.missed_lines.last().is_some_and(String::is_empty) {
-                part.missed_lines.pop();
+        if !data.is_empty() {
+            // A final newline ends the last line; it does not start one.
+            let body = data.strip_suffix(b"\n").unwrap_or(data);
+            for l in body.split(|&b| b == b'\n') {
+                part.line(l, filter, cx, show_missed, false);
             }
         }
         return part;
