@@ -26,6 +26,8 @@ pub mod jail;
 pub mod source;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 /// Bodies of the fuzz targets in `fuzz/`, kept in the library so `cargo
 /// test` replays their corpora and past crashes without a fuzzer. Each must

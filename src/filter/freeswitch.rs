@@ -334,7 +334,10 @@ mod tests {
             "/../shared/corpus/freeswitch-1.10.12/freeswitch.log"
         );
         let Ok(text) = std::fs::read(path) else {
-            eprintln!("skipped: {path} not present");
+            assert!(
+                !crate::test_support::need("corpus"),
+                "{path} is missing from the corpus"
+            );
             return;
         };
         let f = FreeSwitchFilter::new(FilterOptions::default());
@@ -375,7 +378,10 @@ mod tests {
             "/../shared/corpus/fail2ban-1.1.2.dev1/tests/files/logs/freeswitch"
         );
         let Ok(text) = std::fs::read_to_string(path) else {
-            eprintln!("skipped: {path} not present");
+            assert!(
+                !crate::test_support::need("corpus"),
+                "{path} is missing from the corpus"
+            );
             return;
         };
         let f = FreeSwitchFilter::new(FilterOptions::default());

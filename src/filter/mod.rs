@@ -198,7 +198,10 @@ pub mod tests_support {
             env!("CARGO_MANIFEST_DIR")
         );
         let Ok(text) = std::fs::read_to_string(&path) else {
-            eprintln!("skipped: {path} not present");
+            assert!(
+                !crate::test_support::need("corpus"),
+                "{path} is missing from the corpus"
+            );
             return None;
         };
         let cx = FilterContext {

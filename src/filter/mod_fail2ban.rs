@@ -196,7 +196,10 @@ mod tests {
             "/../shared/corpus/freeswitch-1.10.12/fail2ban.log"
         );
         let Ok(text) = std::fs::read(path) else {
-            eprintln!("skipped: {path} not present");
+            assert!(
+                !crate::test_support::need("corpus"),
+                "{path} is missing from the corpus"
+            );
             return;
         };
         let f = ModFail2banFilter::new(FilterOptions::default());

@@ -73,10 +73,9 @@ const SAMPLES_PASSING: u64 = 1809;
 #[test]
 fn fail2ban_samples_do_not_regress() {
     let (Some(config), Some(logs)) = (
-        crate::common::shared("corpus/fail2ban-1.1.2.dev1/config"),
-        crate::common::shared("corpus/fail2ban-1.1.2.dev1/tests/files/logs"),
+        crate::common::corpus("fail2ban-1.1.2.dev1/config"),
+        crate::common::corpus("fail2ban-1.1.2.dev1/tests/files/logs"),
     ) else {
-        eprintln!("skipped: ../shared/corpus/fail2ban-1.1.2.dev1 is absent");
         return;
     };
     let samples = |extra: &[&str]| {
@@ -121,8 +120,7 @@ fn fail2ban_samples_do_not_regress() {
 
 #[test]
 fn test_filter_counts_the_corpus() {
-    let Some(log) = crate::common::shared("corpus/freeswitch-1.10.12/freeswitch.log") else {
-        eprintln!("skipped: corpus absent");
+    let Some(log) = crate::common::corpus("freeswitch-1.10.12/freeswitch.log") else {
         return;
     };
     let out = Command::new(bin())
@@ -140,8 +138,7 @@ fn test_filter_counts_the_corpus() {
             + v["missed"].as_u64().unwrap()
     );
     // A fail2ban filter file with options, and a bare regex.
-    if let Some(conf) =
-        crate::common::shared("corpus/fail2ban-1.1.2.dev1/config/filter.d/freeswitch.conf")
+    if let Some(conf) = crate::common::corpus("fail2ban-1.1.2.dev1/config/filter.d/freeswitch.conf")
     {
         let spec = format!("{}[mode=normal]", conf.display());
         let out = Command::new(bin())

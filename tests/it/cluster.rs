@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Daemon, NetNs, TempDir, append, can_use_netns, cli, daemon_section, delivered, sh, start_in,
-    wait_until,
+    Daemon, NetNs, TempDir, append, cli, daemon_section, delivered, need, sh, start_in, wait_until,
 };
 
 const REDIS: &str = "10.88.0.1";
@@ -132,15 +131,10 @@ fn status(dir: &TempDir, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn three_nodes_share_bans_and_counts_through_redis() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: redis-server is not installed");
+    if !need("redis") {
         return;
     }
     let f = Fleet::new();

@@ -149,17 +149,16 @@ pub fn append(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-/// Whether this process may create network namespaces and use nftables
-/// (root, with `ip` and `nft` installed). Tests that need it skip otherwise.
-pub fn can_use_netns() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["ip", "nft"]
-        .iter()
-        .all(|t| Command::new(t).arg("-V").output().is_ok());
-    if !(root && tools) {
-        eprintln!("skipped: needs root with `ip` and `nft` (root={root}, tools={tools})");
+pub use crate::test_support::need;
+
+/// A file of the reference data beside the checkout: `None` only when the
+/// run opted out of the `corpus` group; a missing corpus fails the test.
+pub fn corpus(rel: &str) -> Option<PathBuf> {
+    if !need("corpus") {
+        return None;
     }
-    root && tools
+    let rel = format!("corpus/{rel}");
+    Some(shared(&rel).unwrap_or_else(|| panic!("../shared/{rel} is missing")))
 }
 
 /// Runs a command, panicking with its output when it fails.

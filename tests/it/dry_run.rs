@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, TempDir, append, daemon_section, shared};
+use crate::common::{Daemon, TempDir, append, daemon_section};
 
 /// Rewrites mod_fail2ban's `at[...]` stamps so the last line is "now" and the
 /// spacing between lines stays as captured.
@@ -28,8 +28,7 @@ fn shift_to_now(text: &str) -> String {
 
 #[test]
 fn mod_fail2ban_corpus_bans_the_attacker_once() {
-    let Some(corpus) = shared("corpus/freeswitch-1.10.12/fail2ban.log") else {
-        eprintln!("skipped: ../shared/corpus not present");
+    let Some(corpus) = crate::common::corpus("freeswitch-1.10.12/fail2ban.log") else {
         return;
     };
     let dir = TempDir::new("dry");
@@ -179,7 +178,7 @@ fn freeswitch_log_follows_rotation_and_truncation() {
 /// Copies fail2ban's stock configuration (read at test time from
 /// ../shared, never committed) into a temp dir with a jail.local.
 fn fail2ban_dir(dir: &TempDir, jail_local: &str) -> Option<std::path::PathBuf> {
-    let src = shared("corpus/fail2ban-1.1.2.dev1/config")?;
+    let src = crate::common::corpus("fail2ban-1.1.2.dev1/config")?;
     let dst = dir.path("fail2ban");
     let status = std::process::Command::new("cp")
         .arg("-r")
@@ -208,7 +207,6 @@ fn a_fail2ban_configuration_runs_as_is_and_imports_to_toml() {
             auth.display()
         ),
     ) else {
-        eprintln!("skipped: ../shared corpus absent");
         return;
     };
     // The TOML file only places state and socket in the temp dir.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sipwarden::source::esl::FrameBuffer;
 use sipwarden::source::esl::frame::header;
 
-use crate::common::{Daemon, TempDir, cli, daemon_section, shared};
+use crate::common::{Daemon, TempDir, cli, daemon_section};
 
 /// What one simulated connection does.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,7 +27,8 @@ enum Conn {
 /// The corpus events, re-framed with `Event-Date-Timestamp` shifted so the
 /// last event is now.
 fn corpus_events(file: &str) -> Option<Vec<Vec<u8>>> {
-    let raw = std::fs::read(shared(&format!("corpus/freeswitch-1.10.12/{file}"))?).ok()?;
+    let path = crate::common::corpus(&format!("freeswitch-1.10.12/{file}"))?;
+    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut bodies: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut fb = FrameBuffer::default();
     fb.extend(&raw);
@@ -164,7 +165,6 @@ fn start_daemon(dir: &TempDir, port: u16, extra: &str) -> Daemon {
 #[test]
 fn corpus_replay_bans_the_attacker_after_maxretry() {
     let Some(events) = corpus_events("esl-plain.raw") else {
-        eprintln!("skipped: corpus not present");
         return;
     };
     let sim = Simulator::start("ClueCon", vec![Conn::Replay], events);
@@ -207,7 +207,6 @@ fn corpus_replay_bans_the_attacker_after_maxretry() {
 #[test]
 fn json_format_and_scanner_bans_at_the_first_failure() {
     let Some(events) = corpus_events("esl-json.raw") else {
-        eprintln!("skipped: corpus not present");
         return;
     };
     let sim = Simulator::start("ClueCon", vec![Conn::Replay], events);
@@ -229,7 +228,6 @@ fn json_format_and_scanner_bans_at_the_first_failure() {
 #[test]
 fn refusals_disconnects_and_restarts_are_survived() {
     let Some(events) = corpus_events("esl-plain.raw") else {
-        eprintln!("skipped: corpus not present");
         return;
     };
     // Wrong password first (the daemon's is ClueCon, this server wants another).

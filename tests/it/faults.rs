@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use sipwarden::event::Time;
 use sipwarden::store::Store;
 
-use crate::common::{
-    NetNs, TempDir, append, can_use_netns, cli, daemon_section, start_in, wait_until,
-};
+use crate::common::{NetNs, TempDir, append, cli, daemon_section, need, start_in, wait_until};
 
 fn config(dir: &TempDir, extra: &str) -> std::path::PathBuf {
     let cfg = dir.path("sipwarden.toml");
@@ -65,7 +63,7 @@ fn logged(lines: &[String]) -> BTreeSet<String> {
 
 #[test]
 fn sigterm_during_a_burst_loses_no_decided_ban() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("term");
@@ -104,7 +102,7 @@ fn sigterm_during_a_burst_loses_no_decided_ban() {
 
 #[test]
 fn kill_9_mid_burst_then_restart_leaves_store_and_kernel_equal() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("k9");
@@ -145,7 +143,7 @@ fn kill_9_mid_burst_then_restart_leaves_store_and_kernel_equal() {
 
 #[test]
 fn a_full_state_disk_keeps_enforcing_and_catches_up() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("full");
@@ -164,10 +162,11 @@ fn a_full_state_disk_keeps_enforcing_and_catches_up() {
         ])
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
+    assert!(
+        mounted,
+        "cannot mount a tmpfs at {} (needs root)",
+        state.display()
+    );
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -224,7 +223,7 @@ fn counted(dir: &TempDir) -> u64 {
 
 #[test]
 fn rotations_lose_no_line_and_a_storm_does_not_derail_the_follower() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("rot");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{NetNs, TempDir, can_use_netns, cli, daemon_section, start_in, wait_until};
+use crate::common::{NetNs, TempDir, cli, daemon_section, need, start_in, wait_until};
 
 const KEY: &str = "apiban-test-key";
 
@@ -117,7 +117,7 @@ fn elements(ns: &NetNs, set: &str) -> Vec<String> {
 
 #[test]
 fn feeds_load_refresh_and_fail_safely() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("feed");

@@ -332,14 +332,7 @@ impl Drop for Browser {
 
 #[test]
 fn dashboard_shows_a_ban_and_unbans_it_in_chromium() {
-    if Command::new("chromedriver")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!(
-            "skipped: chromedriver is not installed (apt-get install chromium chromium-driver)"
-        );
+    if !crate::common::need("chromium") {
         return;
     }
     let dir = TempDir::new("dash");

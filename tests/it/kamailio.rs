@@ -9,18 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, NetNs, TempDir, bin, can_use_netns, cli, daemon_section, sh, shared};
+use crate::common::{Daemon, NetNs, TempDir, bin, cli, daemon_section, need, sh};
 
 const PBX: &str = "10.201.80.1";
 const ATTACKER: &str = "10.201.80.2";
 const PHONE: &str = "10.201.80.3";
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Kamailio in the `pbx` namespace; killed on drop.
 struct Kamailio {
@@ -74,16 +67,14 @@ impl Drop for Lab {
 impl Lab {
     /// `None` (with the reason printed) when the tools or the corpus are
     /// missing.
-    fn new(tag: &str, tools: &[&str]) -> Option<Lab> {
-        if !can_use_netns() {
+    fn new(tag: &str, groups: &[&str]) -> Option<Lab> {
+        if !need("netns") {
             return None;
         }
-        let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
-        if !missing.is_empty() {
-            eprintln!(
-                "skipped: {missing:?} not installed (.ci/run installs kamailio, sipvicious, sip-tester)"
-            );
-            return None;
+        for group in groups {
+            if !need(group) {
+                return None;
+            }
         }
         let dir = TempDir::new(tag);
         let pbx = NetNs::new("k");
@@ -209,11 +200,10 @@ impl Lab {
 
 #[test]
 fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
-    let Some(scenario) = shared("corpus/freeswitch-1.10.12/reg_auth.xml") else {
-        eprintln!("skipped: ../shared/corpus not present");
+    let Some(scenario) = crate::common::corpus("freeswitch-1.10.12/reg_auth.xml") else {
         return;
     };
-    let Some(lab) = Lab::new("kam", &["kamailio", "svcrack", "sipp"]) else {
+    let Some(lab) = Lab::new("kam", &["kamailio", "sipvicious", "sipp"]) else {
         return;
     };
     let (dir, atk, klog) = (&lab.dir, &lab.atk, &lab.klog);
@@ -318,7 +308,7 @@ fn svcrack_is_banned_after_maxretry_and_a_real_phone_is_not() {
 
 #[test]
 fn wire_only_detection_bans_svcrack_and_svmap() {
-    let Some(lab) = Lab::new("wire", &["kamailio", "svcrack", "svmap"]) else {
+    let Some(lab) = Lab::new("wire", &["kamailio", "sipvicious"]) else {
         return;
     };
     // No log at all: the sensor watches SIP on the pbx side of the link.

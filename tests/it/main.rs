@@ -15,3 +15,7 @@ mod kamailio;
 mod nft;
 mod package;
 mod restart;
+
+// What a test needs from the machine: shared with the unit tests.
+#[path = "../../src/test_support.rs"]
+mod test_support;

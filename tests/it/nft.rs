@@ -13,8 +13,8 @@ use sipwarden::event::{JailId, Time};
 use sipwarden::jail::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReason};
 
 use crate::common::{
-    Daemon, KillByArg, NetNs, TempDir, TestNet, append, bin, can_use_netns, daemon_section,
-    delivered, start_in, wait_until,
+    Daemon, KillByArg, NetNs, TempDir, TestNet, append, bin, daemon_section, delivered, need,
+    start_in, wait_until,
 };
 
 fn config(dir: &TempDir, log: &std::path::Path, extra: &str) -> std::path::PathBuf {
@@ -40,7 +40,7 @@ fn failure_line(ip: &str) -> String {
 
 #[test]
 fn ban_drops_an_established_udp_flow_and_expires_in_the_kernel() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let net = TestNet::new();
@@ -127,7 +127,7 @@ fn ban_drops_an_established_udp_flow_and_expires_in_the_kernel() {
 
 #[test]
 fn ipv6_attacker_lands_in_banned_v6_and_keep_on_exit_false_removes_the_table() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let net = TestNet::new();
@@ -180,7 +180,7 @@ fn ipv6_attacker_lands_in_banned_v6_and_keep_on_exit_false_removes_the_table() {
 
 #[test]
 fn burst_of_10000_addresses_lands_in_the_set_without_a_process_per_ban() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("b");
@@ -265,7 +265,7 @@ fn unban(addr: &str) -> Decision {
 
 #[test]
 fn enforcer_handles_prefixes_unbans_and_bad_elements_in_a_batch() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("e");
@@ -340,7 +340,7 @@ fn enforcer_handles_prefixes_unbans_and_bad_elements_in_a_batch() {
 
 #[test]
 fn flushed_ruleset_and_hand_deleted_elements_are_restored() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("d");
@@ -421,7 +421,7 @@ fn flushed_ruleset_and_hand_deleted_elements_are_restored() {
 
 #[test]
 fn a_full_set_is_reported_with_what_to_raise() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("f");

@@ -1,15 +1,16 @@
 //! The Debian package: installed with `dpkg -i`, the installed binary runs
 //! on the installed configuration (in a network namespace, so its nftables
 //! table stays there) and answers `sipwarden status`; the unit file passes
-//! `systemd-analyze verify`; then the package is purged. The package is
-//! built beforehand by `packaging/build-deb.sh` (`.ci/run` does it); without
-//! one this test says so and skips.
+//! `systemd-analyze verify`; then the package is purged. It changes the
+//! machine (dpkg), so it runs only when asked: `SIPWARDEN_TEST_PACKAGE=1`,
+//! which `.ci/run` sets after `packaging/build-deb.sh` built the package;
+//! a developer's plain `cargo test` leaves the system alone.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Daemon, NetNs, can_use_netns, wait_until};
+use crate::common::{Daemon, NetNs, need, wait_until};
 
 fn built_deb() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/debian");
@@ -33,22 +34,31 @@ impl Drop for Purge {
 
 #[test]
 fn the_deb_installs_runs_and_answers_status() {
-    let Some(deb) = built_deb() else {
-        eprintln!("skipped: no target/debian/*.deb (bash packaging/build-deb.sh builds it)");
-        return;
-    };
-    if !can_use_netns() || Command::new("dpkg").arg("--version").output().is_err() {
+    if std::env::var("SIPWARDEN_TEST_PACKAGE").as_deref() != Ok("1") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOT RUN the_deb_installs_runs_and_answers_status: it installs a package; SIPWARDEN_TEST_PACKAGE=1 asks for it (.ci/run does)"
+        );
         return;
     }
+    let deb = built_deb()
+        .expect("no target/debian/*.deb: run `bash packaging/build-deb.sh` first (.ci/run does)");
+    if !need("netns") {
+        return;
+    }
+    assert!(
+        Command::new("dpkg").arg("--version").output().is_ok(),
+        "needs dpkg"
+    );
     // Never replace (and then purge) a real installation.
-    if Command::new("dpkg")
-        .args(["-s", "sipwarden"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        eprintln!("skipped: a sipwarden package is installed on this machine");
-        return;
-    }
+    assert!(
+        !Command::new("dpkg")
+            .args(["-s", "sipwarden"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "a sipwarden package is installed on this machine; this test would replace and purge it"
+    );
     let fresh_state = !std::path::Path::new("/var/lib/sipwarden").exists();
     let fresh_run = !std::path::Path::new("/run/sipwarden").exists();
     let out = Command::new("dpkg").arg("-i").arg(&deb).output().unwrap();
@@ -68,22 +78,16 @@ fn the_deb_installs_runs_and_answers_status() {
     ] {
         assert!(std::path::Path::new(f).exists(), "{f} installed");
     }
-    if Command::new("systemd-analyze")
-        .arg("--version")
+    let v = Command::new("systemd-analyze")
+        .args(["verify", "/lib/systemd/system/sipwarden.service"])
         .output()
-        .is_ok()
-    {
-        let v = Command::new("systemd-analyze")
-            .args(["verify", "/lib/systemd/system/sipwarden.service"])
-            .output()
-            .unwrap();
-        assert!(
-            v.status.success(),
-            "systemd-analyze verify: {}{}",
-            String::from_utf8_lossy(&v.stdout),
-            String::from_utf8_lossy(&v.stderr)
-        );
-    }
+        .expect("needs systemd-analyze (systemd) to verify the unit file");
+    assert!(
+        v.status.success(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
 
     // The installed binary on the installed configuration.
     let ns = NetNs::new("deb");

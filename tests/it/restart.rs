@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{NetNs, TempDir, append, can_use_netns, cli, daemon_section, start_in};
+use crate::common::{NetNs, TempDir, append, cli, daemon_section, need, start_in};
 
 #[test]
 fn twenty_thousand_bans_survive_a_restart_with_their_remaining_time() {
-    if !can_use_netns() {
+    if !need("netns") {
         return;
     }
     let ns = NetNs::new("r");

@@ -647,7 +647,10 @@ mod tests {
     #[test]
     fn plain_corpus_whole_coalesced_and_byte_by_byte() {
         let Some(raw) = corpus("esl-plain.raw") else {
-            eprintln!("skipped: corpus not present");
+            assert!(
+                !crate::test_support::need("corpus"),
+                "the reference corpus is missing a file"
+            );
             return;
         };
         let (whole, frames) = replay(&raw, raw.len());
@@ -665,7 +668,10 @@ mod tests {
     #[test]
     fn json_corpus_gives_the_same_events() {
         let (Some(raw), Some(plain)) = (corpus("esl-json.raw"), corpus("esl-plain.raw")) else {
-            eprintln!("skipped: corpus not present");
+            assert!(
+                !crate::test_support::need("corpus"),
+                "the reference corpus is missing a file"
+            );
             return;
         };
         let (json, _) = replay(&raw, raw.len());

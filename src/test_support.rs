@@ -1,0 +1,120 @@
+//! What a test needs from the machine, checked the same way by unit tests
+//! (`crate::test_support`) and integration tests (`tests/it/common.rs`
+//! includes this file).
+//!
+//! A test that cannot run fails and says what is missing; it never returns
+//! green. The one way out is explicit: `SIPWARDEN_TEST_SKIP=netns,chromium`
+//! names groups to skip, and each skip is written straight to the terminal
+//! (past the test harness's capture) so the run's output lists it. CI never
+//! sets it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The groups a test may need, with what each checks.
+pub const GROUPS: &[(&str, &str)] = &[
+    ("netns", "root, with `ip` (iproute2) and `nft` (nftables)"),
+    ("conntrack", "the `conntrack` command (conntrack)"),
+    ("redis", "`redis-server` and `redis-cli` (redis-server)"),
+    (
+        "chromium",
+        "`chromium` and `chromedriver` (chromium, chromium-driver)",
+    ),
+    ("kamailio", "`kamailio` (kamailio)"),
+    ("sipp", "`sipp` (sip-tester)"),
+    ("sipvicious", "`svcrack` and `svmap` (sipvicious)"),
+    ("strace", "`strace` (strace)"),
+    ("faketime", "`faketime` (faketime)"),
+    (
+        "corpus",
+        "the reference data in ../shared/corpus beside the checkout",
+    ),
+];
+
+/// The reference corpus beside the checkout.
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
+}
+
+fn runs(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success() || !o.stdout.is_empty() || !o.stderr.is_empty())
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// What is missing for `group`, or `None` when the machine has it.
+pub fn missing(group: &str) -> Option<String> {
+    let what = GROUPS
+        .iter()
+        .find(|(g, _)| *g == group)
+        .map(|(_, w)| *w)
+        .unwrap_or_else(|| panic!("unknown test group {group:?}"));
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = match group {
+        "netns" => root && runs("ip", "-V") && runs("nft", "-v"),
+        "conntrack" => on_path("conntrack"),
+        "redis" => on_path("redis-server") && on_path("redis-cli"),
+        "chromium" => on_path("chromium") && on_path("chromedriver"),
+        "kamailio" => on_path("kamailio"),
+        "sipp" => on_path("sipp"),
+        "sipvicious" => on_path("svcrack") && on_path("svmap"),
+        "strace" => on_path("strace"),
+        "faketime" => on_path("faketime"),
+        "corpus" => corpus_dir().join("freeswitch-1.10.12").is_dir(),
+        _ => false,
+    };
+    (!ok).then(|| format!("needs {what}"))
+}
+
+/// Whether the run opted out of `group` (`SIPWARDEN_TEST_SKIP`).
+pub fn opted_out(group: &str) -> bool {
+    std::env::var("SIPWARDEN_TEST_SKIP")
+        .is_ok_and(|v| v.split(',').any(|g| g.trim() == group || g.trim() == "all"))
+}
+
+/// Checks that the machine has what `group` needs. Returns `true` when the
+/// test can run; panics saying what is missing otherwise, unless the run
+/// opted out of the group, in which case it says so on the terminal and
+/// returns `false` (the test then returns).
+pub fn need(group: &str) -> bool {
+    let Some(why) = missing(group) else {
+        return true;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if opted_out(group) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {why} (SIPWARDEN_TEST_SKIP lists {group})"
+        );
+        return false;
+    }
+    panic!(
+        "{test} cannot run: it {why}. Install it (bash .ci/run installs everything), \
+         or opt out explicitly with SIPWARDEN_TEST_SKIP={group}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_is_checked_and_unknown_groups_are_refused() {
+        for (g, _) in GROUPS {
+            // Present or missing, each group answers without panicking.
+            let _ = missing(g);
+        }
+        assert!(std::panic::catch_unwind(|| missing("no-such-group")).is_err());
+    }
+}
