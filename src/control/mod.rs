@@ -16,6 +16,7 @@
 //! Responses are `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
 
 pub mod client;
+pub mod recent;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,8 @@
 //! and in `state_dir/feeds/NAME.txt`, from which it is loaded again at the
 //! next start.
 
+pub mod runner;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

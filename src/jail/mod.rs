@@ -6,9 +6,11 @@
 
 mod escalation;
 mod ignore;
+pub mod set;
 
 pub use escalation::{BanHistory, Escalation};
 pub use ignore::{IgnoreList, own_addresses};
+pub use set::{JailSet, JailSpec, RemoteBan};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

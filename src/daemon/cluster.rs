@@ -1,0 +1,155 @@
+//! The bridge to the fleet: this node's bans and shared failures go out,
+//! what other nodes decided comes in as decisions.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::parse_request_net;
+use super::runtime::Runtime;
+use crate::event::{FailureEvent, JailId, Time};
+use crate::jail::{BanReason, Decision, DisplayNet, RemoteBan};
+
+impl Runtime {
+    /// Hands this node's own decisions to the cluster: its bans, and its
+    /// manual unbans (expiries happen on every node by themselves).
+    pub(super) fn publish(&self, decisions: &[Decision]) {
+        let Some(c) = &self.cluster else { return };
+        for d in decisions {
+            match d {
+                Decision::Ban(b) if b.reason != BanReason::Cluster => {
+                    c.send(crate::cluster::Outbound::Ban(crate::cluster::SharedBan {
+                        jail: b.jail_name.to_string(),
+                        addr: DisplayNet(&b.addr).to_string(),
+                        start: b.start.0,
+                        end: b.end.map(|e| e.0),
+                        failures: b.failures,
+                        origin: c.config.node.clone(),
+                    }));
+                }
+                Decision::Unban(u) if u.reason == crate::jail::UnbanReason::Manual => {
+                    c.send(crate::cluster::Outbound::Unban {
+                        jail: u.jail_name.to_string(),
+                        addr: DisplayNet(&u.addr).to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Failures of `shared_count` jails go to the cluster's counter.
+    pub(super) fn share_failures(&self, batch: &[FailureEvent]) {
+        let Some(c) = &self.cluster else { return };
+        // Which jails share their counts: looked up once per batch, not per event.
+        let shared: Vec<JailId> = self
+            .config
+            .enabled_jails()
+            .filter(|j| j.shared_count)
+            .filter_map(|j| self.jails.jail_id(&j.name))
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        for ev in batch {
+            if !shared.contains(&ev.jail) {
+                continue;
+            }
+            if let Some((jail, maxretry, findtime_ms)) = self.jails.shared_failure(ev) {
+                c.send(crate::cluster::Outbound::Failure {
+                    jail,
+                    addr: ev.addr,
+                    time: ev.time,
+                    maxretry,
+                    findtime_ms,
+                });
+            }
+        }
+    }
+
+    /// Applies what the cluster says.
+    pub(super) fn apply_cluster(&mut self, msg: crate::cluster::Inbound) -> Vec<Decision> {
+        use crate::cluster::Inbound;
+        match msg {
+            Inbound::Ban(b) => {
+                let Ok(addr) = parse_request_net(&b.addr) else {
+                    tracing::warn!(
+                        "cluster ban from node {} refused: {:?} is not an address or prefix",
+                        b.origin,
+                        b.addr
+                    );
+                    return Vec::new();
+                };
+                let remote = RemoteBan {
+                    jail: &b.jail,
+                    addr,
+                    start: Time(b.start),
+                    end: b.end.map(Time),
+                    failures: b.failures,
+                    origin: &b.origin,
+                };
+                match self.jails.remote_ban(&remote) {
+                    Some(d) => {
+                        self.origins
+                            .insert((d.jail, d.addr), Arc::from(b.origin.as_str()));
+                        vec![Decision::Ban(d)]
+                    }
+                    None => Vec::new(),
+                }
+            }
+            Inbound::Unban { jail, addr, origin } => {
+                let Ok(net) = parse_request_net(&addr) else {
+                    return Vec::new();
+                };
+                if self.jails.jail_id(&jail).is_none() {
+                    return Vec::new();
+                }
+                match self.jails.unban(Some(net), Some(&jail), false) {
+                    Ok(us) => {
+                        tracing::info!("[{jail}] unban of {addr} came from node {origin}");
+                        if let Some(c) = &self.cluster {
+                            c.send(crate::cluster::Outbound::Forget {
+                                jail: jail.clone(),
+                                addr: addr.clone(),
+                            });
+                        }
+                        us.into_iter()
+                            .map(|u| {
+                                self.origins.remove(&(u.jail, u.addr));
+                                Decision::Unban(u)
+                            })
+                            .collect()
+                    }
+                    Err(_) => Vec::new(),
+                }
+            }
+            Inbound::SharedBan {
+                jail,
+                addr,
+                failures,
+            } => match self.jails.shared_ban(&jail, addr, failures, Time::now()) {
+                Some(d) => {
+                    let ds = vec![Decision::Ban(d)];
+                    self.publish(&ds);
+                    ds
+                }
+                None => Vec::new(),
+            },
+            Inbound::Peers(addrs) => {
+                let mut nets: Vec<IpNet> = addrs.into_iter().map(IpNet::from).collect();
+                if let Some(ip) = self
+                    .config
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.redis.host.parse::<std::net::IpAddr>().ok())
+                {
+                    nets.push(IpNet::from(ip));
+                }
+                nets.sort();
+                nets.dedup();
+                self.jails.add_peers(nets);
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The running daemon: sources feed jails, jails feed the enforcer and the
+//! store, the control socket reads and steers it all.
+//!
+//! ```text
+//! sources ──► events ──► jails ──► decisions ──► enforcer thread (enforcer.rs)
+//! (sources.rs)           (JailSet,      │
+//!                         one task)     ├──► store thread (store.rs)
+//!                            ▲          └──► cluster (cluster.rs)
+//!                            │
+//!          control socket, HTTP API, reload (runtime.rs, reload.rs)
+//! ```
+//!
+//! Sources run on their own threads or tasks and send batches of events over
+//! a channel. One task owns every jail (no locks on the counting path),
+//! turns events into decisions, and hands them in batches to the enforcer
+//! thread and the store thread. This file only wires the parts together.
+
+mod cluster;
+mod enforcer;
+mod lock;
+mod reload;
+mod runtime;
+mod sources;
+mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use self::runtime::Runtime;
+use self::sources::Sources;
+use crate::config::{Config, JailConfig, parse_net};
+use crate::control::recent::Recent;
+use crate::control::server::{ControlMsg, ControlSocket};
+use crate::event::{FailureEvent, Time};
+use crate::jail::{Decision, JailSet, JailSpec, is_host, own_addresses};
+use crate::source::scanner::ScannerList;
+use crate::store::{Store, StoreOp};
+
+/// How the daemon was asked to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Log decisions, touch no firewall.
+    pub dry_run: bool,
+    /// The configuration file given with `--config`, re-read on reload.
+    pub config_path: Option<PathBuf>,
+    /// A fail2ban configuration directory (`--fail2ban-config`), re-read on reload.
+    pub fail2ban_config: Option<PathBuf>,
+}
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Something the configuration asks for cannot be set up.
+    #[error("{0}")]
+    Setup(String),
+    /// The runtime failed (signals, threads).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Batches in flight between sources and jails (a batch is one read, up to a
+/// few thousand events); sources block when the jails fall this far behind,
+/// so a flood cannot pile up in memory.
+const EVENT_QUEUE: usize = 16;
+
+/// Reads an address or prefix given to `ban`/`unban`; a prefix with host
+/// bits set is refused rather than silently widened.
+pub fn parse_request_net(s: &str) -> Result<IpNet, String> {
+    let net = parse_net(s)?;
+    if let Ok(given) = s.trim().parse::<IpNet>() {
+        if given != net {
+            return Err(format!("{s} has host bits set; did you mean {net}?"));
+        }
+    }
+    if net.prefix_len() == 0 {
+        return Err(format!("{s} would ban everything; refusing"));
+    }
+    Ok(if is_host(&net) {
+        IpNet::from(net.addr().to_canonical())
+    } else {
+        net
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
+    let enabled: Vec<JailConfig> = config.enabled_jails().cloned().collect();
+    if enabled.len() > usize::from(u16::MAX) / 2 {
+        return Err(DaemonError::Setup("too many jails".into()));
+    }
+    let lock = lock::lock_state_dir(&config.daemon.state_dir)?;
+    let control = ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())
+        .map_err(DaemonError::Setup)?;
+    let now = Time::now();
+    let mut store = match lock {
+        Some(_) => match Store::open(&config.daemon.state_dir, now) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(
+                    "{e}; running WITHOUT a state store: bans will not survive a restart"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let specs: Vec<JailSpec> = enabled.iter().map(JailSpec::from_config).collect();
+    let own = if enabled.iter().any(|j| j.ignoreself) {
+        own_addresses()
+    } else {
+        Vec::new()
+    };
+    let mut jails = JailSet::new(own, &specs);
+    let mut enforcer = enforcer::build(&config, &opts)?;
+    let firewall = enforcer.name();
+
+    // Restore the bans still in force, in a few batches, before anything new.
+    if let Some(s) = &store {
+        match s.ban_counts() {
+            Ok(c) => jails.load_history(c),
+            Err(e) => tracing::error!("{e}; escalation starts without history"),
+        }
+        match s.active(now) {
+            Ok(active) => {
+                let t0 = std::time::Instant::now();
+                let mut decisions = Vec::with_capacity(active.len());
+                let mut orphans = 0;
+                for b in active {
+                    match jails.restore(&b.jail, b.addr, b.start, b.end, b.failures, b.reason) {
+                        Some(d) => decisions.push(Decision::Ban(d)),
+                        None => orphans += 1,
+                    }
+                }
+                if !decisions.is_empty() {
+                    if let Err(e) = enforcer.apply(&decisions) {
+                        tracing::error!("restoring bans: {e}");
+                    }
+                }
+                tracing::info!(
+                    "restored {} active ban(s) in {:?}",
+                    decisions.len(),
+                    t0.elapsed()
+                );
+                if orphans > 0 {
+                    tracing::warn!(
+                        "{orphans} stored ban(s) belong to jails no longer configured; not restored"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("{e}; no bans restored"),
+        }
+    }
+
+    // The enforcer runs on its own thread: firewall calls are blocking, and
+    // decisions that pile up while one call runs go out together.
+    let (dec_tx, dec_rx) = std::sync::mpsc::channel::<Vec<Decision>>();
+    // Blocklist feeds' contents, replaced whole (checked on every turn).
+    let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
+    let metrics = Arc::new(crate::http::metrics::Metrics::default());
+    let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, metrics.clone())?;
+    // The store writes on its own thread too, a transaction per burst.
+    let (store_tx, store_thread) = match store.take() {
+        Some(mut s) => {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<StoreOp>>();
+            let h = std::thread::Builder::new()
+                .name("store".into())
+                .spawn(move || store::store_writer(&mut s, &rx))
+                .map_err(|source| DaemonError::Io {
+                    what: "starting the store thread".into(),
+                    source,
+                })?;
+            (Some(tx), Some(h))
+        }
+        None => (None, None),
+    };
+
+    let (events_tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
+    let scanners = Arc::new(ScannerList::new(&config.scanners));
+    let mut rt = Runtime {
+        jails,
+        config,
+        opts,
+        started: now,
+        firewall,
+        sources: Sources::new(events_tx, scanners),
+        dec_tx,
+        store_tx,
+        cluster: None,
+        origins: HashMap::new(),
+        recent: Recent::default(),
+        feeds: Vec::new(),
+        fast: None,
+    };
+    if firewall == "nftables" {
+        rt.fast = crate::enforce::nftables::FastAdd::open(&rt.config.firewall.table);
+    }
+    let enabled_now: Vec<JailConfig> = rt.config.enabled_jails().cloned().collect();
+    rt.sources.sync(&enabled_now, &rt.jails)?;
+    let mut feed_tasks = Vec::new();
+    for f in rt.config.feeds.clone() {
+        let view = Arc::new(std::sync::Mutex::new(crate::control::FeedView {
+            name: f.name.clone(),
+            ..Default::default()
+        }));
+        rt.feeds.push(view.clone());
+        feed_tasks.push(tokio::spawn(crate::feed::runner::run_feed(
+            f,
+            rt.config.daemon.state_dir.clone(),
+            feed_tx.clone(),
+            view,
+        )));
+    }
+    drop(feed_tx);
+    let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
+    if let Some(cc) = rt.config.cluster.clone() {
+        let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
+        // The Redis server itself is never banned either.
+        let redis_addr: Vec<IpNet> = cc
+            .redis
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(IpNet::from)
+            .into_iter()
+            .collect();
+        rt.jails.add_peers(redis_addr);
+        rt.cluster = Some(crate::cluster::Cluster::start(cc, own, cluster_tx));
+    } else {
+        drop(cluster_tx);
+    }
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    let http = match rt.config.http.clone() {
+        Some(h) => {
+            let listener = crate::http::bind(h.listen)
+                .await
+                .map_err(DaemonError::Setup)?;
+            tracing::info!(
+                "http: dashboard, API and metrics on http://{}/{}",
+                h.listen,
+                if h.token.is_some() {
+                    ""
+                } else {
+                    " (read-only: no [http] token)"
+                }
+            );
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                ctl_tx.clone(),
+                h.token,
+                rt.config.daemon.state_dir.clone(),
+                metrics.clone(),
+            )))
+        }
+        None => None,
+    };
+    let server = tokio::spawn(control.serve(ctl_tx));
+
+    let sig = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|source| DaemonError::Io {
+            what: format!("installing the {name} handler"),
+            source,
+        })
+    };
+    let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
+    let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
+    let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
+
+    tracing::info!(
+        "sipwarden {} started: {} jail(s) [{}], configuration {}, control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        enabled.len(),
+        enabled
+            .iter()
+            .map(|j| j.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        rt.config.origin,
+        rt.config.daemon.socket.display()
+    );
+
+    crate::systemd::notify("READY=1");
+    let mut watchdog = tokio::time::interval(
+        crate::systemd::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600)),
+    );
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut decisions = Vec::new();
+    loop {
+        let wake = rt.jails.next_expiry().map(|t| {
+            let wait = (t.0 - Time::now().0).max(0) as u64;
+            tokio::time::Instant::now() + std::time::Duration::from_millis(wait)
+        });
+        tokio::select! {
+            Some(batch) = rx.recv() => {
+                let now = Time::now();
+                rt.jails.handle(&batch, now, &mut decisions);
+                rt.share_failures(&batch);
+                rt.recent.note(&batch, now);
+                // Take whatever else is queued, so a burst becomes one batch.
+                while let Ok(more) = rx.try_recv() {
+                    rt.jails.handle(&more, now, &mut decisions);
+                    rt.share_failures(&more);
+                    rt.recent.note(&more, now);
+                }
+                rt.publish(&decisions);
+            }
+            Some(msg) = cluster_rx.recv() => {
+                // Applied and enforced here, never published again.
+                let ds = rt.apply_cluster(msg);
+                rt.dispatch(ds)?;
+            }
+            Some((req, reply)) = ctl_rx.recv() => {
+                let resp = rt.control(req);
+                let _ = reply.send(resp);
+            }
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                rt.jails.expire(Time::now(), &mut decisions);
+            }
+            _ = sweep.tick() => rt.jails.sweep(Time::now()),
+            // Pinged from the loop that does the work: a stuck loop misses it.
+            _ = watchdog.tick() => crate::systemd::notify("WATCHDOG=1"),
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(); }
+        }
+        rt.dispatch(std::mem::take(&mut decisions))?;
+    }
+    crate::systemd::notify("STOPPING=1");
+    for t in &feed_tasks {
+        t.abort();
+    }
+    server.abort();
+    if let Some(h) = &http {
+        h.abort();
+    }
+    if let Some(c) = &rt.cluster {
+        c.stop();
+    }
+    rt.sources.stop_all();
+    drop(rx);
+    let Runtime {
+        dec_tx, store_tx, ..
+    } = rt;
+    // Everything decided reaches the store and the kernel before exit.
+    drop(store_tx);
+    if let Some(h) = store_thread {
+        let _ = h.join();
+    }
+    drop(dec_tx);
+    if enforcer_thread.join().is_err() {
+        tracing::error!("the enforcer thread panicked while stopping");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_addresses_are_validated() {
+        assert_eq!(
+            parse_request_net("192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            parse_request_net("198.51.100.0/24").unwrap().to_string(),
+            "198.51.100.0/24"
+        );
+        assert_eq!(
+            parse_request_net("::ffff:192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        for bad in [
+            "999.1.1.1",
+            "::g",
+            "198.51.100.5/24",
+            "0.0.0.0/0",
+            "",
+            "1.2.3.4/33",
+        ] {
+            assert!(parse_request_net(bad).is_err(), "{bad}");
+        }
+    }
+}

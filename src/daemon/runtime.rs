@@ -1,0 +1,242 @@
+//! What the run loop owns, and how it answers the control socket and the
+//! HTTP API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::sources::Sources;
+use super::store::store_ops;
+use super::{DaemonError, RunOptions, parse_request_net};
+use crate::config::Config;
+use crate::config::duration::parse_bantime;
+use crate::control::recent::Recent;
+use crate::control::{
+    BanRef, BanView, FeedView, JailView, Request, Response, SourceView, StatusView, UnbanView,
+};
+use crate::event::{JailId, Time};
+use crate::jail::{BanReason, Decision, DisplayNet, Jail, JailSet};
+use crate::store::StoreOp;
+
+/// Everything the main loop owns.
+pub(super) struct Runtime {
+    pub(super) jails: JailSet,
+    pub(super) config: Config,
+    pub(super) opts: RunOptions,
+    pub(super) started: Time,
+    pub(super) firewall: &'static str,
+    pub(super) sources: Sources,
+    pub(super) dec_tx: std::sync::mpsc::Sender<Vec<Decision>>,
+    pub(super) store_tx: Option<std::sync::mpsc::Sender<Vec<StoreOp>>>,
+    /// The fleet, when `[cluster]` is set.
+    pub(super) cluster: Option<crate::cluster::Cluster>,
+    /// Which node decided each ban received from the cluster.
+    pub(super) origins: HashMap<(JailId, IpNet), Arc<str>>,
+    /// The last failures and attacks per minute (the dashboard's data).
+    pub(super) recent: Recent,
+    /// Each blocklist feed's state, kept by its task.
+    pub(super) feeds: Vec<Arc<std::sync::Mutex<FeedView>>>,
+    /// Adds a few new bans' elements at once, before the enforcer thread.
+    pub(super) fast: Option<crate::enforce::nftables::FastAdd>,
+}
+
+impl Runtime {
+    /// Sends decisions to the enforcer and the store.
+    pub(super) fn dispatch(&mut self, decisions: Vec<Decision>) -> Result<(), DaemonError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        if !self.origins.is_empty() {
+            for d in &decisions {
+                if let Decision::Unban(u) = d {
+                    self.origins.remove(&(u.jail, u.addr));
+                }
+            }
+        }
+        // A few new bans: into the kernel from here, now; the enforcer
+        // thread follows with the same decisions and does the rest.
+        if let Some(f) = &mut self.fast {
+            if decisions.len() <= crate::enforce::nftables::FastAdd::MAX {
+                f.add(decisions.iter().filter_map(|d| match d {
+                    Decision::Ban(b) => Some(b),
+                    Decision::Unban(_) => None,
+                }));
+            }
+        }
+        if let Some(tx) = &self.store_tx {
+            let _ = tx.send(store_ops(&decisions, Time::now()));
+        }
+        self.dec_tx.send(decisions).map_err(|_| {
+            DaemonError::Setup("the enforcer thread stopped; see the error above".into())
+        })
+    }
+
+    /// The answer to `status` (every jail, or one with its bans).
+    pub(super) fn status(&self, jail: Option<&str>) -> Response {
+        let now = Time::now();
+        let views = |j: &Jail| self.sources.views(j.name());
+        match jail {
+            Some(name) => match self.jails.jail_id(name).and_then(|id| self.jails.jail(id)) {
+                Some(j) => Response::ok(jail_view(
+                    &self.jails,
+                    j,
+                    views(j),
+                    true,
+                    now,
+                    &self.origins,
+                )),
+                None => Response::error(self.jails.no_such_jail(name)),
+            },
+            None => Response::ok(StatusView {
+                version: env!("CARGO_PKG_VERSION").into(),
+                started: self.started.to_string(),
+                uptime_s: (now.0 - self.started.0) / 1000,
+                firewall: self.firewall.into(),
+                config: self.config.origin.clone(),
+                jails: self
+                    .jails
+                    .jails()
+                    .map(|j| jail_view(&self.jails, j, views(j), false, now, &self.origins))
+                    .collect(),
+                cluster: self.cluster.as_ref().map(crate::cluster::Cluster::view),
+                feeds: self
+                    .feeds
+                    .iter()
+                    .filter_map(|f| f.lock().ok().map(|v| v.clone()))
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Answers one control request (CLI or HTTP API).
+    pub(super) fn control(&mut self, req: Request) -> Response {
+        let now = Time::now();
+        match req {
+            Request::Ping {} => Response::ok(
+                serde_json::json!({ "pong": true, "version": env!("CARGO_PKG_VERSION") }),
+            ),
+            Request::Status { jail } => self.status(jail.as_deref()),
+            Request::Reload {} => self.reload(),
+            Request::Recent {} => Response::ok(self.recent.view(now, |id| {
+                self.jails
+                    .jail(id)
+                    .map(|j| j.name().to_string())
+                    .unwrap_or_default()
+            })),
+            Request::Ban {
+                jail,
+                addr,
+                duration,
+                force,
+            } => {
+                let net = match parse_request_net(&addr) {
+                    Ok(n) => n,
+                    Err(e) => return Response::error(e),
+                };
+                let bantime = match duration.as_deref().map(parse_bantime).transpose() {
+                    Ok(b) => b,
+                    Err(e) => return Response::error(e.to_string()),
+                };
+                match self.jails.manual_ban(&jail, net, bantime, force, now) {
+                    Ok(d) => {
+                        let view = serde_json::json!({
+                            "jail": d.jail_name.to_string(),
+                            "addr": DisplayNet(&d.addr).to_string(),
+                            "bantime": d.bantime.to_string(),
+                            "end": d.end.map(|e| e.to_string()),
+                        });
+                        let ds = vec![Decision::Ban(d)];
+                        self.publish(&ds);
+                        match self.dispatch(ds) {
+                            Ok(()) => Response::ok(view),
+                            Err(e) => Response::error(e.to_string()),
+                        }
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::Unban { addr, jail, all } => {
+                let net = match (&addr, all) {
+                    (Some(a), false) => match parse_request_net(a) {
+                        Ok(n) => Some(n),
+                        Err(e) => return Response::error(e),
+                    },
+                    (None, false) => return Response::error("unban needs an address, or --all"),
+                    (Some(_), true) => {
+                        return Response::error("give either an address or --all, not both");
+                    }
+                    (None, true) => None,
+                };
+                match self.jails.unban(net, jail.as_deref(), all) {
+                    Ok(us) => {
+                        let view = UnbanView {
+                            unbanned: us
+                                .iter()
+                                .map(|u| BanRef {
+                                    jail: u.jail_name.to_string(),
+                                    addr: DisplayNet(&u.addr).to_string(),
+                                })
+                                .collect(),
+                        };
+                        let ds: Vec<Decision> = us.into_iter().map(Decision::Unban).collect();
+                        self.publish(&ds);
+                        match self.dispatch(ds) {
+                            Ok(()) => Response::ok(view),
+                            Err(e) => Response::error(e.to_string()),
+                        }
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+        }
+    }
+}
+
+/// The view of one jail for `status`.
+pub(super) fn jail_view(
+    jails: &JailSet,
+    j: &Jail,
+    sources: Vec<SourceView>,
+    with_bans: bool,
+    now: Time,
+    origins: &HashMap<(JailId, IpNet), Arc<str>>,
+) -> JailView {
+    let c = j.counters();
+    JailView {
+        name: j.name().to_string(),
+        filter: jails.filter(j.id()).map(String::from),
+        maxretry: j.policy().maxretry,
+        findtime: j.policy().findtime,
+        bantime: j.policy().bantime,
+        currently_failing: j.failing_count() as u64,
+        total_failed: c.total_failed,
+        currently_banned: j.banned().len() as u64,
+        total_banned: c.total_banned,
+        total_unbanned: c.total_unbanned,
+        evictions: c.evictions,
+        sources,
+        banned: with_bans.then(|| {
+            let mut v: Vec<BanView> = j
+                .banned()
+                .iter()
+                .map(|(addr, b)| BanView {
+                    addr: DisplayNet(addr).to_string(),
+                    jail: j.name().to_string(),
+                    start: b.start.to_string(),
+                    end: b.end.map(|e| e.to_string()),
+                    remaining_s: b.end.map(|e| (e.0 - now.0).max(0) / 1000),
+                    failures: b.failures,
+                    reason: match b.reason {
+                        BanReason::Failures => "failures".into(),
+                        BanReason::Manual => "manual".into(),
+                        BanReason::Cluster => "cluster".into(),
+                    },
+                    origin: origins.get(&(j.id(), *addr)).map(|o| o.to_string()),
+                })
+                .collect();
+            v.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.addr.cmp(&b.addr)));
+            v
+        }),
+    }
+}

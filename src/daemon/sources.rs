@@ -1,0 +1,259 @@
+//! Starting and stopping the sources of each jail: file followers and wire
+//! sensors (threads), Event Socket clients (tasks).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::DaemonError;
+use crate::config::JailConfig;
+use crate::control::SourceView;
+use crate::event::{FailureEvent, JailId};
+use crate::filter::{self, Filter, FilterOptions};
+use crate::jail::JailSet;
+use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
+use crate::source::file::{FileSource, FollowStats};
+use crate::source::scanner::ScannerList;
+
+/// What identifies a jail's sources: when it changes on reload, the
+/// followers restart.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SourceKey {
+    filter: Option<String>,
+    fail2ban_filter: Option<(PathBuf, String)>,
+    logpath: Vec<PathBuf>,
+    from_start: bool,
+    logtimezone: String,
+    options: FilterOptions,
+    esl: Vec<EslPeer>,
+    invite_weight: u32,
+    wire: Option<crate::source::wire::WireConfig>,
+}
+
+impl SourceKey {
+    pub(super) fn of(jc: &JailConfig) -> SourceKey {
+        SourceKey {
+            filter: jc.filter.clone(),
+            fail2ban_filter: jc.fail2ban_filter.clone(),
+            logpath: jc.logpath.clone(),
+            from_start: jc.from_start,
+            logtimezone: jc.logtimezone.clone(),
+            options: jc.filter_options,
+            esl: jc.esl.clone(),
+            invite_weight: jc.invite_weight,
+            wire: jc.wire.clone(),
+        }
+    }
+}
+
+/// The sources of one jail: file followers (threads) and Event Socket
+/// clients (tasks).
+pub(super) struct SourceGroup {
+    key: SourceKey,
+    stop: Arc<AtomicBool>,
+    stats: Vec<(PathBuf, Arc<FollowStats>)>,
+    esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
+    wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
+}
+
+impl SourceGroup {
+    /// What status shows of these sources.
+    pub(super) fn views(&self) -> Vec<SourceView> {
+        let files = self.stats.iter().map(|(p, s)| SourceView {
+            kind: "file".into(),
+            path: p.display().to_string(),
+            healthy: s.open.load(Ordering::Relaxed),
+            lines: s.lines.load(Ordering::Relaxed),
+            matched: s.matched.load(Ordering::Relaxed),
+        });
+        let esl = self.esl.iter().map(|(label, s, _)| SourceView {
+            kind: "esl".into(),
+            path: label.clone(),
+            healthy: s.connected.load(Ordering::Relaxed),
+            lines: s.events.load(Ordering::Relaxed),
+            matched: s.failures.load(Ordering::Relaxed),
+        });
+        let wire = self.wire.iter().map(|(label, s)| SourceView {
+            kind: "wire".into(),
+            path: label.clone(),
+            healthy: s.up.load(Ordering::Relaxed),
+            lines: s.messages.load(Ordering::Relaxed),
+            matched: s.failures.load(Ordering::Relaxed),
+        });
+        files.chain(esl).chain(wire).collect()
+    }
+
+    /// Stops every source of the group.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (_, _, task) in &self.esl {
+            task.abort();
+        }
+    }
+}
+
+fn spawn_sources(
+    jc: &JailConfig,
+    id: JailId,
+    tx: &mpsc::Sender<Vec<FailureEvent>>,
+    scanners: &Arc<ScannerList>,
+) -> Result<SourceGroup, DaemonError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    let chosen: Option<Arc<dyn Filter>> = match (&jc.filter, &jc.fail2ban_filter) {
+        (Some(fname), _) => Some(
+            filter::builtin(fname, jc.filter_options)
+                .map(Arc::from)
+                .ok_or_else(|| {
+                    DaemonError::Setup(format!("jail {}: unknown filter {fname:?}", jc.name))
+                })?,
+        ),
+        (None, Some((dir, spec))) => Some(Arc::new(
+            filter::f2b::F2bFilter::load(dir, spec, &Default::default())
+                .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?,
+        )),
+        (None, None) => None,
+    };
+    if let Some(filter) = chosen {
+        let tz = filter::date::parse_zone(&jc.logtimezone)
+            .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
+        for path in &jc.logpath {
+            let st = Arc::new(FollowStats::default());
+            FileSource {
+                path: path.clone(),
+                jail: id,
+                filter: filter.clone(),
+                tz: tz.clone(),
+                from_start: jc.from_start,
+                tx: tx.clone(),
+                stop: stop.clone(),
+                scanners: scanners.clone(),
+                stats: st.clone(),
+            }
+            .spawn()
+            .map_err(|source| DaemonError::Io {
+                what: format!("starting the follower of {}", path.display()),
+                source,
+            })?;
+            stats.push((path.clone(), st));
+        }
+    }
+    let mut esl = Vec::new();
+    for peer in &jc.esl {
+        let st = Arc::new(EslStats::default());
+        let src = EslSource {
+            peer: peer.clone(),
+            mapper: EventMapper {
+                jail: id,
+                invite_weight: jc.invite_weight,
+                scanners: scanners.clone(),
+            },
+            tx: tx.clone(),
+            stats: st.clone(),
+        };
+        esl.push((peer.label(), st, tokio::spawn(src.run())));
+    }
+    let wire = match &jc.wire {
+        Some(w) => {
+            let st = Arc::new(crate::source::wire::WireStats::default());
+            crate::source::wire::WireSource {
+                cfg: w.clone(),
+                jail: id,
+                tx: tx.clone(),
+                stop: stop.clone(),
+                scanners: scanners.clone(),
+                stats: st.clone(),
+            }
+            .spawn()
+            .map_err(|e| DaemonError::Setup(format!("jail {}: wire source: {e}", jc.name)))?;
+            let label = format!(
+                "{} ports {:?}",
+                w.interface.as_deref().unwrap_or("all interfaces"),
+                w.ports
+            );
+            tracing::info!("[{}] wire: capturing SIP on {label}", jc.name);
+            Some((label, st))
+        }
+        None => None,
+    };
+    Ok(SourceGroup {
+        key: SourceKey::of(jc),
+        stop,
+        stats,
+        esl,
+        wire,
+    })
+}
+
+/// Every jail's running sources, by jail name.
+pub(super) struct Sources {
+    groups: HashMap<String, SourceGroup>,
+    /// Where every source sends its batches.
+    pub(super) events_tx: mpsc::Sender<Vec<FailureEvent>>,
+    /// Attack-tool user agents, shared by every source.
+    pub(super) scanners: Arc<ScannerList>,
+}
+
+impl Sources {
+    /// No sources yet; they send to `events_tx`.
+    pub(super) fn new(
+        events_tx: mpsc::Sender<Vec<FailureEvent>>,
+        scanners: Arc<ScannerList>,
+    ) -> Sources {
+        Sources {
+            groups: HashMap::new(),
+            events_tx,
+            scanners,
+        }
+    }
+
+    /// Starts the sources of `enabled` jails that are not running yet, and
+    /// stops those of jails that went away or whose sources changed.
+    pub(super) fn sync(
+        &mut self,
+        enabled: &[JailConfig],
+        jails: &JailSet,
+    ) -> Result<(), DaemonError> {
+        let wanted: HashMap<&str, &JailConfig> =
+            enabled.iter().map(|j| (j.name.as_str(), j)).collect();
+        // Stop followers of jails that went away or changed.
+        self.groups.retain(|name, g| {
+            let keep = wanted
+                .get(name.as_str())
+                .is_some_and(|jc| SourceKey::of(jc) == g.key);
+            if !keep {
+                g.stop();
+            }
+            keep
+        });
+        for jc in enabled {
+            if self.groups.contains_key(&jc.name) {
+                continue;
+            }
+            let Some(id) = jails.jail_id(&jc.name) else {
+                continue;
+            };
+            let g = spawn_sources(jc, id, &self.events_tx, &self.scanners)?;
+            self.groups.insert(jc.name.clone(), g);
+        }
+        Ok(())
+    }
+
+    /// What status shows of jail `name`'s sources.
+    pub(super) fn views(&self, name: &str) -> Vec<SourceView> {
+        self.groups
+            .get(name)
+            .map(SourceGroup::views)
+            .unwrap_or_default()
+    }
+
+    /// Stops every source.
+    pub(super) fn stop_all(&self) {
+        for g in self.groups.values() {
+            g.stop();
+        }
+    }
+}

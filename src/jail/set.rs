@@ -1,0 +1,605 @@
+//! The registry of running jails: every jail of the daemon, events routed
+//! to them by id, manual and shared bans, cluster bans, reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::{
+    BanDecision, BanHistory, BanReason, Decision, DisplayNet, IgnoreList, Jail, JailPolicy,
+    Outcome, UnbanDecision,
+};
+use crate::config::JailConfig;
+use crate::config::duration::BanTime;
+use crate::event::{FailureEvent, JailId, Time};
+
+/// What the registry needs to run one jail: its name, the filter it reads
+/// (for status), and its policy as configured. The set adds this host's own
+/// addresses (when `ignoreself`) and the cluster's to `ignore` itself.
+#[derive(Clone, Debug)]
+pub struct JailSpec {
+    /// The jail's name.
+    pub name: String,
+    /// The filter its log sources use, if any (shown in status).
+    pub filter: Option<String>,
+    /// Never ban this host's own addresses.
+    pub ignoreself: bool,
+    /// The policy from configuration.
+    pub policy: JailPolicy,
+}
+
+impl JailSpec {
+    /// The spec of a configured jail. The Event Socket peers it listens to
+    /// are never banned.
+    pub fn from_config(jc: &JailConfig) -> JailSpec {
+        let mut ignore = IgnoreList::new(jc.ignoreip.clone());
+        // The PBXs we listen to are never banned.
+        ignore.extend(
+            jc.esl
+                .iter()
+                .filter_map(|p| p.host.parse::<std::net::IpAddr>().ok())
+                .map(IpNet::from),
+        );
+        JailSpec {
+            name: jc.name.clone(),
+            filter: jc.filter.clone(),
+            ignoreself: jc.ignoreself,
+            policy: JailPolicy {
+                maxretry: jc.maxretry,
+                findtime: jc.findtime,
+                bantime: jc.bantime,
+                ignore,
+                max_tracked: jc.max_tracked,
+                escalation: jc.escalation.clone(),
+                ban_scanners: jc.ban_scanners,
+                trust_registered: jc.trust_registered,
+                trusted_maxretry: jc.trusted_maxretry,
+                wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
+            },
+        }
+    }
+}
+
+/// A ban another node decided, as the registry takes it.
+#[derive(Clone, Debug)]
+pub struct RemoteBan<'a> {
+    /// The jail's name.
+    pub jail: &'a str,
+    /// The address or prefix.
+    pub addr: IpNet,
+    /// When the deciding node began it.
+    pub start: Time,
+    /// When it ends there (and so here); `None` for permanent.
+    pub end: Option<Time>,
+    /// Failures the deciding node counted.
+    pub failures: u32,
+    /// The deciding node.
+    pub origin: &'a str,
+}
+
+/// The registry of running jails, owned by one task: no locks on the
+/// counting path. Pure: no clock (every call takes `now`), no I/O. Jail ids
+/// stay stable across reloads (a name keeps its id), so running sources
+/// keep working.
+#[derive(Debug, Default)]
+pub struct JailSet {
+    slots: Vec<Option<Jail>>,
+    ids: HashMap<String, JailId>,
+    specs: HashMap<JailId, JailSpec>,
+    history: BanHistory,
+    /// This host's addresses, handed in by the daemon.
+    own: Vec<IpNet>,
+    /// Addresses of cluster peers and of the Redis server.
+    peers: Vec<IpNet>,
+}
+
+impl JailSet {
+    /// A registry running `jails`; `own` are this host's addresses (for
+    /// jails with `ignoreself`).
+    pub fn new(own: Vec<IpNet>, jails: &[JailSpec]) -> JailSet {
+        let mut set = JailSet {
+            own,
+            ..JailSet::default()
+        };
+        set.configure(jails);
+        set
+    }
+
+    /// The policy of `spec` with the addresses this set protects on its own.
+    fn effective(&self, spec: &JailSpec) -> JailPolicy {
+        let mut p = spec.policy.clone();
+        if spec.ignoreself {
+            p.ignore.extend(self.own.iter().copied());
+        }
+        // Cluster peers (and the Redis server) are never banned.
+        p.ignore.extend(self.peers.iter().copied());
+        p
+    }
+
+    /// Applies a (new) set of jails: existing jails keep their state with
+    /// the new policy, new ones start empty, and jails no longer configured
+    /// are dropped with their bans lifted (returned).
+    pub fn configure(&mut self, jails: &[JailSpec]) -> Vec<Decision> {
+        let mut keep = vec![false; self.slots.len()];
+        for jc in jails {
+            let p = self.effective(jc);
+            let id = match self.ids.get(&jc.name) {
+                Some(&id) => id,
+                None => {
+                    let id = JailId(self.slots.len() as u16);
+                    self.slots.push(None);
+                    keep.push(false);
+                    self.ids.insert(jc.name.clone(), id);
+                    id
+                }
+            };
+            let slot = &mut self.slots[usize::from(id.0)];
+            match slot {
+                Some(j) => j.set_policy(p),
+                None => *slot = Some(Jail::new(id, &jc.name, p)),
+            }
+            keep[usize::from(id.0)] = true;
+            self.specs.insert(id, jc.clone());
+        }
+        let mut out = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if !keep[i] {
+                if let Some(mut j) = slot.take() {
+                    self.specs.remove(&j.id());
+                    tracing::info!(
+                        "[{}] jail removed from the configuration; lifting its bans",
+                        j.name()
+                    );
+                    out.extend(j.unban_all().into_iter().map(Decision::Unban));
+                }
+            }
+        }
+        out
+    }
+
+    /// The id of the running jail `name`.
+    pub fn jail_id(&self, name: &str) -> Option<JailId> {
+        self.ids
+            .get(name)
+            .copied()
+            .filter(|id| self.jail(*id).is_some())
+    }
+
+    /// The running jail with id `id`.
+    pub fn jail(&self, id: JailId) -> Option<&Jail> {
+        self.slots.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+
+    /// The running jails, in id order.
+    pub fn jails(&self) -> impl Iterator<Item = &Jail> {
+        self.slots.iter().flatten()
+    }
+
+    /// Counts a batch of events at `now`; logs what happened and appends the
+    /// decisions to enforce.
+    pub fn handle(&mut self, batch: &[FailureEvent], now: Time, out: &mut Vec<Decision>) {
+        for ev in batch {
+            let Some(Some(jail)) = self.slots.get_mut(usize::from(ev.jail.0)) else {
+                continue;
+            };
+            match jail.record(ev, now, &self.history) {
+                Outcome::Found { .. } => tracing::info!("[{}] Found {}", jail.name(), ev.addr),
+                Outcome::Ban(d) => {
+                    tracing::info!("[{}] Found {}", jail.name(), ev.addr);
+                    tracing::warn!("{d}");
+                    self.history.note_ban(jail.name_arc(), d.addr, 1);
+                    out.push(Decision::Ban(d));
+                }
+                Outcome::AlreadyBanned => {
+                    tracing::debug!("[{}] {} already banned", jail.name(), ev.addr)
+                }
+                Outcome::Trusted => {
+                    tracing::debug!("[{}] Trust {} (registered)", jail.name(), ev.addr)
+                }
+                Outcome::Ignored => {
+                    tracing::debug!("[{}] Ignore {} (ignoreip)", jail.name(), ev.addr)
+                }
+                Outcome::TooOld => {
+                    tracing::debug!("[{}] Ignore {} (older than findtime)", jail.name(), ev.addr)
+                }
+            }
+        }
+    }
+
+    /// Lifts bans that ran out by `now`.
+    pub fn expire(&mut self, now: Time, out: &mut Vec<Decision>) {
+        for jail in self.slots.iter_mut().flatten() {
+            for u in jail.expire(now) {
+                tracing::info!("{u}");
+                out.push(Decision::Unban(u));
+            }
+        }
+    }
+
+    /// The earliest ban expiry across jails.
+    pub fn next_expiry(&mut self) -> Option<Time> {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .filter_map(Jail::next_expiry)
+            .min()
+    }
+
+    /// Forgets stale failure state.
+    pub fn sweep(&mut self, now: Time) {
+        for jail in self.slots.iter_mut().flatten() {
+            jail.sweep(now);
+        }
+    }
+
+    /// Loads escalation history from the store.
+    pub fn load_history(&mut self, counts: Vec<(String, IpNet, u32)>) {
+        for (jail, addr, n) in counts {
+            self.history.note_ban(&Arc::from(jail.as_str()), addr, n);
+        }
+    }
+
+    /// Puts back a ban read from the store, with its own start and end.
+    /// `None` when its jail is no longer configured.
+    pub fn restore(
+        &mut self,
+        jail: &str,
+        addr: IpNet,
+        start: Time,
+        end: Option<Time>,
+        failures: u32,
+        reason: BanReason,
+    ) -> Option<BanDecision> {
+        let id = self.jail_id(jail)?;
+        let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        Some(j.restore(addr, start, end, failures, reason))
+    }
+
+    /// The filter jail `id` reads, for status.
+    pub fn filter(&self, id: JailId) -> Option<&str> {
+        self.specs.get(&id).and_then(|s| s.filter.as_deref())
+    }
+
+    /// Adds cluster peers' addresses (never banned) to every jail. The set
+    /// only grows: a heartbeat that misses a peer for a moment (a restart,
+    /// Redis coming back empty) must not leave it bannable.
+    pub fn add_peers(&mut self, peers: Vec<IpNet>) {
+        let before = self.peers.len();
+        for p in peers {
+            if !self.peers.contains(&p) {
+                self.peers.push(p);
+            }
+        }
+        if self.peers.len() != before {
+            let specs: Vec<JailSpec> = self.specs.values().cloned().collect();
+            self.configure(&specs);
+        }
+    }
+
+    /// A ban another node decided: kept with its own start and end. `None`
+    /// when this node has no such jail, already holds the ban at least as
+    /// long, or must never ban the address.
+    pub fn remote_ban(&mut self, b: &RemoteBan<'_>) -> Option<BanDecision> {
+        let net = b.addr;
+        let id = self.jail_id(b.jail)?;
+        let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        if let Some(n) = j.policy().ignore.overlapping(&net) {
+            tracing::warn!(
+                "[{}] cluster ban of {} from node {} refused: covered by ignoreip/ignoreself/peers ({n})",
+                b.jail,
+                DisplayNet(&net),
+                b.origin
+            );
+            return None;
+        }
+        let end = b.end;
+        if let Some(cur) = j.banned().get(&net) {
+            let longer = match (cur.end, end) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(c), Some(e)) => c >= e,
+            };
+            if longer {
+                return None;
+            }
+        }
+        let d = j.restore(net, b.start, end, b.failures, BanReason::Cluster);
+        tracing::warn!("{d} (from node {})", b.origin);
+        Some(d)
+    }
+
+    /// The jail's `shared_count` failures: what the cluster counts.
+    pub fn shared_failure(&self, ev: &FailureEvent) -> Option<(String, u32, u64)> {
+        let j = self.jail(ev.jail)?;
+        if j.policy().ignore.contains(ev.addr) || j.banned().contains_key(&IpNet::from(ev.addr)) {
+            return None;
+        }
+        Some((
+            j.name().to_string(),
+            j.policy().maxretry,
+            j.policy().findtime.0 * 1000,
+        ))
+    }
+
+    /// The cluster's count reached maxretry and this node decides.
+    pub fn shared_ban(
+        &mut self,
+        jail: &str,
+        addr: std::net::IpAddr,
+        failures: u32,
+        now: Time,
+    ) -> Option<BanDecision> {
+        let id = self.jail_id(jail)?;
+        let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        let net = IpNet::from(addr);
+        if j.policy().ignore.contains(addr) || j.banned().contains_key(&net) {
+            return None;
+        }
+        let bantime = j.policy().bantime;
+        let d = j.ban(net, now, bantime, failures, BanReason::Failures);
+        self.history.note_ban(j.name_arc(), net, 1);
+        tracing::warn!("{d} (counted across the cluster)");
+        Some(d)
+    }
+
+    /// A ban by hand. Refuses addresses a jail must never ban unless `force`.
+    pub fn manual_ban(
+        &mut self,
+        jail: &str,
+        net: IpNet,
+        bantime: Option<BanTime>,
+        force: bool,
+        now: Time,
+    ) -> Result<BanDecision, String> {
+        let id = self.jail_id(jail).ok_or_else(|| self.no_such_jail(jail))?;
+        let Some(Some(j)) = self.slots.get_mut(usize::from(id.0)) else {
+            return Err(format!("no jail named {jail:?}"));
+        };
+        if !force {
+            if let Some(n) = j.policy().ignore.overlapping(&net) {
+                return Err(format!(
+                    "{} is covered by ignoreip/ignoreself ({n}) of jail {jail}; refusing (add --force to ban it anyway)",
+                    DisplayNet(&net)
+                ));
+            }
+        }
+        let bantime = bantime.unwrap_or(j.policy().bantime);
+        let d = j.ban(net, now, bantime, 0, BanReason::Manual);
+        self.history.note_ban(j.name_arc(), net, 1);
+        tracing::warn!("{d}");
+        Ok(d)
+    }
+
+    /// Lifts bans by hand: of `addr` (in `jail`, or every jail), or all of
+    /// them. A lifted address starts over with a clean slate.
+    pub fn unban(
+        &mut self,
+        addr: Option<IpNet>,
+        jail: Option<&str>,
+        all: bool,
+    ) -> Result<Vec<UnbanDecision>, String> {
+        if let Some(name) = jail {
+            if self.jail_id(name).is_none() {
+                return Err(self.no_such_jail(name));
+            }
+        }
+        let mut out = Vec::new();
+        for j in self.slots.iter_mut().flatten() {
+            if jail.is_some_and(|n| n != j.name()) {
+                continue;
+            }
+            if all {
+                out.extend(j.unban_all());
+            } else if let Some(a) = addr {
+                out.extend(j.unban(a));
+            }
+        }
+        for u in &out {
+            self.history.clear(&u.addr);
+            tracing::info!("{u}");
+        }
+        if out.is_empty() && !all {
+            if let Some(a) = addr {
+                return Err(format!(
+                    "{} is not banned{}",
+                    DisplayNet(&a),
+                    jail.map(|j| format!(" in jail {j}")).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The error for a jail name that is not running, listing those that are.
+    pub fn no_such_jail(&self, name: &str) -> String {
+        let names: Vec<&str> = self.jails().map(Jail::name).collect();
+        format!(
+            "no running jail named {name:?}; jails: {}",
+            names.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::duration::Duration;
+    use crate::event::FailureKind;
+
+    fn spec(name: &str, maxretry: u32) -> JailSpec {
+        JailSpec {
+            name: name.into(),
+            filter: Some("freeswitch".into()),
+            ignoreself: true,
+            policy: JailPolicy {
+                maxretry,
+                findtime: Duration(600),
+                bantime: BanTime::For(Duration(3600)),
+                ignore: IgnoreList::new(vec!["192.0.2.0/24".parse().unwrap()]),
+                max_tracked: 1000,
+                escalation: None,
+                ban_scanners: false,
+                trust_registered: None,
+                trusted_maxretry: 0,
+                wrong_call_state_maxretry: 0,
+            },
+        }
+    }
+
+    fn ev(set: &JailSet, jail: &str, addr: &str, secs: i64) -> FailureEvent {
+        FailureEvent {
+            time: Time(secs * 1000),
+            jail: set.jail_id(jail).unwrap(),
+            addr: addr.parse().unwrap(),
+            kind: FailureKind::RegisterAuth,
+            weight: 1,
+            user: None,
+            scanner: false,
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn own() -> Vec<IpNet> {
+        vec![net("10.0.0.1/32")]
+    }
+
+    #[test]
+    fn routes_events_to_their_jail_and_bans_at_maxretry() {
+        let mut set = JailSet::new(own(), &[spec("a", 2), spec("b", 3)]);
+        let mut out = Vec::new();
+        let batch = [
+            ev(&set, "a", "203.0.113.1", 1),
+            ev(&set, "b", "203.0.113.1", 1),
+        ];
+        set.handle(&batch, Time(1000), &mut out);
+        assert!(out.is_empty());
+        set.handle(&[ev(&set, "a", "203.0.113.1", 2)], Time(2000), &mut out);
+        assert!(
+            matches!(&out[..], [Decision::Ban(b)] if &*b.jail_name == "a" && b.addr == net("203.0.113.1/32"))
+        );
+        assert_eq!(set.filter(set.jail_id("a").unwrap()), Some("freeswitch"));
+    }
+
+    #[test]
+    fn manual_bans_respect_ignore_own_and_peers_unless_forced() {
+        let mut set = JailSet::new(own(), &[spec("a", 5)]);
+        let now = Time(0);
+        for refused in ["192.0.2.7/32", "10.0.0.1/32", "192.0.0.0/16"] {
+            assert!(
+                set.manual_ban("a", net(refused), None, false, now).is_err(),
+                "{refused}"
+            );
+        }
+        set.add_peers(vec![net("198.51.100.9/32")]);
+        assert!(
+            set.manual_ban("a", net("198.51.100.9/32"), None, false, now)
+                .is_err()
+        );
+        assert!(
+            set.manual_ban("a", net("198.51.100.9/32"), None, true, now)
+                .is_ok()
+        );
+        assert!(
+            set.manual_ban("nope", net("203.0.113.1/32"), None, false, now)
+                .is_err()
+        );
+        let d = set
+            .manual_ban("a", net("203.0.113.0/24"), None, false, now)
+            .unwrap();
+        assert_eq!(d.end, Some(Time(3_600_000)));
+    }
+
+    #[test]
+    fn unban_lifts_in_every_jail_and_says_when_nothing_was_banned() {
+        let mut set = JailSet::new(own(), &[spec("a", 5), spec("b", 5)]);
+        for j in ["a", "b"] {
+            set.manual_ban(j, net("203.0.113.1/32"), None, false, Time(0))
+                .unwrap();
+        }
+        let lifted = set.unban(Some(net("203.0.113.1/32")), None, false).unwrap();
+        assert_eq!(lifted.len(), 2);
+        assert!(set.unban(Some(net("203.0.113.1/32")), None, false).is_err());
+        assert!(set.unban(None, Some("zz"), true).is_err());
+    }
+
+    #[test]
+    fn reconfigure_keeps_ids_and_state_and_lifts_removed_jails() {
+        let mut set = JailSet::new(own(), &[spec("a", 5), spec("b", 5)]);
+        let b = set.jail_id("b").unwrap();
+        set.manual_ban("a", net("203.0.113.1/32"), None, false, Time(0))
+            .unwrap();
+        let lifted = set.configure(&[spec("b", 7)]);
+        assert!(
+            matches!(&lifted[..], [Decision::Unban(u)] if &*u.jail_name == "a"),
+            "{lifted:?}"
+        );
+        assert_eq!(set.jail_id("b"), Some(b));
+        assert_eq!(set.jail_id("a"), None);
+        assert_eq!(set.jail(b).unwrap().policy().maxretry, 7);
+        // A jail coming back gets its old id, empty.
+        set.configure(&[spec("a", 5), spec("b", 7)]);
+        assert!(
+            set.jail(set.jail_id("a").unwrap())
+                .unwrap()
+                .banned()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn remote_bans_keep_their_end_and_never_shorten_a_longer_one() {
+        let mut set = JailSet::new(own(), &[spec("a", 5)]);
+        let rb = |end: Option<i64>| RemoteBan {
+            jail: "a",
+            addr: net("203.0.113.5/32"),
+            start: Time(0),
+            end: end.map(Time),
+            failures: 5,
+            origin: "n2",
+        };
+        assert!(set.remote_ban(&rb(Some(10_000))).is_some());
+        assert!(set.remote_ban(&rb(Some(5_000))).is_none());
+        assert!(set.remote_ban(&rb(None)).is_some());
+        let protected = RemoteBan {
+            addr: net("192.0.2.1/32"),
+            ..rb(None)
+        };
+        assert!(set.remote_ban(&protected).is_none());
+    }
+
+    #[test]
+    fn shared_counts_skip_ignored_and_banned_addresses() {
+        let mut set = JailSet::new(own(), &[spec("a", 5)]);
+        let e = ev(&set, "a", "203.0.113.9", 1);
+        assert_eq!(set.shared_failure(&e), Some(("a".to_string(), 5, 600_000)));
+        assert!(set.shared_failure(&ev(&set, "a", "192.0.2.3", 1)).is_none());
+        let d = set.shared_ban("a", e.addr, 5, Time(1000)).unwrap();
+        assert_eq!(d.failures, 5);
+        assert!(set.shared_failure(&e).is_none());
+        assert!(set.shared_ban("a", e.addr, 5, Time(1000)).is_none());
+    }
+
+    #[test]
+    fn expiry_lifts_bans_in_order() {
+        let mut set = JailSet::new(own(), &[spec("a", 5)]);
+        set.manual_ban(
+            "a",
+            net("203.0.113.1/32"),
+            Some(BanTime::For(Duration(10))),
+            false,
+            Time(0),
+        )
+        .unwrap();
+        assert_eq!(set.next_expiry(), Some(Time(10_000)));
+        let mut out = Vec::new();
+        set.expire(Time(9_999), &mut out);
+        assert!(out.is_empty());
+        set.expire(Time(10_000), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(set.next_expiry(), None);
+    }
+}
