@@ -146,16 +146,43 @@ pub fn find_line_date(line: &[u8]) -> Option<(LineDate, usize)> {
     None
 }
 
-/// Turns a line date into a point in time in zone `tz`. A year-less date takes
-/// the year of `now`, or the year before when that would put it more than a
-/// day in the future (a December line read in January).
+/// The instant a zone-less local time in `tz` names, read as close to `now`
+/// as it can be without being in the future. Every filter's dates go
+/// through here (built-in and fail2ban alike), so one rule holds everywhere:
+///
+/// * Most local times name one instant.
+/// * A time in the hour repeated when clocks go back (02:14 on the last
+///   Sunday of October in Berlin) names two: the later one when it is not in
+///   the future, else the earlier. At 02:15 CET a line stamped 02:14 is a
+///   minute old, not an hour; at 02:20 CEST it is the summer 02:14.
+/// * A time in the hour skipped when clocks go forward (02:30 on the last
+///   Sunday of March in Berlin) comes from no correct clock. It is read with
+///   the offset before the jump (as a writer whose clock has not jumped yet
+///   writes it: 02:30 is 01:30 UTC) by the same rule, so with the offset
+///   after the jump (00:30 UTC) only while the former is still to come.
+///
+/// Both readings in the future (a log ahead of this host's clock): the
+/// earlier, the closer to now.
+pub fn local_to_time(dt: DateTime, tz: &TimeZone, now: Time) -> Option<Time> {
+    let amb = tz.to_ambiguous_timestamp(dt);
+    let earlier = Time(amb.earlier().ok()?.as_millisecond());
+    if !amb.is_ambiguous() {
+        return Some(earlier);
+    }
+    let later = Time(amb.later().ok()?.as_millisecond());
+    Some(if later <= now { later } else { earlier })
+}
+
+/// Turns a line date into a point in time in zone `tz` (read by
+/// [`local_to_time`]). A year-less date takes the year of `now`, or the year
+/// before when that would put it more than a day in the future (a December
+/// line read in January).
 pub fn resolve(date: LineDate, tz: &TimeZone, now: Time) -> Option<Time> {
     let (h, m, s) = date.hms;
     let time = CivilTime::new(h, m, s.min(59), date.nanos).ok()?;
     let to_time = |year: i16| -> Option<Time> {
         let dt = DateTime::from_parts(Date::new(year, date.month, date.day).ok()?, time);
-        let ts = tz.to_ambiguous_zoned(dt).compatible().ok()?.timestamp();
-        Some(Time(ts.as_millisecond()))
+        local_to_time(dt, tz, now)
     };
     match date.year {
         Some(y) => to_time(y),
@@ -303,6 +330,62 @@ mod tests {
         let tz = parse_zone("+01:00").unwrap();
         assert_eq!(resolve(d, &tz, Time(0)).unwrap().as_secs(), 1_795_621_254);
         assert!(parse_zone("Mars/Olympus").is_err());
+    }
+
+    fn utc(s: &str) -> Time {
+        Time(s.parse::<jiff::Timestamp>().unwrap().as_millisecond())
+    }
+
+    /// Issue 16, finding 14: in the repeated hour of a DST change, a local
+    /// time used to be read with the summer offset always, so during the
+    /// second pass it looked an hour old.
+    #[test]
+    fn repeated_dst_hour_reads_the_pass_closest_to_now() {
+        let tz = parse_zone("Europe/Berlin").unwrap();
+        let (d, _) = find_line_date(b"2026-10-25 02:14:00.250000 x").unwrap();
+        // 02:15 CET, the second pass: the line is a minute old.
+        assert_eq!(
+            resolve(d, &tz, utc("2026-10-25T01:15:00Z")),
+            Some(utc("2026-10-25T01:14:00.250Z"))
+        );
+        // 02:20 CEST, the first pass: the CET reading is still to come.
+        assert_eq!(
+            resolve(d, &tz, utc("2026-10-25T00:20:00Z")),
+            Some(utc("2026-10-25T00:14:00.250Z"))
+        );
+        // Long after: the later pass, the last one not in the future.
+        assert_eq!(
+            resolve(d, &tz, utc("2026-11-01T00:00:00Z")),
+            Some(utc("2026-10-25T01:14:00.250Z"))
+        );
+        // Before both (a log from the future): the one closer to now.
+        assert_eq!(
+            resolve(d, &tz, utc("2026-10-24T00:00:00Z")),
+            Some(utc("2026-10-25T00:14:00.250Z"))
+        );
+        // A year-less date goes through the same rule.
+        let (d, _) = find_line_date(b"10-25 02:14:00 x").unwrap();
+        assert_eq!(
+            resolve(d, &tz, utc("2026-10-25T01:15:00Z")),
+            Some(utc("2026-10-25T01:14:00Z"))
+        );
+    }
+
+    /// The hour skipped in spring cannot come from a correct clock; it is
+    /// read with the offset before the jump (as a writer whose clock has
+    /// not jumped yet writes it) unless that is still in the future.
+    #[test]
+    fn skipped_dst_hour_has_a_documented_reading() {
+        let tz = parse_zone("Europe/Berlin").unwrap();
+        let (d, _) = find_line_date(b"2026-03-29 02:30:00 x").unwrap();
+        assert_eq!(
+            resolve(d, &tz, utc("2026-03-29T01:31:00Z")),
+            Some(utc("2026-03-29T01:30:00Z"))
+        );
+        assert_eq!(
+            resolve(d, &tz, utc("2026-03-29T00:40:00Z")),
+            Some(utc("2026-03-29T00:30:00Z"))
+        );
     }
 
     #[test]

@@ -414,4 +414,68 @@ mod tests {
         }
         assert_eq!(checked, 11);
     }
+
+    /// Issue 16, finding 14: three failures stamped 02:14 in the repeated
+    /// hour, read at 02:15 CET (the second pass), used to be read as CEST,
+    /// an hour old, and counted as none.
+    #[test]
+    fn repeated_dst_hour_failures_count() {
+        use crate::config::duration::{BanTime, Duration};
+        use crate::event::{FailureEvent, JailId};
+        use crate::jail::{BanHistory, IgnoreList, Jail, JailPolicy, Outcome};
+
+        let utc = |s: &str| Time(s.parse::<jiff::Timestamp>().unwrap().as_millisecond());
+        let cx = |now| FilterContext {
+            tz: TimeZone::get("Europe/Berlin").unwrap(),
+            now,
+        };
+        let lines = [
+            "2026-10-25 02:14:01.100000 98.73% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1009@10.77.0.1] from ip 203.0.113.9",
+            "2026-10-25 02:14:02.200000 98.73% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1009@10.77.0.1] from ip 203.0.113.9",
+            "2026-10-25 02:14:03.300000 98.73% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1009@10.77.0.1] from ip 203.0.113.9",
+        ];
+        let now = utc("2026-10-25T01:15:00Z");
+        let mut jail = Jail::new(
+            JailId(0),
+            "freeswitch",
+            JailPolicy {
+                maxretry: 3,
+                findtime: Duration(600),
+                bantime: BanTime::For(Duration(3600)),
+                ignore: IgnoreList::new(Vec::new()),
+                max_tracked: 100,
+                escalation: None,
+                ban_scanners: false,
+                trust_registered: None,
+                trusted_maxretry: 0,
+                wrong_call_state_maxretry: 0,
+            },
+        );
+        let filter = FreeSwitchFilter::new(FilterOptions::default());
+        let outcomes: Vec<Outcome> = lines
+            .iter()
+            .map(|l| {
+                let m = filter.match_line(l.as_bytes(), &cx(now)).unwrap();
+                let ev = FailureEvent {
+                    time: m.time.unwrap(),
+                    jail: JailId(0),
+                    addr: m.addr,
+                    kind: m.kind,
+                    weight: 1,
+                    user: None,
+                    scanner: false,
+                };
+                jail.record(&ev, now, &BanHistory::default())
+            })
+            .collect();
+        assert!(
+            matches!(outcomes.last(), Some(Outcome::Ban(b)) if b.failures == 3),
+            "{outcomes:?}"
+        );
+        // At 02:20 CEST (the first pass) a line stamped 02:14 is the summer one.
+        let m = filter
+            .match_line(lines[0].as_bytes(), &cx(utc("2026-10-25T00:20:00Z")))
+            .unwrap();
+        assert_eq!(m.time, Some(utc("2026-10-25T00:14:01.100Z")));
+    }
 }

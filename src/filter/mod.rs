@@ -99,14 +99,34 @@ pub fn builtin(name: &str, opts: FilterOptions) -> Option<Box<dyn Filter>> {
     }
 }
 
+/// Longest IPv6 zone id accepted: an interface name (at most 15 bytes on
+/// Linux) or an interface index.
+const MAX_ZONE: usize = 15;
+
 /// Parses an address written by a server: plain IPv4 or IPv6 text, nothing
-/// around it. IPv4-mapped IPv6 becomes IPv4.
+/// around it. IPv4-mapped IPv6 becomes IPv4. An IPv6 zone id
+/// (`fe80::1%eth0`, `fe80::1%2`) is dropped: it names the interface, and
+/// the kernel sees the address without it as the packet's source.
 pub fn parse_addr(b: &[u8]) -> Option<IpAddr> {
+    let (b, zone) = match memchr::memchr(b'%', b) {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
     if b.is_empty() || b.len() > 45 {
         return None;
     }
     let s = std::str::from_utf8(b).ok()?;
-    s.parse::<IpAddr>().ok().map(|a| a.to_canonical())
+    let addr = s.parse::<IpAddr>().ok()?;
+    if let Some(z) = zone {
+        // What Linux allows in an interface name, no more.
+        let name_like = (1..=MAX_ZONE).contains(&z.len())
+            && z.iter()
+                .all(|&c| c.is_ascii_graphic() && !matches!(c, b'/' | b':' | b'%'));
+        if !(addr.is_ipv6() && name_like) {
+            return None;
+        }
+    }
+    Some(addr.to_canonical())
 }
 
 /// Parses an address as servers print it with a port: `192.0.2.1`,
@@ -261,5 +281,33 @@ pub mod tests_support {
             bad.join("\n")
         );
         assert!(checked >= min, "only {checked} sample lines checked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_with_and_without_zone() {
+        let a = |s: &str| parse_addr(s.as_bytes()).map(|a| a.to_string());
+        assert_eq!(a("fe80::1%eth0").as_deref(), Some("fe80::1"));
+        assert_eq!(a("fe80::1%2").as_deref(), Some("fe80::1"));
+        assert_eq!(a("2001:db8::7%eth0.100").as_deref(), Some("2001:db8::7"));
+        assert_eq!(a("::ffff:192.0.2.1%eth0").as_deref(), Some("192.0.2.1"));
+        for bad in [
+            "192.0.2.1%eth0",
+            "fe80::1%",
+            "fe80::1%a/b",
+            "fe80::1%a b",
+            "fe80::1%eth0%eth1",
+            "fe80::1%sixteen-chars-xx",
+            "%eth0",
+        ] {
+            assert_eq!(a(bad), None, "{bad}");
+        }
+        let p = |s: &str| parse_addr_port(s.as_bytes()).map(|a| a.to_string());
+        assert_eq!(p("[fe80::1%eth0]:5060").as_deref(), Some("fe80::1"));
+        assert_eq!(p("UDP:[fe80::1%eth0]:5060").as_deref(), Some("fe80::1"));
     }
 }

@@ -17,7 +17,7 @@ use jiff::civil::{Date, DateTime, Time as CivilTime};
 use jiff::tz::{Offset, TimeZone};
 use memchr::memmem;
 
-use super::date::{parse_offset, read_at, resolve};
+use super::date::{local_to_time, parse_offset, read_at, resolve};
 use super::{Filter, FilterContext, FilterOptions, LineMatch, parse_addr, trim_end, user_text};
 use crate::event::{FailureKind, Time};
 
@@ -45,12 +45,7 @@ fn read_stamp(b: &[u8], cx: &FilterContext) -> Option<Time> {
                 Date::new(d.year?, d.month, d.day).ok()?,
                 CivilTime::new(h, m, s.min(59), d.nanos).ok()?,
             );
-            let ts = TimeZone::fixed(off)
-                .to_ambiguous_zoned(dt)
-                .compatible()
-                .ok()?
-                .timestamp();
-            Some(Time(ts.as_millisecond()))
+            local_to_time(dt, &TimeZone::fixed(off), cx.now)
         }
         None => resolve(d, &cx.tz, cx.now),
     }

@@ -371,7 +371,7 @@ impl FileSource {
 
 /// Whether a running count just crossed 1, 10, 100, ...: warnings about
 /// repeated bad input stay few.
-fn rare(total: u64, added: u64) -> bool {
+pub(crate) fn rare(total: u64, added: u64) -> bool {
     let before = total - added;
     let mut p = 1;
     while p <= total {

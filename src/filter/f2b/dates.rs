@@ -10,6 +10,7 @@ use jiff::tz::{Offset, TimeZone};
 
 use super::regex::Pattern;
 use crate::event::Time;
+use crate::filter::date::local_to_time;
 
 /// Common formats, as strptime-style templates, most specific first.
 const DEFAULT_TEMPLATES: &[&str] = &[
@@ -459,15 +460,9 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
         }
         None => tz,
     };
-    let mk = |year: i16| -> Option<Time> {
-        let dt = DateTime::from_parts(Date::new(year, month, day).ok()?, time);
-        Some(Time(
-            zone.to_ambiguous_timestamp(dt)
-                .compatible()
-                .ok()?
-                .as_millisecond(),
-        ))
-    };
+    // One rule for local times in every filter, DST changes included.
+    let at = |d: Date| local_to_time(DateTime::from_parts(d, time), zone, now);
+    let mk = |year: i16| at(Date::new(year, month, day).ok()?);
     if time_only {
         if f.hour24.is_none() && f.hour12.is_none() {
             return None;
@@ -475,14 +470,6 @@ fn to_time(c: &super::regex::Captures, tz: &TimeZone, now: Time) -> Option<Time>
         let today = zone
             .to_datetime(jiff::Timestamp::from_millisecond(now.0).ok()?)
             .date();
-        let at = |d: Date| -> Option<Time> {
-            Some(Time(
-                zone.to_ambiguous_timestamp(DateTime::from_parts(d, time))
-                    .compatible()
-                    .ok()?
-                    .as_millisecond(),
-            ))
-        };
         let t = at(today)?;
         return if t.0 > now.0 + 60_000 {
             at(today.yesterday().ok()?)
@@ -568,5 +555,40 @@ mod tests {
         let d = DateDetector::from_datepattern(r"^%d-%b-%Y %I:%M:%S %p").unwrap();
         let f = d.find("14-Aug-2005 01:02:03 PM x", &tz, now).unwrap();
         assert_eq!(civil(f.time.unwrap(), &tz), "2005-08-14T13:02:03");
+    }
+
+    /// Issue 16, finding 14, in fail2ban's date code: the same rule as the
+    /// built-in filters' (one shared function).
+    #[test]
+    fn repeated_dst_hour_reads_the_pass_closest_to_now() {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        let utc = |s: &str| Time(s.parse::<jiff::Timestamp>().unwrap().as_millisecond());
+        let second_pass = utc("2026-10-25T01:15:00Z");
+        let first_pass = utc("2026-10-25T00:20:00Z");
+        let d = DateDetector::default_templates();
+        let line = "2026-10-25 02:14:00 sshd[1]: Failed password";
+        assert_eq!(
+            d.find(line, &tz, second_pass).unwrap().time,
+            Some(utc("2026-10-25T01:14:00Z"))
+        );
+        assert_eq!(
+            d.find(line, &tz, first_pass).unwrap().time,
+            Some(utc("2026-10-25T00:14:00Z"))
+        );
+        // Year-less syslog and time-only dates alike.
+        let line = "Oct 25 02:14:00 host sshd[1]: Failed password";
+        assert_eq!(
+            d.find(line, &tz, second_pass).unwrap().time,
+            Some(utc("2026-10-25T01:14:00Z"))
+        );
+        let d = DateDetector::from_datepattern(r"^%H:%M:%S").unwrap();
+        assert_eq!(
+            d.find("02:14:00 x", &tz, second_pass).unwrap().time,
+            Some(utc("2026-10-25T01:14:00Z"))
+        );
+        assert_eq!(
+            d.find("02:14:00 x", &tz, first_pass).unwrap().time,
+            Some(utc("2026-10-25T00:14:00Z"))
+        );
     }
 }

@@ -35,6 +35,15 @@ pub enum Signal {
         /// The user agent is a known attack tool's.
         scanner: bool,
     },
+    /// An event that should name an address, whose `network-ip` is missing
+    /// or is not an address: not counted, but not silent either.
+    Unreadable {
+        /// What happened.
+        kind: FailureKind,
+        /// The header's decoded value, cut short (attacker-reachable text:
+        /// escape it to show it); `None` when the header is missing.
+        raw: Option<Box<str>>,
+    },
     /// FreeSWITCH's periodic heartbeat: the connection is alive.
     Heartbeat,
 }
@@ -270,8 +279,18 @@ pub fn classify(
     } else {
         return None;
     };
-    let raw = h.get(addr_field).or_else(|| h.get(other))?;
-    let addr = parse_addr(raw.trim().as_bytes())?;
+    let Some(raw) = h.get(addr_field).or_else(|| h.get(other)) else {
+        return Some(Signal::Unreadable { kind, raw: None });
+    };
+    // `parse_addr` drops an IPv6 zone (`fe80::1%eth0`): the kernel sees the
+    // address without it as the packet's source.
+    let Some(addr) = parse_addr(raw.trim().as_bytes()) else {
+        let cut = raw.char_indices().nth(64).map_or(raw.len(), |(i, _)| i);
+        return Some(Signal::Unreadable {
+            kind,
+            raw: Some(Box::from(&raw[..cut])),
+        });
+    };
     let user = match kind {
         FailureKind::WrongCallState => h.get(Field::FromUserUnderscore),
         _ => h.get(Field::ToUser).or_else(|| h.get(Field::FromUser)),

@@ -148,6 +148,58 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError>
     )))
 }
 
+/// What a buffer holds of a frame that has begun but is not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partial {
+    /// Part of a header block, before its empty line.
+    Headers {
+        /// Bytes of the block so far.
+        have: usize,
+    },
+    /// A whole header block and part of its `Content-Length` body.
+    Body {
+        /// Body bytes so far.
+        have: usize,
+        /// Body bytes announced.
+        need: usize,
+    },
+}
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Partial::Headers { have } => {
+                write!(f, "{have} byte(s) of a header block without its empty line")
+            }
+            Partial::Body { have, need } => {
+                write!(f, "{have} of {need} body byte(s) (Content-Length)")
+            }
+        }
+    }
+}
+
+/// The frame begun at the start of `buf`, when `buf` holds some of one but
+/// not all of it; `None` when it holds nothing of a frame (empty lines
+/// between frames start none) or a whole frame.
+pub fn partial(buf: &[u8]) -> Option<Partial> {
+    let start = buf
+        .iter()
+        .position(|&c| c != b'\n' && c != b'\r')
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    if rest.is_empty() {
+        return None;
+    }
+    match block_end(rest) {
+        None => Some(Partial::Headers { have: rest.len() }),
+        Some((hdr_end, body_start)) => {
+            let need = content_length(&rest[..hdr_end]).ok().flatten().unwrap_or(0);
+            let have = rest.len() - body_start;
+            (have < need).then_some(Partial::Body { have, need })
+        }
+    }
+}
+
 /// Decodes `%XX` escapes (either case of hex). A `%` not followed by two hex
 /// digits stays as it is. Borrows when there is nothing to decode.
 pub fn percent_decode(v: &[u8]) -> Cow<'_, [u8]> {
@@ -268,6 +320,21 @@ mod tests {
         ));
         let long = vec![b'a'; MAX_HEADER_BLOCK + 2];
         assert_eq!(parse_frame(&long), Err(FrameError::HeaderTooLong));
+    }
+
+    #[test]
+    fn partial_frames_are_described() {
+        assert_eq!(partial(b""), None);
+        assert_eq!(partial(b"\n\r\n"), None, "empty lines start no frame");
+        assert_eq!(
+            partial(b"\nContent-Ty"),
+            Some(Partial::Headers { have: 10 })
+        );
+        let p = partial(b"Content-Length: 10\n\n1234").unwrap();
+        assert_eq!(p, Partial::Body { have: 4, need: 10 });
+        assert_eq!(p.to_string(), "4 of 10 body byte(s) (Content-Length)");
+        assert_eq!(partial(b"Content-Length: 2\n\n12"), None, "whole");
+        assert_eq!(partial(b"A: b\n\n"), None, "whole, no body");
     }
 
     #[test]

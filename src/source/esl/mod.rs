@@ -5,8 +5,11 @@
 //! out of the box), answers `auth/request`, subscribes to the Sofia events
 //! that carry registration and call-authentication outcomes plus
 //! `HEARTBEAT`, and turns them into failure events. A lost connection is
-//! retried with exponential backoff and jitter; a connection silent for
-//! longer than three heartbeats is treated as dead (half-open) and reopened.
+//! retried with exponential backoff and jitter. A connection is reopened
+//! when no whole frame arrived for longer than three heartbeats (half-open),
+//! or when a frame is not complete [`FRAME_DEADLINE`] after its first byte:
+//! bytes alone are no sign of life, or a peer trickling one a second would
+//! hold the source for ever.
 
 pub mod event;
 pub mod frame;
@@ -18,20 +21,27 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::Sender;
+use tokio::time::Instant;
 
 use self::event::{JsonEvent, Signal, classify, content_type};
-use self::frame::{Frame, FrameError, PlainEvent, header, parse_frame, text};
+use self::frame::{Frame, FrameError, Partial, PlainEvent, header, parse_frame, partial, text};
+use super::file::rare;
 use super::scanner::ScannerList;
-use crate::event::{FailureEvent, FailureKind, JailId, Time};
+use crate::event::{FailureEvent, FailureKind, JailId, Time, escape_text};
 use crate::filter::freeswitch::acl_reject;
 
 /// The events sipwarden subscribes to. `CUSTOM` comes last: every word after
 /// it is a subclass.
 pub const SUBSCRIPTION: &str = "HEARTBEAT CUSTOM sofia::register_failure sofia::register_attempt sofia::pre_register sofia::register sofia::wrong_call_state";
 
-/// A connection silent this long is considered dead (FreeSWITCH sends a
-/// heartbeat every 20 s).
-const SILENCE_LIMIT: Duration = Duration::from_secs(65);
+/// A connection without a whole frame for this long is considered dead
+/// (FreeSWITCH sends a heartbeat every 20 s).
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(65);
+/// A frame (header block and `Content-Length` body) must be complete this
+/// long after its first byte, or the connection is reopened. FreeSWITCH
+/// writes an event of a few KiB at once; 10 s leaves room for a slow link
+/// and still bounds a peer that trickles a frame byte by byte.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
 /// Time allowed for connect, auth and subscribe.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff bounds between reconnection attempts.
@@ -88,6 +98,8 @@ pub struct EslStats {
     pub failures: AtomicU64,
     /// Connections made.
     pub connects: AtomicU64,
+    /// Events whose `network-ip` was missing or not an address (not counted).
+    pub unreadable: AtomicU64,
 }
 
 /// Why a session ended.
@@ -128,6 +140,20 @@ pub enum EslError {
     Rude {
         /// The peer.
         peer: String,
+    },
+    /// A frame was begun and not completed in time.
+    #[error(
+        "{peer}: a frame not complete {secs} s after its first byte ({pending}; {frames} frame(s) before)"
+    )]
+    SlowFrame {
+        /// The peer.
+        peer: String,
+        /// What had arrived of the frame.
+        pending: Partial,
+        /// The bound, in seconds.
+        secs: u64,
+        /// Frames read before.
+        frames: u64,
     },
     /// The stream is not Event Socket framing.
     #[error("{peer}: bad frame after {frames} frame(s): {source}")]
@@ -197,6 +223,11 @@ impl FrameBuffer {
         Ok(n)
     }
 
+    /// What is buffered of a frame begun but not complete, if anything.
+    pub fn pending(&self) -> Option<Partial> {
+        partial(&self.buf[self.start..])
+    }
+
     /// The next complete frame, owned (for the handshake).
     pub fn next_owned(&mut self) -> Result<Option<OwnedFrame>, FrameError> {
         match parse_frame(&self.buf[self.start..])? {
@@ -221,19 +252,54 @@ pub struct EventMapper {
     pub scanners: Arc<ScannerList>,
 }
 
+/// What one frame means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mapped {
+    /// Nothing about an address.
+    Nothing,
+    /// FreeSWITCH's heartbeat.
+    Heartbeat,
+    /// A failure (or success) to count.
+    Event(FailureEvent),
+    /// An event that should name an address but whose `network-ip` is
+    /// missing or not an address; the source logs it (rate-limited).
+    Unreadable {
+        /// What the event reported.
+        kind: FailureKind,
+        /// The value, when there was one (attacker-reachable: escape it).
+        raw: Option<Box<str>>,
+    },
+}
+
 impl EventMapper {
     /// Maps one frame; `None` for frames that say nothing about an address.
     /// `heartbeat` is set when the frame was a heartbeat.
     pub fn map(&self, f: &Frame<'_>, now: Time, heartbeat: &mut bool) -> Option<FailureEvent> {
+        match self.read(f, now) {
+            Mapped::Event(ev) => Some(ev),
+            Mapped::Heartbeat => {
+                *heartbeat = true;
+                None
+            }
+            Mapped::Nothing | Mapped::Unreadable { .. } => None,
+        }
+    }
+
+    /// What one frame means, including events that could not be counted.
+    pub fn read(&self, f: &Frame<'_>, now: Time) -> Mapped {
         let ct = content_type(f.headers);
         let signal = match &*ct {
             "text/event-plain" => classify(&event::PlainPick::from_body(f.body), &self.scanners),
-            "text/event-json" => classify(&JsonEvent::parse(f.body)?, &self.scanners),
+            "text/event-json" => {
+                JsonEvent::parse(f.body).and_then(|e| classify(&e, &self.scanners))
+            }
             "log/data" => {
                 // Profile ACL rejections fire no event: read them from the log.
                 let msg = f.body.trim_ascii();
-                let addr = acl_reject(msg)?;
-                return Some(FailureEvent {
+                let Some(addr) = acl_reject(msg) else {
+                    return Mapped::Nothing;
+                };
+                return Mapped::Event(FailureEvent {
                     time: now,
                     jail: self.jail,
                     addr,
@@ -244,19 +310,20 @@ impl EventMapper {
                 });
             }
             _ => None,
-        }?;
+        };
+        let Some(signal) = signal else {
+            return Mapped::Nothing;
+        };
         match signal {
-            Signal::Heartbeat => {
-                *heartbeat = true;
-                None
-            }
+            Signal::Heartbeat => Mapped::Heartbeat,
+            Signal::Unreadable { kind, raw } => Mapped::Unreadable { kind, raw },
             Signal::Address {
                 kind,
                 addr,
                 time,
                 user,
                 scanner,
-            } => Some(FailureEvent {
+            } => Mapped::Event(FailureEvent {
                 time: time.unwrap_or(now),
                 jail: self.jail,
                 addr,
@@ -407,13 +474,18 @@ impl EslSource {
         tracing::info!("event socket {peer}: connected and subscribed ({format})");
 
         let mut frames = 0u64;
+        // The silence clock restarts with each whole frame; a begun frame's
+        // clock starts with the read that brought its first byte.
+        let mut last_frame = Instant::now();
+        let mut begun: Option<Instant> = None;
         loop {
             // Frames may already be buffered (events right after the
             // subscription reply): handle them before reading more.
             let now = Time::now();
             let mut batch = Vec::new();
             let mut closed = None;
-            let mut hb = false;
+            let mut unreadable = Vec::new();
+            let before = frames;
             let r = fb.drain(|f| {
                 frames += 1;
                 if content_type(f.headers) == "text/disconnect-notice" {
@@ -421,8 +493,10 @@ impl EslSource {
                     return;
                 }
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
-                if let Some(ev) = self.mapper.map(&f, now, &mut hb) {
-                    batch.push(ev);
+                match self.mapper.read(&f, now) {
+                    Mapped::Event(ev) => batch.push(ev),
+                    Mapped::Unreadable { kind, raw } => unreadable.push((kind, raw)),
+                    Mapped::Heartbeat | Mapped::Nothing => {}
                 }
             });
             if let Err(source) = r {
@@ -432,6 +506,7 @@ impl EslSource {
                     source,
                 });
             }
+            self.note_unreadable(&peer, &unreadable);
             if !batch.is_empty() {
                 self.stats
                     .failures
@@ -450,12 +525,37 @@ impl EslSource {
                     },
                 });
             }
-            let n = match tokio::time::timeout(SILENCE_LIMIT, stream.read(&mut rbuf)).await {
+            // Taken after the hand-off above, so back-pressure from the
+            // jails never counts against FreeSWITCH.
+            let t = Instant::now();
+            let whole = frames > before;
+            if whole {
+                last_frame = t;
+            }
+            begun = match fb.pending() {
+                None => None,
+                // A frame completed in the last read: the one begun after
+                // it began in that read too.
+                Some(_) if whole => Some(t),
+                Some(_) => begun.or(Some(t)),
+            };
+            let silence_end = last_frame + SILENCE_LIMIT;
+            let frame_end = begun.map(|b| b + FRAME_DEADLINE);
+            let deadline = frame_end.map_or(silence_end, |f| f.min(silence_end));
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut rbuf)).await {
                 Err(_) => {
-                    return Err(EslError::Timeout {
-                        peer,
-                        step: "a heartbeat (half-open connection)",
-                        secs: SILENCE_LIMIT.as_secs(),
+                    return Err(match (frame_end, fb.pending()) {
+                        (Some(end), Some(pending)) if end <= silence_end => EslError::SlowFrame {
+                            peer,
+                            pending,
+                            secs: FRAME_DEADLINE.as_secs(),
+                            frames,
+                        },
+                        _ => EslError::Timeout {
+                            peer,
+                            step: "a heartbeat or any whole frame (half-open connection)",
+                            secs: SILENCE_LIMIT.as_secs(),
+                        },
                     });
                 }
                 Ok(Err(e)) => return Err(io(e)),
@@ -468,6 +568,22 @@ impl EslSource {
                 Ok(Ok(n)) => n,
             };
             fb.extend(&rbuf[..n]);
+        }
+    }
+
+    /// Logs events that could not be counted, rarely (the 1st, 10th,
+    /// 100th...): their text is FreeSWITCH's copy of what a packet said.
+    fn note_unreadable(&self, peer: &str, seen: &[(FailureKind, Option<Box<str>>)]) {
+        let Some((kind, raw)) = seen.first() else {
+            return;
+        };
+        let added = seen.len() as u64;
+        let total = self.stats.unreadable.fetch_add(added, Ordering::Relaxed) + added;
+        if rare(total, added) {
+            tracing::warn!(
+                "event socket {peer}: {}; not counted ({total} such event(s) so far)",
+                unreadable_text(*kind, raw.as_deref())
+            );
         }
     }
 
@@ -545,6 +661,18 @@ impl EslSource {
                 _ => continue,
             }
         }
+    }
+}
+
+/// Says what was wrong with an event's address, its text escaped.
+fn unreadable_text(kind: FailureKind, raw: Option<&str>) -> String {
+    match raw {
+        Some(r) => format!(
+            "a {} event whose network-ip \"{}\" is not an address",
+            kind.as_str(),
+            escape_text(r, 64)
+        ),
+        None => format!("a {} event without network-ip", kind.as_str()),
     }
 }
 
@@ -732,6 +860,232 @@ mod tests {
         };
         assert!(m.map(&f, Time(5), &mut hb).is_none());
         assert!(hb);
+    }
+
+    /// A plain `register_failure` frame with `network-ip` as given.
+    fn register_failure(network_ip: &str) -> String {
+        let body = format!(
+            "Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister_failure\nnetwork-ip: {network_ip}\nregistration-type: REGISTER\n\n"
+        );
+        format!(
+            "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+            body.len()
+        )
+    }
+
+    /// Issue 16, finding 11: FreeSWITCH percent-encodes plain values, so a
+    /// link-local source arrives as `fe80%3A%3A1%25eth0`; the zone is the
+    /// interface, the kernel sees `fe80::1` as the source.
+    #[test]
+    fn zone_id_is_removed_before_counting() {
+        let want: std::net::IpAddr = "fe80::1".parse().unwrap();
+        for raw in [
+            "fe80%3A%3A1%25eth0",
+            "fe80::1%25eth0",
+            "fe80%3A%3A1%252",
+            "fe80::1%25vlan.100",
+        ] {
+            let (evs, _) = replay(register_failure(raw).as_bytes(), 7);
+            assert_eq!(
+                evs.iter().map(|e| e.addr).collect::<Vec<_>>(),
+                vec![want],
+                "{raw}"
+            );
+        }
+        let body = r#"{"Event-Name":"CUSTOM","Event-Subclass":"sofia::register_failure","network-ip":"fe80::1%eth0"}"#;
+        let frame = format!(
+            "Content-Length: {}\nContent-Type: text/event-json\n\n{body}",
+            body.len()
+        );
+        let (evs, _) = replay(frame.as_bytes(), 3);
+        assert_eq!(evs.iter().map(|e| e.addr).collect::<Vec<_>>(), vec![want]);
+        // A zone on an IPv4 address, or a zone that is not an interface
+        // name, is not an address.
+        for raw in [
+            "10.0.0.1%25eth0",
+            "fe80::1%25",
+            "fe80::1%25a/b",
+            "fe80::1%25%25",
+        ] {
+            assert!(
+                replay(register_failure(raw).as_bytes(), 100).0.is_empty(),
+                "{raw}"
+            );
+        }
+    }
+
+    /// An address that does not parse is reported (and logged, escaped),
+    /// not dropped in silence.
+    #[test]
+    fn unreadable_network_ip_is_reported() {
+        let m = mapper();
+        let frame = register_failure("fe80%3A%3Azz%0A%1B%5B31m");
+        let mut fb = FrameBuffer::default();
+        fb.extend(frame.as_bytes());
+        let mut got = Vec::new();
+        fb.drain(|f| got.push(m.read(&f, Time(1)))).unwrap();
+        let [Mapped::Unreadable { kind, raw }] = &got[..] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(raw.as_deref(), Some("fe80::zz\n\u{1b}[31m"));
+        assert_eq!(
+            unreadable_text(*kind, raw.as_deref()),
+            "a register_auth event whose network-ip \"fe80::zz\\n\\u{1b}[31m\" is not an address"
+        );
+    }
+
+    /// Virtual-time helpers for the timer tests: a fake FreeSWITCH on
+    /// loopback that answers the handshake, then sends `feed` (pauses and
+    /// bytes, cycled, at most `max` pieces) on each connection, and reports
+    /// when (in the test's paused clock) each connection was accepted.
+    async fn fake_freeswitch(
+        feed: Vec<(Duration, Vec<u8>)>,
+        max: usize,
+    ) -> (
+        u16,
+        tokio::sync::mpsc::UnboundedReceiver<tokio::time::Instant>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // With paused time the clock jumps to the next timer whenever the
+        // runtime idles, even while loopback bytes are in flight; a short
+        // ticker keeps each jump small, so the handshake's own timeout is
+        // never reached by accident.
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = tx.send(tokio::time::Instant::now());
+                // Each byte on the wire at once: Nagle would hold it for an
+                // ACK that real time delays while virtual time runs ahead.
+                let _ = s.set_nodelay(true);
+                let feed = feed.clone();
+                tokio::spawn(async move {
+                    async fn command(s: &mut TcpStream) -> Option<()> {
+                        let mut got = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !got.ends_with(b"\n\n") {
+                            if s.read(&mut b).await.ok()? == 0 {
+                                return None;
+                            }
+                            got.push(b[0]);
+                        }
+                        Some(())
+                    }
+                    s.write_all(b"Content-Type: auth/request\n\n").await.ok()?;
+                    command(&mut s).await?;
+                    s.write_all(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
+                        .await
+                        .ok()?;
+                    command(&mut s).await?;
+                    s.write_all(b"Content-Type: command/reply\nReply-Text: +OK event listener enabled plain\n\n")
+                        .await
+                        .ok()?;
+                    for (pause, bytes) in feed.iter().cycle().take(max) {
+                        tokio::time::sleep(*pause).await;
+                        s.write_all(bytes).await.ok()?;
+                    }
+                    // Hold the connection open, silent, like a half-open peer.
+                    std::future::pending::<()>().await;
+                    Some(())
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    fn source(port: u16) -> (EslSource, tokio::sync::mpsc::Receiver<Vec<FailureEvent>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let src = EslSource {
+            peer: EslPeer {
+                host: "127.0.0.1".into(),
+                port,
+                password: "ClueCon".into(),
+                format: EslFormat::Plain,
+                log_acl: false,
+            },
+            mapper: mapper(),
+            tx,
+            stats: Arc::default(),
+        };
+        (src, rx)
+    }
+
+    /// One byte per second, for `n` bytes of `s`.
+    fn one_byte_a_second(s: &[u8]) -> Vec<(Duration, Vec<u8>)> {
+        s.iter()
+            .map(|&b| (Duration::from_secs(1), vec![b]))
+            .collect()
+    }
+
+    /// The time between the first two connections, if the client reopened
+    /// within `within` of (virtual) time.
+    async fn reopened_after(
+        feed: Vec<(Duration, Vec<u8>)>,
+        max: usize,
+        within: Duration,
+    ) -> Option<Duration> {
+        let (port, mut accepted) = fake_freeswitch(feed, max).await;
+        let (src, _events) = source(port);
+        let client = tokio::spawn(src.run());
+        let first = tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+            .await
+            .expect("the client connects")
+            .expect("the server runs");
+        let second = tokio::time::timeout(within, accepted.recv()).await;
+        client.abort();
+        second.ok().flatten().map(|t| t - first)
+    }
+
+    /// Issue 16, finding 11: a frame trickled one byte a second, never
+    /// complete, used to restart the 65 s silence timer with every byte, so
+    /// the connection was never reopened.
+    #[tokio::test(start_paused = true)]
+    async fn trickled_frame_is_reopened_within_the_frame_bound() {
+        let feed = one_byte_a_second(
+            b"Content-Length: 900\nContent-Type: text/event-plain\n\nEvent-Name: HEARTBEAT\n",
+        );
+        let after = reopened_after(feed, 300, Duration::from_secs(200))
+            .await
+            .expect("a never-completing frame makes the client reopen");
+        assert!(
+            after < SILENCE_LIMIT,
+            "reopened by the frame bound, not the silence timer: {after:?}"
+        );
+    }
+
+    /// Bytes that start no frame (empty lines between frames) are not a
+    /// sign of life: the silence timer counts whole frames.
+    #[tokio::test(start_paused = true)]
+    async fn stray_bytes_do_not_keep_a_silent_connection() {
+        let after = reopened_after(one_byte_a_second(b"\n"), 300, Duration::from_secs(200))
+            .await
+            .expect("no whole frame for 65 s makes the client reopen");
+        assert!(after >= SILENCE_LIMIT, "{after:?}");
+    }
+
+    /// Heartbeats every 20 s, each written slowly but whole within seconds,
+    /// keep the connection: the bound is per frame, not per connection.
+    #[tokio::test(start_paused = true)]
+    async fn slow_whole_heartbeats_keep_the_connection() {
+        let body = "Event-Name: HEARTBEAT\nUp-Time: 0%20years\n\n";
+        let frame = format!(
+            "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+            body.len()
+        );
+        let mut feed = vec![(Duration::from_secs(20), Vec::new())];
+        feed.extend(frame.bytes().map(|b| (Duration::from_millis(50), vec![b])));
+        assert_eq!(
+            reopened_after(feed, 100_000, Duration::from_secs(300)).await,
+            None
+        );
     }
 
     #[test]
