@@ -23,6 +23,7 @@ pub mod feed;
 pub mod filter;
 pub mod http;
 pub mod jail;
+pub mod net;
 pub mod source;
 pub mod store;
 pub mod systemd;
@@ -107,7 +108,7 @@ pub mod fuzzing {
             }
         }
         if let Ok(s) = std::str::from_utf8(data) {
-            let _ = crate::daemon::parse_request_net(s);
+            let _ = crate::net::parse_ban_target(s);
         }
     }
 

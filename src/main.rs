@@ -154,8 +154,13 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
-    /// Re-read the configuration; a bad one is refused and the old one keeps running.
+    /// Re-read the configuration; one that does not parse, is empty or would
+    /// remove every running jail is refused and the old one keeps running.
     Reload {
+        /// Apply it even when empty or removing every running jail (their
+        /// bans are lifted).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         talk: Talk,
     },
@@ -229,6 +234,12 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging();
             let cfg = Config::load_with(config.as_deref(), fail2ban_config.as_deref())
                 .map_err(anyhow::Error::msg)?;
+            if let Some(why) = cfg.emptiness() {
+                anyhow::bail!("{why}; not starting");
+            }
+            for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -255,18 +266,44 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if let Some(why) = cfg.emptiness() {
+                if json {
+                    println!("{}", serde_json::json!({ "ok": false, "error": why }));
+                } else {
+                    eprintln!("error: {why}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
             let enabled: Vec<&str> = cfg.enabled_jails().map(|j| j.name.as_str()).collect();
+            let size = cfg.footprint();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "ok": true, "config": cfg.origin, "jails": enabled, "firewall": cfg.firewall.backend.to_string() })
+                    serde_json::json!({
+                        "ok": true,
+                        "config": cfg.origin,
+                        "jails": enabled,
+                        "firewall": cfg.firewall.backend.to_string(),
+                        "warnings": cfg.warnings,
+                        "footprint": {
+                            "jails": size.jails,
+                            "ignoreip_networks": size.ignoreip_networks,
+                            "bytes": size.bytes,
+                        },
+                    })
                 );
             } else {
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
+                }
+                let mut shown = enabled[..enabled.len().min(20)].join(", ");
+                if enabled.len() > 20 {
+                    shown.push_str(&format!(", and {} more", enabled.len() - 20));
+                }
                 println!(
-                    "{}: OK ({} jail(s) enabled: {}; firewall {})",
+                    "{}: OK ({} jail(s) enabled: {shown}; firewall {})\n{size}",
                     cfg.origin,
                     enabled.len(),
-                    enabled.join(", "),
                     cfg.firewall.backend
                 );
             }
@@ -333,7 +370,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             all,
             talk: t,
         } => talk(t, Request::Unban { addr, jail, all }),
-        Command::Reload { talk: t } => talk(t, Request::Reload {}),
+        Command::Reload { force, talk: t } => talk(t, Request::Reload { force }),
         Command::Doctor { config } => Ok(sipwarden::doctor::run(config.as_deref())),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

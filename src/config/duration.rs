@@ -6,6 +6,17 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// The longest duration accepted anywhere (a ban, `findtime`, `ban --for`,
+/// the API): 213,000 days, about 583 years. nftables keeps element timeouts
+/// in milliseconds and the kernel refuses (ERANGE) any timeout at or above
+/// `u64::MAX / 1,000,000` ms, about 213,503 days; a ban longer than this
+/// could never reach the kernel. Ends that arrive as data (the fleet, a
+/// restore) are clamped to it; for longer, a ban is permanent (`-1`).
+pub const MAX_BANTIME: Duration = Duration(213_000 * 86_400);
+
+// The kernel's own limit, in milliseconds: ours stays below it.
+const _: () = assert!(MAX_BANTIME.0 * 1000 < u64::MAX / 1_000_000);
+
 /// A non-negative length of time, in whole seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(pub u64);
@@ -46,8 +57,23 @@ pub struct DurationError {
     why: &'static str,
 }
 
-/// Parses `"1h30m"`, `"45s"`, `"2d"`, `"1w"` or `"600"` (seconds).
+/// Why a duration is too long, with the largest accepted.
+const TOO_LONG: &str = "it is longer than the largest accepted, 213000d (about 583 years; nftables refuses longer timeouts); use -1 for a permanent ban";
+
+/// Parses `"1h30m"`, `"45s"`, `"2d"`, `"1w"` or `"600"` (seconds), up to
+/// [`MAX_BANTIME`].
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let d = parse_unbounded(text)?;
+    if d > MAX_BANTIME {
+        return Err(DurationError {
+            text: text.to_string(),
+            why: TOO_LONG,
+        });
+    }
+    Ok(d)
+}
+
+fn parse_unbounded(text: &str) -> Result<Duration, DurationError> {
     let err = |why| DurationError {
         text: text.to_string(),
         why,
@@ -55,6 +81,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     if s.is_empty() {
         return Err(err("it is empty"));
+    }
+    if s.starts_with('-') {
+        return Err(err(
+            "it is negative (only -1, for a permanent ban, is accepted, and only as a ban length)",
+        ));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return s
@@ -170,12 +201,26 @@ impl<'de> Visitor<'de> for DurationVisitor {
         if v == -1 && self.allow_permanent {
             return Ok(BanTime::Permanent);
         }
-        u64::try_from(v)
-            .map(|s| BanTime::For(Duration(s)))
-            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+        match u64::try_from(v) {
+            Ok(s) => self.visit_u64(s),
+            Err(_) => Err(E::custom(DurationError {
+                text: v.to_string(),
+                why: if self.allow_permanent {
+                    "it is negative (only -1, for a permanent ban, is accepted)"
+                } else {
+                    "it is negative"
+                },
+            })),
+        }
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<BanTime, E> {
+        if Duration(v) > MAX_BANTIME {
+            return Err(E::custom(DurationError {
+                text: v.to_string(),
+                why: TOO_LONG,
+            }));
+        }
         Ok(BanTime::For(Duration(v)))
     }
 
@@ -262,6 +307,43 @@ mod tests {
         assert_eq!(parse_bantime("-1"), Ok(BanTime::Permanent));
         assert_eq!(parse_bantime("2h"), Ok(BanTime::For(Duration(7200))));
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn longest_accepted_is_the_kernels_range() {
+        assert_eq!(MAX_BANTIME.to_string(), "30428w4d");
+        assert_eq!(parse_duration("213000d"), Ok(MAX_BANTIME));
+        assert_eq!(parse_bantime("213000d"), Ok(BanTime::For(MAX_BANTIME)));
+        assert!(TOO_LONG.contains(&format!(", {}d ", MAX_BANTIME.0 / 86_400)));
+        for long in ["300000d", "213000d1s", "18446744073s", "999999999999d"] {
+            let e = parse_bantime(long).unwrap_err().to_string();
+            assert!(e.contains("largest accepted, 213000d"), "{long}: {e}");
+        }
+        #[derive(Debug, Deserialize)]
+        struct T {
+            #[allow(dead_code)]
+            b: BanTime,
+        }
+        let e = toml::from_str::<T>("b = 18403200001")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("largest accepted"), "{e}");
+        assert!(toml::from_str::<T>("b = 18403200000").is_ok());
+    }
+
+    #[test]
+    fn negative_durations_say_so() {
+        for bad in ["-5m", "-2", " -1s"] {
+            let e = parse_bantime(bad).unwrap_err().to_string();
+            assert!(e.contains("negative"), "{bad}: {e}");
+        }
+        #[derive(Debug, Deserialize)]
+        struct T {
+            #[allow(dead_code)]
+            b: BanTime,
+        }
+        let e = toml::from_str::<T>("b = -5").unwrap_err().to_string();
+        assert!(e.contains("negative") && e.contains("-1"), "{e}");
     }
 
     #[test]

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::duration::{BanTime, Duration, parse_bantime, parse_duration};
-use super::{Config, JailConfig, parse_net};
+use super::{Config, DEFAULT_IGNOREIP, JailConfig};
 use crate::filter::FilterOptions;
 use crate::filter::f2b::ini::Ini;
 use crate::jail::Escalation;
+use crate::net::{NetSet, parse_net};
 
 fn truthy(v: &str) -> bool {
     matches!(
@@ -36,6 +37,8 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
     let mut base = Config::parse("", &format!("fail2ban configuration {}", dir.display()))
         .map_err(|e| e.to_string())?;
     let mut banactions = Vec::new();
+    // Jails that inherit one `ignoreip` share one set.
+    let mut ignore_sets: BTreeMap<String, std::sync::Arc<NetSet>> = BTreeMap::new();
     for name in ini.sections.keys() {
         if matches!(
             name.as_str(),
@@ -75,17 +78,36 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             .map(|v| parse_duration(&v).map_err(|e| at("findtime", e.to_string())))
             .transpose()?
             .unwrap_or(Duration(600));
+        if findtime.0 == 0 {
+            return Err(at(
+                "findtime",
+                "must be at least 1s (with 0 no failure is ever counted)".into(),
+            ));
+        }
         let bantime = get("bantime")
             .map(|v| parse_bantime(&v).map_err(|e| at("bantime", e.to_string())))
             .transpose()?
             .unwrap_or(BanTime::For(Duration(600)));
+        if bantime == BanTime::For(Duration(0)) {
+            return Err(at(
+                "bantime",
+                "must be at least 1s (0 would lift each ban as it is made; -1 bans for ever)"
+                    .into(),
+            ));
+        }
+        let ignore_text = get("ignoreip").unwrap_or_default();
         let mut ignoreip = Vec::new();
-        for a in get("ignoreip")
-            .unwrap_or_default()
+        for a in ignore_text
             .split(|c: char| c.is_whitespace() || c == ',')
             .filter(|a| !a.is_empty())
         {
             match parse_net(a) {
+                Ok(n) if n.prefix_len() == 0 => {
+                    return Err(at(
+                        "ignoreip",
+                        format!("{n} is every address: nothing would ever be counted or banned"),
+                    ));
+                }
                 Ok(n) => ignoreip.push(n),
                 Err(_) => tracing::warn!(
                     "[{name}] ignoreip {a:?} is not an address or network (names are not resolved); skipped"
@@ -123,14 +145,16 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             maxretry: maxretry.max(1),
             findtime,
             bantime,
-            ignoreip: if ignoreip.is_empty() {
-                vec![
-                    parse_net("127.0.0.0/8").unwrap_or_else(|_| unreachable_net()),
-                    parse_net("::1").unwrap_or_else(|_| unreachable_net()),
-                ]
-            } else {
-                ignoreip
-            },
+            ignoreip: ignore_sets
+                .entry(ignore_text)
+                .or_insert_with(|| {
+                    std::sync::Arc::new(if ignoreip.is_empty() {
+                        NetSet::new(DEFAULT_IGNOREIP)
+                    } else {
+                        NetSet::new(ignoreip)
+                    })
+                })
+                .clone(),
             ignoreself: get("ignoreself").is_none_or(|v| truthy(&v)),
             max_tracked: 1_000_000,
             escalation,
@@ -151,10 +175,6 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
         );
     }
     Ok(base)
-}
-
-fn unreachable_net() -> ipnet::IpNet {
-    ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1]))
 }
 
 /// The sipwarden TOML equivalent of a fail2ban configuration.
@@ -190,7 +210,12 @@ pub fn to_toml(c: &Config) -> String {
             BanTime::Permanent => out.push_str("bantime = -1\n"),
             BanTime::For(d) => out.push_str(&format!("bantime = \"{d}\"\n")),
         }
-        let ips: Vec<String> = j.ignoreip.iter().map(|n| format!("\"{n}\"")).collect();
+        let ips: Vec<String> = j
+            .ignoreip
+            .nets()
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect();
         out.push_str(&format!("ignoreip = [{}]\n", ips.join(", ")));
         if let Some(e) = &j.escalation {
             out.push_str(&format!(

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -20,6 +21,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use crate::filter::{self, FilterOptions};
+use crate::net::NetSet;
 use crate::source::esl::{EslFormat, EslPeer};
 use duration::{BanTime, Duration};
 
@@ -63,20 +65,32 @@ pub struct NetSpec(pub IpNet);
 impl<'de> Deserialize<'de> for NetSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_net(&s).map(NetSpec).map_err(de::Error::custom)
+        crate::net::parse_net(&s)
+            .map(NetSpec)
+            .map_err(de::Error::custom)
     }
 }
 
-/// Parses `192.0.2.1`, `2001:db8::1`, `198.51.100.0/24` or `2001:db8::/32`.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(IpNet::from(ip.to_canonical()));
-    }
-    s.parse::<IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|_| format!("{s:?} is not an IP address or CIDR network (expected e.g. \"192.0.2.1\", \"198.51.100.0/24\", \"2001:db8::/32\")"))
-}
+/// Largest configuration file read, 64 MiB: a million `ignoreip` entries fit
+/// in a fifth of it; a runaway generator or a wrong path does not fill memory.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `ignoreip` when none is given: loopback.
+pub const DEFAULT_IGNOREIP: [IpNet; 2] = [
+    IpNet::V4(ipnet::Ipv4Net::new_assert(
+        std::net::Ipv4Addr::new(127, 0, 0, 0),
+        8,
+    )),
+    IpNet::V6(ipnet::Ipv6Net::new_assert(
+        std::net::Ipv6Addr::LOCALHOST,
+        128,
+    )),
+];
+
+/// Narrowest IPv4 prefix length in `ignoreip` taken without a warning.
+const WIDE_IGNORE_V4: u8 = 8;
+/// Narrowest IPv6 prefix length in `ignoreip` taken without a warning.
+const WIDE_IGNORE_V6: u8 = 16;
 
 /// One path or a list of paths.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -120,15 +134,15 @@ struct RawDaemon {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     maxretry: Option<Spanned<u32>>,
-    findtime: Option<Duration>,
-    bantime: Option<BanTime>,
-    ignoreip: Option<Vec<NetSpec>>,
+    findtime: Option<Spanned<Duration>>,
+    bantime: Option<Spanned<BanTime>>,
+    ignoreip: Option<Vec<Spanned<NetSpec>>>,
     ignoreself: Option<bool>,
     max_tracked: Option<Spanned<usize>>,
     bantime_increment: Option<bool>,
     bantime_factor: Option<Spanned<f64>>,
     bantime_multipliers: Option<Spanned<Vec<u32>>>,
-    bantime_maxtime: Option<Duration>,
+    bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
 }
 
@@ -177,14 +191,14 @@ struct RawJail {
     count_challenges: Option<bool>,
     count_abandoned: Option<bool>,
     maxretry: Option<Spanned<u32>>,
-    findtime: Option<Duration>,
-    bantime: Option<BanTime>,
-    ignoreip: Option<Vec<NetSpec>>,
+    findtime: Option<Spanned<Duration>>,
+    bantime: Option<Spanned<BanTime>>,
+    ignoreip: Option<Vec<Spanned<NetSpec>>>,
     ignoreself: Option<bool>,
     bantime_increment: Option<bool>,
     bantime_factor: Option<Spanned<f64>>,
     bantime_multipliers: Option<Spanned<Vec<u32>>>,
-    bantime_maxtime: Option<Duration>,
+    bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
 }
 
@@ -304,8 +318,9 @@ pub struct JailConfig {
     pub findtime: Duration,
     /// Ban length.
     pub bantime: BanTime,
-    /// Networks never counted.
-    pub ignoreip: Vec<IpNet>,
+    /// Networks never counted: one structure shared by every jail that
+    /// inherits `[defaults] ignoreip`, not a copy per jail.
+    pub ignoreip: Arc<NetSet>,
     /// Never count the host's own addresses.
     pub ignoreself: bool,
     /// Cap on addresses with live failure state.
@@ -349,6 +364,33 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// `[[feed]]`: blocklists loaded into kernel sets of their own.
     pub feeds: Vec<crate::feed::FeedConfig>,
+    /// What is accepted but probably not meant (an `ignoreip` prefix wider
+    /// than /8), each with file:line; `check` prints them, the daemon logs
+    /// them.
+    pub warnings: Vec<String>,
+}
+
+/// The size of a configuration in memory, as `check` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Jails, enabled or not.
+    pub jails: usize,
+    /// Distinct `ignoreip` networks (a list shared by many jails counts once).
+    pub ignoreip_networks: usize,
+    /// Bytes held, estimated from the structures' sizes.
+    pub bytes: usize,
+}
+
+impl fmt::Display for Footprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "configuration: {} jail(s), {} ignoreip network(s), ~{:.1} MB",
+            self.jails,
+            self.ignoreip_networks,
+            self.bytes as f64 / 1_000_000.0
+        )
+    }
 }
 
 impl Config {
@@ -370,7 +412,7 @@ impl Config {
                 p
             }
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        let text = read_bounded(&path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
@@ -415,6 +457,88 @@ impl Config {
     pub fn enabled_jails(&self) -> impl Iterator<Item = &JailConfig> {
         self.jails.iter().filter(|j| j.enabled)
     }
+
+    /// Why this configuration has nothing to do, if it has not: no jail, or
+    /// none enabled (an empty file, or one caught half-written). `check`
+    /// refuses it and a reload keeps the running one, unless forced.
+    pub fn emptiness(&self) -> Option<String> {
+        if self.jails.is_empty() {
+            return Some(format!(
+                "{} defines no jail: nothing would be counted or banned (an empty or half-written file?)",
+                self.origin
+            ));
+        }
+        if self.enabled_jails().next().is_none() {
+            return Some(format!(
+                "{} enables no jail (all {} are `enabled = false`): nothing would be counted or banned",
+                self.origin,
+                self.jails.len()
+            ));
+        }
+        None
+    }
+
+    /// Why this configuration must not replace a running one whose jails are
+    /// `running`, unless forced: it is empty, or it keeps none of them
+    /// (every running jail would go, and its bans with it).
+    pub fn reload_refusal(&self, running: &[&str]) -> Option<String> {
+        if let Some(why) = self.emptiness() {
+            return Some(why);
+        }
+        let keeps = |name: &str| self.enabled_jails().any(|j| j.name == name);
+        if !running.is_empty() && !running.iter().any(|r| keeps(r)) {
+            let mut names = running[..running.len().min(5)].join(", ");
+            if running.len() > 5 {
+                names.push_str(&format!(" and {} more", running.len() - 5));
+            }
+            return Some(format!(
+                "{} keeps none of the running jails ({names}): each would be removed and its bans lifted",
+                self.origin
+            ));
+        }
+        None
+    }
+
+    /// How big this configuration is in memory.
+    pub fn footprint(&self) -> Footprint {
+        let mut seen: std::collections::HashSet<*const NetSet> = Default::default();
+        let (mut networks, mut bytes) = (0, 0);
+        for j in &self.jails {
+            bytes += std::mem::size_of::<JailConfig>()
+                + j.name.len()
+                + j.logpath
+                    .iter()
+                    .map(|p| p.as_os_str().len() + 24)
+                    .sum::<usize>()
+                + j.esl.len() * std::mem::size_of::<EslPeer>();
+            let p = Arc::as_ptr(&j.ignoreip);
+            if seen.insert(p) {
+                networks += j.ignoreip.len();
+                bytes += j.ignoreip.heap_bytes();
+            }
+        }
+        Footprint {
+            jails: self.jails.len(),
+            ignoreip_networks: networks,
+            bytes,
+        }
+    }
+}
+
+/// Reads a configuration file of at most [`MAX_CONFIG_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "it is larger than {} MiB, the largest configuration read",
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        )));
+    }
+    Ok(text)
 }
 
 /// Builds an `Invalid` error at byte range `span` of `text`, naming the key
@@ -474,8 +598,83 @@ struct EscKeys {
     overall: Option<bool>,
 }
 
+/// A duration that must be at least a second: `findtime`, `bantime_maxtime`.
+fn positive(
+    d: &Option<Spanned<Duration>>,
+    key: &str,
+    why: &str,
+    err: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<Duration>, ConfigError> {
+    match d {
+        Some(v) if v.get_ref().0 == 0 => {
+            Err(err(v.span(), format!("{key} must be at least 1s ({why})")))
+        }
+        Some(v) => Ok(Some(*v.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// A ban length: at least a second, or `-1`.
+fn ban_length(
+    b: &Option<Spanned<BanTime>>,
+    err: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<BanTime>, ConfigError> {
+    match b {
+        Some(v) if *v.get_ref() == BanTime::For(Duration(0)) => Err(err(
+            v.span(),
+            "bantime must be at least 1s (0 would lift each ban as it is made; -1 bans for ever)"
+                .into(),
+        )),
+        Some(v) => Ok(Some(*v.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// Reads an `ignoreip` list into one shared set: `/0` (or the mapped
+/// `::ffff:0:0/96`) is refused, prefixes wider than /8 (IPv4) or /16 (IPv6)
+/// are taken with a warning.
+fn ignore_set(
+    list: &[Spanned<NetSpec>],
+    text: &str,
+    origin: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Arc<NetSet>, ConfigError> {
+    for n in list {
+        let net = n.get_ref().0;
+        let wide = match net {
+            IpNet::V4(_) => WIDE_IGNORE_V4,
+            IpNet::V6(_) => WIDE_IGNORE_V6,
+        };
+        if net.prefix_len() == 0 {
+            return Err(invalid(
+                text,
+                origin,
+                n.span(),
+                &format!(
+                    "ignoreip {net} is every address: nothing would ever be counted or banned; list the networks to leave alone"
+                ),
+            ));
+        }
+        if net.prefix_len() < wide {
+            warnings.push(
+                invalid(
+                    text,
+                    origin,
+                    n.span(),
+                    &format!(
+                        "ignoreip {net} is wider than /{wide}: failures from any of its addresses are never counted; is that meant?"
+                    ),
+                )
+                .to_string(),
+            );
+        }
+    }
+    Ok(Arc::new(list.iter().map(|n| n.get_ref().0).collect()))
+}
+
 fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
     let err = |span: Range<usize>, msg: String| invalid(text, origin, span, &msg);
+    let mut warnings = Vec::new();
     let d = &raw.defaults;
     let def_maxretry = d.maxretry.as_ref().map_or(5, |s| *s.get_ref());
     if let Some(m) = &d.maxretry {
@@ -489,12 +688,15 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             return Err(err(m.span(), "max_tracked must be at least 1".into()));
         }
     }
-    let def_findtime = d.findtime.unwrap_or(Duration(600));
-    let def_bantime = d.bantime.unwrap_or(BanTime::For(Duration(3600)));
-    let def_ignoreip: Vec<IpNet> = d.ignoreip.as_ref().map_or_else(
-        || vec![parse_net_const("127.0.0.0/8"), parse_net_const("::1")],
-        |v| v.iter().map(|n| n.0).collect(),
-    );
+    const NO_FAILURE: &str = "with 0 no failure is ever counted";
+    const NO_BAN: &str = "0 would lift each escalated ban as it is made";
+    let def_findtime =
+        positive(&d.findtime, "findtime", NO_FAILURE, &err)?.unwrap_or(Duration(600));
+    let def_bantime = ban_length(&d.bantime, &err)?.unwrap_or(BanTime::For(Duration(3600)));
+    let def_ignoreip: Arc<NetSet> = match &d.ignoreip {
+        Some(v) => ignore_set(v, text, origin, &mut warnings)?,
+        None => Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
+    };
     let def_ignoreself = d.ignoreself.unwrap_or(true);
     let esc_keys = |inc: Option<bool>,
                     factor: &Option<Spanned<f64>>,
@@ -531,7 +733,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         d.bantime_increment,
         &d.bantime_factor,
         &d.bantime_multipliers,
-        d.bantime_maxtime,
+        positive(&d.bantime_maxtime, "bantime_maxtime", NO_BAN, &err)?,
         d.bantime_overalljails,
     )?;
 
@@ -798,7 +1000,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             j.bantime_increment,
             &j.bantime_factor,
             &j.bantime_multipliers,
-            j.bantime_maxtime,
+            positive(&j.bantime_maxtime, "bantime_maxtime", NO_BAN, &err)?,
             j.bantime_overalljails,
         )?;
         let escalation = k
@@ -827,11 +1029,12 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
                 count_abandoned: j.count_abandoned.unwrap_or(false),
             },
             maxretry,
-            findtime: j.findtime.unwrap_or(def_findtime),
-            bantime: j.bantime.unwrap_or(def_bantime),
-            ignoreip: j
-                .ignoreip
-                .map_or_else(|| def_ignoreip.clone(), |v| v.iter().map(|n| n.0).collect()),
+            findtime: positive(&j.findtime, "findtime", NO_FAILURE, &err)?.unwrap_or(def_findtime),
+            bantime: ban_length(&j.bantime, &err)?.unwrap_or(def_bantime),
+            ignoreip: match &j.ignoreip {
+                Some(v) => ignore_set(v, text, origin, &mut warnings)?,
+                None => def_ignoreip.clone(),
+            },
             ignoreself: j.ignoreself.unwrap_or(def_ignoreself),
             max_tracked: def_max_tracked,
             escalation,
@@ -860,6 +1063,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         cluster,
         http,
         feeds,
+        warnings,
     })
 }
 
@@ -916,10 +1120,6 @@ fn esl_peers(v: &toml::Value) -> Result<Vec<EslPeer>, String> {
             log_acl: r.log_acl.unwrap_or(false),
         })
         .collect())
-}
-
-fn parse_net_const(s: &str) -> IpNet {
-    parse_net(s).unwrap_or_else(|_| IpNet::from(std::net::IpAddr::from([127, 0, 0, 1])))
 }
 
 impl fmt::Display for Backend {
@@ -1091,6 +1291,176 @@ bantime = -1
     fn syntax_error_points_at_place() {
         let e = error("[defaults]\nmaxretry = = 5\n");
         assert!(e.starts_with("test.toml:2:"), "{e}");
+    }
+
+    /// Issue 16, finding 8: `check` accepted zero and out-of-range
+    /// durations and an `ignoreip` of every address.
+    #[test]
+    fn check_refuses_what_nobody_means() {
+        let fs = "[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\n";
+        for (text, at, why) in [
+            (
+                "[defaults]\nbantime = 0\n".to_string(),
+                ":2:11:",
+                "bantime must be at least 1s",
+            ),
+            (
+                "[defaults]\nbantime = \"0s\"\n".into(),
+                ":2:11:",
+                "bantime must be at least 1s",
+            ),
+            (
+                "[defaults]\nfindtime = \"0s\"\n".into(),
+                ":2:12:",
+                "findtime must be at least 1s",
+            ),
+            (
+                format!("{fs}findtime = 0\n"),
+                ":4:12:",
+                "findtime must be at least 1s",
+            ),
+            (
+                format!("{fs}bantime = \"0m\"\n"),
+                ":4:11:",
+                "bantime must be at least 1s",
+            ),
+            (
+                "[defaults]\nbantime_maxtime = 0\n".into(),
+                ":2:19:",
+                "bantime_maxtime must be at least 1s",
+            ),
+            (
+                "[defaults]\nignoreip = [\"0.0.0.0/0\"]\n".into(),
+                ":2:13:",
+                "is every address",
+            ),
+            (
+                "[defaults]\nignoreip = [\"::/0\"]\n".into(),
+                ":2:13:",
+                "is every address",
+            ),
+            (
+                "[defaults]\nignoreip = [\"127.0.0.1\",\n  \"::ffff:0:0/96\"]\n".into(),
+                ":3:3:",
+                "ignoreip 0.0.0.0/0 is every address",
+            ),
+            (
+                format!("{fs}ignoreip = [\"0.0.0.0/0\"]\n"),
+                ":4:13:",
+                "is every address",
+            ),
+            (
+                "[defaults]\nbantime = \"300000d\"\n".into(),
+                ":2:11:",
+                "the largest accepted, 213000d",
+            ),
+            (
+                "[defaults]\nbantime = 25920000000\n".into(),
+                ":2:11:",
+                "the largest accepted, 213000d",
+            ),
+            (
+                format!("{fs}findtime = \"300000d\"\n"),
+                ":4:12:",
+                "the largest accepted, 213000d",
+            ),
+            ("[defaults]\nbantime = -5\n".into(), ":2:11:", "negative"),
+            (
+                "[defaults]\nbantime = \"-5m\"\n".into(),
+                ":2:11:",
+                "negative",
+            ),
+            ("[defaults]\nfindtime = -1\n".into(), ":2:12:", "negative"),
+        ] {
+            let e = error(&text);
+            assert!(
+                e.starts_with(&format!("test.toml{at}")) && e.contains(why),
+                "{text:?}: {e}"
+            );
+        }
+        // What is meant still passes: permanent bans, the longest ban.
+        assert!(parse("[defaults]\nbantime = -1\n").is_ok());
+        assert!(parse("[defaults]\nbantime = \"213000d\"\n").is_ok());
+    }
+
+    #[test]
+    fn wide_ignoreip_is_a_warning_with_its_line() {
+        let c = parse(
+            "[defaults]\nignoreip = [\"10.0.0.0/8\", \"2001::/16\",\n  \"10.0.0.0/7\", \"2001::/15\"]\n[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].starts_with("test.toml:3:3:") && c.warnings[0].contains("wider than /8"),
+            "{}",
+            c.warnings[0]
+        );
+        assert!(
+            c.warnings[1].starts_with("test.toml:3:17:")
+                && c.warnings[1].contains("wider than /16"),
+            "{}",
+            c.warnings[1]
+        );
+        assert!(Config::embedded().unwrap().warnings.is_empty());
+    }
+
+    /// Issue 16, finding 13: an empty configuration was "OK (0 jail(s))".
+    #[test]
+    fn empty_configuration_is_refused_and_so_is_one_removing_every_jail() {
+        for (text, why) in [
+            ("", "defines no jail"),
+            ("[defaults]\nmaxretry = 3\n", "defines no jail"),
+            ("[jail.fs]\nenabled = false\n", "enables no jail"),
+        ] {
+            let c = parse(text).unwrap();
+            let e = c.emptiness().unwrap_or_default();
+            assert!(e.contains(why), "{text:?}: {e}");
+            assert!(c.reload_refusal(&["fs"]).is_some_and(|r| r.contains(why)));
+        }
+        let c = parse("[jail.a]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\n").unwrap();
+        assert_eq!(c.emptiness(), None);
+        assert_eq!(c.reload_refusal(&["a", "b"]), None, "keeps one: fine");
+        assert_eq!(c.reload_refusal(&[]), None);
+        let names: Vec<String> = (0..8).map(|i| format!("j{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r = c.reload_refusal(&names).unwrap();
+        assert!(
+            r.contains("keeps none of the running jails (j0, j1, j2, j3, j4 and 3 more)"),
+            "{r}"
+        );
+        assert!(Config::embedded().unwrap().emptiness().is_none());
+    }
+
+    /// Issue 16, finding 18: `[defaults] ignoreip` was copied into every jail.
+    #[test]
+    fn defaults_ignoreip_is_shared_between_jails() {
+        let mut text = String::from("[defaults]\nignoreip = [");
+        for i in 0..2000u32 {
+            text.push_str(&format!("\"10.{}.{}.0/24\", ", i / 256, i % 256));
+        }
+        text.push_str("]\n");
+        for j in 0..50 {
+            text.push_str(&format!(
+                "[jail.j{j}]\nfilter = \"freeswitch\"\nlogpath = \"/x{j}\"\n"
+            ));
+        }
+        text.push_str("[jail.own]\nfilter = \"freeswitch\"\nlogpath = \"/y\"\nignoreip = [\"192.0.2.0/24\"]\n");
+        let c = parse(&text).unwrap();
+        let first = &c.jails[0].ignoreip;
+        assert_eq!(first.len(), 2000);
+        let shared = c
+            .jails
+            .iter()
+            .filter(|j| Arc::ptr_eq(&j.ignoreip, first))
+            .count();
+        assert_eq!(shared, 50, "one structure for the 50 inheriting jails");
+        let f = c.footprint();
+        assert_eq!((f.jails, f.ignoreip_networks), (51, 2001));
+        assert!(f.bytes < 200_000, "{f}");
+        assert!(
+            f.to_string()
+                .starts_with("configuration: 51 jail(s), 2001 ignoreip network(s), ~")
+        );
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub fn render(req: &Request, resp: &Response) -> String {
                 .collect(),
             Err(_) => "(unreadable answer)\n".into(),
         },
-        Request::Reload {} => format!("reloaded: {}\n", v["config"].as_str().unwrap_or("?")),
+        Request::Reload { .. } => format!("reloaded: {}\n", v["config"].as_str().unwrap_or("?")),
         Request::Recent {} => format!("{v}\n"),
     }
 }

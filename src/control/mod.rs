@@ -10,7 +10,7 @@
 //! {"cmd":"ban","jail":"freeswitch","addr":"203.0.113.7","for":"2h","force":false}
 //! {"cmd":"unban","addr":"203.0.113.7"}  {"cmd":"unban","addr":"198.51.100.0/24","jail":"freeswitch"}
 //! {"cmd":"unban","all":true}
-//! {"cmd":"reload"}
+//! {"cmd":"reload"}                     {"cmd":"reload","force":true}
 //! ```
 //!
 //! Responses are `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
@@ -63,8 +63,14 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
-    /// Re-read the configuration; a bad one is refused and the old one kept.
-    Reload {},
+    /// Re-read the configuration; one that does not parse, is empty or
+    /// would remove every running jail is refused and the old one kept.
+    Reload {
+        /// Apply an empty configuration, or one removing every running
+        /// jail (their bans are lifted), anyway.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
     /// Recent failures, attacks per minute, top addresses and user names
     /// (the dashboard's data).
     Recent {},

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::parse_request_net;
 use super::runtime::Runtime;
 use crate::event::{FailureEvent, JailId, Time};
 use crate::jail::{BanReason, Decision, DisplayNet, RemoteBan};
+use crate::net::{parse_ban_target, parse_prefix};
 
 impl Runtime {
     /// Hands this node's own decisions to the cluster: its bans, and its
@@ -72,13 +72,12 @@ impl Runtime {
         use crate::cluster::Inbound;
         match msg {
             Inbound::Ban(b) => {
-                let Ok(addr) = parse_request_net(&b.addr) else {
-                    tracing::warn!(
-                        "cluster ban from node {} refused: {:?} is not an address or prefix",
-                        b.origin,
-                        b.addr
-                    );
-                    return Vec::new();
+                let addr = match parse_ban_target(&b.addr) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("cluster ban from node {} refused: {e}", b.origin);
+                        return Vec::new();
+                    }
                 };
                 let remote = RemoteBan {
                     jail: &b.jail,
@@ -98,7 +97,7 @@ impl Runtime {
                 }
             }
             Inbound::Unban { jail, addr, origin } => {
-                let Ok(net) = parse_request_net(&addr) else {
+                let Ok(net) = parse_prefix(&addr) else {
                     return Vec::new();
                 };
                 if self.jails.jail_id(&jail).is_none() {

@@ -33,11 +33,11 @@ use tokio::sync::mpsc;
 
 use self::runtime::Runtime;
 use self::sources::Sources;
-use crate::config::{Config, JailConfig, parse_net};
+use crate::config::{Config, JailConfig};
 use crate::control::recent::Recent;
 use crate::control::server::{ControlMsg, ControlSocket};
 use crate::event::{FailureEvent, Time};
-use crate::jail::{Decision, JailSet, JailSpec, is_host, own_addresses};
+use crate::jail::{Decision, JailSet, JailSpec};
 use crate::source::scanner::ScannerList;
 use crate::store::{Store, StoreOp};
 
@@ -73,23 +73,21 @@ pub enum DaemonError {
 /// so a flood cannot pile up in memory.
 const EVENT_QUEUE: usize = 16;
 
-/// Reads an address or prefix given to `ban`/`unban`; a prefix with host
-/// bits set is refused rather than silently widened.
-pub fn parse_request_net(s: &str) -> Result<IpNet, String> {
-    let net = parse_net(s)?;
-    if let Ok(given) = s.trim().parse::<IpNet>() {
-        if given != net {
-            return Err(format!("{s} has host bits set; did you mean {net}?"));
+/// This host's addresses, read from the kernel: never banned by jails with
+/// `ignoreself`, and announced to the cluster.
+fn own_addresses() -> Vec<IpNet> {
+    match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs
+            .into_iter()
+            .map(|i| IpNet::from(i.ip().to_canonical()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot read this host's addresses for ignoreself ({e}); only ignoreip applies"
+            );
+            Vec::new()
         }
     }
-    if net.prefix_len() == 0 {
-        return Err(format!("{s} would ban everything; refusing"));
-    }
-    Ok(if is_host(&net) {
-        IpNet::from(net.addr().to_canonical())
-    } else {
-        net
-    })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
@@ -331,7 +329,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             _ = watchdog.tick() => crate::systemd::notify("WATCHDOG=1"),
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(); }
+            _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(false); }
         }
         rt.dispatch(std::mem::take(&mut decisions))?;
     }
@@ -369,28 +367,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_addresses_are_validated() {
-        assert_eq!(
-            parse_request_net("192.0.2.1").unwrap().to_string(),
-            "192.0.2.1/32"
-        );
-        assert_eq!(
-            parse_request_net("198.51.100.0/24").unwrap().to_string(),
-            "198.51.100.0/24"
-        );
-        assert_eq!(
-            parse_request_net("::ffff:192.0.2.1").unwrap().to_string(),
-            "192.0.2.1/32"
-        );
-        for bad in [
-            "999.1.1.1",
-            "::g",
-            "198.51.100.5/24",
-            "0.0.0.0/0",
-            "",
-            "1.2.3.4/33",
-        ] {
-            assert!(parse_request_net(bad).is_err(), "{bad}");
-        }
+    fn own_addresses_include_loopback() {
+        let own = own_addresses();
+        assert!(own.iter().any(|n| n.addr().is_loopback()), "{own:?}");
     }
 }

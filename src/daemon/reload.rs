@@ -5,13 +5,14 @@ use std::sync::Arc;
 use super::runtime::Runtime;
 use crate::config::{Config, JailConfig};
 use crate::control::Response;
-use crate::jail::JailSpec;
+use crate::jail::{Jail, JailSpec};
 use crate::source::scanner::ScannerList;
 
 impl Runtime {
-    /// Re-reads the configuration; a bad one is refused and the running one
-    /// stays.
-    pub(super) fn reload(&mut self) -> Response {
+    /// Re-reads the configuration as one transaction: one that does not
+    /// parse, is empty or would remove every running jail is refused (unless
+    /// `force`) and the running one stays, bans and all.
+    pub(super) fn reload(&mut self, force: bool) -> Response {
         let cfg = match Config::load_with(
             self.opts.config_path.as_deref(),
             self.opts.fail2ban_config.as_deref(),
@@ -24,6 +25,19 @@ impl Runtime {
                 ));
             }
         };
+        let running: Vec<&str> = self.jails.jails().map(Jail::name).collect();
+        if let Some(why) = cfg.reload_refusal(&running) {
+            if !force {
+                tracing::warn!("reload refused, the running configuration stays: {why}");
+                return Response::error(format!(
+                    "reload refused, the running configuration stays: {why} (reload --force to apply it anyway)"
+                ));
+            }
+            tracing::warn!("reload forced: {why}");
+        }
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
         if cfg.firewall != self.config.firewall
             || cfg.daemon != self.config.daemon
             || cfg.cluster != self.config.cluster

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use super::sources::Sources;
 use super::store::store_ops;
-use super::{DaemonError, RunOptions, parse_request_net};
+use super::{DaemonError, RunOptions};
 use crate::config::Config;
 use crate::config::duration::parse_bantime;
 use crate::control::recent::Recent;
@@ -17,6 +17,7 @@ use crate::control::{
 };
 use crate::event::{JailId, Time};
 use crate::jail::{BanReason, Decision, DisplayNet, Jail, JailSet};
+use crate::net::{parse_ban_target, parse_prefix};
 use crate::store::StoreOp;
 
 /// Everything the main loop owns.
@@ -117,7 +118,7 @@ impl Runtime {
                 serde_json::json!({ "pong": true, "version": env!("CARGO_PKG_VERSION") }),
             ),
             Request::Status { jail } => self.status(jail.as_deref()),
-            Request::Reload {} => self.reload(),
+            Request::Reload { force } => self.reload(force),
             Request::Recent {} => Response::ok(self.recent.view(now, |id| {
                 self.jails
                     .jail(id)
@@ -130,9 +131,9 @@ impl Runtime {
                 duration,
                 force,
             } => {
-                let net = match parse_request_net(&addr) {
+                let net = match parse_ban_target(&addr) {
                     Ok(n) => n,
-                    Err(e) => return Response::error(e),
+                    Err(e) => return Response::error(e.to_string()),
                 };
                 let bantime = match duration.as_deref().map(parse_bantime).transpose() {
                     Ok(b) => b,
@@ -158,9 +159,9 @@ impl Runtime {
             }
             Request::Unban { addr, jail, all } => {
                 let net = match (&addr, all) {
-                    (Some(a), false) => match parse_request_net(a) {
+                    (Some(a), false) => match parse_prefix(a) {
                         Ok(n) => Some(n),
-                        Err(e) => return Response::error(e),
+                        Err(e) => return Response::error(e.to_string()),
                     },
                     (None, false) => return Response::error("unban needs an address, or --all"),
                     (Some(_), true) => {

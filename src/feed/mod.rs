@@ -10,7 +10,6 @@
 
 pub mod runner;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -129,13 +128,12 @@ pub fn parse_list(text: &str, max_entries: usize) -> Parsed {
     p
 }
 
+/// One entry as a network to block: every address (`/0`) and networks that
+/// hold no possible packet source are not taken, whatever the feed says.
 fn parse_net(s: &str) -> Option<IpNet> {
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Some(n.trunc());
-    }
-    s.parse::<IpAddr>()
+    crate::net::parse_net(s)
         .ok()
-        .map(|a| IpNet::from(a.to_canonical()))
+        .filter(|n| n.prefix_len() > 0 && crate::net::net_never_a_source_why(n).is_none())
 }
 
 /// One APIBAN answer: the next id, and the addresses of this page.

@@ -24,10 +24,9 @@ use std::net::IpAddr;
 
 use memchr::memmem;
 
-use super::{
-    Filter, FilterContext, LineMatch, find_all, line_time, parse_addr, parse_addr_port, trim_end,
-};
+use super::{Filter, FilterContext, LineMatch, find_all, line_time, parse_addr_port, trim_end};
 use crate::event::FailureKind;
+use crate::net::parse_addr;
 
 /// The built-in Asterisk filter.
 #[derive(Debug, Clone, Copy, Default)]

@@ -19,10 +19,9 @@
 
 use memchr::{memchr, memmem, memrchr};
 
-use super::{
-    Filter, FilterContext, FilterOptions, LineMatch, line_time, parse_addr, trim_end, user_text,
-};
+use super::{Filter, FilterContext, FilterOptions, LineMatch, line_time, trim_end, user_text};
 use crate::event::FailureKind;
+use crate::net::parse_addr;
 
 /// How far into a line FreeSWITCH's `[LEVEL]` tag may sit (after a syslog
 /// prefix, a call UUID, a date and the CPU column).

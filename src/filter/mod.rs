@@ -19,6 +19,8 @@ use std::net::IpAddr;
 
 use jiff::tz::TimeZone;
 
+use crate::net::parse_addr;
+
 use crate::event::{FailureKind, Time};
 
 /// What a filter found on one line.
@@ -97,36 +99,6 @@ pub fn builtin(name: &str, opts: FilterOptions) -> Option<Box<dyn Filter>> {
         "sshd" => Some(Box::new(sshd::SshdFilter)),
         _ => None,
     }
-}
-
-/// Longest IPv6 zone id accepted: an interface name (at most 15 bytes on
-/// Linux) or an interface index.
-const MAX_ZONE: usize = 15;
-
-/// Parses an address written by a server: plain IPv4 or IPv6 text, nothing
-/// around it. IPv4-mapped IPv6 becomes IPv4. An IPv6 zone id
-/// (`fe80::1%eth0`, `fe80::1%2`) is dropped: it names the interface, and
-/// the kernel sees the address without it as the packet's source.
-pub fn parse_addr(b: &[u8]) -> Option<IpAddr> {
-    let (b, zone) = match memchr::memchr(b'%', b) {
-        Some(i) => (&b[..i], Some(&b[i + 1..])),
-        None => (b, None),
-    };
-    if b.is_empty() || b.len() > 45 {
-        return None;
-    }
-    let s = std::str::from_utf8(b).ok()?;
-    let addr = s.parse::<IpAddr>().ok()?;
-    if let Some(z) = zone {
-        // What Linux allows in an interface name, no more.
-        let name_like = (1..=MAX_ZONE).contains(&z.len())
-            && z.iter()
-                .all(|&c| c.is_ascii_graphic() && !matches!(c, b'/' | b':' | b'%'));
-        if !(addr.is_ipv6() && name_like) {
-            return None;
-        }
-    }
-    Some(addr.to_canonical())
 }
 
 /// Parses an address as servers print it with a port: `192.0.2.1`,

@@ -18,8 +18,9 @@ use jiff::tz::{Offset, TimeZone};
 use memchr::memmem;
 
 use super::date::{local_to_time, parse_offset, read_at, resolve};
-use super::{Filter, FilterContext, FilterOptions, LineMatch, parse_addr, trim_end, user_text};
+use super::{Filter, FilterContext, FilterOptions, LineMatch, trim_end, user_text};
 use crate::event::{FailureKind, Time};
+use crate::net::parse_addr;
 
 /// The built-in mod_fail2ban log filter.
 #[derive(Debug, Clone)]

@@ -11,8 +11,9 @@
 
 use memchr::memmem;
 
-use super::{Filter, FilterContext, LineMatch, line_time, parse_addr, parse_addr_port, trim_end};
+use super::{Filter, FilterContext, LineMatch, line_time, parse_addr_port, trim_end};
 use crate::event::FailureKind;
+use crate::net::parse_addr;
 
 /// The built-in Kamailio / OpenSIPS filter.
 #[derive(Debug, Clone)]

@@ -22,8 +22,9 @@ use std::net::IpAddr;
 
 use memchr::memmem;
 
-use super::{Filter, FilterContext, LineMatch, line_time, parse_addr, trim_end, user_text};
+use super::{Filter, FilterContext, LineMatch, line_time, trim_end, user_text};
 use crate::event::FailureKind;
+use crate::net::parse_addr;
 
 /// The built-in sshd filter.
 #[derive(Debug, Clone, Copy, Default)]

@@ -150,7 +150,7 @@ async fn recent(State(ctx): State<Ctx>) -> HttpResponse {
 }
 
 async fn history(State(ctx): State<Ctx>, Path(addr): Path<String>) -> HttpResponse {
-    let Ok(net) = crate::daemon::parse_request_net(&addr) else {
+    let Ok(net) = crate::net::parse_prefix(&addr) else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "not an address or CIDR prefix (write a prefix's slash as %2F)",

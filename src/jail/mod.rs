@@ -8,8 +8,9 @@ mod escalation;
 mod ignore;
 pub mod set;
 
+pub use crate::net::{DisplayNet, is_host};
 pub use escalation::{BanHistory, Escalation};
-pub use ignore::{IgnoreList, own_addresses};
+pub use ignore::IgnoreList;
 pub use set::{JailSet, JailSpec, RemoteBan};
 
 use std::cmp::Reverse;
@@ -112,24 +113,6 @@ pub enum Decision {
     Ban(BanDecision),
     /// Stop blocking it.
     Unban(UnbanDecision),
-}
-
-/// Whether `net` is a single address (/32 or /128).
-pub fn is_host(net: &IpNet) -> bool {
-    net.prefix_len() == net.max_prefix_len()
-}
-
-/// Writes an address the way logs show it: bare for a single host.
-pub struct DisplayNet<'a>(pub &'a IpNet);
-
-impl fmt::Display for DisplayNet<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if is_host(self.0) {
-            self.0.addr().fmt(f)
-        } else {
-            self.0.fmt(f)
-        }
-    }
 }
 
 impl fmt::Display for BanDecision {

@@ -33,13 +33,15 @@ impl JailSpec {
     /// The spec of a configured jail. The Event Socket peers it listens to
     /// are never banned.
     pub fn from_config(jc: &JailConfig) -> JailSpec {
-        let mut ignore = IgnoreList::new(jc.ignoreip.clone());
-        // The PBXs we listen to are never banned.
-        ignore.extend(
+        // The configured list is shared with every jail that inherits it,
+        // not copied; the PBXs this jail listens to are its own addition.
+        let ignore = IgnoreList::shared(
+            jc.ignoreip.clone(),
             jc.esl
                 .iter()
                 .filter_map(|p| p.host.parse::<std::net::IpAddr>().ok())
-                .map(IpNet::from),
+                .map(IpNet::from)
+                .collect(),
         );
         JailSpec {
             name: jc.name.clone(),
@@ -333,7 +335,10 @@ impl JailSet {
         let id = self.jail_id(jail)?;
         let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
         let net = IpNet::from(addr);
-        if j.policy().ignore.contains(addr) || j.banned().contains_key(&net) {
+        if crate::net::never_a_source(addr)
+            || j.policy().ignore.contains(addr)
+            || j.banned().contains_key(&net)
+        {
             return None;
         }
         let bantime = j.policy().bantime;

@@ -39,6 +39,9 @@ pub struct FollowStats {
     pub overlong: AtomicU64,
     /// Lines that were not valid UTF-8 (still filtered, bytes as they are).
     pub non_utf8: AtomicU64,
+    /// Matched lines naming an address that is never a packet's source
+    /// (`0.0.0.0`, broadcast, multicast): not counted.
+    pub never_source: AtomicU64,
     /// Whether the file is open and followed right now.
     pub open: AtomicBool,
 }
@@ -338,6 +341,17 @@ impl FileSource {
         let Some(m) = self.filter.match_line(line, cx) else {
             return;
         };
+        if let Some(why) = crate::net::never_a_source_why(m.addr) {
+            let total = self.stats.never_source.fetch_add(1, Ordering::Relaxed) + 1;
+            if rare(total, 1) {
+                tracing::warn!(
+                    "{}: a matching line names {}, {why}, never a packet's source ({total} so far); not counted",
+                    self.path.display(),
+                    m.addr
+                );
+            }
+            return;
+        }
         if std::str::from_utf8(line).is_err() {
             // Still counted: an attacker must not hide a failure behind one
             // bad byte in a user name.

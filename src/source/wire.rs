@@ -328,6 +328,9 @@ impl WireSource {
         // port goes to it.
         let from_client = !self.cfg.ports.contains(&sport) || m.method.is_some();
         let client = if from_client { src } else { dst };
+        if crate::net::never_a_source(client) {
+            return;
+        }
         if let Some((kind, scanner, user)) =
             tracker.observe(client, from_client, &m, &self.scanners)
         {

@@ -5,6 +5,7 @@
 mod cli;
 mod cluster;
 mod common;
+mod config;
 mod control;
 mod dry_run;
 mod esl;

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use super::frame::{header_lines, text};
 use crate::event::{FailureKind, Time};
-use crate::filter::parse_addr;
+use crate::net::parse_addr;
 
 /// What one event says.
 #[derive(Clone, Debug, PartialEq, Eq)]

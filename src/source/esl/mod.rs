@@ -296,7 +296,7 @@ impl EventMapper {
             "log/data" => {
                 // Profile ACL rejections fire no event: read them from the log.
                 let msg = f.body.trim_ascii();
-                let Some(addr) = acl_reject(msg) else {
+                let Some(addr) = acl_reject(msg).filter(|a| !crate::net::never_a_source(*a)) else {
                     return Mapped::Nothing;
                 };
                 return Mapped::Event(FailureEvent {
@@ -317,6 +317,9 @@ impl EventMapper {
         match signal {
             Signal::Heartbeat => Mapped::Heartbeat,
             Signal::Unreadable { kind, raw } => Mapped::Unreadable { kind, raw },
+            // A forged or misread address: counting it could only ban
+            // nobody (or, for `0.0.0.0`, look like everybody).
+            Signal::Address { addr, .. } if crate::net::never_a_source(addr) => Mapped::Nothing,
             Signal::Address {
                 kind,
                 addr,
