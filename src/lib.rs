@@ -10,7 +10,8 @@
 //!
 //! [`config`] reads the TOML configuration; [`daemon`] wires the stages
 //! together with tokio; [`store`] keeps ban history in SQLite; [`control`]
-//! is the socket the CLI talks to.
+//! is the socket the CLI talks to; [`net`] is the one place an address or
+//! prefix is parsed, made canonical and judged (never a packet's source).
 
 pub mod cluster;
 pub mod config;

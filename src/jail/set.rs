@@ -472,6 +472,34 @@ mod tests {
         vec![net("10.0.0.1/32")]
     }
 
+    /// Issue 16, findings 10 and 18: the fleet's count never bans what is
+    /// never a source, and the configured list is shared, not copied, with
+    /// this host's and the peers' addresses added per jail.
+    #[test]
+    fn shared_bans_refuse_never_a_source_and_ignore_lists_are_shared() {
+        // As configuration hands them in: one list for both jails.
+        let (sa, mut sb) = (spec("a", 5), spec("b", 5));
+        sb.policy.ignore = sa.policy.ignore.clone();
+        let mut set = JailSet::new(own(), &[sa, sb]);
+        let now = Time(1_000_000);
+        for a in ["0.0.0.0", "255.255.255.255", "224.0.0.9", "::", "ff02::1"] {
+            assert_eq!(set.shared_ban("a", a.parse().unwrap(), 9, now), None, "{a}");
+        }
+        assert!(
+            set.shared_ban("a", "203.0.113.9".parse().unwrap(), 9, now)
+                .is_some()
+        );
+        set.add_peers(vec![net("198.51.100.1/32")]);
+        let (a, b) = (set.jail_id("a").unwrap(), set.jail_id("b").unwrap());
+        let (pa, pb) = (set.jail(a).unwrap().policy(), set.jail(b).unwrap().policy());
+        assert!(Arc::ptr_eq(pa.ignore.configured(), pb.ignore.configured()));
+        for p in [pa, pb] {
+            assert!(p.ignore.contains("192.0.2.7".parse().unwrap()));
+            assert!(p.ignore.contains("10.0.0.1".parse().unwrap()), "own");
+            assert!(p.ignore.contains("198.51.100.1".parse().unwrap()), "peer");
+        }
+    }
+
     #[test]
     fn routes_events_to_their_jail_and_bans_at_maxretry() {
         let mut set = JailSet::new(own(), &[spec("a", 2), spec("b", 3)]);

@@ -833,6 +833,36 @@ mod tests {
         assert!(replay(frame.as_bytes(), 100).0.is_empty());
     }
 
+    /// Issue 16, finding 10: an event naming an address that is never a
+    /// packet's source was counted.
+    #[test]
+    fn never_a_source_is_not_counted() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::",
+            "ff02::1",
+            "::ffff:0.0.0.0",
+        ] {
+            let body = format!(
+                "Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister_failure\nnetwork-ip: {}\n\n",
+                ip.replace(':', "%3A")
+            );
+            let frame = format!(
+                "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+                body.len()
+            );
+            assert!(replay(frame.as_bytes(), 64).0.is_empty(), "{ip}");
+            let log = format!("IP {ip} Rejected by acl \"domains\"\n");
+            let f = Frame {
+                headers: b"Content-Type: log/data",
+                body: log.as_bytes(),
+            };
+            assert!(mapper().map(&f, Time(5), &mut false).is_none(), "{ip}");
+        }
+    }
+
     #[test]
     fn acl_rejections_from_log_frames() {
         let m = mapper();
