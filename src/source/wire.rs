@@ -584,6 +584,53 @@ mod tests {
         assert!(parse_sip(b"SIP/2.0 40").is_none());
     }
 
+    /// A UDP/IPv4 packet from `src` to 10.0.0.1:5060 carrying `payload`.
+    fn udp4(src: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&[10, 0, 0, 1]);
+        let total = (20 + 8 + payload.len()) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&5062u16.to_be_bytes());
+        p.extend_from_slice(&5060u16.to_be_bytes());
+        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Issue 16, finding 10: a packet whose source can never be one (a
+    /// spoofed `0.0.0.0`, broadcast, multicast) is not counted.
+    #[test]
+    fn never_a_source_is_not_counted() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let w = WireSource {
+            cfg: WireConfig {
+                interface: None,
+                ports: vec![5060],
+            },
+            jail: JailId(0),
+            tx,
+            stop: Arc::default(),
+            scanners: Arc::new(ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS)),
+            stats: Arc::default(),
+        };
+        let opt = b"OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\n\r\n";
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        for src in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [224, 0, 0, 1],
+            [239, 1, 2, 3],
+        ] {
+            w.packet(&udp4(src, opt), &mut t, &mut out);
+            assert!(out.is_empty(), "{src:?}: {out:?}");
+        }
+        w.packet(&udp4([10, 0, 0, 3], opt), &mut t, &mut out);
+        assert_eq!(out.len(), 1, "a real source is counted");
+    }
+
     #[test]
     fn transport_reads_udp_over_ipv4() {
         let payload = b"hello";
