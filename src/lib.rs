@@ -13,6 +13,7 @@
 //! is the socket the CLI talks to; [`net`] is the one place an address or
 //! prefix is parsed, made canonical and judged (never a packet's source).
 
+pub mod claim;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -75,6 +75,26 @@ fn jail_table(jails: &[JailView]) -> String {
     out
 }
 
+/// A line about the state store when something happened to it.
+fn store_text(s: Option<&super::StoreView>) -> String {
+    match s {
+        Some(s) if !s.ok => format!(
+            "\nstate store {}: FAILING since {}: {}\n",
+            s.path,
+            s.since.as_deref().unwrap_or("?"),
+            s.error.as_deref().unwrap_or("?")
+        ),
+        Some(s) if s.repairs > 0 => format!(
+            "\nstate store {}: ok, rebuilt {} time(s); last problem at {}: {}\n",
+            s.path,
+            s.repairs,
+            s.last_error_at.as_deref().unwrap_or("?"),
+            s.last_error.as_deref().unwrap_or("?")
+        ),
+        _ => String::new(),
+    }
+}
+
 fn feeds_text(feeds: &[super::FeedView]) -> String {
     let mut out = String::new();
     for f in feeds {
@@ -187,7 +207,9 @@ pub fn render(req: &Request, resp: &Response) -> String {
                 s.firewall,
                 s.config,
                 jail_table(&s.jails),
-                s.cluster.as_ref().map(cluster_text).unwrap_or_default() + &feeds_text(&s.feeds)
+                s.cluster.as_ref().map(cluster_text).unwrap_or_default()
+                    + &feeds_text(&s.feeds)
+                    + &store_text(s.store.as_ref())
             ),
             Err(_) => "(unreadable status)\n".into(),
         },

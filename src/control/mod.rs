@@ -140,6 +140,36 @@ pub struct StatusView {
     /// Blocklist feeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<FeedView>,
+    /// The state store's health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreView>,
+}
+
+/// The state store's health: watched while the daemon runs, rebuilt from
+/// the bans in force when it vanishes or is damaged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreView {
+    /// The database file.
+    pub path: String,
+    /// Whether the last write and the last check succeeded.
+    pub ok: bool,
+    /// What is wrong right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Since when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Problems seen since start (write errors, a vanished, replaced or
+    /// damaged database).
+    pub errors: u64,
+    /// Times the database was rebuilt since start.
+    pub repairs: u64,
+    /// The last problem, kept after it is repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it began (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
 }
 
 /// One blocklist feed's state.

@@ -96,21 +96,30 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     if enabled.len() > usize::from(u16::MAX) / 2 {
         return Err(DaemonError::Setup("too many jails".into()));
     }
-    let lock = lock::lock_state_dir(&config.daemon.state_dir)?;
+    let lock = lock::StateLock::take(&config.daemon.state_dir)?;
     let control = ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())
         .map_err(DaemonError::Setup)?;
     let now = Time::now();
-    let mut store = match lock {
-        Some(_) => match Store::open(&config.daemon.state_dir, now) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(
-                    "{e}; running WITHOUT a state store: bans will not survive a restart"
-                );
-                None
+    let state_dir = config.daemon.state_dir.clone();
+    let store_health = Arc::new(std::sync::Mutex::new(crate::control::StoreView {
+        path: state_dir.join("sipwarden.db").display().to_string(),
+        ok: true,
+        ..Default::default()
+    }));
+    let store = match Store::open(&state_dir, now) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(
+                "{e}; bans are enforced but not stored until the database can be created (retried every few seconds)"
+            );
+            if let Ok(mut h) = store_health.lock() {
+                h.ok = false;
+                h.error = Some(e.to_string());
+                h.since = Some(now.to_string());
+                h.errors = 1;
             }
-        },
-        None => None,
+            None
+        }
     };
     let specs: Vec<JailSpec> = enabled.iter().map(JailSpec::from_config).collect();
     let own = if enabled.iter().any(|j| j.ignoreself) {
@@ -166,21 +175,19 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
     let metrics = Arc::new(crate::http::metrics::Metrics::default());
     let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, metrics.clone())?;
-    // The store writes on its own thread too, a transaction per burst.
-    let (store_tx, store_thread) = match store.take() {
-        Some(mut s) => {
-            let (tx, rx) = std::sync::mpsc::channel::<Vec<StoreOp>>();
-            let h = std::thread::Builder::new()
-                .name("store".into())
-                .spawn(move || store::store_writer(&mut s, &rx))
-                .map_err(|source| DaemonError::Io {
-                    what: "starting the store thread".into(),
-                    source,
-                })?;
-            (Some(tx), Some(h))
-        }
-        None => (None, None),
-    };
+    // The store writes on its own thread too, a transaction per burst, and
+    // watches the database; it asks for the bans in force when it had to
+    // create the database again.
+    let want_in_force = Arc::new(tokio::sync::Notify::new());
+    let (store_tx, store_rx) = std::sync::mpsc::channel::<Vec<StoreOp>>();
+    let store_thread = store::spawn(
+        state_dir,
+        store,
+        lock,
+        store_health.clone(),
+        want_in_force.clone(),
+        store_rx,
+    )?;
 
     let (events_tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
     let scanners = Arc::new(ScannerList::new(&config.scanners));
@@ -192,7 +199,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         firewall,
         sources: Sources::new(events_tx, scanners),
         dec_tx,
-        store_tx,
+        store_tx: Some(store_tx),
+        store_health,
         cluster: None,
         origins: HashMap::new(),
         recent: Recent::default(),
@@ -325,6 +333,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 rt.jails.expire(Time::now(), &mut decisions);
             }
             _ = sweep.tick() => rt.jails.sweep(Time::now()),
+            _ = want_in_force.notified() => rt.store_in_force(),
             // Pinged from the loop that does the work: a stuck loop misses it.
             _ = watchdog.tick() => crate::systemd::notify("WATCHDOG=1"),
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -351,9 +360,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     } = rt;
     // Everything decided reaches the store and the kernel before exit.
     drop(store_tx);
-    if let Some(h) = store_thread {
-        let _ = h.join();
-    }
+    // The state directory stays locked until the table is closed too.
+    let _lock = store_thread.join();
     drop(dec_tx);
     if enforcer_thread.join().is_err() {
         tracing::error!("the enforcer thread panicked while stopping");

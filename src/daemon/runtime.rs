@@ -30,6 +30,8 @@ pub(super) struct Runtime {
     pub(super) sources: Sources,
     pub(super) dec_tx: std::sync::mpsc::Sender<Vec<Decision>>,
     pub(super) store_tx: Option<std::sync::mpsc::Sender<Vec<StoreOp>>>,
+    /// The state store's health, kept by the store thread.
+    pub(super) store_health: super::store::Health,
     /// The fleet, when `[cluster]` is set.
     pub(super) cluster: Option<crate::cluster::Cluster>,
     /// Which node decided each ban received from the cluster.
@@ -106,6 +108,7 @@ impl Runtime {
                     .iter()
                     .filter_map(|f| f.lock().ok().map(|v| v.clone()))
                     .collect(),
+                store: self.store_health.lock().ok().map(|h| h.clone()),
             }),
         }
     }

@@ -1,9 +1,31 @@
 //! The store writer: ban records go to SQLite on a thread of their own, a
 //! transaction per burst, with a bounded backlog while the disk refuses.
+//!
+//! The thread also watches the database. Every few seconds, and after every
+//! failed write, it checks that the state directory and the file are still
+//! the ones it opened and that the file still looks like a database
+//! (`Store::check`). A problem is logged at once, shown in `status` and
+//! `/metrics`, and repaired without a restart: the old file's history is
+//! copied out of the open connection when it still reads cleanly, the file
+//! at the path is moved aside, the database is created again, and the run
+//! loop hands over every ban in force (`StoreOp::InForce`, sent on the same
+//! channel as every other write, so it lands in order), so the next start
+//! restores every ban.
 
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::DaemonError;
+use super::lock::StateLock;
+use super::runtime::Runtime;
+use crate::control::StoreView;
 use crate::event::Time;
 use crate::jail::Decision;
-use crate::store::{Store, StoreOp, StoredBan};
+use crate::store::{Store, StoreFault, StoreOp, StoredBan, is_damage, move_aside};
 
 /// Turns decisions into store writes.
 pub(super) fn store_ops(decisions: &[Decision], now: Time) -> Vec<StoreOp> {
@@ -32,65 +54,331 @@ pub(super) fn store_ops(decisions: &[Decision], now: Time) -> Vec<StoreOp> {
 /// read-only state directory); beyond it the oldest are dropped, counted.
 const STORE_BACKLOG: usize = 1_000_000;
 
-/// The store thread: a transaction per burst. When a write fails (disk full,
-/// read-only, I/O error) the bans are still enforced; the operations wait in
-/// a bounded backlog and are written, in order, once the store takes them
-/// again, so a full disk loses no history that fits the backlog.
-pub(super) fn store_writer(s: &mut Store, rx: &std::sync::mpsc::Receiver<Vec<StoreOp>>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut backlog: Vec<StoreOp> = Vec::new();
-    let mut dropped = 0usize;
-    let mut failing = false;
-    loop {
-        // While failing, retry every few seconds even without new work.
-        let next = if backlog.is_empty() {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            rx.recv_timeout(std::time::Duration::from_secs(2))
+/// How often the database is checked (and a failed write retried).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The store's health, shared with `status` and `/metrics`.
+pub(super) type Health = Arc<Mutex<StoreView>>;
+
+impl Runtime {
+    /// Sends every ban in force to the store thread, which asked for them
+    /// after it created the database again.
+    pub(super) fn store_in_force(&self) {
+        let Some(tx) = &self.store_tx else {
+            return;
         };
-        match next {
-            Ok(ops) => backlog.extend(ops),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) if backlog.is_empty() => return,
-            Err(RecvTimeoutError::Disconnected) => {
-                // Stopping: one last try, then say what is lost.
-                if let Err(e) = s.write(&backlog) {
-                    tracing::error!(
-                        "{e}; {} ban record(s) could not be written before exit",
-                        backlog.len()
-                    );
+        let bans: Vec<StoredBan> = self
+            .jails
+            .jails()
+            .flat_map(|j| {
+                j.banned().iter().map(|(addr, b)| StoredBan {
+                    jail: j.name().to_string(),
+                    addr: *addr,
+                    start: b.start,
+                    end: b.end,
+                    failures: b.failures,
+                    reason: b.reason,
+                })
+            })
+            .collect();
+        let _ = tx.send(vec![StoreOp::InForce(bans)]);
+    }
+}
+
+/// The store thread's state.
+struct Writer {
+    /// The state directory, as configured.
+    dir: PathBuf,
+    store: Option<Store>,
+    lock: StateLock,
+    /// Operations not yet written, in order.
+    backlog: Vec<StoreOp>,
+    dropped: usize,
+    /// A write failed and is retried (disk full, read-only, I/O error).
+    failing: bool,
+    health: Health,
+    /// Asks the run loop for the bans in force.
+    want_in_force: Arc<Notify>,
+    /// The database was created again and waits for the bans in force.
+    rebuilding: bool,
+}
+
+/// Starts the store thread. `store` is the database opened at start (`None`
+/// when it could not be: the thread keeps trying). The thread returns the
+/// lock when `ops` closes, so the caller holds it to the very end.
+pub(super) fn spawn(
+    dir: PathBuf,
+    store: Option<Store>,
+    lock: StateLock,
+    health: Health,
+    want_in_force: Arc<Notify>,
+    ops: Receiver<Vec<StoreOp>>,
+) -> Result<std::thread::JoinHandle<StateLock>, DaemonError> {
+    std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            let mut w = Writer {
+                dir,
+                store,
+                lock,
+                backlog: Vec::new(),
+                dropped: 0,
+                failing: false,
+                health,
+                want_in_force,
+                rebuilding: false,
+            };
+            w.run(&ops);
+            w.lock
+        })
+        .map_err(|source| DaemonError::Io {
+            what: "starting the store thread".into(),
+            source,
+        })
+}
+
+impl Writer {
+    /// A transaction per burst; the database checked every `CHECK_EVERY`.
+    /// When a write fails (disk full, read-only, I/O error) the bans are
+    /// still enforced; the operations wait in a bounded backlog and are
+    /// written, in order, once the store takes them again.
+    fn run(&mut self, rx: &Receiver<Vec<StoreOp>>) {
+        let mut last_check = Instant::now();
+        if self.store.is_none() {
+            self.reopen(Time::now());
+        }
+        loop {
+            let wait = CHECK_EVERY.saturating_sub(last_check.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(ops) => self.backlog.extend(ops),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Stopping: one last try, then say what is lost.
+                    self.flush(Time::now());
+                    if !self.backlog.is_empty() {
+                        tracing::error!(
+                            "state store: {} ban record(s) could not be written before exit",
+                            self.backlog.len()
+                        );
+                    }
+                    return;
                 }
+            }
+            while let Ok(more) = rx.try_recv() {
+                self.backlog.extend(more);
+            }
+            if self.backlog.len() > STORE_BACKLOG {
+                let over = self.backlog.len() - STORE_BACKLOG;
+                self.backlog.drain(..over);
+                self.dropped += over;
+            }
+            let now = Time::now();
+            if last_check.elapsed() >= CHECK_EVERY {
+                last_check = Instant::now();
+                self.check(now);
+            }
+            self.flush(now);
+        }
+    }
+
+    /// Checks the open database; without one, tries to create it again.
+    fn check(&mut self, now: Time) {
+        match &self.store {
+            Some(s) => {
+                if let Err(fault) = s.check() {
+                    self.repair(&fault, now);
+                }
+            }
+            None => self.reopen(now),
+        }
+    }
+
+    /// Writes the backlog; a failure is checked for a vanished or damaged
+    /// database (repaired, then written once more) before it is treated as
+    /// a disk that refuses for now.
+    fn flush(&mut self, now: Time) {
+        for attempt in 0..2 {
+            if self.backlog.is_empty() {
                 return;
             }
-        }
-        while let Ok(more) = rx.try_recv() {
-            backlog.extend(more);
-        }
-        if backlog.len() > STORE_BACKLOG {
-            let over = backlog.len() - STORE_BACKLOG;
-            backlog.drain(..over);
-            dropped += over;
-        }
-        match s.write(&backlog) {
-            Ok(()) => {
-                if failing {
-                    tracing::info!(
-                        "state store writable again; {} waiting record(s) written, {dropped} dropped",
-                        backlog.len()
-                    );
-                    failing = false;
-                    dropped = 0;
+            let Some(s) = &mut self.store else {
+                return;
+            };
+            let in_force = self.backlog.iter().rev().find_map(|op| match op {
+                StoreOp::InForce(b) => Some(b.len()),
+                _ => None,
+            });
+            match s.write(&self.backlog) {
+                Ok(()) => {
+                    if self.failing {
+                        tracing::info!(
+                            "state store writable again; {} waiting record(s) written, {} dropped",
+                            self.backlog.len(),
+                            self.dropped
+                        );
+                        self.failing = false;
+                        self.dropped = 0;
+                    }
+                    self.backlog.clear();
+                    if let (Some(n), true) = (in_force, self.rebuilding) {
+                        self.rebuilding = false;
+                        tracing::info!(
+                            "state store rebuilt at {}: the {n} ban(s) in force are in it; a restart restores them",
+                            s.path().display()
+                        );
+                        self.healthy(true);
+                    } else if !self.rebuilding
+                        && self.health.lock().is_ok_and(|h| !h.ok)
+                        && s.check().is_ok()
+                    {
+                        self.healthy(false);
+                    }
+                    return;
                 }
-                backlog.clear();
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::error!(
-                        "{e}; bans are still enforced; their records wait in memory and are retried every 2 s"
-                    );
+                Err(e) => {
+                    let fault = match s.check() {
+                        Err(f) => Some(f),
+                        Ok(()) if is_damage(&e) => Some(StoreFault::Damaged {
+                            path: s.path().display().to_string(),
+                            why: e.source.to_string(),
+                        }),
+                        Ok(()) => None,
+                    };
+                    match fault {
+                        Some(f) if attempt == 0 => self.repair(&f, now),
+                        Some(f) => self.refusing(&f.to_string(), now),
+                        None => self.refusing(&e.to_string(), now),
+                    }
                 }
-                failing = true;
             }
         }
+    }
+
+    /// A write the disk refuses: logged once, retried every `CHECK_EVERY`.
+    fn refusing(&mut self, what: &str, now: Time) {
+        self.failing = true;
+        self.unhealthy(
+            what,
+            &format!(
+                "bans are still enforced; their records wait in memory and are retried every {} s",
+                CHECK_EVERY.as_secs()
+            ),
+            now,
+        );
+    }
+
+    /// Rebuilds the database after `fault`.
+    fn repair(&mut self, fault: &StoreFault, now: Time) {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            // The open database still takes writes, and its history is
+            // copied out once the directory can be created again.
+            self.unhealthy(
+                &format!("{fault}; it cannot be created again: {e}"),
+                &format!(
+                    "bans are enforced; retried every {} s",
+                    CHECK_EVERY.as_secs()
+                ),
+                now,
+            );
+            return;
+        }
+        self.unhealthy(
+            &fault.to_string(),
+            "rebuilding it from memory now (bans are enforced meanwhile)",
+            now,
+        );
+        let Some(old) = self.store.take() else {
+            self.reopen(now);
+            return;
+        };
+        // The open connection may still read the old file whole (deleted
+        // or replaced files stay readable through it): keep its history.
+        let copy = self.dir.join("sipwarden.db.rebuild");
+        let copied = old.copy_to(&copy).is_ok();
+        old.abandon();
+        let kind = match fault {
+            StoreFault::Damaged { .. } => "corrupt",
+            _ => "replaced",
+        };
+        if let Some(aside) = move_aside(&self.dir, kind, now) {
+            tracing::warn!(
+                "state store: the file found at the database's path was moved aside to {}",
+                aside.display()
+            );
+        }
+        if copied && std::fs::rename(&copy, self.dir.join("sipwarden.db")).is_ok() {
+            tracing::info!("state store: the ban history was copied out of the open database");
+        } else {
+            let _ = std::fs::remove_file(&copy);
+            tracing::warn!(
+                "state store: the ban history could not be copied (escalation starts over); the bans in force are written again"
+            );
+        }
+        self.reopen(now);
+    }
+
+    /// Creates the directory and opens (or creates) the database; then asks
+    /// the run loop for the bans in force.
+    fn reopen(&mut self, now: Time) {
+        let retry = format!(
+            "bans are enforced but not stored; retried every {} s",
+            CHECK_EVERY.as_secs()
+        );
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            self.unhealthy(
+                &format!("state directory {}: {e}", self.dir.display()),
+                &retry,
+                now,
+            );
+            return;
+        }
+        if let Err(e) = self.lock.relock() {
+            self.unhealthy(&e.to_string(), &retry, now);
+            return;
+        }
+        match Store::open(&self.dir, now) {
+            Ok(s) => {
+                self.store = Some(s);
+                self.rebuilding = true;
+                self.want_in_force.notify_one();
+            }
+            Err(e) => self.unhealthy(&e.to_string(), &retry, now),
+        }
+    }
+
+    /// Records a problem; a new one is logged at once (with `advice`) and
+    /// counted, the same one again is not.
+    fn unhealthy(&mut self, what: &str, advice: &str, now: Time) {
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        if h.error.as_deref() == Some(what) {
+            return;
+        }
+        tracing::error!("state store: {what}; {advice}");
+        if h.ok {
+            h.since = Some(now.to_string());
+        }
+        h.ok = false;
+        h.error = Some(what.to_string());
+        h.errors += 1;
+        h.last_error = Some(what.to_string());
+        h.last_error_at = Some(now.to_string());
+    }
+
+    /// Records a good write (`rebuilt`: the first after a rebuild).
+    fn healthy(&mut self, rebuilt: bool) {
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        if let Some(s) = &self.store {
+            h.path = s.path().display().to_string();
+        }
+        if rebuilt {
+            h.repairs += 1;
+        }
+        h.ok = true;
+        h.error = None;
+        h.since = None;
     }
 }

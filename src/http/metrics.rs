@@ -200,6 +200,15 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
             );
         }
     }
+    if let Some(st) = &s.store {
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_store_up 1 when the state store's last write and check succeeded.\n# TYPE sipwarden_store_up gauge\nsipwarden_store_up {}\n# HELP sipwarden_store_errors_total State store problems seen (write errors; a vanished, replaced or damaged database).\n# TYPE sipwarden_store_errors_total counter\nsipwarden_store_errors_total {}\n# HELP sipwarden_store_repairs_total Times the state store was rebuilt from the bans in force.\n# TYPE sipwarden_store_repairs_total counter\nsipwarden_store_repairs_total {}",
+            u8::from(st.ok),
+            st.errors,
+            st.repairs
+        );
+    }
     let _ = writeln!(
         o,
         "# HELP sipwarden_uptime_seconds Seconds since the daemon started.\n# TYPE sipwarden_uptime_seconds gauge\nsipwarden_uptime_seconds {}",
@@ -227,8 +236,15 @@ mod tests {
             jails: vec![],
             cluster: None,
             feeds: vec![],
+            store: Some(crate::control::StoreView {
+                ok: false,
+                errors: 2,
+                ..Default::default()
+            }),
         };
         let out = render(&s, &m);
+        assert!(out.contains("\nsipwarden_store_up 0\n"), "{out}");
+        assert!(out.contains("\nsipwarden_store_errors_total 2\n"), "{out}");
         assert!(
             out.contains("sipwarden_ban_latency_seconds_bucket{le=\"0.001\"} 1\n"),
             "{out}"

@@ -3,8 +3,11 @@
 //!
 //! A corrupt or unreadable database is moved aside with a loud error and a
 //! fresh one is started: the daemon never refuses to protect because of its
-//! history.
+//! history. While the daemon runs, `Store::check` notices a database that
+//! vanished, was replaced or damaged under it (the store thread then
+//! rebuilds it; see `daemon/store.rs`).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -57,6 +60,37 @@ pub struct StoredBan {
     pub reason: BanReason,
 }
 
+/// What is wrong with the database under a running daemon: found by
+/// `Store::check`, each repaired by rebuilding the database.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreFault {
+    /// The state directory is gone (or something else is in its place).
+    #[error("state directory {dir} vanished{detail}")]
+    DirGone {
+        /// The directory.
+        dir: String,
+        /// What is there instead, if anything (" (a file is in its place)").
+        detail: String,
+    },
+    /// The database file is gone from its directory.
+    #[error("state database {0} vanished (deleted or renamed)")]
+    FileGone(String),
+    /// Another file now sits at the database's path.
+    #[error("state database {0} was replaced by another file")]
+    Replaced(String),
+    /// The file at the path is not the database any more.
+    #[error("state database {path} is damaged ({why})")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What gave it away.
+        why: String,
+    },
+}
+
+/// The first 16 bytes of every SQLite database file.
+const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
 /// A ban with, once it ended, when and why.
 pub type HistoryRow = (StoredBan, Option<(Time, String)>);
 
@@ -76,6 +110,9 @@ pub enum StoreOp {
         /// Why.
         reason: UnbanReason,
     },
+    /// The bans in force when the database was re-created: each gets an
+    /// open row unless it has one already (same jail, address and start).
+    InForce(Vec<StoredBan>),
 }
 
 /// The open database.
@@ -83,6 +120,45 @@ pub enum StoreOp {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The state directory.
+    dir: PathBuf,
+    /// Device and inode of the file this connection opened: another file
+    /// at the path means the database was replaced.
+    id: (u64, u64),
+    /// The page size the header must keep.
+    page_size: u32,
+}
+
+/// Whether SQLite's error says the file itself is damaged.
+pub fn is_damage(e: &StoreError) -> bool {
+    matches!(
+        e.source.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Moves `state_dir/sipwarden.db` aside as `sipwarden.db.<kind>-<secs>`
+/// (kept for inspection) and removes its `-wal` and `-shm` files, which
+/// belong to it and must not be replayed into a new database. Returns where
+/// it went, `None` when there was nothing to move.
+pub fn move_aside(state_dir: &Path, kind: &str, now: Time) -> Option<PathBuf> {
+    let path = state_dir.join("sipwarden.db");
+    let moved = if path.symlink_metadata().is_ok() {
+        let base = format!("sipwarden.db.{kind}-{}", now.as_secs());
+        let mut aside = state_dir.join(&base);
+        let mut n = 1;
+        while aside.symlink_metadata().is_ok() {
+            n += 1;
+            aside = state_dir.join(format!("{base}.{n}"));
+        }
+        std::fs::rename(&path, &aside).ok().map(|()| aside)
+    } else {
+        None
+    };
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(state_dir.join(format!("sipwarden.db{ext}")));
+    }
+    moved
 }
 
 fn reason_str(r: BanReason) -> &'static str {
@@ -117,15 +193,11 @@ impl Store {
         match Store::open_at(&path) {
             Ok(s) => Ok(s),
             Err(e) if path.exists() => {
-                let aside = state_dir.join(format!("sipwarden.db.corrupt-{}", now.as_secs()));
+                let aside = move_aside(state_dir, "corrupt", now);
                 tracing::error!(
-                    "{e}; moving it aside to {} and starting with an empty history (active bans in it are not restored)",
-                    aside.display()
+                    "{e}; moved it aside to {} and starting with an empty history (active bans in it are not restored)",
+                    aside.map_or_else(|| "(could not move it)".into(), |a| a.display().to_string())
                 );
-                let _ = std::fs::rename(&path, &aside);
-                for ext in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(state_dir.join(format!("sipwarden.db{ext}")));
-                }
                 Store::open_at(&path)
             }
             Err(e) => Err(e),
@@ -147,7 +219,14 @@ impl Store {
         .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(2))
             .map_err(err)?;
-        Ok(Store { conn, path })
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Store {
+            conn,
+            path,
+            dir,
+            id: (0, 0),
+            page_size: 0,
+        })
     }
 
     fn open_at(path: &Path) -> Result<Store, StoreError> {
@@ -171,12 +250,127 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
+        let page_size: u32 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(err)?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            id: (0, 0),
+            page_size,
         };
         store.migrate().map_err(err)?;
+        // Identified once it holds its schema (the file exists and has a
+        // header from here on).
+        store.id = std::fs::metadata(path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| StoreError {
+                path: path.display().to_string(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(e.to_string()),
+                ),
+            })?;
         Ok(store)
+    }
+
+    /// Checks, cheaply, that the database this connection writes is still
+    /// the one at the path: the directory is there, the file is the same
+    /// (device and inode), and its header is still an SQLite header with
+    /// our page size. SQLite itself notices none of this: writes into a
+    /// deleted or overwritten file succeed, and the loss shows only at the
+    /// next start.
+    pub fn check(&self) -> Result<(), StoreFault> {
+        let dir = || self.dir.display().to_string();
+        let path = || self.path.display().to_string();
+        match std::fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreFault::DirGone {
+                    dir: dir(),
+                    detail: " (something else is in its place)".into(),
+                });
+            }
+            Err(_) => {
+                return Err(StoreFault::DirGone {
+                    dir: dir(),
+                    detail: String::new(),
+                });
+            }
+        }
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreFault::FileGone(path()));
+            }
+            Err(e) => {
+                return Err(StoreFault::Damaged {
+                    path: path(),
+                    why: format!("cannot open it: {e}"),
+                });
+            }
+        };
+        match f.metadata() {
+            Ok(m) if (m.dev(), m.ino()) != self.id => return Err(StoreFault::Replaced(path())),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(StoreFault::Damaged {
+                    path: path(),
+                    why: format!("cannot read its metadata: {e}"),
+                });
+            }
+        }
+        let mut head = [0u8; 18];
+        let got = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
+        if got < head.len() || &head[..16] != MAGIC {
+            return Err(StoreFault::Damaged {
+                path: path(),
+                why: "its header is not an SQLite header any more".into(),
+            });
+        }
+        // Bytes 16-17: the page size, big-endian; 1 stands for 65536.
+        let page = match u16::from_be_bytes([head[16], head[17]]) {
+            1 => 65536,
+            p => u32::from(p),
+        };
+        if page != self.page_size {
+            return Err(StoreFault::Damaged {
+                path: path(),
+                why: format!(
+                    "its header says pages of {page} bytes, not {}",
+                    self.page_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies the whole database, as this connection reads it, into a new
+    /// file at `dest` (`VACUUM INTO`): the history survives when the file
+    /// was deleted or replaced under an open connection.
+    pub fn copy_to(&self, dest: &Path) -> Result<(), StoreError> {
+        let _ = std::fs::remove_file(dest);
+        self.conn
+            .execute("VACUUM INTO ?1", [dest.to_string_lossy()])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Closes the connection without the checkpoint SQLite makes on close:
+    /// a checkpoint would write into a file that is not ours any more, and
+    /// would delete the `-wal` file by its path, which may by then belong
+    /// to a new database.
+    pub fn abandon(self) {
+        let _ = self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn migrate(&mut self) -> rusqlite::Result<()> {
@@ -210,19 +404,33 @@ impl Store {
                 let mut close = tx.prepare_cached(
                     "UPDATE bans SET lifted_ms = ?3, lifted_reason = ?4 WHERE jail = ?1 AND addr = ?2 AND lifted_ms IS NULL",
                 )?;
+                let mut open = tx.prepare_cached(
+                    "SELECT 1 FROM bans WHERE addr = ?2 AND start_ms = ?3 AND jail = ?1 AND lifted_ms IS NULL LIMIT 1",
+                )?;
+                let mut ban = |close: &mut rusqlite::CachedStatement<'_>,
+                               b: &StoredBan|
+                 -> rusqlite::Result<()> {
+                    let addr = b.addr.to_string();
+                    close.execute(params![b.jail, addr, b.start.0, "replaced"])?;
+                    ins.execute(params![
+                        b.jail,
+                        addr,
+                        b.start.0,
+                        b.end.map(|e| e.0),
+                        b.failures,
+                        reason_str(b.reason)
+                    ])?;
+                    Ok(())
+                };
                 for op in ops {
                     match op {
-                        StoreOp::Ban(b) => {
-                            let addr = b.addr.to_string();
-                            close.execute(params![b.jail, addr, b.start.0, "replaced"])?;
-                            ins.execute(params![
-                                b.jail,
-                                addr,
-                                b.start.0,
-                                b.end.map(|e| e.0),
-                                b.failures,
-                                reason_str(b.reason)
-                            ])?;
+                        StoreOp::Ban(b) => ban(&mut close, b)?,
+                        StoreOp::InForce(bans) => {
+                            for b in bans {
+                                if !open.exists(params![b.jail, b.addr.to_string(), b.start.0])? {
+                                    ban(&mut close, b)?;
+                                }
+                            }
                         }
                         StoreOp::Unban {
                             jail,
@@ -351,6 +559,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn tmp() -> PathBuf {
@@ -438,6 +648,104 @@ mod tests {
                 .len(),
             3
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    fn active_addrs(s: &Store) -> Vec<String> {
+        s.active(Time(2000))
+            .unwrap()
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn check_notices_a_removed_replaced_or_overwritten_database() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        s.write(&[ban("fs", "192.0.2.1/32", 1000, None)]).unwrap();
+        assert_eq!(s.check(), Ok(()));
+
+        // Overwritten in place: same inode, no header.
+        let db = d.join("sipwarden.db");
+        let len = std::fs::metadata(&db).unwrap().len() as usize;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .write_all(&vec![0x5a; len])
+            .unwrap();
+        assert!(
+            matches!(s.check(), Err(StoreFault::Damaged { .. })),
+            "{:?}",
+            s.check()
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(&d);
+
+        // Replaced by another file.
+        let d = tmp();
+        let s = Store::open(&d, Time(0)).unwrap();
+        std::fs::copy(d.join("sipwarden.db"), d.join("other")).unwrap();
+        std::fs::rename(d.join("other"), d.join("sipwarden.db")).unwrap();
+        assert!(matches!(s.check(), Err(StoreFault::Replaced(_))));
+        std::fs::remove_file(d.join("sipwarden.db")).unwrap();
+        assert!(matches!(s.check(), Err(StoreFault::FileGone(_))));
+        std::fs::remove_dir_all(&d).unwrap();
+        let e = s.check().unwrap_err();
+        assert!(matches!(e, StoreFault::DirGone { .. }));
+        assert!(e.to_string().contains("vanished"), "{e}");
+        std::fs::write(&d, "a file").unwrap();
+        assert!(
+            s.check()
+                .unwrap_err()
+                .to_string()
+                .contains("something else"),
+            "{:?}",
+            s.check()
+        );
+        let _ = std::fs::remove_file(&d);
+    }
+
+    #[test]
+    fn the_history_is_copied_out_of_a_removed_database_and_in_force_bans_are_not_doubled() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        s.write(&[
+            ban("fs", "192.0.2.1/32", 1000, Some(9000)),
+            ban("fs", "192.0.2.2/32", 1000, Some(1500)),
+        ])
+        .unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+        // Writes into a removed database succeed: only `check` notices.
+        s.write(&[ban("fs", "192.0.2.3/32", 1100, None)]).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        let copy = d.join("sipwarden.db.rebuild");
+        s.copy_to(&copy).unwrap();
+        s.abandon();
+        std::fs::rename(&copy, d.join("sipwarden.db")).unwrap();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        assert_eq!(s.count().unwrap(), 3, "the whole history came along");
+        // The bans in force, one of them already there with the same start.
+        let in_force = |addr: &str, start| StoredBan {
+            jail: "fs".into(),
+            addr: addr.parse().unwrap(),
+            start: Time(start),
+            end: None,
+            failures: 1,
+            reason: BanReason::Manual,
+        };
+        s.write(&[StoreOp::InForce(vec![
+            in_force("192.0.2.3/32", 1100),
+            in_force("192.0.2.4/32", 1200),
+        ])])
+        .unwrap();
+        assert_eq!(s.count().unwrap(), 4, "an open row is not written twice");
+        assert_eq!(
+            active_addrs(&s),
+            vec!["192.0.2.1/32", "192.0.2.3/32", "192.0.2.4/32"]
+        );
+        assert_eq!(s.check(), Ok(()));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -14,6 +14,7 @@ mod feeds;
 mod http;
 mod kamailio;
 mod nft;
+mod owner;
 mod package;
 mod restart;
 
