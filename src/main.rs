@@ -122,6 +122,13 @@ enum Command {
     Status {
         /// Show this jail in detail.
         jail: Option<String>,
+        /// Show one page of this many bans (at most 10,000) instead of every
+        /// ban; with --json the page carries `next_cursor` when more follow.
+        #[arg(long, value_name = "N", requires = "jail")]
+        limit: Option<usize>,
+        /// Start the page after this cursor (a page's `next_cursor`).
+        #[arg(long, value_name = "CURSOR", requires = "jail")]
+        cursor: Option<String>,
         #[command(flatten)]
         talk: Talk,
     },
@@ -200,17 +207,43 @@ fn init_logging() {
         .init();
 }
 
-/// Sends one request to the daemon and prints the answer.
+/// Writes `text` to stdout. A reader that went away (`sipwarden status |
+/// head`) surfaces as a BrokenPipe error, which `main` turns into a quiet
+/// exit instead of a panic.
+fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    o.flush()
+}
+
+/// Whether `e` is a write to a closed pipe.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Sends one request to the daemon and prints the answer. `status JAIL`
+/// without a page asked for fetches every page.
 fn talk(t: Talk, req: Request) -> anyhow::Result<ExitCode> {
     let socket = match t.socket {
         Some(s) => s,
         None => Config::load(t.config.as_deref())?.daemon.socket,
     };
-    let resp = client::request(&socket, &req)?;
+    let resp = match &req {
+        Request::Status {
+            jail: Some(jail),
+            limit: None,
+            cursor: None,
+        } => client::jail_status(&socket, jail)?,
+        _ => client::request(&socket, &req)?,
+    };
     if t.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        out(&format!("{}\n", serde_json::to_string_pretty(&resp)?))?;
     } else if resp.ok {
-        print!("{}", client::render(&req, &resp));
+        out(&client::render(&req, &resp))?;
     } else {
         eprintln!(
             "error: {}",
@@ -222,6 +255,19 @@ fn talk(t: Talk, req: Request) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Lets a closed pipe end the process silently, as it ends `cat`: for the
+/// verbs whose printing lives in other modules (std's `println!` panics on a
+/// closed pipe because Rust ignores SIGPIPE). They touch no socket a peer
+/// could close under them, except the doctor's TCP probes, which std sends
+/// without raising SIGPIPE.
+fn die_quietly_on_closed_pipe() {
+    // SAFETY: restoring the default disposition of a signal has no
+    // preconditions; no other thread exists yet to race with.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -258,17 +304,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) if json => {
-                    println!(
-                        "{}",
+                    out(&format!(
+                        "{}\n",
                         serde_json::json!({ "ok": false, "error": e.to_string() })
-                    );
+                    ))?;
                     return Ok(ExitCode::FAILURE);
                 }
                 Err(e) => return Err(e.into()),
             };
             if let Some(why) = cfg.emptiness() {
                 if json {
-                    println!("{}", serde_json::json!({ "ok": false, "error": why }));
+                    out(&format!(
+                        "{}\n",
+                        serde_json::json!({ "ok": false, "error": why })
+                    ))?;
                 } else {
                     eprintln!("error: {why}");
                 }
@@ -277,8 +326,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let enabled: Vec<&str> = cfg.enabled_jails().map(|j| j.name.as_str()).collect();
             let size = cfg.footprint();
             if json {
-                println!(
-                    "{}",
+                out(&format!(
+                    "{}\n",
                     serde_json::json!({
                         "ok": true,
                         "config": cfg.origin,
@@ -291,7 +340,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             "bytes": size.bytes,
                         },
                     })
-                );
+                ))?;
             } else {
                 for w in &cfg.warnings {
                     eprintln!("warning: {w}");
@@ -300,22 +349,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 if enabled.len() > 20 {
                     shown.push_str(&format!(", and {} more", enabled.len() - 20));
                 }
-                println!(
-                    "{}: OK ({} jail(s) enabled: {shown}; firewall {})\n{size}",
+                out(&format!(
+                    "{}: OK ({} jail(s) enabled: {shown}; firewall {})\n{size}\n",
                     cfg.origin,
                     enabled.len(),
                     cfg.firewall.backend
-                );
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::ImportFail2ban { dir } => {
             let c = config::fail2ban::from_fail2ban(&dir).map_err(anyhow::Error::msg)?;
-            print!("{}", config::fail2ban::to_toml(&c));
+            out(&config::fail2ban::to_toml(&c))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Default) => {
-            print!("{}", config::DEFAULT_CONFIG);
+            out(config::DEFAULT_CONFIG)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Samples {
@@ -327,13 +376,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = sipwarden::filter::f2b::samples::run(&config, &logs, filter.as_deref())
                 .map_err(anyhow::Error::msg)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
             } else {
+                let mut text = String::new();
                 for f in &report.failures {
-                    println!("FAIL {} {} {}\n    {}", f.filter, f.at, f.options, f.diff);
+                    text.push_str(&format!(
+                        "FAIL {} {} {}\n    {}\n",
+                        f.filter, f.at, f.options, f.diff
+                    ));
                 }
-                println!("{} filters tested", report.filters);
-                println!("{} passed, {} failed", report.passed, report.failed);
+                text.push_str(&format!("{} filters tested\n", report.filters));
+                text.push_str(&format!(
+                    "{} passed, {} failed\n",
+                    report.passed, report.failed
+                ));
+                out(&text)?;
             }
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
@@ -347,8 +404,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             show_missed,
             logtimezone,
-        } => sipwarden::filter::test_filter::run(&log, &filter, json, show_missed, &logtimezone),
-        Command::Status { jail, talk: t } => talk(t, Request::Status { jail }),
+        } => {
+            die_quietly_on_closed_pipe();
+            sipwarden::filter::test_filter::run(&log, &filter, json, show_missed, &logtimezone)
+        }
+        Command::Status {
+            jail,
+            limit,
+            cursor,
+            talk: t,
+        } => talk(
+            t,
+            Request::Status {
+                jail,
+                limit,
+                cursor,
+            },
+        ),
         Command::Ban {
             jail,
             addr,
@@ -371,7 +443,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             talk: t,
         } => talk(t, Request::Unban { addr, jail, all }),
         Command::Reload { force, talk: t } => talk(t, Request::Reload { force }),
-        Command::Doctor { config } => Ok(sipwarden::doctor::run(config.as_deref())),
+        Command::Doctor { config } => {
+            die_quietly_on_closed_pipe();
+            Ok(sipwarden::doctor::run(config.as_deref()))
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into memory first: the generator panics on a closed pipe.
@@ -419,6 +494,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing left to say to anyone.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

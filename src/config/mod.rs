@@ -249,6 +249,7 @@ struct RawFeed {
 struct RawHttp {
     listen: Spanned<toml::Value>,
     token: Option<Spanned<String>>,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 /// `[http]`: the JSON API, metrics and dashboard listener.
@@ -258,6 +259,9 @@ pub struct HttpConfig {
     pub listen: std::net::SocketAddr,
     /// Bearer token for write operations; without one they are refused.
     pub token: Option<String>,
+    /// `Host` names accepted besides the listener's own address (e.g.
+    /// `pbx1:9080` for a Prometheus that scrapes by name).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -830,9 +834,20 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
                     ));
                 }
             }
+            let mut allowed_hosts = Vec::new();
+            for a in h.allowed_hosts.iter().flatten() {
+                crate::http::host::HostName::parse(a.get_ref()).map_err(|e| {
+                    err(
+                        a.span(),
+                        format!("allowed_hosts: {e}; an entry is a name or address with an optional port, as a browser sends it in `Host`"),
+                    )
+                })?;
+                allowed_hosts.push(a.get_ref().trim().to_string());
+            }
             Some(HttpConfig {
                 listen,
                 token: h.token.as_ref().map(|t| t.get_ref().clone()),
+                allowed_hosts,
             })
         }
     };

@@ -7,6 +7,7 @@
 //! ```text
 //! {"cmd":"ping"}
 //! {"cmd":"status"}                      {"cmd":"status","jail":"freeswitch"}
+//! {"cmd":"status","jail":"freeswitch","limit":500,"cursor":"1764085254659_cb007107_32"}
 //! {"cmd":"ban","jail":"freeswitch","addr":"203.0.113.7","for":"2h","force":false}
 //! {"cmd":"unban","addr":"203.0.113.7"}  {"cmd":"unban","addr":"198.51.100.0/24","jail":"freeswitch"}
 //! {"cmd":"unban","all":true}
@@ -14,8 +15,11 @@
 //! ```
 //!
 //! Responses are `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+//! A jail's ban list comes in pages (see [`page`]): at most `limit` bans
+//! (default 1,000), and `next_cursor` when more follow.
 
 pub mod client;
+pub mod page;
 pub mod recent;
 pub mod server;
 
@@ -37,6 +41,13 @@ pub enum Request {
         /// One jail, with its banned addresses.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         jail: Option<String>,
+        /// With `jail`: bans in the page ([`page::DEFAULT_PAGE`] when absent,
+        /// at most [`page::MAX_PAGE`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+        /// With `jail`: the page after this one (a page's `next_cursor`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     /// Ban an address or prefix by hand.
     Ban {
@@ -215,9 +226,13 @@ pub struct JailView {
     pub evictions: u64,
     /// Where the failures come from.
     pub sources: Vec<SourceView>,
-    /// The bans in force (only in `status JAIL`).
+    /// The bans in force (only in `status JAIL`): one page of them, oldest
+    /// first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub banned: Option<Vec<BanView>>,
+    /// Where the next page starts, when more bans follow this page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One source of a jail.

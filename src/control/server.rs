@@ -14,8 +14,21 @@ use super::{MAX_REQUEST, Request, Response};
 /// A request on its way to the core, with the way back.
 pub type ControlMsg = (Request, oneshot::Sender<Response>);
 
-/// Most control connections served at once.
-const MAX_CONNECTIONS: usize = 64;
+/// Most control connections served at once. The CLI opens one per command
+/// and closes it at once; past this a connection is told the socket is busy
+/// and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection that sends no complete request line for this long (after
+/// connecting, or after its last answer) is closed, and so is one that does
+/// not take its answer for this long: an idle or stuck client frees its
+/// slot. The CLI sends at once; a person typing JSON into `socat` has ten
+/// seconds per line.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long accepting pauses after the kernel refused to give a descriptor
+/// (instead of spinning a core while the connection waits in the queue).
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The bound control socket; the file is removed on drop.
 #[derive(Debug)]
@@ -36,6 +49,8 @@ fn group_id(name: &str) -> Option<u32> {
     if g.is_null() {
         None
     } else {
+        // SAFETY: `g` is non-null and points to getgrnam's static record,
+        // valid until the next getgr* call; nothing else calls one meanwhile.
         Some(unsafe { (*g).gr_gid })
     }
 }
@@ -81,13 +96,28 @@ impl ControlSocket {
     /// Serves connections; runs until the daemon drops the task.
     pub async fn serve(self, core: mpsc::Sender<ControlMsg>) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let own_uid = unsafe { libc::geteuid() };
+        let mut refused = 0u64;
         loop {
-            let Ok((stream, _)) = self.listener.accept().await else {
-                continue;
+            let stream = match self.listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("control socket: cannot accept a connection ({e})");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!("control socket: too many connections; refusing one");
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        "control socket: {MAX_CONNECTIONS} connections open; refused {refused} so far (idle ones close after {} s)",
+                        IDLE_TIMEOUT.as_secs()
+                    );
+                }
+                // Best effort: a fresh socket's buffer takes the whole line.
+                let _ = stream.try_write(&busy_line());
                 continue;
             };
             let allowed = match stream.peer_cred() {
@@ -111,19 +141,29 @@ impl Drop for ControlSocket {
     }
 }
 
+/// The answer of a full socket, as one line.
+fn busy_line() -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Response::error(format!(
+        "control socket busy: {MAX_CONNECTIONS} connections are open (the most it serves); idle ones are closed after {} s, try again",
+        IDLE_TIMEOUT.as_secs()
+    )))
+    .unwrap_or_else(|_| br#"{"ok":false,"error":"control socket busy"}"#.to_vec());
+    line.push(b'\n');
+    line
+}
+
 async fn serve_conn(stream: UnixStream, allowed: bool, core: mpsc::Sender<ControlMsg>) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = match (&mut rd)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => return,
+        let mut limited = (&mut rd).take(MAX_REQUEST as u64 + 1);
+        let read = limited.read_until(b'\n', &mut line);
+        // Idle (or a line that never ends): close, freeing the slot.
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => return,
         };
         if n == 0 {
             return;
@@ -143,7 +183,8 @@ async fn serve_conn(stream: UnixStream, allowed: bool, core: mpsc::Sender<Contro
         let mut out = serde_json::to_vec(&resp)
             .unwrap_or_else(|_| br#"{"ok":false,"error":"encoding failed"}"#.to_vec());
         out.push(b'\n');
-        if wr.write_all(&out).await.is_err() || !allowed || line.len() > MAX_REQUEST {
+        let sent = tokio::time::timeout(IDLE_TIMEOUT, wr.write_all(&out)).await;
+        if !matches!(sent, Ok(Ok(()))) || !allowed || line.len() > MAX_REQUEST {
             return;
         }
     }

@@ -264,6 +264,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 listener,
                 ctl_tx.clone(),
                 h.token,
+                h.allowed_hosts,
                 rt.config.daemon.state_dir.clone(),
                 metrics.clone(),
             )))

@@ -14,6 +14,7 @@ use crate::config::duration::parse_bantime;
 use crate::control::recent::Recent;
 use crate::control::{
     BanRef, BanView, FeedView, JailView, Request, Response, SourceView, StatusView, UnbanView,
+    page::Page,
 };
 use crate::event::{JailId, Time};
 use crate::jail::{BanReason, Decision, DisplayNet, Jail, JailSet};
@@ -75,8 +76,8 @@ impl Runtime {
         })
     }
 
-    /// The answer to `status` (every jail, or one with its bans).
-    pub(super) fn status(&self, jail: Option<&str>) -> Response {
+    /// The answer to `status` (every jail, or one with a page of its bans).
+    pub(super) fn status(&self, jail: Option<&str>, page: &Page) -> Response {
         let now = Time::now();
         let views = |j: &Jail| self.sources.views(j.name());
         match jail {
@@ -85,7 +86,7 @@ impl Runtime {
                     &self.jails,
                     j,
                     views(j),
-                    true,
+                    Some(page),
                     now,
                     &self.origins,
                 )),
@@ -100,7 +101,7 @@ impl Runtime {
                 jails: self
                     .jails
                     .jails()
-                    .map(|j| jail_view(&self.jails, j, views(j), false, now, &self.origins))
+                    .map(|j| jail_view(&self.jails, j, views(j), None, now, &self.origins))
                     .collect(),
                 cluster: self.cluster.as_ref().map(crate::cluster::Cluster::view),
                 feeds: self
@@ -120,7 +121,14 @@ impl Runtime {
             Request::Ping {} => Response::ok(
                 serde_json::json!({ "pong": true, "version": env!("CARGO_PKG_VERSION") }),
             ),
-            Request::Status { jail } => self.status(jail.as_deref()),
+            Request::Status {
+                jail,
+                limit,
+                cursor,
+            } => match Page::new(limit, cursor.as_deref()) {
+                Ok(page) => self.status(jail.as_deref(), &page),
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::Reload { force } => self.reload(force),
             Request::Recent {} => Response::ok(self.recent.view(now, |id| {
                 self.jails
@@ -197,16 +205,24 @@ impl Runtime {
     }
 }
 
-/// The view of one jail for `status`.
+/// The view of one jail for `status`, with one page of its bans when
+/// `bans` asks for them.
 pub(super) fn jail_view(
     jails: &JailSet,
     j: &Jail,
     sources: Vec<SourceView>,
-    with_bans: bool,
+    bans: Option<&Page>,
     now: Time,
     origins: &HashMap<(JailId, IpNet), Arc<str>>,
 ) -> JailView {
     let c = j.counters();
+    let (page, next_cursor) = match bans {
+        Some(p) => {
+            let (items, next) = p.select(j.banned().iter().map(|(a, b)| (b.start, *a, b)));
+            (Some(items), next.map(|c| c.to_string()))
+        }
+        None => (None, None),
+    };
     JailView {
         name: j.name().to_string(),
         filter: jails.filter(j.id()).map(String::from),
@@ -220,12 +236,11 @@ pub(super) fn jail_view(
         total_unbanned: c.total_unbanned,
         evictions: c.evictions,
         sources,
-        banned: with_bans.then(|| {
-            let mut v: Vec<BanView> = j
-                .banned()
-                .iter()
-                .map(|(addr, b)| BanView {
-                    addr: DisplayNet(addr).to_string(),
+        banned: page.map(|items| {
+            items
+                .into_iter()
+                .map(|(_, addr, b)| BanView {
+                    addr: DisplayNet(&addr).to_string(),
                     jail: j.name().to_string(),
                     start: b.start.to_string(),
                     end: b.end.map(|e| e.to_string()),
@@ -236,11 +251,10 @@ pub(super) fn jail_view(
                         BanReason::Manual => "manual".into(),
                         BanReason::Cluster => "cluster".into(),
                     },
-                    origin: origins.get(&(j.id(), *addr)).map(|o| o.to_string()),
+                    origin: origins.get(&(j.id(), addr)).map(|o| o.to_string()),
                 })
-                .collect();
-            v.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.addr.cmp(&b.addr)));
-            v
+                .collect()
         }),
+        next_cursor,
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /` | the dashboard (one page, assets embedded, no CDN) |
 //! | `GET /api/status` | `sipwarden status --json` |
-//! | `GET /api/jails/{jail}` | `sipwarden status JAIL --json` (with active bans and remaining time) |
+//! | `GET /api/jails/{jail}?limit=N&cursor=C` | `sipwarden status JAIL --json`: counters and one page of active bans with remaining time (1,000 unless `limit`, at most 10,000; `next_cursor` when more follow) |
 //! | `GET /api/recent` | recent failures, failures per minute, top addresses and user names |
 //! | `GET /api/history/{addr}` | every ban of an address from the store, newest first |
 //! | `POST /api/ban` | `{"jail","addr","for","force"}`, bearer token |
@@ -15,8 +15,11 @@
 //! Every request is answered by the same task that answers the control
 //! socket, so the two can never disagree. Write operations need
 //! `Authorization: Bearer <[http] token>`; without a configured token they
-//! are refused.
+//! are refused. Every request must name this listener in `Host` ([`host`]),
+//! and connections are capped and timed out ([`conn`]).
 
+pub mod conn;
+pub mod host;
 pub mod metrics;
 
 use std::net::SocketAddr;
@@ -24,20 +27,31 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request as HttpRequest, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::control::page::Page;
 use crate::control::server::ControlMsg;
-use crate::control::{Request, Response};
+use crate::control::{JailView, Request, Response};
 
 /// The dashboard page.
 const DASHBOARD: &str = include_str!("dashboard.html");
-/// Largest request body accepted.
-const MAX_BODY: usize = 64 * 1024;
+/// Largest request body accepted (a ban or unban is under 200 bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A request body must arrive within this once its head has.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Bans asked of the core per piece of a streamed page: the answer leaves
+/// in pieces of about 50 KB as the client reads, so a client that does not
+/// read holds one piece, not a copy of the page, and the core is never busy
+/// with one request for long.
+pub const STREAM_CHUNK: usize = 250;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -55,14 +69,23 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     })
 }
 
-/// Serves until the task is aborted.
+/// Serves until the task is aborted. `allowed_hosts` are the `Host` names
+/// accepted besides the listener's own address.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     core: mpsc::Sender<ControlMsg>,
     token: Option<String>,
+    allowed_hosts: Vec<String>,
     state_dir: PathBuf,
     metrics: Arc<metrics::Metrics>,
 ) {
+    let hosts = match listener.local_addr() {
+        Ok(a) => Arc::new(host::HostCheck::new(a, &allowed_hosts)),
+        Err(e) => {
+            tracing::error!("http listener stopped: its address is unknown ({e})");
+            return;
+        }
+    };
     let ctx = Ctx {
         core,
         token: token.map(Arc::from),
@@ -79,9 +102,38 @@ pub async fn serve(
         .route("/api/unban", post(unban))
         .route("/metrics", get(prometheus))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(hosts, check_host))
         .with_state(ctx);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("http listener stopped: {e}");
+    conn::serve(listener, app).await;
+}
+
+/// Refuses a request that does not name this listener (421, as for a
+/// request sent to the wrong server); the message says how to allow a name.
+async fn check_host(
+    State(hosts): State<Arc<host::HostCheck>>,
+    req: HttpRequest,
+    next: Next,
+) -> HttpResponse {
+    let named = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        });
+    match named {
+        None => refuse(StatusCode::BAD_REQUEST, "a Host header is required"),
+        Some(h) if hosts.allows(&h) => next.run(req).await,
+        Some(h) => refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "Host {:?} does not name this listener; add it to [http] allowed_hosts if it should (e.g. allowed_hosts = [\"pbx1:9080\"])",
+                crate::event::escape_text(&h, 100)
+            ),
+        ),
     }
 }
 
@@ -137,12 +189,167 @@ async fn dashboard() -> HttpResponse {
         .into_response()
 }
 
-async fn status(State(ctx): State<Ctx>) -> HttpResponse {
-    json(&ask(&ctx, Request::Status { jail: None }).await)
+/// `status` of every jail (no ban lists: bounded by the configuration).
+fn overview() -> Request {
+    Request::Status {
+        jail: None,
+        limit: None,
+        cursor: None,
+    }
 }
 
-async fn jail(State(ctx): State<Ctx>, Path(jail): Path<String>) -> HttpResponse {
-    json(&ask(&ctx, Request::Status { jail: Some(jail) }).await)
+async fn status(State(ctx): State<Ctx>) -> HttpResponse {
+    json(&ask(&ctx, overview()).await)
+}
+
+/// `limit` and `cursor` from a query string; anything else is refused (a
+/// misspelt parameter would otherwise silently page by 1,000).
+fn page_query(query: Option<&str>) -> Result<Page, String> {
+    let (mut limit, mut cursor) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "limit" => {
+                limit = Some(v.parse::<usize>().map_err(|_| {
+                    format!(
+                        "limit must be a number, not {:?}",
+                        crate::event::escape_text(v, 40)
+                    )
+                })?)
+            }
+            "cursor" => cursor = Some(v),
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {:?}: this path takes `limit` and `cursor`",
+                    crate::event::escape_text(k, 40)
+                ));
+            }
+        }
+    }
+    Page::new(limit, cursor).map_err(|e| e.to_string())
+}
+
+/// One jail with one page of its bans, streamed: the core is asked for
+/// [`STREAM_CHUNK`] bans at a time as the client reads.
+async fn jail(State(ctx): State<Ctx>, Path(jail): Path<String>, uri: Uri) -> HttpResponse {
+    let page = match page_query(uri.query()) {
+        Ok(p) => p,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+    };
+    let first = ask(
+        &ctx,
+        Request::Status {
+            jail: Some(jail.clone()),
+            limit: Some(page.limit.min(STREAM_CHUNK)),
+            cursor: page.after.map(|c| c.to_string()),
+        },
+    )
+    .await;
+    if !first.ok {
+        return json(&first);
+    }
+    let Some(mut view) = first.parse::<JailView>() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "status unavailable");
+    };
+    let bans = view.banned.take().unwrap_or_default();
+    let next = view.next_cursor.take();
+    // The view without its list ends in `}`: reopen it for the list.
+    let mut head = serde_json::to_string(&view).unwrap_or_else(|_| "{".into());
+    head.pop();
+    let head = format!("{{\"ok\":true,\"result\":{head},\"banned\":[");
+    let stream = PageStream {
+        ctx,
+        jail,
+        left: page.limit.saturating_sub(bans.len()),
+        next,
+        pending: Some(bans),
+        out: head,
+        first: true,
+        done: false,
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(futures_util::stream::unfold(stream, PageStream::step)),
+    )
+        .into_response()
+}
+
+/// The state of a page being streamed.
+struct PageStream {
+    ctx: Ctx,
+    jail: String,
+    /// Bans still to send in this page.
+    left: usize,
+    /// Where the rest starts, when more bans follow.
+    next: Option<String>,
+    /// Bans fetched, not yet written.
+    pending: Option<Vec<crate::control::BanView>>,
+    /// Text not yet handed out.
+    out: String,
+    first: bool,
+    done: bool,
+}
+
+impl PageStream {
+    /// The next piece of the body, fetching from the core when needed.
+    async fn step(mut self) -> Option<(Result<Bytes, std::io::Error>, PageStream)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(bans) = self.pending.take() {
+                for b in &bans {
+                    if !std::mem::replace(&mut self.first, false) {
+                        self.out.push(',');
+                    }
+                    if let Ok(text) = serde_json::to_string(b) {
+                        self.out.push_str(&text);
+                    }
+                }
+                let piece = std::mem::take(&mut self.out);
+                return Some((Ok(Bytes::from(piece)), self));
+            }
+            match self.next.clone() {
+                Some(cursor) if self.left > 0 => {
+                    let resp = ask(
+                        &self.ctx,
+                        Request::Status {
+                            jail: Some(self.jail.clone()),
+                            limit: Some(self.left.min(STREAM_CHUNK)),
+                            cursor: Some(cursor),
+                        },
+                    )
+                    .await;
+                    let Some(v) = resp.parse::<JailView>().filter(|_| resp.ok) else {
+                        // The jail went (a reload) mid-page: end the body
+                        // abruptly, so no client takes it for a whole page.
+                        self.done = true;
+                        let why = resp.error.unwrap_or_else(|| "status unavailable".into());
+                        return Some((Err(std::io::Error::other(why)), self));
+                    };
+                    let bans = v.banned.unwrap_or_default();
+                    self.left = self.left.saturating_sub(bans.len());
+                    self.next = v.next_cursor.filter(|_| !bans.is_empty());
+                    self.pending = Some(bans);
+                }
+                _ => {
+                    self.out.push(']');
+                    if let Some(c) = self
+                        .next
+                        .as_ref()
+                        .and_then(|c| serde_json::to_string(c).ok())
+                    {
+                        self.out.push_str(",\"next_cursor\":");
+                        self.out.push_str(&c);
+                    }
+                    self.out.push_str("}}");
+                    self.done = true;
+                    let piece = std::mem::take(&mut self.out);
+                    return Some((Ok(Bytes::from(piece)), self));
+                }
+            }
+        }
+    }
 }
 
 async fn recent(State(ctx): State<Ctx>) -> HttpResponse {
@@ -228,28 +435,49 @@ fn request(cmd: &str, body: &Bytes) -> Result<Request, Box<HttpResponse>> {
     serde_json::from_value(v).map_err(|e| bad(format!("bad request: {e}")))
 }
 
-async fn ban(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    if let Err(r) = authorised(&ctx, &headers) {
+/// The body, read within [`BODY_TIMEOUT`] and [`MAX_BODY`].
+async fn read_body(body: Body) -> Result<Bytes, Box<HttpResponse>> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(Box::new(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body must be at most {MAX_BODY} bytes"),
+        ))),
+        Err(_) => Err(Box::new(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ))),
+    }
+}
+
+/// A write (`cmd`): token first, then the body.
+async fn write(ctx: &Ctx, cmd: &str, headers: &HeaderMap, body: Body) -> HttpResponse {
+    if let Err(r) = authorised(ctx, headers) {
         return *r;
     }
-    match request("ban", &body) {
-        Ok(req) => json(&ask(&ctx, req).await),
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match request(cmd, &body) {
+        Ok(req) => json(&ask(ctx, req).await),
         Err(r) => *r,
     }
 }
 
-async fn unban(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    if let Err(r) = authorised(&ctx, &headers) {
-        return *r;
-    }
-    match request("unban", &body) {
-        Ok(req) => json(&ask(&ctx, req).await),
-        Err(r) => *r,
-    }
+async fn ban(State(ctx): State<Ctx>, headers: HeaderMap, body: Body) -> HttpResponse {
+    write(&ctx, "ban", &headers, body).await
+}
+
+async fn unban(State(ctx): State<Ctx>, headers: HeaderMap, body: Body) -> HttpResponse {
+    write(&ctx, "unban", &headers, body).await
 }
 
 async fn prometheus(State(ctx): State<Ctx>) -> HttpResponse {
-    let resp = ask(&ctx, Request::Status { jail: None }).await;
+    let resp = ask(&ctx, overview()).await;
     let Some(view) = resp.parse::<crate::control::StatusView>() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "status unavailable");
     };

@@ -286,3 +286,97 @@ fn reload_keeps_bans_and_refuses_a_bad_config() {
     );
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// Bans `n` distinct addresses in `jail` over one control connection
+/// (requests pipelined: thousands in a few seconds); returns them.
+pub(crate) fn ban_many(sock: &std::path::Path, jail: &str, n: usize) -> Vec<String> {
+    let addrs: Vec<String> = (0..n)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let s = UnixStream::connect(sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let (reqs, jail) = (addrs.clone(), jail.to_string());
+    // A writer of its own: the daemon answers while we still send, and both
+    // socket buffers filling up must not deadlock the test.
+    let writer = std::thread::spawn(move || {
+        for a in &reqs {
+            let line = format!(
+                "{{\"cmd\":\"ban\",\"jail\":\"{jail}\",\"addr\":\"{a}\",\"for\":\"2h\"}}\n"
+            );
+            if w.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = BufReader::new(s);
+    for a in &addrs {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "ban {a}: {line}");
+    }
+    writer.join().unwrap();
+    addrs
+}
+
+/// Finding 7: 64 idle clients locked the CLI out with "Broken pipe". Over
+/// the cap the CLI now hears that the socket is busy, and idle clients are
+/// closed after the idle timeout, so `ping` gets in while they are still
+/// held open on this side.
+#[test]
+fn idle_control_clients_do_not_lock_out_the_cli() {
+    let dir = TempDir::new("ctlidle");
+    let _d = start(&dir, "");
+    let held: Vec<UnixStream> = (0..80)
+        .filter_map(|_| UnixStream::connect(dir.path("sipwarden.sock")).ok())
+        .collect();
+    assert_eq!(
+        held.len(),
+        80,
+        "the kernel queues connections the daemon has not taken"
+    );
+
+    let first = cli(&dir, &["ping"]);
+    let err = String::from_utf8_lossy(&first.stderr).into_owned();
+    assert!(
+        !err.contains("Broken pipe")
+            && !err.contains("os error")
+            && !err.contains("could not be read"),
+        "a full control socket must say so, not: {err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stdout) == "pong\n" || err.contains("busy"),
+        "either served or told the socket is busy: {err}"
+    );
+    assert!(
+        crate::common::wait_until(Duration::from_secs(90), || {
+            String::from_utf8_lossy(&cli(&dir, &["ping"]).stdout) == "pong\n"
+        }),
+        "idle clients are closed after the idle timeout and the CLI gets in"
+    );
+    drop(held);
+}
+
+/// Finding 9: `sipwarden status JAIL | head` panicked with a backtrace on
+/// the closed pipe. The output must be larger than a pipe's buffer (64 KiB)
+/// for the CLI to still be writing when `head` exits.
+#[test]
+fn status_into_a_closed_pipe_exits_quietly() {
+    let dir = TempDir::new("ctlpipe");
+    let _d = start(&dir, "");
+    ban_many(&dir.path("sipwarden.sock"), "freeswitch", 3000);
+    for args in ["status freeswitch", "status freeswitch --json"] {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("\"$0\" {args} --socket \"$1\" | head -1"))
+            .arg(bin())
+            .arg(dir.path("sipwarden.sock"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "`{args} | head -1` must exit quietly: {err}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    }
+}
