@@ -234,12 +234,10 @@ fn jail_detail(j: &JailView) -> String {
     let files: Vec<String> = j
         .sources
         .iter()
-        .map(|s| {
-            format!(
-                "{} ({})",
-                s.path,
-                if s.healthy { "followed" } else { "waiting" }
-            )
+        .map(|s| match (&s.reason, s.healthy) {
+            (_, true) => format!("{} (followed)", s.path),
+            (Some(why), false) => format!("{} (waiting: {why})", s.path),
+            (None, false) => format!("{} (waiting)", s.path),
         })
         .collect();
     let banned = j.banned.as_deref().unwrap_or_default();

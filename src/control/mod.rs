@@ -244,6 +244,10 @@ pub struct SourceView {
     pub path: String,
     /// Whether it is open and followed right now.
     pub healthy: bool,
+    /// Why it is not, when it is not and the source knows (`a FIFO (named
+    /// pipe), not a regular file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Lines read.
     pub lines: u64,
     /// Lines that matched.

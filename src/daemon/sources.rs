@@ -66,6 +66,7 @@ impl SourceGroup {
             kind: "file".into(),
             path: p.display().to_string(),
             healthy: s.open.load(Ordering::Relaxed),
+            reason: s.reason(),
             lines: s.lines.load(Ordering::Relaxed),
             matched: s.matched.load(Ordering::Relaxed),
         });
@@ -73,6 +74,7 @@ impl SourceGroup {
             kind: "esl".into(),
             path: label.clone(),
             healthy: s.connected.load(Ordering::Relaxed),
+            reason: None,
             lines: s.events.load(Ordering::Relaxed),
             matched: s.failures.load(Ordering::Relaxed),
         });
@@ -80,6 +82,7 @@ impl SourceGroup {
             kind: "wire".into(),
             path: label.clone(),
             healthy: s.up.load(Ordering::Relaxed),
+            reason: None,
             lines: s.messages.load(Ordering::Relaxed),
             matched: s.failures.load(Ordering::Relaxed),
         });

@@ -1,0 +1,92 @@
+//! Log followers seen from outside: what `status` says about a logpath that
+//! is not a regular file, and that the follower carries on once one is back.
+
+use std::time::Duration;
+
+use crate::common::{Daemon, TempDir, append, cli, daemon_section, wait_until};
+
+/// The jail's one source, from `status --json`.
+fn source(dir: &TempDir) -> serde_json::Value {
+    let out = cli(dir, &["status", "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .map(|v| v["result"]["jails"][0]["sources"][0].clone())
+        .unwrap_or_default()
+}
+
+fn failures(dir: &TempDir) -> u64 {
+    let out = cli(dir, &["status", "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["result"]["jails"][0]["total_failed"].as_u64())
+        .unwrap_or(0)
+}
+
+fn failure(ip: &str) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
+    format!(
+        "{now} 12.50% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1000@pbx] from ip {ip}\n"
+    )
+}
+
+/// Finding 3 of issue 16: `rm log; mkfifo log` hung the follower in open(),
+/// status kept saying "followed", later failures were never read and
+/// `reload` did not help.
+#[test]
+fn a_fifo_at_the_logpath_shows_in_status_and_the_real_file_is_followed_again() {
+    let dir = TempDir::new("fifo");
+    let log = dir.path("freeswitch.log");
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 1000\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n",
+            daemon_section(&dir),
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(&log, "").unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for(": following", Duration::from_secs(20)).is_some(),
+        "daemon did not start"
+    );
+    append(&log, &failure("203.0.113.1"));
+    assert!(wait_until(Duration::from_secs(10), || failures(&dir) == 1));
+
+    std::fs::remove_file(&log).unwrap();
+    let c = std::ffi::CString::new(log.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let fifo_shown = || {
+        let s = source(&dir);
+        s["healthy"] == false && s["reason"].as_str().is_some_and(|r| r.contains("FIFO"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), fifo_shown),
+        "status does not say the logpath is a FIFO: {}",
+        source(&dir)
+    );
+    assert!(
+        d.wait_for("not a regular file", Duration::from_secs(5))
+            .is_some(),
+        "no warning in the log"
+    );
+    // A reload with the FIFO still there answers, and says the same.
+    assert!(cli(&dir, &["reload"]).status.success());
+    assert!(wait_until(Duration::from_secs(10), fifo_shown));
+    let text = String::from_utf8_lossy(&cli(&dir, &["status", "freeswitch"]).stdout).into_owned();
+    assert!(text.contains("FIFO"), "status JAIL: {text}");
+
+    std::fs::remove_file(&log).unwrap();
+    append(&log, &failure("203.0.113.2"));
+    assert!(
+        wait_until(Duration::from_secs(10), || failures(&dir) == 2),
+        "a failure in the regular file that replaced the FIFO was not counted"
+    );
+    let s = source(&dir);
+    assert_eq!(s["healthy"], true, "{s}");
+    assert!(s.get("reason").is_none_or(|r| r.is_null()), "{s}");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
