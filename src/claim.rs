@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Longest abstract name used as is; longer ones are hashed (the kernel
-/// takes 107 bytes).
-const MAX_NAME: usize = 100;
+/// Longest key used as is in a name; longer ones are hashed (the kernel
+/// takes 107 bytes per abstract name, an nftables comment 128).
+const MAX_KEY: usize = 80;
 
 /// How long a peer waits for the holder's answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
@@ -87,14 +87,27 @@ pub enum Taken {
     Held(Holder),
 }
 
-/// The abstract name for `prefix` and `key`: the key itself when it fits,
-/// else a stable hash of it.
+/// The abstract name for `prefix` and `key`: `prefix:key` when the key is
+/// short and plain, else `prefix:#<hash of key>`. The part after the colon
+/// depends on the key alone, so one key gives matching names under every
+/// prefix (a table's owner mark leads to its owner's state lock).
 pub fn name(prefix: &str, key: &str) -> String {
-    let plain = format!("{prefix}:{key}");
-    if plain.len() <= MAX_NAME {
-        return plain;
+    format!("{prefix}:{}", key_part(key))
+}
+
+/// The key as it appears in names: itself, or `#` and its hash when it is
+/// long or holds quotes, backslashes or control characters.
+fn key_part(key: &str) -> String {
+    let plain = key.len() <= MAX_KEY
+        && !key.starts_with('#')
+        && key
+            .chars()
+            .all(|c| !c.is_control() && c != '"' && c != '\\');
+    if plain {
+        key.to_string()
+    } else {
+        format!("#{:016x}", fnv1a(key.as_bytes()))
     }
-    format!("{prefix}:#{:016x}", fnv1a(key.as_bytes()))
 }
 
 /// FNV-1a, 64 bits: stable across builds and versions (unlike std's
@@ -270,13 +283,18 @@ mod tests {
     fn long_keys_are_hashed_stably() {
         let long = "/".repeat(300);
         let a = name("sipwarden-state", &long);
-        assert!(a.len() <= MAX_NAME + 20, "{a}");
+        assert_eq!(a.len(), "sipwarden-state:#".len() + 16, "{a}");
         assert_eq!(a, name("sipwarden-state", &long));
         assert_ne!(a, name("sipwarden-state", &"/".repeat(301)));
         assert_eq!(
             name("sipwarden-state", "/var/lib/sipwarden"),
             "sipwarden-state:/var/lib/sipwarden"
         );
+        assert_eq!(
+            name("sipwarden", "/a\"b").strip_prefix("sipwarden:"),
+            name("sipwarden-state", "/a\"b").strip_prefix("sipwarden-state:"),
+        );
+        assert!(name("sipwarden", "/a\"b").starts_with("sipwarden:#"));
         // Known FNV-1a value, so the hash never changes between versions.
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }

@@ -20,13 +20,19 @@ use crate::jail::{BanReason, Decision};
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
 /// Picks the enforcer for the configuration.
-pub(super) fn build(config: &Config, opts: &RunOptions) -> Result<Box<dyn Enforcer>, DaemonError> {
+/// `owner` is the canonical state directory, written into the table as its
+/// owner.
+pub(super) fn build(
+    config: &Config,
+    opts: &RunOptions,
+    owner: &str,
+) -> Result<Box<dyn Enforcer>, DaemonError> {
     if opts.dry_run || config.firewall.backend == Backend::None {
         tracing::info!("firewall backend none (dry run): decisions are logged, not enforced");
         return Ok(Box::new(LogOnly));
     }
     let feeds = config.feeds.iter().map(|f| f.name.clone()).collect();
-    let nft = NftEnforcer::start_with_feeds(&config.firewall, feeds)
+    let nft = NftEnforcer::start_with_feeds(&config.firewall, feeds, owner)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
     Ok(Box::new(nft))
 }

@@ -128,7 +128,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         Vec::new()
     };
     let mut jails = JailSet::new(own, &specs);
-    let mut enforcer = enforcer::build(&config, &opts)?;
+    let mut enforcer = enforcer::build(&config, &opts, &lock.dir.to_string_lossy())?;
     let firewall = enforcer.name();
 
     // Restore the bans still in force, in a few batches, before anything new.

@@ -3,6 +3,7 @@
 pub mod conntrack;
 pub mod netlink;
 pub mod nftables;
+mod owner;
 
 pub use nftables::NftEnforcer;
 

@@ -3,8 +3,9 @@
 //! unbans in netlink batches, conntrack entries of banned sources flushed.
 //!
 //! The table is laid out once at start with one `nft -f -` transaction
-//! (atomic: the old table, if any, is replaced in the same step). Every ban
-//! and unban after that is a netlink batch from this process: no child
+//! (atomic: the old table, if any, is replaced in the same step), after the
+//! daemon made sure no other running sipwarden owns it (`owner.rs`). Every
+//! ban and unban after that is a netlink batch from this process: no child
 //! process per ban.
 
 use std::collections::{HashMap, HashSet};
@@ -118,8 +119,12 @@ fn after_prefix(net: &IpNet) -> Option<IpAddr> {
 }
 
 /// The nftables ruleset sipwarden owns, as one `nft -f` transaction that
-/// replaces any leftover table of the same name.
-pub fn layout(table: &str, set_size: u32, feeds: &[String]) -> String {
+/// replaces any leftover table of the same name. `mark`, the owner, becomes
+/// the table's comment.
+pub fn layout(table: &str, set_size: u32, feeds: &[String], mark: Option<&str>) -> String {
+    let comment = mark
+        .map(|m| format!("\tcomment \"{m}\"\n"))
+        .unwrap_or_default();
     let size = if set_size > 0 {
         format!(" size {set_size};")
     } else {
@@ -140,6 +145,7 @@ pub fn layout(table: &str, set_size: u32, feeds: &[String]) -> String {
         "table inet {table}\n\
          delete table inet {table}\n\
          table inet {table} {{\n\
+         {comment}\
          \tset banned_v4 {{ type ipv4_addr; flags timeout;{size} }}\n\
          \tset banned_v6 {{ type ipv6_addr; flags timeout;{size} }}\n\
          \tset banned_net_v4 {{ type ipv4_addr; flags interval, timeout;{size} }}\n\
@@ -162,6 +168,11 @@ pub fn layout(table: &str, set_size: u32, feeds: &[String]) -> String {
 pub struct NftEnforcer {
     sock: NfSocket,
     table: String,
+    /// This daemon's hold on the table, and its owner mark.
+    owner: super::owner::TableOwner,
+    /// Whether the table carries the mark (an old kernel or `nft` may
+    /// refuse table comments).
+    marked: bool,
     keep_on_exit: bool,
     /// Whether the kernel knows DESTROYSETELEM (else DELSETELEM, which fails
     /// on elements already gone).
@@ -183,25 +194,45 @@ pub struct NftEnforcer {
 
 impl NftEnforcer {
     /// Lays out the table (replacing a leftover one) and opens the netlink
-    /// socket.
+    /// socket; the owner is this process (for tools and tests: the daemon
+    /// names its state directory with `start_with_feeds`).
     pub fn start(cfg: &FirewallConfig) -> Result<NftEnforcer, EnforceError> {
-        NftEnforcer::start_with_feeds(cfg, Vec::new())
+        let owner = format!("process {}", std::process::id());
+        NftEnforcer::start_with_feeds(cfg, Vec::new(), &owner)
     }
 
-    /// Like `start`, with a pair of sets for each blocklist feed.
+    /// Like `start`, with a pair of sets for each blocklist feed, owned by
+    /// `owner` (the canonical state directory). Refuses a table another
+    /// running sipwarden owns, naming it.
     pub fn start_with_feeds(
         cfg: &FirewallConfig,
         feeds: Vec<String>,
+        owner: &str,
     ) -> Result<NftEnforcer, EnforceError> {
-        apply_layout(&cfg.table, cfg.set_size, &feeds)?;
-        let sock = NfSocket::open().map_err(|e| EnforceError::Failed(socket_error(&e)))?;
+        let mut sock = NfSocket::open().map_err(|e| EnforceError::Failed(socket_error(&e)))?;
+        let owner = super::owner::take(&mut sock, &cfg.table, owner)?;
+        let marked = match apply_layout(&cfg.table, cfg.set_size, &feeds, Some(&owner.mark)) {
+            Ok(()) => true,
+            Err(e) => {
+                // Table comments need Linux 5.10 and nftables 0.9.7.
+                apply_layout(&cfg.table, cfg.set_size, &feeds, None)?;
+                tracing::warn!(
+                    "firewall: table inet {} laid out without its owner mark ({e}); only the running daemon's claim guards it",
+                    cfg.table
+                );
+                false
+            }
+        };
         tracing::info!(
-            "firewall: table inet {} ready (sets banned_v4, banned_v6, banned_net_v4, banned_net_v6; chain prerouting, priority raw)",
-            cfg.table
+            "firewall: table inet {} ready (sets banned_v4, banned_v6, banned_net_v4, banned_net_v6; chain prerouting, priority raw; owner {})",
+            cfg.table,
+            owner.mark
         );
         Ok(NftEnforcer {
             sock,
             table: cfg.table.clone(),
+            owner,
+            marked,
             keep_on_exit: cfg.keep_on_exit,
             destroy: true,
             conntrack_ok: true,
@@ -212,6 +243,11 @@ impl NftEnforcer {
             feeds,
             feed_nets: HashMap::new(),
         })
+    }
+
+    /// The owner mark the layout carries.
+    fn mark(&self) -> Option<&str> {
+        self.marked.then_some(self.owner.mark.as_str())
     }
 
     /// Encodes `ops` as one batch and sends it; returns one reply per op.
@@ -544,7 +580,7 @@ impl NftEnforcer {
                 "firewall: table inet {} or its chain is gone (ruleset flushed?); restoring it",
                 self.table
             );
-            apply_layout(&self.table, self.set_size, &self.feeds)?;
+            apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
             let all: Vec<IpNet> = self.active.keys().copied().collect();
             let n = self.readd(all)?;
             self.reload_feeds()?;
@@ -570,7 +606,7 @@ impl NftEnforcer {
                         set.as_str()
                     );
                     self.last_probe = std::time::Instant::now() - PROBE_EVERY;
-                    apply_layout(&self.table, self.set_size, &self.feeds)?;
+                    apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
                     let all: Vec<IpNet> = self.active.keys().copied().collect();
                     self.readd(all)?;
                     self.reload_feeds()?;
@@ -747,8 +783,13 @@ fn explain_io(e: &std::io::Error, table: &str) -> String {
 }
 
 /// Runs `nft -f -` with the layout: one atomic transaction.
-fn apply_layout(table: &str, set_size: u32, feeds: &[String]) -> Result<(), EnforceError> {
-    let text = layout(table, set_size, feeds);
+fn apply_layout(
+    table: &str,
+    set_size: u32,
+    feeds: &[String],
+    mark: Option<&str>,
+) -> Result<(), EnforceError> {
+    let text = layout(table, set_size, feeds, mark);
     let child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -883,6 +924,25 @@ impl Enforcer for NftEnforcer {
             );
             return Ok(());
         }
+        // Only a table this daemon still owns: its comment names us.
+        match super::owner::found(&mut self.sock, &self.table)? {
+            super::owner::Found::None => return Ok(()),
+            super::owner::Found::Marked(m) if m != self.owner.mark => {
+                tracing::warn!(
+                    "firewall: table inet {} now belongs to {m}, not to this daemon; left in place (keep_on_exit = false deletes only its own table)",
+                    self.table
+                );
+                return Ok(());
+            }
+            super::owner::Found::Unmarked if self.marked => {
+                tracing::warn!(
+                    "firewall: table inet {} lost this daemon's owner mark (laid out again by someone else?); left in place",
+                    self.table
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
         self.delete_table()?;
         tracing::info!(
             "firewall: table inet {} removed (keep_on_exit = false)",
@@ -908,12 +968,14 @@ mod tests {
 
     #[test]
     fn layout_has_sets_and_raw_prerouting_chain() {
-        let l = layout("sipwarden", 0, &[]);
+        let l = layout("sipwarden", 0, &[], Some("sipwarden:/var/lib/sipwarden"));
         assert!(l.starts_with("table inet sipwarden\ndelete table inet sipwarden\n"));
+        assert!(l.contains("table inet sipwarden {\n\tcomment \"sipwarden:/var/lib/sipwarden\"\n\tset banned_v4"), "{l}");
+        assert!(!layout("t", 0, &[], None).contains("comment"));
         assert!(l.contains("set banned_net_v6 { type ipv6_addr; flags interval, timeout; }"));
         assert!(l.contains("type filter hook prerouting priority raw; policy accept;"));
-        assert!(layout("t", 1000, &[]).contains("flags timeout; size 1000;"));
-        let f = layout("t", 0, &["apiban".into()]);
+        assert!(layout("t", 1000, &[], None).contains("flags timeout; size 1000;"));
+        let f = layout("t", 0, &["apiban".into()], None);
         assert!(
             f.contains("set feed_apiban_v4 { type ipv4_addr; flags interval; }"),
             "{f}"

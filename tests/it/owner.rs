@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, NetNs, TempDir, bin, cli, need, start_in, wait_until};
+use crate::common::{Daemon, NetNs, TempDir, bin, cli, need, sh, start_in, wait_until};
 
 /// Port of `/metrics` inside each test's own namespace.
 const HTTP_PORT: u16 = 9080;
@@ -39,6 +39,17 @@ fn config(dir: &TempDir, name: &str, state: &Path, firewall: &str) -> PathBuf {
     )
     .unwrap();
     cfg
+}
+
+/// Starts the daemon and waits (bounded) until it says it started: its
+/// signal handlers are in place from then on, so a SIGTERM stops it cleanly.
+fn start(ns: &NetNs, cfg: &Path) -> Daemon {
+    let d = start_in(ns, cfg);
+    assert!(
+        d.wait_for(" started: ", Duration::from_secs(20)).is_some(),
+        "daemon did not say it started"
+    );
+    d
 }
 
 /// `status --json` of the daemon whose socket is `dir/sipwarden.sock`.
@@ -132,6 +143,17 @@ fn run_refused(ns: &NetNs, cfg: &Path) -> (Option<ExitStatus>, String) {
     (status, log)
 }
 
+/// Elements of `set` in table `inet <table>`.
+fn elements(ns: &NetNs, table: &str, set: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "nft", "list", "set", "inet", table, set,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn a_damaged_state_database_is_logged_shown_and_rebuilt_from_memory() {
     if !need("netns") {
@@ -141,7 +163,7 @@ fn a_damaged_state_database_is_logged_shown_and_rebuilt_from_memory() {
     let dir = TempDir::new("sdmg");
     let state = dir.path("state");
     let cfg = config(&dir, "sipwarden", &state, "");
-    let d = start_in(&ns, &cfg);
+    let d = start(&ns, &cfg);
     ban(&dir, "198.51.100.1");
     let db = state.join("sipwarden.db");
     assert!(wait_until(Duration::from_secs(10), || db
@@ -201,7 +223,7 @@ fn a_damaged_state_database_is_logged_shown_and_rebuilt_from_memory() {
     ban(&dir, "198.51.100.2");
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.stop().is_some_and(|s| s.success()));
-    let d = start_in(&ns, &cfg);
+    let d = start(&ns, &cfg);
     let restored = d
         .wait_for("restored ", Duration::from_secs(20))
         .expect("restore line");
@@ -222,7 +244,7 @@ fn a_removed_state_directory_is_logged_shown_and_rebuilt_from_memory() {
     let dir = TempDir::new("srm");
     let state = dir.path("state");
     let cfg = config(&dir, "sipwarden", &state, "");
-    let d = start_in(&ns, &cfg);
+    let d = start(&ns, &cfg);
     ban(&dir, "198.51.100.1");
     std::thread::sleep(Duration::from_millis(300));
 
@@ -271,7 +293,7 @@ fn a_removed_state_directory_is_logged_shown_and_rebuilt_from_memory() {
     assert_eq!(metric(&m, "sipwarden_store_up"), Some(1.0), "{m}");
 
     assert!(d.stop().is_some_and(|s| s.success()));
-    let d = start_in(&ns, &cfg);
+    let d = start(&ns, &cfg);
     let restored = d
         .wait_for("restored ", Duration::from_secs(20))
         .expect("restore line");
@@ -292,7 +314,7 @@ fn after_rm_rf_of_the_state_directory_a_second_daemon_on_it_still_refuses() {
     let dir = TempDir::new("slock");
     let state = dir.path("state");
     let cfg = config(&dir, "sipwarden", &state, "");
-    let d = start_in(&ns, &cfg);
+    let d = start(&ns, &cfg);
     let pid = d.child.id();
     std::fs::remove_dir_all(&state).unwrap();
     // Same state directory; its own socket and table, so that only the
@@ -309,4 +331,115 @@ fn after_rm_rf_of_the_state_directory_a_second_daemon_on_it_still_refuses() {
         "the refusal names the running daemon (pid {pid}): {log}"
     );
     assert!(d.stop().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_table_refuses_and_names_the_first() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("tbl");
+    let dir = TempDir::new("tbl");
+    let state_a = dir.path("state-a");
+    let cfg_a = config(
+        &dir,
+        "sipwarden",
+        &state_a,
+        "table = \"shared\"\nkeep_on_exit = false",
+    );
+    let a = start(&ns, &cfg_a);
+    let pid = a.child.id();
+    ban(&dir, "198.51.100.7");
+    assert!(
+        wait_until(Duration::from_secs(5), || elements(
+            &ns,
+            "shared",
+            "banned_v4"
+        )
+        .contains("198.51.100.7")),
+        "the first daemon's ban is in its table"
+    );
+
+    let state_b = dir.path("state-b");
+    let cfg_b = config(
+        &dir,
+        "second",
+        &state_b,
+        "table = \"shared\"\nkeep_on_exit = false",
+    );
+    let (st, log) = run_refused(&ns, &cfg_b);
+    println!("second daemon: {st:?}\n{log}");
+    // Right after: the first daemon's elements were never touched.
+    let set = elements(&ns, "shared", "banned_v4");
+    assert!(
+        set.contains("198.51.100.7"),
+        "the first daemon's elements are untouched: {set}"
+    );
+    assert!(
+        st.is_some_and(|s| !s.success()),
+        "a second daemon on the same table must refuse to start"
+    );
+    assert!(
+        log.contains(&format!("pid {pid}")) && log.contains(&state_a.display().to_string()),
+        "the refusal names the first daemon (pid {pid}, {}): {log}",
+        state_a.display()
+    );
+    assert!(
+        a.lines_with("missing from the kernel").is_empty(),
+        "nothing had to be re-added"
+    );
+
+    // The first, keep_on_exit = false, still owns and removes its table.
+    assert!(a.stop().is_some_and(|s| s.success()));
+    let tables = sh(&["ip", "netns", "exec", &ns.name, "nft", "list", "tables"]);
+    assert!(
+        !tables.contains("shared"),
+        "the owner removes its table at exit: {tables}"
+    );
+}
+
+#[test]
+fn a_leftover_table_of_a_stopped_daemon_is_taken_over_naming_its_owner() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("tko");
+    let dir = TempDir::new("tko");
+    let state_a = dir.path("state-a");
+    let cfg_a = config(&dir, "sipwarden", &state_a, "table = \"shared\"");
+    let a = start(&ns, &cfg_a);
+    assert!(a.stop().is_some_and(|s| s.success()));
+    let table = sh(&[
+        "ip", "netns", "exec", &ns.name, "nft", "list", "table", "inet", "shared",
+    ]);
+    assert!(
+        table.contains(&state_a.display().to_string()),
+        "the table names its owner: {table}"
+    );
+
+    let state_b = dir.path("state-b");
+    let cfg_b = config(
+        &dir,
+        "second",
+        &state_b,
+        "table = \"shared\"\nkeep_on_exit = false",
+    );
+    let b = start(&ns, &cfg_b);
+    let line = b
+        .wait_for("taking over", Duration::from_secs(5))
+        .expect("taking over a leftover table is logged");
+    assert!(
+        line.contains(&state_a.display().to_string()),
+        "naming the previous owner: {line}"
+    );
+    let table = sh(&[
+        "ip", "netns", "exec", &ns.name, "nft", "list", "table", "inet", "shared",
+    ]);
+    assert!(
+        table.contains(&state_b.display().to_string()),
+        "the table now names its new owner: {table}"
+    );
+    assert!(b.stop().is_some_and(|s| s.success()));
+    let tables = sh(&["ip", "netns", "exec", &ns.name, "nft", "list", "tables"]);
+    assert!(!tables.contains("shared"), "{tables}");
 }
