@@ -299,21 +299,14 @@ impl Store {
                 });
             }
         }
-        let mut f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
+        // stat first: only our own file is opened (a FIFO put at the path
+        // would block an open).
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) != self.id => return Err(StoreFault::Replaced(path())),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreFault::FileGone(path()));
             }
-            Err(e) => {
-                return Err(StoreFault::Damaged {
-                    path: path(),
-                    why: format!("cannot open it: {e}"),
-                });
-            }
-        };
-        match f.metadata() {
-            Ok(m) if (m.dev(), m.ino()) != self.id => return Err(StoreFault::Replaced(path())),
-            Ok(_) => {}
             Err(e) => {
                 return Err(StoreFault::Damaged {
                     path: path(),
@@ -321,6 +314,15 @@ impl Store {
                 });
             }
         }
+        let mut f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(StoreFault::Damaged {
+                    path: path(),
+                    why: format!("cannot open it: {e}"),
+                });
+            }
+        };
         let mut head = [0u8; 18];
         let got = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
         if got < head.len() || &head[..16] != MAGIC {
@@ -691,6 +693,12 @@ mod tests {
         assert!(matches!(s.check(), Err(StoreFault::Replaced(_))));
         std::fs::remove_file(d.join("sipwarden.db")).unwrap();
         assert!(matches!(s.check(), Err(StoreFault::FileGone(_))));
+        // A FIFO in its place is reported, never opened (that would block).
+        let fifo = std::ffi::CString::new(d.join("sipwarden.db").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(matches!(s.check(), Err(StoreFault::Replaced(_))));
+        std::fs::remove_file(d.join("sipwarden.db")).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
         let e = s.check().unwrap_err();
         assert!(matches!(e, StoreFault::DirGone { .. }));
