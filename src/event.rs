@@ -32,6 +32,40 @@ impl Time {
     }
 }
 
+/// Steps of the wall clock smaller than this are slewing or scheduling
+/// noise, not a step (NTP slews at most 0.5 ms per second).
+pub const CLOCK_STEP_MS: i64 = 2_000;
+
+/// Notices steps of the wall clock (an operator's `date -s`, an NTP step
+/// after a long outage) by comparing it with a monotonic clock, which the
+/// kernel's timeouts follow too. Pure: both readings come in as values.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockWatch {
+    /// Wall minus monotonic, in milliseconds, at the last step.
+    offset: i64,
+}
+
+impl ClockWatch {
+    /// Starts watching at these readings.
+    pub fn new(wall: Time, monotonic_ms: i64) -> ClockWatch {
+        ClockWatch {
+            offset: wall.0 - monotonic_ms,
+        }
+    }
+
+    /// The step (milliseconds, negative when the clock went back) since the
+    /// last one seen, when it is at least [`CLOCK_STEP_MS`].
+    pub fn observe(&mut self, wall: Time, monotonic_ms: i64) -> Option<i64> {
+        let offset = wall.0 - monotonic_ms;
+        let step = offset - self.offset;
+        if step.abs() < CLOCK_STEP_MS {
+            return None;
+        }
+        self.offset = offset;
+        Some(step)
+    }
+}
+
 impl fmt::Display for Time {
     /// RFC 3339 in UTC, e.g. `2026-11-25T15:40:54.659Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,6 +173,26 @@ pub fn escape_text(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_steps_are_noticed_and_slewing_is_not() {
+        let mut w = ClockWatch::new(Time(1_000_000), 0);
+        // Both clocks advance together: no step.
+        assert_eq!(w.observe(Time(1_060_000), 60_000), None);
+        // Slewed by 1 s over a minute: noise.
+        assert_eq!(w.observe(Time(1_121_000), 120_000), None);
+        // Stepped back an hour.
+        assert_eq!(
+            w.observe(Time(1_121_000 - 3_600_000), 120_000),
+            Some(-3_599_000)
+        );
+        // Then forward two hours; measured from the last step.
+        assert_eq!(
+            w.observe(Time(1_121_000 + 3_600_000), 120_000),
+            Some(7_200_000)
+        );
+        assert_eq!(w.observe(Time(4_722_000), 121_000), None);
+    }
 
     #[test]
     fn escapes_control_and_cuts() {

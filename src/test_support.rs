@@ -25,7 +25,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("sipp", "`sipp` (sip-tester)"),
     ("sipvicious", "`svcrack` and `svmap` (sipvicious)"),
     ("strace", "`strace` (strace)"),
-    ("faketime", "`faketime` (faketime)"),
+    ("faketime", "libfaketime's libfaketimeMT.so.1 (faketime)"),
     (
         "corpus",
         "the reference data in ../shared/corpus beside the checkout",
@@ -67,7 +67,7 @@ pub fn missing(group: &str) -> Option<String> {
         "sipp" => on_path("sipp"),
         "sipvicious" => on_path("svcrack") && on_path("svmap"),
         "strace" => on_path("strace"),
-        "faketime" => on_path("faketime"),
+        "faketime" => Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1").exists(),
         "corpus" => corpus_dir().join("freeswitch-1.10.12").is_dir(),
         _ => false,
     };

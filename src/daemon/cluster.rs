@@ -67,16 +67,18 @@ impl Runtime {
         }
     }
 
-    /// Applies what the cluster says.
-    pub(super) fn apply_cluster(&mut self, msg: crate::cluster::Inbound) -> Vec<Decision> {
+    /// Applies what the cluster says: the decisions to enforce, and whether
+    /// they are this node's to publish (a shared count this node decided) or
+    /// the fleet's own (never published again).
+    pub(super) fn apply_cluster(&mut self, msg: crate::cluster::Inbound) -> (Vec<Decision>, bool) {
         use crate::cluster::Inbound;
-        match msg {
+        let ds = match msg {
             Inbound::Ban(b) => {
                 let addr = match parse_ban_target(&b.addr) {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!("cluster ban from node {} refused: {e}", b.origin);
-                        return Vec::new();
+                        return (Vec::new(), false);
                     }
                 };
                 let remote = RemoteBan {
@@ -87,7 +89,7 @@ impl Runtime {
                     failures: b.failures,
                     origin: &b.origin,
                 };
-                match self.jails.remote_ban(&remote) {
+                match self.jails.remote_ban(&remote, Time::now()) {
                     Some(d) => {
                         self.origins
                             .insert((d.jail, d.addr), Arc::from(b.origin.as_str()));
@@ -98,10 +100,10 @@ impl Runtime {
             }
             Inbound::Unban { jail, addr, origin } => {
                 let Ok(net) = parse_prefix(&addr) else {
-                    return Vec::new();
+                    return (Vec::new(), false);
                 };
                 if self.jails.jail_id(&jail).is_none() {
-                    return Vec::new();
+                    return (Vec::new(), false);
                 }
                 match self.jails.unban(Some(net), Some(&jail), false) {
                     Ok(us) => {
@@ -126,14 +128,11 @@ impl Runtime {
                 jail,
                 addr,
                 failures,
-            } => match self.jails.shared_ban(&jail, addr, failures, Time::now()) {
-                Some(d) => {
-                    let ds = vec![Decision::Ban(d)];
-                    self.publish(&ds);
-                    ds
-                }
-                None => Vec::new(),
-            },
+            } => {
+                // This node decided: published once the firewall accepts.
+                let d = self.jails.shared_ban(&jail, addr, failures, Time::now());
+                return (d.map(Decision::Ban).into_iter().collect(), true);
+            }
             Inbound::Peers(addrs) => {
                 let mut nets: Vec<IpNet> = addrs.into_iter().map(IpNet::from).collect();
                 if let Some(ip) = self
@@ -149,6 +148,7 @@ impl Runtime {
                 self.jails.add_peers(nets);
                 Vec::new()
             }
-        }
+        };
+        (ds, false)
     }
 }

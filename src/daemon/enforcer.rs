@@ -1,23 +1,52 @@
 //! The enforcer thread: firewall calls are blocking, so they run on a
-//! thread of their own, and decisions that pile up while one call runs go
-//! out together.
+//! thread of their own; decisions that pile up while one call runs go out
+//! together, and the kernel's answer to each job goes back to the run loop,
+//! which only then calls a ban active.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::{DaemonError, RunOptions};
 use crate::config::{Backend, Config};
-use crate::enforce::{Enforcer, LogOnly, NftEnforcer};
-use crate::event::Time;
+use crate::enforce::{Enforcer, LogOnly, NftEnforcer, Refusal};
+use crate::event::{ClockWatch, Time};
 use crate::http::metrics::Metrics;
 use crate::jail::{BanReason, Decision};
 
-/// How long the thread waits for decisions before it checks the firewall
-/// for drift.
+/// How long the thread waits for work before it checks the firewall for
+/// drift.
 const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Decisions sent together, answered together.
+#[derive(Debug)]
+pub(super) struct Job {
+    /// Names the job in its verdict.
+    pub(super) id: u64,
+    /// What to apply, in order.
+    pub(super) decisions: Vec<Decision>,
+}
+
+/// The firewall's answer to one job.
+#[derive(Debug)]
+pub(super) struct Verdict {
+    /// The job's id.
+    pub(super) id: u64,
+    /// The job's decisions, given back.
+    pub(super) decisions: Vec<Decision>,
+    /// Those the firewall refused (indexes into `decisions`), with why.
+    pub(super) refused: Vec<Refusal>,
+}
+
+/// What the run loop asks of the enforcer thread.
+#[derive(Debug)]
+pub(super) enum Work {
+    /// Apply decisions and answer.
+    Job(Job),
+}
 
 /// Picks the enforcer for the configuration.
 /// `owner` is the canonical state directory, written into the table as its
@@ -37,21 +66,43 @@ pub(super) fn build(
     Ok(Box::new(nft))
 }
 
-/// Starts the enforcer thread: it applies batches from `decisions`, loads
-/// feeds from `feeds`, checks for drift when idle, and closes the enforcer
-/// once `decisions` is closed.
+/// Applies `decisions` now, on the caller's thread (the restore at start);
+/// returns what the firewall refused.
+pub(super) fn apply_now(enforcer: &mut dyn Enforcer, decisions: &[Decision]) -> Vec<Refusal> {
+    match enforcer.apply(decisions) {
+        Ok(r) => r,
+        Err(e) => (0..decisions.len())
+            .map(|index| Refusal {
+                index,
+                reason: e.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Starts the enforcer thread: it applies jobs from `work` and answers each
+/// on `verdicts`, loads feeds from `feeds`, checks for drift when idle, and
+/// closes the enforcer once `work` is closed (after answering every job).
 pub(super) fn spawn(
     mut enforcer: Box<dyn Enforcer>,
-    decisions: Receiver<Vec<Decision>>,
+    work: Receiver<Work>,
     feeds: Receiver<(String, Vec<IpNet>)>,
+    verdicts: UnboundedSender<Verdict>,
     metrics: Arc<Metrics>,
 ) -> Result<std::thread::JoinHandle<()>, DaemonError> {
-    let (dec_rx, feed_rx) = (decisions, feeds);
     std::thread::Builder::new()
         .name("enforce".into())
         .spawn(move || {
+            // The ledger's ends follow the wall clock; the kernel's timeouts
+            // do not. A step is seen here before the clock is read.
+            let mono = std::time::Instant::now();
+            let mono_ms = || mono.elapsed().as_millis() as i64;
+            let mut clock = ClockWatch::new(Time::now(), mono_ms());
             loop {
-                while let Ok((name, nets)) = feed_rx.try_recv() {
+                if let Some(step) = clock.observe(Time::now(), mono_ms()) {
+                    enforcer.shift_clock(step);
+                }
+                while let Ok((name, nets)) = feeds.try_recv() {
                     match enforcer.load_feed(&name, &nets) {
                         Ok(n) => tracing::info!("feed {name}: {n} entries in force"),
                         Err(e) => {
@@ -59,8 +110,8 @@ pub(super) fn spawn(
                         }
                     }
                 }
-                let mut batch = match dec_rx.recv_timeout(IDLE_TICK) {
-                    Ok(b) => b,
+                let Work::Job(first) = match work.recv_timeout(IDLE_TICK) {
+                    Ok(w) => w,
                     Err(RecvTimeoutError::Timeout) => {
                         // Idle: check for drift (a flushed ruleset, elements deleted by hand).
                         if let Err(e) = enforcer.tick() {
@@ -70,27 +121,15 @@ pub(super) fn spawn(
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
-                while let Ok(more) = dec_rx.try_recv() {
-                    batch.extend(more);
+                // Whatever else is queued goes out in the same batch.
+                let mut jobs = vec![first];
+                while let Ok(Work::Job(j)) = work.try_recv() {
+                    jobs.push(j);
                 }
-                match enforcer.apply(&batch) {
-                    Ok(()) => {
-                        let now = Time::now();
-                        for d in &batch {
-                            if let Decision::Ban(b) = d {
-                                if b.reason == BanReason::Failures {
-                                    metrics.observe_ban((now.0 - b.start.0).max(0) as f64 / 1000.0);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        metrics
-                            .firewall_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!("firewall ({}): {e}", enforcer.name());
-                    }
+                if let Some(step) = clock.observe(Time::now(), mono_ms()) {
+                    enforcer.shift_clock(step);
                 }
+                run_jobs(enforcer.as_mut(), jobs, &verdicts, &metrics);
             }
             if let Err(e) = enforcer.close() {
                 tracing::error!("firewall ({}): {e}", enforcer.name());
@@ -100,4 +139,59 @@ pub(super) fn spawn(
             what: "starting the enforcer thread".into(),
             source,
         })
+}
+
+/// Applies `jobs` as one batch and answers each.
+fn run_jobs(
+    enforcer: &mut dyn Enforcer,
+    jobs: Vec<Job>,
+    verdicts: &UnboundedSender<Verdict>,
+    metrics: &Metrics,
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    let batch: Vec<Decision> = jobs
+        .iter()
+        .flat_map(|j| j.decisions.iter().cloned())
+        .collect();
+    let mut refused = apply_now(enforcer, &batch);
+    refused.sort_by_key(|r| r.index);
+    if !refused.is_empty() {
+        metrics
+            .firewall_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if refused.len() == batch.len() {
+            if let Some(r) = refused.first() {
+                tracing::error!("firewall ({}): {}", enforcer.name(), r.reason);
+            }
+        }
+    }
+    let now = Time::now();
+    let mut offset = 0;
+    let mut refused = refused.into_iter().peekable();
+    for job in jobs {
+        let n = job.decisions.len();
+        let mut mine = Vec::new();
+        while let Some(r) = refused.next_if(|r| r.index < offset + n) {
+            mine.push(Refusal {
+                index: r.index - offset,
+                reason: r.reason,
+            });
+        }
+        for (i, d) in job.decisions.iter().enumerate() {
+            if let Decision::Ban(b) = d {
+                if b.reason == BanReason::Failures && !mine.iter().any(|r| r.index == i) {
+                    metrics.observe_ban((now.0 - b.start.0).max(0) as f64 / 1000.0);
+                }
+            }
+        }
+        offset += n;
+        // The run loop is gone only when the daemon stops.
+        let _ = verdicts.send(Verdict {
+            id: job.id,
+            decisions: job.decisions,
+            refused: mine,
+        });
+    }
 }

@@ -36,7 +36,7 @@ use self::sources::Sources;
 use crate::config::{Config, JailConfig};
 use crate::control::recent::Recent;
 use crate::control::server::{ControlMsg, ControlSocket};
-use crate::event::{FailureEvent, Time};
+use crate::event::{ClockWatch, FailureEvent, Time};
 use crate::jail::{Decision, JailSet, JailSpec};
 use crate::source::scanner::ScannerList;
 use crate::store::{Store, StoreOp};
@@ -143,21 +143,33 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 let mut decisions = Vec::with_capacity(active.len());
                 let mut orphans = 0;
                 for b in active {
-                    match jails.restore(&b.jail, b.addr, b.start, b.end, b.failures, b.reason) {
+                    match jails.restore(&b.jail, b.addr, b.start, b.end, b.failures, b.reason, now)
+                    {
                         Some(d) => decisions.push(Decision::Ban(d)),
                         None => orphans += 1,
                     }
                 }
-                if !decisions.is_empty() {
-                    if let Err(e) = enforcer.apply(&decisions) {
-                        tracing::error!("restoring bans: {e}");
+                let refused = enforcer::apply_now(enforcer.as_mut(), &decisions);
+                let mut in_force = decisions.len();
+                for (i, d) in decisions.iter().enumerate() {
+                    let Decision::Ban(b) = d else { continue };
+                    match refused.iter().find(|r| r.index == i) {
+                        None => {
+                            jails.confirm(b);
+                        }
+                        Some(r) => {
+                            jails.refuse(b);
+                            in_force -= 1;
+                            tracing::error!(
+                                "[{}] stored ban of {} not restored, the firewall refused it: {}",
+                                b.jail_name,
+                                crate::jail::DisplayNet(&b.addr),
+                                r.reason
+                            );
+                        }
                     }
                 }
-                tracing::info!(
-                    "restored {} active ban(s) in {:?}",
-                    decisions.len(),
-                    t0.elapsed()
-                );
+                tracing::info!("restored {in_force} active ban(s) in {:?}", t0.elapsed());
                 if orphans > 0 {
                     tracing::warn!(
                         "{orphans} stored ban(s) belong to jails no longer configured; not restored"
@@ -170,11 +182,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
 
     // The enforcer runs on its own thread: firewall calls are blocking, and
     // decisions that pile up while one call runs go out together.
-    let (dec_tx, dec_rx) = std::sync::mpsc::channel::<Vec<Decision>>();
+    let (dec_tx, dec_rx) = std::sync::mpsc::channel::<enforcer::Work>();
+    // The kernel's answers come back to this loop.
+    let (verdict_tx, mut verdict_rx) = mpsc::unbounded_channel::<enforcer::Verdict>();
     // Blocklist feeds' contents, replaced whole (checked on every turn).
     let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
     let metrics = Arc::new(crate::http::metrics::Metrics::default());
-    let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, metrics.clone())?;
+    let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, verdict_tx, metrics.clone())?;
     // The store writes on its own thread too, a transaction per burst, and
     // watches the database; it asks for the bans in force when it had to
     // create the database again.
@@ -199,6 +213,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         firewall,
         sources: Sources::new(events_tx, scanners),
         dec_tx,
+        jobs: HashMap::new(),
+        next_job: 0,
         store_tx: Some(store_tx),
         store_health,
         cluster: None,
@@ -301,8 +317,18 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         crate::systemd::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600)),
     );
     let mut sweep = tokio::time::interval(std::time::Duration::from_secs(60));
+    // The wall clock against the monotonic one, once a second.
+    let mono = std::time::Instant::now();
+    let mono_ms = || mono.elapsed().as_millis() as i64;
+    let mut clock = ClockWatch::new(Time::now(), mono_ms());
+    let mut clock_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut decisions = Vec::new();
     loop {
+        // Before anything reads the time: a stepped wall clock must not
+        // expire (or extend) bans the kernel still holds as they were.
+        if let Some(step) = clock.observe(Time::now(), mono_ms()) {
+            rt.on_clock_step(step);
+        }
         let wake = rt.jails.next_expiry().map(|t| {
             let wait = (t.0 - Time::now().0).max(0) as u64;
             tokio::time::Instant::now() + std::time::Duration::from_millis(wait)
@@ -319,29 +345,27 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                     rt.share_failures(&more);
                     rt.recent.note(&more, now);
                 }
-                rt.publish(&decisions);
             }
+            Some(v) = verdict_rx.recv() => rt.on_verdict(v),
             Some(msg) = cluster_rx.recv() => {
-                // Applied and enforced here, never published again.
-                let ds = rt.apply_cluster(msg);
-                rt.dispatch(ds)?;
+                let (ds, publish) = rt.apply_cluster(msg);
+                rt.dispatch(ds, publish, None)?;
             }
-            Some((req, reply)) = ctl_rx.recv() => {
-                let resp = rt.control(req);
-                let _ = reply.send(resp);
-            }
+            Some((req, reply)) = ctl_rx.recv() => rt.control(req, reply),
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
                 rt.jails.expire(Time::now(), &mut decisions);
             }
             _ = sweep.tick() => rt.jails.sweep(Time::now()),
             _ = want_in_force.notified() => rt.store_in_force(),
+            // Wakes the loop so a step is seen even when nothing happens.
+            _ = clock_tick.tick() => {}
             // Pinged from the loop that does the work: a stuck loop misses it.
             _ = watchdog.tick() => crate::systemd::notify("WATCHDOG=1"),
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(false); }
         }
-        rt.dispatch(std::mem::take(&mut decisions))?;
+        rt.dispatch(std::mem::take(&mut decisions), true, None)?;
     }
     crate::systemd::notify("STOPPING=1");
     for t in &feed_tasks {
@@ -351,22 +375,25 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     if let Some(h) = &http {
         h.abort();
     }
-    if let Some(c) = &rt.cluster {
-        c.stop();
-    }
     rt.sources.stop_all();
     drop(rx);
-    let Runtime {
-        dec_tx, store_tx, ..
-    } = rt;
-    // Everything decided reaches the store and the kernel before exit.
-    drop(store_tx);
-    // The state directory stays locked until the table is closed too.
-    let _lock = store_thread.join();
-    drop(dec_tx);
+    // Everything decided reaches the kernel, then (as accepted) the store
+    // and the fleet, before exit.
+    let (closed, _) = std::sync::mpsc::channel();
+    drop(std::mem::replace(&mut rt.dec_tx, closed));
     if enforcer_thread.join().is_err() {
         tracing::error!("the enforcer thread panicked while stopping");
     }
+    while let Ok(v) = verdict_rx.try_recv() {
+        rt.on_verdict(v);
+    }
+    if let Some(c) = &rt.cluster {
+        c.stop();
+    }
+    drop(rt.store_tx.take());
+    // The state directory stays locked until here, after the table was
+    // closed.
+    let _lock = store_thread.join();
     tracing::info!("stopped");
     Ok(())
 }

@@ -54,7 +54,7 @@ impl Runtime {
         self.sources.scanners = Arc::new(ScannerList::new(&cfg.scanners));
         self.config = cfg;
         let started = self.sources.sync(&enabled, &self.jails);
-        if let Err(e) = started.and_then(|_| self.dispatch(lifted)) {
+        if let Err(e) = started.and_then(|_| self.dispatch(lifted, false, None)) {
             return Response::error(e.to_string());
         }
         tracing::info!("reloaded {}: {} jail(s)", self.config.origin, enabled.len());

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use tokio::sync::oneshot;
 
+use super::enforcer::{Job, Verdict, Work};
 use super::sources::Sources;
 use super::store::store_ops;
 use super::{DaemonError, RunOptions};
@@ -29,7 +31,12 @@ pub(super) struct Runtime {
     pub(super) started: Time,
     pub(super) firewall: &'static str,
     pub(super) sources: Sources,
-    pub(super) dec_tx: std::sync::mpsc::Sender<Vec<Decision>>,
+    /// Work for the enforcer thread.
+    pub(super) dec_tx: std::sync::mpsc::Sender<Work>,
+    /// Jobs sent to the enforcer thread and not answered yet.
+    pub(super) jobs: HashMap<u64, JobMeta>,
+    /// The next job's id.
+    pub(super) next_job: u64,
     pub(super) store_tx: Option<std::sync::mpsc::Sender<Vec<StoreOp>>>,
     /// The state store's health, kept by the store thread.
     pub(super) store_health: super::store::Health,
@@ -45,10 +52,39 @@ pub(super) struct Runtime {
     pub(super) fast: Option<crate::enforce::nftables::FastAdd>,
 }
 
+/// What to do once the firewall answered a job.
+#[derive(Debug, Default)]
+pub(super) struct JobMeta {
+    /// Hand this node's accepted decisions to the fleet (not for decisions
+    /// the fleet itself sent, nor for jails removed by a reload).
+    pub(super) publish: bool,
+    /// A control request waiting for the kernel's answer.
+    pub(super) waiter: Option<Waiter>,
+}
+
+/// A control request (`ban`, `unban`) answered once the firewall accepted
+/// or refused its decisions.
+#[derive(Debug)]
+pub(super) struct Waiter {
+    reply: oneshot::Sender<Response>,
+    /// The answer when every decision was accepted.
+    ok: serde_json::Value,
+}
+
 impl Runtime {
-    /// Sends decisions to the enforcer and the store.
-    pub(super) fn dispatch(&mut self, decisions: Vec<Decision>) -> Result<(), DaemonError> {
+    /// Sends decisions to the enforcer thread. What the firewall accepts is
+    /// then stored, shown and (with `publish`) shared; what it refuses is
+    /// undone (see [`Runtime::on_verdict`]).
+    pub(super) fn dispatch(
+        &mut self,
+        decisions: Vec<Decision>,
+        publish: bool,
+        waiter: Option<Waiter>,
+    ) -> Result<(), DaemonError> {
         if decisions.is_empty() {
+            if let Some(w) = waiter {
+                let _ = w.reply.send(Response::ok(w.ok));
+            }
             return Ok(());
         }
         if !self.origins.is_empty() {
@@ -68,12 +104,82 @@ impl Runtime {
                 }));
             }
         }
-        if let Some(tx) = &self.store_tx {
-            let _ = tx.send(store_ops(&decisions, Time::now()));
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(id, JobMeta { publish, waiter });
+        self.dec_tx
+            .send(Work::Job(Job { id, decisions }))
+            .map_err(|_| {
+                DaemonError::Setup("the enforcer thread stopped; see the error above".into())
+            })
+    }
+
+    /// The firewall answered a job: accepted bans become active (status,
+    /// store, fleet), refused ones are undone and the asker told why.
+    pub(super) fn on_verdict(&mut self, v: Verdict) {
+        let meta = self.jobs.remove(&v.id).unwrap_or_default();
+        let refused: HashMap<usize, &str> = v
+            .refused
+            .iter()
+            .map(|r| (r.index, r.reason.as_str()))
+            .collect();
+        let mut accepted = Vec::with_capacity(v.decisions.len());
+        for (i, d) in v.decisions.into_iter().enumerate() {
+            match (refused.get(&i), &d) {
+                (None, Decision::Ban(b)) => {
+                    self.jails.confirm(b);
+                    accepted.push(d);
+                }
+                (None, Decision::Unban(_)) => accepted.push(d),
+                (Some(why), Decision::Ban(b)) => {
+                    self.jails.refuse(b);
+                    self.origins.remove(&(b.jail, b.addr));
+                    tracing::error!(
+                        "[{}] ban of {} refused by the firewall, not in force: {why}",
+                        b.jail_name,
+                        DisplayNet(&b.addr)
+                    );
+                }
+                (Some(why), Decision::Unban(u)) => tracing::error!(
+                    "[{}] unban of {} refused by the firewall; the kernel may still drop it until its timeout: {why}",
+                    u.jail_name,
+                    DisplayNet(&u.addr)
+                ),
+            }
         }
-        self.dec_tx.send(decisions).map_err(|_| {
-            DaemonError::Setup("the enforcer thread stopped; see the error above".into())
-        })
+        if meta.publish {
+            self.publish(&accepted);
+        }
+        if let Some(tx) = &self.store_tx {
+            let _ = tx.send(store_ops(&accepted, Time::now()));
+        }
+        if let Some(w) = meta.waiter {
+            let resp = if v.refused.is_empty() {
+                Response::ok(w.ok)
+            } else {
+                let mut why: Vec<&str> = v.refused.iter().map(|r| r.reason.as_str()).collect();
+                why.dedup();
+                Response::error(format!("refused by the firewall: {}", why.join("; ")))
+            };
+            let _ = w.reply.send(resp);
+        }
+    }
+
+    /// The wall clock stepped by `step_ms`: bans keep the time they have
+    /// left, as the kernel's timeouts (monotonic) do, in the jails, the
+    /// enforcer's ledger and the store.
+    pub(super) fn on_clock_step(&mut self, step_ms: i64) {
+        tracing::warn!(
+            "the wall clock stepped {} by {:.1} s; every ban keeps the time it has left (the kernel's timeouts do not follow the wall clock)",
+            if step_ms < 0 { "back" } else { "forward" },
+            step_ms.unsigned_abs() as f64 / 1000.0
+        );
+        self.started = self.started.plus_millis(step_ms);
+        // The enforcer thread watches the clock itself, before it reads it.
+        self.jails.shift_clock(step_ms);
+        if let Some(tx) = &self.store_tx {
+            let _ = tx.send(vec![StoreOp::ClockStep(step_ms)]);
+        }
     }
 
     /// The answer to `status` (every jail, or one with a page of its bans).
@@ -114,10 +220,25 @@ impl Runtime {
         }
     }
 
-    /// Answers one control request (CLI or HTTP API).
-    pub(super) fn control(&mut self, req: Request) -> Response {
+    /// Answers one control request (CLI or HTTP API): at once, or for `ban`
+    /// and `unban` once the firewall answered.
+    pub(super) fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let answer = match self.answer(req) {
+            Answer::Now(r) => r,
+            Answer::After(ds, ok) => {
+                let waiter = Waiter { reply, ok };
+                if let Err(e) = self.dispatch(ds, true, Some(waiter)) {
+                    tracing::error!("{e}");
+                }
+                return;
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn answer(&mut self, req: Request) -> Answer {
         let now = Time::now();
-        match req {
+        Answer::Now(match req {
             Request::Ping {} => Response::ok(
                 serde_json::json!({ "pong": true, "version": env!("CARGO_PKG_VERSION") }),
             ),
@@ -144,11 +265,11 @@ impl Runtime {
             } => {
                 let net = match parse_ban_target(&addr) {
                     Ok(n) => n,
-                    Err(e) => return Response::error(e.to_string()),
+                    Err(e) => return Answer::Now(Response::error(e.to_string())),
                 };
                 let bantime = match duration.as_deref().map(parse_bantime).transpose() {
                     Ok(b) => b,
-                    Err(e) => return Response::error(e.to_string()),
+                    Err(e) => return Answer::Now(Response::error(e.to_string())),
                 };
                 match self.jails.manual_ban(&jail, net, bantime, force, now) {
                     Ok(d) => {
@@ -158,12 +279,7 @@ impl Runtime {
                             "bantime": d.bantime.to_string(),
                             "end": d.end.map(|e| e.to_string()),
                         });
-                        let ds = vec![Decision::Ban(d)];
-                        self.publish(&ds);
-                        match self.dispatch(ds) {
-                            Ok(()) => Response::ok(view),
-                            Err(e) => Response::error(e.to_string()),
-                        }
+                        return Answer::After(vec![Decision::Ban(d)], view);
                     }
                     Err(e) => Response::error(e),
                 }
@@ -172,11 +288,15 @@ impl Runtime {
                 let net = match (&addr, all) {
                     (Some(a), false) => match parse_prefix(a) {
                         Ok(n) => Some(n),
-                        Err(e) => return Response::error(e.to_string()),
+                        Err(e) => return Answer::Now(Response::error(e.to_string())),
                     },
-                    (None, false) => return Response::error("unban needs an address, or --all"),
+                    (None, false) => {
+                        return Answer::Now(Response::error("unban needs an address, or --all"));
+                    }
                     (Some(_), true) => {
-                        return Response::error("give either an address or --all, not both");
+                        return Answer::Now(Response::error(
+                            "give either an address or --all, not both",
+                        ));
                     }
                     (None, true) => None,
                 };
@@ -192,17 +312,22 @@ impl Runtime {
                                 .collect(),
                         };
                         let ds: Vec<Decision> = us.into_iter().map(Decision::Unban).collect();
-                        self.publish(&ds);
-                        match self.dispatch(ds) {
-                            Ok(()) => Response::ok(view),
-                            Err(e) => Response::error(e.to_string()),
-                        }
+                        let view = serde_json::to_value(view).unwrap_or_default();
+                        return Answer::After(ds, view);
                     }
                     Err(e) => Response::error(e),
                 }
             }
-        }
+        })
     }
+}
+
+/// How a control request is answered.
+enum Answer {
+    /// Now.
+    Now(Response),
+    /// Once the firewall answered these decisions (with this on success).
+    After(Vec<Decision>, serde_json::Value),
 }
 
 /// The view of one jail for `status`, with one page of its bans when

@@ -1,6 +1,8 @@
 //! Enforcers apply decisions: the kernel firewall, or nothing at all.
 
 pub mod conntrack;
+mod elements;
+pub mod intervals;
 pub mod netlink;
 pub mod nftables;
 mod owner;
@@ -17,13 +19,30 @@ pub enum EnforceError {
     Failed(String),
 }
 
+/// A decision the firewall refused, with the kernel's reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its index in the batch given to [`Enforcer::apply`].
+    pub index: usize,
+    /// Why, phrased for the operator (which element, what to do).
+    pub reason: String,
+}
+
 /// Applies ban and unban decisions. Calls come from one thread, in order,
 /// with decisions that arrived together batched into one call.
 pub trait Enforcer: Send {
     /// A short name for logs.
     fn name(&self) -> &'static str;
-    /// Applies a batch of decisions.
-    fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError>;
+    /// Applies a batch of decisions. Each decision the firewall refused is
+    /// returned with the reason; the others are in force. `Err` when the
+    /// firewall could not be reached at all (every decision refused).
+    fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError>;
+
+    /// The wall clock stepped by `delta_ms` while the kernel's timeouts ran
+    /// on: every ban's end moves with it.
+    fn shift_clock(&mut self, delta_ms: i64) {
+        let _ = delta_ms;
+    }
     /// Called when no decision arrived for a while (about every 500 ms):
     /// time to check that the firewall still holds what it should.
     fn tick(&mut self) -> Result<(), EnforceError> {
@@ -56,8 +75,8 @@ impl Enforcer for LogOnly {
         "none"
     }
 
-    fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError> {
+    fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
         tracing::debug!("dry run: {} decisions not enforced", decisions.len());
-        Ok(())
+        Ok(Vec::new())
     }
 }

@@ -18,13 +18,19 @@ use super::netlink::{NLM_F_DUMP, attrs};
 use ipnet::IpNet;
 
 use super::conntrack;
+use super::elements::{
+    BanBook, ElemKey, ElemOp, NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, OpKind, SetName, Undo, Unit, addr_bytes, put_elem,
+    put_op,
+};
+use super::intervals::Family;
 use super::netlink::{
     NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
 };
-use super::{EnforceError, Enforcer};
+use super::{EnforceError, Enforcer, Refusal};
 use crate::config::FirewallConfig;
 use crate::event::Time;
-use crate::jail::{Decision, UnbanReason, is_host};
+use crate::jail::{Decision, is_host};
 
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
@@ -41,69 +47,11 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 
 /// Element bytes per netlink message: a nested attribute's length is 16 bits.
 const MAX_MSG_PAYLOAD: usize = 56 * 1024;
 /// Elements per batch (one atomic transaction, one send).
 const MAX_BATCH_OPS: usize = 20_000;
-
-/// The four kernel sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SetName {
-    V4,
-    V6,
-    NetV4,
-    NetV6,
-}
-
-impl SetName {
-    fn as_str(self) -> &'static str {
-        match self {
-            SetName::V4 => "banned_v4",
-            SetName::V6 => "banned_v6",
-            SetName::NetV4 => "banned_net_v4",
-            SetName::NetV6 => "banned_net_v6",
-        }
-    }
-
-    fn for_net(net: &IpNet) -> SetName {
-        match (net, is_host(net)) {
-            (IpNet::V4(_), true) => SetName::V4,
-            (IpNet::V6(_), true) => SetName::V6,
-            (IpNet::V4(_), false) => SetName::NetV4,
-            (IpNet::V6(_), false) => SetName::NetV6,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OpKind {
-    Add,
-    Delete,
-}
-
-/// One element change.
-#[derive(Clone, Debug)]
-struct ElemOp {
-    kind: OpKind,
-    set: SetName,
-    net: IpNet,
-    /// Kernel timeout in milliseconds; `None` for permanent.
-    timeout_ms: Option<u64>,
-}
-
-fn addr_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
-    }
-}
 
 /// The first address after the prefix, or `None` when the prefix reaches the
 /// top of the address space (the interval is then open-ended).
@@ -179,9 +127,9 @@ pub struct NftEnforcer {
     destroy: bool,
     /// Conntrack flushing stays off after the kernel refused it once.
     conntrack_ok: bool,
-    /// Every ban in force as this enforcer applied it, with its end: what
-    /// the kernel must hold, restored after drift.
-    active: HashMap<IpNet, Option<Time>>,
+    /// Every ban in force as this enforcer applied it, and what the kernel
+    /// holds: restored after drift.
+    book: BanBook,
     set_size: u32,
     /// When the table was last checked, and its elements.
     last_probe: std::time::Instant,
@@ -236,7 +184,7 @@ impl NftEnforcer {
             keep_on_exit: cfg.keep_on_exit,
             destroy: true,
             conntrack_ok: true,
-            active: HashMap::new(),
+            book: BanBook::default(),
             set_size: cfg.set_size,
             last_probe: std::time::Instant::now(),
             last_verify: std::time::Instant::now(),
@@ -250,28 +198,35 @@ impl NftEnforcer {
         self.marked.then_some(self.owner.mark.as_str())
     }
 
-    /// Encodes `ops` as one batch and sends it; returns one reply per op.
-    fn send_ops(&mut self, ops: &[ElemOp]) -> Result<Vec<Reply>, EnforceError> {
-        send_ops(&mut self.sock, &self.table, self.destroy, ops)
+    /// Sends `ops` as one transaction; `Some(errno)` when the kernel
+    /// refused it (then nothing of it was applied).
+    fn send_ops(&mut self, ops: &[ElemOp]) -> Result<Option<i32>, EnforceError> {
+        let replies = send_ops(&mut self.sock, &self.table, self.destroy, ops)?;
+        Ok(replies.iter().find_map(|r| match r {
+            Reply::Error(e) => Some(*e),
+            Reply::Ack => None,
+        }))
     }
 
-    /// Applies `ops`; when the batch is refused because of some elements
-    /// (an overlapping prefix, an element already gone), splits it and
-    /// retries, so one bad element never loses the rest. Returns the ops that
-    /// failed, with their errno.
-    fn apply_ops(
+    /// Applies `units`, each atomically. When the kernel refuses a batch
+    /// because of some elements (a full set, a timeout out of range, an
+    /// element someone else put there), it is split and retried, so one
+    /// refused unit never loses the rest. Pushes the refused units' indexes
+    /// (into `units`, plus `offset`) with their errno.
+    fn apply_units(
         &mut self,
-        ops: &[ElemOp],
-        failed: &mut Vec<(ElemOp, i32)>,
+        units: &[Unit],
+        offset: usize,
+        refused: &mut Vec<(usize, i32)>,
     ) -> Result<(), EnforceError> {
+        let mut ops: Vec<ElemOp> = units.iter().flat_map(|u| u.ops.iter().cloned()).collect();
         if ops.is_empty() {
             return Ok(());
         }
-        let replies = self.send_ops(ops)?;
-        let Some(errno) = replies.iter().find_map(|r| match r {
-            Reply::Error(e) => Some(*e),
-            Reply::Ack => None,
-        }) else {
+        // Removals first: an element whose end changed is removed and added
+        // back in the same transaction.
+        ops.sort_by_key(|o| (o.kind, o.set));
+        let Some(errno) = self.send_ops(&ops)? else {
             return Ok(());
         };
         // DESTROYSETELEM unknown to this kernel: fall back to DELSETELEM.
@@ -279,25 +234,43 @@ impl NftEnforcer {
         {
             tracing::info!("firewall: this kernel has no DESTROYSETELEM; using DELSETELEM");
             self.destroy = false;
-            return self.apply_ops(ops, failed);
+            return self.apply_units(units, offset, refused);
         }
-        let element_specific = errno == libc::EEXIST
+        // Errors about the table itself, or permissions, are not any one
+        // element's: splitting would only repeat them.
+        let whole = matches!(errno, libc::EPERM | libc::EACCES | libc::EOPNOTSUPP)
             || (errno == libc::ENOENT
-                && !self.destroy
-                && ops.iter().any(|o| o.kind == OpKind::Delete));
-        if !element_specific {
+                && (self.destroy || !ops.iter().any(|o| o.kind == OpKind::Delete)));
+        if whole {
             return Err(EnforceError::Failed(explain(
                 errno,
                 &format!("updating the sets of table inet {}", self.table),
             )));
         }
-        if ops.len() == 1 {
-            failed.push((ops[0].clone(), errno));
+        if units.len() == 1 {
+            refused.push((offset, errno));
             return Ok(());
         }
-        let (a, b) = ops.split_at(ops.len() / 2);
-        self.apply_ops(a, failed)?;
-        self.apply_ops(b, failed)
+        let mid = units.len() / 2;
+        self.apply_units(&units[..mid], offset, refused)?;
+        self.apply_units(&units[mid..], offset + mid, refused)
+    }
+
+    /// Puts `ops` (additions) into the kernel, in batches; returns how many
+    /// went in.
+    fn readd(&mut self, ops: Vec<ElemOp>) -> Result<usize, EnforceError> {
+        let units: Vec<Unit> = ops
+            .into_iter()
+            .map(|op| Unit {
+                ops: vec![op],
+                decisions: Vec::new(),
+            })
+            .collect();
+        let mut refused = Vec::new();
+        for (n, chunk) in units.chunks(MAX_BATCH_OPS).enumerate() {
+            self.apply_units(chunk, n * MAX_BATCH_OPS, &mut refused)?;
+        }
+        Ok(units.len() - refused.len())
     }
 
     /// Removes the table (for `keep_on_exit = false`).
@@ -446,33 +419,6 @@ impl NftEnforcer {
         }
     }
 
-    /// Re-adds `nets` (still in force) with their remaining time.
-    fn readd(&mut self, nets: Vec<IpNet>) -> Result<usize, EnforceError> {
-        let now = Time::now();
-        let ops: Vec<ElemOp> = nets
-            .into_iter()
-            .filter_map(|net| {
-                let end = *self.active.get(&net)?;
-                let timeout_ms = match end {
-                    None => None,
-                    Some(e) if e.0 > now.0 => Some((e.0 - now.0) as u64),
-                    Some(_) => return None,
-                };
-                Some(ElemOp {
-                    kind: OpKind::Add,
-                    set: SetName::for_net(&net),
-                    net,
-                    timeout_ms,
-                })
-            })
-            .collect();
-        let mut failed = Vec::new();
-        for chunk in ops.chunks(MAX_BATCH_OPS) {
-            self.apply_ops(chunk, &mut failed)?;
-        }
-        Ok(ops.len() - failed.len())
-    }
-
     /// Puts every feed's contents back (after the table was laid out again).
     fn reload_feeds(&mut self) -> Result<(), EnforceError> {
         let feeds: Vec<(String, Vec<IpNet>)> = self
@@ -573,7 +519,7 @@ impl NftEnforcer {
     /// again with every ban in force; elements deleted by hand are re-added.
     pub fn check_drift(&mut self) -> Result<(), EnforceError> {
         let now = Time::now();
-        self.active.retain(|_, end| end.is_none_or(|e| e.0 > now.0));
+        self.book.expire(now);
         let t0 = std::time::Instant::now();
         if !self.layout_present()? {
             tracing::warn!(
@@ -581,8 +527,7 @@ impl NftEnforcer {
                 self.table
             );
             apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
-            let all: Vec<IpNet> = self.active.keys().copied().collect();
-            let n = self.readd(all)?;
+            let n = self.readd(self.book.all_elements(now))?;
             self.reload_feeds()?;
             tracing::warn!(
                 "firewall: table inet {} restored with {n} ban(s) in {:?}",
@@ -607,19 +552,13 @@ impl NftEnforcer {
                     );
                     self.last_probe = std::time::Instant::now() - PROBE_EVERY;
                     apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
-                    let all: Vec<IpNet> = self.active.keys().copied().collect();
-                    self.readd(all)?;
+                    self.readd(self.book.all_elements(now))?;
                     self.reload_feeds()?;
                     return Ok(());
                 }
             }
         }
-        let missing: Vec<IpNet> = self
-            .active
-            .keys()
-            .filter(|n| !present.contains(&n.network()))
-            .copied()
-            .collect();
+        let missing = self.book.missing(now, &present);
         if !missing.is_empty() {
             let n = self.readd(missing)?;
             if n > 0 {
@@ -668,22 +607,7 @@ fn send_ops(
             && ops[i].set == set
             && b.len() - list < MAX_MSG_PAYLOAD
         {
-            let op = &ops[i];
-            put_elem(
-                &mut b,
-                &addr_bytes(op.net.network()),
-                if kind == OpKind::Add {
-                    op.timeout_ms
-                } else {
-                    None
-                },
-                0,
-            );
-            if !is_host(&op.net) {
-                if let Some(end) = after_prefix(&op.net) {
-                    put_elem(&mut b, &addr_bytes(end), None, NFT_SET_ELEM_INTERVAL_END);
-                }
-            }
+            put_op(&mut b, &ops[i]);
             i += 1;
         }
         b.nest_end(list);
@@ -731,6 +655,8 @@ impl FastAdd {
     pub fn add<'a>(&mut self, bans: impl Iterator<Item = &'a crate::jail::BanDecision>) {
         let now = Time::now();
         let ops: Vec<ElemOp> = bans
+            // Prefixes go through the enforcer's interval ledger only.
+            .filter(|b| is_host(&b.addr))
             .filter_map(|b| {
                 let timeout_ms = match b.end {
                     None => None,
@@ -740,7 +666,7 @@ impl FastAdd {
                 Some(ElemOp {
                     kind: OpKind::Add,
                     set: SetName::for_net(&b.addr),
-                    net: b.addr,
+                    key: ElemKey::Host(b.addr.addr()),
                     timeout_ms,
                 })
             })
@@ -751,20 +677,6 @@ impl FastAdd {
             }
         }
     }
-}
-
-fn put_elem(b: &mut super::netlink::MsgBuf, key: &[u8], timeout_ms: Option<u64>, flags: u32) {
-    let e = b.nest_begin(NFTA_LIST_ELEM);
-    let k = b.nest_begin(NFTA_SET_ELEM_KEY);
-    b.attr(NFTA_DATA_VALUE, key);
-    b.nest_end(k);
-    if flags != 0 {
-        b.attr_be32(NFTA_SET_ELEM_FLAGS, flags);
-    }
-    if let Some(t) = timeout_ms {
-        b.attr_be64(NFTA_SET_ELEM_TIMEOUT, t);
-    }
-    b.nest_end(e);
 }
 
 fn socket_error(e: &std::io::Error) -> String {
@@ -837,60 +749,166 @@ impl Enforcer for NftEnforcer {
         self.replace_feed(name, nets)
     }
 
-    fn apply(&mut self, decisions: &[Decision]) -> Result<(), EnforceError> {
+    fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
         let now = Time::now();
-        let mut ops = Vec::with_capacity(decisions.len());
-        let mut banned: Vec<IpNet> = Vec::new();
-        for d in decisions {
-            match d {
-                Decision::Ban(b) => {
-                    let timeout_ms = match b.end {
-                        None => None,
-                        Some(end) if end.0 > now.0 => Some((end.0 - now.0) as u64),
-                        // Already over: nothing to add.
-                        Some(_) => continue,
-                    };
-                    ops.push(ElemOp {
-                        kind: OpKind::Add,
-                        set: SetName::for_net(&b.addr),
-                        net: b.addr,
-                        timeout_ms,
+        self.book.expire(now);
+        // The ledger first, remembering how to undo each decision.
+        let mut undo: Vec<Option<Undo>> =
+            decisions.iter().map(|d| Some(self.book.note(d))).collect();
+        // One unit per single address touched; one per family for prefixes.
+        let mut host_units: Vec<(IpNet, Unit)> = Vec::new();
+        let mut host_index: HashMap<IpNet, usize> = HashMap::new();
+        let mut prefix_decisions: HashMap<Family, Vec<usize>> = HashMap::new();
+        for (i, d) in decisions.iter().enumerate() {
+            let net = d.addr();
+            if is_host(&net) {
+                let k = *host_index.entry(net).or_insert_with(|| {
+                    host_units.push((net, Unit::default()));
+                    host_units.len() - 1
+                });
+                host_units[k].1.decisions.push(i);
+            } else {
+                prefix_decisions
+                    .entry(Family::of(&net))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (net, unit) in &mut host_units {
+            unit.ops = self.book.host_ops(net, now);
+        }
+        let mut refusals: Vec<Refusal> = Vec::new();
+        let mut refuse =
+            |undo: &mut Vec<Option<Undo>>, book: &mut BanBook, idxs: &[usize], reason: &str| {
+                for &i in idxs.iter().rev() {
+                    if let Some(u) = undo[i].take() {
+                        book.undo(u);
+                    }
+                }
+                for &i in idxs {
+                    refusals.push(Refusal {
+                        index: i,
+                        reason: reason.to_string(),
                     });
-                    self.active.insert(b.addr, b.end);
-                    banned.push(b.addr);
                 }
-                // The kernel's own timeout removed the element.
-                Decision::Unban(u) if u.reason == UnbanReason::Expired => {
-                    self.active.remove(&u.addr);
+            };
+        let units: Vec<Unit> = host_units.iter().map(|(_, u)| u.clone()).collect();
+        let mut refused = Vec::new();
+        // When the firewall cannot be reached at all, what was not applied
+        // yet is refused with that error.
+        let mut unreachable: Option<(usize, EnforceError)> = None;
+        let mut start = 0;
+        while start < units.len() {
+            // Chunks of whole units, about MAX_BATCH_OPS elements each.
+            let mut end = start;
+            let mut n = 0;
+            while end < units.len() && (end == start || n + units[end].ops.len() <= MAX_BATCH_OPS) {
+                n += units[end].ops.len();
+                end += 1;
+            }
+            if let Err(e) = self.apply_units(&units[start..end], start, &mut refused) {
+                unreachable = Some((start, e));
+                break;
+            }
+            start = end;
+        }
+        let refused_units: HashMap<usize, i32> = refused.into_iter().collect();
+        for (k, (net, unit)) in host_units.iter().enumerate() {
+            if let Some((from, e)) = &unreachable {
+                if k >= *from {
+                    refuse(&mut undo, &mut self.book, &unit.decisions, &e.to_string());
+                    continue;
                 }
-                Decision::Unban(u) => {
-                    self.active.remove(&u.addr);
-                    ops.push(ElemOp {
-                        kind: OpKind::Delete,
-                        set: SetName::for_net(&u.addr),
-                        net: u.addr,
-                        timeout_ms: None,
-                    })
+            }
+            match refused_units.get(&k) {
+                None => self.book.commit_host(net, now),
+                Some(&errno) => {
+                    let what = unit
+                        .ops
+                        .iter()
+                        .find(|o| o.kind == OpKind::Add)
+                        .or(unit.ops.first())
+                        .map(|o| format!("{} in set {}", o.key, o.set.as_str()))
+                        .unwrap_or_else(|| net.to_string());
+                    let reason = explain(errno, &format!("updating {what}"));
+                    refuse(&mut undo, &mut self.book, &unit.decisions, &reason);
                 }
             }
         }
-        let mut failed = Vec::new();
-        for chunk in ops.chunks(MAX_BATCH_OPS) {
-            self.apply_ops(chunk, &mut failed)?;
+        if let Some((_, e)) = &unreachable {
+            let rest: Vec<usize> = prefix_decisions.values().flatten().copied().collect();
+            refuse(&mut undo, &mut self.book, &rest, &e.to_string());
+            prefix_decisions.clear();
         }
-        for (op, errno) in &failed {
-            let what = format!(
-                "{} {} in set {}",
-                if op.kind == OpKind::Add {
-                    "adding"
-                } else {
-                    "removing"
-                },
-                op.net,
-                op.set.as_str()
-            );
-            tracing::warn!("firewall: {}", explain(*errno, &what));
+        // Prefixes: all of a family's changes in one transaction; when the
+        // kernel refuses it, one decision at a time, so only the refused
+        // ones are undone.
+        let mut families: Vec<(Family, Vec<usize>)> = prefix_decisions.into_iter().collect();
+        families.sort();
+        for (family, idxs) in families {
+            let (ops, wanted) = self.book.prefix_ops(family, now);
+            let mut r = Vec::new();
+            self.apply_units(
+                &[Unit {
+                    ops,
+                    decisions: idxs.clone(),
+                }],
+                0,
+                &mut r,
+            )?;
+            if r.is_empty() {
+                self.book.commit_prefixes(family, wanted);
+                continue;
+            }
+            for &i in idxs.iter().rev() {
+                if let Some(u) = undo[i].take() {
+                    self.book.undo(u);
+                }
+            }
+            for &i in &idxs {
+                undo[i] = Some(self.book.note(&decisions[i]));
+                let (ops, wanted) = self.book.prefix_ops(family, now);
+                let mut r = Vec::new();
+                self.apply_units(
+                    &[Unit {
+                        ops,
+                        decisions: vec![i],
+                    }],
+                    0,
+                    &mut r,
+                )?;
+                match r.first() {
+                    None => self.book.commit_prefixes(family, wanted),
+                    Some(&(_, errno)) => {
+                        let net = decisions[i].addr();
+                        let reason = explain(
+                            errno,
+                            &format!(
+                                "{} {} in set {}",
+                                if matches!(decisions[i], Decision::Ban(_)) {
+                                    "banning"
+                                } else {
+                                    "lifting"
+                                },
+                                crate::jail::DisplayNet(&net),
+                                SetName::for_net(&net).as_str()
+                            ),
+                        );
+                        refuse(&mut undo, &mut self.book, &[i], &reason);
+                    }
+                }
+            }
         }
+        for r in &refusals {
+            tracing::warn!("firewall: {}", r.reason);
+        }
+        // Conntrack entries of the sources newly banned.
+        let banned: Vec<IpNet> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| matches!(d, Decision::Ban(_)) && undo[*i].is_some())
+            .map(|(_, d)| d.addr())
+            .collect();
         if !banned.is_empty() && self.conntrack_ok {
             match conntrack::flush_sources(&mut self.sock, &banned) {
                 Ok(n) if n > 0 => {
@@ -905,7 +923,11 @@ impl Enforcer for NftEnforcer {
                 }
             }
         }
-        Ok(())
+        Ok(refusals)
+    }
+
+    fn shift_clock(&mut self, delta_ms: i64) {
+        self.book.shift(delta_ms);
     }
 
     fn tick(&mut self) -> Result<(), EnforceError> {

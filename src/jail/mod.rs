@@ -22,7 +22,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::config::duration::{BanTime, Duration};
+use crate::config::duration::{BanTime, Duration, MAX_BANTIME};
 use crate::event::{FailureEvent, FailureKind, JailId, Time};
 
 /// A jail's counting policy, resolved from configuration.
@@ -113,6 +113,24 @@ pub enum Decision {
     Ban(BanDecision),
     /// Stop blocking it.
     Unban(UnbanDecision),
+}
+
+impl Decision {
+    /// The address or prefix it is about.
+    pub fn addr(&self) -> IpNet {
+        match self {
+            Decision::Ban(b) => b.addr,
+            Decision::Unban(u) => u.addr,
+        }
+    }
+
+    /// The jail it comes from.
+    pub fn jail(&self) -> JailId {
+        match self {
+            Decision::Ban(b) => b.jail,
+            Decision::Unban(u) => u.jail,
+        }
+    }
 }
 
 impl fmt::Display for BanDecision {
@@ -218,6 +236,13 @@ impl Times {
             Times::Many(v) => v.last().copied().unwrap_or(i64::MIN),
         }
     }
+
+    fn shift(&mut self, delta: i64) {
+        match self {
+            Times::One(x) => *x += delta,
+            Times::Many(v) => v.iter_mut().for_each(|x| *x += delta),
+        }
+    }
 }
 
 /// An address's live failure state: the newest failure times within
@@ -271,7 +296,13 @@ pub struct Jail {
     weak: HashMap<IpAddr, Times>,
     /// Addresses that registered successfully, until when they are trusted.
     trusted: HashMap<IpAddr, i64>,
+    /// Bans the kernel accepted: what status, the store and the fleet see.
     banned: HashMap<IpNet, ActiveBan>,
+    /// Bans decided and on their way to the kernel: they already stop
+    /// counting (no second decision), but are not "active" until the
+    /// firewall accepts them ([`Jail::confirm`]) and are undone if it
+    /// refuses ([`Jail::refuse`]).
+    pending: HashMap<IpNet, ActiveBan>,
     /// The banned prefixes (not single hosts), checked per event.
     prefixes: Vec<IpNet>,
     expiries: BinaryHeap<Reverse<(Time, IpNet)>>,
@@ -291,6 +322,7 @@ impl Jail {
             weak: HashMap::new(),
             trusted: HashMap::new(),
             banned: HashMap::new(),
+            pending: HashMap::new(),
             prefixes: Vec::new(),
             expiries: BinaryHeap::new(),
             counters: JailCounters::default(),
@@ -322,15 +354,59 @@ impl Jail {
         self.failing.len()
     }
 
-    /// Bans in force.
+    /// Bans in force: those the kernel accepted.
     pub fn banned(&self) -> &HashMap<IpNet, ActiveBan> {
         &self.banned
     }
 
+    /// Whether `net` is banned, or its ban is on its way to the kernel.
+    pub fn holds(&self, net: &IpNet) -> bool {
+        self.banned.contains_key(net) || self.pending.contains_key(net)
+    }
+
+    /// The ban of `net` in force or on its way (the newer one).
+    pub fn ban_of(&self, net: &IpNet) -> Option<&ActiveBan> {
+        self.pending.get(net).or_else(|| self.banned.get(net))
+    }
+
     /// Whether `addr` is covered by one of this jail's bans.
     pub fn is_banned(&self, addr: IpAddr) -> bool {
-        self.banned.contains_key(&IpNet::from(addr))
+        let host = IpNet::from(addr);
+        self.banned.contains_key(&host)
+            || self.pending.contains_key(&host)
             || self.prefixes.iter().any(|n| n.contains(&addr))
+    }
+
+    /// The firewall accepted `d`: the ban is in force from now on (unless it
+    /// was lifted or replaced meanwhile). Returns whether it was.
+    pub fn confirm(&mut self, d: &BanDecision) -> bool {
+        match self.pending.get(&d.addr) {
+            Some(p) if p.start == d.start && p.end == d.end => {}
+            _ => return false,
+        }
+        let Some(b) = self.pending.remove(&d.addr) else {
+            return false;
+        };
+        if let Some(end) = b.end {
+            self.expiries.push(Reverse((end, d.addr)));
+        }
+        self.banned.insert(d.addr, b);
+        true
+    }
+
+    /// The firewall refused `d`: the ban never was (a ban it was to
+    /// replace stays). Returns whether it was still pending.
+    pub fn refuse(&mut self, d: &BanDecision) -> bool {
+        match self.pending.get(&d.addr) {
+            Some(p) if p.start == d.start && p.end == d.end => {}
+            _ => return false,
+        }
+        self.pending.remove(&d.addr);
+        if !is_host(&d.addr) && !self.banned.contains_key(&d.addr) {
+            self.prefixes.retain(|p| p != &d.addr);
+        }
+        self.counters.total_banned = self.counters.total_banned.saturating_sub(1);
+        true
     }
 
     /// Counts one failure at `now` (the event's own time decides whether it
@@ -457,10 +533,10 @@ impl Jail {
             Some(e) => BanTime::For(Duration(((e.0 - start.0).max(0) / 1000) as u64)),
             None => BanTime::Permanent,
         };
-        if !is_host(&addr) && !self.banned.contains_key(&addr) {
+        if !is_host(&addr) && !self.holds(&addr) {
             self.prefixes.push(addr);
         }
-        self.banned.insert(
+        self.pending.insert(
             addr,
             ActiveBan {
                 start,
@@ -469,9 +545,6 @@ impl Jail {
                 reason,
             },
         );
-        if let Some(end) = end {
-            self.expiries.push(Reverse((end, addr)));
-        }
         BanDecision {
             jail: self.id,
             jail_name: self.name.clone(),
@@ -486,7 +559,8 @@ impl Jail {
 
     /// Lifts every ban of this jail (manual), returning the decisions.
     pub fn unban_all(&mut self) -> Vec<UnbanDecision> {
-        let addrs: Vec<IpNet> = self.banned.keys().copied().collect();
+        let mut addrs: Vec<IpNet> = self.banned.keys().copied().collect();
+        addrs.extend(self.pending.keys().filter(|a| !self.banned.contains_key(a)));
         addrs.into_iter().filter_map(|a| self.unban(a)).collect()
     }
 
@@ -500,11 +574,23 @@ impl Jail {
         failures: u32,
         reason: BanReason,
     ) -> BanDecision {
+        // Escalation can reach past what the kernel holds: cut there.
+        let bantime = match bantime {
+            BanTime::For(d) if d > MAX_BANTIME => {
+                tracing::warn!(
+                    "[{}] ban of {} for {d} cut to {MAX_BANTIME}, the longest the kernel holds",
+                    self.name,
+                    DisplayNet(&addr)
+                );
+                BanTime::For(MAX_BANTIME)
+            }
+            b => b,
+        };
         let end = bantime.as_millis().map(|ms| now.plus_millis(ms));
-        if !is_host(&addr) && !self.banned.contains_key(&addr) {
+        if !is_host(&addr) && !self.holds(&addr) {
             self.prefixes.push(addr);
         }
-        self.banned.insert(
+        self.pending.insert(
             addr,
             ActiveBan {
                 start: now,
@@ -513,9 +599,6 @@ impl Jail {
                 reason,
             },
         );
-        if let Some(end) = end {
-            self.expiries.push(Reverse((end, addr)));
-        }
         self.counters.total_banned += 1;
         BanDecision {
             jail: self.id,
@@ -566,7 +649,17 @@ impl Jail {
                 break;
             }
             if let Some(Reverse((_, addr))) = self.expiries.pop() {
-                self.remove_ban(&addr);
+                // Only the ban in force ends; a replacement on its way
+                // carries on (and the enforcer already holds its end).
+                if self.banned.remove(&addr).is_some() {
+                    self.counters.total_unbanned += 1;
+                }
+                if self.pending.contains_key(&addr) {
+                    continue;
+                }
+                if !is_host(&addr) {
+                    self.prefixes.retain(|p| p != &addr);
+                }
                 out.push(UnbanDecision {
                     jail: self.id,
                     jail_name: self.name.clone(),
@@ -579,12 +672,45 @@ impl Jail {
     }
 
     fn remove_ban(&mut self, addr: &IpNet) -> Option<ActiveBan> {
-        let b = self.banned.remove(addr)?;
-        self.counters.total_unbanned += 1;
+        let pending = self.pending.remove(addr);
+        let b = match self.banned.remove(addr) {
+            Some(b) => {
+                self.counters.total_unbanned += 1;
+                b
+            }
+            None => pending?,
+        };
         if !is_host(addr) {
             self.prefixes.retain(|p| p != addr);
         }
         Some(b)
+    }
+
+    /// The wall clock stepped by `delta_ms`: every time this jail holds
+    /// moves with it, so a ban keeps the length it has left (as the
+    /// kernel's timeout does) and failures keep their age.
+    pub fn shift_clock(&mut self, delta_ms: i64) {
+        let shift = |t: &mut Time| t.0 += delta_ms;
+        for b in self.banned.values_mut().chain(self.pending.values_mut()) {
+            shift(&mut b.start);
+            if let Some(e) = &mut b.end {
+                shift(e);
+            }
+        }
+        for track in self.failing.values_mut() {
+            track.times.shift(delta_ms);
+        }
+        for w in self.weak.values_mut() {
+            w.shift(delta_ms);
+        }
+        for until in self.trusted.values_mut() {
+            *until += delta_ms;
+        }
+        self.expiries = self
+            .banned
+            .iter()
+            .filter_map(|(a, b)| Some(Reverse((b.end?, *a))))
+            .collect();
     }
 
     /// Forgets addresses whose failures have all left the window.
@@ -761,10 +887,62 @@ mod tests {
     }
 
     #[test]
+    fn a_ban_is_in_force_only_once_the_firewall_accepts_it() {
+        let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::For(Duration(10))));
+        let h = BanHistory::default();
+        let Outcome::Ban(b) = j.record(&ev("198.51.100.4", 0), t(0), &h) else {
+            panic!("expected a ban")
+        };
+        // On its way: no second decision, but not shown as in force.
+        assert!(j.banned().is_empty());
+        assert_eq!(
+            j.record(&ev("198.51.100.4", 1), t(1), &h),
+            Outcome::AlreadyBanned
+        );
+        assert_eq!(j.next_expiry(), None);
+        // Refused: it never was, and the address counts again.
+        assert!(j.refuse(&b));
+        assert_eq!(j.counters().total_banned, 0);
+        assert!(!j.is_banned("198.51.100.4".parse().unwrap()));
+        let Outcome::Ban(b2) = j.record(&ev("198.51.100.4", 2), t(2), &h) else {
+            panic!("expected a ban")
+        };
+        assert!(!j.confirm(&b), "a stale answer changes nothing");
+        assert!(j.confirm(&b2));
+        assert_eq!(j.banned().len(), 1);
+        assert_eq!(j.next_expiry(), Some(t(12)));
+        // A refused replacement leaves the ban in force as it was.
+        let longer = j.ban(
+            b2.addr,
+            t(3),
+            BanTime::For(Duration(100)),
+            0,
+            BanReason::Manual,
+        );
+        assert!(j.refuse(&longer));
+        assert_eq!(j.banned()[&b2.addr].end, Some(t(12)));
+        // A prefix refused stops covering its addresses.
+        let p = j.ban(
+            "203.0.113.0/24".parse().unwrap(),
+            t(3),
+            BanTime::For(Duration(100)),
+            0,
+            BanReason::Manual,
+        );
+        assert!(j.is_banned("203.0.113.9".parse().unwrap()));
+        assert!(j.refuse(&p));
+        assert!(!j.is_banned("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
     fn expiry_and_manual_unban() {
         let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::For(Duration(10))));
-        j.record(&ev("198.51.100.4", 0), t(0), &BanHistory::default());
-        j.record(&ev("198.51.100.5", 5), t(5), &BanHistory::default());
+        for (a, at) in [("198.51.100.4", 0), ("198.51.100.5", 5)] {
+            let Outcome::Ban(b) = j.record(&ev(a, at), t(at), &BanHistory::default()) else {
+                panic!("expected a ban")
+            };
+            assert!(j.confirm(&b));
+        }
         assert_eq!(j.next_expiry(), Some(t(10)));
         assert!(j.expire(t(9)).is_empty());
         let gone = j.expire(t(10));
@@ -795,6 +973,7 @@ mod tests {
             let Outcome::Ban(b) = j.record(&ev("198.51.100.9", round * 1000), now, &h) else {
                 panic!("expected a ban")
             };
+            assert!(j.confirm(&b));
             h.note_ban(j.name_arc(), b.addr, 1);
             lengths.push(b.bantime.to_string());
         }

@@ -11,7 +11,7 @@ use super::{
     Outcome, UnbanDecision,
 };
 use crate::config::JailConfig;
-use crate::config::duration::BanTime;
+use crate::config::duration::{BanTime, MAX_BANTIME};
 use crate::event::{FailureEvent, JailId, Time};
 
 /// What the registry needs to run one jail: its name, the filter it reads
@@ -27,6 +27,22 @@ pub struct JailSpec {
     pub ignoreself: bool,
     /// The policy from configuration.
     pub policy: JailPolicy,
+}
+
+/// An end that arrived as data (the store, the fleet), cut to what the
+/// kernel holds ([`MAX_BANTIME`] from `now`), with a log line when cut.
+fn clamp_end(end: Option<Time>, now: Time, jail: &str, net: &IpNet, what: &str) -> Option<Time> {
+    let limit = now.plus_millis(MAX_BANTIME.as_millis());
+    match end {
+        Some(e) if e > limit => {
+            tracing::warn!(
+                "[{jail}] {what} ban of {} ends at {e}, beyond what the kernel holds; cut to {limit} ({MAX_BANTIME} from now)",
+                DisplayNet(net)
+            );
+            Some(limit)
+        }
+        e => e,
+    }
 }
 
 impl JailSpec {
@@ -228,6 +244,13 @@ impl JailSet {
             .min()
     }
 
+    /// The wall clock stepped by `delta_ms` (see [`Jail::shift_clock`]).
+    pub fn shift_clock(&mut self, delta_ms: i64) {
+        for jail in self.slots.iter_mut().flatten() {
+            jail.shift_clock(delta_ms);
+        }
+    }
+
     /// Forgets stale failure state.
     pub fn sweep(&mut self, now: Time) {
         for jail in self.slots.iter_mut().flatten() {
@@ -244,6 +267,7 @@ impl JailSet {
 
     /// Puts back a ban read from the store, with its own start and end.
     /// `None` when its jail is no longer configured.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &mut self,
         jail: &str,
@@ -252,10 +276,28 @@ impl JailSet {
         end: Option<Time>,
         failures: u32,
         reason: BanReason,
+        now: Time,
     ) -> Option<BanDecision> {
         let id = self.jail_id(jail)?;
         let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        let end = clamp_end(end, now, jail, &addr, "stored");
         Some(j.restore(addr, start, end, failures, reason))
+    }
+
+    /// The firewall accepted ban `d`: it is in force from now on.
+    pub fn confirm(&mut self, d: &BanDecision) -> bool {
+        self.slot_mut(d.jail).is_some_and(|j| j.confirm(d))
+    }
+
+    /// The firewall refused ban `d`: it never was.
+    pub fn refuse(&mut self, d: &BanDecision) -> bool {
+        self.slot_mut(d.jail).is_some_and(|j| j.refuse(d))
+    }
+
+    fn slot_mut(&mut self, id: JailId) -> Option<&mut Jail> {
+        self.slots
+            .get_mut(usize::from(id.0))
+            .and_then(Option::as_mut)
     }
 
     /// The filter jail `id` reads, for status.
@@ -282,7 +324,7 @@ impl JailSet {
     /// A ban another node decided: kept with its own start and end. `None`
     /// when this node has no such jail, already holds the ban at least as
     /// long, or must never ban the address.
-    pub fn remote_ban(&mut self, b: &RemoteBan<'_>) -> Option<BanDecision> {
+    pub fn remote_ban(&mut self, b: &RemoteBan<'_>, now: Time) -> Option<BanDecision> {
         let net = b.addr;
         let id = self.jail_id(b.jail)?;
         let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
@@ -295,8 +337,8 @@ impl JailSet {
             );
             return None;
         }
-        let end = b.end;
-        if let Some(cur) = j.banned().get(&net) {
+        let end = clamp_end(b.end, now, b.jail, &net, "received");
+        if let Some(cur) = j.ban_of(&net) {
             let longer = match (cur.end, end) {
                 (None, _) => true,
                 (Some(_), None) => false,
@@ -314,7 +356,7 @@ impl JailSet {
     /// The jail's `shared_count` failures: what the cluster counts.
     pub fn shared_failure(&self, ev: &FailureEvent) -> Option<(String, u32, u64)> {
         let j = self.jail(ev.jail)?;
-        if j.policy().ignore.contains(ev.addr) || j.banned().contains_key(&IpNet::from(ev.addr)) {
+        if j.policy().ignore.contains(ev.addr) || j.holds(&IpNet::from(ev.addr)) {
             return None;
         }
         Some((
@@ -335,10 +377,7 @@ impl JailSet {
         let id = self.jail_id(jail)?;
         let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
         let net = IpNet::from(addr);
-        if crate::net::never_a_source(addr)
-            || j.policy().ignore.contains(addr)
-            || j.banned().contains_key(&net)
-        {
+        if crate::net::never_a_source(addr) || j.policy().ignore.contains(addr) || j.holds(&net) {
             return None;
         }
         let bantime = j.policy().bantime;
@@ -594,14 +633,21 @@ mod tests {
             failures: 5,
             origin: "n2",
         };
-        assert!(set.remote_ban(&rb(Some(10_000))).is_some());
-        assert!(set.remote_ban(&rb(Some(5_000))).is_none());
-        assert!(set.remote_ban(&rb(None)).is_some());
+        assert!(set.remote_ban(&rb(Some(10_000)), Time(0)).is_some());
+        assert!(set.remote_ban(&rb(Some(5_000)), Time(0)).is_none());
+        assert!(set.remote_ban(&rb(None), Time(0)).is_some());
         let protected = RemoteBan {
             addr: net("192.0.2.1/32"),
             ..rb(None)
         };
-        assert!(set.remote_ban(&protected).is_none());
+        assert!(set.remote_ban(&protected, Time(0)).is_none());
+        // An end beyond what the kernel holds is cut to it.
+        let far = RemoteBan {
+            addr: net("203.0.113.6/32"),
+            ..rb(Some(i64::MAX / 2))
+        };
+        let d = set.remote_ban(&far, Time(0)).unwrap();
+        assert_eq!(d.end, Some(Time(MAX_BANTIME.as_millis())));
     }
 
     #[test]
@@ -619,14 +665,18 @@ mod tests {
     #[test]
     fn expiry_lifts_bans_in_order() {
         let mut set = JailSet::new(own(), &[spec("a", 5)]);
-        set.manual_ban(
-            "a",
-            net("203.0.113.1/32"),
-            Some(BanTime::For(Duration(10))),
-            false,
-            Time(0),
-        )
-        .unwrap();
+        let d = set
+            .manual_ban(
+                "a",
+                net("203.0.113.1/32"),
+                Some(BanTime::For(Duration(10))),
+                false,
+                Time(0),
+            )
+            .unwrap();
+        // Expiry counts from when the firewall accepted the ban.
+        assert_eq!(set.next_expiry(), None);
+        assert!(set.confirm(&d));
         assert_eq!(set.next_expiry(), Some(Time(10_000)));
         let mut out = Vec::new();
         set.expire(Time(9_999), &mut out);

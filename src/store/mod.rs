@@ -99,6 +99,10 @@ pub type HistoryRow = (StoredBan, Option<(Time, String)>);
 pub enum StoreOp {
     /// A ban began.
     Ban(StoredBan),
+    /// The wall clock stepped by this many milliseconds while bans ran on:
+    /// the open bans' start and end move with it, so a restart gives each
+    /// the time it really has left.
+    ClockStep(i64),
     /// A ban of `addr` in `jail` ended.
     Unban {
         /// Jail name.
@@ -433,6 +437,12 @@ impl Store {
                                     ban(&mut close, b)?;
                                 }
                             }
+                        }
+                        StoreOp::ClockStep(delta) => {
+                            tx.execute(
+                                "UPDATE bans SET start_ms = start_ms + ?1, end_ms = end_ms + ?1 WHERE lifted_ms IS NULL",
+                                params![delta],
+                            )?;
                         }
                         StoreOp::Unban {
                             jail,

@@ -14,6 +14,7 @@ mod feeds;
 mod follow;
 mod http;
 mod kamailio;
+mod kernel_truth;
 mod nft;
 mod owner;
 mod package;
