@@ -345,10 +345,14 @@ pub fn start_in(ns: &NetNs, cfg: &Path) -> Daemon {
         "--config",
         cfg.to_str().unwrap(),
     ]));
-    assert!(
-        d.wait_for(": following", Duration::from_secs(30)).is_some(),
-        "daemon did not start"
-    );
+    // Following its log, and past installing its signal handlers (a
+    // SIGTERM before that would kill it with a failing status).
+    for needle in [": following", " started: "] {
+        assert!(
+            d.wait_for(needle, Duration::from_secs(30)).is_some(),
+            "daemon did not start (no {needle:?} in its log)"
+        );
+    }
     d
 }
 

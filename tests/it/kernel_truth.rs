@@ -37,10 +37,12 @@ fn start_with(ns: &NetNs, dir: &TempDir, firewall: &str, env: &[(&str, String)])
         cmd.env(k, v);
     }
     let d = Daemon::start_with(&mut cmd);
-    assert!(
-        d.wait_for(": following", Duration::from_secs(30)).is_some(),
-        "daemon did not start"
-    );
+    for needle in [": following", " started: "] {
+        assert!(
+            d.wait_for(needle, Duration::from_secs(30)).is_some(),
+            "daemon did not start (no {needle:?} in its log)"
+        );
+    }
     d
 }
 
