@@ -762,10 +762,11 @@ impl Jail {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn policy(maxretry: u32, findtime: u64, bantime: BanTime) -> JailPolicy {
+    /// A policy for tests: 127.0.0.0/8 and 192.0.2.0/24 ignored.
+    pub(crate) fn policy(maxretry: u32, findtime: u64, bantime: BanTime) -> JailPolicy {
         JailPolicy {
             maxretry,
             findtime: Duration(findtime),

@@ -476,18 +476,7 @@ mod tests {
             name: name.into(),
             filter: Some("freeswitch".into()),
             ignoreself: true,
-            policy: JailPolicy {
-                maxretry,
-                findtime: Duration(600),
-                bantime: BanTime::For(Duration(3600)),
-                ignore: IgnoreList::new(vec!["192.0.2.0/24".parse().unwrap()]),
-                max_tracked: 1000,
-                escalation: None,
-                ban_scanners: false,
-                trust_registered: None,
-                trusted_maxretry: 0,
-                wrong_call_state_maxretry: 0,
-            },
+            policy: super::super::tests::policy(maxretry, 600, BanTime::For(Duration(3600))),
         }
     }
 
