@@ -47,6 +47,14 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// A request body must arrive within this once its head has.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Bans of one address a history answer lists at most (newest first).
+pub const HISTORY_ROWS: usize = 1_000;
+
+/// History lookups run at once; more wait their turn (within the
+/// connection's idle timeout). Each opens the store read-only, so a burst of
+/// them must not take the descriptors and threads the daemon needs.
+pub const MAX_HISTORY_LOOKUPS: usize = 4;
+
 /// Bans asked of the core per piece of a streamed page: the answer leaves
 /// in pieces of about 50 KB as the client reads, so a client that does not
 /// read holds one piece, not a copy of the page, and the core is never busy
@@ -60,6 +68,9 @@ struct Ctx {
     token: Option<Arc<str>>,
     state_dir: PathBuf,
     metrics: Arc<metrics::Metrics>,
+    /// Slots for history lookups (each opens the store: three descriptors
+    /// and a blocking thread).
+    history: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds `addr`; the error says what to change.
@@ -91,6 +102,7 @@ pub async fn serve(
         token: token.map(Arc::from),
         state_dir,
         metrics,
+        history: Arc::new(tokio::sync::Semaphore::new(MAX_HISTORY_LOOKUPS)),
     };
     let app = Router::new()
         .route("/", get(dashboard))
@@ -364,11 +376,15 @@ async fn history(State(ctx): State<Ctx>, Path(addr): Path<String>) -> HttpRespon
         );
     };
     let dir = ctx.state_dir.clone();
+    let Ok(slot) = ctx.history.clone().acquire_owned().await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    };
     // The store is a file: read it with a read-only connection of our own,
     // off the async threads (WAL lets it read beside the writer).
     let rows = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let store = crate::store::Store::open_read_only(&dir)?;
-        store.history(&net, 1000)
+        store.history(&net, HISTORY_ROWS)
     })
     .await;
     match rows {
