@@ -250,8 +250,9 @@ fn rotations_lose_no_line_and_a_storm_does_not_derail_the_follower() {
     assert_eq!(counted(&dir), written, "no line counted twice");
     // A storm: 300 rotations as fast as they go, older generations
     // overwritten (`.0` .. `.2`). Generations renamed away before the
-    // follower woke up are not seen (no path-based follower can); what
-    // holds is that it stays on the newest file and counts nothing twice.
+    // follower woke up are read where they went, unless a later rename
+    // overwrote them first (those are gone); what holds is that it stays on
+    // the newest file and counts nothing twice.
     let t0 = Instant::now();
     for i in 0..300u32 {
         append(&log, &burst(0x0a45_0000 + i, 1));
