@@ -271,6 +271,11 @@ fn jail_detail(j: &JailView) -> String {
             ));
         }
     }
+    if let Some(c) = &j.next_cursor {
+        out.push_str(&format!(
+            "\n(more bans follow: add --cursor {c} for the next page)\n"
+        ));
+    }
     out
 }
 

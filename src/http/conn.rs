@@ -62,9 +62,11 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: applicat
 pub async fn serve(listener: TcpListener, app: Router) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let fd_limit = nofile_limit();
+    // Room for the cap, the reserve and the daemon's own files and sockets.
+    let enough = MAX_CONNECTIONS as u64 + FD_RESERVE + 128;
     match fd_limit {
-        Some(n) if n < FD_RESERVE * 2 => tracing::warn!(
-            "http: RLIMIT_NOFILE is {n}: HTTP takes connections only while {FD_RESERVE} descriptors stay free; raise LimitNOFILE"
+        Some(n) if n < enough => tracing::warn!(
+            "http: RLIMIT_NOFILE is {n}: HTTP will refuse connections before {MAX_CONNECTIONS} are open, to keep {FD_RESERVE} descriptors free; raise LimitNOFILE to {enough} or more"
         ),
         _ => {}
     }

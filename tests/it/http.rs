@@ -755,4 +755,8 @@ fn ban_lists_are_paged_with_a_cursor() {
     assert_eq!(v["result"]["banned"].as_array().map(Vec::len), Some(2500));
     let text = String::from_utf8_lossy(&cli(&dir, &["status", "fs"]).stdout).into_owned();
     assert_eq!(text.matches("198.18.").count(), 2 * 2500, "list and table");
+    let text =
+        String::from_utf8_lossy(&cli(&dir, &["status", "fs", "--limit", "10"]).stdout).into_owned();
+    assert_eq!(text.matches("198.18.").count(), 2 * 10, "{text}");
+    assert!(text.contains("add --cursor "), "{text}");
 }
