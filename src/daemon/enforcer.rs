@@ -12,10 +12,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::{DaemonError, RunOptions};
 use crate::config::{Backend, Config};
-use crate::enforce::{Enforcer, LogOnly, NftEnforcer, Refusal};
+use crate::enforce::{Enforcer, FAST_LANE_MAX, LogOnly, NftEnforcer, Refusal};
 use crate::event::{ClockWatch, Time};
 use crate::http::metrics::Metrics;
-use crate::jail::{BanReason, Decision};
+use crate::jail::{BanDecision, BanReason, Decision, is_host};
 
 /// How long the thread waits for work before it checks the firewall for
 /// drift.
@@ -46,6 +46,52 @@ pub(super) struct Verdict {
 pub(super) enum Work {
     /// Apply decisions and answer.
     Job(Job),
+}
+
+/// Hands a few new bans to the fast-lane thread without waiting: when it is
+/// behind, the bans go the enforcer's way only.
+#[derive(Debug)]
+pub(super) struct FastSender(std::sync::mpsc::SyncSender<Vec<BanDecision>>);
+
+impl FastSender {
+    /// Sends the single-address bans among `decisions` (a burst larger than
+    /// [`FAST_LANE_MAX`] is the enforcer's alone).
+    pub(super) fn send(&self, decisions: &[Decision]) {
+        if decisions.len() > FAST_LANE_MAX {
+            return;
+        }
+        let bans: Vec<BanDecision> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Ban(b) if is_host(&b.addr) => Some(b.clone()),
+                _ => None,
+            })
+            .collect();
+        if !bans.is_empty() {
+            let _ = self.0.try_send(bans);
+        }
+    }
+}
+
+/// Starts the fast-lane thread of `enforcer`, if it has one.
+pub(super) fn spawn_fast_lane(enforcer: &dyn Enforcer) -> Option<FastSender> {
+    let mut lane = enforcer.fast_lane()?;
+    // A few batches in flight; the lane is an accelerator, never a queue.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<BanDecision>>(4);
+    let started = std::thread::Builder::new()
+        .name("enforce-fast".into())
+        .spawn(move || {
+            while let Ok(bans) = rx.recv() {
+                lane.add(&bans);
+            }
+        });
+    match started {
+        Ok(_) => Some(FastSender(tx)),
+        Err(e) => {
+            tracing::warn!("firewall: no fast lane for new bans ({e}); the enforcer applies them");
+            None
+        }
+    }
 }
 
 /// Picks the enforcer for the configuration.

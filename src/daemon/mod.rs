@@ -188,6 +188,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // Blocklist feeds' contents, replaced whole (checked on every turn).
     let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
     let metrics = Arc::new(crate::http::metrics::Metrics::default());
+    let fast = enforcer::spawn_fast_lane(enforcer.as_ref());
     let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, verdict_tx, metrics.clone())?;
     // The store writes on its own thread too, a transaction per burst, and
     // watches the database; it asks for the bans in force when it had to
@@ -221,11 +222,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         origins: HashMap::new(),
         recent: Recent::default(),
         feeds: Vec::new(),
-        fast: None,
+        fast,
     };
-    if firewall == "nftables" {
-        rt.fast = crate::enforce::nftables::FastAdd::open(&rt.config.firewall.table);
-    }
     let enabled_now: Vec<JailConfig> = rt.config.enabled_jails().cloned().collect();
     rt.sources.sync(&enabled_now, &rt.jails)?;
     let mut feed_tasks = Vec::new();

@@ -59,11 +59,32 @@ pub trait Enforcer: Send {
         Ok(nets.len())
     }
 
+    /// A second, faster way in for a few new bans, if this firewall has
+    /// one (see [`FastLane`]).
+    fn fast_lane(&self) -> Option<Box<dyn FastLane>> {
+        None
+    }
+
     /// Called once when the daemon stops.
     fn close(&mut self) -> Result<(), EnforceError> {
         Ok(())
     }
 }
+
+/// A second way into the firewall for a few new bans, driven from a thread
+/// of its own, so an attacker's packets are dropped the moment its ban is
+/// decided even while the enforcer is busy with a large batch, a drift
+/// check or a conntrack flush. Best effort: the enforcer applies the same
+/// bans right after, keeps the books and gives the answer that counts.
+pub trait FastLane: Send {
+    /// Adds the elements of `bans` (single addresses only; prefixes need the
+    /// enforcer's interval ledger). Errors are left to the enforcer.
+    fn add(&mut self, bans: &[crate::jail::BanDecision]);
+}
+
+/// Most bans sent down a [`FastLane`] at once; larger bursts go the
+/// enforcer's way only.
+pub const FAST_LANE_MAX: usize = 64;
 
 /// `backend = "none"` and `--dry-run`: decisions are logged by the jails and
 /// nothing else happens.

@@ -27,7 +27,7 @@ use super::intervals::Family;
 use super::netlink::{
     NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
 };
-use super::{EnforceError, Enforcer, Refusal};
+use super::{EnforceError, Enforcer, FastLane, Refusal};
 use crate::config::FirewallConfig;
 use crate::event::Time;
 use crate::jail::{Decision, is_host};
@@ -627,34 +627,20 @@ fn send_ops(
     Ok(per_op)
 }
 
-/// The core's fast path for a few new bans: their elements are added from
-/// the core's own thread the moment they are decided, sparing a thread
-/// hand-off before the kernel drops the attacker. The enforcer thread still
-/// applies every decision (adding an element that is there changes nothing),
-/// flushes conntrack and keeps the books; this only gets there first.
+/// The nftables [`FastLane`]: a netlink socket of its own that adds the
+/// elements of a few new bans (adding an element that is there changes
+/// nothing, so the enforcer applying the same bans next is harmless).
 #[derive(Debug)]
-pub struct FastAdd {
+struct FastAdd {
     sock: NfSocket,
     table: String,
 }
 
-impl FastAdd {
-    /// Most bans handled here at once; larger bursts go to the enforcer only.
-    pub const MAX: usize = 64;
-
-    /// A netlink socket of its own for table `inet <table>`.
-    pub fn open(table: &str) -> Option<FastAdd> {
-        NfSocket::open().ok().map(|sock| FastAdd {
-            sock,
-            table: table.to_string(),
-        })
-    }
-
-    /// Adds the elements of `bans` (already over ones skipped); errors are
-    /// left to the enforcer, which applies the same bans next.
-    pub fn add<'a>(&mut self, bans: impl Iterator<Item = &'a crate::jail::BanDecision>) {
+impl FastLane for FastAdd {
+    fn add(&mut self, bans: &[crate::jail::BanDecision]) {
         let now = Time::now();
         let ops: Vec<ElemOp> = bans
+            .iter()
             // Prefixes go through the enforcer's interval ledger only.
             .filter(|b| is_host(&b.addr))
             .filter_map(|b| {
@@ -924,6 +910,14 @@ impl Enforcer for NftEnforcer {
             }
         }
         Ok(refusals)
+    }
+
+    fn fast_lane(&self) -> Option<Box<dyn FastLane>> {
+        let sock = NfSocket::open().ok()?;
+        Some(Box::new(FastAdd {
+            sock,
+            table: self.table.clone(),
+        }))
     }
 
     fn shift_clock(&mut self, delta_ms: i64) {
