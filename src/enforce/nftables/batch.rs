@@ -1,0 +1,218 @@
+//! Element changes as netlink batches: encoding, sending, splitting a
+//! refused batch, and the fast lane.
+
+use super::NftEnforcer;
+use crate::enforce::elements::{ElemKey, ElemOp, OpKind, SetName, Unit, put_op};
+use crate::enforce::netlink::{
+    NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
+};
+use crate::enforce::{EnforceError, FastLane};
+use crate::event::Time;
+use crate::jail::is_host;
+
+pub(super) const NFT_MSG_GETTABLE: u16 = 1;
+pub(super) const NFT_MSG_DELTABLE: u16 = 2;
+pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
+pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
+pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(super) const NFTA_CHAIN_NAME: u16 = 3;
+pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
+pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
+/// Deletes an element, succeeding when it is already gone (kernel 6.3+).
+pub(super) const NFT_MSG_DESTROYSETELEM: u16 = 30;
+pub(super) const NFPROTO_INET: u8 = 1;
+pub(super) const NFTA_TABLE_NAME: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+
+/// Element bytes per netlink message: a nested attribute's length is 16 bits.
+pub(super) const MAX_MSG_PAYLOAD: usize = 56 * 1024;
+/// Elements per batch (one atomic transaction, one send).
+pub(super) const MAX_BATCH_OPS: usize = 20_000;
+
+impl NftEnforcer {
+    /// Sends `ops` as one transaction; `Some(errno)` when the kernel
+    /// refused it (then nothing of it was applied).
+    pub(super) fn send_ops(&mut self, ops: &[ElemOp]) -> Result<Option<i32>, EnforceError> {
+        let replies = send_ops(&mut self.sock, &self.table, self.destroy, ops)?;
+        Ok(replies.iter().find_map(|r| match r {
+            Reply::Error(e) => Some(*e),
+            Reply::Ack => None,
+        }))
+    }
+
+    /// Applies `units`, each atomically. When the kernel refuses a batch
+    /// because of some elements (a full set, a timeout out of range, an
+    /// element someone else put there), it is split and retried, so one
+    /// refused unit never loses the rest. Pushes the refused units' indexes
+    /// (into `units`, plus `offset`) with their errno.
+    pub(super) fn apply_units(
+        &mut self,
+        units: &[Unit],
+        offset: usize,
+        refused: &mut Vec<(usize, i32)>,
+    ) -> Result<(), EnforceError> {
+        let mut ops: Vec<ElemOp> = units.iter().flat_map(|u| u.ops.iter().cloned()).collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Removals first: an element whose end changed is removed and added
+        // back in the same transaction.
+        ops.sort_by_key(|o| (o.kind, o.set));
+        let Some(errno) = self.send_ops(&ops)? else {
+            return Ok(());
+        };
+        // DESTROYSETELEM unknown to this kernel: fall back to DELSETELEM.
+        if self.destroy && errno == libc::EOPNOTSUPP && ops.iter().any(|o| o.kind == OpKind::Delete)
+        {
+            tracing::info!("firewall: this kernel has no DESTROYSETELEM; using DELSETELEM");
+            self.destroy = false;
+            return self.apply_units(units, offset, refused);
+        }
+        // Errors about the table itself, or permissions, are not any one
+        // element's: splitting would only repeat them.
+        let whole = matches!(errno, libc::EPERM | libc::EACCES | libc::EOPNOTSUPP)
+            || (errno == libc::ENOENT
+                && (self.destroy || !ops.iter().any(|o| o.kind == OpKind::Delete)));
+        if whole {
+            return Err(EnforceError::Failed(explain(
+                errno,
+                &format!("updating the sets of table inet {}", self.table),
+            )));
+        }
+        if units.len() == 1 {
+            refused.push((offset, errno));
+            return Ok(());
+        }
+        let mid = units.len() / 2;
+        self.apply_units(&units[..mid], offset, refused)?;
+        self.apply_units(&units[mid..], offset + mid, refused)
+    }
+
+    /// Puts `ops` (additions) into the kernel, in batches; returns how many
+    /// went in.
+    pub(super) fn readd(&mut self, ops: Vec<ElemOp>) -> Result<usize, EnforceError> {
+        let units: Vec<Unit> = ops
+            .into_iter()
+            .map(|op| Unit {
+                ops: vec![op],
+                decisions: Vec::new(),
+            })
+            .collect();
+        let mut refused = Vec::new();
+        for (n, chunk) in units.chunks(MAX_BATCH_OPS).enumerate() {
+            self.apply_units(chunk, n * MAX_BATCH_OPS, &mut refused)?;
+        }
+        Ok(units.len() - refused.len())
+    }
+}
+
+/// Encodes `ops` as one batch on `sock` and sends it; returns one reply per
+/// op.
+pub(super) fn send_ops(
+    sock: &mut NfSocket,
+    table: &str,
+    destroy: bool,
+    ops: &[ElemOp],
+) -> Result<Vec<Reply>, EnforceError> {
+    let mut b = sock.buffer();
+    b.batch_begin(NFNL_SUBSYS_NFTABLES);
+    // Which reply belongs to which ops: messages group consecutive ops.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut i = 0;
+    while i < ops.len() {
+        let (kind, set) = (ops[i].kind, ops[i].set);
+        let msg_type = match kind {
+            OpKind::Add => NFT_MSG_NEWSETELEM,
+            OpKind::Delete if destroy => NFT_MSG_DESTROYSETELEM,
+            OpKind::Delete => NFT_MSG_DELSETELEM,
+        };
+        let flags = NLM_F_REQUEST | NLM_F_ACK | if kind == OpKind::Add { NLM_F_CREATE } else { 0 };
+        let start = b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+            flags,
+            NFPROTO_INET,
+            0,
+        );
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+        let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        let first = i;
+        while i < ops.len()
+            && ops[i].kind == kind
+            && ops[i].set == set
+            && b.len() - list < MAX_MSG_PAYLOAD
+        {
+            put_op(&mut b, &ops[i]);
+            i += 1;
+        }
+        b.nest_end(list);
+        b.end(start);
+        groups.push(first..i);
+    }
+    b.batch_end(NFNL_SUBSYS_NFTABLES);
+    let replies = sock
+        .transact(&b)
+        .map_err(|e| EnforceError::Failed(explain_io(&e, table)))?;
+    let mut per_op = vec![Reply::Ack; ops.len()];
+    for (g, r) in groups.iter().zip(replies) {
+        for slot in &mut per_op[g.clone()] {
+            *slot = r;
+        }
+    }
+    Ok(per_op)
+}
+
+/// The nftables [`FastLane`]: a netlink socket of its own that adds the
+/// elements of a few new bans (adding an element that is there changes
+/// nothing, so the enforcer applying the same bans next is harmless).
+#[derive(Debug)]
+pub(super) struct FastAdd {
+    pub(super) sock: NfSocket,
+    pub(super) table: String,
+}
+
+impl FastLane for FastAdd {
+    fn add(&mut self, bans: &[crate::jail::BanDecision]) {
+        let now = Time::now();
+        let ops: Vec<ElemOp> = bans
+            .iter()
+            // Prefixes go through the enforcer's interval ledger only.
+            .filter(|b| is_host(&b.addr))
+            .filter_map(|b| {
+                let timeout_ms = match b.end {
+                    None => None,
+                    Some(end) if end.0 > now.0 => Some((end.0 - now.0) as u64),
+                    Some(_) => return None,
+                };
+                Some(ElemOp {
+                    kind: OpKind::Add,
+                    set: SetName::for_net(&b.addr),
+                    key: ElemKey::Host(b.addr.addr()),
+                    timeout_ms,
+                })
+            })
+            .collect();
+        if !ops.is_empty() {
+            if let Err(e) = send_ops(&mut self.sock, &self.table, true, &ops) {
+                tracing::debug!("fast path: {e}; the enforcer applies these bans");
+            }
+        }
+    }
+}
+
+pub(super) fn socket_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => explain(errno, "opening the netfilter netlink socket"),
+        None => format!("opening the netfilter netlink socket: {e}"),
+    }
+}
+
+pub(super) fn explain_io(e: &std::io::Error, table: &str) -> String {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => format!("table inet {table}: the kernel did not answer within 5 s"),
+        Some(errno) => explain(errno, &format!("table inet {table}")),
+        None => format!("table inet {table}: {e}"),
+    }
+}

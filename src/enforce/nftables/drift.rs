@@ -1,0 +1,199 @@
+//! Drift: the table or its sets gone (a flushed ruleset), elements deleted
+//! by hand; laid out and re-added from the ledger.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use super::NftEnforcer;
+use super::batch::{
+    NFPROTO_INET, NFT_MSG_GETCHAIN, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE, NFTA_CHAIN_NAME,
+    NFTA_CHAIN_TABLE, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_TABLE_NAME, explain_io,
+};
+use super::layout::apply_layout;
+use crate::enforce::EnforceError;
+use crate::enforce::elements::{
+    NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS,
+    NFTA_SET_ELEM_KEY, SetName,
+};
+use crate::enforce::netlink::{
+    NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, attrs, explain,
+};
+use crate::event::Time;
+
+/// How often the table and chain are checked, and the set contents compared.
+pub(super) const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl NftEnforcer {
+    /// Whether the table and its chain exist (a flushed ruleset removes both).
+    pub(super) fn layout_present(&mut self) -> Result<bool, EnforceError> {
+        for (msg, attrs_) in [
+            (
+                NFT_MSG_GETTABLE,
+                vec![(NFTA_TABLE_NAME, self.table.clone())],
+            ),
+            (
+                NFT_MSG_GETCHAIN,
+                vec![
+                    (NFTA_CHAIN_TABLE, self.table.clone()),
+                    (NFTA_CHAIN_NAME, "prerouting".to_string()),
+                ],
+            ),
+        ] {
+            let mut b = self.sock.buffer();
+            let s = b.begin(
+                (NFNL_SUBSYS_NFTABLES << 8) | msg,
+                NLM_F_REQUEST | NLM_F_ACK,
+                NFPROTO_INET,
+                0,
+            );
+            for (t, v) in &attrs_ {
+                b.attr_str(*t, v);
+            }
+            b.end(s);
+            match self
+                .sock
+                .dump(&b, |_| {})
+                .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?
+            {
+                Some(libc::ENOENT) => return Ok(false),
+                Some(e) => {
+                    return Err(EnforceError::Failed(explain(
+                        e,
+                        &format!("checking table inet {}", self.table),
+                    )));
+                }
+                None => {}
+            }
+        }
+        Ok(true)
+    }
+
+    /// The keys (network start addresses) in one of the sets, or `None` when
+    /// the set is missing.
+    pub(super) fn set_keys(
+        &mut self,
+        set: SetName,
+    ) -> Result<Option<HashSet<IpAddr>>, EnforceError> {
+        let mut b = self.sock.buffer();
+        let s = b.begin(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            NFPROTO_INET,
+            0,
+        );
+        b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+        b.end(s);
+        let mut keys = HashSet::new();
+        let r = self
+            .sock
+            .dump(&b, |m| {
+                let Some(body) = m.payload.get(4..) else {
+                    return;
+                };
+                for list in attrs(body).filter(|a| a.ty == NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    for elem in attrs(list.data).filter(|a| a.ty == NFTA_LIST_ELEM) {
+                        let mut key = None;
+                        let mut end = false;
+                        for a in attrs(elem.data) {
+                            match a.ty {
+                                NFTA_SET_ELEM_KEY => {
+                                    key = attrs(a.data)
+                                        .find(|d| d.ty == NFTA_DATA_VALUE)
+                                        .map(|d| d.data)
+                                }
+                                NFTA_SET_ELEM_FLAGS => {
+                                    end = a.data.len() == 4
+                                        && u32::from_be_bytes([
+                                            a.data[0], a.data[1], a.data[2], a.data[3],
+                                        ]) & NFT_SET_ELEM_INTERVAL_END
+                                            != 0
+                                }
+                                _ => {}
+                            }
+                        }
+                        if end {
+                            continue;
+                        }
+                        match key.map(|k| k.len()) {
+                            Some(4) => keys.extend(
+                                key.and_then(|k| <[u8; 4]>::try_from(k).ok())
+                                    .map(IpAddr::from),
+                            ),
+                            Some(16) => keys.extend(
+                                key.and_then(|k| <[u8; 16]>::try_from(k).ok())
+                                    .map(IpAddr::from),
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?;
+        match r {
+            Some(libc::ENOENT) => Ok(None),
+            Some(e) => Err(EnforceError::Failed(explain(
+                e,
+                &format!("listing set {}", set.as_str()),
+            ))),
+            None => Ok(Some(keys)),
+        }
+    }
+
+    /// Checks for drift and repairs it: a missing table or chain is laid out
+    /// again with every ban in force; elements deleted by hand are re-added.
+    pub fn check_drift(&mut self) -> Result<(), EnforceError> {
+        let now = Time::now();
+        self.book.expire(now);
+        let t0 = std::time::Instant::now();
+        if !self.layout_present()? {
+            tracing::warn!(
+                "firewall: table inet {} or its chain is gone (ruleset flushed?); restoring it",
+                self.table
+            );
+            apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
+            let n = self.readd(self.book.all_elements(now))?;
+            self.reload_feeds()?;
+            tracing::warn!(
+                "firewall: table inet {} restored with {n} ban(s) in {:?}",
+                self.table,
+                t0.elapsed()
+            );
+            self.last_verify = std::time::Instant::now();
+            return Ok(());
+        }
+        if self.last_verify.elapsed() < VERIFY_EVERY {
+            return Ok(());
+        }
+        self.last_verify = std::time::Instant::now();
+        let mut present: HashSet<IpAddr> = HashSet::new();
+        for set in [SetName::V4, SetName::V6, SetName::NetV4, SetName::NetV6] {
+            match self.set_keys(set)? {
+                Some(k) => present.extend(k),
+                None => {
+                    tracing::warn!(
+                        "firewall: set {} is gone; restoring the table",
+                        set.as_str()
+                    );
+                    self.last_probe = std::time::Instant::now() - PROBE_EVERY;
+                    apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
+                    self.readd(self.book.all_elements(now))?;
+                    self.reload_feeds()?;
+                    return Ok(());
+                }
+            }
+        }
+        let missing = self.book.missing(now, &present);
+        if !missing.is_empty() {
+            let n = self.readd(missing)?;
+            if n > 0 {
+                tracing::warn!(
+                    "firewall: {n} ban(s) were missing from the kernel sets (deleted outside sipwarden); re-added"
+                );
+            }
+        }
+        Ok(())
+    }
+}

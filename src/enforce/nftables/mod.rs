@@ -1,0 +1,407 @@
+//! The nftables enforcer: kernel sets with per-element timeouts, a chain at
+//! prerouting with raw priority (before connection tracking), bans and
+//! unbans in netlink batches, conntrack entries of banned sources flushed.
+//!
+//! The table is laid out once at start with one `nft -f -` transaction
+//! (atomic: the old table, if any, is replaced in the same step), after the
+//! daemon made sure no other running sipwarden owns it (`owner.rs`). Every
+//! ban and unban after that is a netlink batch from this process: no child
+//! process per ban. `layout.rs` lays the table out and removes it,
+//! `batch.rs` sends element changes, `drift.rs` repairs what others
+//! changed, `feeds.rs` replaces the blocklist sets; this file applies
+//! decisions.
+
+mod batch;
+mod drift;
+mod feeds;
+mod layout;
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+
+pub use self::layout::layout;
+
+use self::batch::{FastAdd, MAX_BATCH_OPS, socket_error};
+use self::drift::PROBE_EVERY;
+use self::layout::apply_layout;
+use super::conntrack;
+use super::elements::{BanBook, OpKind, SetName, Undo, Unit};
+use super::intervals::Family;
+use super::netlink::{NfSocket, explain};
+use super::{EnforceError, Enforcer, FastLane, Refusal};
+use crate::config::FirewallConfig;
+use crate::event::Time;
+use crate::jail::{Decision, is_host};
+
+/// Bans in kernel sets of table `inet <table>`.
+#[derive(Debug)]
+pub struct NftEnforcer {
+    sock: NfSocket,
+    table: String,
+    /// This daemon's hold on the table, and its owner mark.
+    owner: super::owner::TableOwner,
+    /// Whether the table carries the mark (an old kernel or `nft` may
+    /// refuse table comments).
+    marked: bool,
+    keep_on_exit: bool,
+    /// Whether the kernel knows DESTROYSETELEM (else DELSETELEM, which fails
+    /// on elements already gone).
+    destroy: bool,
+    /// Conntrack flushing stays off after the kernel refused it once.
+    conntrack_ok: bool,
+    /// Every ban in force as this enforcer applied it, and what the kernel
+    /// holds: restored after drift.
+    book: BanBook,
+    set_size: u32,
+    /// When the table was last checked, and its elements.
+    last_probe: std::time::Instant,
+    last_verify: std::time::Instant,
+    /// Names of the blocklist feeds (sets `feed_<name>_v4`/`_v6`).
+    feeds: Vec<String>,
+    /// Each feed's current contents, put back after drift.
+    feed_nets: HashMap<String, Vec<IpNet>>,
+}
+
+impl NftEnforcer {
+    /// Lays out the table (replacing a leftover one) and opens the netlink
+    /// socket; the owner is this process (for tools and tests: the daemon
+    /// names its state directory with `start_with_feeds`).
+    pub fn start(cfg: &FirewallConfig) -> Result<NftEnforcer, EnforceError> {
+        let owner = format!("process {}", std::process::id());
+        NftEnforcer::start_with_feeds(cfg, Vec::new(), &owner)
+    }
+
+    /// Like `start`, with a pair of sets for each blocklist feed, owned by
+    /// `owner` (the canonical state directory). Refuses a table another
+    /// running sipwarden owns, naming it.
+    pub fn start_with_feeds(
+        cfg: &FirewallConfig,
+        feeds: Vec<String>,
+        owner: &str,
+    ) -> Result<NftEnforcer, EnforceError> {
+        let mut sock = NfSocket::open().map_err(|e| EnforceError::Failed(socket_error(&e)))?;
+        let owner = super::owner::take(&mut sock, &cfg.table, owner)?;
+        let marked = match apply_layout(&cfg.table, cfg.set_size, &feeds, Some(&owner.mark)) {
+            Ok(()) => true,
+            Err(e) => {
+                // Table comments need Linux 5.10 and nftables 0.9.7.
+                apply_layout(&cfg.table, cfg.set_size, &feeds, None)?;
+                tracing::warn!(
+                    "firewall: table inet {} laid out without its owner mark ({e}); only the running daemon's claim guards it",
+                    cfg.table
+                );
+                false
+            }
+        };
+        tracing::info!(
+            "firewall: table inet {} ready (sets banned_v4, banned_v6, banned_net_v4, banned_net_v6; chain prerouting, priority raw; owner {})",
+            cfg.table,
+            owner.mark
+        );
+        Ok(NftEnforcer {
+            sock,
+            table: cfg.table.clone(),
+            owner,
+            marked,
+            keep_on_exit: cfg.keep_on_exit,
+            destroy: true,
+            conntrack_ok: true,
+            book: BanBook::default(),
+            set_size: cfg.set_size,
+            last_probe: std::time::Instant::now(),
+            last_verify: std::time::Instant::now(),
+            feeds,
+            feed_nets: HashMap::new(),
+        })
+    }
+
+    /// The owner mark the layout carries.
+    fn mark(&self) -> Option<&str> {
+        self.marked.then_some(self.owner.mark.as_str())
+    }
+}
+
+impl Enforcer for NftEnforcer {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn load_feed(&mut self, name: &str, nets: &[IpNet]) -> Result<usize, EnforceError> {
+        self.replace_feed(name, nets)
+    }
+
+    fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
+        let now = Time::now();
+        self.book.expire(now);
+        // The ledger first, remembering how to undo each decision.
+        let mut undo: Vec<Option<Undo>> =
+            decisions.iter().map(|d| Some(self.book.note(d))).collect();
+        // One unit per single address touched; one per family for prefixes.
+        let mut host_units: Vec<(IpNet, Unit)> = Vec::new();
+        let mut host_index: HashMap<IpNet, usize> = HashMap::new();
+        let mut prefix_decisions: HashMap<Family, Vec<usize>> = HashMap::new();
+        for (i, d) in decisions.iter().enumerate() {
+            let net = d.addr();
+            if is_host(&net) {
+                let k = *host_index.entry(net).or_insert_with(|| {
+                    host_units.push((net, Unit::default()));
+                    host_units.len() - 1
+                });
+                host_units[k].1.decisions.push(i);
+            } else {
+                prefix_decisions
+                    .entry(Family::of(&net))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (net, unit) in &mut host_units {
+            unit.ops = self.book.host_ops(net, now);
+        }
+        let mut refusals: Vec<Refusal> = Vec::new();
+        let mut refuse =
+            |undo: &mut Vec<Option<Undo>>, book: &mut BanBook, idxs: &[usize], reason: &str| {
+                for &i in idxs.iter().rev() {
+                    if let Some(u) = undo[i].take() {
+                        book.undo(u);
+                    }
+                }
+                for &i in idxs {
+                    refusals.push(Refusal {
+                        index: i,
+                        reason: reason.to_string(),
+                    });
+                }
+            };
+        let units: Vec<Unit> = host_units.iter().map(|(_, u)| u.clone()).collect();
+        let mut refused = Vec::new();
+        // When the firewall cannot be reached at all, what was not applied
+        // yet is refused with that error.
+        let mut unreachable: Option<(usize, EnforceError)> = None;
+        let mut start = 0;
+        while start < units.len() {
+            // Chunks of whole units, about MAX_BATCH_OPS elements each.
+            let mut end = start;
+            let mut n = 0;
+            while end < units.len() && (end == start || n + units[end].ops.len() <= MAX_BATCH_OPS) {
+                n += units[end].ops.len();
+                end += 1;
+            }
+            if let Err(e) = self.apply_units(&units[start..end], start, &mut refused) {
+                unreachable = Some((start, e));
+                break;
+            }
+            start = end;
+        }
+        let refused_units: HashMap<usize, i32> = refused.into_iter().collect();
+        for (k, (net, unit)) in host_units.iter().enumerate() {
+            if let Some((from, e)) = &unreachable {
+                if k >= *from {
+                    refuse(&mut undo, &mut self.book, &unit.decisions, &e.to_string());
+                    continue;
+                }
+            }
+            match refused_units.get(&k) {
+                None => self.book.commit_host(net, now),
+                Some(&errno) => {
+                    let what = unit
+                        .ops
+                        .iter()
+                        .find(|o| o.kind == OpKind::Add)
+                        .or(unit.ops.first())
+                        .map(|o| format!("{} in set {}", o.key, o.set.as_str()))
+                        .unwrap_or_else(|| net.to_string());
+                    let reason = explain(errno, &format!("updating {what}"));
+                    refuse(&mut undo, &mut self.book, &unit.decisions, &reason);
+                }
+            }
+        }
+        if let Some((_, e)) = &unreachable {
+            let rest: Vec<usize> = prefix_decisions.values().flatten().copied().collect();
+            refuse(&mut undo, &mut self.book, &rest, &e.to_string());
+            prefix_decisions.clear();
+        }
+        // Prefixes: all of a family's changes in one transaction; when the
+        // kernel refuses it, one decision at a time, so only the refused
+        // ones are undone.
+        let mut families: Vec<(Family, Vec<usize>)> = prefix_decisions.into_iter().collect();
+        families.sort();
+        for (family, idxs) in families {
+            let (ops, wanted) = self.book.prefix_ops(family, now);
+            let mut r = Vec::new();
+            self.apply_units(
+                &[Unit {
+                    ops,
+                    decisions: idxs.clone(),
+                }],
+                0,
+                &mut r,
+            )?;
+            if r.is_empty() {
+                self.book.commit_prefixes(family, wanted);
+                continue;
+            }
+            for &i in idxs.iter().rev() {
+                if let Some(u) = undo[i].take() {
+                    self.book.undo(u);
+                }
+            }
+            for &i in &idxs {
+                undo[i] = Some(self.book.note(&decisions[i]));
+                let (ops, wanted) = self.book.prefix_ops(family, now);
+                let mut r = Vec::new();
+                self.apply_units(
+                    &[Unit {
+                        ops,
+                        decisions: vec![i],
+                    }],
+                    0,
+                    &mut r,
+                )?;
+                match r.first() {
+                    None => self.book.commit_prefixes(family, wanted),
+                    Some(&(_, errno)) => {
+                        let net = decisions[i].addr();
+                        let reason = explain(
+                            errno,
+                            &format!(
+                                "{} {} in set {}",
+                                if matches!(decisions[i], Decision::Ban(_)) {
+                                    "banning"
+                                } else {
+                                    "lifting"
+                                },
+                                crate::jail::DisplayNet(&net),
+                                SetName::for_net(&net).as_str()
+                            ),
+                        );
+                        refuse(&mut undo, &mut self.book, &[i], &reason);
+                    }
+                }
+            }
+        }
+        for r in &refusals {
+            tracing::warn!("firewall: {}", r.reason);
+        }
+        // Conntrack entries of the sources newly banned.
+        let banned: Vec<IpNet> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| matches!(d, Decision::Ban(_)) && undo[*i].is_some())
+            .map(|(_, d)| d.addr())
+            .collect();
+        if !banned.is_empty() && self.conntrack_ok {
+            match conntrack::flush_sources(&mut self.sock, &banned) {
+                Ok(n) if n > 0 => {
+                    tracing::debug!("firewall: deleted {n} conntrack entries of banned sources")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "conntrack: {e}; established flows of banned sources are still dropped before conntrack, entries age out by themselves"
+                    );
+                    self.conntrack_ok = false;
+                }
+            }
+        }
+        Ok(refusals)
+    }
+
+    fn fast_lane(&self) -> Option<Box<dyn FastLane>> {
+        let sock = NfSocket::open().ok()?;
+        Some(Box::new(FastAdd {
+            sock,
+            table: self.table.clone(),
+        }))
+    }
+
+    fn shift_clock(&mut self, delta_ms: i64) {
+        self.book.shift(delta_ms);
+    }
+
+    fn tick(&mut self) -> Result<(), EnforceError> {
+        if self.last_probe.elapsed() < PROBE_EVERY {
+            return Ok(());
+        }
+        self.last_probe = std::time::Instant::now();
+        self.check_drift()
+    }
+
+    fn close(&mut self) -> Result<(), EnforceError> {
+        if self.keep_on_exit {
+            tracing::info!(
+                "firewall: table inet {} and its bans stay in place (keep_on_exit); kernel timeouts expire them",
+                self.table
+            );
+            return Ok(());
+        }
+        // Only a table this daemon still owns: its comment names us.
+        match super::owner::found(&mut self.sock, &self.table)? {
+            super::owner::Found::None => return Ok(()),
+            super::owner::Found::Marked(m) if m != self.owner.mark => {
+                tracing::warn!(
+                    "firewall: table inet {} now belongs to {m}, not to this daemon; left in place (keep_on_exit = false deletes only its own table)",
+                    self.table
+                );
+                return Ok(());
+            }
+            super::owner::Found::Unmarked if self.marked => {
+                tracing::warn!(
+                    "firewall: table inet {} lost this daemon's owner mark (laid out again by someone else?); left in place",
+                    self.table
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.delete_table()?;
+        tracing::info!(
+            "firewall: table inet {} removed (keep_on_exit = false)",
+            self.table
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::after_prefix;
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_next_address() {
+        let n: IpNet = "198.51.100.0/24".parse().unwrap();
+        assert_eq!(after_prefix(&n), Some("198.51.101.0".parse().unwrap()));
+        let top: IpNet = "255.255.255.0/24".parse().unwrap();
+        assert_eq!(after_prefix(&top), None);
+        let v6: IpNet = "2001:db8::/32".parse().unwrap();
+        assert_eq!(after_prefix(&v6), Some("2001:db9::".parse().unwrap()));
+    }
+
+    #[test]
+    fn layout_has_sets_and_raw_prerouting_chain() {
+        let l = layout("sipwarden", 0, &[], Some("sipwarden:/var/lib/sipwarden"));
+        assert!(l.starts_with("table inet sipwarden\ndelete table inet sipwarden\n"));
+        assert!(l.contains("table inet sipwarden {\n\tcomment \"sipwarden:/var/lib/sipwarden\"\n\tset banned_v4"), "{l}");
+        assert!(!layout("t", 0, &[], None).contains("comment"));
+        assert!(l.contains("set banned_net_v6 { type ipv6_addr; flags interval, timeout; }"));
+        assert!(l.contains("type filter hook prerouting priority raw; policy accept;"));
+        assert!(layout("t", 1000, &[], None).contains("flags timeout; size 1000;"));
+        let f = layout("t", 0, &["apiban".into()], None);
+        assert!(
+            f.contains("set feed_apiban_v4 { type ipv4_addr; flags interval; }"),
+            "{f}"
+        );
+        assert!(f.contains("ip6 saddr @feed_apiban_v6 drop"), "{f}");
+    }
+
+    #[test]
+    fn sets_by_address_kind() {
+        let f = |s: &str| SetName::for_net(&s.parse().unwrap()).as_str();
+        assert_eq!(f("192.0.2.1/32"), "banned_v4");
+        assert_eq!(f("2001:db8::1/128"), "banned_v6");
+        assert_eq!(f("192.0.2.0/24"), "banned_net_v4");
+        assert_eq!(f("2001:db8::/48"), "banned_net_v6");
+    }
+}
