@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod decision;
 pub mod doctor;
 pub mod enforce;
 pub mod event;

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use super::netlink::{
     NFNL_SUBSYS_CTNETLINK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NfSocket, Reply, attrs, explain,
 };
-use crate::jail::is_host;
+use crate::net::is_host;
 
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;

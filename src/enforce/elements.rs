@@ -17,8 +17,9 @@ use ipnet::IpNet;
 
 use super::intervals::{self, Family, Segment};
 use super::netlink::MsgBuf;
+use crate::decision::Decision;
 use crate::event::{JailId, Time};
-use crate::jail::{Decision, is_host};
+use crate::net::is_host;
 
 pub(super) const NFTA_LIST_ELEM: u16 = 1;
 pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
@@ -417,7 +418,7 @@ impl BanBook {
 mod tests {
     use super::*;
     use crate::config::duration::{BanTime, Duration};
-    use crate::jail::{BanDecision, BanReason, UnbanDecision, UnbanReason};
+    use crate::decision::{BanDecision, BanReason, UnbanDecision, UnbanReason};
     use std::sync::Arc;
 
     fn ban(jail: u16, net: &str, end: Option<i64>) -> Decision {

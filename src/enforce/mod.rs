@@ -9,7 +9,7 @@ mod owner;
 
 pub use nftables::NftEnforcer;
 
-use crate::jail::Decision;
+use crate::decision::Decision;
 
 /// Why a firewall operation failed, in words that name the object.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub trait Enforcer: Send {
 pub trait FastLane: Send {
     /// Adds the elements of `bans` (single addresses only; prefixes need the
     /// enforcer's interval ledger). Errors are left to the enforcer.
-    fn add(&mut self, bans: &[crate::jail::BanDecision]);
+    fn add(&mut self, bans: &[crate::decision::BanDecision]);
 }
 
 /// Most bans sent down a [`FastLane`] at once; larger bursts go the

@@ -394,7 +394,7 @@ async fn history(State(ctx): State<Ctx>, Path(addr): Path<String>) -> HttpRespon
                 .map(|(b, lifted)| {
                     serde_json::json!({
                         "jail": b.jail,
-                        "addr": crate::jail::DisplayNet(&b.addr).to_string(),
+                        "addr": crate::net::DisplayNet(&b.addr).to_string(),
                         "start": b.start.to_string(),
                         "end": b.end.map(|e| e.to_string()),
                         "failures": b.failures,

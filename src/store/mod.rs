@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::decision::{BanReason, UnbanReason};
 use crate::event::Time;
-use crate::jail::{BanReason, UnbanReason};
 
 /// Schema migrations, applied in order and tracked by `PRAGMA user_version`.
 /// Append only: never edit or remove one.

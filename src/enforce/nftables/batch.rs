@@ -8,7 +8,7 @@ use crate::enforce::netlink::{
 };
 use crate::enforce::{EnforceError, FastLane};
 use crate::event::Time;
-use crate::jail::is_host;
+use crate::net::is_host;
 
 pub(super) const NFT_MSG_GETTABLE: u16 = 1;
 pub(super) const NFT_MSG_DELTABLE: u16 = 2;
@@ -174,7 +174,7 @@ pub(super) struct FastAdd {
 }
 
 impl FastLane for FastAdd {
-    fn add(&mut self, bans: &[crate::jail::BanDecision]) {
+    fn add(&mut self, bans: &[crate::decision::BanDecision]) {
         let now = Time::now();
         let ops: Vec<ElemOp> = bans
             .iter()

@@ -31,8 +31,9 @@ use super::intervals::Family;
 use super::netlink::{NfSocket, explain};
 use super::{EnforceError, Enforcer, FastLane, Refusal};
 use crate::config::FirewallConfig;
+use crate::decision::Decision;
 use crate::event::Time;
-use crate::jail::{Decision, is_host};
+use crate::net::is_host;
 
 /// Bans in kernel sets of table `inet <table>`.
 #[derive(Debug)]
@@ -272,7 +273,7 @@ impl Enforcer for NftEnforcer {
                                 } else {
                                     "lifting"
                                 },
-                                crate::jail::DisplayNet(&net),
+                                crate::net::DisplayNet(&net),
                                 SetName::for_net(&net).as_str()
                             ),
                         );
