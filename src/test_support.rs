@@ -17,6 +17,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("netns", "root, with `ip` (iproute2) and `nft` (nftables)"),
     ("conntrack", "the `conntrack` command (conntrack)"),
     ("redis", "`redis-server` and `redis-cli` (redis-server)"),
+    ("openssl", "the `openssl` command (openssl)"),
     (
         "chromium",
         "`chromium` and `chromedriver` (chromium, chromium-driver)",
@@ -62,6 +63,7 @@ pub fn missing(group: &str) -> Option<String> {
         "netns" => root && runs("ip", "-V") && runs("nft", "-v"),
         "conntrack" => on_path("conntrack"),
         "redis" => on_path("redis-server") && on_path("redis-cli"),
+        "openssl" => on_path("openssl"),
         "chromium" => on_path("chromium") && on_path("chromedriver"),
         "kamailio" => on_path("kamailio"),
         "sipp" => on_path("sipp"),

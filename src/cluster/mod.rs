@@ -18,62 +18,39 @@
 //!   re-asserts the keys of its own active bans (a Redis restarted empty
 //!   learns them again).
 //!
+//! * The link (`link.rs`, on the `redis` crate): one server, or the master
+//!   the sentinels name; TLS with `rediss://`. The writer and the reader
+//!   each run in a supervised loop (`supervise.rs`): a broken link or a
+//!   panic restarts the task after a backoff with jitter, and `status` shows
+//!   each task's health. A key or entry under the prefix that is not what
+//!   sipwarden writes is skipped and counted, never a reason to reconnect.
+//!
 //! Redis is trusted like the configuration: whoever can write to it can
 //! ban addresses on every node, but never an address a node must not ban
 //! (ignoreip, its own addresses, cluster peers): those rules apply to
 //! received bans too.
 
-pub mod resp;
+mod config;
+mod link;
+mod reader;
+mod supervise;
+mod writer;
 
-use std::collections::{HashMap, VecDeque};
+pub use config::{
+    ClusterConfig, HostPort, Key, LinkConfig, LinkKeys, Problem, Target, link_config,
+};
+pub use supervise::TaskView;
+
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use self::resp::{Conn, RedisUrl, Value};
 use crate::event::Time;
-
-/// Most publications kept while Redis is unreachable.
-const QUEUE_MAX: usize = 100_000;
-/// A node key lives this long without a refresh.
-const NODE_TTL_MS: u64 = 10_000;
-/// How often a node refreshes its key and reads its peers'.
-const HEARTBEAT: Duration = Duration::from_secs(2);
-/// Entries kept in the stream (approximately).
-const STREAM_MAXLEN: &str = "100000";
-
-/// Shared counting: add the failure, trim to findtime, count, and take the
-/// decision lock when the count reaches maxretry. Returns the count when
-/// this node decides, else 0.
-const COUNT_SCRIPT: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[4]) then
-  if redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[2]) then
-    redis.call('DEL', KEYS[1])
-    return n
-  end
-end
-return 0
-";
-
-/// `[cluster]`, resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// The Redis server.
-    pub redis: RedisUrl,
-    /// This node's name (unique in the fleet).
-    pub node: String,
-    /// Prefix of every key.
-    pub prefix: String,
-}
 
 /// A ban as the fleet shares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +129,9 @@ pub enum Inbound {
     },
     /// The peers' own addresses (never to be banned).
     Peers(Vec<IpAddr>),
+    /// The Redis master this node connected to (never to be banned): with
+    /// Sentinel, it changes at a failover.
+    Server(HostPort),
 }
 
 /// A peer as last seen.
@@ -173,9 +153,11 @@ pub struct PeerView {
 pub struct ClusterView {
     /// This node.
     pub node: String,
-    /// `host:port` of Redis.
+    /// `host:port` of the Redis master in use (or last tried), or how it
+    /// is found.
     pub redis: String,
-    /// Whether both connections are up.
+    /// Whether the writer and the reader are both up (connected and doing
+    /// their work).
     pub connected: bool,
     /// Bans and unbans published.
     pub published: u64,
@@ -185,9 +167,16 @@ pub struct ClusterView {
     pub queued: u64,
     /// Shared-count failures not counted because Redis was away.
     pub uncounted: u64,
+    /// Keys and stream entries under the prefix of the wrong type or
+    /// shape, skipped (counted at each read).
+    #[serde(default)]
+    pub skipped: u64,
     /// Peers seen.
     pub peers: Vec<PeerView>,
-    /// The last connection error, when disconnected.
+    /// The writer and reader tasks.
+    #[serde(default)]
+    pub tasks: Vec<TaskView>,
+    /// Why the link is not (fully) up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -195,24 +184,44 @@ pub struct ClusterView {
 /// Counters shared with `status`.
 #[derive(Debug, Default)]
 pub struct ClusterStats {
-    writer_up: AtomicBool,
-    reader_up: AtomicBool,
+    writer: Arc<supervise::Health>,
+    reader: Arc<supervise::Health>,
     published: AtomicU64,
     received: AtomicU64,
     queued: AtomicU64,
     uncounted: AtomicU64,
+    skipped: AtomicU64,
+    server: Mutex<Option<String>>,
     peers: Mutex<Vec<PeerView>>,
     lags: Mutex<HashMap<String, i64>>,
-    error: Mutex<Option<String>>,
+    /// Keys already named in the log as skipped (each once; bounded).
+    logged_odd: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ClusterStats {
-    fn set_error(&self, e: Option<String>) {
-        if let Ok(mut g) = self.error.lock() {
-            *g = e;
+    /// Counts a key or entry of the wrong type or shape; logs it the first
+    /// time (at most [`ODD_LOGGED`] distinct ones).
+    fn odd(&self, what: &str) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut seen) = self.logged_odd.lock() {
+            if seen.len() < ODD_LOGGED && seen.insert(what.to_string()) {
+                tracing::warn!(
+                    "cluster: skipped, not what sipwarden writes under its key prefix: {} (counted in status as skipped; delete the key if it is stray)",
+                    crate::event::escape_text(what, 200)
+                );
+            }
+        }
+    }
+
+    fn set_server(&self, s: &HostPort) {
+        if let Ok(mut g) = self.server.lock() {
+            *g = Some(s.to_string());
         }
     }
 }
+
+/// Distinct odd keys named in the log.
+const ODD_LOGGED: usize = 100;
 
 /// The daemon's handle on the running cluster tasks.
 pub struct Cluster {
@@ -224,7 +233,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the writer and reader tasks; received bans arrive on `inbound`.
+    /// Starts the writer and reader tasks, each supervised; received bans
+    /// arrive on `inbound`.
     pub fn start(
         config: ClusterConfig,
         own_addrs: Vec<IpAddr>,
@@ -232,32 +242,32 @@ impl Cluster {
     ) -> Cluster {
         let stats = Arc::new(ClusterStats::default());
         let (tx, rx) = mpsc::channel(65_536);
-        let writer = Writer {
-            cfg: config.clone(),
-            stats: stats.clone(),
-            inbound: inbound.clone(),
+        let target = config.link.describe();
+        let writer = writer::Writer::new(
+            config.clone(),
+            stats.clone(),
+            inbound.clone(),
             own_addrs,
-            queue: VecDeque::new(),
-            own: HashMap::new(),
-            seq: 0,
-        };
-        let reader = Reader {
-            cfg: config.clone(),
-            stats: stats.clone(),
-            inbound,
-            last_id: None,
-        };
+            rx,
+        );
+        let reader = reader::Reader::new(config.clone(), stats.clone(), inbound);
         tracing::info!(
-            "cluster: node {} with redis {} (key prefix {})",
+            "cluster: node {} with {target} (key prefix {})",
             config.node,
-            config.redis.endpoint(),
             config.prefix
         );
         Cluster {
+            tasks: vec![
+                tokio::spawn(supervise::supervise(
+                    writer,
+                    stats.writer.clone(),
+                    target.clone(),
+                )),
+                tokio::spawn(supervise::supervise(reader, stats.reader.clone(), target)),
+            ],
             config,
             tx,
             stats,
-            tasks: vec![tokio::spawn(writer.run(rx)), tokio::spawn(reader.run())],
         }
     }
 
@@ -277,16 +287,28 @@ impl Cluster {
         for p in &mut peers {
             p.lag_ms = lags.get(&p.node).copied();
         }
+        let tasks = vec![s.writer.view("writer"), s.reader.view("reader")];
+        let error = tasks
+            .iter()
+            .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.name)))
+            .collect::<Vec<_>>();
         ClusterView {
             node: self.config.node.clone(),
-            redis: self.config.redis.endpoint(),
-            connected: s.writer_up.load(Ordering::Relaxed) && s.reader_up.load(Ordering::Relaxed),
+            redis: s
+                .server
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .unwrap_or_else(|| self.config.link.describe()),
+            connected: tasks.iter().all(|t| t.up),
             published: s.published.load(Ordering::Relaxed),
             received: s.received.load(Ordering::Relaxed),
             queued: s.queued.load(Ordering::Relaxed),
             uncounted: s.uncounted.load(Ordering::Relaxed),
+            skipped: s.skipped.load(Ordering::Relaxed),
             peers,
-            error: s.error.lock().ok().and_then(|g| g.clone()),
+            tasks,
+            error: (!error.is_empty()).then(|| error.join("; ")),
         }
     }
 
@@ -305,477 +327,4 @@ fn key_ban(p: &str, jail: &str, addr: &str) -> String {
 
 fn now_ms() -> i64 {
     Time::now().0
-}
-
-/// Backoff between reconnection attempts.
-fn backoff(n: u32) -> Duration {
-    Duration::from_millis((250u64 << n.min(5)).min(5_000))
-}
-
-struct Writer {
-    cfg: ClusterConfig,
-    stats: Arc<ClusterStats>,
-    inbound: mpsc::Sender<Inbound>,
-    own_addrs: Vec<IpAddr>,
-    /// Bans and unbans waiting to be published.
-    queue: VecDeque<Outbound>,
-    /// This node's active bans, re-asserted after a reconnection.
-    own: HashMap<(String, String), SharedBan>,
-    seq: u64,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Outbound>) {
-        let mut attempt = 0u32;
-        loop {
-            let mut conn = match Conn::open(&self.cfg.redis).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.down(&e.to_string(), attempt);
-                    // Keep taking work while waiting.
-                    let wait = tokio::time::sleep(backoff(attempt));
-                    tokio::pin!(wait);
-                    loop {
-                        tokio::select! {
-                            _ = &mut wait => break,
-                            op = rx.recv() => match op {
-                                Some(op) => self.take(op),
-                                None => return,
-                            },
-                        }
-                    }
-                    attempt += 1;
-                    continue;
-                }
-            };
-            attempt = 0;
-            match self.serve(&mut conn, &mut rx).await {
-                Ok(()) => return,
-                Err(e) => self.down(&e.to_string(), 0),
-            }
-        }
-    }
-
-    fn down(&self, e: &str, attempt: u32) {
-        let was_up = self.stats.writer_up.swap(false, Ordering::Relaxed);
-        if was_up || attempt == 0 {
-            tracing::warn!(
-                "cluster: redis {} unreachable ({e}); banning locally, {} publication(s) queued",
-                self.cfg.redis.endpoint(),
-                self.queue.len()
-            );
-        }
-        self.stats.set_error(Some(e.to_string()));
-    }
-
-    /// Queues an operation while Redis is away (failures are not queued:
-    /// the local jail counts them anyway, and late counts would mislead).
-    fn take(&mut self, op: Outbound) {
-        match op {
-            Outbound::Failure { .. } => {
-                self.stats.uncounted.fetch_add(1, Ordering::Relaxed);
-            }
-            op @ Outbound::Forget { .. } => self.note_own(&op),
-            op => {
-                self.note_own(&op);
-                if self.queue.len() >= QUEUE_MAX {
-                    self.queue.pop_front();
-                }
-                self.queue.push_back(op);
-            }
-        }
-        self.stats
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
-    }
-
-    fn note_own(&mut self, op: &Outbound) {
-        match op {
-            Outbound::Ban(b) => {
-                self.own.insert((b.jail.clone(), b.addr.clone()), b.clone());
-            }
-            Outbound::Unban { jail, addr } | Outbound::Forget { jail, addr } => {
-                self.own.remove(&(jail.clone(), addr.clone()));
-            }
-            Outbound::Failure { .. } => {}
-        }
-    }
-
-    async fn serve(
-        &mut self,
-        conn: &mut Conn,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), resp::RespError> {
-        // Back: our own active bans' keys first (Redis may have restarted
-        // empty), then whatever waited.
-        let now = now_ms();
-        self.own.retain(|_, b| b.end.is_none_or(|e| e > now));
-        let own: Vec<SharedBan> = self.own.values().cloned().collect();
-        for b in &own {
-            self.queue_key(conn, b, now);
-        }
-        conn.flush(own.len()).await?;
-        let waiting = self.queue.len();
-        while let Some(op) = self.queue.front().cloned() {
-            self.publish(conn, &op).await?;
-            self.queue.pop_front();
-            self.stats
-                .queued
-                .store(self.queue.len() as u64, Ordering::Relaxed);
-        }
-        self.stats.writer_up.store(true, Ordering::Relaxed);
-        self.stats.set_error(None);
-        tracing::info!(
-            "cluster: connected to redis {} as node {} ({} own ban(s) re-asserted, {waiting} queued publication(s) sent)",
-            self.cfg.redis.endpoint(),
-            self.cfg.node,
-            own.len()
-        );
-        self.heartbeat(conn).await?;
-        let mut beat = tokio::time::interval(HEARTBEAT);
-        loop {
-            tokio::select! {
-                op = rx.recv() => {
-                    let Some(op) = op else { return Ok(()) };
-                    if let Err(e) = self.handle(conn, op.clone()).await {
-                        if matches!(op, Outbound::Ban(_) | Outbound::Unban { .. }) {
-                            self.queue.push_back(op);
-                        }
-                        return Err(e);
-                    }
-                }
-                _ = beat.tick() => self.heartbeat(conn).await?,
-            }
-        }
-    }
-
-    async fn handle(&mut self, conn: &mut Conn, op: Outbound) -> Result<(), resp::RespError> {
-        match op {
-            Outbound::Failure {
-                jail,
-                addr,
-                time,
-                maxretry,
-                findtime_ms,
-            } => {
-                self.seq += 1;
-                let p = &self.cfg.prefix;
-                let member = format!("{}:{}", self.cfg.node, self.seq);
-                let r = conn
-                    .cmd(&[
-                        "EVAL",
-                        COUNT_SCRIPT,
-                        "2",
-                        &format!("{p}:count:{jail}:{addr}"),
-                        &format!("{p}:decided:{jail}:{addr}"),
-                        &time.0.to_string(),
-                        &findtime_ms.max(1).to_string(),
-                        &member,
-                        &maxretry.to_string(),
-                        &self.cfg.node,
-                    ])
-                    .await?;
-                if let Some(n) = r.int().filter(|&n| n > 0) {
-                    let _ = self
-                        .inbound
-                        .send(Inbound::SharedBan {
-                            jail,
-                            addr,
-                            failures: n as u32,
-                        })
-                        .await;
-                }
-                Ok(())
-            }
-            op @ Outbound::Forget { .. } => {
-                self.note_own(&op);
-                Ok(())
-            }
-            op => {
-                self.note_own(&op);
-                self.publish(conn, &op).await
-            }
-        }
-    }
-
-    fn queue_key(&self, conn: &mut Conn, b: &SharedBan, now: i64) {
-        let key = key_ban(&self.cfg.prefix, &b.jail, &b.addr);
-        let v = serde_json::to_string(b).unwrap_or_default();
-        match b.end {
-            Some(e) => conn.queue(&["SET", &key, &v, "PX", &(e - now).max(1).to_string()]),
-            None => conn.queue(&["SET", &key, &v]),
-        }
-    }
-
-    /// Stream entry plus key, in one round trip.
-    async fn publish(&self, conn: &mut Conn, op: &Outbound) -> Result<(), resp::RespError> {
-        let stream = format!("{}:events", self.cfg.prefix);
-        let now = now_ms();
-        match op {
-            Outbound::Ban(b) => {
-                if b.end.is_some_and(|e| e <= now) {
-                    return Ok(()); // ran out while queued
-                }
-                let v = serde_json::to_string(b).unwrap_or_default();
-                queue_entry(conn, &stream, "ban", &v);
-                self.queue_key(conn, b, now);
-            }
-            Outbound::Unban { jail, addr } => {
-                let v = serde_json::json!({"jail": jail, "addr": addr, "origin": self.cfg.node})
-                    .to_string();
-                queue_entry(conn, &stream, "unban", &v);
-                conn.queue(&["DEL", &key_ban(&self.cfg.prefix, jail, addr)]);
-            }
-            Outbound::Failure { .. } | Outbound::Forget { .. } => return Ok(()),
-        }
-        for r in conn.flush(2).await? {
-            if let Err(e) = r {
-                return Err(resp::RespError::Server(e));
-            }
-        }
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Refreshes this node's key and reads the peers'.
-    async fn heartbeat(&mut self, conn: &mut Conn) -> Result<(), resp::RespError> {
-        let p = &self.cfg.prefix;
-        let me = serde_json::json!({
-            "node": self.cfg.node,
-            "addrs": self.own_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "at": now_ms(),
-        })
-        .to_string();
-        conn.cmd(&[
-            "SET",
-            &format!("{p}:node:{}", self.cfg.node),
-            &me,
-            "PX",
-            &NODE_TTL_MS.to_string(),
-        ])
-        .await?;
-        let keys = scan(conn, &format!("{p}:node:*")).await?;
-        let mut peers = Vec::new();
-        let mut addrs = Vec::new();
-        let now = now_ms();
-        for k in keys {
-            let Ok(v) = conn.cmd(&["GET", &k]).await else {
-                continue;
-            };
-            let Some(v) = v
-                .text()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-            else {
-                continue;
-            };
-            let node = v["node"].as_str().unwrap_or_default().to_string();
-            if node == self.cfg.node || node.is_empty() {
-                continue;
-            }
-            let a: Vec<String> = v["addrs"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            addrs.extend(a.iter().filter_map(|x| x.parse::<IpAddr>().ok()));
-            peers.push(PeerView {
-                node,
-                addrs: a,
-                seen_ms_ago: now - v["at"].as_i64().unwrap_or(now),
-                lag_ms: None,
-            });
-        }
-        peers.sort_by(|a, b| a.node.cmp(&b.node));
-        if let Ok(mut g) = self.stats.peers.lock() {
-            *g = peers;
-        }
-        let _ = self.inbound.send(Inbound::Peers(addrs)).await;
-        Ok(())
-    }
-}
-
-/// Queues one stream entry (`op`, and the ban or unban as JSON), the stream
-/// trimmed to about `STREAM_MAXLEN` entries.
-fn queue_entry(conn: &mut Conn, stream: &str, op: &str, value: &str) {
-    conn.queue(&[
-        "XADD",
-        stream,
-        "MAXLEN",
-        "~",
-        STREAM_MAXLEN,
-        "*",
-        "op",
-        op,
-        "ban",
-        value,
-    ]);
-}
-
-/// Every key matching `pattern` (SCAN, so Redis is never blocked).
-async fn scan(conn: &mut Conn, pattern: &str) -> Result<Vec<String>, resp::RespError> {
-    let mut cursor = "0".to_string();
-    let mut out = Vec::new();
-    loop {
-        let r = conn
-            .cmd(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
-            .await?;
-        let items = r.items();
-        cursor = items
-            .first()
-            .and_then(Value::text)
-            .unwrap_or("0")
-            .to_string();
-        if let Some(keys) = items.get(1) {
-            out.extend(
-                keys.items()
-                    .iter()
-                    .filter_map(|k| k.text().map(String::from)),
-            );
-        }
-        if cursor == "0" || out.len() > 10_000_000 {
-            return Ok(out);
-        }
-    }
-}
-
-struct Reader {
-    cfg: ClusterConfig,
-    stats: Arc<ClusterStats>,
-    inbound: mpsc::Sender<Inbound>,
-    /// The last stream entry read: a node that was away reads on from here.
-    last_id: Option<String>,
-}
-
-impl Reader {
-    async fn run(mut self) {
-        let mut attempt = 0u32;
-        loop {
-            match Conn::open(&self.cfg.redis).await {
-                Ok(mut c) => {
-                    attempt = 0;
-                    if let Err(e) = self.serve(&mut c).await {
-                        self.stats.reader_up.store(false, Ordering::Relaxed);
-                        self.stats.set_error(Some(e.to_string()));
-                    }
-                }
-                Err(e) => {
-                    self.stats.reader_up.store(false, Ordering::Relaxed);
-                    self.stats.set_error(Some(e.to_string()));
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    async fn serve(&mut self, conn: &mut Conn) -> Result<(), resp::RespError> {
-        let stream = format!("{}:events", self.cfg.prefix);
-        // Where to read on from: the last entry seen, or (first time) the
-        // stream's end as it is before the keys are read, so nothing that
-        // happens while they are read is missed.
-        let from = match self.last_id.clone() {
-            Some(id) => id,
-            None => {
-                let r = conn
-                    .cmd(&["XREVRANGE", &stream, "+", "-", "COUNT", "1"])
-                    .await?;
-                r.items()
-                    .first()
-                    .and_then(|e| e.items().first())
-                    .and_then(Value::text)
-                    .unwrap_or("0-0")
-                    .to_string()
-            }
-        };
-        // The current set of bans, on every (re)connection.
-        let keys = scan(conn, &format!("{}:ban:*", self.cfg.prefix)).await?;
-        let mut synced = 0;
-        for k in keys {
-            if let Some(b) = conn
-                .cmd(&["GET", &k])
-                .await?
-                .text()
-                .and_then(|t| serde_json::from_str::<SharedBan>(t).ok())
-            {
-                if b.origin != self.cfg.node {
-                    synced += 1;
-                    if self.inbound.send(Inbound::Ban(b)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        self.stats.reader_up.store(true, Ordering::Relaxed);
-        tracing::info!(
-            "cluster: {synced} active ban(s) of other nodes read; following {stream} from {from}"
-        );
-        self.last_id = Some(from);
-        loop {
-            let id = self.last_id.clone().unwrap_or_else(|| "$".into());
-            let r = conn
-                .cmd(&[
-                    "XREAD", "COUNT", "1000", "BLOCK", "1000", "STREAMS", &stream, &id,
-                ])
-                .await?;
-            for s in r.items() {
-                for entry in s.items().get(1).map(Value::items).unwrap_or_default() {
-                    let items = entry.items();
-                    let Some(id) = items.first().and_then(Value::text) else {
-                        continue;
-                    };
-                    self.last_id = Some(id.to_string());
-                    let fields = items.get(1).map(Value::items).unwrap_or_default();
-                    let field = |name: &str| {
-                        fields
-                            .chunks(2)
-                            .find(|kv| kv[0].text() == Some(name))
-                            .and_then(|kv| kv.get(1))
-                            .and_then(Value::text)
-                    };
-                    let lag = id
-                        .split('-')
-                        .next()
-                        .and_then(|ms| ms.parse::<i64>().ok())
-                        .map(|ms| now_ms() - ms);
-                    let msg = match (field("op"), field("ban")) {
-                        (Some("ban"), Some(v)) => match serde_json::from_str::<SharedBan>(v) {
-                            Ok(b) => Inbound::Ban(b),
-                            Err(_) => continue,
-                        },
-                        (Some("unban"), Some(v)) => {
-                            let Ok(u) = serde_json::from_str::<serde_json::Value>(v) else {
-                                continue;
-                            };
-                            Inbound::Unban {
-                                jail: u["jail"].as_str().unwrap_or_default().into(),
-                                addr: u["addr"].as_str().unwrap_or_default().into(),
-                                origin: u["origin"].as_str().unwrap_or_default().into(),
-                            }
-                        }
-                        _ => continue,
-                    };
-                    let origin = match &msg {
-                        Inbound::Ban(b) => b.origin.clone(),
-                        Inbound::Unban { origin, .. } => origin.clone(),
-                        _ => String::new(),
-                    };
-                    // Our own entries come back too: never applied twice,
-                    // never republished.
-                    if origin == self.cfg.node {
-                        continue;
-                    }
-                    if let (Some(l), Ok(mut g)) = (lag, self.stats.lags.lock()) {
-                        g.insert(origin, l);
-                    }
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if self.inbound.send(msg).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
 }

@@ -214,7 +214,7 @@ struct RawConfig {
     #[serde(default)]
     scanners: RawScanners,
     #[serde(default)]
-    cluster: Option<RawCluster>,
+    cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     http: Option<RawHttp>,
     #[serde(default)]
@@ -267,7 +267,12 @@ pub struct HttpConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCluster {
-    redis: Spanned<String>,
+    redis: Option<Spanned<String>>,
+    sentinels: Option<Spanned<Vec<String>>>,
+    master_name: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
     node: Option<Spanned<String>>,
     key_prefix: Option<Spanned<String>>,
 }
@@ -767,9 +772,30 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
     };
     let cluster = match &raw.cluster {
         None => None,
-        Some(c) => {
-            let redis = crate::cluster::resp::RedisUrl::parse(c.redis.get_ref())
-                .map_err(|m| err(c.redis.span(), m))?;
+        Some(table) => {
+            let c = table.get_ref();
+            let sentinels: &[String] = c.sentinels.as_ref().map_or(&[], |s| s.get_ref());
+            let link = crate::cluster::link_config(&crate::cluster::LinkKeys {
+                redis: c.redis.as_ref().map(|r| r.get_ref().as_str()),
+                sentinels,
+                master_name: c.master_name.as_ref().map(|m| m.get_ref().as_str()),
+                tls_ca: c.tls_ca.as_ref().map(|p| p.get_ref().as_path()),
+                tls_cert: c.tls_cert.as_ref().map(|p| p.get_ref().as_path()),
+                tls_key: c.tls_key.as_ref().map(|p| p.get_ref().as_path()),
+            })
+            .map_err(|p| {
+                use crate::cluster::Key;
+                let span = match p.key {
+                    Key::Redis => c.redis.as_ref().map(Spanned::span),
+                    Key::Sentinels => c.sentinels.as_ref().map(Spanned::span),
+                    Key::MasterName => c.master_name.as_ref().map(Spanned::span),
+                    Key::TlsCa => c.tls_ca.as_ref().map(Spanned::span),
+                    Key::TlsCert => c.tls_cert.as_ref().map(Spanned::span),
+                    Key::TlsKey => c.tls_key.as_ref().map(Spanned::span),
+                    Key::Table => None,
+                };
+                err(span.unwrap_or_else(|| table.span()), p.msg)
+            })?;
             let node = match &c.node {
                 Some(n) => n.get_ref().clone(),
                 None => default_node_name(),
@@ -798,11 +824,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
                 Some(p) => p.get_ref().clone(),
                 None => "sipwarden".into(),
             };
-            Some(crate::cluster::ClusterConfig {
-                redis,
-                node,
-                prefix,
-            })
+            Some(crate::cluster::ClusterConfig { link, node, prefix })
         }
     };
     let http = match &raw.http {

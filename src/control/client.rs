@@ -216,6 +216,26 @@ fn cluster_text(c: &crate::cluster::ClusterView) -> String {
         c.received,
         c.queued
     );
+    if c.skipped > 0 {
+        out.push_str(&format!(
+            "  {} key(s) or entries under the prefix skipped (wrong type or shape; see the log)\n",
+            c.skipped
+        ));
+    }
+    for t in &c.tasks {
+        if !t.up || t.restarts > 0 {
+            out.push_str(&format!(
+                "  {} {}, {} restart(s){}\n",
+                t.name,
+                if t.up { "up" } else { "DOWN" },
+                t.restarts,
+                t.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     for p in &c.peers {
         out.push_str(&format!(
             "  peer {:<20} seen {} ms ago{}  {}\n",

@@ -135,20 +135,42 @@ impl Runtime {
             }
             Inbound::Peers(addrs) => {
                 let mut nets: Vec<IpNet> = addrs.into_iter().map(IpNet::from).collect();
-                if let Some(ip) = self
-                    .config
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| c.redis.host.parse::<std::net::IpAddr>().ok())
-                {
-                    nets.push(IpNet::from(ip));
+                if let Some(c) = &self.config.cluster {
+                    nets.extend(configured_addrs(c));
                 }
                 nets.sort();
                 nets.dedup();
                 self.jails.add_peers(nets);
                 Vec::new()
             }
+            Inbound::Server(server) => {
+                // The master in use (with Sentinel, the one a failover
+                // chose) is protected like the configured hosts; the set
+                // only grows, so a former master stays protected too.
+                // TODO(dns): a master announced by host name is not
+                // protected until the resolver of configured names (issue
+                // 16's peer names) takes it; sentinels report addresses
+                // unless `resolve-hostnames` is on.
+                if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
+                    self.jails.add_peers(vec![IpNet::from(ip)]);
+                }
+                Vec::new()
+            }
         };
         (ds, false)
     }
+}
+
+/// The addresses named in `[cluster]` (the Redis server, or the
+/// sentinels), never to be banned.
+// TODO(dns): host names here wait for the resolver of configured names
+// (issue 16's peer names); until it lands only literal addresses are
+// protected.
+pub(super) fn configured_addrs(c: &crate::cluster::ClusterConfig) -> Vec<IpNet> {
+    c.link
+        .configured_hosts()
+        .into_iter()
+        .filter_map(|h| h.parse::<std::net::IpAddr>().ok())
+        .map(IpNet::from)
+        .collect()
 }

@@ -244,16 +244,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
     if let Some(cc) = rt.config.cluster.clone() {
         let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
-        // The Redis server itself is never banned either.
-        let redis_addr: Vec<IpNet> = cc
-            .redis
-            .host
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(IpNet::from)
-            .into_iter()
-            .collect();
-        rt.jails.add_peers(redis_addr);
+        // The Redis server (or the sentinels) is never banned either.
+        rt.jails.add_peers(cluster::configured_addrs(&cc));
         rt.cluster = Some(crate::cluster::Cluster::start(cc, own, cluster_tx));
     } else {
         drop(cluster_tx);

@@ -166,13 +166,38 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
     if let Some(c) = &s.cluster {
         let _ = writeln!(
             o,
-            "# HELP sipwarden_cluster_connected 1 when both Redis connections are up.\n# TYPE sipwarden_cluster_connected gauge\nsipwarden_cluster_connected {}\n# HELP sipwarden_cluster_published_total Bans and unbans published.\n# TYPE sipwarden_cluster_published_total counter\nsipwarden_cluster_published_total {}\n# HELP sipwarden_cluster_received_total Bans and unbans received from peers.\n# TYPE sipwarden_cluster_received_total counter\nsipwarden_cluster_received_total {}\n# HELP sipwarden_cluster_queued Publications waiting for Redis.\n# TYPE sipwarden_cluster_queued gauge\nsipwarden_cluster_queued {}\n# HELP sipwarden_cluster_peers Peers seen.\n# TYPE sipwarden_cluster_peers gauge\nsipwarden_cluster_peers {}",
+            "# HELP sipwarden_cluster_connected 1 when the writer and the reader are both connected and doing their work.\n# TYPE sipwarden_cluster_connected gauge\nsipwarden_cluster_connected {}\n# HELP sipwarden_cluster_published_total Bans and unbans published.\n# TYPE sipwarden_cluster_published_total counter\nsipwarden_cluster_published_total {}\n# HELP sipwarden_cluster_received_total Bans and unbans received from peers.\n# TYPE sipwarden_cluster_received_total counter\nsipwarden_cluster_received_total {}\n# HELP sipwarden_cluster_queued Publications waiting for Redis.\n# TYPE sipwarden_cluster_queued gauge\nsipwarden_cluster_queued {}\n# HELP sipwarden_cluster_peers Peers seen.\n# TYPE sipwarden_cluster_peers gauge\nsipwarden_cluster_peers {}",
             u8::from(c.connected),
             c.published,
             c.received,
             c.queued,
             c.peers.len()
         );
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_cluster_skipped_total Keys and stream entries under the prefix of the wrong type or shape, skipped.\n# TYPE sipwarden_cluster_skipped_total counter\nsipwarden_cluster_skipped_total {}\n# HELP sipwarden_cluster_task_up 1 when the cluster task is connected and doing its work.\n# TYPE sipwarden_cluster_task_up gauge",
+            c.skipped
+        );
+        for t in &c.tasks {
+            let _ = writeln!(
+                o,
+                "sipwarden_cluster_task_up{{task=\"{}\"}} {}",
+                label(&t.name),
+                u8::from(t.up)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_cluster_task_restarts_total Sessions of the cluster task started again after one ended, erred or panicked.\n# TYPE sipwarden_cluster_task_restarts_total counter"
+        );
+        for t in &c.tasks {
+            let _ = writeln!(
+                o,
+                "sipwarden_cluster_task_restarts_total{{task=\"{}\"}} {}",
+                label(&t.name),
+                t.restarts
+            );
+        }
     }
     if !s.feeds.is_empty() {
         let _ = writeln!(

@@ -11,6 +11,7 @@ mod dry_run;
 mod esl;
 mod faults;
 mod feeds;
+mod fleet;
 mod follow;
 mod http;
 mod kamailio;

@@ -1,0 +1,322 @@
+//! One connection to the Redis master: found directly or through the
+//! sentinels, over TLS when configured, with replies read as data (the
+//! `redis` crate parses the protocol; this file decides what an error
+//! means for the link).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind, Value};
+
+use super::config::{HostPort, LinkConfig, Target};
+
+/// Connecting (TCP, TLS, AUTH) must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply must come within this (the reader's XREAD blocks for 1 s).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A value read back from a key: bans and node records are a few hundred
+/// bytes; anything longer is cut, fails to parse and is skipped.
+pub const VALUE_MAX: usize = 64 * 1024;
+
+/// A connection to the master, and which server it is.
+pub struct Link {
+    /// The connection.
+    pub conn: MultiplexedConnection,
+    /// The master it reached.
+    pub server: HostPort,
+}
+
+/// What a failed command means.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection is broken, or the server is no longer the master:
+    /// reconnect (after a backoff).
+    Link(String),
+    /// The server refused this command (a key of the wrong type, ...): the
+    /// connection is fine.
+    Refused(String),
+}
+
+impl Failure {
+    /// The message.
+    pub fn text(&self) -> &str {
+        match self {
+            Failure::Link(s) | Failure::Refused(s) => s,
+        }
+    }
+}
+
+/// Sorts a `redis` error: a server's error reply is about the command,
+/// except those that say the server is not (or no longer) a usable master.
+pub fn classify(e: &RedisError) -> Failure {
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown | ServerErrorKind::BusyLoading,
+        ) => Failure::Link(format!("{e} (not a usable master)")),
+        ErrorKind::Server(_) | ErrorKind::Extension => Failure::Refused(e.to_string()),
+        _ => Failure::Link(explain(e)),
+    }
+}
+
+/// The error, with what to do for the ones an operator can fix.
+fn explain(e: &RedisError) -> String {
+    let s = e.to_string();
+    let hint = if s.contains("UnknownIssuer") || s.contains("unknown issuer") {
+        " (the server's certificate is not signed by a CA this node trusts: set tls_ca to the CA that signed it)"
+    } else if s.contains("NotValidForName") || s.contains("not valid for name") {
+        " (the server's certificate does not name the host this node connects to: use a name or address it lists)"
+    } else if s.contains("CertificateRequired") || s.contains("certificate required") {
+        " (the server asks for a client certificate: set tls_cert and tls_key)"
+    } else if s.contains("WRONGPASS") || s.contains("NOAUTH") {
+        " (check the user and password in redis = \"redis://user:password@host\", percent-encoded)"
+    } else {
+        ""
+    };
+    format!("{s}{hint}")
+}
+
+/// Connects to `server` (the master when `auth`), bounded in time.
+async fn connect(
+    cfg: &LinkConfig,
+    server: &HostPort,
+    auth: bool,
+) -> Result<MultiplexedConnection, String> {
+    let client = cfg.client(server, auth)?;
+    let conf = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(REPLY_TIMEOUT));
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        client.get_multiplexed_async_connection_with_config(&conf),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("{server}: {}", explain(&e))),
+        Err(_) => Err(format!(
+            "{server}: no connection within {} s",
+            (CONNECT_TIMEOUT * 2).as_secs()
+        )),
+    }
+}
+
+/// One command, its reply or what the failure means.
+pub async fn query(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> Result<Value, Failure> {
+    cmd.query_async::<Value>(conn)
+        .await
+        .map_err(|e| classify(&e))
+}
+
+/// Opens a connection to the master: the configured server, or the one
+/// the sentinels name (tried in turn from `*next`, which moves on past a
+/// sentinel that failed).
+pub async fn open(cfg: &LinkConfig, next: &mut usize) -> Result<Link, String> {
+    match &cfg.target {
+        Target::Direct(server) => Ok(Link {
+            conn: connect(cfg, server, true).await?,
+            server: server.clone(),
+        }),
+        Target::Sentinel { sentinels, master } => {
+            let mut errors = Vec::new();
+            for i in 0..sentinels.len() {
+                let at = (*next + i) % sentinels.len();
+                let s = &sentinels[at];
+                match via_sentinel(cfg, s, master).await {
+                    Ok(link) => {
+                        *next = at;
+                        return Ok(link);
+                    }
+                    Err(e) => errors.push(format!("sentinel {s}: {e}")),
+                }
+            }
+            *next = (*next + 1) % sentinels.len().max(1);
+            Err(format!("no master {master:?} found: {}", errors.join("; ")))
+        }
+    }
+}
+
+/// Asks one sentinel for the master, connects to it, and checks it says
+/// it is the master (a sentinel can be behind during a failover).
+async fn via_sentinel(cfg: &LinkConfig, sentinel: &HostPort, master: &str) -> Result<Link, String> {
+    let mut s = connect(cfg, sentinel, false).await?;
+    let reply = query(
+        &mut s,
+        redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(master),
+    )
+    .await
+    .map_err(|f| f.text().to_string())?;
+    let addr = items(&reply);
+    let (Some(host), Some(port)) = (
+        addr.first().and_then(text),
+        addr.get(1)
+            .and_then(text)
+            .and_then(|p| p.parse::<u16>().ok()),
+    ) else {
+        return Err(format!(
+            "does not know a master named {master:?} (check master_name against its `sentinel monitor` line)"
+        ));
+    };
+    let server = HostPort {
+        host: host.to_string(),
+        port,
+    };
+    let mut conn = connect(cfg, &server, true).await?;
+    let role = query(&mut conn, &redis::cmd("ROLE"))
+        .await
+        .map_err(|f| format!("{server}: {}", f.text()))?;
+    match items(&role).first().and_then(text) {
+        Some("master") => Ok(Link { conn, server }),
+        other => Err(format!(
+            "names {server} as master, which says it is {} (failover in progress?)",
+            other.unwrap_or("something else")
+        )),
+    }
+}
+
+/// The text of a string reply (`None` for anything else, or bytes that
+/// are not UTF-8).
+pub fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::Okay => Some("OK"),
+        _ => None,
+    }
+}
+
+/// The elements of an array reply (empty for anything else).
+pub fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) => a,
+        _ => &[],
+    }
+}
+
+/// An integer reply.
+pub fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// Every key matching `pattern` (SCAN, so Redis is never blocked), up to
+/// `max` keys. Keys whose names are not UTF-8 cannot be ours: skipped and
+/// counted in `odd`.
+pub async fn scan(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+    max: usize,
+    odd: &mut u64,
+) -> Result<Vec<String>, Failure> {
+    let mut cursor = "0".to_string();
+    let mut out = Vec::new();
+    loop {
+        let r = query(
+            conn,
+            redis::cmd("SCAN")
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000),
+        )
+        .await?;
+        let parts = items(&r);
+        cursor = parts.first().and_then(text).unwrap_or("0").to_string();
+        for k in parts.get(1).map(items).unwrap_or_default() {
+            match text(k) {
+                Some(k) => out.push(k.to_string()),
+                None => *odd += 1,
+            }
+        }
+        if cursor == "0" || out.len() >= max {
+            out.truncate(max);
+            return Ok(out);
+        }
+    }
+}
+
+/// What one key held.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Its text (at most [`VALUE_MAX`] bytes of it).
+    Text(String),
+    /// Gone since it was listed.
+    Gone,
+    /// Not a string, or not UTF-8: never ours.
+    Odd(String),
+}
+
+/// The values of `keys` (at most [`VALUE_MAX`] bytes each), in pipelines
+/// of 500; a key of the wrong type is `Read::Odd`, not an error.
+pub async fn read_keys(
+    conn: &mut MultiplexedConnection,
+    keys: &[String],
+) -> Result<Vec<Read>, Failure> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(500) {
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for k in chunk {
+            p.cmd("GETRANGE").arg(k).arg(0).arg(VALUE_MAX - 1);
+        }
+        let replies: Vec<Value> = p.query_async(conn).await.map_err(|e| classify(&e))?;
+        for (k, v) in chunk.iter().zip(replies) {
+            out.push(match &v {
+                Value::Nil => Read::Gone,
+                Value::BulkString(b) if b.is_empty() => Read::Gone,
+                Value::ServerError(e) => Read::Odd(format!("{k}: {}", e.code())),
+                v => match text(v) {
+                    Some(t) => Read::Text(t.to_string()),
+                    None => Read::Odd(format!("{k}: not UTF-8 text")),
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_by_what_they_mean_for_the_link() {
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(classify(&io), Failure::Link(_)));
+        let parse = RedisError::from((ErrorKind::Parse, "invalid response"));
+        assert!(matches!(classify(&parse), Failure::Link(_)));
+        let ro = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(matches!(classify(&ro), Failure::Link(_)));
+        let wrong = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "wrong kind",
+        ));
+        assert!(matches!(classify(&wrong), Failure::Refused(_)));
+        let auth = RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "WRONGPASS invalid username-password pair",
+        ));
+        assert!(classify(&auth).text().contains("percent-encoded"));
+    }
+
+    #[test]
+    fn replies_are_read_as_data() {
+        let v = Value::Array(vec![
+            Value::BulkString(b"10.0.0.5".to_vec()),
+            Value::BulkString(b"6379".to_vec()),
+            Value::BulkString(vec![0xc3, 0x28]),
+        ]);
+        assert_eq!(items(&v).first().and_then(text), Some("10.0.0.5"));
+        assert_eq!(items(&v).get(1).and_then(int), Some(6379));
+        assert_eq!(items(&v).get(2).and_then(text), None);
+        assert!(items(&Value::Nil).is_empty());
+        assert_eq!(int(&Value::Int(-3)), Some(-3));
+    }
+}

@@ -1,0 +1,283 @@
+//! The reader: at every connection the bans other nodes hold (their keys),
+//! then the stream, from the last entry it saw. What is not a ban (a key of
+//! the wrong type, an entry that does not parse) is skipped and counted;
+//! a stream key of the wrong type is waited out with backoff on the same
+//! connection. Only a broken link ends a session.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::mpsc;
+
+use super::link::{self, Failure, Read};
+use super::supervise::{Task, backoff, random};
+use super::{ClusterConfig, ClusterStats, Inbound, SharedBan, now_ms};
+
+/// Most ban keys read at a (re)connection.
+const KEYS_MAX: usize = 2_000_000;
+/// Entries per XREAD.
+const READ_COUNT: u64 = 1000;
+/// How long one XREAD waits for entries, ms (well under the reply timeout).
+const READ_BLOCK_MS: u64 = 1000;
+
+/// The reader task's state: it outlives each connection (and a panic).
+pub(super) struct Reader {
+    cfg: ClusterConfig,
+    stats: Arc<ClusterStats>,
+    inbound: mpsc::Sender<Inbound>,
+    /// The last stream entry read: a node that was away reads on from here.
+    last_id: Option<String>,
+    /// The sentinel to ask first.
+    next_sentinel: usize,
+}
+
+/// The run loop is gone: the daemon is stopping.
+struct Stopping;
+
+impl Reader {
+    pub(super) fn new(
+        cfg: ClusterConfig,
+        stats: Arc<ClusterStats>,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Reader {
+        Reader {
+            cfg,
+            stats,
+            inbound,
+            last_id: None,
+            next_sentinel: 0,
+        }
+    }
+
+    fn stream(&self) -> String {
+        format!("{}:events", self.cfg.prefix)
+    }
+
+    /// The id of the stream's last entry ("0-0" when it is empty or
+    /// missing).
+    async fn stream_end(&self, conn: &mut MultiplexedConnection) -> Result<String, Failure> {
+        let r = link::query(
+            conn,
+            redis::cmd("XREVRANGE")
+                .arg(self.stream())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1),
+        )
+        .await?;
+        Ok(link::items(&r)
+            .first()
+            .and_then(|e| link::items(e).first())
+            .and_then(link::text)
+            .unwrap_or("0-0")
+            .to_string())
+    }
+
+    /// The bans other nodes hold now. Returns how many were handed on.
+    async fn read_bans(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Result<usize, Stopping>, Failure> {
+        let mut odd = 0;
+        let keys = link::scan(
+            conn,
+            &format!("{}:ban:*", self.cfg.prefix),
+            KEYS_MAX,
+            &mut odd,
+        )
+        .await?;
+        for _ in 0..odd {
+            self.stats.odd("a ban key whose name is not UTF-8");
+        }
+        let mut synced = 0;
+        for chunk in keys.chunks(5000) {
+            let reads = link::read_keys(conn, chunk).await?;
+            for (k, r) in chunk.iter().zip(reads) {
+                let b = match r {
+                    Read::Text(t) => match serde_json::from_str::<SharedBan>(&t) {
+                        Ok(b) => b,
+                        Err(_) => {
+                            self.stats.odd(&format!("{k}: not a ban"));
+                            continue;
+                        }
+                    },
+                    Read::Gone => continue,
+                    Read::Odd(what) => {
+                        self.stats.odd(&what);
+                        continue;
+                    }
+                };
+                if b.origin != self.cfg.node {
+                    synced += 1;
+                    if self.inbound.send(Inbound::Ban(b)).await.is_err() {
+                        return Ok(Err(Stopping));
+                    }
+                }
+            }
+        }
+        Ok(Ok(synced))
+    }
+
+    /// Hands on the entries of one XREAD reply.
+    async fn entries(&mut self, r: &Value) -> Result<(), Stopping> {
+        for s in link::items(r) {
+            for entry in link::items(s).get(1).map(link::items).unwrap_or_default() {
+                let parts = link::items(entry);
+                let Some(id) = parts.first().and_then(link::text) else {
+                    self.stats.odd("a stream entry without an id");
+                    continue;
+                };
+                self.last_id = Some(id.to_string());
+                let fields = parts.get(1).map(link::items).unwrap_or_default();
+                let field = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|kv| link::text(&kv[0]) == Some(name))
+                        .and_then(|kv| kv.get(1))
+                        .and_then(link::text)
+                };
+                let msg = match (field("op"), field("ban")) {
+                    (Some("ban"), Some(v)) => {
+                        serde_json::from_str::<SharedBan>(v).ok().map(Inbound::Ban)
+                    }
+                    (Some("unban"), Some(v)) => serde_json::from_str::<serde_json::Value>(v)
+                        .ok()
+                        .and_then(|u| {
+                            Some(Inbound::Unban {
+                                jail: u["jail"].as_str()?.into(),
+                                addr: u["addr"].as_str()?.into(),
+                                origin: u["origin"].as_str()?.into(),
+                            })
+                        }),
+                    _ => None,
+                };
+                let Some(msg) = msg else {
+                    self.stats.odd(&format!(
+                        "entry {id} of {}: not a ban or unban",
+                        self.stream()
+                    ));
+                    continue;
+                };
+                let origin = match &msg {
+                    Inbound::Ban(b) => b.origin.clone(),
+                    Inbound::Unban { origin, .. } => origin.clone(),
+                    _ => String::new(),
+                };
+                // Our own entries come back too: never applied twice,
+                // never republished.
+                if origin == self.cfg.node {
+                    continue;
+                }
+                let lag = id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse::<i64>().ok())
+                    .map(|ms| now_ms() - ms);
+                if let (Some(l), Ok(mut g)) = (lag, self.stats.lags.lock()) {
+                    if g.len() < 10_000 || g.contains_key(&origin) {
+                        g.insert(origin, l);
+                    }
+                }
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                if self.inbound.send(msg).await.is_err() {
+                    return Err(Stopping);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream key cannot be read as a stream: said, and waited out
+    /// with backoff on the same connection.
+    async fn wrong_stream(&self, why: &str, attempt: &mut u32) {
+        let stream = self.stream();
+        let msg = format!(
+            "{stream} cannot be followed ({why}); bans from other nodes arrive again once it is deleted (redis-cli DEL {stream})"
+        );
+        if *attempt == 0 || attempt.is_power_of_two() {
+            tracing::error!("cluster: {msg}");
+        }
+        self.stats.reader.set_down(&msg);
+        tokio::time::sleep(backoff(*attempt, random())).await;
+        *attempt = attempt.saturating_add(1);
+    }
+
+    async fn serve(&mut self, conn: &mut MultiplexedConnection) -> Result<(), Failure> {
+        let stream = self.stream();
+        // Where to read on from: the last entry seen, or (first time) the
+        // stream's end as it is before the keys are read, so nothing that
+        // happens while they are read is missed.
+        let mut refused = 0u32;
+        if self.last_id.is_none() {
+            match self.stream_end(conn).await {
+                Ok(id) => self.last_id = Some(id),
+                Err(Failure::Refused(e)) => self.wrong_stream(&e, &mut refused).await,
+                Err(e) => return Err(e),
+            }
+        }
+        // The current set of bans, on every (re)connection.
+        let synced = match self.read_bans(conn).await? {
+            Ok(n) => n,
+            Err(Stopping) => return Ok(()),
+        };
+        tracing::info!(
+            "cluster: {synced} active ban(s) of other nodes read; following {stream} from {}",
+            self.last_id
+                .as_deref()
+                .unwrap_or("its end, once it is a stream")
+        );
+        if refused == 0 {
+            self.stats.reader.set_up();
+        }
+        loop {
+            let Some(id) = self.last_id.clone() else {
+                match self.stream_end(conn).await {
+                    Ok(id) => self.last_id = Some(id),
+                    Err(Failure::Refused(e)) => self.wrong_stream(&e, &mut refused).await,
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            let r = link::query(
+                conn,
+                redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .arg("BLOCK")
+                    .arg(READ_BLOCK_MS)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(&id),
+            )
+            .await;
+            match r {
+                Ok(v) => {
+                    if refused > 0 || !self.stats.reader.is_up() {
+                        refused = 0;
+                        self.stats.reader.set_up();
+                        tracing::info!("cluster: following {stream} again from {id}");
+                    }
+                    if self.entries(&v).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(Failure::Refused(e)) => self.wrong_stream(&e, &mut refused).await,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Task for Reader {
+    const NAME: &'static str = "reader";
+
+    async fn session(&mut self) -> Result<(), String> {
+        let mut l = link::open(&self.cfg.link, &mut self.next_sentinel).await?;
+        self.serve(&mut l.conn)
+            .await
+            .map_err(|f| format!("redis {}: {}", l.server, f.text()))
+    }
+}
