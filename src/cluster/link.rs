@@ -135,9 +135,33 @@ pub async fn open(cfg: &LinkConfig, next: &mut usize) -> Result<Link, String> {
     }
 }
 
-/// Asks one sentinel for the master, connects to it, and checks it says
-/// it is the master (a sentinel can be behind during a failover).
-async fn via_sentinel(cfg: &LinkConfig, sentinel: &HostPort, master: &str) -> Result<Link, String> {
+/// How often a session on a master found through the sentinels asks them
+/// again whether it is still the master (a master cut off from the
+/// sentinels, but not from this node, is replaced without this node's
+/// connection breaking).
+pub const MASTER_CHECK: Duration = Duration::from_secs(10);
+
+/// With Sentinel: the master the sentinels name now, when it is not
+/// `server`. `None` when it still is, or when no sentinel answers
+/// (nothing better is known: the session goes on).
+pub async fn master_moved(cfg: &LinkConfig, server: &HostPort) -> Option<HostPort> {
+    let Target::Sentinel { sentinels, master } = &cfg.target else {
+        return None;
+    };
+    for s in sentinels {
+        if let Ok(now) = ask_sentinel(cfg, s, master).await {
+            return (&now != server).then_some(now);
+        }
+    }
+    None
+}
+
+/// The master one sentinel names.
+async fn ask_sentinel(
+    cfg: &LinkConfig,
+    sentinel: &HostPort,
+    master: &str,
+) -> Result<HostPort, String> {
     let mut s = connect(cfg, sentinel, false).await?;
     let reply = query(
         &mut s,
@@ -158,10 +182,16 @@ async fn via_sentinel(cfg: &LinkConfig, sentinel: &HostPort, master: &str) -> Re
             "does not know a master named {master:?} (check master_name against its `sentinel monitor` line)"
         ));
     };
-    let server = HostPort {
+    Ok(HostPort {
         host: host.to_string(),
         port,
-    };
+    })
+}
+
+/// Asks one sentinel for the master, connects to it, and checks it says
+/// it is the master (a sentinel can be behind during a failover).
+async fn via_sentinel(cfg: &LinkConfig, sentinel: &HostPort, master: &str) -> Result<Link, String> {
+    let server = ask_sentinel(cfg, sentinel, master).await?;
     let mut conn = connect(cfg, &server, true).await?;
     let role = query(&mut conn, &redis::cmd("ROLE"))
         .await

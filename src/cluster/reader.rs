@@ -205,8 +205,14 @@ impl Reader {
         *attempt = attempt.saturating_add(1);
     }
 
-    async fn serve(&mut self, conn: &mut MultiplexedConnection) -> Result<(), Failure> {
+    async fn serve(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        server: &super::HostPort,
+    ) -> Result<(), Failure> {
         let stream = self.stream();
+        let sentinel = matches!(self.cfg.link.target, super::Target::Sentinel { .. });
+        let mut checked = tokio::time::Instant::now();
         // Where to read on from: the last entry seen, or (first time) the
         // stream's end as it is before the keys are read, so nothing that
         // happens while they are read is missed.
@@ -233,6 +239,14 @@ impl Reader {
             self.stats.reader.set_up();
         }
         loop {
+            if sentinel && checked.elapsed() >= link::MASTER_CHECK {
+                checked = tokio::time::Instant::now();
+                if let Some(now) = link::master_moved(&self.cfg.link, server).await {
+                    return Err(Failure::Link(format!(
+                        "the sentinels name {now} as the master now"
+                    )));
+                }
+            }
             let Some(id) = self.last_id.clone() else {
                 match self.stream_end(conn).await {
                     Ok(id) => self.last_id = Some(id),
@@ -276,7 +290,7 @@ impl Task for Reader {
 
     async fn session(&mut self) -> Result<(), String> {
         let mut l = link::open(&self.cfg.link, &mut self.next_sentinel).await?;
-        self.serve(&mut l.conn)
+        self.serve(&mut l.conn, &l.server)
             .await
             .map_err(|f| format!("redis {}: {}", l.server, f.text()))
     }

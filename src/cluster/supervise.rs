@@ -44,6 +44,23 @@ pub fn random() -> u64 {
     h.finish()
 }
 
+/// `text` on one line: control characters escaped, cut at `max` chars.
+fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One task's health, shared with `status`.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -153,7 +170,7 @@ pub async fn supervise<T: Task>(mut task: T, health: std::sync::Arc<Health>, tar
         };
         // Errors can hold what the server sent (and line breaks): one
         // escaped line.
-        let why = crate::event::escape_text(&why, 600);
+        let why = one_line(&why, 600);
         health.set_down(&why);
         health.restarts.fetch_add(1, Ordering::Relaxed);
         if was_up && started.elapsed() >= STABLE {
@@ -182,6 +199,15 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn reasons_are_one_line() {
+        assert_eq!(
+            one_line("Parse error at 1\nUnexpected `169`\r\n", 100),
+            "Parse error at 1\\nUnexpected `169`\\r\\n"
+        );
+        assert_eq!(one_line("\"é\" abc", 3), "\"é\"…");
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_with_jitter_in_the_upper_half() {

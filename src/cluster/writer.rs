@@ -60,6 +60,8 @@ pub(super) struct Writer {
     seq: u64,
     /// The sentinel to ask first.
     next_sentinel: usize,
+    /// Said once that this Redis has no `SET ... GET`.
+    warned_old: bool,
 }
 
 /// Why the queue is not being sent although connected: the server refuses
@@ -87,6 +89,7 @@ impl Writer {
             own: HashMap::new(),
             seq: 0,
             next_sentinel: 0,
+            warned_old: false,
         }
     }
 
@@ -155,11 +158,23 @@ impl Writer {
                     Value::Nil => {
                         add_entry(&mut announce, &stream, "ban", &ban_json(b));
                     }
-                    Value::ServerError(e) => self.stats.odd(&format!(
+                    Value::ServerError(e) if e.code() == "WRONGTYPE" => self.stats.odd(&format!(
                         "{}: {}",
                         key_ban(&self.cfg.prefix, &b.jail, &b.addr),
                         e.code()
                     )),
+                    // A Redis older than 6.2 has no SET ... GET: the key
+                    // is written without knowing whether it was missing.
+                    Value::ServerError(e) => {
+                        if !self.warned_old {
+                            tracing::warn!(
+                                "cluster: redis refused SET ... GET ({}): re-asserted bans are not announced again (Redis 6.2 or later does)",
+                                e.details().unwrap_or(e.code())
+                            );
+                            self.warned_old = true;
+                        }
+                        set_key(&mut announce, &self.cfg.prefix, b, now);
+                    }
                     _ => {}
                 }
             }
@@ -398,7 +413,11 @@ impl Writer {
         Ok(())
     }
 
-    async fn serve(&mut self, conn: &mut MultiplexedConnection) -> Result<(), Failure> {
+    async fn serve(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        server: &super::HostPort,
+    ) -> Result<(), Failure> {
         let reasserted = self.reassert(conn).await?;
         let waiting = self.queue.len();
         let mut blocked = None;
@@ -424,8 +443,16 @@ impl Writer {
         );
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
+        let mut check = tokio::time::interval(link::MASTER_CHECK);
+        check.tick().await;
+        let sentinel = matches!(self.cfg.link.target, super::Target::Sentinel { .. });
         loop {
             tokio::select! {
+                _ = check.tick(), if sentinel => {
+                    if let Some(now) = link::master_moved(&self.cfg.link, server).await {
+                        return Err(Failure::Link(format!("the sentinels name {now} as the master now")));
+                    }
+                }
                 op = self.rx.recv() => {
                     let Some(op) = op else { return Ok(()) };
                     self.handle(conn, op, &mut blocked).await?;
@@ -463,7 +490,7 @@ impl Task for Writer {
         {
             return Ok(());
         }
-        match self.serve(&mut l.conn).await {
+        match self.serve(&mut l.conn, &l.server).await {
             Ok(()) => Ok(()),
             Err(f) => Err(format!("redis {}: {}", l.server, f.text())),
         }

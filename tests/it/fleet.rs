@@ -398,8 +398,25 @@ fn finding2_keys_of_the_wrong_type_are_skipped_and_counted() {
         "{} connections while the stream key is wrong",
         during - before
     );
+    // A ban made meanwhile cannot be published: it waits in a's queue,
+    // and a does not claim to be connected.
+    a.ban("192.0.2.83");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let c = a.cluster();
+            c["queued"].as_u64().is_some_and(|n| n >= 1) && c["connected"] == Value::Bool(false)
+        }),
+        "a queues the ban it cannot publish: {}",
+        a.cluster()
+    );
     redis.cli(&["DEL", "sipwarden:events"]);
     flows(&a, &b, "192.0.2.82", "after the stream key was deleted");
+    assert!(
+        wait_until(Duration::from_secs(30), || b.holds_from_fleet("192.0.2.83")),
+        "the ban queued while the stream key was wrong arrives: {}",
+        b.cluster()
+    );
+    a.wait_connected("a publishing again");
 }
 
 /// Finding 3: the ACL user and password in the URL are percent-decoded
@@ -644,7 +661,7 @@ fn sentinel_failover_keeps_bans_flowing() {
         return;
     }
     let rdir = TempDir::new("fleet-sentinel");
-    let mut master = Redis::start(&rdir, "master", &[]);
+    let master = Redis::start(&rdir, "master", &[]);
     let replica = Redis::start(
         &rdir,
         "replica",
@@ -709,29 +726,73 @@ fn sentinel_failover_keeps_bans_flowing() {
     );
     flows(&a, &b, "192.0.2.100", "before the failover");
 
-    master.kill();
-    let promoted = wait_until(Duration::from_secs(60), || {
+    // A failover asked of the sentinel, both servers alive: the old
+    // master turns replica (writes to it are refused, the reader's
+    // connection stays open) and the nodes move to the new one.
+    assert!(
         sentinel
-            .try_cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"])
-            .is_some_and(|o| o.contains(&replica.port.to_string()))
-    });
-    assert!(promoted, "the sentinel promotes the replica");
+            .cli(&["SENTINEL", "FAILOVER", "mymaster"])
+            .contains("OK"),
+        "SENTINEL FAILOVER accepted"
+    );
+    follow(
+        &sentinel,
+        &[&a, &b],
+        &replica,
+        "a failover asked of the sentinel",
+    );
+    flows(&a, &b, "192.0.2.101", "after the asked failover");
+    flows(
+        &b,
+        &a,
+        "192.0.2.102",
+        "after the asked failover, the other way",
+    );
+
+    // The old master now replicates the new one; the new one is killed and
+    // the sentinel promotes the old one back.
     assert!(
         wait_until(Duration::from_secs(60), || {
-            [&a, &b].iter().all(|n| {
+            let r = master.cli(&["INFO", "replication"]);
+            r.contains("role:slave") && r.contains("master_link_status:up")
+        }),
+        "the old master follows the new one"
+    );
+    let mut current = replica;
+    current.kill();
+    follow(&sentinel, &[&a, &b], &master, "the master killed");
+    flows(&a, &b, "192.0.2.103", "after the master was killed");
+    flows(
+        &b,
+        &a,
+        "192.0.2.104",
+        "after the master was killed, the other way",
+    );
+    // The bans made before the failovers are still held.
+    for addr in ["192.0.2.100", "192.0.2.101"] {
+        assert!(b.holds_from_fleet(addr), "{addr}");
+    }
+}
+
+/// The sentinel names `to` as the master, and every node is connected to
+/// it (bounded waits).
+fn follow(sentinel: &Redis, nodes: &[&Node], to: &Redis, what: &str) {
+    let port = to.port.to_string();
+    assert!(
+        wait_until(Duration::from_secs(60), || sentinel
+            .try_cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"])
+            .is_some_and(|o| o.contains(&port))),
+        "{what}: the sentinel names {port} as the master"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            nodes.iter().all(|n| {
                 let c = n.cluster();
                 c["connected"] == Value::Bool(true)
-                    && c["redis"]
-                        .as_str()
-                        .is_some_and(|r| r.contains(&replica.port.to_string()))
+                    && c["redis"].as_str().is_some_and(|r| r.contains(&port))
             })
         }),
-        "both nodes follow the failover: {} / {}",
-        a.cluster(),
-        b.cluster()
+        "{what}: the nodes follow to {port}: {:?}",
+        nodes.iter().map(|n| n.cluster()).collect::<Vec<_>>()
     );
-    flows(&a, &b, "192.0.2.101", "after the failover");
-    flows(&b, &a, "192.0.2.102", "after the failover, the other way");
-    // The ban made before the failover is still held.
-    assert!(b.holds_from_fleet("192.0.2.100"));
 }
