@@ -285,4 +285,49 @@ mod tests {
         assert!(out.contains("sipwarden_ban_latency_seconds_count 3\n"));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
+
+    /// A cluster task that is down shows as down, with its restarts, and
+    /// `connected` follows the tasks.
+    #[test]
+    fn cluster_tasks_and_skipped_keys() {
+        let task = |name: &str, up: bool, restarts: u64| crate::cluster::TaskView {
+            name: name.into(),
+            up,
+            restarts,
+            error: (!up).then(|| "redis unreachable".into()),
+        };
+        let s = StatusView {
+            version: "x".into(),
+            started: "t".into(),
+            uptime_s: 5,
+            firewall: "none".into(),
+            config: "c".into(),
+            jails: vec![],
+            cluster: Some(crate::cluster::ClusterView {
+                node: "n1".into(),
+                redis: "10.0.0.5:6379".into(),
+                connected: false,
+                published: 1,
+                received: 2,
+                queued: 3,
+                uncounted: 0,
+                skipped: 4,
+                peers: vec![],
+                tasks: vec![task("writer", true, 0), task("reader", false, 7)],
+                error: Some("reader: redis unreachable".into()),
+            }),
+            feeds: vec![],
+            store: None,
+        };
+        let out = render(&s, &Metrics::default());
+        for line in [
+            "\nsipwarden_cluster_connected 0\n",
+            "\nsipwarden_cluster_skipped_total 4\n",
+            "\nsipwarden_cluster_task_up{task=\"writer\"} 1\n",
+            "\nsipwarden_cluster_task_up{task=\"reader\"} 0\n",
+            "\nsipwarden_cluster_task_restarts_total{task=\"reader\"} 7\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+    }
 }
