@@ -263,6 +263,11 @@ fn three_nodes_share_bans_and_counts_through_redis() {
         !refused.status.success(),
         "a peer is not banned without --force"
     );
+    let refused = cli(&dirs[0], &["ban", "freeswitch", REDIS]);
+    assert!(
+        !refused.status.success(),
+        "the Redis server is not banned without --force"
+    );
 
     let _ = redis.kill();
     let _ = redis.wait();
