@@ -22,6 +22,9 @@ const READ_COUNT: u64 = 1000;
 /// How long one XREAD waits for entries, ms (well under the reply timeout).
 const READ_BLOCK_MS: u64 = 1000;
 
+/// An empty XREAD answer faster than this is followed by this pause.
+const EMPTY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The reader task's state: it outlives each connection (and a panic).
 pub(super) struct Reader {
     cfg: ClusterConfig,
@@ -255,6 +258,7 @@ impl Reader {
                 }
                 continue;
             };
+            let asked = tokio::time::Instant::now();
             let r = link::query(
                 conn,
                 redis::cmd("XREAD")
@@ -276,6 +280,11 @@ impl Reader {
                     }
                     if self.entries(&v).await.is_err() {
                         return Ok(());
+                    }
+                    // Nothing, at once: not a Redis that blocks as asked
+                    // (a proxy in the way?). Never a busy loop.
+                    if v == Value::Nil && asked.elapsed() < EMPTY_PAUSE {
+                        tokio::time::sleep(EMPTY_PAUSE).await;
                     }
                 }
                 Err(Failure::Refused(e)) => self.wrong_stream(&e, &mut refused).await,
