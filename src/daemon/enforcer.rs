@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::{DaemonError, RunOptions};
 use crate::config::{Backend, Config};
-use crate::enforce::{Enforcer, FAST_LANE_MAX, LogOnly, NftEnforcer, Refusal};
+use crate::enforce::{Enforcer, FAST_LANE_MAX, FastLane, LogOnly, NftEnforcer, Refusal};
 use crate::event::{ClockWatch, Time};
 use crate::http::metrics::Metrics;
 use crate::jail::{BanDecision, BanReason, Decision, is_host};
@@ -48,15 +48,21 @@ pub(super) enum Work {
     Job(Job),
 }
 
-/// Hands a few new bans to the fast-lane thread without waiting: when it is
-/// behind, the bans go the enforcer's way only.
-#[derive(Debug)]
-pub(super) struct FastSender(std::sync::mpsc::SyncSender<Vec<BanDecision>>);
+/// The enforcer's fast lane, driven from the run loop: a few new bans'
+/// elements are posted the moment they are decided (never waiting for the
+/// kernel's answer); the enforcer thread applies the same decisions next
+/// and gives the answer that counts.
+pub(super) struct FastPath(Box<dyn FastLane>);
 
-impl FastSender {
-    /// Sends the single-address bans among `decisions` (a burst larger than
+impl FastPath {
+    /// The fast lane of `enforcer`, if it has one.
+    pub(super) fn of(enforcer: &dyn Enforcer) -> Option<FastPath> {
+        enforcer.fast_lane().map(FastPath)
+    }
+
+    /// Posts the single-address bans among `decisions` (a burst larger than
     /// [`FAST_LANE_MAX`] is the enforcer's alone).
-    pub(super) fn send(&self, decisions: &[Decision]) {
+    pub(super) fn post(&mut self, decisions: &[Decision]) {
         if decisions.len() > FAST_LANE_MAX {
             return;
         }
@@ -68,28 +74,7 @@ impl FastSender {
             })
             .collect();
         if !bans.is_empty() {
-            let _ = self.0.try_send(bans);
-        }
-    }
-}
-
-/// Starts the fast-lane thread of `enforcer`, if it has one.
-pub(super) fn spawn_fast_lane(enforcer: &dyn Enforcer) -> Option<FastSender> {
-    let mut lane = enforcer.fast_lane()?;
-    // A few batches in flight; the lane is an accelerator, never a queue.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<BanDecision>>(4);
-    let started = std::thread::Builder::new()
-        .name("enforce-fast".into())
-        .spawn(move || {
-            while let Ok(bans) = rx.recv() {
-                lane.add(&bans);
-            }
-        });
-    match started {
-        Ok(_) => Some(FastSender(tx)),
-        Err(e) => {
-            tracing::warn!("firewall: no fast lane for new bans ({e}); the enforcer applies them");
-            None
+            self.0.add(&bans);
         }
     }
 }

@@ -188,7 +188,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // Blocklist feeds' contents, replaced whole (checked on every turn).
     let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
     let metrics = Arc::new(crate::http::metrics::Metrics::default());
-    let fast = enforcer::spawn_fast_lane(enforcer.as_ref());
+    let fast = enforcer::FastPath::of(enforcer.as_ref());
     let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, verdict_tx, metrics.clone())?;
     // The store writes on its own thread too, a transaction per burst, and
     // watches the database; it asks for the bans in force when it had to

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tokio::sync::oneshot;
 
-use super::enforcer::{FastSender, Job, Verdict, Work};
+use super::enforcer::{FastPath, Job, Verdict, Work};
 use super::sources::Sources;
 use super::store::store_ops;
 use super::{DaemonError, RunOptions};
@@ -49,7 +49,7 @@ pub(super) struct Runtime {
     /// Each blocklist feed's state, kept by its task.
     pub(super) feeds: Vec<Arc<std::sync::Mutex<FeedView>>>,
     /// Adds a few new bans' elements at once, before the enforcer thread.
-    pub(super) fast: Option<FastSender>,
+    pub(super) fast: Option<FastPath>,
 }
 
 /// What to do once the firewall answered a job.
@@ -96,8 +96,8 @@ impl Runtime {
         }
         // A few new bans: into the kernel at once by the fast lane; the
         // enforcer thread follows with the same decisions and answers.
-        if let Some(f) = &self.fast {
-            f.send(&decisions);
+        if let Some(f) = &mut self.fast {
+            f.post(&decisions);
         }
         let id = self.next_job;
         self.next_job += 1;

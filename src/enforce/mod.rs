@@ -71,11 +71,13 @@ pub trait Enforcer: Send {
     }
 }
 
-/// A second way into the firewall for a few new bans, driven from a thread
-/// of its own, so an attacker's packets are dropped the moment its ban is
-/// decided even while the enforcer is busy with a large batch, a drift
-/// check or a conntrack flush. Best effort: the enforcer applies the same
-/// bans right after, keeps the books and gives the answer that counts.
+/// A second way into the firewall for a few new bans, driven from the run
+/// loop the moment they are decided, so an attacker's packets are dropped
+/// without waiting for the enforcer thread (busy with a large batch, a
+/// drift check or a conntrack flush, or merely asleep on another CPU).
+/// It must never wait: changes are posted, not awaited. Best effort: the
+/// enforcer applies the same bans right after, keeps the books and gives
+/// the answer that counts.
 pub trait FastLane: Send {
     /// Adds the elements of `bans` (single addresses only; prefixes need the
     /// enforcer's interval ledger). Errors are left to the enforcer.

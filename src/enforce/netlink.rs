@@ -376,6 +376,28 @@ impl NfSocket {
             .collect())
     }
 
+    /// Sends `msgs` without waiting for any answer (and without asking for
+    /// acks: build them without `NLM_F_ACK`). nf_tables applies a batch
+    /// inside the send itself, so its changes are in place when this
+    /// returns; the error messages it may have queued are read and dropped
+    /// before the next post. Never blocks: a full socket buffer is an error.
+    pub fn post(&mut self, msgs: &MsgBuf) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        // SAFETY: buf is valid for writes of its length; MSG_DONTWAIT never
+        // blocks.
+        while unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        } > 0
+        {}
+        self.seq = msgs.next_seq();
+        self.send_with(msgs.bytes(), libc::MSG_DONTWAIT)
+    }
+
     /// Sends a dump request and calls `each` with every answer message until
     /// the dump ends. Returns an errno the kernel answered with, if any.
     pub fn dump(
@@ -405,6 +427,10 @@ impl NfSocket {
     }
 
     fn send(&self, b: &[u8]) -> io::Result<()> {
+        self.send_with(b, 0)
+    }
+
+    fn send_with(&self, b: &[u8], flags: libc::c_int) -> io::Result<()> {
         // SAFETY: sockaddr_nl is plain data; zeroed is the kernel's address.
         let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         to.nl_family = libc::AF_NETLINK as u16;
@@ -414,7 +440,7 @@ impl NfSocket {
                 self.fd.as_raw_fd(),
                 b.as_ptr().cast(),
                 b.len(),
-                0,
+                flags,
                 (&to as *const libc::sockaddr_nl).cast(),
                 std::mem::size_of::<libc::sockaddr_nl>() as u32,
             ) as libc::c_int

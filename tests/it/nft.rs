@@ -456,3 +456,48 @@ fn a_full_set_is_reported_with_what_to_raise() {
     );
     assert_eq!(ns.set_elements("banned_v4").len(), 3, "earlier bans stay");
 }
+
+#[test]
+fn the_fast_lane_puts_new_bans_in_the_kernel_without_the_enforcer() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("fl");
+    let held = ns.run(|| {
+        let cfg = FirewallConfig {
+            backend: Backend::Nftables,
+            table: "sipwarden".into(),
+            keep_on_exit: true,
+            set_size: 0,
+        };
+        let e = NftEnforcer::start(&cfg).unwrap();
+        let mut lane = e.fast_lane().expect("nftables has a fast lane");
+        let bans: Vec<BanDecision> = ["192.0.2.31/32", "192.0.2.32/32", "198.51.100.0/24"]
+            .iter()
+            .filter_map(|a| match ban(a, Some(60)) {
+                Decision::Ban(b) => Some(b),
+                Decision::Unban(_) => None,
+            })
+            .collect();
+        // Posted, never awaited: in the kernel as soon as add returns.
+        lane.add(&bans);
+        // Twice is harmless (the enforcer applies the same bans next).
+        lane.add(&bans);
+        (
+            Command::new("nft")
+                .args(["-j", "list", "set", "inet", "sipwarden", "banned_v4"])
+                .output()
+                .unwrap()
+                .stdout,
+            Command::new("nft")
+                .args(["-j", "list", "set", "inet", "sipwarden", "banned_net_v4"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+    });
+    let v4 = String::from_utf8_lossy(&held.0);
+    assert!(v4.contains("192.0.2.31") && v4.contains("192.0.2.32"), "{v4}");
+    // Prefixes are the enforcer's alone (its interval ledger).
+    assert!(!String::from_utf8_lossy(&held.1).contains("198.51.100.0"));
+}

@@ -4,7 +4,7 @@
 use super::NftEnforcer;
 use crate::enforce::elements::{ElemKey, ElemOp, OpKind, SetName, Unit, put_op};
 use crate::enforce::netlink::{
-    NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
+    MsgBuf, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
 };
 use crate::enforce::{EnforceError, FastLane};
 use crate::event::Time;
@@ -117,8 +117,30 @@ pub(super) fn send_ops(
     ops: &[ElemOp],
 ) -> Result<Vec<Reply>, EnforceError> {
     let mut b = sock.buffer();
+    let groups = encode_ops(&mut b, table, destroy, ops, NLM_F_ACK);
+    let replies = sock
+        .transact(&b)
+        .map_err(|e| EnforceError::Failed(explain_io(&e, table)))?;
+    let mut per_op = vec![Reply::Ack; ops.len()];
+    for (g, r) in groups.iter().zip(replies) {
+        for slot in &mut per_op[g.clone()] {
+            *slot = r;
+        }
+    }
+    Ok(per_op)
+}
+
+/// Encodes `ops` as one batch into `b` (messages group consecutive ops of
+/// one kind and set; `ack` is `NLM_F_ACK` or 0); returns which ops each
+/// message holds.
+fn encode_ops(
+    b: &mut MsgBuf,
+    table: &str,
+    destroy: bool,
+    ops: &[ElemOp],
+    ack: u16,
+) -> Vec<std::ops::Range<usize>> {
     b.batch_begin(NFNL_SUBSYS_NFTABLES);
-    // Which reply belongs to which ops: messages group consecutive ops.
     let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
     let mut i = 0;
     while i < ops.len() {
@@ -128,7 +150,7 @@ pub(super) fn send_ops(
             OpKind::Delete if destroy => NFT_MSG_DESTROYSETELEM,
             OpKind::Delete => NFT_MSG_DELSETELEM,
         };
-        let flags = NLM_F_REQUEST | NLM_F_ACK | if kind == OpKind::Add { NLM_F_CREATE } else { 0 };
+        let flags = NLM_F_REQUEST | ack | if kind == OpKind::Add { NLM_F_CREATE } else { 0 };
         let start = b.begin(
             (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
             flags,
@@ -144,7 +166,7 @@ pub(super) fn send_ops(
             && ops[i].set == set
             && b.len() - list < MAX_MSG_PAYLOAD
         {
-            put_op(&mut b, &ops[i]);
+            put_op(b, &ops[i]);
             i += 1;
         }
         b.nest_end(list);
@@ -152,21 +174,13 @@ pub(super) fn send_ops(
         groups.push(first..i);
     }
     b.batch_end(NFNL_SUBSYS_NFTABLES);
-    let replies = sock
-        .transact(&b)
-        .map_err(|e| EnforceError::Failed(explain_io(&e, table)))?;
-    let mut per_op = vec![Reply::Ack; ops.len()];
-    for (g, r) in groups.iter().zip(replies) {
-        for slot in &mut per_op[g.clone()] {
-            *slot = r;
-        }
-    }
-    Ok(per_op)
+    groups
 }
 
-/// The nftables [`FastLane`]: a netlink socket of its own that adds the
-/// elements of a few new bans (adding an element that is there changes
-/// nothing, so the enforcer applying the same bans next is harmless).
+/// The nftables [`FastLane`]: a netlink socket of its own on which the run
+/// loop posts the elements of a few new bans (adding an element that is
+/// there changes nothing, so the enforcer applying the same bans next is
+/// harmless).
 #[derive(Debug)]
 pub(super) struct FastAdd {
     pub(super) sock: NfSocket,
@@ -194,10 +208,16 @@ impl FastLane for FastAdd {
                 })
             })
             .collect();
-        if !ops.is_empty() {
-            if let Err(e) = send_ops(&mut self.sock, &self.table, true, &ops) {
-                tracing::debug!("fast path: {e}; the enforcer applies these bans");
-            }
+        if ops.is_empty() {
+            return;
+        }
+        // Posted, not awaited: nf_tables applies the batch inside the send,
+        // so the elements are in place when it returns, and the run loop
+        // never waits for an answer. Errors are the enforcer's to report.
+        let mut b = self.sock.buffer();
+        encode_ops(&mut b, &self.table, true, &ops, 0);
+        if let Err(e) = self.sock.post(&b) {
+            tracing::debug!("fast lane: {e}; the enforcer applies these bans");
         }
     }
 }
