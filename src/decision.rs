@@ -12,6 +12,19 @@ use crate::config::duration::BanTime;
 use crate::event::{JailId, Time};
 use crate::net::DisplayNet;
 
+/// A ban in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ActiveBan {
+    /// When it began.
+    pub start: Time,
+    /// When it ends; `None` for permanent.
+    pub end: Option<Time>,
+    /// Failures that caused it.
+    pub failures: u32,
+    /// Why.
+    pub reason: BanReason,
+}
+
 /// Why an address was banned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +79,10 @@ pub struct UnbanDecision {
     pub addr: IpNet,
     /// Why.
     pub reason: UnbanReason,
+    /// The ban a manual unban lifts, put back in force if the firewall
+    /// refuses to lift it (`None` for an expiry: the kernel's own timeout
+    /// already removed the element).
+    pub lifted: Option<ActiveBan>,
 }
 
 /// What enforcers act on.

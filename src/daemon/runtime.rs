@@ -135,11 +135,28 @@ impl Runtime {
                         DisplayNet(&b.addr)
                     );
                 }
-                (Some(why), Decision::Unban(u)) => tracing::error!(
-                    "[{}] unban of {} refused by the firewall; the kernel may still drop it until its timeout: {why}",
-                    u.jail_name,
-                    DisplayNet(&u.addr)
-                ),
+                (Some(why), Decision::Unban(u)) => {
+                    // The kernel still holds it: the ban stays in force, as
+                    // it was, shown and liftable.
+                    tracing::error!(
+                        "[{}] unban of {} refused by the firewall, the ban stays in force: {why}",
+                        u.jail_name,
+                        DisplayNet(&u.addr)
+                    );
+                    if let Some(b) = &u.lifted {
+                        if let Some(d) = self.jails.restore(
+                            &u.jail_name,
+                            u.addr,
+                            b.start,
+                            b.end,
+                            b.failures,
+                            b.reason,
+                            Time::now(),
+                        ) {
+                            self.jails.confirm(&d);
+                        }
+                    }
+                }
             }
         }
         if meta.publish {

@@ -440,6 +440,7 @@ mod tests {
             jail_name: Arc::from("j"),
             addr: net.parse().unwrap(),
             reason: UnbanReason::Manual,
+            lifted: None,
         })
     }
 

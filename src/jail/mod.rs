@@ -9,7 +9,9 @@ mod ignore;
 pub mod set;
 mod times;
 
-pub use crate::decision::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReason};
+pub use crate::decision::{
+    ActiveBan, BanDecision, BanReason, Decision, UnbanDecision, UnbanReason,
+};
 pub use crate::net::{DisplayNet, is_host};
 pub use escalation::{BanHistory, Escalation};
 pub use ignore::IgnoreList;
@@ -80,19 +82,6 @@ struct Track {
     /// Creation number, to recognise this track in the eviction queue.
     seq: u32,
     times: Times,
-}
-
-/// A ban in force.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ActiveBan {
-    /// When it began.
-    pub start: Time,
-    /// When it ends; `None` for permanent.
-    pub end: Option<Time>,
-    /// Failures that caused it.
-    pub failures: u32,
-    /// Why.
-    pub reason: BanReason,
 }
 
 /// Counters a jail keeps for `status`.
@@ -442,7 +431,7 @@ impl Jail {
 
     /// Lifts the ban on `addr` and forgets its failures (a clean slate).
     pub fn unban(&mut self, addr: IpNet) -> Option<UnbanDecision> {
-        self.remove_ban(&addr)?;
+        let lifted = self.remove_ban(&addr)?;
         if is_host(&addr) {
             self.failing.remove(&addr.addr());
             self.weak.remove(&addr.addr());
@@ -452,6 +441,7 @@ impl Jail {
             jail_name: self.name.clone(),
             addr,
             reason: UnbanReason::Manual,
+            lifted: Some(lifted),
         })
     }
 
@@ -493,6 +483,7 @@ impl Jail {
                     jail_name: self.name.clone(),
                     addr,
                     reason: UnbanReason::Expired,
+                    lifted: None,
                 });
             }
         }

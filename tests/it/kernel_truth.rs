@@ -176,6 +176,151 @@ fn overlapping_prefixes_hold_disjoint_intervals_and_an_unban_keeps_what_is_still
     d.stop();
 }
 
+#[test]
+fn an_unban_the_kernel_refuses_leaves_the_ban_shown_and_in_force() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("ku");
+    let dir = TempDir::new("ku");
+    let d = start(&ns, &dir, "set_size = 3");
+    let ok = |args: &[&str]| {
+        let out = cli(&dir, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    ok(&["ban", "m", "203.0.113.0/24", "--for", "2h"]);
+    for p in [
+        "203.0.113.0/30",
+        "203.0.113.16/30",
+        "203.0.113.32/30",
+        "203.0.113.48/30",
+    ] {
+        ok(&["ban", "m", p, "--for", "1h"]);
+    }
+    // One interval holds them all; lifting the /24 would need four, and
+    // the set holds three.
+    assert_eq!(intervals(&ns, "banned_net_v4"), ["203.0.113.0/24"]);
+    let out = cli(&dir, &["unban", "203.0.113.0/24"]);
+    assert!(!out.status.success(), "a refused unban must not exit 0");
+    assert!(stderr(&out).contains("set is full"), "{}", stderr(&out));
+    // The kernel still drops the /24, so the daemon still shows it, and a
+    // second try is refused the same way (not "not banned").
+    assert_eq!(intervals(&ns, "banned_net_v4"), ["203.0.113.0/24"]);
+    assert!(
+        addrs(&dir).contains(&"203.0.113.0/24".to_string()),
+        "{:?}",
+        addrs(&dir)
+    );
+    let out = cli(&dir, &["unban", "203.0.113.0/24"]);
+    assert!(stderr(&out).contains("set is full"), "{}", stderr(&out));
+    // Once the inner bans are lifted, so can the /24 be.
+    for p in [
+        "203.0.113.0/30",
+        "203.0.113.16/30",
+        "203.0.113.32/30",
+        "203.0.113.48/30",
+    ] {
+        ok(&["unban", p]);
+    }
+    ok(&["unban", "203.0.113.0/24"]);
+    assert!(intervals(&ns, "banned_net_v4").is_empty());
+    d.stop();
+}
+
+/// The rules of the table's chain (as `nft -j` lists them) and its policy.
+fn chain(ns: &NetNs) -> (Vec<Value>, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "nft",
+            "-j",
+            "list",
+            "chain",
+            "inet",
+            "sipwarden",
+            "prerouting",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let items = v["nftables"].as_array().cloned().unwrap_or_default();
+    let policy = items
+        .iter()
+        .find_map(|o| o["chain"]["policy"].as_str().map(String::from))
+        .unwrap_or_default();
+    let rules = items
+        .iter()
+        .filter(|o| o.get("rule").is_some())
+        .cloned()
+        .collect();
+    (rules, policy)
+}
+
+#[test]
+fn a_chain_changed_by_hand_is_laid_out_again() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("kd");
+    let dir = TempDir::new("kd");
+    let d = start(&ns, &dir, "");
+    let out = cli(&dir, &["ban", "m", "198.51.100.9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (laid, policy) = chain(&ns);
+    assert_eq!(policy, "accept");
+    assert!(!laid.is_empty());
+    let restored = |what: &str| {
+        let laid_out = || {
+            let (r, p) = chain(&ns);
+            r.len() == laid.len()
+                && p == "accept"
+                && !r
+                    .iter()
+                    .any(|x| x["rule"]["expr"].to_string().contains("\"accept\""))
+        };
+        assert!(
+            wait_until(Duration::from_secs(15), laid_out),
+            "{what}: the chain was not laid out again: {:?}",
+            chain(&ns)
+        );
+        assert!(
+            ns.addresses("banned_v4").contains("198.51.100.9"),
+            "{what}: the ban is back"
+        );
+    };
+    // The chain's rules flushed: bans still listed, nothing dropped.
+    ns.sh(&["nft", "flush", "chain", "inet", "sipwarden", "prerouting"]);
+    restored("flush chain");
+    // An accept inserted before the drops.
+    ns.sh(&[
+        "nft",
+        "insert",
+        "rule",
+        "inet",
+        "sipwarden",
+        "prerouting",
+        "ip",
+        "saddr",
+        "198.51.100.9",
+        "accept",
+    ]);
+    restored("inserted accept");
+    // The policy turned to drop (everything dropped, loopback too).
+    ns.sh(&[
+        "nft",
+        "chain",
+        "inet",
+        "sipwarden",
+        "prerouting",
+        "{ policy drop ; }",
+    ]);
+    restored("policy drop");
+    assert!(!d.lines_with("changed outside sipwarden").is_empty());
+    d.stop();
+}
+
 /// libfaketime, for a wall clock the test can step while the monotonic
 /// clock (and the kernel's timeouts) run on.
 fn faketime_lib() -> PathBuf {

@@ -260,6 +260,7 @@ fn unban(addr: &str) -> Decision {
         jail_name: "t".into(),
         addr: addr.parse().unwrap(),
         reason: UnbanReason::Manual,
+        lifted: None,
     })
 }
 
@@ -497,7 +498,10 @@ fn the_fast_lane_puts_new_bans_in_the_kernel_without_the_enforcer() {
         )
     });
     let v4 = String::from_utf8_lossy(&held.0);
-    assert!(v4.contains("192.0.2.31") && v4.contains("192.0.2.32"), "{v4}");
+    assert!(
+        v4.contains("192.0.2.31") && v4.contains("192.0.2.32"),
+        "{v4}"
+    );
     // Prefixes are the enforcer's alone (its interval ledger).
     assert!(!String::from_utf8_lossy(&held.1).contains("198.51.100.0"));
 }

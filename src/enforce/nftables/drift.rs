@@ -25,39 +25,94 @@ use crate::event::Time;
 pub(super) const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub(super) const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The chain the table drops in.
+const CHAIN: &str = "prerouting";
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NF_ACCEPT: u32 = 1;
+
+/// The chain as the kernel holds it: rules (by handle, in order) and policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct ChainState {
+    rules: Vec<u64>,
+    policy: Option<u32>,
+}
+
+impl ChainState {
+    fn policy_name(&self) -> &'static str {
+        match self.policy {
+            Some(NF_ACCEPT) => "accept",
+            Some(0) => "drop",
+            _ => "other",
+        }
+    }
+}
+
+fn be_u32(b: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(b).ok().map(u32::from_be_bytes)
+}
+
 impl NftEnforcer {
-    /// Whether the table and its chain exist (a flushed ruleset removes both).
-    pub(super) fn layout_present(&mut self) -> Result<bool, EnforceError> {
-        for (msg, attrs_) in [
+    /// The table's chain as the kernel holds it (its rules' handles and its
+    /// policy), or `None` when the table or the chain is gone (a flushed
+    /// ruleset removes both).
+    pub(super) fn chain_state(&mut self) -> Result<Option<ChainState>, EnforceError> {
+        let mut state = ChainState::default();
+        for (msg, flags, attrs_) in [
             (
                 NFT_MSG_GETTABLE,
+                NLM_F_REQUEST | NLM_F_ACK,
                 vec![(NFTA_TABLE_NAME, self.table.clone())],
             ),
             (
                 NFT_MSG_GETCHAIN,
+                NLM_F_REQUEST | NLM_F_ACK,
                 vec![
                     (NFTA_CHAIN_TABLE, self.table.clone()),
-                    (NFTA_CHAIN_NAME, "prerouting".to_string()),
+                    (NFTA_CHAIN_NAME, CHAIN.to_string()),
+                ],
+            ),
+            (
+                NFT_MSG_GETRULE,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                vec![
+                    (NFTA_RULE_TABLE, self.table.clone()),
+                    (NFTA_RULE_CHAIN, CHAIN.to_string()),
                 ],
             ),
         ] {
             let mut b = self.sock.buffer();
-            let s = b.begin(
-                (NFNL_SUBSYS_NFTABLES << 8) | msg,
-                NLM_F_REQUEST | NLM_F_ACK,
-                NFPROTO_INET,
-                0,
-            );
+            let s = b.begin((NFNL_SUBSYS_NFTABLES << 8) | msg, flags, NFPROTO_INET, 0);
             for (t, v) in &attrs_ {
                 b.attr_str(*t, v);
             }
             b.end(s);
-            match self
+            let r = self
                 .sock
-                .dump(&b, |_| {})
-                .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?
-            {
-                Some(libc::ENOENT) => return Ok(false),
+                .dump(&b, |m| {
+                    let Some(body) = m.payload.get(4..) else {
+                        return;
+                    };
+                    for a in attrs(body) {
+                        match (msg, a.ty) {
+                            (NFT_MSG_GETCHAIN, NFTA_CHAIN_POLICY) => {
+                                state.policy = be_u32(a.data);
+                            }
+                            (NFT_MSG_GETRULE, NFTA_RULE_HANDLE) => {
+                                if let Ok(h) = <[u8; 8]>::try_from(a.data) {
+                                    state.rules.push(u64::from_be_bytes(h));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                })
+                .map_err(|e| EnforceError::Failed(explain_io(&e, &self.table)))?;
+            match r {
+                Some(libc::ENOENT) => return Ok(None),
                 Some(e) => {
                     return Err(EnforceError::Failed(explain(
                         e,
@@ -67,7 +122,28 @@ impl NftEnforcer {
                 None => {}
             }
         }
-        Ok(true)
+        Ok(Some(state))
+    }
+
+    /// Lays the table out again (replacing what is there) with every ban in
+    /// force and every feed, and remembers the chain as laid out.
+    fn relayout(&mut self, now: Time, why: &str) -> Result<(), EnforceError> {
+        let t0 = std::time::Instant::now();
+        tracing::warn!(
+            "firewall: {why}; laying table inet {} out again",
+            self.table
+        );
+        apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
+        let n = self.readd(self.book.all_elements(now))?;
+        self.reload_feeds()?;
+        self.chain = self.chain_state()?;
+        tracing::warn!(
+            "firewall: table inet {} restored with {n} ban(s) in {:?}",
+            self.table,
+            t0.elapsed()
+        );
+        self.last_verify = std::time::Instant::now();
+        Ok(())
     }
 
     /// The keys (network start addresses) in one of the sets, or `None` when
@@ -142,27 +218,39 @@ impl NftEnforcer {
         }
     }
 
-    /// Checks for drift and repairs it: a missing table or chain is laid out
-    /// again with every ban in force; elements deleted by hand are re-added.
+    /// Checks for drift and repairs it: a missing table or chain, or a
+    /// chain whose rules or policy someone changed (a flushed chain, an
+    /// inserted `accept`), is laid out again with every ban in force;
+    /// elements deleted by hand are re-added.
     pub fn check_drift(&mut self) -> Result<(), EnforceError> {
         let now = Time::now();
         self.book.expire(now);
-        let t0 = std::time::Instant::now();
-        if !self.layout_present()? {
-            tracing::warn!(
-                "firewall: table inet {} or its chain is gone (ruleset flushed?); restoring it",
-                self.table
-            );
-            apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
-            let n = self.readd(self.book.all_elements(now))?;
-            self.reload_feeds()?;
-            tracing::warn!(
-                "firewall: table inet {} restored with {n} ban(s) in {:?}",
-                self.table,
-                t0.elapsed()
-            );
-            self.last_verify = std::time::Instant::now();
-            return Ok(());
+        match self.chain_state()? {
+            None => {
+                return self.relayout(
+                    now,
+                    &format!(
+                        "table inet {} or its chain is gone (ruleset flushed?)",
+                        self.table
+                    ),
+                );
+            }
+            Some(c) if self.chain.as_ref().is_some_and(|laid| *laid != c) => {
+                return self.relayout(
+                    now,
+                    &format!(
+                        "the rules or the policy of chain {CHAIN} were changed outside sipwarden ({} rule(s), policy {}; laid out: {})",
+                        c.rules.len(),
+                        c.policy_name(),
+                        self.chain.as_ref().map_or(0, |l| l.rules.len())
+                    ),
+                );
+            }
+            Some(c) => {
+                if self.chain.is_none() {
+                    self.chain = Some(c);
+                }
+            }
         }
         if self.last_verify.elapsed() < VERIFY_EVERY {
             return Ok(());
@@ -173,15 +261,7 @@ impl NftEnforcer {
             match self.set_keys(set)? {
                 Some(k) => present.extend(k),
                 None => {
-                    tracing::warn!(
-                        "firewall: set {} is gone; restoring the table",
-                        set.as_str()
-                    );
-                    self.last_probe = std::time::Instant::now() - PROBE_EVERY;
-                    apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
-                    self.readd(self.book.all_elements(now))?;
-                    self.reload_feeds()?;
-                    return Ok(());
+                    return self.relayout(now, &format!("set {} is gone", set.as_str()));
                 }
             }
         }

@@ -57,6 +57,8 @@ pub struct NftEnforcer {
     set_size: u32,
     /// When the table was last checked, and its elements.
     last_probe: std::time::Instant,
+    /// The chain as laid out (rules and policy): any change is drift.
+    chain: Option<drift::ChainState>,
     last_verify: std::time::Instant,
     /// Names of the blocklist feeds (sets `feed_<name>_v4`/`_v6`).
     feeds: Vec<String>,
@@ -100,7 +102,7 @@ impl NftEnforcer {
             cfg.table,
             owner.mark
         );
-        Ok(NftEnforcer {
+        let mut e = NftEnforcer {
             sock,
             table: cfg.table.clone(),
             owner,
@@ -111,10 +113,14 @@ impl NftEnforcer {
             book: BanBook::default(),
             set_size: cfg.set_size,
             last_probe: std::time::Instant::now(),
+            chain: None,
             last_verify: std::time::Instant::now(),
             feeds,
             feed_nets: HashMap::new(),
-        })
+        };
+        // The chain as laid out: any later change to it is drift.
+        e.chain = e.chain_state()?;
+        Ok(e)
     }
 
     /// The owner mark the layout carries.
