@@ -2,9 +2,11 @@
 //!
 //! The n-th ban of an address (counting bans since its last manual unban,
 //! in this jail or, with `bantime_overalljails`, in any jail) lasts
-//! `bantime × factor × 2^(n-1)`, or `bantime × multipliers[n-1]` when
-//! multipliers are given, never more than `bantime_maxtime`. The first ban
-//! lasts `bantime`.
+//! `bantime × factor × 2^(n-1)` (the first: `bantime`), or
+//! `bantime × multipliers[n-1]` when multipliers are given (the last one
+//! repeats), never more than `bantime_maxtime`. Multipliers are indexed by
+//! the count of earlier bans, as fail2ban's `bantime.multipliers` is
+//! documented: `1 5 30 60` makes the bans 1, 5, 30, 60 × `bantime`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,14 +35,11 @@ impl Escalation {
         let BanTime::For(base) = base else {
             return base;
         };
-        if prior == 0 {
-            return BanTime::For(base);
-        }
-        let mult = if self.multipliers.is_empty() {
-            self.factor * f64::from(1u32 << prior.min(20))
-        } else {
-            let i = (prior as usize).min(self.multipliers.len()) - 1;
-            f64::from(self.multipliers[i])
+        let mult = match self.multipliers.as_slice() {
+            [] if prior == 0 => return BanTime::For(base),
+            [] => self.factor * f64::from(1u32 << prior.min(20)),
+            // Earlier bans index the list: the second ban is x m[1].
+            m => f64::from(m[(prior as usize).min(m.len() - 1)]),
         };
         let secs = (base.0 as f64 * mult).min(u64::MAX as f64 / 2.0) as u64;
         let secs = self.maxtime.map_or(secs, |m| secs.min(m.0));
@@ -113,10 +112,49 @@ mod tests {
         e.factor = 3.0;
         assert_eq!(e.bantime(base, 1), BanTime::For(Duration(3600)));
         e.multipliers = vec![1, 5, 30];
-        assert_eq!(e.bantime(base, 1), BanTime::For(Duration(600)));
-        assert_eq!(e.bantime(base, 2), BanTime::For(Duration(3000)));
-        assert_eq!(e.bantime(base, 3), BanTime::For(Duration(18_000)));
+        assert_eq!(e.bantime(base, 0), BanTime::For(Duration(600)));
+        assert_eq!(e.bantime(base, 1), BanTime::For(Duration(3000)));
+        assert_eq!(e.bantime(base, 2), BanTime::For(Duration(18_000)));
         assert_eq!(e.bantime(base, 9), BanTime::For(Duration(18_000)));
+        // A first multiplier other than 1 applies to the first ban too.
+        e.multipliers = vec![2, 3];
+        assert_eq!(e.bantime(base, 0), BanTime::For(Duration(1200)));
+    }
+
+    /// Issue N12: fail2ban's jail.conf documents `bantime.multipliers` as
+    /// indexed by the count of earlier bans, the last one repeating: with
+    /// `bantime = 60` and `1 5 30 60 300 720 1440 2880` the bans last "1 min,
+    /// 5 min, 30 min, 1 hour, 5 hour, 12 hour, 1 day, 2 day", and with
+    /// `bantime = 600` and `1 2 4 8 16 32 64` they grow "by 1, 2, 4, 8, 16
+    /// ..." up to 10.6 hours. The second ban is x multipliers[1].
+    #[test]
+    fn multipliers_follow_fail2bans_documented_examples() {
+        let mut e = esc();
+        e.maxtime = None;
+        e.multipliers = vec![1, 5, 30, 60, 300, 720, 1440, 2880];
+        let base = BanTime::For(Duration(60));
+        let minutes: Vec<u64> = (0..10)
+            .map(|prior| match e.bantime(base, prior) {
+                BanTime::For(d) => d.0 / 60,
+                BanTime::Permanent => u64::MAX,
+            })
+            .collect();
+        assert_eq!(minutes, [1, 5, 30, 60, 300, 720, 1440, 2880, 2880, 2880]);
+
+        e.multipliers = vec![1, 2, 4, 8, 16, 32, 64];
+        let base = BanTime::For(Duration(600));
+        let secs: Vec<u64> = (0..9)
+            .map(|prior| match e.bantime(base, prior) {
+                BanTime::For(d) => d.0,
+                BanTime::Permanent => u64::MAX,
+            })
+            .collect();
+        assert_eq!(
+            secs,
+            [600, 1200, 2400, 4800, 9600, 19_200, 38_400, 38_400, 38_400]
+        );
+        // "10.6 hours" at the last multiplier.
+        assert_eq!(38_400 / 360, 106);
     }
 
     #[test]
