@@ -317,30 +317,59 @@ fn header<'a>(headers: &'a str, name: &str) -> &'a str {
         .map_or("", str::trim)
 }
 
-/// Connects, authenticates, and asks whether mod_fail2ban is loaded.
+/// Resolves the peer's host (for a name: every address, which the daemon
+/// protects), then checks its Event Socket.
 fn esl(jail: &str, p: &EslPeer) -> Vec<Check> {
     let label = format!("[{jail}] Event Socket {}:{}", p.host, p.port);
-    let addr = match (p.host.as_str(), p.port)
-        .to_socket_addrs()
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        _ => {
-            return vec![fail(
-                format!("{label}: cannot resolve the host"),
-                "check esl.host",
-            )];
-        }
-    };
-    let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-        Ok(s) => s,
+    let addrs: Vec<std::net::SocketAddr> = match (p.host.as_str(), p.port).to_socket_addrs() {
+        Ok(a) => a.collect(),
         Err(e) => {
             return vec![fail(
-                format!("{label}: cannot connect ({e})"),
-                "is FreeSWITCH running with mod_event_socket? check listen-ip and listen-port in event_socket.conf.xml",
+                format!("{label}: cannot resolve the host ({e})"),
+                "check esl.host; while the name does not resolve, the daemon protects the addresses it last resolved to (kept in the state store), none on a first start",
             )];
         }
     };
+    if addrs.is_empty() {
+        return vec![fail(
+            format!("{label}: the host resolves to no address"),
+            "check esl.host",
+        )];
+    }
+    let mut out = Vec::new();
+    if crate::net::host_addr(&p.host).is_none() {
+        let mut ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+        ips.sort();
+        ips.dedup();
+        out.push(ok(format!(
+            "{label}: the name resolves to {}; the daemon never bans any of them in jail {jail} (looked up again every 5 minutes)",
+            ips.join(", ")
+        )));
+    }
+    // Each address in turn, as the daemon connects.
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, Duration::from_secs(3)) {
+            Ok(s) => {
+                out.extend(esl_session(&label, s, p));
+                return out;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    out.push(fail(
+        format!(
+            "{label}: cannot connect ({})",
+            last.map_or_else(|| "no address".to_string(), |e| e.to_string())
+        ),
+        "is FreeSWITCH running with mod_event_socket? check listen-ip and listen-port in event_socket.conf.xml",
+    ));
+    out
+}
+
+/// Authenticates on a connected Event Socket and asks whether
+/// mod_fail2ban is loaded.
+fn esl_session(label: &str, stream: TcpStream, p: &EslPeer) -> Vec<Check> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
     let mut w = match stream.try_clone() {
         Ok(w) => w,

@@ -290,14 +290,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(daemon::run(
+            let ran = rt.block_on(daemon::run(
                 cfg,
                 RunOptions {
                     dry_run,
                     config_path: config,
                     fail2ban_config,
                 },
-            ))?;
+            ));
+            // Everything that must finish was joined inside `run`. A name
+            // lookup stuck in getaddrinfo (DNS down) cannot be cancelled,
+            // and stopping must not wait the resolver's own timeouts.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            ran?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, json } => {

@@ -183,6 +183,18 @@ pub fn parse_ban_target(s: &str) -> Result<IpNet, NetError> {
     }
 }
 
+/// The address a configured peer's `host` is, when it is one (`192.0.2.1`,
+/// `2001:db8::1`, `[2001:db8::1]`, `fe80::1%eth0`), canonical; `None` for a
+/// host name, whose addresses the daemon looks up (`daemon/names.rs`).
+pub fn host_addr(host: &str) -> Option<IpAddr> {
+    let h = host.trim();
+    let h = h
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(h);
+    parse_addr(h.as_bytes())
+}
+
 /// Longest IPv6 zone id accepted: an interface name (at most 15 bytes on
 /// Linux) or an interface index.
 const MAX_ZONE: usize = 15;
@@ -362,6 +374,17 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn host_addr_tells_addresses_from_names() {
+        assert_eq!(host_addr(" 192.0.2.1 "), Some(ip("192.0.2.1")));
+        assert_eq!(host_addr("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(host_addr("::ffff:192.0.2.1"), Some(ip("192.0.2.1")));
+        assert_eq!(host_addr("fe80::1%eth0"), Some(ip("fe80::1")));
+        for name in ["localhost", "pbx.example.com", "", "[", "1.2.3"] {
+            assert_eq!(host_addr(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -179,6 +179,40 @@ fn store_text(s: Option<&super::StoreView>) -> String {
     }
 }
 
+/// Peer host names: what each protects, and a warning when its lookups
+/// fail.
+fn names_text(names: &[super::NameView]) -> String {
+    let mut out = String::new();
+    for n in names {
+        let addrs = if n.addrs.is_empty() {
+            "no address protected".to_string()
+        } else {
+            n.addrs.join(" ")
+        };
+        let when = match (&n.resolved_at, n.from_store) {
+            (Some(t), true) => format!(" (from the store, resolved {t})"),
+            (Some(t), false) => format!(" (resolved {t})"),
+            (None, _) => String::new(),
+        };
+        out.push_str(&format!(
+            "peer name {} -> {addrs}{when}, jail(s) {}\n",
+            escape_text(&n.name, 255),
+            n.jails.join(", ")
+        ));
+        if let Some(p) = &n.problem {
+            out.push_str(&format!(
+                "  WARNING: {} (since {})\n",
+                escape_text(p, 512),
+                n.problem_since.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    if !out.is_empty() {
+        out.insert(0, '\n');
+    }
+    out
+}
+
 fn feeds_text(feeds: &[super::FeedView]) -> String {
     let mut out = String::new();
     for f in feeds {
@@ -315,6 +349,7 @@ pub fn render(req: &Request, resp: &Response) -> String {
                 s.config,
                 jail_table(&s.jails),
                 s.cluster.as_ref().map(cluster_text).unwrap_or_default()
+                    + &names_text(&s.names)
                     + &feeds_text(&s.feeds)
                     + &store_text(s.store.as_ref())
             ),

@@ -154,6 +154,36 @@ pub struct StatusView {
     /// The state store's health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreView>,
+    /// Peer host names (Event Socket hosts, the Redis server) and the
+    /// addresses protected for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameView>,
+}
+
+/// A peer given by host name: its addresses are protected in the jails
+/// that use it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameView {
+    /// The host name as configured.
+    pub name: String,
+    /// The jails that protect its addresses.
+    pub jails: Vec<String>,
+    /// The addresses protected for it: the last good answer.
+    pub addrs: Vec<String>,
+    /// When they were resolved (RFC 3339); absent when never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    /// They come from the store (an earlier run): no lookup of this run
+    /// answered yet.
+    #[serde(default)]
+    pub from_store: bool,
+    /// Why the last lookup gave no address (a warning); absent once one
+    /// answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Since when the lookups fail (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_since: Option<String>,
 }
 
 /// The state store's health: watched while the daemon runs, rebuilt from

@@ -147,12 +147,15 @@ impl Runtime {
                 // The master in use (with Sentinel, the one a failover
                 // chose) is protected like the configured hosts; the set
                 // only grows, so a former master stays protected too.
-                // TODO(dns): a master announced by host name is not
-                // protected until the resolver of configured names (issue
-                // 16's peer names) takes it; sentinels report addresses
-                // unless `resolve-hostnames` is on.
-                if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
-                    self.jails.add_peers(vec![IpNet::from(ip)]);
+                // Sentinels report addresses unless `resolve-hostnames` is
+                // on; a name is looked up like the configured ones.
+                match crate::net::host_addr(&server.host) {
+                    Some(ip) => self.jails.add_peers(vec![IpNet::from(ip)]),
+                    None => {
+                        if self.jails.protect_everywhere(&server.host) {
+                            self.resolver.sync(self.jails.names_in_use().keys());
+                        }
+                    }
                 }
                 Vec::new()
             }
@@ -163,14 +166,22 @@ impl Runtime {
 
 /// The addresses named in `[cluster]` (the Redis server, or the
 /// sentinels), never to be banned.
-// TODO(dns): host names here wait for the resolver of configured names
-// (issue 16's peer names); until it lands only literal addresses are
-// protected.
 pub(super) fn configured_addrs(c: &crate::cluster::ClusterConfig) -> Vec<IpNet> {
     c.link
         .configured_hosts()
         .into_iter()
-        .filter_map(|h| h.parse::<std::net::IpAddr>().ok())
+        .filter_map(crate::net::host_addr)
         .map(IpNet::from)
+        .collect()
+}
+
+/// The host names in `[cluster]` (the Redis server, or the sentinels):
+/// every address they resolve to is never banned, in any jail
+/// (`daemon/names.rs`).
+pub(super) fn configured_names(c: &crate::cluster::ClusterConfig) -> Vec<&str> {
+    c.link
+        .configured_hosts()
+        .into_iter()
+        .filter(|h| crate::net::host_addr(h).is_none())
         .collect()
 }

@@ -18,6 +18,7 @@
 mod cluster;
 mod enforcer;
 mod lock;
+mod names;
 mod reload;
 mod runtime;
 mod sources;
@@ -128,6 +129,16 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         Vec::new()
     };
     let mut jails = JailSet::new(own, &specs);
+    // Peers given by name are protected with every address they resolve
+    // to: at first those the store kept, then what the lookups answer.
+    if let Some(cc) = &config.cluster {
+        for name in cluster::configured_names(cc) {
+            jails.protect_everywhere(name);
+        }
+    }
+    if let Some(s) = &store {
+        names::remember_stored(&mut jails, s);
+    }
     let mut enforcer = enforcer::build(&config, &opts, &lock.dir.to_string_lossy())?;
     let firewall = enforcer.name();
 
@@ -205,6 +216,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     )?;
 
     let (events_tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
+    // Lookups of peer host names answer here; they never hold up start.
+    let (names_tx, mut names_rx) = mpsc::channel::<names::Answer>(64);
     let scanners = Arc::new(ScannerList::new(&config.scanners));
     let mut rt = Runtime {
         jails,
@@ -223,7 +236,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         recent: Recent::default(),
         feeds: Vec::new(),
         fast,
+        resolver: names::Resolver::new(names_tx, names::system_lookup()),
     };
+    rt.resolver.sync(rt.jails.names_in_use().keys());
     let enabled_now: Vec<JailConfig> = rt.config.enabled_jails().cloned().collect();
     rt.sources.sync(&enabled_now, &rt.jails)?;
     let mut feed_tasks = Vec::new();
@@ -337,6 +352,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 }
             }
             Some(v) = verdict_rx.recv() => rt.on_verdict(v),
+            Some(a) = names_rx.recv() => rt.on_resolved(a),
             Some(msg) = cluster_rx.recv() => {
                 let (ds, publish) = rt.apply_cluster(msg);
                 rt.dispatch(ds, publish, None)?;

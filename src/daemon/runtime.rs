@@ -50,6 +50,8 @@ pub(super) struct Runtime {
     pub(super) feeds: Vec<Arc<std::sync::Mutex<FeedView>>>,
     /// Adds a few new bans' elements at once, before the enforcer thread.
     pub(super) fast: Option<FastPath>,
+    /// Looks up the peers' host names.
+    pub(super) resolver: super::names::Resolver,
 }
 
 /// What to do once the firewall answered a job.
@@ -228,6 +230,7 @@ impl Runtime {
                     .filter_map(|f| f.lock().ok().map(|v| v.clone()))
                     .collect(),
                 store: self.store_health.lock().ok().map(|h| h.clone()),
+                names: self.name_views(),
             }),
         }
     }

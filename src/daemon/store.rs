@@ -81,7 +81,9 @@ impl Runtime {
                 })
             })
             .collect();
-        let _ = tx.send(vec![StoreOp::InForce(bans)]);
+        let mut ops = vec![StoreOp::InForce(bans)];
+        ops.extend(self.resolved_ops());
+        let _ = tx.send(ops);
     }
 }
 

@@ -261,6 +261,7 @@ mod tests {
             jails: vec![],
             cluster: None,
             feeds: vec![],
+            names: vec![],
             store: Some(crate::control::StoreView {
                 ok: false,
                 errors: 2,
@@ -317,6 +318,7 @@ mod tests {
                 error: Some("reader: redis unreachable".into()),
             }),
             feeds: vec![],
+            names: vec![],
             store: None,
         };
         let out = render(&s, &Metrics::default());

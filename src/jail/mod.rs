@@ -6,6 +6,7 @@
 
 mod escalation;
 mod ignore;
+pub mod names;
 pub mod set;
 mod times;
 

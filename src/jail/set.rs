@@ -1,11 +1,13 @@
 //! The registry of running jails: every jail of the daemon, events routed
 //! to them by id, manual and shared bans, cluster bans, reload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::names::{Change, NameState, ResolvedNames};
 use super::{
     BanDecision, BanHistory, BanReason, Decision, DisplayNet, IgnoreList, Jail, JailPolicy,
     Outcome, UnbanDecision,
@@ -27,6 +29,9 @@ pub struct JailSpec {
     pub ignoreself: bool,
     /// The policy from configuration.
     pub policy: JailPolicy,
+    /// Host names of the Event Socket peers it listens to: every address
+    /// they resolve to is protected in this jail (see [`JailSet::set_resolved`]).
+    pub names: Vec<String>,
 }
 
 /// An end that arrived as data (the store, the fleet), cut to what the
@@ -47,18 +52,21 @@ fn clamp_end(end: Option<Time>, now: Time, jail: &str, net: &IpNet, what: &str) 
 
 impl JailSpec {
     /// The spec of a configured jail. The Event Socket peers it listens to
-    /// are never banned.
+    /// are never banned: those given by address here, those given by name
+    /// once their addresses are known.
     pub fn from_config(jc: &JailConfig) -> JailSpec {
+        let mut addrs = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for p in &jc.esl {
+            match crate::net::host_addr(&p.host) {
+                Some(a) => addrs.push(IpNet::from(a)),
+                None if !names.contains(&p.host) => names.push(p.host.clone()),
+                None => {}
+            }
+        }
         // The configured list is shared with every jail that inherits it,
         // not copied; the PBXs this jail listens to are its own addition.
-        let ignore = IgnoreList::shared(
-            jc.ignoreip.clone(),
-            jc.esl
-                .iter()
-                .filter_map(|p| p.host.parse::<std::net::IpAddr>().ok())
-                .map(IpNet::from)
-                .collect(),
-        );
+        let ignore = IgnoreList::shared(jc.ignoreip.clone(), addrs);
         JailSpec {
             name: jc.name.clone(),
             filter: jc.filter.clone(),
@@ -75,6 +83,7 @@ impl JailSpec {
                 trusted_maxretry: jc.trusted_maxretry,
                 wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
             },
+            names,
         }
     }
 }
@@ -96,6 +105,10 @@ pub struct RemoteBan<'a> {
     pub origin: &'a str,
 }
 
+/// Most host names protected in every jail (the Redis server, sentinels,
+/// masters announced by name through failovers).
+pub const MAX_EVERYWHERE_NAMES: usize = 64;
+
 /// The registry of running jails, owned by one task: no locks on the
 /// counting path. Pure: no clock (every call takes `now`), no I/O. Jail ids
 /// stay stable across reloads (a name keeps its id), so running sources
@@ -110,6 +123,10 @@ pub struct JailSet {
     own: Vec<IpNet>,
     /// Addresses of cluster peers and of the Redis server.
     peers: Vec<IpNet>,
+    /// Host names protected in every jail (the Redis server of `[cluster]`).
+    everywhere: Vec<String>,
+    /// What each host name resolved to.
+    resolved: ResolvedNames,
 }
 
 impl JailSet {
@@ -132,7 +149,19 @@ impl JailSet {
         }
         // Cluster peers (and the Redis server) are never banned.
         p.ignore.extend(self.peers.iter().copied());
+        // Nor any address of a peer given by name. Rebuilt from every name
+        // in use, so an address a refresh dropped stays protected while
+        // another name still gives it.
+        for name in spec.names.iter().chain(&self.everywhere) {
+            p.ignore.extend(self.resolved.addrs(name).iter().copied());
+        }
         p
+    }
+
+    /// Applies every jail's policy again (what the set adds changed).
+    fn refresh_policies(&mut self) {
+        let specs: Vec<JailSpec> = self.specs.values().cloned().collect();
+        self.configure(&specs);
     }
 
     /// Applies a (new) set of jails: existing jails keep their state with
@@ -316,9 +345,131 @@ impl JailSet {
             }
         }
         if self.peers.len() != before {
-            let specs: Vec<JailSpec> = self.specs.values().cloned().collect();
-            self.configure(&specs);
+            self.refresh_policies();
         }
+    }
+
+    /// Protects every address of host name `name` in every jail (the Redis
+    /// server of `[cluster]`, its sentinels, a master they announce).
+    /// Returns whether `name` is new. The list only grows, up to
+    /// [`MAX_EVERYWHERE_NAMES`].
+    pub fn protect_everywhere(&mut self, name: &str) -> bool {
+        if self.everywhere.iter().any(|n| n == name) {
+            return false;
+        }
+        if self.everywhere.len() >= MAX_EVERYWHERE_NAMES {
+            tracing::warn!(
+                "peer name {}: not protected, already {MAX_EVERYWHERE_NAMES} names are protected in every jail",
+                crate::event::escape_text(name, 255)
+            );
+            return false;
+        }
+        self.everywhere.push(name.to_string());
+        self.refresh_policies();
+        true
+    }
+
+    /// Every host name a running jail protects, with the jails that use it
+    /// (every jail for a name protected everywhere).
+    pub fn names_in_use(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for j in self.jails() {
+            let Some(spec) = self.specs.get(&j.id()) else {
+                continue;
+            };
+            for name in spec.names.iter().chain(&self.everywhere) {
+                let jails = out.entry(name.clone()).or_default();
+                if !jails.iter().any(|n| n == j.name()) {
+                    jails.push(j.name().to_string());
+                }
+            }
+        }
+        for name in &self.everywhere {
+            out.entry(name.clone()).or_default();
+        }
+        out
+    }
+
+    /// What is known about host name `name`.
+    pub fn resolved(&self, name: &str) -> Option<&NameState> {
+        self.resolved.get(name)
+    }
+
+    /// Addresses `name` resolved to in an earlier run (kept in the store,
+    /// resolved at `at`): protected until a lookup of this run answers.
+    pub fn remember_resolved(&mut self, name: &str, addrs: Vec<IpAddr>, at: Time) {
+        self.resolved.remember(name, addrs, at);
+        let addrs = self.resolved.addrs(name);
+        if !addrs.is_empty() && self.names_in_use().contains_key(name) {
+            tracing::info!(
+                "peer name {}: protecting {} as last resolved at {at}, until a lookup answers",
+                crate::event::escape_text(name, 255),
+                list(addrs)
+            );
+            self.refresh_policies();
+        }
+    }
+
+    /// A lookup of host name `name` answered at `now`. Its addresses replace
+    /// the ones protected for it in the jails that use it; an error or an
+    /// empty answer keeps the last good ones (a warning). Returns what
+    /// changed.
+    pub fn set_resolved(
+        &mut self,
+        name: &str,
+        answer: Result<Vec<IpAddr>, String>,
+        now: Time,
+    ) -> Change {
+        let had_problem = self.resolved.get(name).is_some_and(|s| s.problem.is_some());
+        // A master's name comes from the sentinels: shown escaped.
+        let shown = crate::event::escape_text(name, 255);
+        let change = self.resolved.apply(name, answer, now);
+        let jails = self.names_in_use().remove(name).unwrap_or_default();
+        let used = if jails.is_empty() {
+            "no running jail uses it".to_string()
+        } else {
+            format!("protected in jail(s) {}", jails.join(", "))
+        };
+        let st = self.resolved.get(name).cloned().unwrap_or_default();
+        match &change {
+            Change::Addrs { before } => {
+                if before.is_empty() {
+                    tracing::info!("peer name {shown} resolves to {}; {used}", list(&st.addrs));
+                } else {
+                    tracing::info!(
+                        "peer name {shown} now resolves to {} (was {}); {used}",
+                        list(&st.addrs),
+                        list(before)
+                    );
+                }
+                self.refresh_policies();
+            }
+            Change::Same if had_problem => {
+                tracing::info!("peer name {shown} resolves again: {}", list(&st.addrs));
+            }
+            Change::Same => {}
+            Change::Kept { first } => {
+                let why = st.problem.as_deref().unwrap_or("no answer");
+                let kept = match st.resolved_at {
+                    None => "nothing is protected for it until a lookup answers".to_string(),
+                    Some(at) => format!(
+                        "the addresses it last resolved to ({}, at {at}{}) stay protected",
+                        list(&st.addrs),
+                        if st.from_store {
+                            ", kept in the store"
+                        } else {
+                            ""
+                        }
+                    ),
+                };
+                if *first {
+                    tracing::warn!("peer name {shown}: {why}; {kept}; retrying");
+                } else {
+                    tracing::debug!("peer name {shown}: {why} again; {kept}");
+                }
+            }
+        }
+        change
     }
 
     /// A ban another node decided: kept with its own start and end. `None`
@@ -465,6 +616,12 @@ impl JailSet {
     }
 }
 
+/// Addresses for a log line.
+fn list(addrs: &[IpNet]) -> String {
+    let v: Vec<String> = addrs.iter().map(|a| DisplayNet(a).to_string()).collect();
+    v.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +634,7 @@ mod tests {
             filter: Some("freeswitch".into()),
             ignoreself: true,
             policy: super::super::tests::policy(maxretry, 600, BanTime::For(Duration(3600))),
+            names: Vec::new(),
         }
     }
 
@@ -526,6 +684,111 @@ mod tests {
             assert!(p.ignore.contains("10.0.0.1".parse().unwrap()), "own");
             assert!(p.ignore.contains("198.51.100.1".parse().unwrap()), "peer");
         }
+    }
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn protects(set: &JailSet, jail: &str, addr: &str) -> bool {
+        let j = set.jail(set.jail_id(jail).unwrap()).unwrap();
+        j.policy().ignore.contains(addr.parse().unwrap())
+    }
+
+    /// Issue 16, finding 5: a peer given by name protects all its addresses
+    /// in the jails that use it (the Redis server's in every jail); a
+    /// refresh replaces them, an address stays protected while another name
+    /// still gives it, and a failed lookup keeps the last good ones.
+    #[test]
+    fn names_protect_their_addresses_in_the_jails_that_use_them() {
+        let mut a = spec("a", 5);
+        a.names = vec!["pbx1".into(), "pbx2".into()];
+        let mut set = JailSet::new(own(), &[a, spec("b", 5)]);
+        assert!(
+            !protects(&set, "a", "198.51.100.1"),
+            "nothing before a lookup"
+        );
+        set.set_resolved("pbx1", Ok(ips(&["198.51.100.1", "2001:db8::1"])), Time(1));
+        set.set_resolved("pbx2", Ok(ips(&["198.51.100.2"])), Time(1));
+        for addr in ["198.51.100.1", "2001:db8::1", "198.51.100.2"] {
+            assert!(protects(&set, "a", addr), "{addr} in a");
+            assert!(
+                !protects(&set, "b", addr),
+                "{addr} only in the jail that uses it"
+            );
+        }
+        assert!(
+            set.manual_ban("a", net("198.51.100.1/32"), None, false, Time(1))
+                .is_err()
+        );
+        // pbx1 moves; pbx2 now also gives pbx1's old address.
+        set.set_resolved("pbx2", Ok(ips(&["198.51.100.2", "198.51.100.1"])), Time(2));
+        set.set_resolved("pbx1", Ok(ips(&["198.51.100.3"])), Time(2));
+        assert!(protects(&set, "a", "198.51.100.3"));
+        assert!(protects(&set, "a", "198.51.100.1"), "pbx2 still gives it");
+        assert!(
+            !protects(&set, "a", "2001:db8::1"),
+            "no name gives it any more"
+        );
+        // A failed refresh keeps what was protected.
+        let c = set.set_resolved("pbx1", Err("timed out after 5 s".into()), Time(3));
+        assert_eq!(c, Change::Kept { first: true });
+        assert!(protects(&set, "a", "198.51.100.3"));
+        // The own addresses and the configured list are still there.
+        assert!(protects(&set, "a", "10.0.0.1") && protects(&set, "a", "192.0.2.7"));
+        // The Redis server's name: every jail.
+        set.protect_everywhere("redis");
+        set.set_resolved("redis", Ok(ips(&["203.0.113.50"])), Time(4));
+        assert!(protects(&set, "a", "203.0.113.50") && protects(&set, "b", "203.0.113.50"));
+        let used = set.names_in_use();
+        assert_eq!(used["pbx1"], vec!["a".to_string()]);
+        assert_eq!(used["redis"], vec!["a".to_string(), "b".to_string()]);
+        // A reload whose jail no longer names pbx1 stops protecting it.
+        let mut a = spec("a", 5);
+        a.names = vec!["pbx2".into()];
+        set.configure(&[a, spec("b", 5)]);
+        assert!(!protects(&set, "a", "198.51.100.3"));
+        assert!(protects(&set, "a", "198.51.100.2"));
+        assert!(!set.names_in_use().contains_key("pbx1"));
+    }
+
+    /// DNS down at start: the addresses kept in the store are protected
+    /// at once and stay when the lookups fail.
+    #[test]
+    fn stored_addresses_are_protected_until_a_lookup_answers() {
+        let mut a = spec("a", 5);
+        a.names = vec!["pbx".into()];
+        let mut set = JailSet::new(own(), &[a]);
+        set.remember_resolved("pbx", ips(&["198.51.100.7", "2001:db8::7"]), Time(1));
+        // A name no jail uses protects nothing.
+        set.remember_resolved("gone", ips(&["198.51.100.8"]), Time(1));
+        assert!(protects(&set, "a", "198.51.100.7") && protects(&set, "a", "2001:db8::7"));
+        assert!(!protects(&set, "a", "198.51.100.8"));
+        for t in 2..5 {
+            set.set_resolved(
+                "pbx",
+                Err("Temporary failure in name resolution".into()),
+                Time(t),
+            );
+        }
+        assert!(protects(&set, "a", "198.51.100.7"));
+        let st = set.resolved("pbx").unwrap();
+        assert!(st.from_store && st.failures == 3 && st.problem.is_some());
+        set.set_resolved("pbx", Ok(ips(&["198.51.100.9"])), Time(9));
+        assert!(protects(&set, "a", "198.51.100.9") && !protects(&set, "a", "198.51.100.7"));
+    }
+
+    #[test]
+    fn esl_hosts_split_into_addresses_and_names() {
+        let c = crate::config::Config::parse(
+            "[jail.j]\nesl = [{ host = \"127.0.0.1\" }, { host = \"pbx.example\" }, { host = \"pbx.example\", port = 8022 }, { host = \"[::1]\" }]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let s = JailSpec::from_config(&c.jails[0]);
+        assert_eq!(s.names, vec!["pbx.example".to_string()]);
+        assert!(s.policy.ignore.contains("127.0.0.1".parse().unwrap()));
+        assert!(s.policy.ignore.contains("::1".parse().unwrap()));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! vanished, was replaced or damaged under it (the store thread then
 //! rebuilds it; see `daemon/store.rs`).
 
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,8 @@ use crate::event::Time;
 
 /// Schema migrations, applied in order and tracked by `PRAGMA user_version`.
 /// Append only: never edit or remove one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE bans (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE bans (
         id INTEGER PRIMARY KEY,
         jail TEXT NOT NULL,
         addr TEXT NOT NULL,
@@ -30,7 +32,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE bans (
         lifted_reason TEXT
     );
     CREATE INDEX bans_open ON bans(lifted_ms) WHERE lifted_ms IS NULL;
-    CREATE INDEX bans_addr ON bans(addr, start_ms);"];
+    CREATE INDEX bans_addr ON bans(addr, start_ms);",
+    // What each peer host name last resolved to (addresses separated by
+    // spaces): protected at the next start while DNS is down.
+    "CREATE TABLE resolved (
+        name TEXT PRIMARY KEY,
+        addrs TEXT NOT NULL,
+        resolved_ms INTEGER NOT NULL
+    );",
+];
 
 /// Why the store failed, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +127,32 @@ pub enum StoreOp {
     /// The bans in force when the database was re-created: each gets an
     /// open row unless it has one already (same jail, address and start).
     InForce(Vec<StoredBan>),
+    /// A peer host name resolved to these addresses (replacing what was
+    /// kept for it).
+    Resolved {
+        /// The host name.
+        name: String,
+        /// Its addresses.
+        addrs: Vec<IpAddr>,
+        /// When.
+        at: Time,
+    },
 }
+
+/// What a peer host name last resolved to, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredName {
+    /// The host name.
+    pub name: String,
+    /// Its addresses.
+    pub addrs: Vec<IpAddr>,
+    /// When they were resolved.
+    pub at: Time,
+}
+
+/// Most names read back at start: a peer list is short, and a database
+/// grown by other hands must not grow the daemon.
+const MAX_STORED_NAMES: i64 = 10_000;
 
 /// The open database.
 #[derive(Debug)]
@@ -444,6 +479,14 @@ impl Store {
                                 params![delta],
                             )?;
                         }
+                        StoreOp::Resolved { name, addrs, at } => {
+                            let text: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+                            tx.execute(
+                                "INSERT INTO resolved (name, addrs, resolved_ms) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT(name) DO UPDATE SET addrs = excluded.addrs, resolved_ms = excluded.resolved_ms",
+                                params![name, text.join(" "), at.0],
+                            )?;
+                        }
                         StoreOp::Unban {
                             jail,
                             addr,
@@ -528,6 +571,29 @@ impl Store {
                 }
             }
             Ok(out)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// What each peer host name last resolved to. An address this build
+    /// cannot read is skipped.
+    pub fn resolved(&self) -> Result<Vec<StoredName>, StoreError> {
+        let r = (|| {
+            let mut q = self
+                .conn
+                .prepare("SELECT name, addrs, resolved_ms FROM resolved ORDER BY name LIMIT ?1")?;
+            let rows = q.query_map([MAX_STORED_NAMES], |r| {
+                Ok(StoredName {
+                    name: r.get(0)?,
+                    addrs: r
+                        .get::<_, String>(1)?
+                        .split_whitespace()
+                        .filter_map(|a| a.parse().ok())
+                        .collect(),
+                    at: Time(r.get(2)?),
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
         })();
         r.map_err(|e| self.err(e))
     }
@@ -764,6 +830,39 @@ mod tests {
             vec!["192.0.2.1/32", "192.0.2.3/32", "192.0.2.4/32"]
         );
         assert_eq!(s.check(), Ok(()));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Issue 16, finding 5: what a peer name resolved to survives a
+    /// restart; a later answer replaces it.
+    #[test]
+    fn resolved_names_are_kept_and_replaced() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        let op = |name: &str, addrs: &[&str], at| StoreOp::Resolved {
+            name: name.into(),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            at: Time(at),
+        };
+        s.write(&[
+            op("pbx", &["192.0.2.1", "2001:db8::1"], 1000),
+            op("redis", &["192.0.2.9"], 1000),
+            op("pbx", &["192.0.2.2", "2001:db8::1"], 2000),
+        ])
+        .unwrap();
+        drop(s);
+        let s = Store::open(&d, Time(0)).unwrap();
+        let got = s.resolved().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[0],
+            StoredName {
+                name: "pbx".into(),
+                addrs: vec!["192.0.2.2".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+                at: Time(2000),
+            }
+        );
+        assert_eq!(got[1].name, "redis");
         let _ = std::fs::remove_dir_all(&d);
     }
 

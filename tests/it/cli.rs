@@ -220,7 +220,7 @@ fn doctor_says_what_to_fix() {
     std::fs::write(
         &cfg,
         format!(
-            "{}[firewall]\nbackend = \"none\"\n[jail.up]\nesl = {{ host = \"127.0.0.1\", port = {good}, password = \"ClueCon\" }}\n[jail.down]\nesl = {{ host = \"127.0.0.1\", port = {closed}, password = \"x\" }}\n[jail.logs]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
+            "{}[firewall]\nbackend = \"none\"\n[jail.up]\nesl = {{ host = \"localhost\", port = {good}, password = \"ClueCon\" }}\n[jail.down]\nesl = {{ host = \"127.0.0.1\", port = {closed}, password = \"x\" }}\n[jail.logs]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
             crate::common::daemon_section(&dir),
             dir.path("missing.log").display()
         ),
@@ -240,6 +240,15 @@ fn doctor_says_what_to_fix() {
         "{text}"
     );
     assert!(text.contains("mod_fail2ban: not loaded"), "{text}");
+    // A peer given by name: doctor says which addresses the daemon protects.
+    assert!(
+        text.lines().any(|l| l.starts_with("ok")
+            && l.contains("localhost")
+            && l.contains("resolves to")
+            && l.contains("127.0.0.1")
+            && l.contains("never bans")),
+        "{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("FAIL") && l.contains(&format!(":{closed}: cannot connect"))),

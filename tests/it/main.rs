@@ -16,6 +16,7 @@ mod follow;
 mod http;
 mod kamailio;
 mod kernel_truth;
+mod names;
 mod nft;
 mod owner;
 mod package;
