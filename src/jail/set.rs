@@ -29,8 +29,13 @@ pub struct JailSpec {
     pub ignoreself: bool,
     /// The policy from configuration.
     pub policy: JailPolicy,
+    /// Addresses of the Event Socket peers it listens to: protected in
+    /// every jail (a ban of a PBX's address in any jail cuts this jail's
+    /// Event Socket too).
+    pub peers: Vec<IpNet>,
     /// Host names of the Event Socket peers it listens to: every address
-    /// they resolve to is protected in this jail (see [`JailSet::set_resolved`]).
+    /// they resolve to is protected in every jail (see
+    /// [`JailSet::set_resolved`]).
     pub names: Vec<String>,
 }
 
@@ -65,8 +70,8 @@ impl JailSpec {
             }
         }
         // The configured list is shared with every jail that inherits it,
-        // not copied; the PBXs this jail listens to are its own addition.
-        let ignore = IgnoreList::shared(jc.ignoreip.clone(), addrs);
+        // not copied; the set adds the PBXs every jail listens to.
+        let ignore = IgnoreList::shared(jc.ignoreip.clone(), Vec::new());
         JailSpec {
             name: jc.name.clone(),
             filter: jc.filter.clone(),
@@ -83,6 +88,7 @@ impl JailSpec {
                 trusted_maxretry: jc.trusted_maxretry,
                 wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
             },
+            peers: addrs,
             names,
         }
     }
@@ -125,6 +131,10 @@ pub struct JailSet {
     peers: Vec<IpNet>,
     /// Host names protected in every jail (the Redis server of `[cluster]`).
     everywhere: Vec<String>,
+    /// Every running jail's Event Socket peers, by address and by name:
+    /// protected in every jail.
+    esl_addrs: Vec<IpNet>,
+    esl_names: Vec<String>,
     /// What each host name resolved to.
     resolved: ResolvedNames,
 }
@@ -149,10 +159,12 @@ impl JailSet {
         }
         // Cluster peers (and the Redis server) are never banned.
         p.ignore.extend(self.peers.iter().copied());
-        // Nor any address of a peer given by name. Rebuilt from every name
-        // in use, so an address a refresh dropped stays protected while
-        // another name still gives it.
-        for name in spec.names.iter().chain(&self.everywhere) {
+        // Nor the PBXs any jail listens to (banning one in any jail cuts
+        // its Event Socket), nor any address of a peer given by name.
+        // Rebuilt from every name in use, so an address a refresh dropped
+        // stays protected while another name still gives it.
+        p.ignore.extend(self.esl_addrs.iter().copied());
+        for name in self.esl_names.iter().chain(&self.everywhere) {
             p.ignore.extend(self.resolved.addrs(name).iter().copied());
         }
         p
@@ -168,6 +180,12 @@ impl JailSet {
     /// the new policy, new ones start empty, and jails no longer configured
     /// are dropped with their bans lifted (returned).
     pub fn configure(&mut self, jails: &[JailSpec]) -> Vec<Decision> {
+        self.esl_addrs = jails.iter().flat_map(|j| j.peers.iter().copied()).collect();
+        self.esl_addrs.sort();
+        self.esl_addrs.dedup();
+        self.esl_names = jails.iter().flat_map(|j| j.names.iter().cloned()).collect();
+        self.esl_names.sort();
+        self.esl_names.dedup();
         let mut keep = vec![false; self.slots.len()];
         for jc in jails {
             let p = self.effective(jc);
@@ -369,25 +387,16 @@ impl JailSet {
         true
     }
 
-    /// Every host name a running jail protects, with the jails that use it
-    /// (every jail for a name protected everywhere).
+    /// Every host name the running jails protect, with the jails that
+    /// protect it: every jail, since a peer's address banned anywhere cuts
+    /// the link to it.
     pub fn names_in_use(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for j in self.jails() {
-            let Some(spec) = self.specs.get(&j.id()) else {
-                continue;
-            };
-            for name in spec.names.iter().chain(&self.everywhere) {
-                let jails = out.entry(name.clone()).or_default();
-                if !jails.iter().any(|n| n == j.name()) {
-                    jails.push(j.name().to_string());
-                }
-            }
-        }
-        for name in &self.everywhere {
-            out.entry(name.clone()).or_default();
-        }
-        out
+        let jails: Vec<String> = self.jails().map(|j| j.name().to_string()).collect();
+        self.esl_names
+            .iter()
+            .chain(&self.everywhere)
+            .map(|n| (n.clone(), jails.clone()))
+            .collect()
     }
 
     /// What is known about host name `name`.
@@ -634,6 +643,7 @@ mod tests {
             filter: Some("freeswitch".into()),
             ignoreself: true,
             policy: super::super::tests::policy(maxretry, 600, BanTime::For(Duration(3600))),
+            peers: Vec::new(),
             names: Vec::new(),
         }
     }
@@ -696,11 +706,12 @@ mod tests {
     }
 
     /// Issue 16, finding 5: a peer given by name protects all its addresses
-    /// in the jails that use it (the Redis server's in every jail); a
-    /// refresh replaces them, an address stays protected while another name
-    /// still gives it, and a failed lookup keeps the last good ones.
+    /// in every jail (banning a PBX's address in any jail cuts the Event
+    /// Socket to it); a refresh replaces them, an address stays protected
+    /// while another name still gives it, and a failed lookup keeps the
+    /// last good ones.
     #[test]
-    fn names_protect_their_addresses_in_the_jails_that_use_them() {
+    fn names_protect_their_addresses_in_every_jail() {
         let mut a = spec("a", 5);
         a.names = vec!["pbx1".into(), "pbx2".into()];
         let mut set = JailSet::new(own(), &[a, spec("b", 5)]);
@@ -712,10 +723,7 @@ mod tests {
         set.set_resolved("pbx2", Ok(ips(&["198.51.100.2"])), Time(1));
         for addr in ["198.51.100.1", "2001:db8::1", "198.51.100.2"] {
             assert!(protects(&set, "a", addr), "{addr} in a");
-            assert!(
-                !protects(&set, "b", addr),
-                "{addr} only in the jail that uses it"
-            );
+            assert!(protects(&set, "b", addr), "{addr} in b too");
         }
         assert!(
             set.manual_ban("a", net("198.51.100.1/32"), None, false, Time(1))
@@ -741,7 +749,7 @@ mod tests {
         set.set_resolved("redis", Ok(ips(&["203.0.113.50"])), Time(4));
         assert!(protects(&set, "a", "203.0.113.50") && protects(&set, "b", "203.0.113.50"));
         let used = set.names_in_use();
-        assert_eq!(used["pbx1"], vec!["a".to_string()]);
+        assert_eq!(used["pbx1"], vec!["a".to_string(), "b".to_string()]);
         assert_eq!(used["redis"], vec!["a".to_string(), "b".to_string()]);
         // A reload whose jail no longer names pbx1 stops protecting it.
         let mut a = spec("a", 5);
@@ -754,6 +762,35 @@ mod tests {
 
     /// DNS down at start: the addresses kept in the store are protected
     /// at once and stay when the lookups fail.
+    /// The black-box pass's N2: a PBX given by address in one jail is
+    /// protected in every jail.
+    #[test]
+    fn event_socket_peers_are_protected_in_every_jail() {
+        let mut a = spec("a", 5);
+        a.peers = vec![net("10.200.0.2/32")];
+        let mut set = JailSet::new(own(), &[a, spec("b", 5)]);
+        for j in ["a", "b"] {
+            assert!(protects(&set, j, "10.200.0.2"), "{j}");
+            assert!(
+                set.manual_ban(j, net("10.200.0.2/32"), None, false, Time(1))
+                    .is_err()
+            );
+        }
+        let mut out = Vec::new();
+        let b = set.jail_id("b").unwrap();
+        let ev = FailureEvent {
+            time: Time(1000),
+            jail: b,
+            addr: "10.200.0.2".parse().unwrap(),
+            kind: FailureKind::RegisterAuth,
+            weight: 10,
+            user: None,
+            scanner: false,
+        };
+        set.handle(&[ev], Time(1000), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
     #[test]
     fn stored_addresses_are_protected_until_a_lookup_answers() {
         let mut a = spec("a", 5);

@@ -422,3 +422,36 @@ fn the_redis_server_given_by_name_is_protected_in_every_jail() {
     assert_eq!(v["jails"], serde_json::json!(["a", "b"]), "{v}");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// An Event Socket peer is protected in every jail, not only in the one
+/// that listens to it: a ban of the PBX's address in a log jail would cut
+/// the Event Socket too (black-box pass, N2).
+#[test]
+fn an_esl_peer_is_protected_in_every_jail() {
+    let dir = TempDir::new("name-every");
+    let log = dir.path("m.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 3\nignoreip = []\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.pbx]\nesl = {{ host = \"10.200.0.2\", port = 1, password = \"ClueCon\" }}\n\
+             [jail.m]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
+            daemon_section(&dir),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(d.wait_for(" started: ", Duration::from_secs(20)).is_some());
+    for jail in ["pbx", "m"] {
+        let out = cli(&dir, &["ban", jail, "10.200.0.2"]);
+        assert!(
+            !out.status.success(),
+            "the Event Socket peer was banned by hand in jail {jail}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
