@@ -54,6 +54,7 @@ fn policy() -> JailPolicy {
         trust_registered: None,
         trusted_maxretry: 0,
         wrong_call_state_maxretry: 0,
+        invite_weight: 1,
     }
 }
 
@@ -61,7 +62,7 @@ fn esl(c: &mut Criterion) {
     let stream = esl_stream();
     let mapper = EventMapper {
         jail: JailId(0),
-        invite_weight: 1,
+        window: sipwarden::source::Window::new(sipwarden::config::duration::Duration(600)),
         scanners: Arc::new(ScannerList::new(DEFAULT_SCANNERS)),
     };
     // The frames, split once, for the mapping alone.
@@ -126,7 +127,6 @@ fn jail(c: &mut Criterion) {
             jail: JailId(0),
             addr: std::net::IpAddr::from([10, 100, ((i % 10_000) / 256) as u8, (i % 256) as u8]),
             kind: FailureKind::RegisterAuth,
-            weight: 1,
             user: None,
             scanner: false,
         })

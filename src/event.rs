@@ -80,8 +80,10 @@ impl fmt::Display for Time {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JailId(pub u16);
 
-/// What kind of failure a source saw. Jails count all kinds alike, scaled by
-/// their weight; the kind is kept for history, metrics and display.
+/// What kind of failure a source saw. Jails count all kinds alike, except
+/// [`FailureKind::InviteAuth`], which counts `invite_weight` times (the jail
+/// applies it, whichever source recognised the INVITE), and the kinds
+/// documented as apart; the kind is kept for history, metrics and display.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
@@ -138,8 +140,6 @@ pub struct FailureEvent {
     pub addr: IpAddr,
     /// What went wrong.
     pub kind: FailureKind,
-    /// How many failures this event counts for (`invite_weight`).
-    pub weight: u32,
     /// The user name tried, if the source knows it (attacker-controlled).
     pub user: Option<Box<str>>,
     /// The request came from a known attack tool (by its user agent).

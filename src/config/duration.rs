@@ -49,13 +49,24 @@ impl BanTime {
 
 /// Why a duration could not be read; the message says what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid duration {text:?}: {why}; expected e.g. \"30s\", \"10m\", \"1h30m\", \"1d\", \"1w\" or a number of seconds"
-)]
+#[error("invalid duration {text:?}: {why}{}", if *.syntax { EXPECTED } else { "" })]
 pub struct DurationError {
     text: String,
     why: &'static str,
+    /// The text is not a duration at all: say how one is written.
+    syntax: bool,
 }
+
+/// How a duration is written, appended to every syntax error.
+const EXPECTED: &str = "; write a whole number with a unit, s, m, h, d or w (the smallest is 1s), e.g. \"30s\", \"10m\", \"1h30m\", \"1d\", or a number of seconds";
+
+/// Why a ban length of zero is refused, wherever a person writes one (the
+/// configuration's `bantime`, `ban --for`, the API's `for`).
+pub const ZERO_BAN: &str =
+    "must be at least 1s (0 would lift each ban as it is made; -1 bans for ever)";
+/// [`ZERO_BAN`], said of a typed ban length (a unit test keeps them equal).
+const ZERO_BAN_TYPED: &str =
+    "a ban must last at least 1s (0 would lift each ban as it is made; -1 bans for ever)";
 
 /// Why a duration is too long, with the largest accepted.
 const TOO_LONG: &str = "it is longer than the largest accepted, 213000d (about 583 years; nftables refuses longer timeouts); use -1 for a permanent ban";
@@ -68,6 +79,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError {
             text: text.to_string(),
             why: TOO_LONG,
+            syntax: false,
         });
     }
     Ok(d)
@@ -77,15 +89,32 @@ fn parse_unbounded(text: &str) -> Result<Duration, DurationError> {
     let err = |why| DurationError {
         text: text.to_string(),
         why,
+        syntax: true,
     };
     let s = text.trim();
     if s.is_empty() {
         return Err(err("it is empty"));
     }
     if s.starts_with('-') {
-        return Err(err(
-            "it is negative (only -1, for a permanent ban, is accepted, and only as a ban length)",
-        ));
+        return Err(DurationError {
+            syntax: false,
+            ..err(
+                "it is negative (only -1, for a permanent ban, is accepted, and only as a ban length)",
+            )
+        });
+    }
+    // Finer units and fractions are slips worth naming: read as units,
+    // "1ms" would be "1m" followed by an "s" without a number.
+    let lower = s.to_ascii_lowercase();
+    if lower.contains('.') || lower.contains(',') {
+        return Err(err("fractions are not accepted (1h30m, not 1.5h)"));
+    }
+    if ["ms", "us", "µs", "ns"].iter().any(|u| {
+        lower
+            .split(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .any(|w| w == *u)
+    }) {
+        return Err(err("units below a second are not accepted"));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return s
@@ -127,7 +156,7 @@ fn parse_unbounded(text: &str) -> Result<Duration, DurationError> {
             'h' => 3600,
             'd' => 86_400,
             'w' => 604_800,
-            _ => return Err(err("unknown unit (use s, m, h, d or w)")),
+            _ => return Err(err("unknown unit")),
         };
         total = n
             .checked_mul(unit)
@@ -146,6 +175,20 @@ pub fn parse_bantime(text: &str) -> Result<BanTime, DurationError> {
         return Ok(BanTime::Permanent);
     }
     parse_duration(text).map(BanTime::For)
+}
+
+/// Parses a ban length a person typed (`ban --for`, the API's `for`): as
+/// [`parse_bantime`], and zero is refused as in a configuration, since the
+/// kernel would hold such a ban for no time at all.
+pub fn parse_ban_length(text: &str) -> Result<BanTime, DurationError> {
+    match parse_bantime(text)? {
+        BanTime::For(Duration(0)) => Err(DurationError {
+            text: text.to_string(),
+            why: ZERO_BAN_TYPED,
+            syntax: false,
+        }),
+        b => Ok(b),
+    }
 }
 
 impl fmt::Display for Duration {
@@ -210,6 +253,7 @@ impl<'de> Visitor<'de> for DurationVisitor {
                 } else {
                     "it is negative"
                 },
+                syntax: false,
             })),
         }
     }
@@ -219,6 +263,7 @@ impl<'de> Visitor<'de> for DurationVisitor {
             return Err(E::custom(DurationError {
                 text: v.to_string(),
                 why: TOO_LONG,
+                syntax: false,
             }));
         }
         Ok(BanTime::For(Duration(v)))
@@ -329,6 +374,39 @@ mod tests {
             .to_string();
         assert!(e.contains("largest accepted"), "{e}");
         assert!(toml::from_str::<T>("b = 18403200000").is_ok());
+    }
+
+    /// Issue N9: `ban --for 0s` (and the API's `"for":"0s"`) reported a
+    /// ban the kernel never held; `--for 1ms` said "a unit has no number
+    /// before it".
+    #[test]
+    fn a_typed_ban_length_of_zero_is_refused_and_units_are_named() {
+        for zero in ["0", "0s", "0m", " 0h0s "] {
+            let e = parse_ban_length(zero).unwrap_err().to_string();
+            assert!(
+                e.contains("at least 1s") && e.contains("-1 bans for ever"),
+                "{zero}: {e}"
+            );
+        }
+        assert_eq!(
+            ZERO_BAN_TYPED,
+            format!("a ban {ZERO_BAN}").replace(" be ", " last ")
+        );
+        assert_eq!(parse_ban_length("1s"), Ok(BanTime::For(Duration(1))));
+        assert_eq!(parse_ban_length("-1"), Ok(BanTime::Permanent));
+        for small in ["1ms", "500ms", "10us", "5ns", "1.5s", "0.5h"] {
+            let e = parse_ban_length(small).unwrap_err().to_string();
+            assert!(
+                e.contains("s, m, h, d or w") && e.contains("smallest is 1s"),
+                "{small}: {e}"
+            );
+            assert!(!e.contains("no number before it"), "{small}: {e}");
+        }
+        // Every syntax error names the units.
+        for bad in ["", "h", "10x", "1h30", "5mo"] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("s, m, h, d or w"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -89,11 +89,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             .transpose()?
             .unwrap_or(BanTime::For(Duration(600)));
         if bantime == BanTime::For(Duration(0)) {
-            return Err(at(
-                "bantime",
-                "must be at least 1s (0 would lift each ban as it is made; -1 bans for ever)"
-                    .into(),
-            ));
+            return Err(at("bantime", super::duration::ZERO_BAN.into()));
         }
         let ignore_text = get("ignoreip").unwrap_or_default();
         let mut ignoreip = Vec::new();

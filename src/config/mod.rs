@@ -75,6 +75,13 @@ impl<'de> Deserialize<'de> for NetSpec {
 /// in a fifth of it; a runaway generator or a wrong path does not fill memory.
 pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Largest `invite_weight`. A weight of `maxretry` already bans at the
+/// first failed INVITE; more changes nothing, and 1000 leaves room for any
+/// `maxretry` (or `trusted_maxretry`) a jail sensibly has. Larger values
+/// are typing slips (4294967295 once stalled the daemon for 30 s per INVITE
+/// failure).
+pub const MAX_INVITE_WEIGHT: u32 = 1000;
+
 /// `ignoreip` when none is given: loopback.
 pub const DEFAULT_IGNOREIP: [IpNet; 2] = [
     IpNet::V4(ipnet::Ipv4Net::new_assert(
@@ -629,11 +636,9 @@ fn ban_length(
     err: &impl Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<Option<BanTime>, ConfigError> {
     match b {
-        Some(v) if *v.get_ref() == BanTime::For(Duration(0)) => Err(err(
-            v.span(),
-            "bantime must be at least 1s (0 would lift each ban as it is made; -1 bans for ever)"
-                .into(),
-        )),
+        Some(v) if *v.get_ref() == BanTime::For(Duration(0)) => {
+            Err(err(v.span(), format!("bantime {}", duration::ZERO_BAN)))
+        }
         Some(v) => Ok(Some(*v.get_ref())),
         None => Ok(None),
     }
@@ -1018,6 +1023,14 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             if *w.get_ref() == 0 {
                 return Err(err(w.span(), "invite_weight must be at least 1".into()));
             }
+            if *w.get_ref() > MAX_INVITE_WEIGHT {
+                return Err(err(
+                    w.span(),
+                    format!(
+                        "invite_weight must be at most {MAX_INVITE_WEIGHT} (a weight of maxretry already bans at the first failed INVITE)"
+                    ),
+                ));
+            }
         }
         let logtimezone = match &j.logtimezone {
             Some(z) => {
@@ -1322,6 +1335,22 @@ bantime = -1
         let e = error("[jail.esl]\nesl = 5\n");
         assert!(e.contains("esl must be a table"), "{e}");
         assert!(!c.scanners.is_empty());
+    }
+
+    /// Issue N4: `invite_weight = 4294967295` was accepted by `check`, and
+    /// each failed INVITE then stalled the daemon for half a minute.
+    #[test]
+    fn invite_weight_is_bounded() {
+        let esl = "[jail.esl]\nesl = { host = \"127.0.0.1\" }\n";
+        for w in ["1001", "4294967295"] {
+            let e = error(&format!("{esl}invite_weight = {w}\n"));
+            assert!(
+                e.starts_with("test.toml:3:") && e.contains("at most 1000"),
+                "{w}: {e}"
+            );
+        }
+        let c = parse(&format!("{esl}invite_weight = 1000\n")).unwrap();
+        assert_eq!(c.jails[0].invite_weight, MAX_INVITE_WEIGHT);
     }
 
     #[test]

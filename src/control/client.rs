@@ -284,14 +284,37 @@ fn cluster_text(c: &crate::cluster::ClusterView) -> String {
     out
 }
 
+/// What status says of a source's dates, when they disagree with the
+/// clock: `; 3 too old, not counted; 1 off the clock, last -1h`.
+fn dates_note(s: &crate::control::SourceView) -> String {
+    let mut out = String::new();
+    if s.too_old > 0 {
+        out.push_str(&format!("; {} too old, not counted", s.too_old));
+    }
+    if s.skewed > 0 {
+        out.push_str(&format!("; {} off the clock", s.skewed));
+    }
+    if let Some(off) = s.last_skew_s {
+        out.push_str(&format!(
+            ", last {}{}",
+            if off < 0 { "-" } else { "+" },
+            Duration(off.unsigned_abs())
+        ));
+    }
+    out
+}
+
 fn jail_detail(j: &JailView) -> String {
     let files: Vec<String> = j
         .sources
         .iter()
-        .map(|s| match (&s.reason, s.healthy) {
-            (_, true) => format!("{} (followed)", s.path),
-            (Some(why), false) => format!("{} (waiting: {why})", s.path),
-            (None, false) => format!("{} (waiting)", s.path),
+        .map(|s| {
+            let state = match (&s.reason, s.healthy) {
+                (_, true) => "followed".to_string(),
+                (Some(why), false) => format!("waiting: {why}"),
+                (None, false) => "waiting".to_string(),
+            };
+            format!("{} ({state}{})", s.path, dates_note(s))
         })
         .collect();
     let banned = j.banned.as_deref().unwrap_or_default();

@@ -266,7 +266,7 @@ pub struct JailView {
 }
 
 /// One source of a jail.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceView {
     /// `file`.
     pub kind: String,
@@ -282,6 +282,20 @@ pub struct SourceView {
     pub lines: u64,
     /// Lines that matched.
     pub matched: u64,
+    /// Matched lines dated older than the jail's `findtime` when read: not
+    /// counted (a wrong `logtimezone`, a clock that is off, or old lines
+    /// read with `from_start`).
+    #[serde(default)]
+    pub too_old: u64,
+    /// Lines dated more than a minute ahead of this host's clock (counted
+    /// as now), or Event Socket events whose own time was off by more than
+    /// a minute either way (counted at arrival).
+    #[serde(default)]
+    pub skewed: u64,
+    /// The last too-old or skewed one's own time minus this host's, in
+    /// seconds (negative: behind); absent while there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skew_s: Option<i64>,
 }
 
 /// One ban in force.

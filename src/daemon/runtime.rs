@@ -12,7 +12,7 @@ use super::sources::Sources;
 use super::store::store_ops;
 use super::{DaemonError, RunOptions};
 use crate::config::Config;
-use crate::config::duration::parse_bantime;
+use crate::config::duration::parse_ban_length;
 use crate::control::recent::Recent;
 use crate::control::{
     BanRef, BanView, FeedView, JailView, Request, Response, SourceView, StatusView, UnbanView,
@@ -282,7 +282,7 @@ impl Runtime {
                     Ok(n) => n,
                     Err(e) => return Answer::Now(Response::error(e.to_string())),
                 };
-                let bantime = match duration.as_deref().map(parse_bantime).transpose() {
+                let bantime = match duration.as_deref().map(parse_ban_length).transpose() {
                     Ok(b) => b,
                     Err(e) => return Answer::Now(Response::error(e.to_string())),
                 };

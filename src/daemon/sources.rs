@@ -17,6 +17,7 @@ use crate::jail::JailSet;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::{FileSource, FollowStats};
 use crate::source::scanner::ScannerList;
+use crate::source::{DateStats, Window};
 
 /// What identifies a jail's sources: when it changes on reload, the
 /// followers restart.
@@ -29,7 +30,6 @@ pub(super) struct SourceKey {
     logtimezone: String,
     options: FilterOptions,
     esl: Vec<EslPeer>,
-    invite_weight: u32,
     wire: Option<crate::source::wire::WireConfig>,
 }
 
@@ -43,7 +43,6 @@ impl SourceKey {
             logtimezone: jc.logtimezone.clone(),
             options: jc.filter_options,
             esl: jc.esl.clone(),
-            invite_weight: jc.invite_weight,
             wire: jc.wire.clone(),
         }
     }
@@ -54,6 +53,8 @@ impl SourceKey {
 pub(super) struct SourceGroup {
     key: SourceKey,
     stop: Arc<AtomicBool>,
+    /// The jail's findtime, followed by running sources across reloads.
+    window: Arc<Window>,
     stats: Vec<(PathBuf, Arc<FollowStats>)>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
@@ -62,21 +63,39 @@ pub(super) struct SourceGroup {
 impl SourceGroup {
     /// What status shows of these sources.
     pub(super) fn views(&self) -> Vec<SourceView> {
-        let files = self.stats.iter().map(|(p, s)| SourceView {
-            kind: "file".into(),
-            path: p.display().to_string(),
-            healthy: s.open.load(Ordering::Relaxed),
-            reason: s.reason(),
-            lines: s.lines.load(Ordering::Relaxed),
-            matched: s.matched.load(Ordering::Relaxed),
+        let dates = |d: &DateStats, v: SourceView| SourceView {
+            too_old: d.too_old.load(Ordering::Relaxed),
+            skewed: d.skewed.load(Ordering::Relaxed),
+            last_skew_s: d.last_skew_s(),
+            ..v
+        };
+        let files = self.stats.iter().map(|(p, s)| {
+            dates(
+                &s.dates,
+                SourceView {
+                    kind: "file".into(),
+                    path: p.display().to_string(),
+                    healthy: s.open.load(Ordering::Relaxed),
+                    reason: s.reason(),
+                    lines: s.lines.load(Ordering::Relaxed),
+                    matched: s.matched.load(Ordering::Relaxed),
+                    ..SourceView::default()
+                },
+            )
         });
-        let esl = self.esl.iter().map(|(label, s, _)| SourceView {
-            kind: "esl".into(),
-            path: label.clone(),
-            healthy: s.connected.load(Ordering::Relaxed),
-            reason: None,
-            lines: s.events.load(Ordering::Relaxed),
-            matched: s.failures.load(Ordering::Relaxed),
+        let esl = self.esl.iter().map(|(label, s, _)| {
+            dates(
+                &s.dates,
+                SourceView {
+                    kind: "esl".into(),
+                    path: label.clone(),
+                    healthy: s.connected.load(Ordering::Relaxed),
+                    reason: None,
+                    lines: s.events.load(Ordering::Relaxed),
+                    matched: s.failures.load(Ordering::Relaxed),
+                    ..SourceView::default()
+                },
+            )
         });
         let wire = self.wire.iter().map(|(label, s)| SourceView {
             kind: "wire".into(),
@@ -85,6 +104,7 @@ impl SourceGroup {
             reason: None,
             lines: s.messages.load(Ordering::Relaxed),
             matched: s.failures.load(Ordering::Relaxed),
+            ..SourceView::default()
         });
         files.chain(esl).chain(wire).collect()
     }
@@ -105,6 +125,7 @@ fn spawn_sources(
     scanners: &Arc<ScannerList>,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
+    let window = Window::new(jc.findtime);
     let mut stats = Vec::new();
     let chosen: Option<Arc<dyn Filter>> = match (&jc.filter, &jc.fail2ban_filter) {
         (Some(fname), _) => Some(
@@ -130,6 +151,7 @@ fn spawn_sources(
                 jail: id,
                 filter: filter.clone(),
                 tz: tz.clone(),
+                window: window.clone(),
                 from_start: jc.from_start,
                 tx: tx.clone(),
                 stop: stop.clone(),
@@ -151,7 +173,7 @@ fn spawn_sources(
             peer: peer.clone(),
             mapper: EventMapper {
                 jail: id,
-                invite_weight: jc.invite_weight,
+                window: window.clone(),
                 scanners: scanners.clone(),
             },
             tx: tx.clone(),
@@ -185,6 +207,7 @@ fn spawn_sources(
     Ok(SourceGroup {
         key: SourceKey::of(jc),
         stop,
+        window,
         stats,
         esl,
         wire,
@@ -224,13 +247,17 @@ impl Sources {
             enabled.iter().map(|j| (j.name.as_str(), j)).collect();
         // Stop followers of jails that went away or changed.
         self.groups.retain(|name, g| {
-            let keep = wanted
-                .get(name.as_str())
-                .is_some_and(|jc| SourceKey::of(jc) == g.key);
-            if !keep {
+            let Some(jc) = wanted.get(name.as_str()) else {
                 g.stop();
+                return false;
+            };
+            if SourceKey::of(jc) != g.key {
+                g.stop();
+                return false;
             }
-            keep
+            // Kept running: a new findtime still reaches them.
+            g.window.set(jc.findtime);
+            true
         });
         for jc in enabled {
             if self.groups.contains_key(&jc.name) {

@@ -76,7 +76,12 @@ impl AsteriskFilter {
             let kind = if memmem::find(&line[end..], b" - Failed to authenticate").is_some()
                 || memmem::find(&line[end..], b" - Error to authenticate").is_some()
             {
-                FailureKind::RegisterAuth
+                // The method is Asterisk's text, before the attacker's From.
+                if line[start..].starts_with(b"Request 'INVITE' from ") {
+                    FailureKind::InviteAuth
+                } else {
+                    FailureKind::RegisterAuth
+                }
             } else {
                 FailureKind::UnknownUser
             };
@@ -198,6 +203,41 @@ mod tests {
     fn fail2ban_asterisk_samples() {
         // Every annotated sample line gives its host (read at test time).
         check_samples(&AsteriskFilter, "asterisk", 48);
+    }
+
+    /// Issue N4: an INVITE whose credentials failed is told apart, so
+    /// `invite_weight` applies to it.
+    #[test]
+    fn pjsip_invite_authentication_failures_are_invite_failures() {
+        let cx = FilterContext {
+            tz: jiff::tz::TimeZone::UTC,
+            now: Time(1_124_013_600_000),
+        };
+        let kind = |l: &str| AsteriskFilter.match_line(l.as_bytes(), &cx).map(|m| m.kind);
+        assert_eq!(
+            kind(
+                "[2016-05-23 10:18:16] NOTICE[19388] res_pjsip/pjsip_distributor.c: Request 'INVITE' from '\"1000\" <sip:1000@10.0.0.1>' failed for '1.2.3.4:48336' (callid: 276666022) - Failed to authenticate"
+            ),
+            Some(FailureKind::InviteAuth)
+        );
+        // Another method, none, or an INVITE that is no authentication
+        // failure: as before.
+        for (l, want) in [
+            (
+                "[2016-05-23 10:18:16] NOTICE[19388] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:'INVITE' from@h>' failed for '1.2.3.4:48336' (callid: 1) - Failed to authenticate",
+                FailureKind::RegisterAuth,
+            ),
+            (
+                "[2016-05-23 10:18:16] NOTICE[19388] res_pjsip/pjsip_distributor.c: Request from '\"1000\" <sip:1000@10.0.0.1>' failed for '1.2.3.4:48336' (callid: 276666022) - Failed to authenticate",
+                FailureKind::RegisterAuth,
+            ),
+            (
+                "[2017-12-14 22:18:00] NOTICE[1943] res_pjsip/pjsip_distributor.c: Request 'INVITE' from '<sip:x@4.5.6.7>' failed for '1.2.3.4:43678' (callid: U) - No matching endpoint found",
+                FailureKind::UnknownUser,
+            ),
+        ] {
+            assert_eq!(kind(l), Some(want), "{l}");
+        }
     }
 
     #[test]

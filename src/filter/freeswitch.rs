@@ -448,6 +448,7 @@ mod tests {
                 trust_registered: None,
                 trusted_maxretry: 0,
                 wrong_call_state_maxretry: 0,
+                invite_weight: 1,
             },
         );
         let filter = FreeSwitchFilter::new(FilterOptions::default());
@@ -460,7 +461,6 @@ mod tests {
                     jail: JailId(0),
                     addr: m.addr,
                     kind: m.kind,
-                    weight: 1,
                     user: None,
                     scanner: false,
                 };

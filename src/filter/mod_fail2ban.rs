@@ -2,7 +2,8 @@
 //!
 //! * `A registration failed user[U] ip[ADDR] at[TIME]`: a failure (wrong
 //!   password, unknown user; also an INVITE whose credentials failed, with the
-//!   dialled number as U).
+//!   dialled number as U). The line does not say which: `invite_weight`
+//!   cannot apply to this log (the Event Socket or freeswitch.log tell).
 //! * `A registration was attempted ...`: not a failure.
 //! * `Abandoned call from  user[U] ip[ADDR] at[TIME]`: a challenged INVITE never
 //!   answered; real phones cause these too, so it counts only with

@@ -5,7 +5,8 @@
 //! * `AUTH FAILED: user=$fU ip=$si port=$sp method=$rm reason=R [ua=$ua]` (or
 //!   with `ip=` first): a failed `auth_check`/`pv_auth_check`. `$fU` (the
 //!   attacker's From user) cannot contain a space, so the first ` ip=` is the
-//!   proxy's `$si`; the user agent, free text, must come last.
+//!   proxy's `$si`; the user agent, free text, must come last. With
+//!   `method=INVITE` it is an INVITE failure (counted `invite_weight` times).
 //! * `ALERT: pike blocking $rm from $fu (IP:$si:$sp)`: the stock pike line;
 //!   the address is the last `(IP:...)` at the end of the line.
 
@@ -49,8 +50,15 @@ impl Filter for SipProxyFilter {
             let end = memchr::memchr(b' ', &line[a..]).map_or(line.len(), |e| a + e);
             let addr = parse_addr(&line[a..end])?;
             let reason = memmem::find(&line[p..], b"reason=").map(|r| &line[p + r + 7..]);
+            // `$rm` comes before the free-text user agent, and `$fU` has no
+            // space: the first ` method=` is the script's.
+            let invite = memmem::find(&line[p..], b" method=").is_some_and(|m| {
+                let rm = &line[p + m + 8..];
+                rm == b"INVITE" || rm.starts_with(b"INVITE ")
+            });
             let kind = match reason {
                 Some(r) if r.starts_with(b"unknown_user") => FailureKind::UnknownUser,
+                _ if invite => FailureKind::InviteAuth,
                 _ => FailureKind::RegisterAuth,
             };
             let user = memmem::find(&line[p..], b"user=").map(|u| {
@@ -119,6 +127,44 @@ mod tests {
                 .addr
                 .to_string(),
             "2001:db8::6"
+        );
+    }
+
+    /// Issue N4: an INVITE whose credentials failed is told apart, so
+    /// `invite_weight` applies to it.
+    #[test]
+    fn invite_authentication_failures_are_invite_failures() {
+        let kind = |l: &str| m(l).map(|r| r.kind);
+        assert_eq!(
+            kind(
+                "AUTH FAILED: user=1005 ip=10.201.80.2 port=5060 method=INVITE reason=wrong_password ua=sipp"
+            ),
+            Some(FailureKind::InviteAuth)
+        );
+        assert_eq!(
+            kind(
+                "AUTH FAILED: ip=2001:db8::5 port=5060 method=INVITE user=x reason=wrong_password"
+            ),
+            Some(FailureKind::InviteAuth)
+        );
+        assert_eq!(
+            kind(
+                "AUTH FAILED: user=1005 ip=10.201.80.2 port=5060 method=INVITE reason=unknown_user"
+            ),
+            Some(FailureKind::UnknownUser)
+        );
+        // The user agent is attacker text, and comes after the method.
+        assert_eq!(
+            kind(
+                "AUTH FAILED: user=1005 ip=10.201.80.2 port=5060 method=REGISTER reason=wrong_password ua=x method=INVITE y"
+            ),
+            Some(FailureKind::RegisterAuth)
+        );
+        assert_eq!(
+            kind(
+                "AUTH FAILED: user=1005method=INVITE ip=10.201.80.2 port=5060 method=REGISTER reason=wrong_password"
+            ),
+            Some(FailureKind::RegisterAuth)
         );
     }
 

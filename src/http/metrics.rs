@@ -133,6 +133,18 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
         sources(&|x| x.matched),
     );
     family(
+        "sipwarden_source_too_old_total",
+        "counter",
+        "Matched lines dated older than findtime when read (not counted), per source.",
+        sources(&|x| x.too_old),
+    );
+    family(
+        "sipwarden_source_skewed_total",
+        "counter",
+        "Lines dated ahead of the clock, or events whose own time was off by over a minute, per source.",
+        sources(&|x| x.skewed),
+    );
+    family(
         "sipwarden_firewall_errors_total",
         "counter",
         "Firewall operations that failed.",

@@ -54,6 +54,10 @@ pub struct JailPolicy {
     pub trusted_maxretry: u32,
     /// `wrong_call_state` events that ban on their own; 0 = not counted.
     pub wrong_call_state_maxretry: u32,
+    /// Failures one failed INVITE authentication counts for, whichever
+    /// source recognised it (`invite_weight`, at most
+    /// [`MAX_INVITE_WEIGHT`](crate::config::MAX_INVITE_WEIGHT)).
+    pub invite_weight: u32,
 }
 
 /// What one failure event did to a jail.
@@ -269,12 +273,19 @@ impl Jail {
         }
         .max(1) as usize;
         let horizon = t.0 - findtime;
+        // Applied here, once, for every source: a toll-fraud attempt weighs
+        // the same read from a log, the Event Socket or the wire.
+        let weight = if ev.kind == FailureKind::InviteAuth {
+            self.policy.invite_weight.max(1)
+        } else {
+            1
+        };
         let count = if weak {
             if !self.weak.contains_key(&addr) && self.weak.len() >= self.policy.max_tracked.max(1) {
                 return Outcome::Ignored;
             }
             match self.weak.get_mut(&addr) {
-                Some(w) => w.add(t.0, horizon, ev.weight, maxretry),
+                Some(w) => w.add(t.0, horizon, weight, maxretry),
                 None => {
                     self.weak.insert(addr, Times::One(t.0));
                     1
@@ -282,15 +293,15 @@ impl Jail {
             }
         } else {
             match self.failing.get_mut(&addr) {
-                Some(track) => track.times.add(t.0, horizon, ev.weight, maxretry),
+                Some(track) => track.times.add(t.0, horizon, weight, maxretry),
                 None => {
                     self.make_room();
                     let seq = self.next_seq;
                     self.next_seq = self.next_seq.wrapping_add(1);
                     self.order.push_back((addr, seq));
                     let mut times = Times::One(t.0);
-                    let n = if ev.weight > 1 {
-                        times.add(t.0, horizon, ev.weight - 1, maxretry)
+                    let n = if weight > 1 {
+                        times.add(t.0, horizon, weight - 1, maxretry)
                     } else {
                         1
                     };
@@ -601,6 +612,7 @@ pub(crate) mod tests {
             trust_registered: None,
             trusted_maxretry: 0,
             wrong_call_state_maxretry: 0,
+            invite_weight: 1,
         }
     }
 
@@ -610,7 +622,6 @@ pub(crate) mod tests {
             jail: JailId(0),
             addr: addr.parse().unwrap(),
             kind: FailureKind::RegisterAuth,
-            weight: 1,
             user: None,
             scanner: false,
         }
@@ -851,15 +862,62 @@ pub(crate) mod tests {
 
     #[test]
     fn weight_counts_more() {
-        let mut j = Jail::new(JailId(0), "fs", policy(5, 600, BanTime::For(Duration(10))));
+        let mut p = policy(5, 600, BanTime::For(Duration(10)));
+        p.invite_weight = 3;
+        let mut j = Jail::new(JailId(0), "fs", p);
         let mut e = ev("198.51.100.6", 0);
-        e.weight = 3;
+        e.kind = FailureKind::InviteAuth;
         assert_eq!(
             j.record(&e, t(0), &BanHistory::default()),
             Outcome::Found { count: 3 }
         );
         assert!(matches!(
             j.record(&e, t(1), &BanHistory::default()),
+            Outcome::Ban(BanDecision { failures: 5, .. })
+        ));
+    }
+
+    /// Issue N4: `invite_weight` was applied by the Event Socket source
+    /// only; a `(INVITE)` line in freeswitch.log counted 1. The jail applies
+    /// it to every INVITE authentication failure, and to nothing else.
+    #[test]
+    fn invite_weight_applies_to_invite_failures_from_any_source() {
+        let mut p = policy(6, 600, BanTime::For(Duration(10)));
+        p.invite_weight = 3;
+        let mut j = Jail::new(JailId(0), "fs", p);
+        let h = BanHistory::default();
+        for (i, kind) in [
+            FailureKind::RegisterAuth,
+            FailureKind::UnknownUser,
+            FailureKind::Other,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = ev("198.51.100.7", 0);
+            e.kind = kind;
+            assert_eq!(
+                j.record(&e, t(0), &h),
+                Outcome::Found {
+                    count: i as u32 + 1
+                },
+                "{kind:?} counts 1"
+            );
+        }
+        let mut e = ev("198.51.100.7", 1);
+        e.kind = FailureKind::InviteAuth;
+        assert!(matches!(
+            j.record(&e, t(1), &h),
+            Outcome::Ban(BanDecision { failures: 6, .. })
+        ));
+        // The largest weight bans at the first INVITE failure, at once.
+        let mut p = policy(5, 600, BanTime::For(Duration(10)));
+        p.invite_weight = crate::config::MAX_INVITE_WEIGHT;
+        let mut j = Jail::new(JailId(0), "fs", p);
+        let mut e = ev("198.51.100.8", 1);
+        e.kind = FailureKind::InviteAuth;
+        assert!(matches!(
+            j.record(&e, t(1), &h),
             Outcome::Ban(BanDecision { failures: 5, .. })
         ));
     }

@@ -87,6 +87,7 @@ impl JailSpec {
                 trust_registered: jc.trust_registered,
                 trusted_maxretry: jc.trusted_maxretry,
                 wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
+                invite_weight: jc.invite_weight,
             },
             peers: addrs,
             names,
@@ -654,7 +655,6 @@ mod tests {
             jail: set.jail_id(jail).unwrap(),
             addr: addr.parse().unwrap(),
             kind: FailureKind::RegisterAuth,
-            weight: 1,
             user: None,
             scanner: false,
         }

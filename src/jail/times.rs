@@ -14,37 +14,33 @@ pub(super) enum Times {
 
 impl Times {
     /// Drops times at or before `horizon`, adds `weight` copies of `t`
-    /// (keeping the newest `cap`), returns the count.
+    /// (keeping the newest `cap`), returns the count. The work is bounded by
+    /// `cap`, never by `weight`: a count never exceeds `cap`, so a weight
+    /// of `cap` or more fills the window at once.
     pub(super) fn add(&mut self, t: i64, horizon: i64, weight: u32, cap: usize) -> usize {
         let cap = cap.max(1);
+        let add = usize::try_from(weight.max(1))
+            .unwrap_or(usize::MAX)
+            .min(cap);
         if let Times::Many(v) = self {
             // In place: no allocation once an address has a vector.
             v.retain(|&x| x > horizon);
-            for _ in 0..weight.max(1) {
-                if v.len() >= cap {
-                    v.remove(0);
-                }
-                v.push(t);
-            }
+            let over = (v.len() + add).saturating_sub(cap);
+            v.drain(..over.min(v.len()));
+            v.resize(v.len() + add, t);
             return v.len();
         }
         let Times::One(x) = *self else { return 0 };
-        let keep_old = x > horizon;
-        let n = usize::from(keep_old) + weight.max(1) as usize;
-        if n.min(cap) == 1 {
+        let keep_old = x > horizon && add < cap;
+        if !keep_old && add == 1 {
             *self = Times::One(t);
             return 1;
         }
-        let mut v = Vec::with_capacity(cap.min(n).max(2));
+        let mut v = Vec::with_capacity(usize::from(keep_old) + add);
         if keep_old {
             v.push(x);
         }
-        for _ in 0..weight.max(1) {
-            if v.len() >= cap {
-                v.remove(0);
-            }
-            v.push(t);
-        }
+        v.resize(v.len() + add, t);
         let len = v.len();
         *self = Times::Many(Box::new(v));
         len
@@ -62,5 +58,69 @@ impl Times {
             Times::One(x) => *x += delta,
             Times::Many(v) => v.iter_mut().for_each(|x| *x += delta),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(t: &Times) -> Vec<i64> {
+        match t {
+            Times::One(x) => vec![*x],
+            Times::Many(v) => v.to_vec(),
+        }
+    }
+
+    /// Issue N4: `invite_weight = 4294967295` made one INVITE failure loop
+    /// four billion times (29.6 s of a stalled daemon per failure). Each
+    /// call below is answered at once; the thread is only there to fail
+    /// this test, rather than hang it, if the work follows the weight.
+    #[test]
+    fn a_huge_weight_costs_no_more_than_the_cap() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut t = Times::One(5);
+            let a = t.add(10, 0, u32::MAX, 3);
+            let b = t.add(11, 0, u32::MAX, 3);
+            let mut u = Times::One(5);
+            let c = u.add(10, 0, u32::MAX, 1);
+            let _ = tx.send((a, times(&t), b, c, times(&u)));
+        });
+        // Generous: the work is a few words; looped per weight it is minutes.
+        let (a, t, b, c, u) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("Times::add still busy after 60 s: its work follows the weight");
+        assert_eq!((a, b, c), (3, 3, 1));
+        assert_eq!(t, [11, 11, 11]);
+        assert_eq!(u, [10]);
+    }
+
+    #[test]
+    fn the_newest_cap_times_are_kept() {
+        // One old time inside the window, weight 2, cap 5.
+        let mut t = Times::One(5);
+        assert_eq!(t.add(10, 0, 2, 5), 3);
+        assert_eq!(times(&t), [5, 10, 10]);
+        // Over the cap: the oldest go first.
+        assert_eq!(t.add(12, 0, 3, 5), 5);
+        assert_eq!(times(&t), [10, 10, 12, 12, 12]);
+        // Times at or before the horizon leave first.
+        assert_eq!(t.add(20, 10, 1, 5), 4);
+        assert_eq!(times(&t), [12, 12, 12, 20]);
+        // A weight of the cap or more fills the window.
+        assert_eq!(t.add(21, 10, 9, 5), 5);
+        assert_eq!(times(&t), [21; 5]);
+        // Weight 0 counts as 1; an old single time is replaced.
+        let mut t = Times::One(1);
+        assert_eq!(t.add(30, 1, 0, 5), 1);
+        assert_eq!(times(&t), [30]);
+        let mut t = Times::One(2);
+        assert_eq!(t.add(30, 1, 1, 5), 2);
+        assert_eq!(times(&t), [2, 30]);
+        // A weight of the cap from a single time: the old one is out.
+        let mut t = Times::One(2);
+        assert_eq!(t.add(30, 1, 2, 2), 2);
+        assert_eq!(times(&t), [30, 30]);
     }
 }

@@ -15,6 +15,12 @@
 //! Copytruncate is noticed by the bytes just before the read offset changing
 //! (or vanishing); lines written between the last read and the truncation
 //! are only in the copy and are lost, as with any follower.
+//!
+//! Dates: a matched line older than the jail's `findtime` is not counted
+//! (the jail says so); the follower counts such lines in status and warns
+//! when they keep coming (the 1st, 10th, 100th... in a row), since a wrong
+//! `logtimezone` or a server clock that is off makes every line look old.
+//! Lines dated more than a minute ahead are counted as now, and noted too.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Seek, SeekFrom};
@@ -30,6 +36,7 @@ use tokio::sync::mpsc::Sender;
 use crate::event::{FailureEvent, JailId, Time};
 use crate::filter::{Filter, FilterContext};
 use crate::source::scanner::ScannerList;
+use crate::source::{DateStats, Dated, Window, span};
 
 mod generation;
 mod lines;
@@ -74,6 +81,8 @@ pub struct FollowStats {
     /// Why it is not, when it is not (`does not exist yet`, `a FIFO (named
     /// pipe), not a regular file`, ...).
     pub waiting: Mutex<Option<String>>,
+    /// Matched lines dated before `findtime` or ahead of the clock.
+    pub dates: DateStats,
 }
 
 impl FollowStats {
@@ -101,6 +110,8 @@ pub struct FileSource {
     pub filter: Arc<dyn Filter>,
     /// Zone for zone-less timestamps.
     pub tz: TimeZone,
+    /// The jail's `findtime`, to tell lines it will not count.
+    pub window: Arc<Window>,
     /// Read the file from its start (else follow from its end).
     pub from_start: bool,
     /// Where batches of events go.
@@ -491,12 +502,14 @@ impl FileSource {
             }
         }
         self.stats.matched.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = m.time {
+            self.note_date(t, cx);
+        }
         batch.push(FailureEvent {
             time: m.time.unwrap_or(cx.now),
             jail: self.jail,
             addr: m.addr,
             kind: m.kind,
-            weight: 1,
             scanner: m
                 .user_agent
                 .as_deref()
@@ -505,9 +518,39 @@ impl FileSource {
         });
     }
 
+    /// Counts a line dated out of the window or ahead of the clock, and
+    /// says so rarely: such lines are failures the jail will not count (or
+    /// counts as now), most often from a wrong `logtimezone`.
+    fn note_date(&self, t: Time, cx: &FilterContext) {
+        match self.stats.dates.note_line(t, cx.now, &self.window) {
+            Dated::Fresh => {}
+            Dated::TooOld { streak, age_ms } if rare(streak, 1) => tracing::warn!(
+                "{}: {streak} matching line(s) in a row dated older than findtime ({} ago, findtime {}); not counted. If they are new, logtimezone ({}) or the clock of the host writing them is wrong",
+                self.path.display(),
+                span(age_ms),
+                span(self.window.findtime_ms()),
+                tz_name(&self.tz)
+            ),
+            Dated::TooOld { .. } => {}
+            Dated::Ahead { total, ahead_ms } if rare(total, 1) => tracing::warn!(
+                "{}: a matching line is dated {} ahead of this host's clock; counted as now ({total} such line(s) so far). Is logtimezone ({}) right?",
+                self.path.display(),
+                span(ahead_ms),
+                tz_name(&self.tz)
+            ),
+            Dated::Ahead { .. } => {}
+        }
+    }
+
     fn send(&self, batch: Vec<FailureEvent>) -> bool {
         batch.is_empty() || self.tx.blocking_send(batch).is_ok()
     }
+}
+
+/// A zone's name for messages (`UTC`, `Europe/Berlin`, or `local`).
+fn tz_name(tz: &TimeZone) -> String {
+    tz.iana_name()
+        .map_or_else(|| "local".to_string(), str::to_string)
 }
 
 /// Whether a running count just crossed 1, 10, 100, ...: warnings about
@@ -547,20 +590,24 @@ mod tests {
     use crate::filter::LineMatch;
 
     /// Matches `fail N`; N becomes the address 10.0.0.0 + N, so every line
-    /// is told apart by its address.
+    /// is told apart by its address. `fail N at S` is dated S seconds from
+    /// now (negative: in the past).
     struct Numbered;
 
     impl Filter for Numbered {
         fn name(&self) -> &str {
             "numbered"
         }
-        fn match_line(&self, line: &[u8], _cx: &FilterContext) -> Option<LineMatch> {
-            let n: u32 = std::str::from_utf8(line.strip_prefix(b"fail ")?)
-                .ok()?
-                .parse()
-                .ok()?;
+        fn match_line(&self, line: &[u8], cx: &FilterContext) -> Option<LineMatch> {
+            let text = std::str::from_utf8(line.strip_prefix(b"fail ")?).ok()?;
+            let (n, at) = match text.split_once(" at ") {
+                Some((n, s)) => (n, Some(s.parse::<i64>().ok()?)),
+                None => (text, None),
+            };
+            let n: u32 = n.parse().ok()?;
             let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
-            Some(LineMatch::at(addr, None, FailureKind::RegisterAuth))
+            let time = at.map(|s| Time(cx.now.0 + s * 1000));
+            Some(LineMatch::at(addr, time, FailureKind::RegisterAuth))
         }
     }
 
@@ -627,6 +674,7 @@ mod tests {
             jail: JailId(0),
             filter: Arc::new(Numbered),
             tz: TimeZone::UTC,
+            window: Window::new(crate::config::duration::Duration(600)),
             from_start,
             tx,
             stop: stop.clone(),
@@ -873,6 +921,7 @@ mod tests {
             jail: JailId(0),
             filter: Arc::new(Numbered),
             tz: TimeZone::UTC,
+            window: Window::new(crate::config::duration::Duration(600)),
             from_start,
             tx,
             stop: Arc::new(AtomicBool::new(false)),
@@ -895,6 +944,41 @@ mod tests {
 
     fn state() -> Follow {
         Follow::new(Arc::default())
+    }
+
+    /// Issue N8 (files): lines older than findtime were dropped by the jail
+    /// with a debug line only; a wrong logtimezone left a jail blind and
+    /// nothing said so. They are counted in status (and warned about);
+    /// lines ahead of the clock are noted too. Every line still goes to the
+    /// jail, which decides.
+    #[test]
+    fn lines_older_than_findtime_or_ahead_of_the_clock_are_counted() {
+        let dir = Scratch::new("dates");
+        let log = dir.path("freeswitch.log");
+        let old: String = (1..=3).map(|n| format!("fail {n} at -3600\n")).collect();
+        append(
+            &log,
+            &format!("{old}fail 4 at 7200\nfail 5 at -30\nfail 6\n"),
+        );
+        let (src, mut rx) = source(&log, true);
+        let mut st = state();
+        assert_eq!(src.poll(&mut st), Step::Idle);
+        assert_eq!(numbers(&mut rx), [1, 2, 3, 4, 5, 6]);
+        let d = &src.stats.dates;
+        assert_eq!(d.too_old.load(Ordering::Relaxed), 3);
+        assert_eq!(d.skewed.load(Ordering::Relaxed), 1);
+        assert_eq!(d.last_skew_s(), Some(7200));
+        // A reload's findtime reaches the running follower.
+        src.window.set(crate::config::duration::Duration(7200));
+        append(&log, "fail 7 at -3600\n");
+        assert_eq!(src.poll(&mut st), Step::Idle);
+        assert_eq!(d.too_old.load(Ordering::Relaxed), 3);
+        src.window.set(crate::config::duration::Duration(60));
+        append(&log, "fail 8 at -3600\n");
+        assert_eq!(src.poll(&mut st), Step::Idle);
+        assert_eq!(numbers(&mut rx), [7, 8]);
+        assert_eq!(d.too_old.load(Ordering::Relaxed), 4);
+        assert_eq!(d.last_skew_s(), Some(-3600));
     }
 
     /// Finding 12, copytruncate faster than the follower: the file is

@@ -340,7 +340,6 @@ impl WireSource {
                 jail: self.jail,
                 addr: client.to_canonical(),
                 kind,
-                weight: 1,
                 user: (!user.is_empty()).then(|| crate::filter::user_text(user.as_bytes())),
                 scanner,
             });

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 
 use crate::common::{Daemon, TempDir, cli, daemon_section, wait_until};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A port free right now on loopback.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 /// One HTTP/1.1 request; returns status and body.
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,

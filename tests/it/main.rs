@@ -8,6 +8,7 @@ mod common;
 mod config;
 mod control;
 mod dry_run;
+mod edges;
 mod esl;
 mod faults;
 mod feeds;

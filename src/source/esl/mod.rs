@@ -10,6 +10,14 @@
 //! or when a frame is not complete [`FRAME_DEADLINE`] after its first byte:
 //! bytes alone are no sign of life, or a peer trickling one a second would
 //! hold the source for ever.
+//!
+//! An event is a failure that happened now: FreeSWITCH sends only what
+//! happens after the subscription (nothing is replayed on reconnection), so
+//! its `Event-Date-Timestamp` is taken only when it is within a minute of
+//! the event's arrival (see [`Window::skew_bound_ms`]). A PBX whose clock is
+//! off by more is counted at arrival, and said so in the log and in status,
+//! instead of leaving the source blind (an hour behind, every event would
+//! be older than `findtime`).
 
 pub mod event;
 pub mod frame;
@@ -27,6 +35,7 @@ use self::event::{JsonEvent, Signal, classify, content_type};
 use self::frame::{Frame, FrameError, Partial, PlainEvent, header, parse_frame, partial, text};
 use super::file::rare;
 use super::scanner::ScannerList;
+use super::{DateStats, Window, span};
 use crate::event::{FailureEvent, FailureKind, JailId, Time, escape_text};
 use crate::filter::freeswitch::acl_reject;
 
@@ -100,6 +109,9 @@ pub struct EslStats {
     pub connects: AtomicU64,
     /// Events whose `network-ip` was missing or not an address (not counted).
     pub unreadable: AtomicU64,
+    /// Events whose own time was off from their arrival by more than the
+    /// bound (counted at arrival).
+    pub dates: DateStats,
 }
 
 /// Why a session ended.
@@ -246,8 +258,9 @@ impl FrameBuffer {
 pub struct EventMapper {
     /// The jail the events count in.
     pub jail: JailId,
-    /// Weight of an INVITE authentication failure (`invite_weight`).
-    pub invite_weight: u32,
+    /// The jail's `findtime`, which bounds how far an event's own time may
+    /// be from its arrival.
+    pub window: Arc<Window>,
     /// Attack-tool user agents.
     pub scanners: Arc<ScannerList>,
 }
@@ -260,7 +273,12 @@ pub enum Mapped {
     /// FreeSWITCH's heartbeat.
     Heartbeat,
     /// A failure (or success) to count.
-    Event(FailureEvent),
+    Event {
+        /// The event, dated at arrival when its own time was off.
+        ev: FailureEvent,
+        /// Its own time minus its arrival, when off by more than the bound.
+        skew_ms: Option<i64>,
+    },
     /// An event that should name an address but whose `network-ip` is
     /// missing or not an address; the source logs it (rate-limited).
     Unreadable {
@@ -276,7 +294,7 @@ impl EventMapper {
     /// `heartbeat` is set when the frame was a heartbeat.
     pub fn map(&self, f: &Frame<'_>, now: Time, heartbeat: &mut bool) -> Option<FailureEvent> {
         match self.read(f, now) {
-            Mapped::Event(ev) => Some(ev),
+            Mapped::Event { ev, .. } => Some(ev),
             Mapped::Heartbeat => {
                 *heartbeat = true;
                 None
@@ -299,15 +317,17 @@ impl EventMapper {
                 let Some(addr) = acl_reject(msg).filter(|a| !crate::net::never_a_source(*a)) else {
                     return Mapped::Nothing;
                 };
-                return Mapped::Event(FailureEvent {
-                    time: now,
-                    jail: self.jail,
-                    addr,
-                    kind: FailureKind::AclReject,
-                    weight: 1,
-                    user: None,
-                    scanner: false,
-                });
+                return Mapped::Event {
+                    ev: FailureEvent {
+                        time: now,
+                        jail: self.jail,
+                        addr,
+                        kind: FailureKind::AclReject,
+                        user: None,
+                        scanner: false,
+                    },
+                    skew_ms: None,
+                };
             }
             _ => None,
         };
@@ -326,19 +346,28 @@ impl EventMapper {
                 time,
                 user,
                 scanner,
-            } => Mapped::Event(FailureEvent {
-                time: time.unwrap_or(now),
-                jail: self.jail,
-                addr,
-                kind,
-                weight: if kind == FailureKind::InviteAuth {
-                    self.invite_weight.max(1)
-                } else {
-                    1
-                },
-                user,
-                scanner,
-            }),
+            } => {
+                // A live event happened now: its own time is kept only
+                // while it agrees with that.
+                let (time, skew_ms) = match time {
+                    Some(t) if t.0.abs_diff(now.0) > self.window.skew_bound_ms().unsigned_abs() => {
+                        (now, Some(t.0.saturating_sub(now.0)))
+                    }
+                    Some(t) => (t, None),
+                    None => (now, None),
+                };
+                Mapped::Event {
+                    ev: FailureEvent {
+                        time,
+                        jail: self.jail,
+                        addr,
+                        kind,
+                        user,
+                        scanner,
+                    },
+                    skew_ms,
+                }
+            }
         }
     }
 }
@@ -488,6 +517,7 @@ impl EslSource {
             let mut batch = Vec::new();
             let mut closed = None;
             let mut unreadable = Vec::new();
+            let mut skews = Vec::new();
             let before = frames;
             let r = fb.drain(|f| {
                 frames += 1;
@@ -497,7 +527,10 @@ impl EslSource {
                 }
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 match self.mapper.read(&f, now) {
-                    Mapped::Event(ev) => batch.push(ev),
+                    Mapped::Event { ev, skew_ms } => {
+                        skews.extend(skew_ms);
+                        batch.push(ev);
+                    }
                     Mapped::Unreadable { kind, raw } => unreadable.push((kind, raw)),
                     Mapped::Heartbeat | Mapped::Nothing => {}
                 }
@@ -510,6 +543,7 @@ impl EslSource {
                 });
             }
             self.note_unreadable(&peer, &unreadable);
+            self.note_skewed(&peer, &skews);
             if !batch.is_empty() {
                 self.stats
                     .failures
@@ -587,6 +621,22 @@ impl EslSource {
                 "event socket {peer}: {}; not counted ({total} such event(s) so far)",
                 unreadable_text(*kind, raw.as_deref())
             );
+        }
+    }
+
+    /// Notes events counted at arrival because their own time was off,
+    /// and says so rarely (the 1st, 10th, 100th...), naming the peer and
+    /// the offset.
+    fn note_skewed(&self, peer: &str, skews: &[i64]) {
+        for &off in skews {
+            let total = self.stats.dates.note_skewed(off);
+            if rare(total, 1) {
+                tracing::warn!(
+                    "event socket {peer}: an event is dated {} {} this host's clock (Event-Date-Timestamp); counted at its arrival instead ({total} such event(s) so far); check the clocks (NTP) of both hosts",
+                    span(off),
+                    if off < 0 { "behind" } else { "ahead of" }
+                );
+            }
         }
     }
 
@@ -685,7 +735,7 @@ fn unreadable_text(kind: FailureKind, raw: Option<&str>) -> String {
 pub fn fuzz_frames(data: &[u8]) {
     let mapper = EventMapper {
         jail: JailId(0),
-        invite_weight: 2,
+        window: Window::new(crate::config::duration::Duration(600)),
         scanners: Arc::new(ScannerList::new(super::scanner::DEFAULT_SCANNERS)),
     };
     let split = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
@@ -722,10 +772,14 @@ mod tests {
     fn mapper() -> EventMapper {
         EventMapper {
             jail: JailId(0),
-            invite_weight: 1,
+            window: Window::new(crate::config::duration::Duration(600)),
             scanners: Arc::new(ScannerList::new(super::super::scanner::DEFAULT_SCANNERS)),
         }
     }
+
+    /// Half-way through the corpus's events (they span 74 s): every one is
+    /// within a minute of it and keeps its own time.
+    const CORPUS_NOW: Time = Time(1_795_621_291_000);
 
     /// Feeds `stream` in pieces of `step` bytes; returns the events.
     fn replay(stream: &[u8], step: usize) -> (Vec<FailureEvent>, usize) {
@@ -738,7 +792,7 @@ mod tests {
             fb.extend(chunk);
             frames += fb
                 .drain(|f| {
-                    if let Some(e) = m.map(&f, Time(1), &mut hb) {
+                    if let Some(e) = m.map(&f, CORPUS_NOW, &mut hb) {
                         out.push(e);
                     }
                 })
@@ -759,7 +813,9 @@ mod tests {
             "pre_register and register_attempt are not signals"
         );
         assert!(evs.iter().all(|e| e.addr.to_string() == "10.77.0.2"));
-        assert!(evs.iter().all(|e| e.time.0 > 1_795_600_000_000));
+        // Their own times, all within a minute of CORPUS_NOW.
+        assert!(evs.iter().all(|e| e.time != CORPUS_NOW));
+        assert!(evs.iter().all(|e| e.time.0.abs_diff(CORPUS_NOW.0) < 60_000));
         // svcrack's friendly-scanner is flagged; SIPp is not.
         // svcrack's 10 wrong passwords; SIPp's requests are not flagged.
         assert_eq!(
@@ -945,6 +1001,48 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    /// Issue N8: an event whose `Event-Date-Timestamp` was an hour old was
+    /// dropped as older than findtime, without a word; one two hours ahead
+    /// was counted. A live event happened now: off by more than the bound,
+    /// either way, it is counted at arrival and the offset reported.
+    #[test]
+    fn a_live_event_is_dated_at_arrival_when_the_pbx_clock_is_off() {
+        let now = Time(1_800_000_000_000);
+        let frame = |t: Time| {
+            let body = format!(
+                "Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister_failure\nnetwork-ip: 203.0.113.30\nregistration-type: REGISTER\nEvent-Date-Timestamp: {}\n\n",
+                t.0 * 1000 + 123
+            );
+            format!(
+                "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+                body.len()
+            )
+        };
+        let read = |m: &EventMapper, t: Time| {
+            let text = frame(t);
+            let mut fb = FrameBuffer::default();
+            fb.extend(text.as_bytes());
+            let mut got = Vec::new();
+            fb.drain(|f| got.push(m.read(&f, now))).unwrap();
+            match got.pop() {
+                Some(Mapped::Event { ev, skew_ms }) => (ev.time, skew_ms),
+                other => panic!("{other:?}"),
+            }
+        };
+        let m = mapper();
+        let hour = 3_600_000;
+        assert_eq!(read(&m, Time(now.0 - hour)), (now, Some(-hour)));
+        assert_eq!(read(&m, Time(now.0 + 2 * hour)), (now, Some(2 * hour)));
+        // Within a minute: its own time (a burst read late stays in order).
+        assert_eq!(read(&m, Time(now.0 - 59_000)), (Time(now.0 - 59_000), None));
+        assert_eq!(read(&m, Time(now.0 + 2_000)), (Time(now.0 + 2_000), None));
+        // A findtime under two minutes narrows the bound to half of it, so
+        // a time taken is always inside the window.
+        m.window.set(crate::config::duration::Duration(30));
+        assert_eq!(read(&m, Time(now.0 - 20_000)), (now, Some(-20_000)));
+        assert_eq!(read(&m, Time(now.0 - 14_000)), (Time(now.0 - 14_000), None));
     }
 
     /// An address that does not parse is reported (and logged, escaped),
