@@ -783,11 +783,11 @@ mod tests {
             jail: b,
             addr: "10.200.0.2".parse().unwrap(),
             kind: FailureKind::RegisterAuth,
-            weight: 10,
             user: None,
             scanner: false,
         };
-        set.handle(&[ev], Time(1000), &mut out);
+        // maxretry failures: a ban, were the PBX not protected.
+        set.handle(&vec![ev; 5], Time(1000), &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 
