@@ -67,13 +67,44 @@ impl ClockWatch {
 }
 
 impl fmt::Display for Time {
-    /// RFC 3339 in UTC, e.g. `2026-11-25T15:40:54.659Z`.
+    /// RFC 3339 in UTC, e.g. `2026-11-25T15:40:54.659Z`. Beyond the years
+    /// RFC 3339 writes (0000-9999), which only a stepped clock or odd data
+    /// reach, the year is written the ISO 8601 expanded way with a sign and
+    /// at least six digits (`+010383-...`), as JavaScript's `toISOString`
+    /// and jiff write such years: one shape for every time an `i64` holds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match jiff::Timestamp::from_millisecond(self.0) {
-            Ok(ts) => write!(f, "{ts:.3}"),
-            Err(_) => write!(f, "@{}ms", self.0),
+        let days = self.0.div_euclid(86_400_000);
+        let ms = self.0.rem_euclid(86_400_000);
+        let (y, m, d) = civil_from_days(days);
+        if (0..=9999).contains(&y) {
+            write!(f, "{y:04}")?;
+        } else {
+            write!(f, "{y:+07}")?;
         }
+        write!(
+            f,
+            "-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        )
     }
+}
+
+/// The proleptic Gregorian date of day `days` since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`), for any day an `i64` of milliseconds holds.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Which jail an event belongs to: an index into the daemon's jail list.
@@ -173,6 +204,49 @@ pub fn escape_text(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Black-box pass N12: with the clock stepped to year 9800, a ban's
+    /// `end` was shown as `"@265494153599480ms"`. Every time is written in
+    /// one shape, RFC 3339 where it can be, ISO 8601's expanded year past it.
+    #[test]
+    fn times_beyond_rfc3339_years_keep_the_same_shape() {
+        assert_eq!(Time(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Time(1_795_621_254_659).to_string(),
+            "2026-11-25T15:40:54.659Z"
+        );
+        let t = Time(265_494_153_599_480).to_string();
+        assert!(!t.starts_with('@'), "{t}");
+        assert_eq!(t, "+010383-03-05T23:59:59.480Z");
+        // The last millisecond RFC 3339 writes, and the first after it.
+        assert_eq!(
+            Time(253_402_300_799_999).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            Time(253_402_300_800_000).to_string(),
+            "+010000-01-01T00:00:00.000Z"
+        );
+        // Both ends of what a time holds are written, never a panic.
+        for t in [i64::MAX, i64::MIN, -1, -62_167_219_200_001] {
+            let s = Time(t).to_string();
+            assert!(s.ends_with('Z') && s.contains('T'), "{t}: {s}");
+        }
+        assert_eq!(Time(-1).to_string(), "1969-12-31T23:59:59.999Z");
+        // The same text as jiff's wherever jiff writes one.
+        for t in [
+            -62_135_596_800_000_i64,
+            -1,
+            0,
+            951_782_400_000,
+            1_795_621_254_659,
+            4_107_542_400_001,
+            253_402_207_200_000,
+        ] {
+            let ts = jiff::Timestamp::from_millisecond(t).unwrap();
+            assert_eq!(Time(t).to_string(), format!("{ts:.3}"), "{t}");
+        }
+    }
 
     #[test]
     fn clock_steps_are_noticed_and_slewing_is_not() {

@@ -115,8 +115,31 @@ pub async fn serve(
         .route("/metrics", get(prometheus))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(hosts, check_host))
+        // Outermost: refusals by the layers above carry them too.
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(ctx);
     conn::serve(listener, app).await;
+}
+
+/// Headers on every answer: no page may frame the dashboard (its unban
+/// button would be open to clickjacking: `X-Frame-Options` for browsers
+/// that do not read the CSP's `frame-ancestors`), no answer is sniffed into
+/// another type, and no address of the dashboard leaks in a `Referer`.
+async fn security_headers(mut resp: HttpResponse) -> HttpResponse {
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// Refuses a request that does not name this listener (421, as for a
@@ -193,7 +216,7 @@ async fn dashboard() -> HttpResponse {
             // Everything the page needs is in it; nothing else may load.
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
             ),
         ],
         DASHBOARD,
@@ -425,7 +448,7 @@ fn authorised(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<HttpResponse>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .unwrap_or("");
     let (a, b) = (given.as_bytes(), token.as_bytes());
     let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
@@ -437,6 +460,15 @@ fn authorised(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<HttpResponse>> {
             "missing or wrong bearer token (Authorization: Bearer <[http] token>)",
         )))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 7235 section 2.1), the token is not.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Parses a body into a control request of the given `cmd`.
@@ -505,4 +537,20 @@ async fn prometheus(State(ctx): State<Ctx>) -> HttpResponse {
         metrics::render(&view, &ctx.metrics),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer("Bearer ABC"), Some("ABC"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
 }

@@ -760,3 +760,89 @@ fn ban_lists_are_paged_with_a_cursor() {
     assert_eq!(text.matches("198.18.").count(), 2 * 10, "{text}");
     assert!(text.contains("add --cursor "), "{text}");
 }
+
+/// One raw request; returns the whole answer's head (lower case) and body.
+fn raw(port: u16, req: &str) -> (String, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (String::new(), String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.write_all(req.as_bytes());
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Black-box pass N11: the dashboard could be framed (a CSP without
+/// `frame-ancestors`, no `X-Frame-Options`), which opens its unban button to
+/// clickjacking. Every answer (the page, the API, the metrics, refusals)
+/// carries the security headers. N12: the bearer scheme is
+/// case-insensitive (RFC 7235), `bearer` in lower case is accepted.
+#[test]
+fn every_answer_refuses_framing_and_bearer_is_case_insensitive() {
+    let dir = TempDir::new("httphead");
+    let port = free_port();
+    let _d = start(&dir, port);
+    let host = format!("127.0.0.1:{port}");
+    let get = |path: &str, host: &str| {
+        raw(
+            port,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for (path, h) in [
+        ("/", host.as_str()),
+        ("/api/status", host.as_str()),
+        ("/metrics", host.as_str()),
+        ("/api/jails/nope", host.as_str()),
+        ("/", "evil.example"),
+    ] {
+        let (head, _) = get(path, h);
+        assert!(head.starts_with("http/1.1 "), "{path}: {head}");
+        for want in [
+            "x-frame-options: deny",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+        ] {
+            assert!(
+                head.contains(want),
+                "{path} (Host {h}) lacks {want}: {head}"
+            );
+        }
+        if path == "/" && h == host {
+            let csp = head
+                .lines()
+                .find(|l| l.starts_with("content-security-policy:"))
+                .unwrap_or("");
+            assert!(csp.contains("frame-ancestors 'none'"), "{head}");
+        }
+    }
+    let body = json!({"jail": "fs", "addr": "203.0.113.78", "for": "1h"}).to_string();
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let (head, text) = raw(
+            port,
+            &format!(
+                "POST /api/ban HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: {scheme} {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(head.starts_with("http/1.1 200"), "{scheme}: {head}\n{text}");
+    }
+    // Still refused: another scheme, no space, a token with a different case.
+    for auth in [
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        format!("Bearer {}", TOKEN.to_uppercase()),
+    ] {
+        let (head, _) = raw(
+            port,
+            &format!(
+                "POST /api/ban HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(head.starts_with("http/1.1 401"), "{auth}: {head}");
+    }
+}
