@@ -1,7 +1,7 @@
 //! The daemon's side of the control socket.
 
 use std::ffi::CString;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,11 +30,15 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// (instead of spinning a core while the connection waits in the queue).
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The bound control socket; the file is removed on drop.
+/// The bound control socket; the file is removed on drop, if it is still
+/// the socket this daemon bound.
 #[derive(Debug)]
 pub struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Device and inode of the socket file bound, so that exit removes it
+    /// and nothing put in its place.
+    ident: Option<(u64, u64)>,
     /// Group whose members may talk to the daemon (besides root and the
     /// daemon's own user).
     gid: Option<u32>,
@@ -57,16 +61,33 @@ fn group_id(name: &str) -> Option<u32> {
 
 impl ControlSocket {
     /// Binds `path` (mode 0660, group `group`). Refuses when another daemon
-    /// answers on it; removes a stale socket file.
+    /// answers on it, and when something other than a socket is there (a
+    /// configuration mistake must not delete a file); removes a stale
+    /// socket.
     pub fn bind(path: &Path, group: Option<&str>) -> Result<ControlSocket, String> {
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        // lstat: a symbolic link is not followed, nor removed.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(format!(
+                        "another sipwarden is running: its control socket {} answers; stop it first, or give this one another [daemon] socket",
+                        path.display()
+                    ));
+                }
+                // Nobody answers: a socket left by a daemon that died.
+                std::fs::remove_file(path).map_err(|e| {
+                    format!("removing the stale control socket {}: {e}", path.display())
+                })?;
+            }
+            Ok(m) => {
                 return Err(format!(
-                    "another sipwarden is running: its control socket {} answers; stop it first, or give this one another [daemon] socket",
-                    path.display()
+                    "[daemon] socket {} is {}, not a socket; refusing to replace it: remove it yourself if it is not needed, or give [daemon] socket another path",
+                    path.display(),
+                    what_is(&m.file_type())
                 ));
             }
-            let _ = std::fs::remove_file(path);
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("looking at {}: {e}", path.display())),
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -86,9 +107,13 @@ impl ControlSocket {
             }
             None => None,
         };
+        let ident = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
+            ident,
             gid,
         })
     }
@@ -137,7 +162,30 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket bound at start: a file put at the path since (by
+        // hand, or another daemon's socket) stays.
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == self.ident);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// What a file type is, for a message.
+fn what_is(t: &std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "something other than a socket"
     }
 }
 

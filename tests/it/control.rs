@@ -380,3 +380,90 @@ fn status_into_a_closed_pipe_exits_quietly() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     }
 }
+
+/// Black-box pass N6: `socket = "x/precious.txt"` pointing at an existing
+/// regular file, then `run`: the file was gone (removed when connecting
+/// failed, and again at exit). Only a socket is ever removed: anything else
+/// at the path (a file, a symbolic link, a directory) stops the start with
+/// what is there, and the daemon at exit removes only the socket it bound.
+#[test]
+fn control_socket_path_removes_only_a_socket() {
+    let dir = TempDir::new("ctlpath");
+    std::fs::write(dir.path("fs.log"), "").unwrap();
+    let config = |socket: &std::path::Path| {
+        let cfg = dir.path("sipwarden.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n[firewall]\nbackend = \"none\"\n\
+                 [jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
+                dir.path("state").display(),
+                socket.display(),
+                dir.path("fs.log").display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    // Runs the daemon until it exits (bounded: one that starts is stopped
+    // after 15 s); returns whether it exited by itself with a failure, and
+    // its log.
+    let run = |cfg: &std::path::Path| {
+        let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut refused = false;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                refused = !st.success();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !refused {
+            d.terminate();
+        }
+        // The log reader thread takes the last lines after the exit.
+        let _ = d.wait_for("refusing", Duration::from_secs(2));
+        (refused, d.lines_with("").join("\n"))
+    };
+    // A regular file, a symbolic link to one, a directory.
+    let precious = dir.path("precious.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    std::os::unix::fs::symlink(&precious, dir.path("link.sock")).unwrap();
+    std::fs::create_dir(dir.path("adir")).unwrap();
+    for (path, what) in [
+        (precious.clone(), "a regular file"),
+        (dir.path("link.sock"), "a symbolic link"),
+        (dir.path("adir"), "a directory"),
+    ] {
+        let (refused, err) = run(&config(&path));
+        assert!(refused, "{}: started\n{err}", path.display());
+        assert!(
+            err.contains(what) && err.contains(&path.display().to_string()),
+            "{}: the refusal says what is there: {err}",
+            path.display()
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+    assert!(std::fs::symlink_metadata(dir.path("link.sock")).is_ok());
+    assert!(dir.path("adir").is_dir());
+
+    // A stale socket (its daemon gone) is still taken over.
+    let sock = dir.path("sipwarden.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let cfg = config(&sock);
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for("control socket", Duration::from_secs(10))
+            .is_some()
+    );
+    // Replaced while running: at exit the file is left alone.
+    std::fs::remove_file(&sock).unwrap();
+    std::fs::write(&sock, "not the daemon's").unwrap();
+    assert!(d.stop().is_some_and(|s| s.success()));
+    assert_eq!(
+        std::fs::read_to_string(&sock).unwrap(),
+        "not the daemon's",
+        "the daemon removed a file it did not create"
+    );
+}
