@@ -217,9 +217,14 @@ fn feeds_text(feeds: &[super::FeedView]) -> String {
     let mut out = String::new();
     for f in feeds {
         out.push_str(&format!(
-            "feed {}: {} entries{}\n",
+            "feed {}: {} entries{}{}\n",
             f.name,
             f.entries,
+            if f.cut > 0 {
+                format!(" ({} cut around protected addresses)", f.cut)
+            } else {
+                String::new()
+            },
             match &f.error {
                 Some(e) => format!(", last fetch FAILED ({e})"),
                 None => f

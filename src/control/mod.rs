@@ -218,8 +218,13 @@ pub struct StoreView {
 pub struct FeedView {
     /// Its name.
     pub name: String,
-    /// Entries in force (after merging).
+    /// Entries in force (after merging, and cutting out protected
+    /// addresses).
     pub entries: u64,
+    /// Entries of the feed that held addresses sipwarden never blocks
+    /// (`ignoreip`, this host, peers) and were cut around them.
+    #[serde(default)]
+    pub cut: u64,
     /// When the last fetch succeeded (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ok: Option<String>,

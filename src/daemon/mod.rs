@@ -123,11 +123,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         }
     };
     let specs: Vec<JailSpec> = enabled.iter().map(JailSpec::from_config).collect();
-    let own = if enabled.iter().any(|j| j.ignoreself) {
-        own_addresses()
-    } else {
-        Vec::new()
-    };
+    // Read even when no jail has `ignoreself`: feeds never drop them.
+    let own = own_addresses();
     let mut jails = JailSet::new(own, &specs);
     // Peers given by name are protected with every address they resolve
     // to: at first those the store kept, then what the lookups answer.
@@ -241,6 +238,20 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     rt.resolver.sync(rt.jails.names_in_use().keys());
     let enabled_now: Vec<JailConfig> = rt.config.enabled_jails().cloned().collect();
     rt.sources.sync(&enabled_now, &rt.jails)?;
+    let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
+    if let Some(cc) = rt.config.cluster.clone() {
+        let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
+        // The Redis server (or the sentinels) is never banned either.
+        rt.jails.add_peers(cluster::configured_addrs(&cc));
+        rt.cluster = Some(crate::cluster::Cluster::start(cc, own, cluster_tx));
+    } else {
+        drop(cluster_tx);
+    }
+
+    // Feeds never drop what the jails never ban; they hear of every change.
+    let mut protection = rt.jails.protection_generation();
+    let (protect_tx, protect_rx) =
+        tokio::sync::watch::channel(crate::feed::protect::protected_set(rt.jails.protected()));
     let mut feed_tasks = Vec::new();
     for f in rt.config.feeds.clone() {
         let view = Arc::new(std::sync::Mutex::new(crate::control::FeedView {
@@ -253,18 +264,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             rt.config.daemon.state_dir.clone(),
             feed_tx.clone(),
             view,
+            protect_rx.clone(),
         )));
     }
     drop(feed_tx);
-    let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
-    if let Some(cc) = rt.config.cluster.clone() {
-        let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
-        // The Redis server (or the sentinels) is never banned either.
-        rt.jails.add_peers(cluster::configured_addrs(&cc));
-        rt.cluster = Some(crate::cluster::Cluster::start(cc, own, cluster_tx));
-    } else {
-        drop(cluster_tx);
-    }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     let http = match rt.config.http.clone() {
@@ -372,6 +375,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(false); }
         }
         rt.dispatch(std::mem::take(&mut decisions), true, None)?;
+        if rt.jails.protection_generation() != protection {
+            protection = rt.jails.protection_generation();
+            let set = crate::feed::protect::protected_set(rt.jails.protected());
+            protect_tx.send_if_modified(|cur| {
+                let changed = **cur != *set;
+                *cur = set;
+                changed
+            });
+        }
     }
     crate::systemd::notify("STOPPING=1");
     for t in &feed_tasks {

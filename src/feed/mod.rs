@@ -8,6 +8,7 @@
 //! and in `state_dir/feeds/NAME.txt`, from which it is loaded again at the
 //! next start.
 
+pub mod protect;
 pub mod runner;
 
 use std::path::{Path, PathBuf};
@@ -83,6 +84,11 @@ pub enum FeedError {
     /// Nothing usable in it.
     #[error("{0}: no address in it; keeping the last good copy")]
     Empty(String),
+    /// Its entries, merged, cover every possible source of a family.
+    #[error(
+        "{0}: its entries together cover every {1} address (e.g. 0.0.0.0/1 and 128.0.0.0/1); a blocklist that drops everything is a mistake or an attack, refused; keeping the last good copy"
+    )]
+    Everything(String, &'static str),
 }
 
 /// A parsed feed: merged, sorted networks, and the lines that were not
@@ -128,12 +134,13 @@ pub fn parse_list(text: &str, max_entries: usize) -> Parsed {
     p
 }
 
-/// One entry as a network to block: every address (`/0`) and networks that
-/// hold no possible packet source are not taken, whatever the feed says.
+/// One entry as a network to block: networks that hold no possible packet
+/// source are not taken. A `/0` is taken, so that the whole feed is refused
+/// for it ([`protect::covers_everything`]), like entries that add up to it.
 fn parse_net(s: &str) -> Option<IpNet> {
     crate::net::parse_net(s)
         .ok()
-        .filter(|n| n.prefix_len() > 0 && crate::net::net_never_a_source_why(n).is_none())
+        .filter(|n| crate::net::net_never_a_source_why(n).is_none())
 }
 
 /// One APIBAN answer: the next id, and the addresses of this page.
@@ -250,11 +257,15 @@ pub fn fetch(cfg: &FeedConfig) -> Result<Parsed, FeedError> {
             });
         }
     };
+    let name = || match &cfg.source {
+        FeedSource::Url(u) => u.clone(),
+        FeedSource::Path(p) => p.display().to_string(),
+    };
     if parsed.nets.is_empty() {
-        return Err(FeedError::Empty(match &cfg.source {
-            FeedSource::Url(u) => u.clone(),
-            FeedSource::Path(p) => p.display().to_string(),
-        }));
+        return Err(FeedError::Empty(name()));
+    }
+    if let Some(family) = protect::covers_everything(&parsed.nets) {
+        return Err(FeedError::Everything(name(), family));
     }
     Ok(parsed)
 }
@@ -322,7 +333,8 @@ pub fn save(state_dir: &Path, name: &str, nets: &[IpNet]) -> std::io::Result<()>
 pub fn load_saved(state_dir: &Path, name: &str, max_entries: usize) -> Option<Vec<IpNet>> {
     let text = std::fs::read_to_string(cache_path(state_dir, name)).ok()?;
     let p = parse_list(&text, max_entries);
-    (!p.nets.is_empty()).then_some(p.nets)
+    // A copy saved before the refusal existed is refused the same way.
+    (!p.nets.is_empty() && protect::covers_everything(&p.nets).is_none()).then_some(p.nets)
 }
 
 #[cfg(test)]

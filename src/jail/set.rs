@@ -138,6 +138,9 @@ pub struct JailSet {
     esl_names: Vec<String>,
     /// What each host name resolved to.
     resolved: ResolvedNames,
+    /// Bumped whenever what the set protects may have changed (see
+    /// [`JailSet::protected`]).
+    protection: u64,
 }
 
 impl JailSet {
@@ -181,6 +184,8 @@ impl JailSet {
     /// the new policy, new ones start empty, and jails no longer configured
     /// are dropped with their bans lifted (returned).
     pub fn configure(&mut self, jails: &[JailSpec]) -> Vec<Decision> {
+        // Every change of what is protected comes through here.
+        self.protection += 1;
         self.esl_addrs = jails.iter().flat_map(|j| j.peers.iter().copied()).collect();
         self.esl_addrs.sort();
         self.esl_addrs.dedup();
@@ -222,6 +227,34 @@ impl JailSet {
             }
         }
         out
+    }
+
+    /// Every network some part of the set never bans: each running jail's
+    /// `ignoreip` and the peers it listens to, this host's addresses (for
+    /// every jail, `ignoreself` or not), and the cluster's peers. Blocklist
+    /// feeds never drop any of them. A configured list shared by many jails
+    /// is taken once.
+    pub fn protected(&self) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = self.own.iter().chain(&self.peers).copied().collect();
+        let mut shared: Vec<*const crate::net::NetSet> = Vec::new();
+        for j in self.jails() {
+            let ignore = &j.policy().ignore;
+            let ptr = Arc::as_ptr(ignore.configured());
+            if !shared.contains(&ptr) {
+                shared.push(ptr);
+                out.extend(ignore.configured().nets().iter().copied());
+            }
+            out.extend(ignore.local().nets().iter().copied());
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A number that changes whenever [`JailSet::protected`] may have
+    /// (a reload, a new peer, a peer's name resolved again).
+    pub fn protection_generation(&self) -> u64 {
+        self.protection
     }
 
     /// The id of the running jail `name`.
@@ -973,5 +1006,54 @@ mod tests {
         set.expire(Time(10_000), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(set.next_expiry(), None);
+    }
+
+    /// Black-box pass N1: a feed dropped loopback, `ignoreip` and the Event
+    /// Socket peers. The set hands out everything it protects, for every
+    /// jail, and says when that changed.
+    #[test]
+    fn protected_is_every_jails_ignoreip_peers_and_own_addresses() {
+        let mut a = spec("a", 5);
+        a.ignoreself = false;
+        a.policy.ignore = IgnoreList::shared(
+            Arc::new(crate::net::NetSet::new([net("192.168.0.0/16")])),
+            vec![net("198.51.100.20/32")], // an ESL peer of jail a
+        );
+        let b = spec("b", 5);
+        let mut set = JailSet::new(own(), &[a.clone(), b.clone()]);
+        let p = crate::net::NetSet::new(set.protected());
+        for addr in ["192.168.3.4", "198.51.100.20", "10.0.0.1"] {
+            assert!(p.contains(addr.parse().unwrap()), "{addr} protected");
+        }
+        // b's own list (the test policy's) is in too.
+        for n in b.policy.ignore.configured().nets() {
+            assert!(p.contains(n.addr()), "{n}");
+        }
+        let g = set.protection_generation();
+        set.add_peers(vec![net("203.0.113.9/32")]);
+        assert_ne!(set.protection_generation(), g, "a new peer");
+        assert!(set.protected().contains(&net("203.0.113.9/32")));
+        let g = set.protection_generation();
+        set.add_peers(vec![net("203.0.113.9/32")]);
+        assert_eq!(set.protection_generation(), g, "nothing new");
+        set.configure(&[b]);
+        assert_ne!(set.protection_generation(), g, "a reload");
+        let p = crate::net::NetSet::new(set.protected());
+        assert!(
+            !p.contains("192.168.3.4".parse().unwrap()),
+            "jail a is gone"
+        );
+        assert!(p.contains("10.0.0.1".parse().unwrap()));
+        // A list shared by many jails is taken once.
+        let shared = Arc::new(crate::net::NetSet::new([net("172.16.0.0/12")]));
+        let many: Vec<JailSpec> = (0..50)
+            .map(|i| {
+                let mut s = spec(&format!("j{i}"), 5);
+                s.policy.ignore = IgnoreList::shared(shared.clone(), Vec::new());
+                s
+            })
+            .collect();
+        let set = JailSet::new(Vec::new(), &many);
+        assert_eq!(set.protected(), vec![net("172.16.0.0/12")]);
     }
 }

@@ -228,3 +228,215 @@ fn feeds_load_refresh_and_fail_safely() {
     );
     drop(d);
 }
+
+/// Whether `addr` is in set `set` of table inet sipwarden (an interval set
+/// answers for any address inside one of its ranges).
+fn in_set(ns: &NetNs, set: &str, addr: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "nft",
+            "get",
+            "element",
+            "inet",
+            "sipwarden",
+            set,
+        ])
+        .arg(format!("{{ {addr} }}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether a TCP connection to `port` on 127.0.0.1 inside `ns` completes.
+fn loopback_answers(ns: &NetNs, port: u16) -> bool {
+    ns.run(move || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )
+        .is_ok()
+    })
+}
+
+/// Black-box pass N1: `0.0.0.0/1` and `128.0.0.0/1` in a feed file were
+/// merged into `0.0.0.0/0` and loaded, and a TCP connection to 127.0.0.1
+/// then timed out. A feed whose entries together cover every address is
+/// refused whole, saying why (the last good copy stays).
+#[test]
+fn a_feed_that_covers_everything_is_refused() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("fall");
+    let dir = TempDir::new("fall");
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in listener.incoming().take(1000) {
+            drop(c);
+        }
+    });
+    assert!(
+        loopback_answers(&ns, port),
+        "loopback answers before the daemon"
+    );
+    std::fs::write(dir.path("all.txt"), "0.0.0.0/1\n128.0.0.0/1\n").unwrap();
+    std::fs::write(dir.path("ok.txt"), "198.51.100.0/24\n").unwrap();
+    std::fs::write(dir.path("fs.log"), "").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[[feed]]\nname = \"all\"\npath = \"{}\"\nrefresh = \"1s\"\n\
+             [[feed]]\nname = \"ok\"\npath = \"{}\"\nrefresh = \"1s\"\n\
+             [jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
+            daemon_section(&dir),
+            dir.path("all.txt").display(),
+            dir.path("ok.txt").display(),
+            dir.path("fs.log").display()
+        ),
+    )
+    .unwrap();
+    let d = start_in(&ns, &cfg);
+    assert!(
+        wait_until(Duration::from_secs(20), || in_set(
+            &ns,
+            "feed_ok_v4",
+            "198.51.100.1"
+        )),
+        "the other feed loads"
+    );
+    // Two refresh periods: the refused feed had its chances.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        elements(&ns, "feed_all_v4").is_empty(),
+        "{:?}",
+        elements(&ns, "feed_all_v4")
+    );
+    assert!(loopback_answers(&ns, port), "loopback still answers");
+    assert!(
+        d.wait_for("cover every IPv4 address", Duration::from_secs(20))
+            .is_some(),
+        "the refusal says why"
+    );
+    let st: Value = serde_json::from_slice(&cli(&dir, &["status", "--json"]).stdout).unwrap();
+    let all = st["result"]["feeds"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["name"] == "all").cloned())
+        .unwrap_or_default();
+    assert!(
+        all["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("every IPv4")),
+        "{st}"
+    );
+    drop(d);
+}
+
+/// Black-box pass N1: a feed holding `127.0.0.1` or an `ignoreip` network
+/// was loaded as it was, dropping loopback, ignored networks and Event
+/// Socket peers. Every feed is cut around what sipwarden never bans
+/// (`ignoreip` of every jail, this host, the Event Socket peers, loopback),
+/// and cut again when that changes (a reload here).
+#[test]
+fn feeds_never_drop_what_sipwarden_never_bans() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("fprot");
+    let dir = TempDir::new("fprot");
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in listener.incoming().take(1000) {
+            drop(c);
+        }
+    });
+    std::fs::write(
+        dir.path("cut.txt"),
+        "127.0.0.1\n10.0.0.0/8\n198.51.100.0/24\n203.0.113.0/24\n2001:db8::/32\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path("fs.log"), "").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    let write_cfg = |ignore: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}[defaults]\nignoreself = false\nignoreip = [{ignore}]\n\
+                 [[feed]]\nname = \"cut\"\npath = \"{}\"\nrefresh = \"1s\"\n\
+                 [jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n\
+                 [jail.pbx]\nignoreip = [\"2001:db8:1::/48\"]\n\
+                 esl = {{ host = \"198.51.100.20\", port = 8021, password = \"ClueCon\" }}\n",
+                daemon_section(&dir),
+                dir.path("cut.txt").display(),
+                dir.path("fs.log").display()
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg("\"10.1.2.3\"");
+    let d = start_in(&ns, &cfg);
+    assert!(
+        wait_until(Duration::from_secs(20), || in_set(
+            &ns,
+            "feed_cut_v4",
+            "198.51.100.1"
+        )),
+        "the feed loads"
+    );
+    assert!(loopback_answers(&ns, port), "loopback still answers");
+
+    // Cut around loopback, ignoreip (of any jail) and the Event Socket peer.
+    for (addr, held) in [
+        ("127.0.0.1", false),
+        ("10.1.2.3", false),
+        ("10.1.2.2", true),
+        ("10.1.2.4", true),
+        ("10.255.0.1", true),
+        ("198.51.100.20", false),
+        ("198.51.100.19", true),
+        ("198.51.100.21", true),
+        ("203.0.113.9", true),
+    ] {
+        assert_eq!(in_set(&ns, "feed_cut_v4", addr), held, "{addr}");
+    }
+    for (addr, held) in [("2001:db8:1::5", false), ("2001:db8:2::5", true)] {
+        assert_eq!(in_set(&ns, "feed_cut_v6", addr), held, "{addr}");
+    }
+    assert!(
+        d.wait_for(
+            "cut around addresses sipwarden never blocks",
+            Duration::from_secs(5)
+        )
+        .is_some()
+    );
+    let st: Value = serde_json::from_slice(&cli(&dir, &["status", "--json"]).stdout).unwrap();
+    let cut = st["result"]["feeds"]
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["name"] == "cut").cloned())
+        .unwrap_or_default();
+    assert_eq!(cut["cut"], 4, "{st}");
+
+    // What is protected changes (a reload): the feed is cut again.
+    write_cfg("\"10.1.2.3\", \"203.0.113.0/24\"");
+    let out = cli(&dir, &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !in_set(
+            &ns,
+            "feed_cut_v4",
+            "203.0.113.9"
+        )),
+        "a network protected by a reload leaves the feed"
+    );
+    assert!(in_set(&ns, "feed_cut_v4", "198.51.100.1"));
+    assert!(loopback_answers(&ns, port));
+    drop(d);
+}
