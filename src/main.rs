@@ -306,7 +306,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, json } => {
-            let cfg = match Config::load(config.as_deref()) {
+            let mut cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) if json => {
                     out(&format!(
@@ -328,6 +328,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::FAILURE);
             }
+            let same = cfg.same_file_warnings();
+            cfg.warnings.extend(same);
             let enabled: Vec<&str> = cfg.enabled_jails().map(|j| j.name.as_str()).collect();
             let size = cfg.footprint();
             if json {

@@ -515,6 +515,20 @@ impl Config {
         None
     }
 
+    /// Paths of one enabled jail that reach the same file or directory on
+    /// this machine now (a symbolic link to a directory, a hard link): only
+    /// the first is followed. Looks at the file system, so `check` asks
+    /// for it; the parse itself never does.
+    pub fn same_file_warnings(&self) -> Vec<String> {
+        self.enabled_jails()
+            .flat_map(|j| {
+                let (_, same) = crate::source::file::distinct(&j.logpath);
+                same.into_iter()
+                    .map(move |s| format!("jail {:?}: {s}", j.name))
+            })
+            .collect()
+    }
+
     /// How big this configuration is in memory.
     pub fn footprint(&self) -> Footprint {
         let mut seen: std::collections::HashSet<*const NetSet> = Default::default();
@@ -989,7 +1003,24 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             ));
         }
         let filter_set = filter.is_some() || fail2ban_filter.is_some();
-        let logpath = j.logpath.map(|p| p.0).unwrap_or_default();
+        let mut logpath: Vec<PathBuf> = Vec::new();
+        for p in j.logpath.map(|p| p.0).unwrap_or_default() {
+            // Followed twice, every failure would count twice.
+            if logpath.contains(&p) {
+                warnings.push(
+                    err(
+                        span.clone(),
+                        format!(
+                            "jail {name:?} lists logpath {} twice; it is followed once",
+                            p.display()
+                        ),
+                    )
+                    .to_string(),
+                );
+            } else {
+                logpath.push(p);
+            }
+        }
         let esl = match &j.esl {
             Some(v) => esl_peers(v.get_ref()).map_err(|m| err(v.span(), m))?,
             None => Vec::new(),
@@ -1537,6 +1568,23 @@ bantime = -1
         assert!(
             e.starts_with("/nonexistent/sipwarden.toml: cannot read"),
             "{e}"
+        );
+    }
+
+    /// Black-box pass N7: `logpath = [p, p]` followed `p` twice.
+    #[test]
+    fn a_logpath_listed_twice_is_kept_once_with_a_warning() {
+        let c = parse(
+            "[jail.fs]\nfilter = \"freeswitch\"\nlogpath = [\"/x\", \"/y\", \"/x\", \"//x\"]\n",
+        )
+        .unwrap();
+        let fs = c.jails.iter().find(|j| j.name == "fs").unwrap();
+        assert_eq!(fs.logpath, [PathBuf::from("/x"), PathBuf::from("/y")]);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].starts_with("test.toml:1:") && c.warnings[0].contains("/x twice"),
+            "{}",
+            c.warnings[0]
         );
     }
 }

@@ -144,7 +144,12 @@ fn spawn_sources(
     if let Some(filter) = chosen {
         let tz = filter::date::parse_zone(&jc.logtimezone)
             .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
-        for path in &jc.logpath {
+        // One follower per file, however many paths reach it.
+        let (paths, same) = crate::source::file::distinct(&jc.logpath);
+        for s in &same {
+            tracing::warn!("[{}] {s}", jc.name);
+        }
+        for path in &paths {
             let st = Arc::new(FollowStats::default());
             FileSource {
                 path: path.clone(),

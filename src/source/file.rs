@@ -40,10 +40,12 @@ use crate::source::{DateStats, Dated, Window, span};
 
 mod generation;
 mod lines;
+mod same;
 mod watch;
 
 use generation::{Generation, Ident, Refusal, open_regular};
 pub use lines::{LineSplitter, MAX_LINE};
+pub use same::{SameFile, distinct};
 use watch::{DirWatch, MAX_RENAMES, Renames, WatchError};
 
 /// How often a file is checked when no inotify event arrives.

@@ -90,3 +90,64 @@ fn a_fifo_at_the_logpath_shows_in_status_and_the_real_file_is_followed_again() {
     assert!(s.get("reason").is_none_or(|r| r.is_null()), "{s}");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// Black-box pass N7: the same log file followed twice counted every
+/// failure twice: `logpath = [p, p]`, or two paths where one directory is a
+/// symbolic link to the other (the embedded default lists two FreeSWITCH
+/// log paths). Each file is followed once, with one warning naming both
+/// paths; `check` says the same beforehand.
+#[test]
+fn one_file_reached_by_several_logpaths_counts_once() {
+    let dir = TempDir::new("samefile");
+    std::fs::create_dir(dir.path("real")).unwrap();
+    std::os::unix::fs::symlink(dir.path("real"), dir.path("alias")).unwrap();
+    let log = dir.path("real/freeswitch.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 1000\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = [\"{}\", \"{}\", \"{}\"]\n",
+            daemon_section(&dir),
+            log.display(),
+            dir.path("alias/freeswitch.log").display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for(": following", Duration::from_secs(20)).is_some(),
+        "daemon did not start"
+    );
+    // Every follower there is has opened its file by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 1..=3 {
+        append(&log, &failure(&format!("203.0.113.{i}")));
+    }
+    assert!(wait_until(Duration::from_secs(10), || failures(&dir) >= 3));
+    // Two more wake-ups of any follower: nothing counted twice.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(failures(&dir), 3, "each failure counts once");
+    let warned = d.lines_with("is the same file as");
+    assert_eq!(warned.len(), 1, "one warning: {warned:?}");
+    assert!(warned[0].contains("alias/freeswitch.log"), "{warned:?}");
+    assert_eq!(d.lines_with(": following").len(), 1);
+    drop(d);
+
+    let check = std::process::Command::new(crate::common::bin())
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check.status.success(), "{err}");
+    assert!(
+        err.contains("twice"),
+        "check warns for the literal duplicate: {err}"
+    );
+    assert!(
+        err.contains("alias/freeswitch.log") && err.contains("same file"),
+        "check warns for the same file through the link: {err}"
+    );
+}
