@@ -41,6 +41,7 @@ use crate::source::{DateStats, Dated, Window, span};
 mod generation;
 mod lines;
 mod same;
+mod trouble;
 mod watch;
 
 use generation::{Generation, Ident, Refusal, open_regular};
@@ -141,6 +142,8 @@ struct Follow {
     first_attempt: bool,
     /// Last condition reported, to report each one once.
     reported: Option<String>,
+    /// Read errors in a row: logged rarely, retried with a growing wait.
+    trouble: trouble::Trouble,
 }
 
 impl Follow {
@@ -153,6 +156,7 @@ impl Follow {
             buf: vec![0; CHUNK],
             first_attempt: true,
             reported: None,
+            trouble: trouble::Trouble::default(),
         }
     }
 
@@ -181,7 +185,7 @@ enum Step {
 enum Drained {
     End,
     Budget,
-    Failed,
+    Failed(std::io::Error),
     Gone,
 }
 
@@ -238,11 +242,25 @@ impl FileSource {
         // the new one from its start.
         for _ in 0..4 {
             if let Some(g) = st.cur.as_mut() {
-                match self.drain(g, &mut st.buf, &mut budget) {
+                let before = g.pos();
+                let drained = self.drain(g, &mut st.buf, &mut budget);
+                if !matches!(drained, Drained::Failed(_)) && g.pos() != before {
+                    if let Some(n) = st.trouble.recovered() {
+                        tracing::info!(
+                            "{}: reads again after {n} failed read(s)",
+                            self.path.display()
+                        );
+                    }
+                }
+                match drained {
                     Drained::End => {}
                     Drained::Budget => return Step::More,
                     Drained::Gone => return Step::Gone,
-                    Drained::Failed => st.cur = None,
+                    Drained::Failed(e) => {
+                        let at = Some((g.ident, g.pos()));
+                        self.read_failed(&mut st.trouble, &g.name, &e, at);
+                        st.cur = None;
+                    }
                 }
             }
             if let Some(g) = st.cur.as_mut() {
@@ -258,7 +276,10 @@ impl FileSource {
                     // and this check are still only in the old handle:
                     // drain it to its end before letting go.
                     match self.drain(g, &mut st.buf, &mut budget) {
-                        Drained::End | Drained::Failed => {}
+                        Drained::End => {}
+                        Drained::Failed(e) => {
+                            self.read_failed(&mut st.trouble, &g.name, &e, None);
+                        }
                         Drained::Budget => return Step::More,
                         Drained::Gone => return Step::Gone,
                     }
@@ -272,7 +293,9 @@ impl FileSource {
                 Step::Idle => {}
                 step => return step,
             }
-            if st.cur.is_some() || !self.open(st) {
+            // After read errors, the path waits its turn (backoff).
+            if st.cur.is_some() || !st.trouble.may_open(std::time::Instant::now()) || !self.open(st)
+            {
                 return Step::Idle;
             }
         }
@@ -290,10 +313,18 @@ impl FileSource {
                 st.old = self.open_rotated(st, to);
                 continue;
             };
-            match self.drain(g, &mut st.buf, budget) {
+            let drained = self.drain(g, &mut st.buf, budget);
+            match drained {
                 Drained::Budget => return Step::More,
                 Drained::Gone => return Step::Gone,
-                Drained::End | Drained::Failed => {
+                Drained::End | Drained::Failed(_) => {
+                    // A file renamed away is read once: a failure ends it.
+                    if let Drained::Failed(e) = drained {
+                        tracing::warn!(
+                            "{}: read failed ({e}); the rest of this rotated file is not read",
+                            g.name.display()
+                        );
+                    }
                     if !self.finish(g) {
                         return Step::Gone;
                     }
@@ -345,8 +376,13 @@ impl FileSource {
             // Rotations before the first look are history, not ours to read.
             lock(&st.renames).to.clear();
         }
+        let trouble = &mut st.trouble;
         let opened = open_regular(&self.path).and_then(|(mut f, m)| {
-            let pos = if first && !self.from_start {
+            let pos = if let Some(at) = trouble.resume_at(Ident::of(&m)) {
+                // The file whose read failed: on from where it failed, so
+                // no line counts twice.
+                f.seek(SeekFrom::Start(at))?
+            } else if first && !self.from_start {
                 f.seek(SeekFrom::End(0))?
             } else {
                 0
@@ -355,11 +391,15 @@ impl FileSource {
         });
         match opened {
             Ok((f, m, pos)) => {
-                tracing::info!(
-                    "{}: following{}",
-                    self.path.display(),
-                    if pos > 0 { " from its end" } else { "" }
-                );
+                if st.trouble.failing() {
+                    tracing::debug!("{}: opened again after a failed read", self.path.display());
+                } else {
+                    tracing::info!(
+                        "{}: following{}",
+                        self.path.display(),
+                        if pos > 0 { " from its end" } else { "" }
+                    );
+                }
                 let id = Ident::of(&m);
                 st.remember(id);
                 st.cur = Some(Generation::new(f, id, self.path.clone(), pos));
@@ -383,6 +423,15 @@ impl FileSource {
                              followed: replace it with the log file (checked again until then)"
                         ),
                         format!("{kind}, not a regular file"),
+                        true,
+                    ),
+                    Refusal::Pseudo(fs) => (
+                        format!(
+                            "{p}: is a file of {fs}, a kernel pseudo file system (kernel state, not a log; \
+                             reading some of them takes what it reads from others); not followed: point \
+                             logpath at the log file (checked again until then)"
+                        ),
+                        format!("on {fs}, a kernel pseudo file system, not a log"),
                         true,
                     ),
                     Refusal::Io(e) => (
@@ -415,14 +464,10 @@ impl FileSource {
                     g.name.display()
                 );
                 if let Err(e) = g.restart() {
-                    tracing::warn!("{}: seek failed ({e}); reopening", g.name.display());
-                    return Drained::Failed;
+                    return Drained::Failed(e);
                 }
             }
-            Err(e) => {
-                tracing::warn!("{}: read failed ({e}); reopening", g.name.display());
-                return Drained::Failed;
-            }
+            Err(e) => return Drained::Failed(e),
         }
         loop {
             if *budget == 0 {
@@ -433,10 +478,7 @@ impl FileSource {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Drained::End,
-                Err(e) => {
-                    tracing::warn!("{}: read failed ({e}); reopening", g.name.display());
-                    return Drained::Failed;
-                }
+                Err(e) => return Drained::Failed(e),
             };
             *budget = budget.saturating_sub(n as u64);
             let cx = self.context();
@@ -458,6 +500,34 @@ impl FileSource {
                 return Drained::Gone;
             }
         }
+    }
+
+    /// A read of `name` failed: logged at the 1st, 10th, 100th... failure
+    /// in a row, shown in status, and the path opened again only after a
+    /// growing wait (`at`: the file and offset to go on from then).
+    fn read_failed(
+        &self,
+        trouble: &mut trouble::Trouble,
+        name: &std::path::Path,
+        e: &std::io::Error,
+        at: Option<(Ident, u64)>,
+    ) {
+        let f = trouble.failed(std::time::Instant::now(), at);
+        if f.log {
+            tracing::warn!(
+                "{}: read failed ({e}); {} in a row; opened again in {} s (the wait doubles up to {} s, and only the 10th, 100th... failure is logged)",
+                name.display(),
+                f.total,
+                f.wait.as_secs(),
+                trouble::MAX_WAIT.as_secs()
+            );
+        }
+        self.stats.open.store(false, Ordering::Relaxed);
+        *lock(&self.stats.waiting) = Some(format!(
+            "read failed ({e}), {} time(s) in a row; retrying every {} s at most",
+            f.total,
+            f.wait.as_secs()
+        ));
     }
 
     /// Lets go of a file read to its end: its last line, if it had no

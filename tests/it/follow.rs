@@ -151,3 +151,72 @@ fn one_file_reached_by_several_logpaths_counts_once() {
         "check warns for the same file through the link: {err}"
     );
 }
+
+/// Black-box pass N10: `ln -s /proc/self/mem fs.log` logged a `read failed
+/// (EIO)` / `following` pair four times per 0.5 s wake-up, forever, and a
+/// file of procfs or sysfs was followed as a regular file (`/proc/kmsg`
+/// read that way consumes the kernel's messages). Files on kernel pseudo
+/// file systems are refused like FIFOs (a reason in status, looked at
+/// again), and the log says so once.
+#[test]
+fn files_of_kernel_pseudo_file_systems_are_refused_and_never_flood_the_log() {
+    let dir = TempDir::new("procfs");
+    let cfg = dir.path("sipwarden.toml");
+    let logs = ["mem.log", "status.log", "sys.log"];
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.mem]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n\
+             [jail.status]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n\
+             [jail.sys]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n\
+             [jail.real]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\n",
+            daemon_section(&dir),
+            dir.path(logs[0]).display(),
+            dir.path(logs[1]).display(),
+            dir.path(logs[2]).display(),
+            dir.path("real.log").display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/proc/self/mem", dir.path(logs[0])).unwrap();
+    std::os::unix::fs::symlink("/proc/self/status", dir.path(logs[1])).unwrap();
+    std::os::unix::fs::symlink("/sys/class/net/lo/address", dir.path(logs[2])).unwrap();
+    std::fs::write(dir.path("real.log"), "").unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for("real.log: following", Duration::from_secs(20))
+            .is_some(),
+        "daemon did not start"
+    );
+    // Six poll intervals of 0.5 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = cli(&dir, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let jails = v["result"]["jails"].as_array().cloned().unwrap_or_default();
+    for (jail, fs) in [("mem", "procfs"), ("status", "procfs"), ("sys", "sysfs")] {
+        let src = jails
+            .iter()
+            .find(|j| j["name"] == jail)
+            .map(|j| j["sources"][0].clone())
+            .unwrap_or_default();
+        assert_eq!(src["healthy"], false, "{jail}: {src}");
+        assert!(
+            src["reason"].as_str().is_some_and(|r| r.contains(fs)),
+            "{jail}: status says it is on {fs}: {src}"
+        );
+    }
+    for log in logs {
+        let lines = d.lines_with(log);
+        assert!(
+            lines.len() <= 2,
+            "{log}: at most a line or two, not one per wake-up: {} lines, e.g. {:?}",
+            lines.len(),
+            &lines[..lines.len().min(6)]
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains(": following")),
+            "{log} is never followed: {lines:?}"
+        );
+    }
+}

@@ -66,6 +66,11 @@ impl Generation {
         g
     }
 
+    /// The read offset.
+    pub(super) fn pos(&self) -> u64 {
+        self.pos
+    }
+
     /// Reads on from the offset.
     pub(super) fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.file.read(buf)?;
@@ -123,6 +128,8 @@ pub(super) enum Refusal {
     Io(std::io::Error),
     /// It is something else than a regular file (what it is).
     NotRegular(&'static str),
+    /// A file of a kernel pseudo file system (which one).
+    Pseudo(&'static str),
 }
 
 impl From<std::io::Error> for Refusal {
@@ -151,13 +158,71 @@ fn not_regular(m: &Metadata) -> Option<&'static str> {
     }
 }
 
-/// Opens `path` for reading if it is a regular file.
+/// Kernel pseudo file systems (`f_type` of `statfs`, from
+/// `linux/magic.h`): their "regular files" are kernel state, not logs.
+/// Reading one can fail forever (`/proc/self/mem`: EIO), never end, or
+/// take something away (`/proc/kmsg` hands each kernel message to one
+/// reader only).
+const PSEUDO_FS: [(u64, &str); 18] = [
+    (0x9fa0, "procfs"),
+    (0x6265_6572, "sysfs"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x0027_e0eb, "cgroupfs"),
+    (0x6367_7270, "cgroup2fs"),
+    (0xcafe_4a11, "bpffs"),
+    (0x6265_6570, "configfs"),
+    (0x6165_676c, "pstorefs"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x1cd1, "devpts"),
+    (0x6573_5543, "fusectl"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4341_5d53, "smackfs"),
+    (0x6e73_6673, "nsfs"),
+    (0x0765_5821, "resctrl"),
+];
+
+/// The pseudo file system `f_type` names, if it is one.
+fn pseudo_fs(f_type: u64) -> Option<&'static str> {
+    // `f_type` is a signed word on some architectures: compare 32 bits.
+    let t = f_type & 0xffff_ffff;
+    PSEUDO_FS.iter().find(|(m, _)| *m == t).map(|(_, n)| *n)
+}
+
+/// The file system of `path` (following links), when it is a pseudo one.
+fn pseudo_at(path: &Path) -> Option<&'static str> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: zeroed memory is a valid `statfs` (plain integers).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable `statfs`
+    // that outlives the call.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    (r == 0).then(|| pseudo_fs(st.f_type as u64)).flatten()
+}
+
+/// The file system of an open file, when it is a pseudo one.
+fn pseudo_of(file: &File) -> Option<&'static str> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed memory is a valid `statfs` (plain integers).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the duration of the call, and `st`
+    // a writable `statfs` that outlives it.
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    (r == 0).then(|| pseudo_fs(st.f_type as u64)).flatten()
+}
+
+/// Opens `path` for reading if it is a regular file of a real file system.
 pub(super) fn open_regular(path: &Path) -> Result<(File, Metadata), Refusal> {
     // A look first: opening a device can do something by itself (a tape
     // rewinds, a watchdog arms), and a FIFO opened on every check would wake
     // the directory watch (IN_OPEN) over and over.
     if let Some(kind) = not_regular(&std::fs::metadata(path)?) {
         return Err(Refusal::NotRegular(kind));
+    }
+    if let Some(fs) = pseudo_at(path) {
+        return Err(Refusal::Pseudo(fs));
     }
     // The look races with the path changing, so: non-blocking (a FIFO
     // swapped in since returns at once instead of waiting for a writer), no
@@ -167,8 +232,11 @@ pub(super) fn open_regular(path: &Path) -> Result<(File, Metadata), Refusal> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let m = file.metadata()?;
-    match not_regular(&m) {
-        Some(kind) => Err(Refusal::NotRegular(kind)),
+    if let Some(kind) = not_regular(&m) {
+        return Err(Refusal::NotRegular(kind));
+    }
+    match pseudo_of(&file) {
+        Some(fs) => Err(Refusal::Pseudo(fs)),
         None => Ok((file, m)),
     }
 }
