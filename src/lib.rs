@@ -29,6 +29,7 @@ pub mod jail;
 pub mod net;
 pub mod source;
 pub mod store;
+pub mod supervise;
 pub mod systemd;
 #[cfg(test)]
 pub(crate) mod test_support;

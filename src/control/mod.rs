@@ -158,6 +158,10 @@ pub struct StatusView {
     /// addresses protected for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<NameView>,
+    /// The supervised background tasks (sources, the store writer): up or
+    /// not, restarts after a panic, the last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<crate::supervise::TaskView>,
 }
 
 /// A peer given by host name: its addresses are protected in the jails

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::runtime::Runtime;
+use super::runtime::{JobMeta, Runtime};
 use crate::event::{FailureEvent, JailId, Time};
 use crate::jail::{BanReason, Decision, DisplayNet, RemoteBan};
 use crate::net::{parse_ban_target, parse_prefix};
@@ -70,7 +70,10 @@ impl Runtime {
     /// Applies what the cluster says: the decisions to enforce, and whether
     /// they are this node's to publish (a shared count this node decided) or
     /// the fleet's own (never published again).
-    pub(super) fn apply_cluster(&mut self, msg: crate::cluster::Inbound) -> (Vec<Decision>, bool) {
+    pub(super) fn apply_cluster(
+        &mut self,
+        msg: crate::cluster::Inbound,
+    ) -> (Vec<Decision>, JobMeta) {
         use crate::cluster::Inbound;
         let ds = match msg {
             Inbound::Ban(b) => {
@@ -78,7 +81,7 @@ impl Runtime {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!("cluster ban from node {} refused: {e}", b.origin);
-                        return (Vec::new(), false);
+                        return (Vec::new(), JobMeta::default());
                     }
                 };
                 let remote = RemoteBan {
@@ -100,10 +103,10 @@ impl Runtime {
             }
             Inbound::Unban { jail, addr, origin } => {
                 let Ok(net) = parse_prefix(&addr) else {
-                    return (Vec::new(), false);
+                    return (Vec::new(), JobMeta::default());
                 };
                 if self.jails.jail_id(&jail).is_none() {
-                    return (Vec::new(), false);
+                    return (Vec::new(), JobMeta::default());
                 }
                 match self.jails.unban(Some(net), Some(&jail), false) {
                     Ok(us) => {
@@ -131,7 +134,12 @@ impl Runtime {
             } => {
                 // This node decided: published once the firewall accepts.
                 let d = self.jails.shared_ban(&jail, addr, failures, Time::now());
-                return (d.map(Decision::Ban).into_iter().collect(), true);
+                let meta = JobMeta {
+                    publish: true,
+                    note: Some(" (counted across the cluster)"),
+                    ..JobMeta::default()
+                };
+                return (d.map(Decision::Ban).into_iter().collect(), meta);
             }
             Inbound::Peers(addrs) => {
                 let mut nets: Vec<IpNet> = addrs.into_iter().map(IpNet::from).collect();
@@ -160,7 +168,7 @@ impl Runtime {
                 Vec::new()
             }
         };
-        (ds, false)
+        (ds, JobMeta::default())
     }
 }
 

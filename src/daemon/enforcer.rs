@@ -182,6 +182,7 @@ fn run_jobs(
     if jobs.is_empty() {
         return;
     }
+    crate::supervise::inject_fault("enforcer");
     let batch: Vec<Decision> = jobs
         .iter()
         .flat_map(|j| j.decisions.iter().cloned())

@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use self::runtime::Runtime;
+use self::runtime::{JobMeta, Runtime};
 use self::sources::Sources;
 use crate::config::{Config, JailConfig};
 use crate::control::recent::Recent;
@@ -197,12 +197,19 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let (feed_tx, feed_rx) = std::sync::mpsc::channel::<(String, Vec<IpNet>)>();
     let metrics = Arc::new(crate::http::metrics::Metrics::default());
     let fast = enforcer::FastPath::of(enforcer.as_ref());
-    let enforcer_thread = enforcer::spawn(enforcer, dec_rx, feed_rx, verdict_tx, metrics.clone())?;
+    let mut enforcer_thread = Some(enforcer::spawn(
+        enforcer,
+        dec_rx,
+        feed_rx,
+        verdict_tx,
+        metrics.clone(),
+    )?);
     // The store writes on its own thread too, a transaction per burst, and
     // watches the database; it asks for the bans in force when it had to
     // create the database again.
     let want_in_force = Arc::new(tokio::sync::Notify::new());
     let (store_tx, store_rx) = std::sync::mpsc::channel::<Vec<StoreOp>>();
+    let tasks = crate::supervise::Tasks::default();
     let store_thread = store::spawn(
         state_dir,
         store,
@@ -210,6 +217,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         store_health.clone(),
         want_in_force.clone(),
         store_rx,
+        tasks.register("store writer"),
     )?;
 
     let (events_tx, mut rx) = mpsc::channel::<Vec<FailureEvent>>(EVENT_QUEUE);
@@ -222,7 +230,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         opts,
         started: now,
         firewall,
-        sources: Sources::new(events_tx, scanners),
+        sources: Sources::new(events_tx, scanners, tasks.clone()),
+        tasks,
         dec_tx,
         jobs: HashMap::new(),
         next_job: 0,
@@ -354,11 +363,26 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                     rt.recent.note(&more, now);
                 }
             }
-            Some(v) = verdict_rx.recv() => rt.on_verdict(v),
+            v = verdict_rx.recv() => match v {
+                Some(v) => rt.on_verdict(v),
+                // The enforcer thread is gone (it panicked): its ledger may be
+                // half updated, so no restart in place; the daemon exits and
+                // the service manager starts it again, which restores every
+                // ban from the store (the kernel keeps them meanwhile).
+                None => {
+                    let why = match enforcer_thread.take().map(std::thread::JoinHandle::join) {
+                        Some(Err(p)) => format!("panicked: {}", crate::supervise::panic_message(p.as_ref())),
+                        _ => "it stopped".into(),
+                    };
+                    return Err(DaemonError::Setup(format!(
+                        "the enforcer thread stopped ({why}); exiting so that the service manager starts sipwarden again (the kernel keeps every ban meanwhile)"
+                    )));
+                }
+            },
             Some(a) = names_rx.recv() => rt.on_resolved(a),
             Some(msg) = cluster_rx.recv() => {
-                let (ds, publish) = rt.apply_cluster(msg);
-                rt.dispatch(ds, publish, None)?;
+                let (ds, meta) = rt.apply_cluster(msg);
+                rt.dispatch(ds, meta)?;
             }
             Some((req, reply)) = ctl_rx.recv() => rt.control(req, reply),
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
@@ -374,7 +398,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); rt.reload(false); }
         }
-        rt.dispatch(std::mem::take(&mut decisions), true, None)?;
+        rt.dispatch(
+            std::mem::take(&mut decisions),
+            JobMeta {
+                publish: true,
+                ..JobMeta::default()
+            },
+        )?;
         if rt.jails.protection_generation() != protection {
             protection = rt.jails.protection_generation();
             let set = crate::feed::protect::protected_set(rt.jails.protected());
@@ -399,7 +429,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // and the fleet, before exit.
     let (closed, _) = std::sync::mpsc::channel();
     drop(std::mem::replace(&mut rt.dec_tx, closed));
-    if enforcer_thread.join().is_err() {
+    if enforcer_thread.take().is_some_and(|h| h.join().is_err()) {
         tracing::error!("the enforcer thread panicked while stopping");
     }
     while let Ok(v) = verdict_rx.try_recv() {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::runtime::Runtime;
+use super::runtime::{JobMeta, Runtime};
 use crate::config::{Config, JailConfig};
 use crate::control::Response;
 use crate::jail::{Jail, JailSpec};
@@ -55,7 +55,7 @@ impl Runtime {
         self.sources.scanners = Arc::new(ScannerList::new(&cfg.scanners));
         self.config = cfg;
         let started = self.sources.sync(&enabled, &self.jails);
-        if let Err(e) = started.and_then(|_| self.dispatch(lifted, false, None)) {
+        if let Err(e) = started.and_then(|_| self.dispatch(lifted, JobMeta::default())) {
             return Response::error(e.to_string());
         }
         tracing::info!("reloaded {}: {} jail(s)", self.config.origin, enabled.len());

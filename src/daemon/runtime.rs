@@ -31,6 +31,8 @@ pub(super) struct Runtime {
     pub(super) started: Time,
     pub(super) firewall: &'static str,
     pub(super) sources: Sources,
+    /// The supervised background tasks, for status and metrics.
+    pub(super) tasks: crate::supervise::Tasks,
     /// Work for the enforcer thread.
     pub(super) dec_tx: std::sync::mpsc::Sender<Work>,
     /// Jobs sent to the enforcer thread and not answered yet.
@@ -62,6 +64,8 @@ pub(super) struct JobMeta {
     pub(super) publish: bool,
     /// A control request waiting for the kernel's answer.
     pub(super) waiter: Option<Waiter>,
+    /// Said after each accepted ban's log line (how it was decided).
+    pub(super) note: Option<&'static str>,
 }
 
 /// A control request (`ban`, `unban`) answered once the firewall accepted
@@ -75,16 +79,15 @@ pub(super) struct Waiter {
 
 impl Runtime {
     /// Sends decisions to the enforcer thread. What the firewall accepts is
-    /// then stored, shown and (with `publish`) shared; what it refuses is
-    /// undone (see [`Runtime::on_verdict`]).
+    /// then logged, stored, shown and (with `meta.publish`) shared; what it
+    /// refuses is undone (see [`Runtime::on_verdict`]).
     pub(super) fn dispatch(
         &mut self,
         decisions: Vec<Decision>,
-        publish: bool,
-        waiter: Option<Waiter>,
+        meta: JobMeta,
     ) -> Result<(), DaemonError> {
         if decisions.is_empty() {
-            if let Some(w) = waiter {
+            if let Some(w) = meta.waiter {
                 let _ = w.reply.send(Response::ok(w.ok));
             }
             return Ok(());
@@ -103,7 +106,7 @@ impl Runtime {
         }
         let id = self.next_job;
         self.next_job += 1;
-        self.jobs.insert(id, JobMeta { publish, waiter });
+        self.jobs.insert(id, meta);
         self.dec_tx
             .send(Work::Job(Job { id, decisions }))
             .map_err(|_| {
@@ -125,6 +128,13 @@ impl Runtime {
             match (refused.get(&i), &d) {
                 (None, Decision::Ban(b)) => {
                     self.jails.confirm(b);
+                    // Logged once the kernel holds it (scripts grep this).
+                    match (b.reason, self.origins.get(&(b.jail, b.addr))) {
+                        (BanReason::Cluster, Some(origin)) => {
+                            tracing::warn!("{b} (from node {origin})")
+                        }
+                        _ => tracing::warn!("{b}{}", meta.note.unwrap_or("")),
+                    }
                     accepted.push(d);
                 }
                 (None, Decision::Unban(_)) => accepted.push(d),
@@ -231,6 +241,7 @@ impl Runtime {
                     .collect(),
                 store: self.store_health.lock().ok().map(|h| h.clone()),
                 names: self.name_views(),
+                tasks: self.tasks.views(),
             }),
         }
     }
@@ -242,7 +253,12 @@ impl Runtime {
             Answer::Now(r) => r,
             Answer::After(ds, ok) => {
                 let waiter = Waiter { reply, ok };
-                if let Err(e) = self.dispatch(ds, true, Some(waiter)) {
+                let meta = JobMeta {
+                    publish: true,
+                    waiter: Some(waiter),
+                    note: None,
+                };
+                if let Err(e) = self.dispatch(ds, meta) {
                     tracing::error!("{e}");
                 }
                 return;

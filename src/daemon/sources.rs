@@ -18,6 +18,7 @@ use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::{FileSource, FollowStats};
 use crate::source::scanner::ScannerList;
 use crate::source::{DateStats, Window};
+use crate::supervise::{self, Health, Tasks};
 
 /// What identifies a jail's sources: when it changes on reload, the
 /// followers restart.
@@ -58,6 +59,9 @@ pub(super) struct SourceGroup {
     stats: Vec<(PathBuf, Arc<FollowStats>)>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
+    /// The supervised tasks of this group, listed in status until stopped.
+    tasks: Tasks,
+    healths: Vec<Arc<Health>>,
 }
 
 impl SourceGroup {
@@ -115,6 +119,9 @@ impl SourceGroup {
         for (_, _, task) in &self.esl {
             task.abort();
         }
+        for h in &self.healths {
+            self.tasks.forget(h);
+        }
     }
 }
 
@@ -123,8 +130,10 @@ fn spawn_sources(
     id: JailId,
     tx: &mpsc::Sender<Vec<FailureEvent>>,
     scanners: &Arc<ScannerList>,
+    tasks: &Tasks,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
+    let mut healths = Vec::new();
     let window = Window::new(jc.findtime);
     let mut stats = Vec::new();
     let chosen: Option<Arc<dyn Filter>> = match (&jc.filter, &jc.fail2ban_filter) {
@@ -184,7 +193,13 @@ fn spawn_sources(
             tx: tx.clone(),
             stats: st.clone(),
         };
-        esl.push((peer.label(), st, tokio::spawn(src.run())));
+        // Supervised: a panic (a frame no test foresaw) starts the client
+        // again after a pause instead of leaving the jail blind.
+        let name = format!("[{}] event socket {}", jc.name, peer.label());
+        let health = tasks.register(&name);
+        healths.push(health.clone());
+        let task = supervise::spawn_task(name, health, move || src.clone().run());
+        esl.push((peer.label(), st, task));
     }
     let wire = match &jc.wire {
         Some(w) => {
@@ -197,7 +212,15 @@ fn spawn_sources(
                 scanners: scanners.clone(),
                 stats: st.clone(),
             }
-            .spawn()
+            .spawn({
+                let h = tasks.register(&format!(
+                    "[{}] wire {}",
+                    jc.name,
+                    w.interface.as_deref().unwrap_or("all interfaces")
+                ));
+                healths.push(h.clone());
+                h
+            })
             .map_err(|e| DaemonError::Setup(format!("jail {}: wire source: {e}", jc.name)))?;
             let label = format!(
                 "{} ports {:?}",
@@ -216,6 +239,8 @@ fn spawn_sources(
         stats,
         esl,
         wire,
+        tasks: tasks.clone(),
+        healths,
     })
 }
 
@@ -226,6 +251,8 @@ pub(super) struct Sources {
     pub(super) events_tx: mpsc::Sender<Vec<FailureEvent>>,
     /// Attack-tool user agents, shared by every source.
     pub(super) scanners: Arc<ScannerList>,
+    /// Where supervised sources show their health.
+    pub(super) tasks: Tasks,
 }
 
 impl Sources {
@@ -233,11 +260,13 @@ impl Sources {
     pub(super) fn new(
         events_tx: mpsc::Sender<Vec<FailureEvent>>,
         scanners: Arc<ScannerList>,
+        tasks: Tasks,
     ) -> Sources {
         Sources {
             groups: HashMap::new(),
             events_tx,
             scanners,
+            tasks,
         }
     }
 
@@ -271,7 +300,7 @@ impl Sources {
             let Some(id) = jails.jail_id(&jc.name) else {
                 continue;
             };
-            let g = spawn_sources(jc, id, &self.events_tx, &self.scanners)?;
+            let g = spawn_sources(jc, id, &self.events_tx, &self.scanners, &self.tasks)?;
             self.groups.insert(jc.name.clone(), g);
         }
         Ok(())

@@ -115,6 +115,7 @@ pub(super) fn spawn(
     health: Health,
     want_in_force: Arc<Notify>,
     ops: Receiver<Vec<StoreOp>>,
+    task: Arc<crate::supervise::Health>,
 ) -> Result<std::thread::JoinHandle<StateLock>, DaemonError> {
     std::thread::Builder::new()
         .name("store".into())
@@ -130,7 +131,16 @@ pub(super) fn spawn(
                 want_in_force,
                 rebuilding: false,
             };
-            w.run(&ops);
+            // Supervised: after a panic the connection is opened afresh and
+            // the records waiting in the backlog are written again.
+            let mut first = true;
+            crate::supervise::run_thread("store writer", &task, &|| false, || {
+                if !first {
+                    w.store = None;
+                }
+                first = false;
+                w.run(&ops);
+            });
             w.lock
         })
         .map_err(|source| DaemonError::Io {
@@ -210,6 +220,7 @@ impl Writer {
                 StoreOp::InForce(b) => Some(b.len()),
                 _ => None,
             });
+            crate::supervise::inject_fault("store");
             match s.write(&self.backlog) {
                 Ok(()) => {
                     if self.failing {

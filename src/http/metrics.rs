@@ -211,6 +211,32 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
             );
         }
     }
+    if !s.tasks.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_task_up 1 while a supervised task (a source, the store writer) runs its work.\n# TYPE sipwarden_task_up gauge"
+        );
+        for t in &s.tasks {
+            let _ = writeln!(
+                o,
+                "sipwarden_task_up{{task=\"{}\"}} {}",
+                label(&t.name),
+                u8::from(t.up)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP sipwarden_task_restarts_total Runs of a supervised task started again after a panic.\n# TYPE sipwarden_task_restarts_total counter"
+        );
+        for t in &s.tasks {
+            let _ = writeln!(
+                o,
+                "sipwarden_task_restarts_total{{task=\"{}\"}} {}",
+                label(&t.name),
+                t.restarts
+            );
+        }
+    }
     if !s.feeds.is_empty() {
         let _ = writeln!(
             o,
@@ -279,9 +305,21 @@ mod tests {
                 errors: 2,
                 ..Default::default()
             }),
+            tasks: vec![crate::supervise::TaskView {
+                name: "[j] event socket 127.0.0.1:8021".into(),
+                up: true,
+                restarts: 2,
+                error: None,
+            }],
         };
         let out = render(&s, &m);
         assert!(out.contains("\nsipwarden_store_up 0\n"), "{out}");
+        assert!(
+            out.contains(
+                "\nsipwarden_task_restarts_total{task=\"[j] event socket 127.0.0.1:8021\"} 2\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("\nsipwarden_store_errors_total 2\n"), "{out}");
         assert!(
             out.contains("sipwarden_ban_latency_seconds_bucket{le=\"0.001\"} 1\n"),
@@ -332,6 +370,7 @@ mod tests {
             feeds: vec![],
             names: vec![],
             store: None,
+            tasks: vec![],
         };
         let out = render(&s, &Metrics::default());
         for line in [

@@ -286,7 +286,6 @@ impl JailSet {
                 Outcome::Found { .. } => tracing::info!("[{}] Found {}", jail.name(), ev.addr),
                 Outcome::Ban(d) => {
                     tracing::info!("[{}] Found {}", jail.name(), ev.addr);
-                    tracing::warn!("{d}");
                     self.history.note_ban(jail.name_arc(), d.addr, 1);
                     out.push(Decision::Ban(d));
                 }
@@ -543,7 +542,6 @@ impl JailSet {
             }
         }
         let d = j.restore(net, b.start, end, b.failures, BanReason::Cluster);
-        tracing::warn!("{d} (from node {})", b.origin);
         Some(d)
     }
 
@@ -577,7 +575,6 @@ impl JailSet {
         let bantime = j.policy().bantime;
         let d = j.ban(net, now, bantime, failures, BanReason::Failures);
         self.history.note_ban(j.name_arc(), net, 1);
-        tracing::warn!("{d} (counted across the cluster)");
         Some(d)
     }
 
@@ -605,7 +602,6 @@ impl JailSet {
         let bantime = bantime.unwrap_or(j.policy().bantime);
         let d = j.ban(net, now, bantime, 0, BanReason::Manual);
         self.history.note_ban(j.name_arc(), net, 1);
-        tracing::warn!("{d}");
         Ok(d)
     }
 

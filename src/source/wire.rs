@@ -261,15 +261,31 @@ const ETH_P_ALL: u16 = 0x0003;
 
 impl WireSource {
     /// Opens the packet socket (so a missing capability is reported at
-    /// start) and reads on a thread of its own.
-    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// start) and reads on a thread of its own, supervised: a panic starts
+    /// the reading again (shown in `health`).
+    pub fn spawn(
+        self,
+        health: Arc<crate::supervise::Health>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let fd = open_socket(self.cfg.interface.as_deref(), &self.cfg.ports)?;
         std::thread::Builder::new()
             .name("wire".into())
-            .spawn(move || self.run(fd))
+            .spawn(move || {
+                let name = format!(
+                    "wire {}",
+                    self.cfg.interface.as_deref().unwrap_or("all interfaces")
+                );
+                let stop = self.stop.clone();
+                crate::supervise::run_thread(
+                    &name,
+                    &health,
+                    &|| stop.load(Ordering::Relaxed),
+                    || self.run(&fd),
+                );
+            })
     }
 
-    fn run(self, fd: std::os::fd::OwnedFd) {
+    fn run(&self, fd: &std::os::fd::OwnedFd) {
         use std::os::fd::AsRawFd;
         self.stats.up.store(true, Ordering::Relaxed);
         let mut tracker = Tracker::default();

@@ -110,8 +110,16 @@ fn kill_9_mid_burst_then_restart_leaves_store_and_kernel_equal() {
     let cfg = config(&dir, "maxretry = 1");
     let mut d = start_in(&ns, &cfg);
     append(&dir.path("freeswitch.log"), &burst(0x0a41_0000, 30_000));
-    // Kill once the first bans are in the kernel, with more on the way.
-    assert!(wait_until(Duration::from_secs(20), || !kernel_set(&ns).is_empty()));
+    // Kill once the first bans are in the kernel and the store (a ban is
+    // stored once the kernel accepted it), with more on the way.
+    let stored_now = || {
+        Store::open_read_only(&dir.path("state"))
+            .and_then(|s| s.active(Time::now()))
+            .is_ok_and(|a| !a.is_empty())
+    };
+    assert!(wait_until(Duration::from_secs(20), || !kernel_set(&ns)
+        .is_empty()
+        && stored_now()));
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     drop(d);

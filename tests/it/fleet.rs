@@ -729,11 +729,15 @@ fn sentinel_failover_keeps_bans_flowing() {
     // A failover asked of the sentinel, both servers alive: the old
     // master turns replica (writes to it are refused, the reader's
     // connection stays open) and the nodes move to the new one.
+    // The sentinel refuses while it sees no replica in sync yet
+    // (NOGOODSLAVE) or a failover is under way (INPROG): asked again.
+    let mut answer = String::new();
     assert!(
-        sentinel
-            .cli(&["SENTINEL", "FAILOVER", "mymaster"])
-            .contains("OK"),
-        "SENTINEL FAILOVER accepted"
+        wait_until(Duration::from_secs(30), || {
+            answer = sentinel.cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+            answer.contains("OK")
+        }),
+        "SENTINEL FAILOVER accepted: {answer}"
     );
     follow(
         &sentinel,

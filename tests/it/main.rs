@@ -22,6 +22,7 @@ mod nft;
 mod owner;
 mod package;
 mod restart;
+mod supervise;
 
 // What a test needs from the machine: shared with the unit tests.
 #[path = "../../src/test_support.rs"]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::common::{Daemon, TempDir, bin, cli, daemon_section, need, wait_until};
 
 /// A `register_failure` event in plain format, from `addr`.
-fn register_failure(addr: &str) -> Vec<u8> {
+pub(crate) fn register_failure(addr: &str) -> Vec<u8> {
     let body = format!(
         "Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister_failure\nnetwork-ip: {addr}\nregistration-type: REGISTER\n\n"
     );
@@ -44,14 +44,14 @@ fn read_command(s: &mut TcpStream) -> Option<String> {
 /// A fake Event Socket on loopback: accepts the password `ClueCon`, says
 /// on `subscribed` when a client subscribed, then sends each batch it is
 /// given on the returned sender over that connection.
-struct FakeEsl {
-    port: u16,
-    subscribed: mpsc::Receiver<()>,
-    send: mpsc::Sender<Vec<u8>>,
+pub(crate) struct FakeEsl {
+    pub(crate) port: u16,
+    pub(crate) subscribed: mpsc::Receiver<()>,
+    pub(crate) send: mpsc::Sender<Vec<u8>>,
 }
 
 impl FakeEsl {
-    fn start() -> FakeEsl {
+    pub(crate) fn start() -> FakeEsl {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (sub_tx, subscribed) = mpsc::channel();
@@ -73,13 +73,15 @@ impl FakeEsl {
                     b"Content-Type: command/reply\nReply-Text: +OK event listener enabled\n\n",
                 );
                 let _ = sub_tx.send(());
-                // Events as the test hands them, until it stops.
-                while let Ok(b) = batches.recv_timeout(Duration::from_secs(60)) {
-                    if s.write_all(&b).is_err() {
-                        break;
+                // Events as the test hands them, until it stops; a client
+                // that went away leaves the rest for the next one.
+                loop {
+                    match batches.recv_timeout(Duration::from_secs(60)) {
+                        Ok(b) if s.write_all(&b).is_ok() => {}
+                        Ok(_) => break,
+                        Err(_) => return,
                     }
                 }
-                return;
             }
         });
         FakeEsl {

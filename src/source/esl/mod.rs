@@ -373,6 +373,7 @@ impl EventMapper {
 }
 
 /// One FreeSWITCH, followed for a jail.
+#[derive(Clone)]
 pub struct EslSource {
     /// Whom to connect to.
     pub peer: EslPeer,
@@ -545,6 +546,7 @@ impl EslSource {
             self.note_unreadable(&peer, &unreadable);
             self.note_skewed(&peer, &skews);
             if !batch.is_empty() {
+                crate::supervise::inject_fault("esl");
                 self.stats
                     .failures
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
