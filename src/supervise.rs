@@ -258,7 +258,8 @@ where
 }
 
 /// A fault injected on purpose, once per process, where `point` is named in
-/// `SIPWARDEN_FAULT` (comma-separated: `esl`, `store`, `enforcer`). Only in
+/// `SIPWARDEN_FAULT` (comma-separated: `esl`, `follower`, `feed`, `store`,
+/// `enforcer`). Only in
 /// debug builds, for the tests that show a task is supervised; a release
 /// build never reads the variable.
 pub fn inject_fault(point: &'static str) {

@@ -268,13 +268,24 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             ..Default::default()
         }));
         rt.feeds.push(view.clone());
-        feed_tasks.push(tokio::spawn(crate::feed::runner::run_feed(
-            f,
+        // Supervised: a panic (a feed's bytes no test foresaw) fetches
+        // again after a pause; the last good copy stays in force meanwhile.
+        let name = format!("feed {}", f.name);
+        let health = rt.tasks.register(&name);
+        let (state_dir, tx, protect) = (
             rt.config.daemon.state_dir.clone(),
             feed_tx.clone(),
-            view,
             protect_rx.clone(),
-        )));
+        );
+        feed_tasks.push(crate::supervise::spawn_task(name, health, move || {
+            crate::feed::runner::run_feed(
+                f.clone(),
+                state_dir.clone(),
+                tx.clone(),
+                view.clone(),
+                protect.clone(),
+            )
+        }));
     }
     drop(feed_tx);
 

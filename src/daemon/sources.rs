@@ -172,7 +172,11 @@ fn spawn_sources(
                 scanners: scanners.clone(),
                 stats: st.clone(),
             }
-            .spawn()
+            .spawn({
+                let h = tasks.register(&format!("[{}] follower {}", jc.name, path.display()));
+                healths.push(h.clone());
+                h
+            })
             .map_err(|source| DaemonError::Io {
                 what: format!("starting the follower of {}", path.display()),
                 source,

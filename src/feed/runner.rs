@@ -52,6 +52,7 @@ pub async fn run_feed(
             let cfg = f.clone();
             match tokio::task::spawn_blocking(move || crate::feed::fetch(&cfg)).await {
                 Ok(Ok(p)) => {
+                    crate::supervise::inject_fault("feed");
                     note_error(None);
                     if raw.as_ref() != Some(&p.nets) {
                         if p.bad_lines > 0 {

@@ -191,14 +191,28 @@ enum Drained {
 
 impl FileSource {
     /// Starts following on a thread of its own.
-    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Follows on a thread of its own, supervised: a panic starts the
+    /// following again (from the end of the file, or its start with
+    /// `from_start`), shown in `health`.
+    pub fn spawn(
+        self,
+        health: Arc<crate::supervise::Health>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let name = format!("follow {}", self.path.display());
         std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || self.run())
+            .spawn(move || {
+                let stop = self.stop.clone();
+                crate::supervise::run_thread(
+                    &name,
+                    &health,
+                    &|| stop.load(Ordering::Relaxed),
+                    || self.run(),
+                );
+            })
     }
 
-    fn run(self) {
+    fn run(&self) {
         let (wake_tx, wake_rx) = sync_channel::<()>(1);
         let mut st = Follow::new(Arc::default());
         let mut watch = None;
@@ -615,6 +629,9 @@ impl FileSource {
     }
 
     fn send(&self, batch: Vec<FailureEvent>) -> bool {
+        if !batch.is_empty() {
+            crate::supervise::inject_fault("follower");
+        }
         batch.is_empty() || self.tx.blocking_send(batch).is_ok()
     }
 }
@@ -753,7 +770,7 @@ mod tests {
             scanners: Arc::new(ScannerList::default()),
             stats: stats.clone(),
         }
-        .spawn()
+        .spawn(Arc::default())
         .unwrap();
         Running {
             stats,

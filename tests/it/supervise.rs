@@ -149,3 +149,69 @@ fn an_enforcer_thread_that_panics_stops_the_daemon_with_the_reason() {
         "with a failing status, for the service manager"
     );
 }
+
+fn failure_line(ip: &str) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
+    format!(
+        "{now} [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1001@10.0.0.1] from ip {ip}\n"
+    )
+}
+
+#[test]
+fn a_follower_and_a_feed_that_panic_are_started_again() {
+    let dir = TempDir::new("sup-follow");
+    let log = dir.path("fs.log");
+    std::fs::write(&log, "").unwrap();
+    let list = dir.path("list.txt");
+    std::fs::write(&list, "198.51.100.0/24\n").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 3\nignoreip = []\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.fs]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n\
+             [[feed]]\nname = \"local\"\npath = \"{}\"\nrefresh = \"1s\"\n",
+            daemon_section(&dir),
+            log.display(),
+            list.display()
+        ),
+    )
+    .unwrap();
+    let d = start(&cfg, "follower,feed");
+    // The feed's first fetch panics; it is fetched again and loaded.
+    assert!(
+        d.wait_for(
+            "feed local: panicked: fault injected at feed",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    assert!(
+        d.wait_for("feed local: 1 entries in force", Duration::from_secs(15))
+            .is_some()
+    );
+    // The follower's first batch panics; it follows again, and later
+    // failures are counted.
+    assert!(d.wait_for(": following", Duration::from_secs(10)).is_some());
+    crate::common::append(&log, &failure_line("203.0.113.9"));
+    assert!(
+        d.wait_for(
+            "panicked: fault injected at follower",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    assert!(wait_until(Duration::from_secs(15), || task(
+        &dir,
+        "[fs] follower"
+    )
+    .is_some_and(|t| t["restarts"] == 1 && t["up"] == true)));
+    // Following again (from the end): new lines count.
+    let banned = wait_until(Duration::from_secs(20), || {
+        crate::common::append(&log, &failure_line("203.0.113.9"));
+        !d.lines_with("[fs] Ban 203.0.113.9").is_empty()
+    });
+    assert!(banned, "failures are counted after the follower's restart");
+    assert!(task(&dir, "feed local").is_some_and(|t| t["restarts"] == 1));
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
