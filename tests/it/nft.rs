@@ -220,6 +220,14 @@ fn burst_of_10000_addresses_lands_in_the_set_without_a_process_per_ban() {
     assert!(all, "only {} of 10000 addresses in the set", net_count(&ns));
     assert_eq!(net_count(&ns), 10_000);
     println!("10000 distinct addresses banned and in the kernel set {took:?} after the append");
+    // Each ban is logged once the kernel accepted it: the lines follow the
+    // set by a moment.
+    assert!(
+        wait_until(Duration::from_secs(20), || d.lines_with("] Ban ").len()
+            >= 10_000),
+        "{} Ban lines",
+        d.lines_with("] Ban ").len()
+    );
     assert_eq!(d.lines_with("] Ban ").len(), 10_000);
     if strace {
         let execs = std::fs::read_to_string(&trace).unwrap();
