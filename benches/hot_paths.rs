@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sipwarden::config::duration::{BanTime, Duration};
+use sipwarden::duration::{BanTime, Duration};
 use sipwarden::event::{FailureEvent, FailureKind, JailId, Time};
 use sipwarden::filter::{FilterContext, FilterOptions, builtin};
 use sipwarden::jail::{BanHistory, IgnoreList, Jail, JailPolicy};
@@ -62,7 +62,7 @@ fn esl(c: &mut Criterion) {
     let stream = esl_stream();
     let mapper = EventMapper {
         jail: JailId(0),
-        window: sipwarden::source::Window::new(sipwarden::config::duration::Duration(600)),
+        window: sipwarden::source::Window::new(sipwarden::duration::Duration(600)),
         scanners: Arc::new(ScannerList::new(DEFAULT_SCANNERS)),
     };
     // The frames, split once, for the mapping alone.

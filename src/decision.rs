@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::config::duration::BanTime;
+use crate::duration::BanTime;
 use crate::event::{JailId, Time};
 use crate::net::DisplayNet;
 

@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod decision;
 pub mod doctor;
+pub mod duration;
 pub mod enforce;
 pub mod event;
 pub mod feed;

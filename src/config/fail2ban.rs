@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::duration::{BanTime, Duration, parse_bantime, parse_duration};
 use super::{Config, DEFAULT_IGNOREIP, JailConfig};
+use crate::duration::{self, BanTime, Duration, parse_bantime, parse_duration};
 use crate::filter::FilterOptions;
 use crate::filter::f2b::ini::Ini;
 use crate::jail::Escalation;
@@ -89,7 +89,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             .transpose()?
             .unwrap_or(BanTime::For(Duration(600)));
         if bantime == BanTime::For(Duration(0)) {
-            return Err(at("bantime", super::duration::ZERO_BAN.into()));
+            return Err(at("bantime", duration::ZERO_BAN.into()));
         }
         let ignore_text = get("ignoreip").unwrap_or_default();
         let mut ignoreip = Vec::new();

@@ -6,7 +6,6 @@
 //! that exists, a jail with something to read). Every error names the file,
 //! line and key, and says what is expected.
 
-pub mod duration;
 pub mod fail2ban;
 
 use std::collections::BTreeMap;
@@ -20,10 +19,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use toml::Spanned;
 
+use crate::duration::{self, BanTime, Duration};
 use crate::filter::{self, FilterOptions};
 use crate::net::NetSet;
 use crate::source::esl::{EslFormat, EslPeer};
-use duration::{BanTime, Duration};
 
 /// The embedded default configuration (also the commented reference).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");

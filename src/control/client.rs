@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration as StdDuration;
 
 use super::{JailView, Request, Response, StatusView, UnbanView};
-use crate::config::duration::Duration;
+use crate::duration::Duration;
 use crate::event::escape_text;
 
 /// Why the CLI could not get an answer.

@@ -25,7 +25,7 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::duration::{BanTime, Duration};
+use crate::duration::{BanTime, Duration};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;

@@ -12,12 +12,12 @@ use super::sources::Sources;
 use super::store::store_ops;
 use super::{DaemonError, RunOptions};
 use crate::config::Config;
-use crate::config::duration::parse_ban_length;
 use crate::control::recent::Recent;
 use crate::control::{
     BanRef, BanView, FeedView, JailView, Request, Response, SourceView, StatusView, UnbanView,
     page::Page,
 };
+use crate::duration::parse_ban_length;
 use crate::event::{JailId, Time};
 use crate::jail::{BanReason, Decision, DisplayNet, Jail, JailSet};
 use crate::net::{parse_ban_target, parse_prefix};

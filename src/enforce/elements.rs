@@ -417,8 +417,8 @@ impl BanBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::duration::{BanTime, Duration};
     use crate::decision::{BanDecision, BanReason, UnbanDecision, UnbanReason};
+    use crate::duration::{BanTime, Duration};
     use std::sync::Arc;
 
     fn ban(jail: u16, net: &str, end: Option<i64>) -> Decision {

@@ -419,7 +419,7 @@ mod tests {
     /// an hour old, and counted as none.
     #[test]
     fn repeated_dst_hour_failures_count() {
-        use crate::config::duration::{BanTime, Duration};
+        use crate::duration::{BanTime, Duration};
         use crate::event::{FailureEvent, JailId};
         use crate::jail::{BanHistory, IgnoreList, Jail, JailPolicy, Outcome};
 

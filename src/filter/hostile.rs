@@ -183,7 +183,7 @@ mod tests {
         let real: IpAddr = REAL.parse().unwrap();
         let mapper = EventMapper {
             jail: crate::event::JailId(0),
-            window: crate::source::Window::new(crate::config::duration::Duration(600)),
+            window: crate::source::Window::new(crate::duration::Duration(600)),
             scanners: Arc::new(ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS)),
         };
         for hostile in corpus() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::config::duration::{BanTime, Duration};
+use crate::duration::{BanTime, Duration};
 
 /// How a jail escalates.
 #[derive(Clone, Debug, PartialEq)]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::config::duration::{BanTime, Duration, MAX_BANTIME};
+use crate::duration::{BanTime, Duration, MAX_BANTIME};
 use crate::event::{FailureEvent, FailureKind, JailId, Time};
 
 /// A jail's counting policy, resolved from configuration.

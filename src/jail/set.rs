@@ -13,7 +13,7 @@ use super::{
     Outcome, UnbanDecision,
 };
 use crate::config::JailConfig;
-use crate::config::duration::{BanTime, MAX_BANTIME};
+use crate::duration::{BanTime, MAX_BANTIME};
 use crate::event::{FailureEvent, JailId, Time};
 
 /// What the registry needs to run one jail: its name, the filter it reads
@@ -664,7 +664,7 @@ fn list(addrs: &[IpNet]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::duration::Duration;
+    use crate::duration::Duration;
     use crate::event::FailureKind;
 
     fn spec(name: &str, maxretry: u32) -> JailSpec {

@@ -763,7 +763,7 @@ mod tests {
             jail: JailId(0),
             filter: Arc::new(Numbered),
             tz: TimeZone::UTC,
-            window: Window::new(crate::config::duration::Duration(600)),
+            window: Window::new(crate::duration::Duration(600)),
             from_start,
             tx,
             stop: stop.clone(),
@@ -1010,7 +1010,7 @@ mod tests {
             jail: JailId(0),
             filter: Arc::new(Numbered),
             tz: TimeZone::UTC,
-            window: Window::new(crate::config::duration::Duration(600)),
+            window: Window::new(crate::duration::Duration(600)),
             from_start,
             tx,
             stop: Arc::new(AtomicBool::new(false)),
@@ -1058,11 +1058,11 @@ mod tests {
         assert_eq!(d.skewed.load(Ordering::Relaxed), 1);
         assert_eq!(d.last_skew_s(), Some(7200));
         // A reload's findtime reaches the running follower.
-        src.window.set(crate::config::duration::Duration(7200));
+        src.window.set(crate::duration::Duration(7200));
         append(&log, "fail 7 at -3600\n");
         assert_eq!(src.poll(&mut st), Step::Idle);
         assert_eq!(d.too_old.load(Ordering::Relaxed), 3);
-        src.window.set(crate::config::duration::Duration(60));
+        src.window.set(crate::duration::Duration(60));
         append(&log, "fail 8 at -3600\n");
         assert_eq!(src.poll(&mut st), Step::Idle);
         assert_eq!(numbers(&mut rx), [7, 8]);

@@ -9,7 +9,7 @@ pub mod wire;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::config::duration::Duration;
+use crate::duration::Duration;
 use crate::event::Time;
 
 /// A line or event dated this far ahead of this host's clock is noted as

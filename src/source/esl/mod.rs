@@ -737,7 +737,7 @@ fn unreadable_text(kind: FailureKind, raw: Option<&str>) -> String {
 pub fn fuzz_frames(data: &[u8]) {
     let mapper = EventMapper {
         jail: JailId(0),
-        window: Window::new(crate::config::duration::Duration(600)),
+        window: Window::new(crate::duration::Duration(600)),
         scanners: Arc::new(ScannerList::new(super::scanner::DEFAULT_SCANNERS)),
     };
     let split = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
@@ -774,7 +774,7 @@ mod tests {
     fn mapper() -> EventMapper {
         EventMapper {
             jail: JailId(0),
-            window: Window::new(crate::config::duration::Duration(600)),
+            window: Window::new(crate::duration::Duration(600)),
             scanners: Arc::new(ScannerList::new(super::super::scanner::DEFAULT_SCANNERS)),
         }
     }
@@ -1042,7 +1042,7 @@ mod tests {
         assert_eq!(read(&m, Time(now.0 + 2_000)), (Time(now.0 + 2_000), None));
         // A findtime under two minutes narrows the bound to half of it, so
         // a time taken is always inside the window.
-        m.window.set(crate::config::duration::Duration(30));
+        m.window.set(crate::duration::Duration(30));
         assert_eq!(read(&m, Time(now.0 - 20_000)), (now, Some(-20_000)));
         assert_eq!(read(&m, Time(now.0 - 14_000)), (Time(now.0 - 14_000), None));
     }
