@@ -59,6 +59,7 @@ mod tests {
         // NOTIFY_SOCKET.
         unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
         notify("READY=1");
+        // SAFETY: as above; the variable set for this test is taken back.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         let mut buf = [0u8; 64];
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -10,7 +10,6 @@
 //! directory.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -113,8 +112,9 @@ impl StateLock {
         if self.dir_lock.as_ref().is_some_and(|(_, held)| *held == id) {
             return Ok(());
         }
-        // SAFETY: flock on a descriptor `f` owns, open for this whole call.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // std's try_lock is flock(LOCK_EX | LOCK_NB) on Linux: the lock
+        // `flock_holder` finds in /proc/locks.
+        if f.try_lock().is_err() {
             let who = flock_holder(id)
                 .map(|p| format!("pid {p}"))
                 .unwrap_or_else(|| "pid unknown".into());
@@ -180,13 +180,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
     }
 
+    /// The directory lock alone (no abstract socket, as across network
+    /// namespaces): a held flock refuses and names the holder.
+    #[test]
+    fn a_held_directory_flock_refuses_and_names_the_holder() {
+        let base = std::env::temp_dir().join(format!("sipwarden-lock4-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let held = File::open(&base).unwrap();
+        held.lock().unwrap();
+        let mut lock = StateLock {
+            dir: canonical(&base),
+            _claim: None,
+            dir_lock: None,
+        };
+        let e = lock.relock().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("pid {}", std::process::id())) && e.contains("holds the lock"),
+            "{e}"
+        );
+        drop(held);
+        lock.relock().unwrap();
+        assert!(lock.dir_lock.is_some());
+        drop(lock);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     #[test]
     fn flock_holders_are_found_in_proc_locks() {
         let base = std::env::temp_dir().join(format!("sipwarden-lock3-{}", std::process::id()));
         std::fs::create_dir_all(&base).unwrap();
         let f = File::open(&base).unwrap();
-        // SAFETY: flock on a descriptor `f` owns.
-        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        f.lock().unwrap();
         let m = f.metadata().unwrap();
         assert_eq!(flock_holder((m.dev(), m.ino())), Some(std::process::id()));
         drop(f);
