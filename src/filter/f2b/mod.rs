@@ -3,6 +3,10 @@
 //! `datepattern`, option tags and `<HOST>`-style tags.
 //!
 //! The regexes come from the user's files; none are copied here.
+//!
+//! This file holds the filter's types and the single-line path the daemon
+//! runs; `load.rs` reads a filter file into one, `full.rs` runs a line with
+//! fail2ban's full semantics (multi-line buffer, connection ids).
 
 pub mod dates;
 pub mod ini;
@@ -11,15 +15,16 @@ pub mod prefilter;
 pub mod regex;
 pub mod samples;
 
-use std::collections::BTreeMap;
+mod full;
+mod load;
+
 use std::net::IpAddr;
-use std::path::Path;
 
 use jiff::tz::TimeZone;
 
 use self::dates::DateDetector;
-use self::ini::Ini;
-use self::regex::{Captures, Pattern, expand_tags};
+pub use self::load::parse_filter_spec;
+use self::regex::{Captures, Pattern};
 use super::{Filter, FilterContext, LineMatch};
 use crate::event::{FailureKind, Time};
 
@@ -143,204 +148,7 @@ pub struct Found {
     pub nofail: bool,
 }
 
-/// Splits `name[opt=v, opt2="x y"]` into the name and its options.
-pub fn parse_filter_spec(spec: &str) -> (String, BTreeMap<String, String>) {
-    let spec = spec.trim();
-    let Some(open) = spec.find('[') else {
-        return (spec.to_string(), BTreeMap::new());
-    };
-    let name = spec[..open].trim().to_string();
-    let body = spec[open + 1..]
-        .trim_end()
-        .strip_suffix(']')
-        .unwrap_or(&spec[open + 1..]);
-    let mut opts = BTreeMap::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    let mut parts = Vec::new();
-    for c in body.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => cur.push(c),
-            (None, '"' | '\'') => quote = Some(c),
-            (None, ',') => parts.push(std::mem::take(&mut cur)),
-            (None, c) => cur.push(c),
-        }
-    }
-    parts.push(cur);
-    for p in parts {
-        if let Some((k, v)) = p.split_once('=') {
-            opts.insert(k.trim().to_string(), v.trim().to_string());
-        }
-    }
-    (name, opts)
-}
-
-/// Replaces `<option>` tags with option values (innermost first), leaving
-/// fail2ban's own tags (`<HOST>`, `<F-USER>`...) for the regex stage.
-fn substitute(ini: &Ini, opts: &BTreeMap<String, String>, v: &str) -> String {
-    let lookup = |name: &str| -> Option<String> {
-        if let Some((sec, key)) = name.split_once('/') {
-            return ini
-                .raw(sec, key)
-                .map(|raw| ini.interpolate(sec, raw, &BTreeMap::new(), 0));
-        }
-        if let Some(v) = opts.get(name) {
-            return Some(ini.interpolate("Definition", v, opts, 0));
-        }
-        ini.raw("Definition", name)
-            .map(|raw| ini.interpolate("Definition", raw, opts, 0))
-    };
-    let mut s = v.to_string();
-    for _ in 0..40 {
-        let mut changed = false;
-        let mut out = String::with_capacity(s.len());
-        let mut i = 0;
-        let b = s.as_bytes();
-        while i < b.len() {
-            // `(?P<name>` and `(?<!` / `(?<=` are regex syntax, not tags.
-            let syntax = (i >= 3 && &b[i - 3..i] == b"(?P") || (i >= 2 && &b[i - 2..i] == b"(?");
-            if b[i] == b'<' && !syntax {
-                if let Some(rel) = s[i + 1..].find(['<', '>']) {
-                    let j = i + 1 + rel;
-                    if b[j] == b'>' {
-                        let name = &s[i + 1..j];
-                        let plausible = !name.is_empty()
-                            && name
-                                .bytes()
-                                .all(|c| c.is_ascii_alphanumeric() || b"_-/.".contains(&c));
-                        if plausible && !name.starts_with("F-") && !name.starts_with("/F-") {
-                            if let Some(val) = lookup(name) {
-                                out.push_str(&val);
-                                i = j + 1;
-                                changed = true;
-                                continue;
-                            }
-                        }
-                    }
-                }
-            }
-            let ch = s[i..].chars().next().unwrap_or('\0');
-            out.push(ch);
-            i += ch.len_utf8().max(1);
-        }
-        s = out;
-        if !changed {
-            break;
-        }
-    }
-    s
-}
-
 impl F2bFilter {
-    /// Loads `filter.d/NAME` (with `.d`/`.local` layers) from `dir` with
-    /// options (`mode=aggressive`...), which override `[Init]`.
-    pub fn load(
-        dir: &Path,
-        spec: &str,
-        extra: &BTreeMap<String, String>,
-    ) -> Result<F2bFilter, F2bError> {
-        let (name, mut opts) = parse_filter_spec(spec);
-        opts.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let base = dir.join("filter.d").join(&name);
-        if !base.with_extension("conf").is_file() && !base.with_extension("local").is_file() {
-            return Err(F2bError::Missing(base.display().to_string()));
-        }
-        let ini = Ini::load(&base)?;
-        F2bFilter::from_ini(&ini, &name, &opts, &base.display().to_string())
-    }
-
-    /// Builds a filter from already-read configuration.
-    pub fn from_ini(
-        ini: &Ini,
-        name: &str,
-        caller: &BTreeMap<String, String>,
-        file: &str,
-    ) -> Result<F2bFilter, F2bError> {
-        // [Init] values, then the caller's, are the options tags see first.
-        let mut opts: BTreeMap<String, String> = ini
-            .sections
-            .get("Init")
-            .map(|s| s.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        for (k, v) in caller {
-            opts.insert(k.clone(), v.clone());
-        }
-        let get = |key: &str| -> Option<String> {
-            let raw = opts
-                .get(key)
-                .cloned()
-                .or_else(|| ini.raw("Definition", key).map(String::from))?;
-            let v = ini.interpolate("Definition", &raw, &opts, 0);
-            Some(substitute(ini, &opts, &v))
-        };
-        let maxlines: usize = get("maxlines")
-            .and_then(|m| m.trim().parse().ok())
-            .unwrap_or(1);
-        // Over a multi-line buffer `^` and `$` mean line starts and ends.
-        let flags = if maxlines > 1 { "(?m)" } else { "" };
-        let compile_list = |key: &str| -> Result<Vec<Pattern>, F2bError> {
-            get(key)
-                .unwrap_or_default()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    Pattern::new(&format!("{flags}{}", expand_tags(l))).map_err(|source| {
-                        F2bError::Regex {
-                            file: file.to_string(),
-                            key: key.to_string(),
-                            source,
-                        }
-                    })
-                })
-                .collect()
-        };
-        let prefregex = match get("prefregex").filter(|p| !p.trim().is_empty()) {
-            Some(p) => Some(
-                Pattern::new(&format!("{flags}{}", expand_tags(p.trim()))).map_err(|source| {
-                    F2bError::Regex {
-                        file: file.to_string(),
-                        key: "prefregex".into(),
-                        source,
-                    }
-                })?,
-            ),
-            None => None,
-        };
-        let dates = match get("datepattern").filter(|d| !d.trim().is_empty()) {
-            Some(d) => DateDetector::from_datepattern(&d).map_err(|message| F2bError::Date {
-                file: file.to_string(),
-                message,
-            })?,
-            None => DateDetector::default_templates(),
-        };
-        let failregex = compile_list("failregex")?;
-        let ignoreregex = compile_list("ignoreregex")?;
-        let mlfid = failregex
-            .iter()
-            .chain(&prefregex)
-            .any(|p| p.as_str().contains("(?P<mlfid>"));
-        // Single lines only: a multi-line buffer's match spans lines.
-        let prefilter = if maxlines <= 1 {
-            prefilter::build(failregex.iter().chain(&ignoreregex), dates.max_lead())
-        } else {
-            None
-        };
-        Ok(F2bFilter {
-            name: name.to_string(),
-            prefregex,
-            failregex,
-            ignoreregex,
-            dates,
-            prefilter,
-            maxlines,
-            stateful: maxlines > 1 || mlfid,
-            state: std::sync::Mutex::default(),
-            journalmatch: get("journalmatch"),
-        })
-    }
-
     /// The compiled patterns, as text (for `test-filter --verbose` and debugging).
     pub fn describe(&self) -> Vec<String> {
         let show = |p: &Pattern| p.as_str().to_string();
@@ -485,200 +293,6 @@ fn outcome_of(found: &[Found]) -> Outcome {
     Outcome::Missed
 }
 
-/// Owned copies of a match's named groups.
-fn owned(c: &Captures<'_>) -> multiline::Groups {
-    c.named
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-        .collect()
-}
-
-/// The lines of a buffer as the patterns see them: joined, and ending in
-/// a newline when there are several (fail2ban's form).
-fn joined(lines: &[String]) -> String {
-    if lines.len() == 1 {
-        return lines[0].clone();
-    }
-    let mut s = lines.join("\n");
-    s.push('\n');
-    s
-}
-
-impl F2bFilter {
-    /// Runs one line with fail2ban's full semantics: the multi-line buffer,
-    /// connection ids, and (`check_all`) every failregex rather than the
-    /// first that matches. Returns every hit, "no failure" ones included.
-    pub fn process_all(&self, line: &str, tz: &TimeZone, now: Time, check_all: bool) -> Vec<Found> {
-        self.process_all_at(line, tz, now, check_all, None)
-    }
-
-    /// [`process_all`](Self::process_all) for a line whose time is known
-    /// (`date`, as a journal gives it): no date is looked for in the text.
-    pub fn process_all_at(
-        &self,
-        line: &str,
-        tz: &TimeZone,
-        now: Time,
-        check_all: bool,
-        date: Option<Time>,
-    ) -> Vec<Found> {
-        let mut out = Vec::new();
-        let located = if date.is_some() {
-            None
-        } else {
-            self.dates.locate(line)
-        };
-        let (text, time) = match located {
-            Some(at) => (
-                format!("{}{}", &line[..at.span.0], &line[at.span.1..]),
-                self.dates.time_at(line, &at, tz, now),
-            ),
-            None => (line.to_string(), date),
-        };
-        let mut st = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        // A line without a (readable) date takes the last one seen, when
-        // that is recent or ahead of now, as fail2ban does.
-        let time = match time {
-            Some(t) => {
-                st.last_date = Some(t);
-                Some(t)
-            }
-            None => st.last_date.filter(|l| l.0 > now.0 - 60_000),
-        };
-        let multi = self.maxlines > 1;
-        if multi {
-            st.buffer.push(text);
-            let excess = st.buffer.len().saturating_sub(self.maxlines);
-            st.buffer.drain(..excess);
-        } else {
-            st.buffer = vec![text];
-        }
-        let mut buf = joined(&st.buffer);
-        // Many ignoreregexes, few failregexes: fail2ban looks at them first.
-        if !self.ignoreregex.is_empty()
-            && self.ignoreregex.len() + 2 < self.failregex.len()
-            && self.ignoreregex.iter().any(|r| r.is_match(&buf))
-        {
-            return out;
-        }
-        let mut pre = multiline::Groups::new();
-        if let Some(p) = &self.prefregex {
-            let Some(c) = p.captures(&buf) else {
-                return out;
-            };
-            pre = owned(&c);
-            if let Some(content) = pre.remove("content").filter(|c| !c.is_empty()) {
-                st.buffer = vec![content];
-                buf = joined(&st.buffer);
-            }
-        }
-        for (i, r) in self.failregex.iter().enumerate() {
-            let Some(c) = r.captures(&buf) else {
-                continue;
-            };
-            let groups = owned(&c);
-            let skipped: Vec<&str> = c
-                .named
-                .iter()
-                .filter(|(n, _)| n.starts_with("skiplines"))
-                .map(|(_, v)| *v)
-                .collect();
-            let (matched, unmatched) = multiline::split_lines(&st.buffer, &buf, c.span, &skipped);
-            if !self.ignoreregex.is_empty() {
-                let seen = if multi { joined(&matched) } else { buf.clone() };
-                if self.ignoreregex.iter().any(|r| r.is_match(&seen)) {
-                    if multi || !check_all {
-                        st.buffer = unmatched;
-                        buf = joined(&st.buffer);
-                    }
-                    if !check_all {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            if multi || !check_all {
-                st.buffer = unmatched;
-                buf = if st.buffer.is_empty() {
-                    String::new()
-                } else {
-                    joined(&st.buffer)
-                };
-            }
-            let mut fail = pre.clone();
-            fail.extend(groups);
-            // `alt_user` and the like stand in for a missing `user`.
-            let alts: Vec<(String, String)> = fail
-                .iter()
-                .filter_map(|(k, v)| {
-                    let base = k.strip_prefix("alt_")?;
-                    let base = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
-                    Some((base.to_string(), v.clone()))
-                })
-                .collect();
-            for (k, v) in alts {
-                if !v.is_empty() && !multiline::flag(&fail, &k) {
-                    fail.insert(k, v);
-                }
-            }
-            let mlfid = fail.get("mlfid").cloned();
-            let (groups, users, attempts, nofail) = match &mlfid {
-                Some(id) => {
-                    let e = st.ids.merge(id, fail, matched.len(), now);
-                    (e.groups, e.users.into_iter().collect(), e.matches, e.nofail)
-                }
-                None => {
-                    let nofail = multiline::flag(&fail, "nofail");
-                    let users = fail.get("user").cloned().into_iter().collect();
-                    (fail, users, matched.len(), nofail)
-                }
-            };
-            if nofail && !check_all {
-                out.push(Found {
-                    regex: i,
-                    nofail,
-                    ..Found::default()
-                });
-                return out;
-            }
-            let host = ["ip4", "ip6", "dns", "fid"]
-                .iter()
-                .find_map(|g| groups.get(*g).filter(|v| !v.is_empty()))
-                .cloned();
-            if host.is_none() {
-                if let Some(id) = &mlfid {
-                    // The connection's host comes on a later line.
-                    st.ids.set_pending(id);
-                }
-                if !check_all {
-                    return out;
-                }
-            }
-            let addr = host
-                .as_deref()
-                .and_then(|h| h.parse::<IpAddr>().ok())
-                .map(|a| a.to_canonical());
-            out.push(Found {
-                regex: i,
-                host,
-                addr,
-                time,
-                user: groups.get("user").cloned(),
-                users,
-                attempts,
-                nofail,
-            });
-            if !check_all {
-                break;
-            }
-        }
-        out
-    }
-}
-
 impl Filter for F2bFilter {
     fn name(&self) -> &str {
         &self.name
@@ -701,16 +315,10 @@ impl Filter for F2bFilter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
 
-    #[test]
-    fn filter_spec_options() {
-        let (n, o) = parse_filter_spec("sshd[mode=aggressive, port=\"22, 2222\"]");
-        assert_eq!(n, "sshd");
-        assert_eq!(o.get("mode").map(String::as_str), Some("aggressive"));
-        assert_eq!(o.get("port").map(String::as_str), Some("22, 2222"));
-        assert_eq!(parse_filter_spec("asterisk").0, "asterisk");
-    }
+    use super::*;
 
     /// Every pattern of every corpus filter, on every sample line (with
     /// its date cut and without): the fast capture paths agree with the
