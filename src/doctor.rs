@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::{Backend, Config};
+use crate::config::Config;
+use crate::enforce::Backend;
 use crate::source::esl::EslPeer;
 
 /// How a check went.

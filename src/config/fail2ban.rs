@@ -10,12 +10,61 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Config, DEFAULT_IGNOREIP, JailConfig};
-use crate::duration::{self, BanTime, Duration, parse_bantime, parse_duration};
+use super::{Config, ConfigError, DEFAULT_IGNOREIP, JailConfig};
+use crate::duration::{self, BanTime, Duration, DurationError, parse_bantime, parse_duration};
 use crate::filter::FilterOptions;
-use crate::filter::f2b::ini::Ini;
+use crate::filter::f2b::ini::{Ini, IniError};
 use crate::jail::Escalation;
 use crate::net::{NetSet, parse_net};
+
+/// Why a fail2ban configuration cannot be run as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Fail2banError {
+    /// `jail.conf` and what it includes could not be read.
+    #[error(transparent)]
+    Ini(#[from] IniError),
+    /// The directory holds no jail definitions.
+    #[error("{dir}: no jail.conf or jail.local there")]
+    NoJails {
+        /// The directory.
+        dir: String,
+    },
+    /// One key of one enabled jail.
+    #[error("{file}: [{jail}] {key}: {reason}")]
+    Key {
+        /// `DIR/jail.conf`.
+        file: String,
+        /// The jail's section.
+        jail: String,
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: KeyReason,
+    },
+}
+
+/// What is wrong with one key of a fail2ban jail.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyReason {
+    /// An enabled jail without `logpath`.
+    #[error("an enabled jail needs a logpath (journal backends are not supported yet)")]
+    NoLogpath,
+    /// `maxretry` is not a count.
+    #[error(transparent)]
+    Count(#[from] std::num::ParseIntError),
+    /// A duration that cannot be read.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    /// `findtime = 0`.
+    #[error("must be at least 1s (with 0 no failure is ever counted)")]
+    ZeroFindtime,
+    /// `bantime = 0`.
+    #[error("{}", duration::ZERO_BAN)]
+    ZeroBan,
+    /// An `ignoreip` of every address.
+    #[error("{0} is every address: nothing would ever be counted or banned")]
+    EveryAddress(ipnet::IpNet),
+}
 
 fn truthy(v: &str) -> bool {
     matches!(
@@ -26,16 +75,15 @@ fn truthy(v: &str) -> bool {
 
 /// Builds a configuration from fail2ban's directory (e.g. `/etc/fail2ban`),
 /// on top of sipwarden's defaults for `[daemon]` and `[firewall]`.
-pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
-    let ini = Ini::load(&dir.join("jail")).map_err(|e| e.to_string())?;
+pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
+    let ini = Ini::load(&dir.join("jail")).map_err(Fail2banError::from)?;
     if ini.sections.is_empty() {
-        return Err(format!(
-            "{}: no jail.conf or jail.local there",
-            dir.display()
-        ));
+        return Err(Fail2banError::NoJails {
+            dir: dir.display().to_string(),
+        }
+        .into());
     }
-    let mut base = Config::parse("", &format!("fail2ban configuration {}", dir.display()))
-        .map_err(|e| e.to_string())?;
+    let mut base = Config::parse("", &format!("fail2ban configuration {}", dir.display()))?;
     let mut banactions = Vec::new();
     // Jails that inherit one `ignoreip` share one set.
     let mut ignore_sets: BTreeMap<String, std::sync::Arc<NetSet>> = BTreeMap::new();
@@ -56,8 +104,12 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
         if !get("enabled").is_some_and(|v| truthy(&v)) {
             continue;
         }
-        let at =
-            |k: &str, e: String| format!("{}: [{name}] {k}: {e}", dir.join("jail.conf").display());
+        let at = |key: &'static str, reason: KeyReason| Fail2banError::Key {
+            file: dir.join("jail.conf").display().to_string(),
+            jail: name.clone(),
+            key,
+            reason,
+        };
         let spec = get("filter").unwrap_or_else(|| name.clone());
         let logpath: Vec<std::path::PathBuf> = get("logpath")
             .unwrap_or_default()
@@ -65,31 +117,25 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
             .map(Into::into)
             .collect();
         if logpath.is_empty() {
-            return Err(at(
-                "logpath",
-                "an enabled jail needs a logpath (journal backends are not supported yet)".into(),
-            ));
+            return Err(at("logpath", KeyReason::NoLogpath).into());
         }
         let maxretry = get("maxretry")
-            .map(|v| v.parse::<u32>().map_err(|e| at("maxretry", e.to_string())))
+            .map(|v| v.parse::<u32>().map_err(|e| at("maxretry", e.into())))
             .transpose()?
             .unwrap_or(5);
         let findtime = get("findtime")
-            .map(|v| parse_duration(&v).map_err(|e| at("findtime", e.to_string())))
+            .map(|v| parse_duration(&v).map_err(|e| at("findtime", e.into())))
             .transpose()?
             .unwrap_or(Duration(600));
         if findtime.0 == 0 {
-            return Err(at(
-                "findtime",
-                "must be at least 1s (with 0 no failure is ever counted)".into(),
-            ));
+            return Err(at("findtime", KeyReason::ZeroFindtime).into());
         }
         let bantime = get("bantime")
-            .map(|v| parse_bantime(&v).map_err(|e| at("bantime", e.to_string())))
+            .map(|v| parse_bantime(&v).map_err(|e| at("bantime", e.into())))
             .transpose()?
             .unwrap_or(BanTime::For(Duration(600)));
         if bantime == BanTime::For(Duration(0)) {
-            return Err(at("bantime", duration::ZERO_BAN.into()));
+            return Err(at("bantime", KeyReason::ZeroBan).into());
         }
         let ignore_text = get("ignoreip").unwrap_or_default();
         let mut ignoreip = Vec::new();
@@ -99,10 +145,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, String> {
         {
             match parse_net(a) {
                 Ok(n) if n.prefix_len() == 0 => {
-                    return Err(at(
-                        "ignoreip",
-                        format!("{n} is every address: nothing would ever be counted or banned"),
-                    ));
+                    return Err(at("ignoreip", KeyReason::EveryAddress(n)).into());
                 }
                 Ok(n) => ignoreip.push(n),
                 Err(_) => tracing::warn!(

@@ -6,6 +6,7 @@
 //! that exists, a jail with something to read). Every error names the file,
 //! line and key, and says what is expected.
 
+mod error;
 pub mod fail2ban;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,11 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use crate::duration::{self, BanTime, Duration};
+use error::Text;
+pub use error::{ConfigError, Invalid, Place, Reason};
+
+use crate::enforce::FirewallConfig;
+use crate::enforce::config::RawFirewall;
 use crate::filter::{self, FilterOptions};
 use crate::net::NetSet;
 use crate::source::esl::{EslFormat, EslPeer};
@@ -29,33 +35,6 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// Where the daemon looks for its configuration when none is given.
 pub const DEFAULT_PATH: &str = "/etc/sipwarden/sipwarden.toml";
-
-/// A configuration error, with the place it points at.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read the configuration: {source}; check the path and its permissions")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file was read but is wrong at some place.
-    #[error("{path}:{line}:{column}: {message}\n{snippet}")]
-    Invalid {
-        /// The file (or `<embedded default>`).
-        path: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong and what is expected.
-        message: String,
-        /// The offending line with a caret under the place.
-        snippet: String,
-    },
-}
 
 /// An address or CIDR network, as `ignoreip` takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,16 +97,6 @@ impl<'de> Deserialize<'de> for PathList {
     }
 }
 
-/// The firewall backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Kernel sets in table `inet <table>`, over netlink.
-    Nftables,
-    /// Log decisions only.
-    None,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
@@ -150,15 +119,6 @@ struct RawDefaults {
     bantime_multipliers: Option<Spanned<Vec<u32>>>,
     bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFirewall {
-    backend: Option<Backend>,
-    table: Option<Spanned<String>>,
-    keep_on_exit: Option<bool>,
-    set_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,19 +254,6 @@ pub struct DaemonConfig {
     pub socket_group: Option<String>,
 }
 
-/// `[firewall]`: how decisions reach the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FirewallConfig {
-    /// Which enforcer applies decisions.
-    pub backend: Backend,
-    /// The nftables table (family inet) sipwarden owns.
-    pub table: String,
-    /// Leave the table and its bans in place on exit.
-    pub keep_on_exit: bool,
-    /// Maximum elements per kernel set; 0 for no limit.
-    pub set_size: u32,
-}
-
 /// One jail, with `[defaults]` applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JailConfig {
@@ -439,19 +386,20 @@ impl Config {
     /// fail2ban configuration directory. With `fail2ban` and no TOML file,
     /// only fail2ban's jails run (on sipwarden's `[daemon]`/`[firewall]`
     /// defaults).
-    pub fn load_with(path: Option<&Path>, fail2ban: Option<&Path>) -> Result<Config, String> {
+    pub fn load_with(path: Option<&Path>, fail2ban: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(dir) = fail2ban else {
-            return Config::load(path).map_err(|e| e.to_string());
+            return Config::load(path);
         };
         let f2b = fail2ban::from_fail2ban(dir)?;
         let Some(p) = path else { return Ok(f2b) };
-        let mut c = Config::load(Some(p)).map_err(|e| e.to_string())?;
+        let mut c = Config::load(Some(p))?;
         for j in f2b.jails {
             if c.jails.iter().any(|k| k.name == j.name) {
-                return Err(format!(
-                    "jail {:?} is defined both in {} and in {}",
-                    j.name, c.origin, f2b.origin
-                ));
+                return Err(ConfigError::DefinedTwice {
+                    name: j.name,
+                    toml: c.origin,
+                    fail2ban: f2b.origin,
+                });
             }
             c.jails.push(j);
         }
@@ -463,7 +411,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            invalid(text, origin, span, e.message().trim_end())
+            Text { text, origin }.invalid(Spanned::new(span, Reason::Toml(e)))
         })?;
         resolve(raw, text, origin)
     }
@@ -570,52 +518,9 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Builds an `Invalid` error at byte range `span` of `text`, naming the key
-/// and table found there.
+/// Builds an `Invalid` error at byte range `span` of `text`.
 fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> ConfigError {
-    let start = span.start.min(text.len());
-    let line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
-    let line_end = text[start..].find('\n').map_or(text.len(), |p| start + p);
-    let line_no = text[..start].matches('\n').count() + 1;
-    let column = text[line_start..start].chars().count() + 1;
-    let src_line = &text[line_start..line_end];
-    let mut message = message.to_string();
-    // Say which key and table, unless the message already names them.
-    let key = src_line
-        .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && l.ends_with(']'));
-    if let Some(key) = key {
-        if !message.contains(&format!("`{key}`")) {
-            message = format!("key `{key}`: {message}");
-        }
-    }
-    if let Some(table) = table {
-        if !src_line.trim().starts_with('[') {
-            message = format!("{message} (in {table})");
-        }
-    }
-    let width = span
-        .end
-        .saturating_sub(span.start)
-        .clamp(1, src_line.len().saturating_sub(column - 1).max(1));
-    let snippet = format!(
-        "  | {src_line}\n  | {}{}",
-        " ".repeat(column - 1),
-        "^".repeat(width)
-    );
-    ConfigError::Invalid {
-        path: origin.to_string(),
-        line: line_no,
-        column,
-        message,
-        snippet,
-    }
+    Text { text, origin }.invalid(Spanned::new(span, Reason::Other(message.to_string())))
 }
 
 /// The escalation keys of one table, before inheritance.
@@ -683,23 +588,19 @@ fn ignore_set(
             ));
         }
         if net.prefix_len() < wide {
-            warnings.push(
-                invalid(
-                    text,
-                    origin,
-                    n.span(),
-                    &format!(
-                        "ignoreip {net} is wider than /{wide}: failures from any of its addresses are never counted; is that meant?"
-                    ),
-                )
-                .to_string(),
-            );
+            warnings.push(Text { text, origin }.warning(&Spanned::new(
+                n.span(),
+                format!(
+                    "ignoreip {net} is wider than /{wide}: failures from any of its addresses are never counted; is that meant?"
+                ),
+            )));
         }
     }
     Ok(Arc::new(list.iter().map(|n| n.get_ref().0).collect()))
 }
 
 fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let src = Text { text, origin };
     let err = |span: Range<usize>, msg: String| invalid(text, origin, span, &msg);
     let mut warnings = Vec::new();
     let d = &raw.defaults;
@@ -764,30 +665,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         d.bantime_overalljails,
     )?;
 
-    let table = match &raw.firewall.table {
-        Some(t) => {
-            let name = t.get_ref();
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
-                return Err(err(
-                    t.span(),
-                    format!("table name {name:?} must be 1-64 letters, digits, '_' or '-'"),
-                ));
-            }
-            name.clone()
-        }
-        None => "sipwarden".to_string(),
-    };
-    let firewall = FirewallConfig {
-        backend: raw.firewall.backend.unwrap_or(Backend::Nftables),
-        table,
-        keep_on_exit: raw.firewall.keep_on_exit.unwrap_or(true),
-        set_size: raw.firewall.set_size.unwrap_or(1_000_000),
-    };
+    let firewall = FirewallConfig::from_raw(&raw.firewall).map_err(|e| src.invalid(e))?;
     let cluster = match &raw.cluster {
         None => None,
         Some(table) => {
@@ -1202,18 +1080,10 @@ fn esl_peers(v: &toml::Value) -> Result<Vec<EslPeer>, String> {
         .collect())
 }
 
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Nftables => "nftables",
-            Backend::None => "none",
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enforce::Backend;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")

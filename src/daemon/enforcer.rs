@@ -11,7 +11,8 @@ use ipnet::IpNet;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{DaemonError, RunOptions};
-use crate::config::{Backend, Config};
+use crate::config::Config;
+use crate::enforce::Backend;
 use crate::enforce::{Enforcer, FAST_LANE_MAX, FastLane, LogOnly, NftEnforcer, Refusal};
 use crate::event::{ClockWatch, Time};
 use crate::http::metrics::Metrics;

@@ -1,5 +1,6 @@
 //! Enforcers apply decisions: the kernel firewall, or nothing at all.
 
+pub mod config;
 pub mod conntrack;
 mod elements;
 pub mod intervals;
@@ -7,6 +8,7 @@ pub mod netlink;
 pub mod nftables;
 mod owner;
 
+pub use config::{Backend, FirewallConfig, FirewallConfigError};
 pub use nftables::NftEnforcer;
 
 use crate::decision::Decision;

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sipwarden::config::{Backend, FirewallConfig};
 use sipwarden::duration::{BanTime, Duration as Dur};
+use sipwarden::enforce::{Backend, FirewallConfig};
 use sipwarden::enforce::{Enforcer, NftEnforcer};
 use sipwarden::event::{JailId, Time};
 use sipwarden::jail::{BanDecision, BanReason, Decision, UnbanDecision, UnbanReason};

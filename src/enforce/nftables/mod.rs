@@ -30,8 +30,8 @@ use super::elements::{BanBook, OpKind, SetName, Undo, Unit};
 use super::intervals::Family;
 use super::netlink::{NfSocket, explain};
 use super::{EnforceError, Enforcer, FastLane, Refusal};
-use crate::config::FirewallConfig;
 use crate::decision::Decision;
+use crate::enforce::FirewallConfig;
 use crate::event::Time;
 use crate::net::is_host;
 
