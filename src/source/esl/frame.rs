@@ -6,7 +6,8 @@
 //! inner body with its own `Content-Length`. Header names are
 //! case-insensitive and may repeat (`profile-name` appears twice in
 //! `register_failure`). Everything here borrows from the read buffer: no
-//! allocation per frame or per header.
+//! allocation per frame or per header. [`FrameBuffer`] keeps what a
+//! connection read until its frames are whole.
 
 use std::borrow::Cow;
 
@@ -273,6 +274,59 @@ impl<'a> PlainEvent<'a> {
     /// The first value of `name` (case-insensitive), percent-decoded.
     pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
         header(self.headers, name).map(text)
+    }
+}
+
+/// A frame's header block and body, copied out of the buffer.
+pub type OwnedFrame = (Vec<u8>, Vec<u8>);
+
+/// Accumulates bytes from the socket and yields whole frames.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameBuffer {
+    /// Appends bytes read from the socket.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Calls `f` for every complete frame; keeps a partial one for later.
+    /// Returns how many frames were handed out.
+    pub fn drain(&mut self, mut f: impl FnMut(Frame<'_>)) -> Result<usize, FrameError> {
+        let mut n = 0;
+        while let Some((frame, used)) = parse_frame(&self.buf[self.start..])? {
+            f(frame);
+            self.start += used;
+            n += 1;
+        }
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(n)
+    }
+
+    /// What is buffered of a frame begun but not complete, if anything.
+    pub fn pending(&self) -> Option<Partial> {
+        partial(&self.buf[self.start..])
+    }
+
+    /// The next complete frame, owned (for the handshake).
+    pub fn next_owned(&mut self) -> Result<Option<OwnedFrame>, FrameError> {
+        match parse_frame(&self.buf[self.start..])? {
+            Some((f, used)) => {
+                let out = (f.headers.to_vec(), f.body.to_vec());
+                self.start += used;
+                Ok(Some(out))
+            }
+            None => Ok(None),
+        }
     }
 }
 
