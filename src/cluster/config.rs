@@ -2,11 +2,15 @@
 //! master's name), how to reach it (TLS files, ACL user and password,
 //! database), this node's name and the key prefix.
 //!
-//! The raw TOML keys live in `config/`; this file checks them and says
-//! which key is wrong ([`Problem`]), so the error points at its line.
+//! The keys as written ([`RawCluster`]) are checked here
+//! ([`ClusterConfig::from_raw`]); an error carries the span of the wrong
+//! key, so `config/` can point at its line.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
 
 /// The Redis port when a URL names none.
 const REDIS_PORT: u16 = 6379;
@@ -14,6 +18,20 @@ const REDIS_PORT: u16 = 6379;
 const SENTINEL_PORT: u16 = 26379;
 /// Largest TLS file read (a certificate chain is a few KiB).
 const PEM_MAX: u64 = 1024 * 1024;
+
+/// `[cluster]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    redis: Option<Spanned<String>>,
+    sentinels: Option<Spanned<Vec<String>>>,
+    master_name: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    node: Option<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
+}
 
 /// `[cluster]`, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,13 +53,17 @@ pub struct HostPort {
     pub port: u16,
 }
 
+/// A `sentinels` entry that is not `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not host:port (e.g. \"10.0.0.5:26379\" or \"[fd00::5]:26379\")")]
+pub struct HostPortError(String);
+
 impl HostPort {
     /// Parses `host:port`, `[v6]:port`, a bare IPv6 address or a bare host
     /// (with `default_port`).
-    pub fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
+    pub fn parse(s: &str, default_port: u16) -> Result<HostPort, HostPortError> {
         let s = s.trim();
-        let bad =
-            || format!("{s:?} is not host:port (e.g. \"10.0.0.5:26379\" or \"[fd00::5]:26379\")");
+        let bad = || HostPortError(s.to_string());
         let (host, port) = if let Some(v6) = s.strip_prefix('[') {
             let (h, rest) = v6.split_once(']').ok_or_else(bad)?;
             match rest {
@@ -186,14 +208,17 @@ impl LinkConfig {
 
     /// A client for `server`: TLS as configured; the ACL user, password and
     /// database only for the master (`auth`), not for a sentinel.
-    pub fn client(&self, server: &HostPort, auth: bool) -> Result<redis::Client, String> {
+    pub fn client(&self, server: &HostPort, auth: bool) -> Result<redis::Client, ClientError> {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
             "redis"
         };
         let info = redis::IntoConnectionInfo::into_connection_info(format!("{scheme}://{server}"))
-            .map_err(|e| format!("{server}: {e}"))?;
+            .map_err(|source| ClientError::Address {
+                server: server.clone(),
+                source,
+            })?;
         let mut settings = redis::RedisConnectionInfo::default()
             .set_protocol(redis::ProtocolVersion::RESP2)
             .set_skip_set_lib_name();
@@ -208,7 +233,7 @@ impl LinkConfig {
         }
         let info = info.set_redis_settings(settings);
         match &self.tls {
-            None => redis::Client::open(info).map_err(|e| e.to_string()),
+            None => redis::Client::open(info).map_err(ClientError::Client),
             Some(t) => redis::Client::build_with_tls(
                 info,
                 redis::TlsCertificates {
@@ -219,9 +244,25 @@ impl LinkConfig {
                     root_cert: t.ca.as_ref().map(|c| c.bytes.clone()),
                 },
             )
-            .map_err(|e| e.to_string()),
+            .map_err(ClientError::Client),
         }
     }
+}
+
+/// Why no client could be made for a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server's address does not make a URL.
+    #[error("{server}: {source}")]
+    Address {
+        /// The server.
+        server: HostPort,
+        /// The `redis` crate's reason.
+        source: redis::RedisError,
+    },
+    /// The client (its TLS files) was refused.
+    #[error("{0}")]
+    Client(#[source] redis::RedisError),
 }
 
 /// The `[cluster]` keys that say how to reach Redis, as written.
@@ -261,19 +302,115 @@ pub enum Key {
 }
 
 /// A wrong `[cluster]` key and what to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Problem {
     /// The key.
     pub key: Key,
     /// What is wrong, and what to write instead.
-    pub msg: String,
+    pub reason: ClusterConfigError,
 }
 
-fn problem(key: Key, msg: impl Into<String>) -> Problem {
-    Problem {
-        key,
-        msg: msg.into(),
-    }
+fn problem(key: Key, reason: ClusterConfigError) -> Problem {
+    Problem { key, reason }
+}
+
+/// What is wrong with a `[cluster]` key, and what to write instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterConfigError {
+    /// Neither `redis://` nor `rediss://`.
+    #[error(
+        "the URL must start with redis:// or rediss:// (TCP only: a unix socket cannot be shared by a fleet)"
+    )]
+    Scheme,
+    /// `#insecure` and the like.
+    #[error(
+        "a URL fragment (#insecure) is not accepted: certificates are always checked; set tls_ca to the CA that signed the server's"
+    )]
+    Fragment,
+    /// The `redis` crate could not read the URL.
+    #[error(
+        "{0}; the form is redis[s]://[user:password@]host[:port][/db], with reserved characters in user or password percent-encoded (@ as %40, : as %3A, / as %2F)"
+    )]
+    Url(#[source] redis::RedisError),
+    /// A unix socket URL.
+    #[error("only TCP servers are supported")]
+    NotTcp,
+    /// `?protocol=`.
+    #[error("?protocol= is not accepted: the fleet speaks RESP2")]
+    Protocol,
+    /// `master_name` without `sentinels`.
+    #[error("master_name {0:?} needs sentinels = [\"host:port\", ...]")]
+    MasterWithoutSentinels(String),
+    /// Neither `redis` nor `sentinels`.
+    #[error(
+        "[cluster] needs redis = \"redis://host:6379\" (or sentinels = [...] with master_name)"
+    )]
+    NoServer,
+    /// A `sentinels` entry that is not `host:port`.
+    #[error(transparent)]
+    Sentinel(#[from] HostPortError),
+    /// With sentinels, the URL's host is not `master_name`.
+    #[error(
+        "with sentinels, the host of redis names the master: {host:?} is not master_name {master:?}"
+    )]
+    MasterMismatch {
+        /// The URL's host.
+        host: String,
+        /// `master_name`.
+        master: String,
+    },
+    /// `sentinels` without a master name.
+    #[error(
+        "sentinels need master_name = \"mymaster\" (the name in their `sentinel monitor` line)"
+    )]
+    NoMasterName,
+    /// A master name no sentinel configuration has.
+    #[error("master_name must be 1-128 letters, digits, '-', '_' or '.'")]
+    MasterName,
+    /// A TLS file that cannot be read.
+    #[error("cannot read {what} {}: {source}", .path.display())]
+    ReadPem {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A TLS file too large to be a certificate or key.
+    #[error("{} is over {PEM_MAX} bytes: not a PEM {what}", .path.display())]
+    PemTooLarge {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A TLS file without a PEM block.
+    #[error("{} is not PEM (no -----BEGIN line): {what} expected", .path.display())]
+    NotPem {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// `tls_cert` alone.
+    #[error("tls_cert needs tls_key (its private key)")]
+    CertWithoutKey,
+    /// `tls_key` alone.
+    #[error("tls_key needs tls_cert (its certificate)")]
+    KeyWithoutCert,
+    /// A TLS file with a `redis://` URL.
+    #[error("{0} is for TLS: write the URL as rediss://... (redis = \"rediss://host:6379\")")]
+    TlsWithoutRediss(&'static str),
+    /// The TLS files do not make a client (a key that is not a key).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// `node` is not a name.
+    #[error("node must be 1-64 letters, digits, '-', '_' or '.'")]
+    Node,
+    /// `key_prefix` is not a name.
+    #[error("key_prefix must be 1-64 letters, digits, '-', '_' or '.'")]
+    KeyPrefix,
 }
 
 /// The parts of a `redis://` or `rediss://` URL.
@@ -285,34 +422,28 @@ struct Url {
     db: i64,
 }
 
-fn parse_url(url: &str) -> Result<Url, String> {
+fn parse_url(url: &str) -> Result<Url, ClusterConfigError> {
     let tls = if url.starts_with("rediss://") {
         true
     } else if url.starts_with("redis://") {
         false
     } else {
-        return Err(
-            "the URL must start with redis:// or rediss:// (TCP only: a unix socket cannot be shared by a fleet)"
-                .into(),
-        );
+        return Err(ClusterConfigError::Scheme);
     };
     if url.contains('#') {
-        return Err("a URL fragment (#insecure) is not accepted: certificates are always checked; set tls_ca to the CA that signed the server's".into());
+        return Err(ClusterConfigError::Fragment);
     }
-    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
-        format!(
-            "{e}; the form is redis[s]://[user:password@]host[:port][/db], with reserved characters in user or password percent-encoded (@ as %40, : as %3A, / as %2F)"
-        )
-    })?;
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(url).map_err(ClusterConfigError::Url)?;
     let (host, port) = match info.addr() {
         redis::ConnectionAddr::Tcp(h, p)
         | redis::ConnectionAddr::TcpTls {
             host: h, port: p, ..
         } => (h.clone(), *p),
-        _ => return Err("only TCP servers are supported".into()),
+        _ => return Err(ClusterConfigError::NotTcp),
     };
     if url.contains("protocol=") {
-        return Err("?protocol= is not accepted: the fleet speaks RESP2".into());
+        return Err(ClusterConfigError::Protocol);
     }
     let r = info.redis_settings();
     Ok(Url {
@@ -327,32 +458,42 @@ fn parse_url(url: &str) -> Result<Url, String> {
     })
 }
 
-fn read_pem(path: &Path, key: Key, what: &str) -> Result<Pem, Problem> {
+fn read_pem(path: &Path, key: Key, what: &'static str) -> Result<Pem, Problem> {
     use std::io::Read;
     let mut bytes = Vec::new();
+    let path_buf = || path.to_path_buf();
     std::fs::File::open(path)
         .and_then(|f| f.take(PEM_MAX + 1).read_to_end(&mut bytes))
-        .map_err(|e| problem(key, format!("cannot read {what} {}: {e}", path.display())))?;
+        .map_err(|source| {
+            problem(
+                key,
+                ClusterConfigError::ReadPem {
+                    what,
+                    path: path_buf(),
+                    source,
+                },
+            )
+        })?;
     if bytes.len() as u64 > PEM_MAX {
         return Err(problem(
             key,
-            format!(
-                "{} is over {PEM_MAX} bytes: not a PEM {what}",
-                path.display()
-            ),
+            ClusterConfigError::PemTooLarge {
+                what,
+                path: path_buf(),
+            },
         ));
     }
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(problem(
             key,
-            format!(
-                "{} is not PEM (no -----BEGIN line): {what} expected",
-                path.display()
-            ),
+            ClusterConfigError::NotPem {
+                what,
+                path: path_buf(),
+            },
         ));
     }
     Ok(Pem {
-        path: path.to_path_buf(),
+        path: path_buf(),
         bytes,
     })
 }
@@ -369,20 +510,18 @@ pub fn link_config(k: &LinkKeys<'_>) -> Result<LinkConfig, Problem> {
         if let Some(m) = k.master_name {
             return Err(problem(
                 Key::MasterName,
-                format!("master_name {m:?} needs sentinels = [\"host:port\", ...]"),
+                ClusterConfigError::MasterWithoutSentinels(m.to_string()),
             ));
         }
         let Some(u) = &url else {
-            return Err(problem(
-                Key::Table,
-                "[cluster] needs redis = \"redis://host:6379\" (or sentinels = [...] with master_name)",
-            ));
+            return Err(problem(Key::Table, ClusterConfigError::NoServer));
         };
         Target::Direct(u.server.clone())
     } else {
         let mut sentinels = Vec::new();
         for s in k.sentinels {
-            let hp = HostPort::parse(s, SENTINEL_PORT).map_err(|m| problem(Key::Sentinels, m))?;
+            let hp =
+                HostPort::parse(s, SENTINEL_PORT).map_err(|e| problem(Key::Sentinels, e.into()))?;
             if !sentinels.contains(&hp) {
                 sentinels.push(hp);
             }
@@ -392,18 +531,16 @@ pub fn link_config(k: &LinkKeys<'_>) -> Result<LinkConfig, Problem> {
             (Some(m), Some(h)) if m != h => {
                 return Err(problem(
                     Key::Redis,
-                    format!(
-                        "with sentinels, the host of redis names the master: {h:?} is not master_name {m:?}"
-                    ),
+                    ClusterConfigError::MasterMismatch {
+                        host: h,
+                        master: m.to_string(),
+                    },
                 ));
             }
             (Some(m), _) => m.to_string(),
             (None, Some(h)) => h,
             (None, None) => {
-                return Err(problem(
-                    Key::Sentinels,
-                    "sentinels need master_name = \"mymaster\" (the name in their `sentinel monitor` line)",
-                ));
+                return Err(problem(Key::Sentinels, ClusterConfigError::NoMasterName));
             }
         };
         if master.is_empty()
@@ -412,10 +549,7 @@ pub fn link_config(k: &LinkKeys<'_>) -> Result<LinkConfig, Problem> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err(problem(
-                Key::MasterName,
-                "master_name must be 1-128 letters, digits, '-', '_' or '.'",
-            ));
+            return Err(problem(Key::MasterName, ClusterConfigError::MasterName));
         }
         Target::Sentinel { sentinels, master }
     };
@@ -432,16 +566,10 @@ pub fn link_config(k: &LinkKeys<'_>) -> Result<LinkConfig, Problem> {
             )),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(problem(
-                    Key::TlsCert,
-                    "tls_cert needs tls_key (its private key)",
-                ));
+                return Err(problem(Key::TlsCert, ClusterConfigError::CertWithoutKey));
             }
             (None, Some(_)) => {
-                return Err(problem(
-                    Key::TlsKey,
-                    "tls_key needs tls_cert (its certificate)",
-                ));
+                return Err(problem(Key::TlsKey, ClusterConfigError::KeyWithoutCert));
             }
         };
         Some(TlsFiles { ca, client })
@@ -452,12 +580,7 @@ pub fn link_config(k: &LinkKeys<'_>) -> Result<LinkConfig, Problem> {
             (Key::TlsKey, k.tls_key, "tls_key"),
         ] {
             if v.is_some() {
-                return Err(problem(
-                    key,
-                    format!(
-                        "{name} is for TLS: write the URL as rediss://... (redis = \"rediss://host:6379\")"
-                    ),
-                ));
+                return Err(problem(key, ClusterConfigError::TlsWithoutRediss(name)));
             }
         }
         None
@@ -476,18 +599,81 @@ pub fn link_config(k: &LinkKeys<'_>) -> Result<LinkConfig, Problem> {
         port: REDIS_PORT,
     };
     if let Err(e) = link.client(&probe, true) {
-        let key = if e.contains("root") || e.contains("trust") {
+        let said = e.to_string();
+        let key = if said.contains("root") || said.contains("trust") {
             Key::TlsCa
-        } else if e.contains("private key") {
+        } else if said.contains("private key") {
             Key::TlsKey
         } else if link.tls.is_some() {
             Key::TlsCert
         } else {
             Key::Redis
         };
-        return Err(problem(key, e));
+        return Err(problem(key, e.into()));
     }
     Ok(link)
+}
+
+impl ClusterConfig {
+    /// Checks `[cluster]` (`table` spans the whole table, for an error
+    /// about no key in particular); an error carries the span of the wrong
+    /// key. Reads the TLS files, and this host's name when `node` is unset.
+    pub fn from_raw(
+        table: &Spanned<RawCluster>,
+    ) -> Result<ClusterConfig, Spanned<ClusterConfigError>> {
+        let c = table.get_ref();
+        let sentinels: &[String] = c.sentinels.as_ref().map_or(&[], |s| s.get_ref());
+        let link = link_config(&LinkKeys {
+            redis: c.redis.as_ref().map(|r| r.get_ref().as_str()),
+            sentinels,
+            master_name: c.master_name.as_ref().map(|m| m.get_ref().as_str()),
+            tls_ca: c.tls_ca.as_ref().map(|p| p.get_ref().as_path()),
+            tls_cert: c.tls_cert.as_ref().map(|p| p.get_ref().as_path()),
+            tls_key: c.tls_key.as_ref().map(|p| p.get_ref().as_path()),
+        })
+        .map_err(|p| {
+            let span = match p.key {
+                Key::Redis => c.redis.as_ref().map(Spanned::span),
+                Key::Sentinels => c.sentinels.as_ref().map(Spanned::span),
+                Key::MasterName => c.master_name.as_ref().map(Spanned::span),
+                Key::TlsCa => c.tls_ca.as_ref().map(Spanned::span),
+                Key::TlsCert => c.tls_cert.as_ref().map(Spanned::span),
+                Key::TlsKey => c.tls_key.as_ref().map(Spanned::span),
+                Key::Table => None,
+            };
+            Spanned::new(span.unwrap_or_else(|| table.span()), p.reason)
+        })?;
+        let word = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        let node = match &c.node {
+            Some(n) if !word(n.get_ref()) => {
+                return Err(Spanned::new(n.span(), ClusterConfigError::Node));
+            }
+            Some(n) => n.get_ref().clone(),
+            None => default_node_name(),
+        };
+        let prefix = match &c.key_prefix {
+            Some(p) if !word(p.get_ref()) => {
+                return Err(Spanned::new(p.span(), ClusterConfigError::KeyPrefix));
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "sipwarden".into(),
+        };
+        Ok(ClusterConfig { link, node, prefix })
+    }
+}
+
+/// The host's name, for a cluster node without `node`.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sipwarden".into())
 }
 
 #[cfg(test)]
@@ -558,7 +744,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.key, Key::TlsCa);
-        assert!(e.msg.contains("rediss://"), "{e:?}");
+        assert!(e.reason.to_string().contains("rediss://"), "{e:?}");
         let e = link_config(&LinkKeys {
             redis: Some("rediss://h"),
             tls_ca: Some(&not_pem),
@@ -566,7 +752,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.key, Key::TlsCa);
-        assert!(e.msg.contains("not PEM"), "{e:?}");
+        assert!(e.reason.to_string().contains("not PEM"), "{e:?}");
         let e = link_config(&LinkKeys {
             redis: Some("rediss://h"),
             tls_cert: Some(&not_pem),
@@ -580,7 +766,7 @@ mod tests {
             ..LinkKeys::default()
         })
         .unwrap_err();
-        assert!(e.msg.contains("cannot read"), "{e:?}");
+        assert!(e.reason.to_string().contains("cannot read"), "{e:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -81,7 +81,7 @@ async fn connect(
     server: &HostPort,
     auth: bool,
 ) -> Result<MultiplexedConnection, String> {
-    let client = cfg.client(server, auth)?;
+    let client = cfg.client(server, auth).map_err(|e| e.to_string())?;
     let conf = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(REPLY_TIMEOUT));

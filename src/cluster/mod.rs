@@ -37,7 +37,8 @@ mod supervise;
 mod writer;
 
 pub use config::{
-    ClusterConfig, HostPort, Key, LinkConfig, LinkKeys, Problem, Target, link_config,
+    ClusterConfig, ClusterConfigError, HostPort, Key, LinkConfig, LinkKeys, Problem, RawCluster,
+    Target, link_config,
 };
 pub use supervise::TaskView;
 

@@ -57,6 +57,12 @@ pub enum Reason {
     /// `[firewall]`.
     #[error(transparent)]
     Firewall(#[from] crate::enforce::FirewallConfigError),
+    /// `[http]`.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpConfigError),
+    /// `[cluster]`.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterConfigError),
     /// Not yet a component's own error (being moved).
     #[error("{0}")]
     Other(String),

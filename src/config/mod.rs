@@ -24,9 +24,11 @@ use crate::duration::{self, BanTime, Duration};
 use error::Text;
 pub use error::{ConfigError, Invalid, Place, Reason};
 
+use crate::cluster::ClusterConfig;
 use crate::enforce::FirewallConfig;
 use crate::enforce::config::RawFirewall;
 use crate::filter::{self, FilterOptions};
+use crate::http::HttpConfig;
 use crate::net::NetSet;
 use crate::source::esl::{EslFormat, EslPeer};
 
@@ -180,9 +182,9 @@ struct RawConfig {
     #[serde(default)]
     scanners: RawScanners,
     #[serde(default)]
-    cluster: Option<Spanned<RawCluster>>,
+    cluster: Option<Spanned<crate::cluster::RawCluster>>,
     #[serde(default)]
-    http: Option<RawHttp>,
+    http: Option<crate::http::config::RawHttp>,
     #[serde(default)]
     feed: Vec<Spanned<RawFeed>>,
     #[serde(default)]
@@ -208,39 +210,6 @@ struct RawFeed {
     refresh: Option<Duration>,
     max_size: Option<u64>,
     max_entries: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    listen: Spanned<toml::Value>,
-    token: Option<Spanned<String>>,
-    allowed_hosts: Option<Vec<Spanned<String>>>,
-}
-
-/// `[http]`: the JSON API, metrics and dashboard listener.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpConfig {
-    /// Where to listen (a bare port means loopback).
-    pub listen: std::net::SocketAddr,
-    /// Bearer token for write operations; without one they are refused.
-    pub token: Option<String>,
-    /// `Host` names accepted besides the listener's own address (e.g.
-    /// `pbx1:9080` for a Prometheus that scrapes by name).
-    pub allowed_hosts: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    redis: Option<Spanned<String>>,
-    sentinels: Option<Spanned<Vec<String>>>,
-    master_name: Option<Spanned<String>>,
-    tls_ca: Option<Spanned<PathBuf>>,
-    tls_cert: Option<Spanned<PathBuf>>,
-    tls_key: Option<Spanned<PathBuf>>,
-    node: Option<Spanned<String>>,
-    key_prefix: Option<Spanned<String>>,
 }
 
 /// `[daemon]`: where the daemon keeps its state and control socket.
@@ -321,7 +290,7 @@ pub struct Config {
     /// `[scanners] user_agents`: attack-tool user-agent fragments.
     pub scanners: Vec<String>,
     /// `[cluster]`: bans shared through Redis; `None` runs alone.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
     /// `[http]`: `None` keeps the listener off.
     pub http: Option<HttpConfig>,
     /// `[[feed]]`: blocklists loaded into kernel sets of their own.
@@ -666,109 +635,18 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
     )?;
 
     let firewall = FirewallConfig::from_raw(&raw.firewall).map_err(|e| src.invalid(e))?;
-    let cluster = match &raw.cluster {
-        None => None,
-        Some(table) => {
-            let c = table.get_ref();
-            let sentinels: &[String] = c.sentinels.as_ref().map_or(&[], |s| s.get_ref());
-            let link = crate::cluster::link_config(&crate::cluster::LinkKeys {
-                redis: c.redis.as_ref().map(|r| r.get_ref().as_str()),
-                sentinels,
-                master_name: c.master_name.as_ref().map(|m| m.get_ref().as_str()),
-                tls_ca: c.tls_ca.as_ref().map(|p| p.get_ref().as_path()),
-                tls_cert: c.tls_cert.as_ref().map(|p| p.get_ref().as_path()),
-                tls_key: c.tls_key.as_ref().map(|p| p.get_ref().as_path()),
-            })
-            .map_err(|p| {
-                use crate::cluster::Key;
-                let span = match p.key {
-                    Key::Redis => c.redis.as_ref().map(Spanned::span),
-                    Key::Sentinels => c.sentinels.as_ref().map(Spanned::span),
-                    Key::MasterName => c.master_name.as_ref().map(Spanned::span),
-                    Key::TlsCa => c.tls_ca.as_ref().map(Spanned::span),
-                    Key::TlsCert => c.tls_cert.as_ref().map(Spanned::span),
-                    Key::TlsKey => c.tls_key.as_ref().map(Spanned::span),
-                    Key::Table => None,
-                };
-                err(span.unwrap_or_else(|| table.span()), p.msg)
-            })?;
-            let node = match &c.node {
-                Some(n) => n.get_ref().clone(),
-                None => default_node_name(),
-            };
-            let word = |v: &str| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            };
-            if let Some(n) = &c.node {
-                if !word(n.get_ref()) {
-                    return Err(err(
-                        n.span(),
-                        "node must be 1-64 letters, digits, '-', '_' or '.'".into(),
-                    ));
-                }
-            }
-            let prefix = match &c.key_prefix {
-                Some(p) if !word(p.get_ref()) => {
-                    return Err(err(
-                        p.span(),
-                        "key_prefix must be 1-64 letters, digits, '-', '_' or '.'".into(),
-                    ));
-                }
-                Some(p) => p.get_ref().clone(),
-                None => "sipwarden".into(),
-            };
-            Some(crate::cluster::ClusterConfig { link, node, prefix })
-        }
-    };
-    let http = match &raw.http {
-        None => None,
-        Some(h) => {
-            let bad = || {
-                err(
-                    h.listen.span(),
-                    "listen must be a port (loopback) or \"address:port\", e.g. \"127.0.0.1:9080\""
-                        .into(),
-                )
-            };
-            let listen = match h.listen.get_ref() {
-                toml::Value::Integer(p) => {
-                    let p = u16::try_from(*p).map_err(|_| bad())?;
-                    std::net::SocketAddr::from(([127, 0, 0, 1], p))
-                }
-                toml::Value::String(s) => match s.parse::<u16>() {
-                    Ok(p) => std::net::SocketAddr::from(([127, 0, 0, 1], p)),
-                    Err(_) => s.parse().map_err(|_| bad())?,
-                },
-                _ => return Err(bad()),
-            };
-            if let Some(t) = &h.token {
-                if t.get_ref().len() < 16 {
-                    return Err(err(
-                        t.span(),
-                        "token must be at least 16 characters (e.g. `openssl rand -hex 24`)".into(),
-                    ));
-                }
-            }
-            let mut allowed_hosts = Vec::new();
-            for a in h.allowed_hosts.iter().flatten() {
-                crate::http::host::HostName::parse(a.get_ref()).map_err(|e| {
-                    err(
-                        a.span(),
-                        format!("allowed_hosts: {e}; an entry is a name or address with an optional port, as a browser sends it in `Host`"),
-                    )
-                })?;
-                allowed_hosts.push(a.get_ref().trim().to_string());
-            }
-            Some(HttpConfig {
-                listen,
-                token: h.token.as_ref().map(|t| t.get_ref().clone()),
-                allowed_hosts,
-            })
-        }
-    };
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .map(ClusterConfig::from_raw)
+        .transpose()
+        .map_err(|e| src.invalid(e))?;
+    let http = raw
+        .http
+        .as_ref()
+        .map(HttpConfig::from_raw)
+        .transpose()
+        .map_err(|e| src.invalid(e))?;
     let mut feeds: Vec<crate::feed::FeedConfig> = Vec::new();
     for rf in &raw.feed {
         let span = rf.span();
@@ -1023,15 +901,6 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         feeds,
         warnings,
     })
-}
-
-/// The host's name, for a cluster node without `node`.
-fn default_node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "sipwarden".into())
 }
 
 /// Splits `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]` into the

@@ -20,26 +20,43 @@ pub struct HostName {
     port: Option<u16>,
 }
 
+/// Why a `Host` value (or an `allowed_hosts` entry) is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostNameError {
+    /// `[v6` without `]`.
+    #[error("an IPv6 address needs its closing `]`")]
+    Unclosed,
+    /// `[x]` where x is no IPv6 address.
+    #[error("{0:?} inside [] is not an IPv6 address")]
+    NotV6(String),
+    /// Something other than `:port` after `]`.
+    #[error("after `]` only `:port` may follow")]
+    AfterBracket,
+    /// The port is not a number from 0 to 65535.
+    #[error("{0:?} is not a port number")]
+    Port(String),
+    /// The name has characters no host name has.
+    #[error(
+        "{0:?} is not a host name or address (e.g. \"pbx1\", \"pbx1.example.com:9080\", \"[2001:db8::1]:9080\")"
+    )]
+    Name(String),
+}
+
 impl HostName {
     /// Parses `name`, `name:port`, `v4:port`, `[v6]` or `[v6]:port`; the
     /// error says what is wrong.
-    pub fn parse(s: &str) -> Result<HostName, String> {
+    pub fn parse(s: &str) -> Result<HostName, HostNameError> {
         let s = s.trim();
         let (name, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (v6, after) = rest
-                .split_once(']')
-                .ok_or("an IPv6 address needs its closing `]`")?;
+            let (v6, after) = rest.split_once(']').ok_or(HostNameError::Unclosed)?;
             if v6.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("{v6:?} inside [] is not an IPv6 address"));
+                return Err(HostNameError::NotV6(v6.to_string()));
             }
             match after {
                 "" => (v6, None),
                 p => (
                     v6,
-                    Some(
-                        p.strip_prefix(':')
-                            .ok_or("after `]` only `:port` may follow")?,
-                    ),
+                    Some(p.strip_prefix(':').ok_or(HostNameError::AfterBracket)?),
                 ),
             }
         } else {
@@ -51,7 +68,7 @@ impl HostName {
         let port = port
             .map(|p| {
                 p.parse::<u16>()
-                    .map_err(|_| format!("{p:?} is not a port number"))
+                    .map_err(|_| HostNameError::Port(p.to_string()))
             })
             .transpose()?;
         let name_ok = !name.is_empty()
@@ -61,9 +78,7 @@ impl HostName {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'));
         if !name_ok {
-            return Err(format!(
-                "{name:?} is not a host name or address (e.g. \"pbx1\", \"pbx1.example.com:9080\", \"[2001:db8::1]:9080\")"
-            ));
+            return Err(HostNameError::Name(name.to_string()));
         }
         Ok(HostName {
             name: name.to_ascii_lowercase(),

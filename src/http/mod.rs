@@ -18,6 +18,7 @@
 //! are refused. Every request must name this listener in `Host` ([`host`]),
 //! and connections are capped and timed out ([`conn`]).
 
+pub mod config;
 pub mod conn;
 pub mod host;
 pub mod metrics;
@@ -34,6 +35,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot};
+
+pub use config::{HttpConfig, HttpConfigError};
 
 use crate::control::page::Page;
 use crate::control::server::ControlMsg;
