@@ -10,16 +10,18 @@
 //!
 //! [`config`] reads the TOML configuration; [`daemon`] wires the stages
 //! together with tokio; [`store`] keeps ban history in SQLite; [`control`]
-//! is the socket the CLI talks to; [`net`] is the one place an address or
-//! prefix is parsed, made canonical and judged (never a packet's source).
+//! is the socket the CLI talks to; [`cli`] holds the verbs of the
+//! `sipwarden` command, the only code that prints; [`net`] is the one place
+//! an address or prefix is parsed, made canonical and judged (never a
+//! packet's source).
 
 pub mod claim;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decision;
-pub mod doctor;
 pub mod duration;
 pub mod enforce;
 pub mod event;

@@ -1,14 +1,16 @@
-//! `sipwarden test-filter LOG FILTER`: the fail2ban-regex equivalent.
+//! The scan behind `sipwarden test-filter LOG FILTER` (the fail2ban-regex
+//! equivalent): a log file through a filter, counted, on several threads
+//! when the filter keeps no state across lines. Printing is the CLI's
+//! (`crate::cli::test_filter`).
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
-use std::path::Path;
-use std::process::ExitCode;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::f2b::{F2bFilter, Outcome};
+use super::f2b::{F2bError, F2bFilter, Outcome};
 use super::{FilterContext, FilterOptions, builtin, date::parse_zone};
 use crate::event::Time;
 
@@ -33,12 +35,50 @@ pub struct TestFilterReport {
     pub lines_per_second: f64,
 }
 
+/// Why a log could not be run through a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum TestFilterError {
+    /// The fail2ban filter file, or the bare regex, does not load.
+    #[error(transparent)]
+    Filter(#[from] F2bError),
+    /// `--logtimezone` names no zone.
+    #[error("{0}")]
+    Zone(String),
+    /// The log could not be read. The I/O error is part of the message,
+    /// not its cause: the message says it once.
+    #[error("{}: {error}", path.display())]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// What one run found: the counts `--json` prints, and the examples the
+/// text form shows.
+#[derive(Debug)]
+pub struct TestFilterRun {
+    /// The counts.
+    pub report: TestFilterReport,
+    /// The first few failures (at most five): host, and date if any.
+    pub examples: Vec<(String, Option<Time>)>,
+    /// The first missed lines, up to the number asked for.
+    pub missed_lines: Vec<String>,
+    /// The log's size in bytes.
+    pub bytes: u64,
+}
+
+/// Told, as the log is read, how many bytes of how many were read (from one
+/// of the reading threads).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
 enum Which {
     Builtin(Box<dyn super::Filter>),
     F2b(Box<F2bFilter>),
 }
 
-fn load(spec: &str) -> anyhow::Result<Which> {
+fn load(spec: &str) -> Result<Which, F2bError> {
     if let Some(f) = builtin(spec, FilterOptions::default()) {
         return Ok(Which::Builtin(f));
     }
@@ -55,7 +95,7 @@ fn load(spec: &str) -> anyhow::Result<Which> {
         let f = if base_dir_has_filter_d {
             F2bFilter::load(dir, &stem, &opts)?
         } else {
-            let ini = super::f2b::ini::Ini::load(&p.with_extension(""))?;
+            let ini = super::f2b::ini::Ini::load(&p.with_extension("")).map_err(F2bError::from)?;
             F2bFilter::from_ini(&ini, &stem, &opts, &name)?
         };
         return Ok(Which::F2b(Box::new(f)));
@@ -242,7 +282,7 @@ fn scan_range(
     filter: &Which,
     cx: &FilterContext,
     show_missed: usize,
-    progress: Option<(&AtomicU64, u64)>,
+    progress: Option<(&AtomicU64, u64, Progress)>,
 ) -> std::io::Result<Part> {
     let mut file = std::fs::File::open(log)?;
     file.seek(SeekFrom::Start(range.start))?;
@@ -271,10 +311,9 @@ fn scan_range(
         part.merge(scan(&buf[..cut], filter, cx, show_missed), show_missed);
         buf.copy_within(cut..filled, 0);
         carry = filled - cut;
-        if let Some((read, size)) = progress {
+        if let Some((read, size, tell)) = progress {
             let total = read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-            eprint!("\r{:>5.1}% read", total as f64 * 100.0 / size.max(1) as f64);
-            let _ = std::io::stderr().flush();
+            tell(total, size);
         }
         if eof {
             return Ok(part);
@@ -309,24 +348,26 @@ fn ranges(log: &Path, size: u64, n: u64) -> std::io::Result<Vec<std::ops::Range<
     Ok(cuts.windows(2).map(|w| w[0]..w[1]).collect())
 }
 
-/// Runs the command.
-pub fn run(
+/// Runs the log file `log` through the filter `spec` (a built-in name, a
+/// fail2ban filter file `path/to/sshd.conf[mode=aggressive]`, or a regex
+/// with `<HOST>`), zone-less dates read in `zone`, "now" being `now`;
+/// keeps up to `show_missed` missed lines.
+pub fn scan_log(
     log: &Path,
     spec: &str,
-    json: bool,
-    show_missed: usize,
     zone: &str,
-) -> anyhow::Result<ExitCode> {
+    show_missed: usize,
+    now: Time,
+    progress: Option<Progress>,
+) -> Result<TestFilterRun, TestFilterError> {
     let filter = load(spec)?;
-    let tz = parse_zone(zone).map_err(anyhow::Error::msg)?;
-    let size = std::fs::metadata(log)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?
-        .len();
-    let progress = size > 8 << 20 && std::io::stderr().is_terminal();
-    let cx = FilterContext {
-        tz: tz.clone(),
-        now: Time::now(),
+    let tz = parse_zone(zone).map_err(TestFilterError::Zone)?;
+    let log_error = |error| TestFilterError::Log {
+        path: log.to_path_buf(),
+        error,
     };
+    let size = std::fs::metadata(log).map_err(log_error)?.len();
+    let cx = FilterContext { tz, now };
     // Lines are independent unless the filter keeps state across them
     // (multi-line buffers, connection ids): then one thread, in order.
     let stateless = match &filter {
@@ -340,8 +381,7 @@ pub fn run(
     };
     let t0 = std::time::Instant::now();
     let read = AtomicU64::new(0);
-    let parts =
-        ranges(log, size, threads).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
+    let parts = ranges(log, size, threads).map_err(log_error)?;
     let results: Vec<std::io::Result<Part>> = std::thread::scope(|s| {
         let (filter, cx, read) = (&filter, &cx, &read);
         let handles: Vec<_> = parts
@@ -350,7 +390,7 @@ pub fn run(
             .map(|(i, r)| {
                 let r = r.clone();
                 s.spawn(move || {
-                    let p = (progress && i == 0).then_some((read, size));
+                    let p = progress.filter(|_| i == 0).map(|tell| (read, size, tell));
                     scan_range(log, r, filter, cx, show_missed, p)
                 })
             })
@@ -365,13 +405,7 @@ pub fn run(
     });
     let mut total = Part::default();
     for r in results {
-        total.merge(
-            r.map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?,
-            show_missed,
-        );
-    }
-    if progress {
-        eprintln!();
+        total.merge(r.map_err(log_error)?, show_missed);
     }
     let mut r = TestFilterReport {
         lines: total.lines,
@@ -391,33 +425,12 @@ pub fn run(
     } else {
         0.0
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!(
-            "Lines: {} lines, {} ignored, {} matched, {} missed",
-            r.lines, r.ignored, r.matched, r.missed
-        );
-        for (i, h) in r.hits.iter().enumerate() {
-            println!("  failregex #{i}: {h} hit(s)");
-        }
-        println!("Dates: {} lines with a date", r.dated);
-        for (host, t) in &total.fails {
-            println!(
-                "  e.g. {} at {}",
-                crate::event::escape_text(host, 100),
-                t.map_or_else(|| "(no date)".to_string(), |t| t.to_string())
-            );
-        }
-        if !total.missed_lines.is_empty() {
-            println!("Missed lines:");
-            for l in &total.missed_lines {
-                println!("  {}", crate::event::escape_text(l, 300));
-            }
-        }
-        println!("{:.3} s, {:.0} lines/s", r.seconds, r.lines_per_second);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(TestFilterRun {
+        report: r,
+        examples: total.fails,
+        missed_lines: total.missed_lines,
+        bytes: size,
+    })
 }
 
 /// Reads until `buf` is full or the file ends.

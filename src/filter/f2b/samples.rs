@@ -5,14 +5,14 @@
 //! `CET-1CEST,M3.5.0,M10.5.0`, as the corpus README describes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::ini::Ini;
-use super::{F2bFilter, Found};
+use super::ini::{Ini, IniError};
+use super::{F2bError, F2bFilter, Found};
 use crate::event::Time;
 
 /// The frozen "now" of the samples.
@@ -46,6 +46,40 @@ pub struct SampleReport {
     pub per_filter: BTreeMap<String, (usize, usize)>,
     /// Every failed evaluation.
     pub failures: Vec<SampleFailure>,
+}
+
+/// Why the samples could not be run (a filter that does not load is a
+/// failed evaluation, not this). The I/O and JSON errors are part of the
+/// message, not its cause: the message says it once.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplesError {
+    /// A directory (filter.d) could not be listed.
+    #[error("{}: {error}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A filter file could not be read or parsed.
+    #[error("{0}")]
+    Filter(IniError),
+    /// A sample log could not be read.
+    #[error("{}: {error}", path.display())]
+    Log {
+        /// The sample log.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// An annotation's JSON does not parse.
+    #[error("{at}: {error}")]
+    Annotation {
+        /// Sample file and line.
+        at: String,
+        /// Why.
+        error: serde_json::Error,
+    },
 }
 
 /// The zone of the samples.
@@ -96,10 +130,13 @@ fn as_opts(v: &Value) -> BTreeMap<String, String> {
 
 /// Runs every filter (or `only`) of `config/filter.d` against its sample log
 /// in `logs`.
-pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleReport, String> {
+pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleReport, SamplesError> {
     let fdir = config.join("filter.d");
     let mut names: Vec<String> = std::fs::read_dir(&fdir)
-        .map_err(|e| format!("{}: {e}", fdir.display()))?
+        .map_err(|error| SamplesError::Dir {
+            path: fdir.clone(),
+            error,
+        })?
         .flatten()
         .filter_map(|e| {
             e.file_name()
@@ -118,10 +155,10 @@ pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleRepor
             continue;
         }
         report.filters += 1;
-        let ini = Ini::load(&fdir.join(&name)).map_err(|e| e.to_string())?;
+        let ini = Ini::load(&fdir.join(&name)).map_err(SamplesError::Filter)?;
         // One filter instance per option set, keeping its memory across
         // blocks and added files, as fail2ban's harness does.
-        let mut cache: HashMap<String, Result<F2bFilter, String>> = HashMap::new();
+        let mut cache: HashMap<String, Result<F2bFilter, F2bError>> = HashMap::new();
         let mut queue = vec![name.clone()];
         // The active option sets: (filter key, options).
         let mut tests: Vec<(String, BTreeMap<String, String>)> = Vec::new();
@@ -132,21 +169,32 @@ pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleRepor
             let file = queue[i].clone();
             i += 1;
             let path = logs.join(&file);
-            let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read(&path).map_err(|error| SamplesError::Log {
+                path: path.clone(),
+                error,
+            })?;
             let text = String::from_utf8_lossy(&text);
             let mut lines = text.lines().enumerate();
             while let Some((n, line)) = lines.next() {
                 let at = format!("{}:{}", path.display(), n + 1);
                 let (line, want, at) = match annotation(line) {
                     Some(("fileOptions", v)) => {
-                        let v: Value =
-                            serde_json::from_str(v.trim()).map_err(|e| format!("{at}: {e}"))?;
+                        let v: Value = serde_json::from_str(v.trim()).map_err(|error| {
+                            SamplesError::Annotation {
+                                at: at.clone(),
+                                error,
+                            }
+                        })?;
                         common = as_opts(&v);
                         continue;
                     }
                     Some(("filterOptions", v)) => {
-                        let v: Value =
-                            serde_json::from_str(v.trim()).map_err(|e| format!("{at}: {e}"))?;
+                        let v: Value = serde_json::from_str(v.trim()).map_err(|error| {
+                            SamplesError::Annotation {
+                                at: at.clone(),
+                                error,
+                            }
+                        })?;
                         let sets = match v {
                             Value::Array(a) => a.iter().map(as_opts).collect(),
                             o => vec![as_opts(&o)],
@@ -213,7 +261,6 @@ pub fn run(config: &Path, logs: &Path, only: Option<&str>) -> Result<SampleRepor
                             &filter_options(opts),
                             &fdir.join(&name).display().to_string(),
                         )
-                        .map_err(|e| e.to_string())
                     });
                     let journal = opts.get("logtype").is_some_and(|t| t == "journal");
                     let line = if journal {

@@ -1,0 +1,337 @@
+//! The verbs that talk to the running daemon (`status`, `ban`, `unban`,
+//! `reload`, `ping`, `set`): one request over the control socket, the
+//! answer printed as text for people or passed through as JSON for scripts.
+
+use std::process::ExitCode;
+
+use super::{CliError, Talk, out};
+use crate::config::Config;
+use crate::control::client;
+use crate::control::{JailView, Request, Response, StatusView, UnbanView};
+use crate::duration::Duration;
+use crate::event::escape_text;
+
+/// Sends one request to the daemon and prints the answer. `status JAIL`
+/// without a page asked for fetches every page.
+pub fn talk(t: Talk, req: Request) -> Result<ExitCode, CliError> {
+    let socket = match t.socket {
+        Some(s) => s,
+        None => Config::load(t.config.as_deref())?.daemon.socket,
+    };
+    let resp = match &req {
+        Request::Status {
+            jail: Some(jail),
+            limit: None,
+            cursor: None,
+        } => client::jail_status(&socket, jail)?,
+        _ => client::request(&socket, &req)?,
+    };
+    if t.json {
+        out(&format!("{}\n", serde_json::to_string_pretty(&resp)?))?;
+    } else if resp.ok {
+        out(&render(&req, &resp))?;
+    } else {
+        eprintln!(
+            "error: {}",
+            resp.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    Ok(if resp.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The request of fail2ban-client's spellings: `set JAIL banip ADDR` (a
+/// ban for the jail's bantime), `set JAIL unbanip ADDR`.
+pub fn set_request(jail: String, action: &str, addr: String) -> Request {
+    if action == "banip" {
+        Request::Ban {
+            jail,
+            addr,
+            duration: None,
+            force: false,
+        }
+    } else {
+        Request::Unban {
+            addr: Some(addr),
+            jail: Some(jail),
+            all: false,
+        }
+    }
+}
+
+fn secs(s: i64) -> String {
+    Duration(s.max(0) as u64).to_string()
+}
+
+fn jail_table(jails: &[JailView]) -> String {
+    let mut out = format!(
+        "{:<20} {:>8} {:>8} {:>8} {:>13}\n",
+        "JAIL", "FAILING", "FAILED", "BANNED", "TOTAL BANNED"
+    );
+    for j in jails {
+        out.push_str(&format!(
+            "{:<20} {:>8} {:>8} {:>8} {:>13}\n",
+            j.name, j.currently_failing, j.total_failed, j.currently_banned, j.total_banned
+        ));
+    }
+    out
+}
+
+/// A line about the state store when something happened to it.
+fn store_text(s: Option<&crate::control::StoreView>) -> String {
+    match s {
+        Some(s) if !s.ok => format!(
+            "\nstate store {}: FAILING since {}: {}\n",
+            s.path,
+            s.since.as_deref().unwrap_or("?"),
+            s.error.as_deref().unwrap_or("?")
+        ),
+        Some(s) if s.repairs > 0 => format!(
+            "\nstate store {}: ok, rebuilt {} time(s); last problem at {}: {}\n",
+            s.path,
+            s.repairs,
+            s.last_error_at.as_deref().unwrap_or("?"),
+            s.last_error.as_deref().unwrap_or("?")
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Peer host names: what each protects, and a warning when its lookups
+/// fail.
+fn names_text(names: &[crate::control::NameView]) -> String {
+    let mut out = String::new();
+    for n in names {
+        let addrs = if n.addrs.is_empty() {
+            "no address protected".to_string()
+        } else {
+            n.addrs.join(" ")
+        };
+        let when = match (&n.resolved_at, n.from_store) {
+            (Some(t), true) => format!(" (from the store, resolved {t})"),
+            (Some(t), false) => format!(" (resolved {t})"),
+            (None, _) => String::new(),
+        };
+        out.push_str(&format!(
+            "peer name {} -> {addrs}{when}, jail(s) {}\n",
+            escape_text(&n.name, 255),
+            n.jails.join(", ")
+        ));
+        if let Some(p) = &n.problem {
+            out.push_str(&format!(
+                "  WARNING: {} (since {})\n",
+                escape_text(p, 512),
+                n.problem_since.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    if !out.is_empty() {
+        out.insert(0, '\n');
+    }
+    out
+}
+
+fn feeds_text(feeds: &[crate::control::FeedView]) -> String {
+    let mut out = String::new();
+    for f in feeds {
+        out.push_str(&format!(
+            "feed {}: {} entries{}{}\n",
+            f.name,
+            f.entries,
+            if f.cut > 0 {
+                format!(" ({} cut around protected addresses)", f.cut)
+            } else {
+                String::new()
+            },
+            match &f.error {
+                Some(e) => format!(", last fetch FAILED ({e})"),
+                None => f
+                    .last_ok
+                    .as_ref()
+                    .map(|t| format!(", fetched {t}"))
+                    .unwrap_or_default(),
+            }
+        ));
+    }
+    if !out.is_empty() {
+        out.insert(0, '\n');
+    }
+    out
+}
+
+fn cluster_text(c: &crate::cluster::ClusterView) -> String {
+    let mut out = format!(
+        "\ncluster: node {}, redis {} {}, {} published, {} received, {} queued\n",
+        c.node,
+        c.redis,
+        if c.connected {
+            "connected".to_string()
+        } else {
+            format!("DOWN ({})", c.error.as_deref().unwrap_or("connecting"))
+        },
+        c.published,
+        c.received,
+        c.queued
+    );
+    if c.skipped > 0 {
+        out.push_str(&format!(
+            "  {} key(s) or entries under the prefix skipped (wrong type or shape; see the log)\n",
+            c.skipped
+        ));
+    }
+    for t in &c.tasks {
+        if !t.up || t.restarts > 0 {
+            out.push_str(&format!(
+                "  {} {}, {} restart(s){}\n",
+                t.name,
+                if t.up { "up" } else { "DOWN" },
+                t.restarts,
+                t.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    for p in &c.peers {
+        out.push_str(&format!(
+            "  peer {:<20} seen {} ms ago{}  {}\n",
+            p.node,
+            p.seen_ms_ago,
+            p.lag_ms
+                .map(|l| format!(", lag {l} ms"))
+                .unwrap_or_default(),
+            p.addrs.join(" ")
+        ));
+    }
+    out
+}
+
+/// What status says of a source's dates, when they disagree with the
+/// clock: `; 3 too old, not counted; 1 off the clock, last -1h`.
+fn dates_note(s: &crate::control::SourceView) -> String {
+    let mut out = String::new();
+    if s.too_old > 0 {
+        out.push_str(&format!("; {} too old, not counted", s.too_old));
+    }
+    if s.skewed > 0 {
+        out.push_str(&format!("; {} off the clock", s.skewed));
+    }
+    if let Some(off) = s.last_skew_s {
+        out.push_str(&format!(
+            ", last {}{}",
+            if off < 0 { "-" } else { "+" },
+            Duration(off.unsigned_abs())
+        ));
+    }
+    out
+}
+
+fn jail_detail(j: &JailView) -> String {
+    let files: Vec<String> = j
+        .sources
+        .iter()
+        .map(|s| {
+            let state = match (&s.reason, s.healthy) {
+                (_, true) => "followed".to_string(),
+                (Some(why), false) => format!("waiting: {why}"),
+                (None, false) => "waiting".to_string(),
+            };
+            format!("{} ({state}{})", s.path, dates_note(s))
+        })
+        .collect();
+    let banned = j.banned.as_deref().unwrap_or_default();
+    let list: Vec<&str> = banned.iter().map(|b| b.addr.as_str()).collect();
+    let mut out = format!(
+        "Status for the jail: {}\n|- Filter\n|  |- Currently failed: {}\n|  |- Total failed:     {}\n|  `- File list:        {}\n`- Actions\n   |- Currently banned: {}\n   |- Total banned:     {}\n   `- Banned IP list:   {}\n",
+        j.name,
+        j.currently_failing,
+        j.total_failed,
+        files.join(" "),
+        j.currently_banned,
+        j.total_banned,
+        list.join(" ")
+    );
+    if !banned.is_empty() {
+        out.push_str(&format!(
+            "\n{:<40} {:>10} {:>9}  {:<9} {}\n",
+            "ADDRESS", "REMAINING", "FAILURES", "REASON", "SINCE"
+        ));
+        for b in banned {
+            out.push_str(&format!(
+                "{:<40} {:>10} {:>9}  {:<9} {}\n",
+                b.addr,
+                b.remaining_s.map_or_else(|| "permanent".to_string(), secs),
+                b.failures,
+                match &b.origin {
+                    Some(o) => format!("{} ({o})", b.reason),
+                    None => b.reason.clone(),
+                },
+                b.start
+            ));
+        }
+    }
+    if let Some(c) = &j.next_cursor {
+        out.push_str(&format!(
+            "\n(more bans follow: add --cursor {c} for the next page)\n"
+        ));
+    }
+    out
+}
+
+/// Renders a successful answer for people.
+pub fn render(req: &Request, resp: &Response) -> String {
+    let Some(v) = resp.parse::<serde_json::Value>() else {
+        return String::new();
+    };
+    match req {
+        Request::Ping {} => "pong\n".to_string(),
+        Request::Status { jail: None, .. } => match serde_json::from_value::<StatusView>(v) {
+            Ok(s) => format!(
+                "sipwarden {}, up {}, firewall {}, configuration {}\n{}{}",
+                s.version,
+                secs(s.uptime_s),
+                s.firewall,
+                s.config,
+                jail_table(&s.jails),
+                s.cluster.as_ref().map(cluster_text).unwrap_or_default()
+                    + &names_text(&s.names)
+                    + &feeds_text(&s.feeds)
+                    + &store_text(s.store.as_ref())
+            ),
+            Err(_) => "(unreadable status)\n".into(),
+        },
+        Request::Status { jail: Some(_), .. } => match serde_json::from_value::<JailView>(v) {
+            Ok(j) => jail_detail(&j),
+            Err(_) => "(unreadable status)\n".into(),
+        },
+        Request::Ban { .. } => {
+            let addr = v["addr"].as_str().unwrap_or("?");
+            let jail = v["jail"].as_str().unwrap_or("?");
+            let len = v["bantime"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| "permanent".into());
+            format!(
+                "[{}] Ban {} (manual, {})\n",
+                escape_text(jail, 64),
+                addr,
+                len
+            )
+        }
+        Request::Unban { .. } => match serde_json::from_value::<UnbanView>(v) {
+            Ok(u) if u.unbanned.is_empty() => "nothing to unban\n".into(),
+            Ok(u) => u
+                .unbanned
+                .iter()
+                .map(|b| format!("[{}] Unban {} (manual)\n", b.jail, b.addr))
+                .collect(),
+            Err(_) => "(unreadable answer)\n".into(),
+        },
+        Request::Reload { .. } => format!("reloaded: {}\n", v["config"].as_str().unwrap_or("?")),
+        Request::Recent {} => format!("{v}\n"),
+    }
+}
