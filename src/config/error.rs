@@ -63,6 +63,9 @@ pub enum Reason {
     /// `[cluster]`.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterConfigError),
+    /// `[[feed]]`.
+    #[error(transparent)]
+    Feed(#[from] crate::feed::FeedConfigError),
     /// Not yet a component's own error (being moved).
     #[error("{0}")]
     Other(String),

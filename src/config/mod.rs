@@ -27,6 +27,7 @@ pub use error::{ConfigError, Invalid, Place, Reason};
 use crate::cluster::ClusterConfig;
 use crate::enforce::FirewallConfig;
 use crate::enforce::config::RawFirewall;
+use crate::feed::FeedConfig;
 use crate::filter::{self, FilterOptions};
 use crate::http::HttpConfig;
 use crate::net::NetSet;
@@ -186,7 +187,7 @@ struct RawConfig {
     #[serde(default)]
     http: Option<crate::http::config::RawHttp>,
     #[serde(default)]
-    feed: Vec<Spanned<RawFeed>>,
+    feed: Vec<Spanned<crate::feed::config::RawFeed>>,
     #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
 }
@@ -196,20 +197,6 @@ struct RawConfig {
 struct RawWire {
     interface: Option<String>,
     ports: Option<Vec<u16>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFeed {
-    name: Spanned<String>,
-    url: Option<Spanned<String>>,
-    path: Option<PathBuf>,
-    format: Option<crate::feed::FeedFormat>,
-    key: Option<String>,
-    set: Option<String>,
-    refresh: Option<Duration>,
-    max_size: Option<u64>,
-    max_entries: Option<usize>,
 }
 
 /// `[daemon]`: where the daemon keeps its state and control socket.
@@ -294,7 +281,7 @@ pub struct Config {
     /// `[http]`: `None` keeps the listener off.
     pub http: Option<HttpConfig>,
     /// `[[feed]]`: blocklists loaded into kernel sets of their own.
-    pub feeds: Vec<crate::feed::FeedConfig>,
+    pub feeds: Vec<FeedConfig>,
     /// What is accepted but probably not meant (an `ignoreip` prefix wider
     /// than /8), each with file:line; `check` prints them, the daemon logs
     /// them.
@@ -647,62 +634,7 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         .map(HttpConfig::from_raw)
         .transpose()
         .map_err(|e| src.invalid(e))?;
-    let mut feeds: Vec<crate::feed::FeedConfig> = Vec::new();
-    for rf in &raw.feed {
-        let span = rf.span();
-        let f = rf.get_ref();
-        let name = f.name.get_ref();
-        if name.is_empty()
-            || name.len() > 24
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(err(
-                f.name.span(),
-                "feed name must be 1-24 lowercase letters, digits or '_' (it names kernel sets)"
-                    .into(),
-            ));
-        }
-        if feeds.iter().any(|g| &g.name == name) {
-            return Err(err(f.name.span(), format!("a second feed named {name:?}")));
-        }
-        let source = match (&f.url, &f.path) {
-            (Some(u), None) => {
-                let url = u.get_ref();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(err(
-                        u.span(),
-                        "url must start with http:// or https://".into(),
-                    ));
-                }
-                crate::feed::FeedSource::Url(url.clone())
-            }
-            (None, Some(p)) => crate::feed::FeedSource::Path(p.clone()),
-            _ => {
-                return Err(err(
-                    span,
-                    "a [[feed]] needs exactly one of url and path".into(),
-                ));
-            }
-        };
-        let format = f.format.unwrap_or(crate::feed::FeedFormat::List);
-        if format == crate::feed::FeedFormat::Apiban
-            && !matches!(source, crate::feed::FeedSource::Url(_))
-        {
-            return Err(err(span, "format \"apiban\" needs a url".into()));
-        }
-        feeds.push(crate::feed::FeedConfig {
-            name: name.clone(),
-            source,
-            format,
-            key: f.key.clone(),
-            set: f.set.clone().unwrap_or_else(|| "sip".into()),
-            refresh: std::time::Duration::from_secs(f.refresh.unwrap_or(Duration(3600)).0.max(1)),
-            max_size: f.max_size.unwrap_or(16 * 1024 * 1024),
-            max_entries: f.max_entries.unwrap_or(1_000_000),
-        });
-    }
+    let feeds = FeedConfig::from_raw(&raw.feed).map_err(|e| src.invalid(e))?;
     let daemon = DaemonConfig {
         state_dir: raw
             .daemon

@@ -8,53 +8,16 @@
 //! and in `state_dir/feeds/NAME.txt`, from which it is loaded again at the
 //! next start.
 
+pub mod config;
 pub mod protect;
 pub mod runner;
+
+pub use config::{FeedConfig, FeedConfigError, FeedFormat, FeedSource};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-
-/// Where a feed comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FeedSource {
-    /// A URL (`http://` or `https://`).
-    Url(String),
-    /// A local file.
-    Path(PathBuf),
-}
-
-/// How a feed is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FeedFormat {
-    /// One address or prefix per line.
-    List,
-    /// APIBAN's `POST <base>/get` pages.
-    Apiban,
-}
-
-/// One `[[feed]]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeedConfig {
-    /// Its name (kernel sets `feed_<name>_v4` and `_v6`).
-    pub name: String,
-    /// Where from.
-    pub source: FeedSource,
-    /// How it is written.
-    pub format: FeedFormat,
-    /// APIBAN key (`Authorization: Bearer`).
-    pub key: Option<String>,
-    /// APIBAN set (`sip` by default).
-    pub set: String,
-    /// How often it is fetched again.
-    pub refresh: Duration,
-    /// Largest download, in bytes (per page for APIBAN).
-    pub max_size: u64,
-    /// Most entries kept.
-    pub max_entries: usize,
-}
 
 /// What went wrong with a fetch.
 #[derive(Debug, thiserror::Error)]
