@@ -21,11 +21,15 @@
 //! when they keep coming (the 1st, 10th, 100th... in a row), since a wrong
 //! `logtimezone` or a server clock that is off makes every line look old.
 //! Lines dated more than a minute ahead are counted as now, and noted too.
+//!
+//! This file is the reading (the path, rotation, truncation, budgets); what
+//! a line becomes is `file/events.rs`, the counters status shows
+//! `file/stats.rs`.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,20 +37,23 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use tokio::sync::mpsc::Sender;
 
-use crate::event::{FailureEvent, JailId, Time};
-use crate::filter::{Filter, FilterContext};
+use crate::event::{FailureEvent, JailId};
+use crate::filter::Filter;
 use crate::source::scanner::ScannerList;
-use crate::source::{DateStats, Dated, Window, span};
+use crate::source::{Window, rare};
 
+mod events;
 mod generation;
 mod lines;
 mod same;
+mod stats;
 mod trouble;
 mod watch;
 
 use generation::{Generation, Ident, Refusal, open_regular};
 pub use lines::{LineSplitter, MAX_LINE};
 pub use same::{SameFile, distinct};
+pub use stats::FollowStats;
 use watch::{DirWatch, MAX_RENAMES, Renames, WatchError};
 
 /// How often a file is checked when no inotify event arrives.
@@ -62,41 +69,6 @@ pub const READ_PER_WAKE: u64 = 16 * CHUNK as u64;
 
 /// Files already read, remembered so that a rotated one is never read twice.
 const RECENT: usize = 64;
-
-/// Counters a follower keeps; shared with status output.
-#[derive(Debug, Default)]
-pub struct FollowStats {
-    /// Lines read.
-    pub lines: AtomicU64,
-    /// Lines a filter matched.
-    pub matched: AtomicU64,
-    /// Lines skipped for being longer than [`MAX_LINE`].
-    pub overlong: AtomicU64,
-    /// Lines that were not valid UTF-8 (still filtered, bytes as they are).
-    pub non_utf8: AtomicU64,
-    /// Matched lines naming an address that is never a packet's source
-    /// (`0.0.0.0`, broadcast, multicast): not counted.
-    pub never_source: AtomicU64,
-    /// Whether the file is open and followed right now.
-    pub open: AtomicBool,
-    /// Whether its directory is watched (else it is polled every 500 ms).
-    pub watched: AtomicBool,
-    /// Why it is not, when it is not (`does not exist yet`, `a FIFO (named
-    /// pipe), not a regular file`, ...).
-    pub waiting: Mutex<Option<String>>,
-    /// Matched lines dated before `findtime` or ahead of the clock.
-    pub dates: DateStats,
-}
-
-impl FollowStats {
-    /// Why the file is not followed right now; `None` while it is.
-    pub fn reason(&self) -> Option<String> {
-        if self.open.load(Ordering::Relaxed) {
-            return None;
-        }
-        lock(&self.waiting).clone()
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The data behind these locks stays consistent at every step.
@@ -553,107 +525,12 @@ impl FileSource {
         self.send(batch)
     }
 
-    fn context(&self) -> FilterContext {
-        FilterContext {
-            tz: self.tz.clone(),
-            now: Time::now(),
-        }
-    }
-
-    fn filter_line(&self, line: &[u8], cx: &FilterContext, batch: &mut Vec<FailureEvent>) {
-        self.stats.lines.fetch_add(1, Ordering::Relaxed);
-        let Some(m) = self.filter.match_line(line, cx) else {
-            return;
-        };
-        if let Some(why) = crate::net::never_a_source_why(m.addr) {
-            let total = self.stats.never_source.fetch_add(1, Ordering::Relaxed) + 1;
-            if rare(total, 1) {
-                tracing::warn!(
-                    "{}: a matching line names {}, {why}, never a packet's source ({total} so far); not counted",
-                    self.path.display(),
-                    m.addr
-                );
-            }
-            return;
-        }
-        if std::str::from_utf8(line).is_err() {
-            // Still counted: an attacker must not hide a failure behind one
-            // bad byte in a user name.
-            let total = self.stats.non_utf8.fetch_add(1, Ordering::Relaxed) + 1;
-            if rare(total, 1) {
-                tracing::warn!(
-                    "{}: a matching line is not valid UTF-8 ({total} so far); counted as bytes",
-                    self.path.display()
-                );
-            }
-        }
-        self.stats.matched.fetch_add(1, Ordering::Relaxed);
-        if let Some(t) = m.time {
-            self.note_date(t, cx);
-        }
-        batch.push(FailureEvent {
-            time: m.time.unwrap_or(cx.now),
-            jail: self.jail,
-            addr: m.addr,
-            kind: m.kind,
-            scanner: m
-                .user_agent
-                .as_deref()
-                .is_some_and(|ua| self.scanners.matches(ua)),
-            user: m.user,
-        });
-    }
-
-    /// Counts a line dated out of the window or ahead of the clock, and
-    /// says so rarely: such lines are failures the jail will not count (or
-    /// counts as now), most often from a wrong `logtimezone`.
-    fn note_date(&self, t: Time, cx: &FilterContext) {
-        match self.stats.dates.note_line(t, cx.now, &self.window) {
-            Dated::Fresh => {}
-            Dated::TooOld { streak, age_ms } if rare(streak, 1) => tracing::warn!(
-                "{}: {streak} matching line(s) in a row dated older than findtime ({} ago, findtime {}); not counted. If they are new, logtimezone ({}) or the clock of the host writing them is wrong",
-                self.path.display(),
-                span(age_ms),
-                span(self.window.findtime_ms()),
-                tz_name(&self.tz)
-            ),
-            Dated::TooOld { .. } => {}
-            Dated::Ahead { total, ahead_ms } if rare(total, 1) => tracing::warn!(
-                "{}: a matching line is dated {} ahead of this host's clock; counted as now ({total} such line(s) so far). Is logtimezone ({}) right?",
-                self.path.display(),
-                span(ahead_ms),
-                tz_name(&self.tz)
-            ),
-            Dated::Ahead { .. } => {}
-        }
-    }
-
     fn send(&self, batch: Vec<FailureEvent>) -> bool {
         if !batch.is_empty() {
             crate::supervise::inject_fault("follower");
         }
         batch.is_empty() || self.tx.blocking_send(batch).is_ok()
     }
-}
-
-/// A zone's name for messages (`UTC`, `Europe/Berlin`, or `local`).
-fn tz_name(tz: &TimeZone) -> String {
-    tz.iana_name()
-        .map_or_else(|| "local".to_string(), str::to_string)
-}
-
-/// Whether a running count just crossed 1, 10, 100, ...: warnings about
-/// repeated bad input stay few.
-pub(crate) fn rare(total: u64, added: u64) -> bool {
-    let before = total - added;
-    let mut p = 1;
-    while p <= total {
-        if p > before {
-            return true;
-        }
-        p = p.saturating_mul(10);
-    }
-    false
 }
 
 /// Waits for an inotify wake-up or the poll interval; false when the watcher
@@ -675,8 +552,8 @@ mod tests {
     use std::path::Path;
     use std::time::Instant;
 
-    use crate::event::FailureKind;
-    use crate::filter::LineMatch;
+    use crate::event::{FailureKind, Time};
+    use crate::filter::{FilterContext, LineMatch};
 
     /// Matches `fail N`; N becomes the address 10.0.0.0 + N, so every line
     /// is told apart by its address. `fail N at S` is dated S seconds from
@@ -956,13 +833,6 @@ mod tests {
                 .unwrap();
         }
         f.assert_all(n);
-    }
-
-    #[test]
-    fn rare_is_rare() {
-        let hits: Vec<u64> = (1..=2000).filter(|&n| rare(n, 1)).collect();
-        assert_eq!(hits, vec![1, 10, 100, 1000]);
-        assert!(rare(15, 10));
     }
 
     /// Finding 12, rotation faster than the follower: it is held up (its

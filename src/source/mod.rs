@@ -138,3 +138,29 @@ impl DateStats {
 pub fn span(ms: i64) -> String {
     Duration(ms.unsigned_abs() / 1000).to_string()
 }
+
+/// Whether a running count just crossed 1, 10, 100, ...: warnings about
+/// repeated bad input stay few.
+pub(crate) fn rare(total: u64, added: u64) -> bool {
+    let before = total - added;
+    let mut p = 1;
+    while p <= total {
+        if p > before {
+            return true;
+        }
+        p = p.saturating_mul(10);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rare_is_rare() {
+        let hits: Vec<u64> = (1..=2000).filter(|&n| rare(n, 1)).collect();
+        assert_eq!(hits, vec![1, 10, 100, 1000]);
+        assert!(rare(15, 10));
+    }
+}

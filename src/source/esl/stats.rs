@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::mapper::unreadable_text;
 use crate::event::FailureKind;
-use crate::source::file::rare;
+use crate::source::rare;
 use crate::source::{DateStats, span};
 
 /// Counters and state of one ESL connection, shared with status output.

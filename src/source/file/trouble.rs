@@ -47,7 +47,7 @@ impl Trouble {
         }
         Failed {
             total: self.failures,
-            log: super::rare(self.failures, 1),
+            log: crate::source::rare(self.failures, 1),
             wait,
         }
     }
