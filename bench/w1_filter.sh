@@ -11,8 +11,9 @@ SHARED=${SHARED:-../shared}
 WORK=${WORK:-$(mktemp -d)}
 LOG=$WORK/freeswitch-200k.log
 [ -f "$LOG" ] || python3 "$SHARED/bench/gen_freeswitch_log.py" 200000 "$LOG" >/dev/null
-cargo build --release -q
-BIN=target/release/sipwarden
+# BIN=... measures another build (side by side: bench/side_by_side.sh).
+[ -n "${BIN:-}" ] || cargo build --release -q
+BIN=${BIN:-$PWD/target/release/sipwarden}
 F2B_FILTER=${F2B_FILTER:-/etc/fail2ban/filter.d/freeswitch.conf}
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -11,9 +11,10 @@ WORK=$(mktemp -d)
 NS=swbench$$
 cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true; }
 trap cleanup EXIT
-cargo build --release -q
+# BIN=... measures another build (side by side: bench/side_by_side.sh).
+[ -n "${BIN:-}" ] || cargo build --release -q
 . bench/lib.sh
-BIN=$PWD/target/release/sipwarden
+BIN=${BIN:-$PWD/target/release/sipwarden}
 GEN_SPAN_S=300 GEN_END_NOW=1 python3 "$SHARED/bench/gen_freeswitch_log.py" 200000 "$WORK/burst.log" >/dev/null
 # Due bans: addresses with at least 3 failures (the built-in filter's lines),
 # outside ignoreip (127.0.0.0/8 and ::1, as in fail2ban's script).

@@ -14,10 +14,12 @@ WORK=$(mktemp -d)
 NS=swlat$$
 SPIN=()
 trap 'kill "${SPIN[@]}" 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
-cargo build --release -q
+# BIN=... measures another build (side by side: bench/side_by_side.sh).
+[ -n "${BIN:-}" ] || cargo build --release -q
+BIN=${BIN:-$PWD/target/release/sipwarden}
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 if [ "${BUSY:-0}" = 1 ]; then
   for _ in $(seq "$(nproc)"); do nice -n 19 sh -c 'while :; do :; done' & SPIN+=($!); done
 fi
-ip netns exec "$NS" python3 bench/latency.py w3 "$PWD/target/release/sipwarden" "$WORK" "$TRIALS"
+ip netns exec "$NS" python3 bench/latency.py w3 "$BIN" "$WORK" "$TRIALS"

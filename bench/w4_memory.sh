@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d)
 trap 'kill ${PID:-} 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
-cargo build --release -q
+# BIN=... measures another build (side by side: bench/side_by_side.sh).
+[ -n "${BIN:-}" ] || cargo build --release -q
 . bench/lib.sh
-BIN=$PWD/target/release/sipwarden
+BIN=${BIN:-$PWD/target/release/sipwarden}
 python3 - "$WORK" <<'PY'
 import sys, time
 w = sys.argv[1]

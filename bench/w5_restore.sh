@@ -11,9 +11,10 @@ WORK=$(mktemp -d)
 NS=swrest$$
 cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true; }
 trap cleanup EXIT
-cargo build --release -q
+# BIN=... measures another build (side by side: bench/side_by_side.sh).
+[ -n "${BIN:-}" ] || cargo build --release -q
 . bench/lib.sh
-BIN=$PWD/target/release/sipwarden
+BIN=${BIN:-$PWD/target/release/sipwarden}
 sw_config 'maxretry = 1\nbantime = "1h"'
 python3 - "$WORK/burst.log" "$N" <<'PY'
 import sys, time

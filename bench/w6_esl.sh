@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 N=${N:-500000}
 WORK=$(mktemp -d)
 trap 'kill ${PID:-} ${SIM:-} 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
-cargo build --release -q
-BIN=$PWD/target/release/sipwarden
+# BIN=... measures another build (side by side: bench/side_by_side.sh).
+[ -n "${BIN:-}" ] || cargo build --release -q
+BIN=${BIN:-$PWD/target/release/sipwarden}
 cat > "$WORK/sim.py" <<'PY'
 import socket, sys, time
 n, portfile, startfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
