@@ -44,6 +44,53 @@ pub struct ControlSocket {
     gid: Option<u32>,
 }
 
+/// Why the control socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSocketError {
+    /// Another daemon answers on the path.
+    #[error(
+        "another sipwarden is running: its control socket {} answers; stop it first, or give this one another [daemon] socket",
+        .0.display()
+    )]
+    Answers(PathBuf),
+    /// Something other than a socket is at the path; it is left alone.
+    #[error(
+        "[daemon] socket {} is {what}, not a socket; refusing to replace it: remove it yourself if it is not needed, or give [daemon] socket another path",
+        path.display()
+    )]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there instead.
+        what: &'static str,
+    },
+    /// `[daemon] socket_group` names no group.
+    #[error("[daemon] socket_group: no group named {0:?} on this system")]
+    NoGroup(String),
+    /// A step on the file system failed: looking at the path, removing a
+    /// stale socket, creating the directory, binding, setting the mode. The
+    /// I/O error is part of the message, not its cause: said once.
+    #[error("{step} {}: {error}", path.display())]
+    Io {
+        /// What was being done, e.g. "binding control socket".
+        step: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// Why it failed.
+        error: std::io::Error,
+    },
+    /// The socket could not be given to the group.
+    #[error("giving {} to group {group}: {error}", path.display())]
+    Chown {
+        /// The socket.
+        path: PathBuf,
+        /// The group.
+        group: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
 /// The numeric id of group `name`.
 fn group_id(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
@@ -64,45 +111,46 @@ impl ControlSocket {
     /// answers on it, and when something other than a socket is there (a
     /// configuration mistake must not delete a file); removes a stale
     /// socket.
-    pub fn bind(path: &Path, group: Option<&str>) -> Result<ControlSocket, String> {
+    pub fn bind(path: &Path, group: Option<&str>) -> Result<ControlSocket, ControlSocketError> {
+        let failed = |step, path: &Path| {
+            let path = path.to_path_buf();
+            move |error| ControlSocketError::Io { step, path, error }
+        };
         // lstat: a symbolic link is not followed, nor removed.
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(format!(
-                        "another sipwarden is running: its control socket {} answers; stop it first, or give this one another [daemon] socket",
-                        path.display()
-                    ));
+                    return Err(ControlSocketError::Answers(path.to_path_buf()));
                 }
                 // Nobody answers: a socket left by a daemon that died.
-                std::fs::remove_file(path).map_err(|e| {
-                    format!("removing the stale control socket {}: {e}", path.display())
-                })?;
+                std::fs::remove_file(path)
+                    .map_err(failed("removing the stale control socket", path))?;
             }
             Ok(m) => {
-                return Err(format!(
-                    "[daemon] socket {} is {}, not a socket; refusing to replace it: remove it yourself if it is not needed, or give [daemon] socket another path",
-                    path.display(),
-                    what_is(&m.file_type())
-                ));
+                return Err(ControlSocketError::NotASocket {
+                    path: path.to_path_buf(),
+                    what: what_is(&m.file_type()),
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("looking at {}: {e}", path.display())),
+            Err(e) => return Err(failed("looking at", path)(e)),
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(failed("creating", dir))?;
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("binding control socket {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path).map_err(failed("binding control socket", path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| format!("setting mode 0660 on {}: {e}", path.display()))?;
+            .map_err(failed("setting mode 0660 on", path))?;
         let gid = match group {
             Some(g) => {
-                let gid = group_id(g).ok_or_else(|| {
-                    format!("[daemon] socket_group: no group named {g:?} on this system")
+                let gid = group_id(g).ok_or_else(|| ControlSocketError::NoGroup(g.to_string()))?;
+                std::os::unix::fs::chown(path, None, Some(gid)).map_err(|error| {
+                    ControlSocketError::Chown {
+                        path: path.to_path_buf(),
+                        group: g.to_string(),
+                        error,
+                    }
                 })?;
-                std::os::unix::fs::chown(path, None, Some(gid))
-                    .map_err(|e| format!("giving {} to group {g}: {e}", path.display()))?;
                 Some(gid)
             }
             None => None,
@@ -245,4 +293,60 @@ async fn ask(core: &mpsc::Sender<ControlMsg>, req: Request) -> Response {
     }
     rx.await
         .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refusal keeps the message it had as a string: what is there,
+    /// what to do.
+    #[tokio::test]
+    async fn bind_refusals_say_what_is_there_and_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("sipwarden-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file.sock");
+        std::fs::write(&file, b"keep me").unwrap();
+        let e = ControlSocket::bind(&file, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "[daemon] socket {} is a regular file, not a socket; refusing to replace it: remove it yourself if it is not needed, or give [daemon] socket another path",
+                file.display()
+            )
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        let sock = dir.join("ctl.sock");
+        let first = ControlSocket::bind(&sock, None).unwrap();
+        let e = ControlSocket::bind(&sock, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "another sipwarden is running: its control socket {} answers; stop it first, or give this one another [daemon] socket",
+                sock.display()
+            )
+        );
+        drop(first);
+
+        let e = ControlSocket::bind(&dir.join("g.sock"), Some("no-such-group-x"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "[daemon] socket_group: no group named \"no-such-group-x\" on this system"
+        );
+
+        let e = ControlSocket::bind(&file.join("under-a-file.sock"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "looking at {}: ",
+                file.join("under-a-file.sock").display()
+            )),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

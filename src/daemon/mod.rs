@@ -59,6 +59,9 @@ pub enum DaemonError {
     /// Something the configuration asks for cannot be set up.
     #[error("{0}")]
     Setup(String),
+    /// The control socket cannot be bound.
+    #[error(transparent)]
+    Control(#[from] crate::control::server::ControlSocketError),
     /// The runtime failed (signals, threads).
     #[error("{what}: {source}")]
     Io {
@@ -98,8 +101,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         return Err(DaemonError::Setup("too many jails".into()));
     }
     let lock = lock::StateLock::take(&config.daemon.state_dir)?;
-    let control = ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())
-        .map_err(DaemonError::Setup)?;
+    let control =
+        ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
     let now = Time::now();
     let state_dir = config.daemon.state_dir.clone();
     let store_health = Arc::new(std::sync::Mutex::new(crate::control::StoreView {
