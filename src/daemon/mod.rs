@@ -62,6 +62,9 @@ pub enum DaemonError {
     /// The control socket cannot be bound.
     #[error(transparent)]
     Control(#[from] crate::control::server::ControlSocketError),
+    /// The HTTP listener cannot be bound.
+    #[error(transparent)]
+    Http(#[from] crate::http::BindError),
     /// The runtime failed (signals, threads).
     #[error("{what}: {source}")]
     Io {
@@ -295,9 +298,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     let http = match rt.config.http.clone() {
         Some(h) => {
-            let listener = crate::http::bind(h.listen)
-                .await
-                .map_err(DaemonError::Setup)?;
+            let listener = crate::http::bind(h.listen).await?;
             tracing::info!(
                 "http: dashboard, API and metrics on http://{}/{}",
                 h.listen,

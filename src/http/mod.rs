@@ -76,11 +76,22 @@ struct Ctx {
     history: Arc<tokio::sync::Semaphore>,
 }
 
+/// The HTTP listener could not be bound. The I/O error is part of the
+/// message, not its cause: said once.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for [http] ({error}); choose another `listen` address or port")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why.
+    pub error: std::io::Error,
+}
+
 /// Binds `addr`; the error says what to change.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        format!("cannot listen on {addr} for [http] ({e}); choose another `listen` address or port")
-    })
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| BindError { addr, error })
 }
 
 /// Serves until the task is aborted. `allowed_hosts` are the `Host` names
@@ -240,31 +251,40 @@ async fn status(State(ctx): State<Ctx>) -> HttpResponse {
     json(&ask(&ctx, overview()).await)
 }
 
+/// Why a jail page's query string was refused.
+#[derive(Debug, thiserror::Error)]
+enum PageQueryError {
+    /// `limit` is not a number (the text shown escaped, cut at 40).
+    #[error("limit must be a number, not {0:?}")]
+    NotANumber(String),
+    /// A parameter other than `limit` and `cursor` (escaped, cut at 40).
+    #[error("unknown query parameter {0:?}: this path takes `limit` and `cursor`")]
+    Unknown(String),
+    /// The limit or the cursor is out of range.
+    #[error(transparent)]
+    Page(#[from] crate::control::page::PageError),
+}
+
 /// `limit` and `cursor` from a query string; anything else is refused (a
 /// misspelt parameter would otherwise silently page by 1,000).
-fn page_query(query: Option<&str>) -> Result<Page, String> {
+fn page_query(query: Option<&str>) -> Result<Page, PageQueryError> {
     let (mut limit, mut cursor) = (None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "limit" => {
-                limit = Some(v.parse::<usize>().map_err(|_| {
-                    format!(
-                        "limit must be a number, not {:?}",
-                        crate::event::escape_text(v, 40)
-                    )
-                })?)
+                limit =
+                    Some(v.parse::<usize>().map_err(|_| {
+                        PageQueryError::NotANumber(crate::event::escape_text(v, 40))
+                    })?)
             }
             "cursor" => cursor = Some(v),
             _ => {
-                return Err(format!(
-                    "unknown query parameter {:?}: this path takes `limit` and `cursor`",
-                    crate::event::escape_text(k, 40)
-                ));
+                return Err(PageQueryError::Unknown(crate::event::escape_text(k, 40)));
             }
         }
     }
-    Page::new(limit, cursor).map_err(|e| e.to_string())
+    Ok(Page::new(limit, cursor)?)
 }
 
 /// One jail with one page of its bans, streamed: the core is asked for
@@ -272,7 +292,7 @@ fn page_query(query: Option<&str>) -> Result<Page, String> {
 async fn jail(State(ctx): State<Ctx>, Path(jail): Path<String>, uri: Uri) -> HttpResponse {
     let page = match page_query(uri.query()) {
         Ok(p) => p,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let first = ask(
         &ctx,
