@@ -1,0 +1,144 @@
+//! Reads: the bans in force for a restart, ban counts for escalation, the
+//! names kept for peers, one address's history for the views.
+//!
+//! Apart from the writes: these are the queries, each turning rows this
+//! build cannot read into skips rather than errors.
+
+use ipnet::IpNet;
+use rusqlite::{OptionalExtension, params};
+
+use super::schema::parse_reason;
+use super::{HistoryRow, Store, StoreError, StoredBan, StoredName};
+use crate::event::Time;
+
+/// Most names read back at start: a peer list is short, and a database
+/// grown by other hands must not grow the daemon.
+const MAX_STORED_NAMES: i64 = 10_000;
+
+impl Store {
+    /// Bans still in force at `now`, oldest first.
+    pub fn active(&self, now: Time) -> Result<Vec<StoredBan>, StoreError> {
+        let r = (|| {
+            let mut q = self.conn.prepare(
+                "SELECT jail, addr, start_ms, end_ms, failures, reason FROM bans
+                 WHERE lifted_ms IS NULL AND (end_ms IS NULL OR end_ms > ?1) ORDER BY start_ms",
+            )?;
+            let rows = q.query_map([now.0], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (jail, addr, start, end, failures, reason) = row?;
+                // A row this build cannot read is skipped, not fatal.
+                let Ok(addr) = addr.parse::<IpNet>() else {
+                    continue;
+                };
+                out.push(StoredBan {
+                    jail,
+                    addr,
+                    start: Time(start),
+                    end: end.map(Time),
+                    failures,
+                    reason: parse_reason(&reason),
+                });
+            }
+            Ok(out)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// For escalation: per (jail, address), how many bans began since the
+    /// address's last manual unban (a manual unban is a clean slate).
+    pub fn ban_counts(&self) -> Result<Vec<(String, IpNet, u32)>, StoreError> {
+        let r = (|| {
+            let mut q = self.conn.prepare(
+                "SELECT b.jail, b.addr, COUNT(*) FROM bans b
+                 WHERE b.start_ms > COALESCE((SELECT MAX(m.lifted_ms) FROM bans m
+                        WHERE m.addr = b.addr AND m.lifted_reason = 'manual'), -1)
+                 GROUP BY b.jail, b.addr",
+            )?;
+            let rows = q.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (jail, addr, n) = row?;
+                if let Ok(addr) = addr.parse::<IpNet>() {
+                    out.push((jail, addr, n));
+                }
+            }
+            Ok(out)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// What each peer host name last resolved to. An address this build
+    /// cannot read is skipped.
+    pub fn resolved(&self) -> Result<Vec<StoredName>, StoreError> {
+        let r = (|| {
+            let mut q = self
+                .conn
+                .prepare("SELECT name, addrs, resolved_ms FROM resolved ORDER BY name LIMIT ?1")?;
+            let rows = q.query_map([MAX_STORED_NAMES], |r| {
+                Ok(StoredName {
+                    name: r.get(0)?,
+                    addrs: r
+                        .get::<_, String>(1)?
+                        .split_whitespace()
+                        .filter_map(|a| a.parse().ok())
+                        .collect(),
+                    at: Time(r.get(2)?),
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Every ban of `addr`, newest first (for history views).
+    pub fn history(&self, addr: &IpNet, limit: usize) -> Result<Vec<HistoryRow>, StoreError> {
+        let r = (|| {
+            let mut q = self.conn.prepare(
+                "SELECT jail, start_ms, end_ms, failures, reason, lifted_ms, lifted_reason FROM bans
+                 WHERE addr = ?1 ORDER BY start_ms DESC LIMIT ?2",
+            )?;
+            let rows = q.query_map(params![addr.to_string(), limit as i64], |r| {
+                Ok((
+                    StoredBan {
+                        jail: r.get(0)?,
+                        addr: *addr,
+                        start: Time(r.get(1)?),
+                        end: r.get::<_, Option<i64>>(2)?.map(Time),
+                        failures: r.get(3)?,
+                        reason: parse_reason(&r.get::<_, String>(4)?),
+                    },
+                    r.get::<_, Option<i64>>(5)?
+                        .zip(r.get::<_, Option<String>>(6)?)
+                        .map(|(t, w)| (Time(t), w)),
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Total rows, for tests and status.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM bans", [], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+}
