@@ -1,5 +1,5 @@
-//! What the run loop owns, and how it answers the control socket and the
-//! HTTP API.
+//! What the run loop owns, and what of it the control handler
+//! ([`crate::control::handler`]) asks for.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +12,12 @@ use super::sources::Sources;
 use super::store::store_ops;
 use super::{DaemonError, RunOptions};
 use crate::config::Config;
+use crate::control::handler::{self, Answer, Daemon};
 use crate::control::recent::Recent;
-use crate::control::{
-    BanRef, BanView, FeedView, JailView, Request, Response, SourceView, StatusView, UnbanView,
-    page::Page,
-};
-use crate::duration::parse_ban_length;
+use crate::control::views::jail_view;
+use crate::control::{FeedView, RecentView, Request, Response, StatusView, page::Page};
 use crate::event::{JailId, Time};
 use crate::jail::{BanReason, Decision, DisplayNet, Jail, JailSet};
-use crate::net::{parse_ban_target, parse_prefix};
 use crate::store::StoreOp;
 
 /// Everything the main loop owns.
@@ -206,9 +203,36 @@ impl Runtime {
         }
     }
 
+    /// Answers one control request (CLI or HTTP API): at once, or for `ban`
+    /// and `unban` once the firewall answered.
+    pub(super) fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let answer = match handler::answer(self, req, Time::now()) {
+            Answer::Now(r) => r,
+            Answer::After(ds, ok) => {
+                let waiter = Waiter { reply, ok };
+                let meta = JobMeta {
+                    publish: true,
+                    waiter: Some(waiter),
+                    note: None,
+                };
+                if let Err(e) = self.dispatch(ds, meta) {
+                    tracing::error!("{e}");
+                }
+                return;
+            }
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// What only the running daemon knows, for the control handler.
+impl Daemon for Runtime {
+    fn jails(&mut self) -> &mut JailSet {
+        &mut self.jails
+    }
+
     /// The answer to `status` (every jail, or one with a page of its bans).
-    pub(super) fn status(&self, jail: Option<&str>, page: &Page) -> Response {
-        let now = Time::now();
+    fn status(&self, jail: Option<&str>, page: &Page, now: Time) -> Response {
         let views = |j: &Jail| self.sources.views(j.name());
         match jail {
             Some(name) => match self.jails.jail_id(name).and_then(|id| self.jails.jail(id)) {
@@ -220,7 +244,7 @@ impl Runtime {
                     now,
                     &self.origins,
                 )),
-                None => Response::error(self.jails.no_such_jail(name)),
+                None => Response::error(self.jails.no_such_jail(name).to_string()),
             },
             None => Response::ok(StatusView {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -246,171 +270,16 @@ impl Runtime {
         }
     }
 
-    /// Answers one control request (CLI or HTTP API): at once, or for `ban`
-    /// and `unban` once the firewall answered.
-    pub(super) fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
-        let answer = match self.answer(req) {
-            Answer::Now(r) => r,
-            Answer::After(ds, ok) => {
-                let waiter = Waiter { reply, ok };
-                let meta = JobMeta {
-                    publish: true,
-                    waiter: Some(waiter),
-                    note: None,
-                };
-                if let Err(e) = self.dispatch(ds, meta) {
-                    tracing::error!("{e}");
-                }
-                return;
-            }
-        };
-        let _ = reply.send(answer);
+    fn reload(&mut self, force: bool) -> Response {
+        Runtime::reload(self, force)
     }
 
-    fn answer(&mut self, req: Request) -> Answer {
-        let now = Time::now();
-        Answer::Now(match req {
-            Request::Ping {} => Response::ok(
-                serde_json::json!({ "pong": true, "version": env!("CARGO_PKG_VERSION") }),
-            ),
-            Request::Status {
-                jail,
-                limit,
-                cursor,
-            } => match Page::new(limit, cursor.as_deref()) {
-                Ok(page) => self.status(jail.as_deref(), &page),
-                Err(e) => Response::error(e.to_string()),
-            },
-            Request::Reload { force } => self.reload(force),
-            Request::Recent {} => Response::ok(self.recent.view(now, |id| {
-                self.jails
-                    .jail(id)
-                    .map(|j| j.name().to_string())
-                    .unwrap_or_default()
-            })),
-            Request::Ban {
-                jail,
-                addr,
-                duration,
-                force,
-            } => {
-                let net = match parse_ban_target(&addr) {
-                    Ok(n) => n,
-                    Err(e) => return Answer::Now(Response::error(e.to_string())),
-                };
-                let bantime = match duration.as_deref().map(parse_ban_length).transpose() {
-                    Ok(b) => b,
-                    Err(e) => return Answer::Now(Response::error(e.to_string())),
-                };
-                match self.jails.manual_ban(&jail, net, bantime, force, now) {
-                    Ok(d) => {
-                        let view = serde_json::json!({
-                            "jail": d.jail_name.to_string(),
-                            "addr": DisplayNet(&d.addr).to_string(),
-                            "bantime": d.bantime.to_string(),
-                            "end": d.end.map(|e| e.to_string()),
-                        });
-                        return Answer::After(vec![Decision::Ban(d)], view);
-                    }
-                    Err(e) => Response::error(e),
-                }
-            }
-            Request::Unban { addr, jail, all } => {
-                let net = match (&addr, all) {
-                    (Some(a), false) => match parse_prefix(a) {
-                        Ok(n) => Some(n),
-                        Err(e) => return Answer::Now(Response::error(e.to_string())),
-                    },
-                    (None, false) => {
-                        return Answer::Now(Response::error("unban needs an address, or --all"));
-                    }
-                    (Some(_), true) => {
-                        return Answer::Now(Response::error(
-                            "give either an address or --all, not both",
-                        ));
-                    }
-                    (None, true) => None,
-                };
-                match self.jails.unban(net, jail.as_deref(), all) {
-                    Ok(us) => {
-                        let view = UnbanView {
-                            unbanned: us
-                                .iter()
-                                .map(|u| BanRef {
-                                    jail: u.jail_name.to_string(),
-                                    addr: DisplayNet(&u.addr).to_string(),
-                                })
-                                .collect(),
-                        };
-                        let ds: Vec<Decision> = us.into_iter().map(Decision::Unban).collect();
-                        let view = serde_json::to_value(view).unwrap_or_default();
-                        return Answer::After(ds, view);
-                    }
-                    Err(e) => Response::error(e),
-                }
-            }
+    fn recent(&self, now: Time) -> RecentView {
+        self.recent.view(now, |id| {
+            self.jails
+                .jail(id)
+                .map(|j| j.name().to_string())
+                .unwrap_or_default()
         })
-    }
-}
-
-/// How a control request is answered.
-enum Answer {
-    /// Now.
-    Now(Response),
-    /// Once the firewall answered these decisions (with this on success).
-    After(Vec<Decision>, serde_json::Value),
-}
-
-/// The view of one jail for `status`, with one page of its bans when
-/// `bans` asks for them.
-pub(super) fn jail_view(
-    jails: &JailSet,
-    j: &Jail,
-    sources: Vec<SourceView>,
-    bans: Option<&Page>,
-    now: Time,
-    origins: &HashMap<(JailId, IpNet), Arc<str>>,
-) -> JailView {
-    let c = j.counters();
-    let (page, next_cursor) = match bans {
-        Some(p) => {
-            let (items, next) = p.select(j.banned().iter().map(|(a, b)| (b.start, *a, b)));
-            (Some(items), next.map(|c| c.to_string()))
-        }
-        None => (None, None),
-    };
-    JailView {
-        name: j.name().to_string(),
-        filter: jails.filter(j.id()).map(String::from),
-        maxretry: j.policy().maxretry,
-        findtime: j.policy().findtime,
-        bantime: j.policy().bantime,
-        currently_failing: j.failing_count() as u64,
-        total_failed: c.total_failed,
-        currently_banned: j.banned().len() as u64,
-        total_banned: c.total_banned,
-        total_unbanned: c.total_unbanned,
-        evictions: c.evictions,
-        sources,
-        banned: page.map(|items| {
-            items
-                .into_iter()
-                .map(|(_, addr, b)| BanView {
-                    addr: DisplayNet(&addr).to_string(),
-                    jail: j.name().to_string(),
-                    start: b.start.to_string(),
-                    end: b.end.map(|e| e.to_string()),
-                    remaining_s: b.end.map(|e| (e.0 - now.0).max(0) / 1000),
-                    failures: b.failures,
-                    reason: match b.reason {
-                        BanReason::Failures => "failures".into(),
-                        BanReason::Manual => "manual".into(),
-                        BanReason::Cluster => "cluster".into(),
-                    },
-                    origin: origins.get(&(j.id(), addr)).map(|o| o.to_string()),
-                })
-                .collect()
-        }),
-        next_cursor,
     }
 }
