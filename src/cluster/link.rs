@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::config::{HostPort, LinkConfig, Target};
+use super::target::{HostPort, LinkConfig, Target};
 
 /// Connecting (TCP, TLS, AUTH) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

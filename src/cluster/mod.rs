@@ -34,13 +34,14 @@ mod config;
 mod link;
 mod reader;
 mod supervise;
+mod target;
 mod writer;
 
 pub use config::{
-    ClusterConfig, ClusterConfigError, HostPort, Key, LinkConfig, LinkKeys, Problem, RawCluster,
-    Target, link_config,
+    ClusterConfig, ClusterConfigError, Key, LinkKeys, Problem, RawCluster, link_config,
 };
 pub use supervise::TaskView;
+pub use target::{HostPort, LinkConfig, Target};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
