@@ -54,6 +54,9 @@ pub enum Reason {
     /// TOML syntax, an unknown key, or a value of the wrong type.
     #[error("{}", .0.message().trim_end())]
     Toml(toml::de::Error),
+    /// `[defaults]` or `[jail.NAME]`.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::config::JailConfigError),
     /// `[firewall]`.
     #[error(transparent)]
     Firewall(#[from] crate::enforce::FirewallConfigError),
@@ -66,9 +69,6 @@ pub enum Reason {
     /// `[[feed]]`.
     #[error(transparent)]
     Feed(#[from] crate::feed::FeedConfigError),
-    /// Not yet a component's own error (being moved).
-    #[error("{0}")]
-    Other(String),
 }
 
 /// A place in a configuration file: where, which key in which table, and

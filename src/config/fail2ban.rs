@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Config, ConfigError, DEFAULT_IGNOREIP, JailConfig};
+use super::{Config, ConfigError};
 use crate::duration::{self, BanTime, Duration, DurationError, parse_bantime, parse_duration};
 use crate::filter::FilterOptions;
 use crate::filter::f2b::ini::{Ini, IniError};
 use crate::jail::Escalation;
+use crate::jail::config::{DEFAULT_IGNOREIP, JailConfig};
 use crate::net::{NetSet, parse_net};
 
 /// Why a fail2ban configuration cannot be run as it is.

@@ -1,37 +1,41 @@
 //! Configuration: TOML in fail2ban's vocabulary, read in two phases.
 //!
 //! Phase one deserialises into `Raw*` structs that reject unknown keys and bad
-//! values with the span of the offending text. Phase two resolves jails
-//! against `[defaults]` and checks what only makes sense as a whole (a filter
-//! that exists, a jail with something to read). Every error names the file,
-//! line and key, and says what is expected.
+//! values with the span of the offending text. Each section's raw struct
+//! belongs to the component that owns the section, which also resolves and
+//! checks it (`[defaults]` and `[jail.NAME]`: `jail::config`; `[firewall]`:
+//! `enforce::config`; `[http]`, `[cluster]`, `[[feed]]`: their modules'
+//! `config.rs`; a jail's sources and filter keys: `source::config`,
+//! `filter::config`). This module composes them into one [`Config`], tells
+//! each error's place (file, line, key, caret: [`error`]) and reads files,
+//! fail2ban's included ([`fail2ban`]). Every error names the file, line and
+//! key, and says what is expected.
 
 mod error;
 pub mod fail2ban;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
 use toml::Spanned;
 
-use crate::duration::{self, BanTime, Duration};
 use error::Text;
 pub use error::{ConfigError, Invalid, Place, Reason};
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, RawCluster};
 use crate::enforce::FirewallConfig;
 use crate::enforce::config::RawFirewall;
 use crate::feed::FeedConfig;
-use crate::filter::{self, FilterOptions};
+use crate::feed::config::RawFeed;
 use crate::http::HttpConfig;
+use crate::http::config::RawHttp;
+use crate::jail::config::{Defaults, JailConfig, RawDefaults, RawJail};
 use crate::net::NetSet;
-use crate::source::esl::{EslFormat, EslPeer};
+use crate::source::config::{RawScanners, user_agents};
+use crate::source::esl::EslPeer;
 
 /// The embedded default configuration (also the commented reference).
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -39,66 +43,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 /// Where the daemon looks for its configuration when none is given.
 pub const DEFAULT_PATH: &str = "/etc/sipwarden/sipwarden.toml";
 
-/// An address or CIDR network, as `ignoreip` takes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetSpec(pub IpNet);
-
-impl<'de> Deserialize<'de> for NetSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::net::parse_net(&s)
-            .map(NetSpec)
-            .map_err(de::Error::custom)
-    }
-}
-
 /// Largest configuration file read, 64 MiB: a million `ignoreip` entries fit
 /// in a fifth of it; a runaway generator or a wrong path does not fill memory.
 pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Largest `invite_weight`. A weight of `maxretry` already bans at the
-/// first failed INVITE; more changes nothing, and 1000 leaves room for any
-/// `maxretry` (or `trusted_maxretry`) a jail sensibly has. Larger values
-/// are typing slips (4294967295 once stalled the daemon for 30 s per INVITE
-/// failure).
-pub const MAX_INVITE_WEIGHT: u32 = 1000;
-
-/// `ignoreip` when none is given: loopback.
-pub const DEFAULT_IGNOREIP: [IpNet; 2] = [
-    IpNet::V4(ipnet::Ipv4Net::new_assert(
-        std::net::Ipv4Addr::new(127, 0, 0, 0),
-        8,
-    )),
-    IpNet::V6(ipnet::Ipv6Net::new_assert(
-        std::net::Ipv6Addr::LOCALHOST,
-        128,
-    )),
-];
-
-/// Narrowest IPv4 prefix length in `ignoreip` taken without a warning.
-const WIDE_IGNORE_V4: u8 = 8;
-/// Narrowest IPv6 prefix length in `ignoreip` taken without a warning.
-const WIDE_IGNORE_V6: u8 = 16;
-
-/// One path or a list of paths.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PathList(pub Vec<PathBuf>);
-
-impl<'de> Deserialize<'de> for PathList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(PathBuf),
-            Many(Vec<PathBuf>),
-        }
-        match OneOrMany::deserialize(d) {
-            Ok(OneOrMany::One(p)) => Ok(PathList(vec![p])),
-            Ok(OneOrMany::Many(v)) => Ok(PathList(v)),
-            Err(_) => Err(de::Error::custom("expected a path or a list of paths")),
-        }
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,69 +53,6 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     socket_group: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDefaults {
-    maxretry: Option<Spanned<u32>>,
-    findtime: Option<Spanned<Duration>>,
-    bantime: Option<Spanned<BanTime>>,
-    ignoreip: Option<Vec<Spanned<NetSpec>>>,
-    ignoreself: Option<bool>,
-    max_tracked: Option<Spanned<usize>>,
-    bantime_increment: Option<bool>,
-    bantime_factor: Option<Spanned<f64>>,
-    bantime_multipliers: Option<Spanned<Vec<u32>>>,
-    bantime_maxtime: Option<Spanned<Duration>>,
-    bantime_overalljails: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEsl {
-    host: Option<String>,
-    port: Option<u16>,
-    password: Option<String>,
-    format: Option<EslFormat>,
-    log_acl: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScanners {
-    user_agents: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJail {
-    enabled: Option<bool>,
-    esl: Option<Spanned<toml::Value>>,
-    invite_weight: Option<Spanned<u32>>,
-    ban_scanners: Option<bool>,
-    trust_registered: Option<Duration>,
-    trusted_maxretry: Option<u32>,
-    wrong_call_state_maxretry: Option<u32>,
-    shared_count: Option<bool>,
-    wire: Option<RawWire>,
-    filter: Option<Spanned<String>>,
-    fail2ban_filter: Option<Spanned<String>>,
-    logpath: Option<PathList>,
-    from_start: Option<bool>,
-    logtimezone: Option<Spanned<String>>,
-    count_challenges: Option<bool>,
-    count_abandoned: Option<bool>,
-    maxretry: Option<Spanned<u32>>,
-    findtime: Option<Spanned<Duration>>,
-    bantime: Option<Spanned<BanTime>>,
-    ignoreip: Option<Vec<Spanned<NetSpec>>>,
-    ignoreself: Option<bool>,
-    bantime_increment: Option<bool>,
-    bantime_factor: Option<Spanned<f64>>,
-    bantime_multipliers: Option<Spanned<Vec<u32>>>,
-    bantime_maxtime: Option<Spanned<Duration>>,
-    bantime_overalljails: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,20 +67,13 @@ struct RawConfig {
     #[serde(default)]
     scanners: RawScanners,
     #[serde(default)]
-    cluster: Option<Spanned<crate::cluster::RawCluster>>,
+    cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
-    http: Option<crate::http::config::RawHttp>,
+    http: Option<RawHttp>,
     #[serde(default)]
-    feed: Vec<Spanned<crate::feed::config::RawFeed>>,
+    feed: Vec<Spanned<RawFeed>>,
     #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWire {
-    interface: Option<String>,
-    ports: Option<Vec<u16>>,
 }
 
 /// `[daemon]`: where the daemon keeps its state and control socket.
@@ -208,59 +85,6 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Group allowed to use the control socket.
     pub socket_group: Option<String>,
-}
-
-/// One jail, with `[defaults]` applied.
-#[derive(Clone, Debug, PartialEq)]
-pub struct JailConfig {
-    /// The jail's name (`[jail.NAME]`).
-    pub name: String,
-    /// Whether it runs.
-    pub enabled: bool,
-    /// Built-in filter name.
-    pub filter: Option<String>,
-    /// A fail2ban filter file instead: (fail2ban configuration directory,
-    /// `NAME[options]`).
-    pub fail2ban_filter: Option<(PathBuf, String)>,
-    /// Log files to follow.
-    pub logpath: Vec<PathBuf>,
-    /// Read followed files from their start.
-    pub from_start: bool,
-    /// Zone of zone-less timestamps, as written.
-    pub logtimezone: String,
-    /// Options passed to the filter.
-    pub filter_options: FilterOptions,
-    /// Failures that trigger a ban.
-    pub maxretry: u32,
-    /// The counting window.
-    pub findtime: Duration,
-    /// Ban length.
-    pub bantime: BanTime,
-    /// Networks never counted: one structure shared by every jail that
-    /// inherits `[defaults] ignoreip`, not a copy per jail.
-    pub ignoreip: Arc<NetSet>,
-    /// Never count the host's own addresses.
-    pub ignoreself: bool,
-    /// Cap on addresses with live failure state.
-    pub max_tracked: usize,
-    /// Escalation for repeat offenders, when `bantime_increment = true`.
-    pub escalation: Option<crate::jail::Escalation>,
-    /// FreeSWITCH Event Sockets to listen to.
-    pub esl: Vec<EslPeer>,
-    /// Weight of an INVITE authentication failure.
-    pub invite_weight: u32,
-    /// Ban attack tools (by user agent) at their first failure.
-    pub ban_scanners: bool,
-    /// Trust an address for this long after a successful registration.
-    pub trust_registered: Option<Duration>,
-    /// Failures that ban a trusted address.
-    pub trusted_maxretry: u32,
-    /// `wrong_call_state` events that ban on their own (0 = not counted).
-    pub wrong_call_state_maxretry: u32,
-    /// Count failures across the cluster toward one maxretry.
-    pub shared_count: bool,
-    /// A wire sensor: SIP seen on the network.
-    pub wire: Option<crate::source::wire::WireConfig>,
 }
 
 /// A whole, validated configuration.
@@ -474,153 +298,12 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Builds an `Invalid` error at byte range `span` of `text`.
-fn invalid(text: &str, origin: &str, span: Range<usize>, message: &str) -> ConfigError {
-    Text { text, origin }.invalid(Spanned::new(span, Reason::Other(message.to_string())))
-}
-
-/// The escalation keys of one table, before inheritance.
-struct EscKeys {
-    inc: Option<bool>,
-    factor: Option<f64>,
-    mults: Option<Vec<u32>>,
-    maxtime: Option<Duration>,
-    overall: Option<bool>,
-}
-
-/// A duration that must be at least a second: `findtime`, `bantime_maxtime`.
-fn positive(
-    d: &Option<Spanned<Duration>>,
-    key: &str,
-    why: &str,
-    err: &impl Fn(Range<usize>, String) -> ConfigError,
-) -> Result<Option<Duration>, ConfigError> {
-    match d {
-        Some(v) if v.get_ref().0 == 0 => {
-            Err(err(v.span(), format!("{key} must be at least 1s ({why})")))
-        }
-        Some(v) => Ok(Some(*v.get_ref())),
-        None => Ok(None),
-    }
-}
-
-/// A ban length: at least a second, or `-1`.
-fn ban_length(
-    b: &Option<Spanned<BanTime>>,
-    err: &impl Fn(Range<usize>, String) -> ConfigError,
-) -> Result<Option<BanTime>, ConfigError> {
-    match b {
-        Some(v) if *v.get_ref() == BanTime::For(Duration(0)) => {
-            Err(err(v.span(), format!("bantime {}", duration::ZERO_BAN)))
-        }
-        Some(v) => Ok(Some(*v.get_ref())),
-        None => Ok(None),
-    }
-}
-
-/// Reads an `ignoreip` list into one shared set: `/0` (or the mapped
-/// `::ffff:0:0/96`) is refused, prefixes wider than /8 (IPv4) or /16 (IPv6)
-/// are taken with a warning.
-fn ignore_set(
-    list: &[Spanned<NetSpec>],
-    text: &str,
-    origin: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Arc<NetSet>, ConfigError> {
-    for n in list {
-        let net = n.get_ref().0;
-        let wide = match net {
-            IpNet::V4(_) => WIDE_IGNORE_V4,
-            IpNet::V6(_) => WIDE_IGNORE_V6,
-        };
-        if net.prefix_len() == 0 {
-            return Err(invalid(
-                text,
-                origin,
-                n.span(),
-                &format!(
-                    "ignoreip {net} is every address: nothing would ever be counted or banned; list the networks to leave alone"
-                ),
-            ));
-        }
-        if net.prefix_len() < wide {
-            warnings.push(Text { text, origin }.warning(&Spanned::new(
-                n.span(),
-                format!(
-                    "ignoreip {net} is wider than /{wide}: failures from any of its addresses are never counted; is that meant?"
-                ),
-            )));
-        }
-    }
-    Ok(Arc::new(list.iter().map(|n| n.get_ref().0).collect()))
-}
-
+/// Resolves every section, each by its component, and puts them together.
 fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
     let src = Text { text, origin };
-    let err = |span: Range<usize>, msg: String| invalid(text, origin, span, &msg);
-    let mut warnings = Vec::new();
-    let d = &raw.defaults;
-    let def_maxretry = d.maxretry.as_ref().map_or(5, |s| *s.get_ref());
-    if let Some(m) = &d.maxretry {
-        if *m.get_ref() == 0 {
-            return Err(err(m.span(), "maxretry must be at least 1".into()));
-        }
-    }
-    let def_max_tracked = d.max_tracked.as_ref().map_or(1_000_000, |s| *s.get_ref());
-    if let Some(m) = &d.max_tracked {
-        if *m.get_ref() == 0 {
-            return Err(err(m.span(), "max_tracked must be at least 1".into()));
-        }
-    }
-    const NO_FAILURE: &str = "with 0 no failure is ever counted";
-    const NO_BAN: &str = "0 would lift each escalated ban as it is made";
-    let def_findtime =
-        positive(&d.findtime, "findtime", NO_FAILURE, &err)?.unwrap_or(Duration(600));
-    let def_bantime = ban_length(&d.bantime, &err)?.unwrap_or(BanTime::For(Duration(3600)));
-    let def_ignoreip: Arc<NetSet> = match &d.ignoreip {
-        Some(v) => ignore_set(v, text, origin, &mut warnings)?,
-        None => Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
-    };
-    let def_ignoreself = d.ignoreself.unwrap_or(true);
-    let esc_keys = |inc: Option<bool>,
-                    factor: &Option<Spanned<f64>>,
-                    mults: &Option<Spanned<Vec<u32>>>,
-                    maxtime: Option<Duration>,
-                    overall: Option<bool>|
-     -> Result<EscKeys, ConfigError> {
-        if let Some(f) = factor {
-            let v = *f.get_ref();
-            if !(v.is_finite() && v > 0.0) {
-                return Err(err(
-                    f.span(),
-                    "bantime_factor must be a positive number".into(),
-                ));
-            }
-        }
-        if let Some(m) = mults {
-            if m.get_ref().is_empty() || m.get_ref().contains(&0) {
-                return Err(err(
-                    m.span(),
-                    "bantime_multipliers must be a non-empty list of positive integers".into(),
-                ));
-            }
-        }
-        Ok(EscKeys {
-            inc,
-            factor: factor.as_ref().map(|f| *f.get_ref()),
-            mults: mults.as_ref().map(|m| m.get_ref().clone()),
-            maxtime,
-            overall,
-        })
-    };
-    let def_esc = esc_keys(
-        d.bantime_increment,
-        &d.bantime_factor,
-        &d.bantime_multipliers,
-        positive(&d.bantime_maxtime, "bantime_maxtime", NO_BAN, &err)?,
-        d.bantime_overalljails,
-    )?;
-
+    let mut jail_warnings = Vec::new();
+    let defaults =
+        Defaults::from_raw(&raw.defaults, &mut jail_warnings).map_err(|e| src.invalid(e))?;
     let firewall = FirewallConfig::from_raw(&raw.firewall).map_err(|e| src.invalid(e))?;
     let cluster = raw
         .cluster
@@ -646,245 +329,33 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             .unwrap_or_else(|| PathBuf::from("/run/sipwarden/sipwarden.sock")),
         socket_group: raw.daemon.socket_group,
     };
-
     let mut jails = Vec::new();
-    for (name, sj) in raw.jail {
-        let span = sj.span();
-        let j = sj.into_inner();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(err(
-                span,
-                format!("jail name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"),
-            ));
-        }
-        let enabled = j.enabled.unwrap_or(true);
-        let filter = match &j.filter {
-            Some(f) => {
-                let fname = f.get_ref();
-                if !filter::BUILTIN_FILTERS.contains(&fname.as_str()) {
-                    return Err(err(
-                        f.span(),
-                        format!(
-                            "unknown filter {fname:?}; built-in filters are: {}",
-                            filter::BUILTIN_FILTERS.join(", ")
-                        ),
-                    ));
-                }
-                Some(fname.clone())
-            }
-            None => None,
-        };
-        let fail2ban_filter = match &j.fail2ban_filter {
-            Some(f) => Some(split_fail2ban_filter(f.get_ref()).map_err(|m| err(f.span(), m))?),
-            None => None,
-        };
-        if filter.is_some() && fail2ban_filter.is_some() {
-            return Err(err(
-                span,
-                format!("jail {name:?} sets both `filter` and `fail2ban_filter`; keep one"),
-            ));
-        }
-        let filter_set = filter.is_some() || fail2ban_filter.is_some();
-        let mut logpath: Vec<PathBuf> = Vec::new();
-        for p in j.logpath.map(|p| p.0).unwrap_or_default() {
-            // Followed twice, every failure would count twice.
-            if logpath.contains(&p) {
-                warnings.push(
-                    err(
-                        span.clone(),
-                        format!(
-                            "jail {name:?} lists logpath {} twice; it is followed once",
-                            p.display()
-                        ),
-                    )
-                    .to_string(),
-                );
-            } else {
-                logpath.push(p);
-            }
-        }
-        let esl = match &j.esl {
-            Some(v) => esl_peers(v.get_ref()).map_err(|m| err(v.span(), m))?,
-            None => Vec::new(),
-        };
-        let wire = j.wire.as_ref().map(|w| crate::source::wire::WireConfig {
-            interface: w.interface.clone(),
-            ports: w.ports.clone().unwrap_or_else(|| vec![5060]),
-        });
-        if enabled && esl.is_empty() && !filter_set && wire.is_none() {
-            return Err(err(
-                span,
-                format!(
-                    "jail {name:?} has nothing to read: set `filter` and `logpath` (built-in filters: {}), `esl`, or `wire`",
-                    filter::BUILTIN_FILTERS.join(", ")
-                ),
-            ));
-        }
-        if enabled && filter_set && logpath.is_empty() {
-            return Err(err(
-                span,
-                format!("jail {name:?} has no `logpath`; list the log files it should follow"),
-            ));
-        }
-        if enabled && !filter_set && !logpath.is_empty() {
-            return Err(err(
-                span,
-                format!("jail {name:?} has a `logpath` but no `filter` to read it with"),
-            ));
-        }
-        if let Some(w) = &j.invite_weight {
-            if *w.get_ref() == 0 {
-                return Err(err(w.span(), "invite_weight must be at least 1".into()));
-            }
-            if *w.get_ref() > MAX_INVITE_WEIGHT {
-                return Err(err(
-                    w.span(),
-                    format!(
-                        "invite_weight must be at most {MAX_INVITE_WEIGHT} (a weight of maxretry already bans at the first failed INVITE)"
-                    ),
-                ));
-            }
-        }
-        let logtimezone = match &j.logtimezone {
-            Some(z) => {
-                filter::date::parse_zone(z.get_ref()).map_err(|m| err(z.span(), m))?;
-                z.get_ref().clone()
-            }
-            None => "local".to_string(),
-        };
-        let maxretry = match &j.maxretry {
-            Some(m) if *m.get_ref() == 0 => {
-                return Err(err(m.span(), "maxretry must be at least 1".into()));
-            }
-            Some(m) => *m.get_ref(),
-            None => def_maxretry,
-        };
-        let k = esc_keys(
-            j.bantime_increment,
-            &j.bantime_factor,
-            &j.bantime_multipliers,
-            positive(&j.bantime_maxtime, "bantime_maxtime", NO_BAN, &err)?,
-            j.bantime_overalljails,
-        )?;
-        let escalation = k
-            .inc
-            .or(def_esc.inc)
-            .unwrap_or(false)
-            .then(|| crate::jail::Escalation {
-                factor: k.factor.or(def_esc.factor).unwrap_or(1.0),
-                multipliers: k
-                    .mults
-                    .or_else(|| def_esc.mults.clone())
-                    .unwrap_or_default(),
-                maxtime: k.maxtime.or(def_esc.maxtime),
-                overall_jails: k.overall.or(def_esc.overall).unwrap_or(false),
-            });
-        jails.push(JailConfig {
-            name,
-            enabled,
-            filter,
-            fail2ban_filter,
-            logpath,
-            from_start: j.from_start.unwrap_or(false),
-            logtimezone,
-            filter_options: FilterOptions {
-                count_challenges: j.count_challenges.unwrap_or(false),
-                count_abandoned: j.count_abandoned.unwrap_or(false),
-            },
-            maxretry,
-            findtime: positive(&j.findtime, "findtime", NO_FAILURE, &err)?.unwrap_or(def_findtime),
-            bantime: ban_length(&j.bantime, &err)?.unwrap_or(def_bantime),
-            ignoreip: match &j.ignoreip {
-                Some(v) => ignore_set(v, text, origin, &mut warnings)?,
-                None => def_ignoreip.clone(),
-            },
-            ignoreself: j.ignoreself.unwrap_or(def_ignoreself),
-            max_tracked: def_max_tracked,
-            escalation,
-            esl,
-            invite_weight: j.invite_weight.map_or(1, |w| *w.get_ref()),
-            ban_scanners: j.ban_scanners.unwrap_or(false),
-            trust_registered: j.trust_registered,
-            trusted_maxretry: j.trusted_maxretry.unwrap_or(maxretry.saturating_mul(3)),
-            wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
-            shared_count: j.shared_count.unwrap_or(false),
-            wire,
-        });
+    for (name, table) in raw.jail {
+        jails.push(
+            JailConfig::from_raw(name, table, &defaults, &mut jail_warnings)
+                .map_err(|e| src.invalid(e))?,
+        );
     }
-    let scanners = raw.scanners.user_agents.unwrap_or_else(|| {
-        crate::source::scanner::DEFAULT_SCANNERS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    });
     Ok(Config {
         origin: origin.to_string(),
         daemon,
         firewall,
         jails,
-        scanners,
+        scanners: user_agents(raw.scanners),
         cluster,
         http,
         feeds,
-        warnings,
+        warnings: jail_warnings.iter().map(|w| src.warning(w)).collect(),
     })
-}
-
-/// Splits `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]` into the
-/// fail2ban configuration directory and `sshd[mode=aggressive]`.
-pub fn split_fail2ban_filter(v: &str) -> Result<(PathBuf, String), String> {
-    let (path, opts) = match v.find('[') {
-        Some(p) => (&v[..p], &v[p..]),
-        None => (v, ""),
-    };
-    let p = Path::new(path.trim());
-    let name = p
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(|n| n.trim_end_matches(".conf").trim_end_matches(".local"))
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| format!("fail2ban_filter {v:?}: expected a path such as \"/etc/fail2ban/filter.d/sshd.conf\""))?;
-    let dir = p
-        .parent()
-        .filter(|d| d.ends_with("filter.d"))
-        .and_then(Path::parent)
-        .ok_or_else(|| {
-            format!("fail2ban_filter {v:?}: the file must sit in a filter.d directory")
-        })?;
-    Ok((dir.to_path_buf(), format!("{name}{opts}")))
-}
-
-/// Reads a jail's `esl`: one table or an array of tables.
-fn esl_peers(v: &toml::Value) -> Result<Vec<EslPeer>, String> {
-    let raws: Vec<RawEsl> = match v {
-        toml::Value::Array(_) => v.clone().try_into().map_err(|e: toml::de::Error| format!("esl: {}", e.message()))?,
-        toml::Value::Table(_) => vec![v.clone().try_into().map_err(|e: toml::de::Error| format!("esl: {}", e.message()))?],
-        _ => return Err("esl must be a table { host, port, password, format, log_acl } or an array of such tables".into()),
-    };
-    if raws.is_empty() {
-        return Err("esl is an empty list; give at least one { host, port, password }".into());
-    }
-    Ok(raws
-        .into_iter()
-        .map(|r| EslPeer {
-            host: r.host.unwrap_or_else(|| "127.0.0.1".into()),
-            port: r.port.unwrap_or(8021),
-            password: r.password.unwrap_or_else(|| "ClueCon".into()),
-            format: r.format.unwrap_or(EslFormat::Plain),
-            log_acl: r.log_acl.unwrap_or(false),
-        })
-        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::duration::{BanTime, Duration};
     use crate::enforce::Backend;
+    use crate::jail::config::MAX_INVITE_WEIGHT;
+    use crate::source::esl::EslFormat;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")

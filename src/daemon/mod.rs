@@ -34,10 +34,11 @@ use tokio::sync::mpsc;
 
 use self::runtime::{JobMeta, Runtime};
 use self::sources::Sources;
-use crate::config::{Config, JailConfig};
+use crate::config::Config;
 use crate::control::recent::Recent;
 use crate::control::server::{ControlMsg, ControlSocket};
 use crate::event::{ClockWatch, FailureEvent, Time};
+use crate::jail::JailConfig;
 use crate::jail::{Decision, JailSet, JailSpec};
 use crate::source::scanner::ScannerList;
 use crate::store::{Store, StoreOp};

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use super::runtime::{JobMeta, Runtime};
-use crate::config::{Config, JailConfig};
+use crate::config::Config;
 use crate::control::Response;
+use crate::jail::JailConfig;
 use crate::jail::{Jail, JailSpec};
 use crate::source::scanner::ScannerList;
 

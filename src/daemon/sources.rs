@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
 use super::DaemonError;
-use crate::config::JailConfig;
 use crate::control::SourceView;
 use crate::event::{FailureEvent, JailId};
 use crate::filter::{self, Filter, FilterOptions};
+use crate::jail::JailConfig;
 use crate::jail::JailSet;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::{FileSource, FollowStats};

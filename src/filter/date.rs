@@ -201,7 +201,7 @@ pub fn resolve(date: LineDate, tz: &TimeZone, now: Time) -> Option<Time> {
 
 /// Reads a zone name as the `logtimezone` key accepts it: `local`, `UTC`, an
 /// IANA name (`Europe/Berlin`), or a fixed offset (`+0530`, `-03:00`).
-pub fn parse_zone(name: &str) -> Result<TimeZone, String> {
+pub fn parse_zone(name: &str) -> Result<TimeZone, ZoneError> {
     let n = name.trim();
     if n.eq_ignore_ascii_case("local") || n.is_empty() {
         return Ok(TimeZone::try_system().unwrap_or(TimeZone::UTC));
@@ -213,11 +213,38 @@ pub fn parse_zone(name: &str) -> Result<TimeZone, String> {
     if let Some(secs) = parse_offset(n.as_bytes()) {
         return jiff::tz::Offset::from_seconds(secs)
             .map(TimeZone::fixed)
-            .map_err(|e| format!("offset {n:?} is out of range: {e}"));
+            .map_err(|source| ZoneError::Offset {
+                name: n.to_string(),
+                source,
+            });
     }
-    TimeZone::get(n).map_err(|e| {
-        format!("unknown time zone {n:?} ({e}); use \"local\", \"UTC\", an IANA name such as \"Europe/Berlin\" or an offset such as \"+0530\"")
+    TimeZone::get(n).map_err(|source| ZoneError::Unknown {
+        name: n.to_string(),
+        source,
     })
+}
+
+/// Why a `logtimezone` (or `test-filter --tz`) is not a zone.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneError {
+    /// A numeric offset beyond what any zone has.
+    #[error("offset {name:?} is out of range: {source}")]
+    Offset {
+        /// As written.
+        name: String,
+        /// jiff's reason.
+        source: jiff::Error,
+    },
+    /// A name the system's zone database does not have.
+    #[error(
+        "unknown time zone {name:?} ({source}); use \"local\", \"UTC\", an IANA name such as \"Europe/Berlin\" or an offset such as \"+0530\""
+    )]
+    Unknown {
+        /// As written.
+        name: String,
+        /// jiff's reason.
+        source: jiff::Error,
+    },
 }
 
 /// Reads a numeric UTC offset: `+HHMM`, `+HH:MM`, `+HH`, and mod_fail2ban's

@@ -6,6 +6,7 @@
 //! agents).
 
 pub mod asterisk;
+pub mod config;
 pub mod date;
 pub mod f2b;
 pub mod freeswitch;

@@ -43,7 +43,7 @@ pub enum TestFilterError {
     Filter(#[from] F2bError),
     /// `--logtimezone` names no zone.
     #[error("{0}")]
-    Zone(String),
+    Zone(super::date::ZoneError),
     /// The log could not be read. The I/O error is part of the message,
     /// not its cause: the message says it once.
     #[error("{}: {error}", path.display())]

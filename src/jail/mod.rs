@@ -4,6 +4,7 @@
 //! A jail is plain data plus pure functions from (state, event, now) to
 //! outcomes: no clock, no I/O, so every rule is unit-tested with numbers.
 
+pub mod config;
 mod escalation;
 mod ignore;
 pub mod names;
@@ -14,6 +15,7 @@ pub use crate::decision::{
     ActiveBan, BanDecision, BanReason, Decision, UnbanDecision, UnbanReason,
 };
 pub use crate::net::{DisplayNet, is_host};
+pub use config::JailConfig;
 pub use escalation::{BanHistory, Escalation};
 pub use ignore::IgnoreList;
 pub use set::{JailSet, JailSpec, RemoteBan};
@@ -56,7 +58,7 @@ pub struct JailPolicy {
     pub wrong_call_state_maxretry: u32,
     /// Failures one failed INVITE authentication counts for, whichever
     /// source recognised it (`invite_weight`, at most
-    /// [`MAX_INVITE_WEIGHT`](crate::config::MAX_INVITE_WEIGHT)).
+    /// [`MAX_INVITE_WEIGHT`](config::MAX_INVITE_WEIGHT)).
     pub invite_weight: u32,
 }
 
@@ -912,7 +914,7 @@ pub(crate) mod tests {
         ));
         // The largest weight bans at the first INVITE failure, at once.
         let mut p = policy(5, 600, BanTime::For(Duration(10)));
-        p.invite_weight = crate::config::MAX_INVITE_WEIGHT;
+        p.invite_weight = config::MAX_INVITE_WEIGHT;
         let mut j = Jail::new(JailId(0), "fs", p);
         let mut e = ev("198.51.100.8", 1);
         e.kind = FailureKind::InviteAuth;

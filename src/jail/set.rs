@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::config::JailConfig;
 use super::names::{Change, NameState, ResolvedNames};
 use super::{
     BanDecision, BanHistory, BanReason, Decision, DisplayNet, IgnoreList, Jail, JailPolicy,
     Outcome, UnbanDecision,
 };
-use crate::config::JailConfig;
 use crate::duration::{BanTime, MAX_BANTIME};
 use crate::event::{FailureEvent, JailId, Time};
 

@@ -1,0 +1,546 @@
+//! `[defaults]` and `[jail.NAME]`: the tables that make a jail. The keys as
+//! written ([`RawDefaults`], [`RawJail`]) are resolved here, each jail
+//! against `[defaults]` ([`Defaults::from_raw`], [`JailConfig::from_raw`]).
+//! The counting keys (`maxretry`, `findtime`, `bantime`, `ignoreip`,
+//! escalation, trust) are checked here; a jail's filter keys by
+//! [`filter::config`](crate::filter::config), its source keys (`logpath`,
+//! `esl`, `wire`) by [`source::config`](crate::source::config).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+use super::Escalation;
+use crate::duration::{BanTime, Duration, ZERO_BAN};
+use crate::filter::config::{self as filter_config, FilterConfigError};
+use crate::filter::{BUILTIN_FILTERS, FilterOptions};
+use crate::net::NetSet;
+use crate::source::config::{EslConfigError, PathList, RawWire, esl_peers};
+use crate::source::esl::EslPeer;
+use crate::source::wire::WireConfig;
+
+/// Largest `invite_weight`. A weight of `maxretry` already bans at the
+/// first failed INVITE; more changes nothing, and 1000 leaves room for any
+/// `maxretry` (or `trusted_maxretry`) a jail sensibly has. Larger values
+/// are typing slips (4294967295 once stalled the daemon for 30 s per INVITE
+/// failure).
+pub const MAX_INVITE_WEIGHT: u32 = 1000;
+
+/// `ignoreip` when none is given: loopback.
+pub const DEFAULT_IGNOREIP: [IpNet; 2] = [
+    IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+    IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+];
+
+/// Narrowest IPv4 prefix length in `ignoreip` taken without a warning.
+const WIDE_IGNORE_V4: u8 = 8;
+/// Narrowest IPv6 prefix length in `ignoreip` taken without a warning.
+const WIDE_IGNORE_V6: u8 = 16;
+
+/// Why `findtime = 0` is refused.
+const NO_FAILURE: &str = "with 0 no failure is ever counted";
+/// Why `bantime_maxtime = 0` is refused.
+const NO_BAN: &str = "0 would lift each escalated ban as it is made";
+
+/// An address or CIDR network, as `ignoreip` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetSpec(pub IpNet);
+
+impl<'de> Deserialize<'de> for NetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::net::parse_net(&s)
+            .map(NetSpec)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// `[defaults]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    maxretry: Option<Spanned<u32>>,
+    findtime: Option<Spanned<Duration>>,
+    bantime: Option<Spanned<BanTime>>,
+    ignoreip: Option<Vec<Spanned<NetSpec>>>,
+    ignoreself: Option<bool>,
+    max_tracked: Option<Spanned<usize>>,
+    bantime_increment: Option<bool>,
+    bantime_factor: Option<Spanned<f64>>,
+    bantime_multipliers: Option<Spanned<Vec<u32>>>,
+    bantime_maxtime: Option<Spanned<Duration>>,
+    bantime_overalljails: Option<bool>,
+}
+
+/// One `[jail.NAME]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJail {
+    enabled: Option<bool>,
+    esl: Option<Spanned<toml::Value>>,
+    invite_weight: Option<Spanned<u32>>,
+    ban_scanners: Option<bool>,
+    trust_registered: Option<Duration>,
+    trusted_maxretry: Option<u32>,
+    wrong_call_state_maxretry: Option<u32>,
+    shared_count: Option<bool>,
+    wire: Option<RawWire>,
+    filter: Option<Spanned<String>>,
+    fail2ban_filter: Option<Spanned<String>>,
+    logpath: Option<PathList>,
+    from_start: Option<bool>,
+    logtimezone: Option<Spanned<String>>,
+    count_challenges: Option<bool>,
+    count_abandoned: Option<bool>,
+    maxretry: Option<Spanned<u32>>,
+    findtime: Option<Spanned<Duration>>,
+    bantime: Option<Spanned<BanTime>>,
+    ignoreip: Option<Vec<Spanned<NetSpec>>>,
+    ignoreself: Option<bool>,
+    bantime_increment: Option<bool>,
+    bantime_factor: Option<Spanned<f64>>,
+    bantime_multipliers: Option<Spanned<Vec<u32>>>,
+    bantime_maxtime: Option<Spanned<Duration>>,
+    bantime_overalljails: Option<bool>,
+}
+
+/// One jail, with `[defaults]` applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JailConfig {
+    /// The jail's name (`[jail.NAME]`).
+    pub name: String,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Built-in filter name.
+    pub filter: Option<String>,
+    /// A fail2ban filter file instead: (fail2ban configuration directory,
+    /// `NAME[options]`).
+    pub fail2ban_filter: Option<(PathBuf, String)>,
+    /// Log files to follow.
+    pub logpath: Vec<PathBuf>,
+    /// Read followed files from their start.
+    pub from_start: bool,
+    /// Zone of zone-less timestamps, as written.
+    pub logtimezone: String,
+    /// Options passed to the filter.
+    pub filter_options: FilterOptions,
+    /// Failures that trigger a ban.
+    pub maxretry: u32,
+    /// The counting window.
+    pub findtime: Duration,
+    /// Ban length.
+    pub bantime: BanTime,
+    /// Networks never counted: one structure shared by every jail that
+    /// inherits `[defaults] ignoreip`, not a copy per jail.
+    pub ignoreip: Arc<NetSet>,
+    /// Never count the host's own addresses.
+    pub ignoreself: bool,
+    /// Cap on addresses with live failure state.
+    pub max_tracked: usize,
+    /// Escalation for repeat offenders, when `bantime_increment = true`.
+    pub escalation: Option<Escalation>,
+    /// FreeSWITCH Event Sockets to listen to.
+    pub esl: Vec<EslPeer>,
+    /// Weight of an INVITE authentication failure.
+    pub invite_weight: u32,
+    /// Ban attack tools (by user agent) at their first failure.
+    pub ban_scanners: bool,
+    /// Trust an address for this long after a successful registration.
+    pub trust_registered: Option<Duration>,
+    /// Failures that ban a trusted address.
+    pub trusted_maxretry: u32,
+    /// `wrong_call_state` events that ban on their own (0 = not counted).
+    pub wrong_call_state_maxretry: u32,
+    /// Count failures across the cluster toward one maxretry.
+    pub shared_count: bool,
+    /// A wire sensor: SIP seen on the network.
+    pub wire: Option<WireConfig>,
+}
+
+/// A wrong `[defaults]` or `[jail.NAME]` value.
+#[derive(Debug, thiserror::Error)]
+pub enum JailConfigError {
+    /// `maxretry = 0`.
+    #[error("maxretry must be at least 1")]
+    Maxretry,
+    /// `max_tracked = 0`.
+    #[error("max_tracked must be at least 1")]
+    MaxTracked,
+    /// `findtime` or `bantime_maxtime` of 0.
+    #[error("{key} must be at least 1s ({why})")]
+    ZeroDuration {
+        /// The key.
+        key: &'static str,
+        /// What 0 would do.
+        why: &'static str,
+    },
+    /// `bantime = 0`.
+    #[error("bantime {ZERO_BAN}")]
+    ZeroBan,
+    /// `bantime_factor` not a positive number.
+    #[error("bantime_factor must be a positive number")]
+    Factor,
+    /// `bantime_multipliers` empty or with a 0.
+    #[error("bantime_multipliers must be a non-empty list of positive integers")]
+    Multipliers,
+    /// An `ignoreip` of every address.
+    #[error(
+        "ignoreip {0} is every address: nothing would ever be counted or banned; list the networks to leave alone"
+    )]
+    EveryAddress(IpNet),
+    /// A jail name that cannot name kernel comments, logs and the CLI's
+    /// arguments safely.
+    #[error("jail name {0:?} must be 1-64 letters, digits, '-', '_' or '.'")]
+    Name(String),
+    /// `filter`, `fail2ban_filter` or `logtimezone`.
+    #[error(transparent)]
+    Filter(#[from] FilterConfigError),
+    /// Both `filter` and `fail2ban_filter`.
+    #[error("jail {0:?} sets both `filter` and `fail2ban_filter`; keep one")]
+    TwoFilters(String),
+    /// `esl`.
+    #[error(transparent)]
+    Esl(#[from] EslConfigError),
+    /// An enabled jail with no source.
+    #[error(
+        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}), `esl`, or `wire`",
+        list = BUILTIN_FILTERS.join(", ")
+    )]
+    NothingToRead(String),
+    /// A filter and no file to read.
+    #[error("jail {0:?} has no `logpath`; list the log files it should follow")]
+    NoLogpath(String),
+    /// Files and no filter to read them with.
+    #[error("jail {0:?} has a `logpath` but no `filter` to read it with")]
+    NoFilter(String),
+    /// `invite_weight = 0`.
+    #[error("invite_weight must be at least 1")]
+    InviteWeightZero,
+    /// `invite_weight` over [`MAX_INVITE_WEIGHT`].
+    #[error(
+        "invite_weight must be at most {MAX_INVITE_WEIGHT} (a weight of maxretry already bans at the first failed INVITE)"
+    )]
+    InviteWeightTooLarge,
+}
+
+/// What a jail table accepts but probably does not mean.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JailWarning {
+    /// An `ignoreip` prefix wider than /8 (IPv4) or /16 (IPv6).
+    #[error(
+        "ignoreip {net} is wider than /{wide}: failures from any of its addresses are never counted; is that meant?"
+    )]
+    WideIgnore {
+        /// The network.
+        net: IpNet,
+        /// The narrowest prefix length taken without a warning.
+        wide: u8,
+    },
+    /// A `logpath` listed twice.
+    #[error("jail {jail:?} lists logpath {} twice; it is followed once", .path.display())]
+    LogpathTwice {
+        /// The jail.
+        jail: String,
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+/// A spanned jail error.
+type Bad = Spanned<JailConfigError>;
+
+/// The escalation keys of one table, before inheritance.
+struct EscKeys {
+    inc: Option<bool>,
+    factor: Option<f64>,
+    mults: Option<Vec<u32>>,
+    maxtime: Option<Duration>,
+    overall: Option<bool>,
+}
+
+impl EscKeys {
+    fn check(
+        inc: Option<bool>,
+        factor: &Option<Spanned<f64>>,
+        mults: &Option<Spanned<Vec<u32>>>,
+        maxtime: &Option<Spanned<Duration>>,
+        overall: Option<bool>,
+    ) -> Result<EscKeys, Bad> {
+        let maxtime = positive(maxtime, "bantime_maxtime", NO_BAN)?;
+        if let Some(f) = factor {
+            let v = *f.get_ref();
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Spanned::new(f.span(), JailConfigError::Factor));
+            }
+        }
+        if let Some(m) = mults {
+            if m.get_ref().is_empty() || m.get_ref().contains(&0) {
+                return Err(Spanned::new(m.span(), JailConfigError::Multipliers));
+            }
+        }
+        Ok(EscKeys {
+            inc,
+            factor: factor.as_ref().map(|f| *f.get_ref()),
+            mults: mults.as_ref().map(|m| m.get_ref().clone()),
+            maxtime,
+            overall,
+        })
+    }
+}
+
+/// A duration that must be at least a second: `findtime`, `bantime_maxtime`.
+fn positive(
+    d: &Option<Spanned<Duration>>,
+    key: &'static str,
+    why: &'static str,
+) -> Result<Option<Duration>, Bad> {
+    match d {
+        Some(v) if v.get_ref().0 == 0 => Err(Spanned::new(
+            v.span(),
+            JailConfigError::ZeroDuration { key, why },
+        )),
+        Some(v) => Ok(Some(*v.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// A ban length: at least a second, or `-1`.
+fn ban_length(b: &Option<Spanned<BanTime>>) -> Result<Option<BanTime>, Bad> {
+    match b {
+        Some(v) if *v.get_ref() == BanTime::For(Duration(0)) => {
+            Err(Spanned::new(v.span(), JailConfigError::ZeroBan))
+        }
+        Some(v) => Ok(Some(*v.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// `maxretry`: at least 1.
+fn maxretry(m: &Option<Spanned<u32>>) -> Result<Option<u32>, Bad> {
+    match m {
+        Some(m) if *m.get_ref() == 0 => Err(Spanned::new(m.span(), JailConfigError::Maxretry)),
+        Some(m) => Ok(Some(*m.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// Reads an `ignoreip` list into one shared set: `/0` (or the mapped
+/// `::ffff:0:0/96`) is refused, prefixes wider than /8 (IPv4) or /16 (IPv6)
+/// are taken with a warning.
+fn ignore_set(
+    list: &[Spanned<NetSpec>],
+    warnings: &mut Vec<Spanned<JailWarning>>,
+) -> Result<Arc<NetSet>, Bad> {
+    for n in list {
+        let net = n.get_ref().0;
+        let wide = match net {
+            IpNet::V4(_) => WIDE_IGNORE_V4,
+            IpNet::V6(_) => WIDE_IGNORE_V6,
+        };
+        if net.prefix_len() == 0 {
+            return Err(Spanned::new(n.span(), JailConfigError::EveryAddress(net)));
+        }
+        if net.prefix_len() < wide {
+            warnings.push(Spanned::new(
+                n.span(),
+                JailWarning::WideIgnore { net, wide },
+            ));
+        }
+    }
+    Ok(Arc::new(list.iter().map(|n| n.get_ref().0).collect()))
+}
+
+/// `[defaults]`, resolved: what a jail inherits for the keys it leaves out.
+pub struct Defaults {
+    maxretry: u32,
+    max_tracked: usize,
+    findtime: Duration,
+    bantime: BanTime,
+    ignoreip: Arc<NetSet>,
+    ignoreself: bool,
+    esc: EscKeys,
+}
+
+impl Defaults {
+    /// Checks `[defaults]`; warnings (an `ignoreip` wider than meant) are
+    /// added to `warnings`.
+    pub fn from_raw(
+        d: &RawDefaults,
+        warnings: &mut Vec<Spanned<JailWarning>>,
+    ) -> Result<Defaults, Bad> {
+        let maxretry = maxretry(&d.maxretry)?.unwrap_or(5);
+        let max_tracked = match &d.max_tracked {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(Spanned::new(m.span(), JailConfigError::MaxTracked));
+            }
+            Some(m) => *m.get_ref(),
+            None => 1_000_000,
+        };
+        let findtime = positive(&d.findtime, "findtime", NO_FAILURE)?.unwrap_or(Duration(600));
+        let bantime = ban_length(&d.bantime)?.unwrap_or(BanTime::For(Duration(3600)));
+        let ignoreip = match &d.ignoreip {
+            Some(v) => ignore_set(v, warnings)?,
+            None => Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
+        };
+        let esc = EscKeys::check(
+            d.bantime_increment,
+            &d.bantime_factor,
+            &d.bantime_multipliers,
+            &d.bantime_maxtime,
+            d.bantime_overalljails,
+        )?;
+        Ok(Defaults {
+            maxretry,
+            max_tracked,
+            findtime,
+            bantime,
+            ignoreip,
+            ignoreself: d.ignoreself.unwrap_or(true),
+            esc,
+        })
+    }
+}
+
+impl JailConfig {
+    /// Checks `[jail.NAME]` and fills what it leaves out from `[defaults]`;
+    /// an error carries the span of the offending value (or of the whole
+    /// table, for what is missing). Warnings are added to `warnings`.
+    pub fn from_raw(
+        name: String,
+        table: Spanned<RawJail>,
+        defaults: &Defaults,
+        warnings: &mut Vec<Spanned<JailWarning>>,
+    ) -> Result<JailConfig, Bad> {
+        let span = table.span();
+        let j = table.into_inner();
+        let at_table = |e| Spanned::new(span.clone(), e);
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(at_table(JailConfigError::Name(name)));
+        }
+        let enabled = j.enabled.unwrap_or(true);
+        let filter_err = |s: &Spanned<String>| {
+            let span = s.span();
+            move |e: FilterConfigError| Spanned::new(span, e.into())
+        };
+        let filter = match &j.filter {
+            Some(f) => {
+                filter_config::builtin_name(f.get_ref()).map_err(filter_err(f))?;
+                Some(f.get_ref().clone())
+            }
+            None => None,
+        };
+        let fail2ban_filter = match &j.fail2ban_filter {
+            Some(f) => {
+                Some(filter_config::split_fail2ban_filter(f.get_ref()).map_err(filter_err(f))?)
+            }
+            None => None,
+        };
+        if filter.is_some() && fail2ban_filter.is_some() {
+            return Err(at_table(JailConfigError::TwoFilters(name)));
+        }
+        let filter_set = filter.is_some() || fail2ban_filter.is_some();
+        let mut logpath: Vec<PathBuf> = Vec::new();
+        for p in j.logpath.map(|p| p.0).unwrap_or_default() {
+            // Followed twice, every failure would count twice.
+            if logpath.contains(&p) {
+                warnings.push(Spanned::new(
+                    span.clone(),
+                    JailWarning::LogpathTwice {
+                        jail: name.clone(),
+                        path: p,
+                    },
+                ));
+            } else {
+                logpath.push(p);
+            }
+        }
+        let esl = match &j.esl {
+            Some(v) => esl_peers(v.get_ref()).map_err(|e| Spanned::new(v.span(), e.into()))?,
+            None => Vec::new(),
+        };
+        let wire = j.wire.as_ref().map(WireConfig::from_raw);
+        if enabled && esl.is_empty() && !filter_set && wire.is_none() {
+            return Err(at_table(JailConfigError::NothingToRead(name)));
+        }
+        if enabled && filter_set && logpath.is_empty() {
+            return Err(at_table(JailConfigError::NoLogpath(name)));
+        }
+        if enabled && !filter_set && !logpath.is_empty() {
+            return Err(at_table(JailConfigError::NoFilter(name)));
+        }
+        if let Some(w) = &j.invite_weight {
+            if *w.get_ref() == 0 {
+                return Err(Spanned::new(w.span(), JailConfigError::InviteWeightZero));
+            }
+            if *w.get_ref() > MAX_INVITE_WEIGHT {
+                return Err(Spanned::new(
+                    w.span(),
+                    JailConfigError::InviteWeightTooLarge,
+                ));
+            }
+        }
+        let logtimezone = match &j.logtimezone {
+            Some(z) => {
+                filter_config::zone(z.get_ref()).map_err(filter_err(z))?;
+                z.get_ref().clone()
+            }
+            None => "local".to_string(),
+        };
+        let maxretry = maxretry(&j.maxretry)?.unwrap_or(defaults.maxretry);
+        let k = EscKeys::check(
+            j.bantime_increment,
+            &j.bantime_factor,
+            &j.bantime_multipliers,
+            &j.bantime_maxtime,
+            j.bantime_overalljails,
+        )?;
+        let d = &defaults.esc;
+        let escalation = k.inc.or(d.inc).unwrap_or(false).then(|| Escalation {
+            factor: k.factor.or(d.factor).unwrap_or(1.0),
+            multipliers: k.mults.or_else(|| d.mults.clone()).unwrap_or_default(),
+            maxtime: k.maxtime.or(d.maxtime),
+            overall_jails: k.overall.or(d.overall).unwrap_or(false),
+        });
+        Ok(JailConfig {
+            name,
+            enabled,
+            filter,
+            fail2ban_filter,
+            logpath,
+            from_start: j.from_start.unwrap_or(false),
+            logtimezone,
+            filter_options: FilterOptions {
+                count_challenges: j.count_challenges.unwrap_or(false),
+                count_abandoned: j.count_abandoned.unwrap_or(false),
+            },
+            maxretry,
+            findtime: positive(&j.findtime, "findtime", NO_FAILURE)?.unwrap_or(defaults.findtime),
+            bantime: ban_length(&j.bantime)?.unwrap_or(defaults.bantime),
+            ignoreip: match &j.ignoreip {
+                Some(v) => ignore_set(v, warnings)?,
+                None => defaults.ignoreip.clone(),
+            },
+            ignoreself: j.ignoreself.unwrap_or(defaults.ignoreself),
+            max_tracked: defaults.max_tracked,
+            escalation,
+            esl,
+            invite_weight: j.invite_weight.map_or(1, |w| *w.get_ref()),
+            ban_scanners: j.ban_scanners.unwrap_or(false),
+            trust_registered: j.trust_registered,
+            trusted_maxretry: j.trusted_maxretry.unwrap_or(maxretry.saturating_mul(3)),
+            wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
+            shared_count: j.shared_count.unwrap_or(false),
+            wire,
+        })
+    }
+}
