@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::target::{HostPort, LinkConfig, Target};
+use super::target::{ClientError, HostPort, LinkConfig, Target};
 
 /// Connecting (TCP, TLS, AUTH) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,23 +27,101 @@ pub struct Link {
 }
 
 /// What a failed command means.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// The connection is broken, or the server is no longer the master:
     /// reconnect (after a backoff).
+    #[error("{0}")]
     Link(String),
     /// The server refused this command (a key of the wrong type, ...): the
     /// connection is fine.
+    #[error("{0}")]
     Refused(String),
 }
 
-impl Failure {
-    /// The message.
-    pub fn text(&self) -> &str {
-        match self {
-            Failure::Link(s) | Failure::Refused(s) => s,
-        }
-    }
+/// Why no connection to a server (the master or a sentinel) was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No client for it: its address, or the TLS files, were refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// TCP, TLS or the login failed; the message says what to fix when an
+    /// operator can (CA, certificate name, client certificate, password).
+    #[error("{server}: {}", explain(.source))]
+    Failed {
+        /// The server.
+        server: HostPort,
+        /// What the `redis` crate said.
+        source: RedisError,
+    },
+    /// Nothing within the connect timeout (twice `CONNECT_TIMEOUT`).
+    #[error("{server}: no connection within {secs} s")]
+    Timeout {
+        /// The server.
+        server: HostPort,
+        /// The time allowed.
+        secs: u64,
+    },
+}
+
+/// Why one sentinel did not lead to the master.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    /// The sentinel, or the master it named, could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The sentinel did not answer the question.
+    #[error("{0}")]
+    Query(Failure),
+    /// The sentinel monitors no master of that name.
+    #[error(
+        "does not know a master named {master:?} (check master_name against its `sentinel monitor` line)"
+    )]
+    UnknownMaster {
+        /// `master_name`.
+        master: String,
+    },
+    /// The server it named did not answer `ROLE`.
+    #[error("{server}: {failure}")]
+    Role {
+        /// The server named as master.
+        server: HostPort,
+        /// Why it did not answer.
+        failure: Failure,
+    },
+    /// The server it named is not (or not yet) the master.
+    #[error("names {server} as master, which says it is {role} (failover in progress?)")]
+    NotMaster {
+        /// The server named as master.
+        server: HostPort,
+        /// The role it reported ("something else" when it gave none).
+        role: String,
+    },
+}
+
+/// Why no connection to the master was opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The one configured server could not be reached.
+    #[error(transparent)]
+    Direct(#[from] ConnectError),
+    /// No sentinel led to the master; each one's reason, in the order tried.
+    #[error("no master {master:?} found: {}", tried_text(.tried))]
+    NoMaster {
+        /// `master_name`.
+        master: String,
+        /// Each sentinel tried and why it failed.
+        tried: Vec<(HostPort, SentinelError)>,
+    },
+}
+
+/// `sentinel HOST:PORT: reason; ...`, for [`OpenError::NoMaster`].
+fn tried_text(tried: &[(HostPort, SentinelError)]) -> String {
+    tried
+        .iter()
+        .map(|(s, e)| format!("sentinel {s}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Sorts a `redis` error: a server's error reply is about the command,
@@ -80,8 +158,8 @@ async fn connect(
     cfg: &LinkConfig,
     server: &HostPort,
     auth: bool,
-) -> Result<MultiplexedConnection, String> {
-    let client = cfg.client(server, auth).map_err(|e| e.to_string())?;
+) -> Result<MultiplexedConnection, ConnectError> {
+    let client = cfg.client(server, auth)?;
     let conf = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(REPLY_TIMEOUT));
@@ -92,11 +170,14 @@ async fn connect(
     .await
     {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("{server}: {}", explain(&e))),
-        Err(_) => Err(format!(
-            "{server}: no connection within {} s",
-            (CONNECT_TIMEOUT * 2).as_secs()
-        )),
+        Ok(Err(source)) => Err(ConnectError::Failed {
+            server: server.clone(),
+            source,
+        }),
+        Err(_) => Err(ConnectError::Timeout {
+            server: server.clone(),
+            secs: (CONNECT_TIMEOUT * 2).as_secs(),
+        }),
     }
 }
 
@@ -110,14 +191,14 @@ pub async fn query(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> Result
 /// Opens a connection to the master: the configured server, or the one
 /// the sentinels name (tried in turn from `*next`, which moves on past a
 /// sentinel that failed).
-pub async fn open(cfg: &LinkConfig, next: &mut usize) -> Result<Link, String> {
+pub async fn open(cfg: &LinkConfig, next: &mut usize) -> Result<Link, OpenError> {
     match &cfg.target {
         Target::Direct(server) => Ok(Link {
             conn: connect(cfg, server, true).await?,
             server: server.clone(),
         }),
         Target::Sentinel { sentinels, master } => {
-            let mut errors = Vec::new();
+            let mut tried = Vec::new();
             for i in 0..sentinels.len() {
                 let at = (*next + i) % sentinels.len();
                 let s = &sentinels[at];
@@ -126,11 +207,14 @@ pub async fn open(cfg: &LinkConfig, next: &mut usize) -> Result<Link, String> {
                         *next = at;
                         return Ok(link);
                     }
-                    Err(e) => errors.push(format!("sentinel {s}: {e}")),
+                    Err(e) => tried.push((s.clone(), e)),
                 }
             }
             *next = (*next + 1) % sentinels.len().max(1);
-            Err(format!("no master {master:?} found: {}", errors.join("; ")))
+            Err(OpenError::NoMaster {
+                master: master.clone(),
+                tried,
+            })
         }
     }
 }
@@ -161,7 +245,7 @@ async fn ask_sentinel(
     cfg: &LinkConfig,
     sentinel: &HostPort,
     master: &str,
-) -> Result<HostPort, String> {
+) -> Result<HostPort, SentinelError> {
     let mut s = connect(cfg, sentinel, false).await?;
     let reply = query(
         &mut s,
@@ -170,7 +254,7 @@ async fn ask_sentinel(
             .arg(master),
     )
     .await
-    .map_err(|f| f.text().to_string())?;
+    .map_err(SentinelError::Query)?;
     let addr = items(&reply);
     let (Some(host), Some(port)) = (
         addr.first().and_then(text),
@@ -178,9 +262,9 @@ async fn ask_sentinel(
             .and_then(text)
             .and_then(|p| p.parse::<u16>().ok()),
     ) else {
-        return Err(format!(
-            "does not know a master named {master:?} (check master_name against its `sentinel monitor` line)"
-        ));
+        return Err(SentinelError::UnknownMaster {
+            master: master.to_string(),
+        });
     };
     Ok(HostPort {
         host: host.to_string(),
@@ -190,18 +274,23 @@ async fn ask_sentinel(
 
 /// Asks one sentinel for the master, connects to it, and checks it says
 /// it is the master (a sentinel can be behind during a failover).
-async fn via_sentinel(cfg: &LinkConfig, sentinel: &HostPort, master: &str) -> Result<Link, String> {
+async fn via_sentinel(
+    cfg: &LinkConfig,
+    sentinel: &HostPort,
+    master: &str,
+) -> Result<Link, SentinelError> {
     let server = ask_sentinel(cfg, sentinel, master).await?;
     let mut conn = connect(cfg, &server, true).await?;
-    let role = query(&mut conn, &redis::cmd("ROLE"))
-        .await
-        .map_err(|f| format!("{server}: {}", f.text()))?;
+    let role = match query(&mut conn, &redis::cmd("ROLE")).await {
+        Ok(role) => role,
+        Err(failure) => return Err(SentinelError::Role { server, failure }),
+    };
     match items(&role).first().and_then(text) {
         Some("master") => Ok(Link { conn, server }),
-        other => Err(format!(
-            "names {server} as master, which says it is {} (failover in progress?)",
-            other.unwrap_or("something else")
-        )),
+        other => Err(SentinelError::NotMaster {
+            role: other.unwrap_or("something else").to_string(),
+            server,
+        }),
     }
 }
 
@@ -333,7 +422,75 @@ mod tests {
             ErrorKind::AuthenticationFailed,
             "WRONGPASS invalid username-password pair",
         ));
-        assert!(classify(&auth).text().contains("percent-encoded"));
+        assert!(classify(&auth).to_string().contains("percent-encoded"));
+    }
+
+    /// The reasons' wording is what logs, status and the fleet tests read:
+    /// pinned, so a typed error keeps the words the strings had.
+    #[test]
+    fn why_no_master_was_found_reads_as_before() {
+        let hp = |host: &str, port| HostPort {
+            host: host.into(),
+            port,
+        };
+        let e = OpenError::NoMaster {
+            master: "mymaster".into(),
+            tried: vec![
+                (
+                    hp("10.0.0.5", 26379),
+                    SentinelError::Connect(ConnectError::Timeout {
+                        server: hp("10.0.0.5", 26379),
+                        secs: 10,
+                    }),
+                ),
+                (
+                    hp("fd00::6", 26379),
+                    SentinelError::UnknownMaster {
+                        master: "mymaster".into(),
+                    },
+                ),
+                (
+                    hp("s3", 26379),
+                    SentinelError::NotMaster {
+                        server: hp("10.0.0.7", 6379),
+                        role: "slave".into(),
+                    },
+                ),
+                (
+                    hp("s4", 26379),
+                    SentinelError::Role {
+                        server: hp("10.0.0.8", 6379),
+                        failure: Failure::Link("broken pipe".into()),
+                    },
+                ),
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no master \"mymaster\" found: \
+             sentinel 10.0.0.5:26379: 10.0.0.5:26379: no connection within 10 s; \
+             sentinel [fd00::6]:26379: does not know a master named \"mymaster\" \
+             (check master_name against its `sentinel monitor` line); \
+             sentinel s3:26379: names 10.0.0.7:6379 as master, which says it is slave \
+             (failover in progress?); \
+             sentinel s4:26379: 10.0.0.8:6379: broken pipe"
+        );
+        let wrongpass = RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "WRONGPASS invalid username-password pair",
+        ));
+        let said = explain(&wrongpass);
+        let e = OpenError::Direct(ConnectError::Failed {
+            server: hp("redis.example", 6379),
+            source: wrongpass,
+        });
+        assert_eq!(e.to_string(), format!("redis.example:6379: {said}"));
+        assert!(said.ends_with("percent-encoded)"), "{said}");
+        let e = super::super::supervise::SessionError::Lost {
+            server: hp("fd00::7", 6379),
+            failure: Failure::Refused("WRONGTYPE".into()),
+        };
+        assert_eq!(e.to_string(), "redis [fd00::7]:6379: WRONGTYPE");
     }
 
     #[test]

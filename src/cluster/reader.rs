@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::link::{self, Failure, Read};
-use super::supervise::{Task, backoff, random};
+use super::supervise::{SessionError, Task, backoff, random};
 use super::{ClusterConfig, ClusterStats, Inbound, SharedBan, now_ms};
 
 /// Most ban keys read at a (re)connection.
@@ -297,10 +297,13 @@ impl Reader {
 impl Task for Reader {
     const NAME: &'static str = "reader";
 
-    async fn session(&mut self) -> Result<(), String> {
+    async fn session(&mut self) -> Result<(), SessionError> {
         let mut l = link::open(&self.cfg.link, &mut self.next_sentinel).await?;
         self.serve(&mut l.conn, &l.server)
             .await
-            .map_err(|f| format!("redis {}: {}", l.server, f.text()))
+            .map_err(|failure| SessionError::Lost {
+                server: l.server,
+                failure,
+            })
     }
 }

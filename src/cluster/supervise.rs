@@ -12,8 +12,28 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
+use super::HostPort;
+use super::link::{Failure, OpenError};
 pub use crate::supervise::{Health, TaskView, backoff, random};
 use crate::supervise::{STABLE, one_line};
+
+/// Why a session of a cluster task ended before the daemon stopped: it is
+/// started again after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No connection to the master (the configured server, or none the
+    /// sentinels named).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The connection to the master broke, or it is no longer the master.
+    #[error("redis {server}: {failure}")]
+    Lost {
+        /// The master the session was connected to.
+        server: HostPort,
+        /// What happened.
+        failure: Failure,
+    },
+}
 
 /// A task the supervisor keeps running.
 pub trait Task: Send {
@@ -22,7 +42,7 @@ pub trait Task: Send {
 
     /// One session: connect and work until something breaks. `Ok(())`
     /// means the daemon is stopping (its channel closed): not restarted.
-    fn session(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn session(&mut self) -> impl Future<Output = Result<(), SessionError>> + Send;
 
     /// The pause between sessions (the writer keeps taking work meanwhile).
     fn pause(&mut self, d: Duration) -> impl Future<Output = ()> + Send {
@@ -95,9 +115,15 @@ mod tests {
 
     impl Task for Flaky {
         const NAME: &'static str = "flaky";
-        async fn session(&mut self) -> Result<(), String> {
+        async fn session(&mut self) -> Result<(), SessionError> {
             match self.calls.fetch_add(1, Ordering::SeqCst) {
-                0 | 1 => Err("refused".into()),
+                0 | 1 => Err(SessionError::Lost {
+                    server: HostPort {
+                        host: "127.0.0.1".into(),
+                        port: 6379,
+                    },
+                    failure: Failure::Refused("refused".into()),
+                }),
                 2 => panic!("boom"),
                 _ => Ok(()),
             }

@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::link::{self, Failure, Read};
-use super::supervise::{Task, backoff, random};
+use super::supervise::{SessionError, Task, backoff, random};
 use super::{ClusterConfig, ClusterStats, Inbound, Outbound, PeerView, SharedBan, key_ban, now_ms};
 
 /// Most publications kept while Redis is unreachable.
@@ -479,7 +479,7 @@ impl Writer {
 impl Task for Writer {
     const NAME: &'static str = "writer";
 
-    async fn session(&mut self) -> Result<(), String> {
+    async fn session(&mut self) -> Result<(), SessionError> {
         let mut l = link::open(&self.cfg.link, &mut self.next_sentinel).await?;
         self.stats.set_server(&l.server);
         if self
@@ -492,7 +492,10 @@ impl Task for Writer {
         }
         match self.serve(&mut l.conn, &l.server).await {
             Ok(()) => Ok(()),
-            Err(f) => Err(format!("redis {}: {}", l.server, f.text())),
+            Err(failure) => Err(SessionError::Lost {
+                server: l.server,
+                failure,
+            }),
         }
     }
 

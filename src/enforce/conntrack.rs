@@ -46,9 +46,27 @@ fn orig_source(tuple: &[u8]) -> Option<IpAddr> {
     None
 }
 
+/// Why the conntrack entries of banned sources were not deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    /// The kernel refused the dump (errno); the message says what to do
+    /// (run as root, load the module, ...).
+    #[error("{}", explain(*.errno, "dumping the conntrack table"))]
+    DumpRefused {
+        /// The kernel's errno.
+        errno: i32,
+    },
+    /// The dump failed on the netlink socket.
+    #[error("dumping the conntrack table: {0}")]
+    Dump(#[source] std::io::Error),
+    /// Sending the deletes failed on the netlink socket.
+    #[error("deleting conntrack entries: {0}")]
+    Delete(#[source] std::io::Error),
+}
+
 /// Deletes every conntrack entry whose original source is in `banned`.
 /// Returns how many were deleted.
-pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, String> {
+pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, ConntrackError> {
     let hosts: HashSet<IpAddr> = banned
         .iter()
         .filter(|n| is_host(n))
@@ -92,8 +110,8 @@ pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, Str
     });
     match res {
         Ok(None) => {}
-        Ok(Some(errno)) => return Err(explain(errno, "dumping the conntrack table")),
-        Err(e) => return Err(format!("dumping the conntrack table: {e}")),
+        Ok(Some(errno)) => return Err(ConntrackError::DumpRefused { errno }),
+        Err(e) => return Err(ConntrackError::Dump(e)),
     }
     let mut deleted = 0;
     for chunk in victims.chunks(DELETES_PER_SEND) {
@@ -111,11 +129,32 @@ pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, Str
             }
             b.end(s);
         }
-        let replies = sock
-            .transact(&b)
-            .map_err(|e| format!("deleting conntrack entries: {e}"))?;
+        let replies = sock.transact(&b).map_err(ConntrackError::Delete)?;
         // ENOENT: the entry ended on its own meanwhile.
         deleted += replies.iter().filter(|r| **r == Reply::Ack).count();
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conntrack warning's wording, as the strings had it.
+    #[test]
+    fn why_entries_were_not_deleted_reads_as_before() {
+        assert_eq!(
+            ConntrackError::DumpRefused { errno: libc::EPERM }.to_string(),
+            "dumping the conntrack table: permission denied; run sipwarden as root or give it CAP_NET_ADMIN"
+        );
+        let io = || std::io::Error::from_raw_os_error(libc::ENOBUFS);
+        assert_eq!(
+            ConntrackError::Dump(io()).to_string(),
+            format!("dumping the conntrack table: {}", io())
+        );
+        assert_eq!(
+            ConntrackError::Delete(io()).to_string(),
+            format!("deleting conntrack entries: {}", io())
+        );
+    }
 }
