@@ -11,6 +11,17 @@ use crate::jail::{BanReason, Decision, DisplayNet, RemoteBan};
 use crate::net::{parse_ban_target, parse_prefix};
 
 impl Runtime {
+    /// Joins the fleet when `[cluster]` is set; what the fleet says comes
+    /// back over `tx`. The Redis server (or the sentinels) is never banned.
+    pub(super) fn start_cluster(&mut self, tx: tokio::sync::mpsc::Sender<crate::cluster::Inbound>) {
+        let Some(cc) = self.config.cluster.clone() else {
+            return;
+        };
+        let own: Vec<std::net::IpAddr> = super::own_addresses().iter().map(IpNet::addr).collect();
+        self.jails.add_peers(configured_addrs(&cc));
+        self.cluster = Some(crate::cluster::Cluster::start(cc, own, tx));
+    }
+
     /// Hands this node's own decisions to the cluster: its bans, and its
     /// manual unbans (expiries happen on every node by themselves).
     pub(super) fn publish(&self, decisions: &[Decision]) {

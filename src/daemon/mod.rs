@@ -17,6 +17,7 @@
 
 mod cluster;
 mod enforcer;
+mod feeds;
 mod lock;
 mod names;
 mod reload;
@@ -38,8 +39,7 @@ use crate::config::Config;
 use crate::control::recent::Recent;
 use crate::control::server::{ControlMsg, ControlSocket};
 use crate::event::{ClockWatch, FailureEvent, Time};
-use crate::jail::JailConfig;
-use crate::jail::{Decision, JailSet, JailSpec};
+use crate::jail::{JailConfig, JailSet, JailSpec};
 use crate::source::scanner::ScannerList;
 use crate::store::{Store, StoreOp};
 
@@ -98,37 +98,10 @@ fn own_addresses() -> Vec<IpNet> {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
-pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
-    let enabled: Vec<JailConfig> = config.enabled_jails().cloned().collect();
-    if enabled.len() > usize::from(u16::MAX) / 2 {
-        return Err(DaemonError::Setup("too many jails".into()));
-    }
-    let lock = lock::StateLock::take(&config.daemon.state_dir)?;
-    let control =
-        ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
-    let now = Time::now();
-    let state_dir = config.daemon.state_dir.clone();
-    let store_health = Arc::new(std::sync::Mutex::new(crate::control::StoreView {
-        path: state_dir.join("sipwarden.db").display().to_string(),
-        ok: true,
-        ..Default::default()
-    }));
-    let store = match Store::open(&state_dir, now) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(
-                "{e}; bans are enforced but not stored until the database can be created (retried every few seconds)"
-            );
-            if let Ok(mut h) = store_health.lock() {
-                h.ok = false;
-                h.error = Some(e.to_string());
-                h.since = Some(now.to_string());
-                h.errors = 1;
-            }
-            None
-        }
-    };
+/// The jails of the enabled configuration, with what they never ban: this
+/// host's addresses, the fleet's Redis given by name, and the addresses
+/// the store remembers for peers given by name.
+fn build_jails(config: &Config, enabled: &[JailConfig], store: Option<&Store>) -> JailSet {
     let specs: Vec<JailSpec> = enabled.iter().map(JailSpec::from_config).collect();
     // Read even when no jail has `ignoreself`: feeds never drop them.
     let own = own_addresses();
@@ -140,59 +113,62 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             jails.protect_everywhere(name);
         }
     }
-    if let Some(s) = &store {
+    if let Some(s) = store {
         names::remember_stored(&mut jails, s);
     }
+    jails
+}
+
+/// The dashboard, API and metrics, when `[http]` is set.
+async fn start_http(
+    config: &Config,
+    ctl_tx: &mpsc::Sender<ControlMsg>,
+    metrics: &Arc<crate::http::metrics::Metrics>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    Ok(match config.http.clone() {
+        Some(h) => {
+            let listener = crate::http::bind(h.listen).await?;
+            tracing::info!(
+                "http: dashboard, API and metrics on http://{}/{}",
+                h.listen,
+                if h.token.is_some() {
+                    ""
+                } else {
+                    " (read-only: no [http] token)"
+                }
+            );
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                ctl_tx.clone(),
+                h.token,
+                h.allowed_hosts,
+                config.daemon.state_dir.clone(),
+                metrics.clone(),
+            )))
+        }
+        None => None,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
+    let enabled: Vec<JailConfig> = config.enabled_jails().cloned().collect();
+    if enabled.len() > usize::from(u16::MAX) / 2 {
+        return Err(DaemonError::Setup("too many jails".into()));
+    }
+    let lock = lock::StateLock::take(&config.daemon.state_dir)?;
+    let control =
+        ControlSocket::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
+    let now = Time::now();
+    let state_dir = config.daemon.state_dir.clone();
+    let (store, store_health) = store::open(&state_dir, now);
+    let mut jails = build_jails(&config, &enabled, store.as_ref());
     let mut enforcer = enforcer::build(&config, &opts, &lock.dir.to_string_lossy())?;
     let firewall = enforcer.name();
 
-    // Restore the bans still in force, in a few batches, before anything new.
+    // The bans still in force, back in the kernel before anything new.
     if let Some(s) = &store {
-        match s.ban_counts() {
-            Ok(c) => jails.load_history(c),
-            Err(e) => tracing::error!("{e}; escalation starts without history"),
-        }
-        match s.active(now) {
-            Ok(active) => {
-                let t0 = std::time::Instant::now();
-                let mut decisions = Vec::with_capacity(active.len());
-                let mut orphans = 0;
-                for b in active {
-                    match jails.restore(&b.jail, b.addr, b.start, b.end, b.failures, b.reason, now)
-                    {
-                        Some(d) => decisions.push(Decision::Ban(d)),
-                        None => orphans += 1,
-                    }
-                }
-                let refused = enforcer::apply_now(enforcer.as_mut(), &decisions);
-                let mut in_force = decisions.len();
-                for (i, d) in decisions.iter().enumerate() {
-                    let Decision::Ban(b) = d else { continue };
-                    match refused.iter().find(|r| r.index == i) {
-                        None => {
-                            jails.confirm(b);
-                        }
-                        Some(r) => {
-                            jails.refuse(b);
-                            in_force -= 1;
-                            tracing::error!(
-                                "[{}] stored ban of {} not restored, the firewall refused it: {}",
-                                b.jail_name,
-                                crate::jail::DisplayNet(&b.addr),
-                                r.reason
-                            );
-                        }
-                    }
-                }
-                tracing::info!("restored {in_force} active ban(s) in {:?}", t0.elapsed());
-                if orphans > 0 {
-                    tracing::warn!(
-                        "{orphans} stored ban(s) belong to jails no longer configured; not restored"
-                    );
-                }
-            }
-            Err(e) => tracing::error!("{e}; no bans restored"),
-        }
+        store::restore(&mut jails, s, enforcer.as_mut(), now);
     }
 
     // The enforcer runs on its own thread: firewall calls are blocking, and
@@ -252,74 +228,18 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         resolver: names::Resolver::new(names_tx, names::system_lookup()),
     };
     rt.resolver.sync(rt.jails.names_in_use().keys());
-    let enabled_now: Vec<JailConfig> = rt.config.enabled_jails().cloned().collect();
-    rt.sources.sync(&enabled_now, &rt.jails)?;
+    rt.sources.sync(&enabled, &rt.jails)?;
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
-    if let Some(cc) = rt.config.cluster.clone() {
-        let own: Vec<std::net::IpAddr> = own_addresses().iter().map(IpNet::addr).collect();
-        // The Redis server (or the sentinels) is never banned either.
-        rt.jails.add_peers(cluster::configured_addrs(&cc));
-        rt.cluster = Some(crate::cluster::Cluster::start(cc, own, cluster_tx));
-    } else {
-        drop(cluster_tx);
-    }
+    rt.start_cluster(cluster_tx);
 
     // Feeds never drop what the jails never ban; they hear of every change.
     let mut protection = rt.jails.protection_generation();
     let (protect_tx, protect_rx) =
         tokio::sync::watch::channel(crate::feed::protect::protected_set(rt.jails.protected()));
-    let mut feed_tasks = Vec::new();
-    for f in rt.config.feeds.clone() {
-        let view = Arc::new(std::sync::Mutex::new(crate::control::FeedView {
-            name: f.name.clone(),
-            ..Default::default()
-        }));
-        rt.feeds.push(view.clone());
-        // Supervised: a panic (a feed's bytes no test foresaw) fetches
-        // again after a pause; the last good copy stays in force meanwhile.
-        let name = format!("feed {}", f.name);
-        let health = rt.tasks.register(&name);
-        let (state_dir, tx, protect) = (
-            rt.config.daemon.state_dir.clone(),
-            feed_tx.clone(),
-            protect_rx.clone(),
-        );
-        feed_tasks.push(crate::supervise::spawn_task(name, health, move || {
-            crate::feed::runner::run_feed(
-                f.clone(),
-                state_dir.clone(),
-                tx.clone(),
-                view.clone(),
-                protect.clone(),
-            )
-        }));
-    }
-    drop(feed_tx);
+    let feed_tasks = feeds::start(&mut rt, feed_tx, &protect_rx);
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
-    let http = match rt.config.http.clone() {
-        Some(h) => {
-            let listener = crate::http::bind(h.listen).await?;
-            tracing::info!(
-                "http: dashboard, API and metrics on http://{}/{}",
-                h.listen,
-                if h.token.is_some() {
-                    ""
-                } else {
-                    " (read-only: no [http] token)"
-                }
-            );
-            Some(tokio::spawn(crate::http::serve(
-                listener,
-                ctl_tx.clone(),
-                h.token,
-                h.allowed_hosts,
-                rt.config.daemon.state_dir.clone(),
-                metrics.clone(),
-            )))
-        }
-        None => None,
-    };
+    let http = start_http(&rt.config, &ctl_tx, &metrics).await?;
     let server = tokio::spawn(control.serve(ctl_tx));
 
     let sig = |kind: SignalKind, name: &str| {
@@ -421,15 +341,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 ..JobMeta::default()
             },
         )?;
-        if rt.jails.protection_generation() != protection {
-            protection = rt.jails.protection_generation();
-            let set = crate::feed::protect::protected_set(rt.jails.protected());
-            protect_tx.send_if_modified(|cur| {
-                let changed = **cur != *set;
-                *cur = set;
-                changed
-            });
-        }
+        feeds::tell(&rt.jails, &mut protection, &protect_tx);
     }
     crate::systemd::notify("STOPPING=1");
     for t in &feed_tasks {

@@ -12,7 +12,7 @@
 //! channel as every other write, so it lands in order), so the next start
 //! restores every ban.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ use super::DaemonError;
 use super::lock::StateLock;
 use super::runtime::Runtime;
 use crate::control::StoreView;
+use crate::enforce::Enforcer;
 use crate::event::Time;
-use crate::jail::Decision;
+use crate::jail::{Decision, JailSet};
 use crate::store::{Store, StoreFault, StoreOp, StoredBan, is_damage, move_aside};
 
 /// Turns decisions into store writes.
@@ -393,5 +394,82 @@ impl Writer {
         h.ok = true;
         h.error = None;
         h.since = None;
+    }
+}
+
+/// Opens the state database; when it cannot be opened, bans are still
+/// enforced, the health says why, and the store thread keeps trying.
+pub(super) fn open(state_dir: &Path, now: Time) -> (Option<Store>, Health) {
+    let store_health = Arc::new(std::sync::Mutex::new(crate::control::StoreView {
+        path: state_dir.join("sipwarden.db").display().to_string(),
+        ok: true,
+        ..Default::default()
+    }));
+    let store = match Store::open(state_dir, now) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(
+                "{e}; bans are enforced but not stored until the database can be created (retried every few seconds)"
+            );
+            if let Ok(mut h) = store_health.lock() {
+                h.ok = false;
+                h.error = Some(e.to_string());
+                h.since = Some(now.to_string());
+                h.errors = 1;
+            }
+            None
+        }
+    };
+    (store, store_health)
+}
+
+/// Puts the bans still in force back: into the jails and, in a few batches,
+/// into the kernel, before anything new is decided. A ban the firewall
+/// refuses is not shown (and said why); stored bans of jails no longer
+/// configured are counted and left out.
+pub(super) fn restore(jails: &mut JailSet, s: &Store, enforcer: &mut dyn Enforcer, now: Time) {
+    match s.ban_counts() {
+        Ok(c) => jails.load_history(c),
+        Err(e) => tracing::error!("{e}; escalation starts without history"),
+    }
+    match s.active(now) {
+        Ok(active) => {
+            let t0 = std::time::Instant::now();
+            let mut decisions = Vec::with_capacity(active.len());
+            let mut orphans = 0;
+            for b in active {
+                match jails.restore(&b.jail, b.addr, b.start, b.end, b.failures, b.reason, now) {
+                    Some(d) => decisions.push(Decision::Ban(d)),
+                    None => orphans += 1,
+                }
+            }
+            let refused = super::enforcer::apply_now(enforcer, &decisions);
+            let mut in_force = decisions.len();
+            for (i, d) in decisions.iter().enumerate() {
+                let Decision::Ban(b) = d else { continue };
+                match refused.iter().find(|r| r.index == i) {
+                    None => {
+                        jails.confirm(b);
+                    }
+                    Some(r) => {
+                        jails.refuse(b);
+                        in_force -= 1;
+                        tracing::error!(
+                            "[{}] stored ban of {} not restored, the firewall refused it: {}",
+                            b.jail_name,
+                            crate::jail::DisplayNet(&b.addr),
+                            r.reason
+                        );
+                    }
+                }
+            }
+            tracing::info!("restored {in_force} active ban(s) in {:?}", t0.elapsed());
+            if orphans > 0 {
+                tracing::warn!(
+                    "{orphans} stored ban(s) belong to jails no longer configured; not restored"
+                );
+            }
+        }
+        Err(e) => tracing::error!("{e}; no bans restored"),
     }
 }
