@@ -1,5 +1,5 @@
 //! The `kamailio` and `opensips` filters: SIP proxies log nothing about
-//! failed authentication unless told to, so these read the line the README
+//! failed authentication unless told to, so these read the line docs/sources.md
 //! recommends adding to the routing script, plus the stock pike flood line.
 //!
 //! * `AUTH FAILED: user=$fU ip=$si port=$sp method=$rm reason=R [ua=$ua]` (or

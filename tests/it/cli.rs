@@ -67,7 +67,7 @@ fn run_refuses_a_bad_config() {
 }
 
 /// fail2ban's annotated samples: evaluations that pass today. The count may
-/// only go up; raise it when filters improve (README lists what remains).
+/// only go up; raise it when filters improve (docs/fail2ban-samples.md lists what remains).
 const SAMPLES_PASSING: u64 = 1809;
 
 #[test]
