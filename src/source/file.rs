@@ -799,7 +799,7 @@ mod tests {
 
     /// Finding 12: copytruncate every 50 ms loses nothing while the
     /// follower keeps up. Lines written between its last read and a
-    /// truncation are only in the copy (lost by any follower, docs/sources.md), so
+    /// truncation are only in the copy (lost by any follower, docs/security.md), so
     /// each truncation here waits until the lines written so far are read;
     /// what is tested is that every truncation is noticed, the new content is
     /// read from its start (the writer goes on at once), and nothing twice.
