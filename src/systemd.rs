@@ -3,14 +3,21 @@
 //! rather than a crate; without the variable (not under systemd) every
 //! call does nothing.
 
+use std::ffi::OsStr;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 /// Sends `state` (e.g. `READY=1`) to systemd, if it is listening.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        send(&path, state);
+    }
+}
+
+/// Sends `state` to the socket `path` names (`@name` for an abstract one).
+/// Apart from `notify` so a test hands it a path rather than setting the
+/// environment, which is unsafe beside other threads.
+fn send(path: &OsStr, state: &str) {
     let Ok(sock) = UnixDatagram::unbound() else {
         return;
     };
@@ -22,7 +29,7 @@ pub fn notify(state: &str) {
             std::os::unix::net::SocketAddr::from_abstract_name(name)
                 .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
         }
-        None => sock.send_to(state.as_bytes(), &path),
+        None => sock.send_to(state.as_bytes(), path),
     };
     if let Err(e) = sent {
         tracing::debug!("systemd notification {state:?} not sent: {e}");
@@ -55,12 +62,7 @@ mod tests {
         let path = dir.join("notify");
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
-        // SAFETY of the test: no other thread of this test binary reads
-        // NOTIFY_SOCKET.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
-        notify("READY=1");
-        // SAFETY: as above; the variable set for this test is taken back.
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        send(path.as_os_str(), "READY=1");
         let mut buf = [0u8; 64];
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let n = rx.recv(&mut buf).unwrap();

@@ -116,6 +116,8 @@ impl Daemon {
 
     /// Like `stop`, keeping the daemon's collected log readable.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) touches no memory of ours; the pid is our own
+        // child, not yet waited for, so it cannot name another process.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
@@ -208,6 +210,8 @@ impl NetNs {
         std::thread::spawn(move || {
             let fd = std::fs::File::open(&path).unwrap();
             use std::os::fd::AsRawFd;
+            // SAFETY: `fd` is an open namespace file for the whole call;
+            // setns(2) changes only this new thread's network namespace.
             let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns {path}");
             f()
@@ -389,6 +393,9 @@ impl Drop for KillByArg {
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let hit = cmdline.split(|&b| b == 0).any(|a| a == self.0.as_bytes());
             if hit {
+                // SAFETY: kill(2) touches no memory of ours. The pid was read
+                // from /proc just now with this test's marker in its command
+                // line; at worst it exited meanwhile and the call fails.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

@@ -308,6 +308,8 @@ fn reload_is_a_transaction() {
     assert_eq!(banned(&dir, "b"), vec!["203.0.113.2".to_string()]);
     // SIGHUP takes the same path.
     std::fs::write(&cfg, "").unwrap();
+    // SAFETY: kill(2) touches no memory of ours; the pid is our own child,
+    // not yet waited for, so it cannot name another process.
     unsafe {
         libc::kill(d.child.id() as i32, libc::SIGHUP);
     }
@@ -340,7 +342,10 @@ fn wait_peak_rss(child: &mut std::process::Child, limit: Duration) -> (i32, u64)
     let deadline = Instant::now() + limit;
     loop {
         let mut status = 0;
+        // SAFETY: rusage is plain integers; zeroed is a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are valid for writes for the whole call;
+        // the pid is our own child, so wait4 reaps nothing of anyone else.
         let pid = unsafe { libc::wait4(child.id() as i32, &mut status, libc::WNOHANG, &mut ru) };
         if pid == child.id() as i32 {
             return (status, ru.ru_maxrss as u64 * 1024);

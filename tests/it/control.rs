@@ -263,6 +263,8 @@ fn reload_keeps_bans_and_refuses_a_bad_config() {
     );
     // SIGHUP reloads too.
     std::fs::write(&cfg, good).unwrap();
+    // SAFETY: kill(2) touches no memory of ours; the pid is our own child,
+    // not yet waited for, so it cannot name another process.
     unsafe {
         libc::kill(d.child.id() as i32, libc::SIGHUP);
     }
