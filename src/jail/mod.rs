@@ -9,6 +9,7 @@ mod escalation;
 mod ignore;
 pub mod names;
 pub mod set;
+mod spec;
 mod times;
 
 pub use crate::decision::{
@@ -18,7 +19,8 @@ pub use crate::net::{DisplayNet, is_host};
 pub use config::JailConfig;
 pub use escalation::{BanHistory, Escalation};
 pub use ignore::IgnoreList;
-pub use set::{JailSet, JailSpec, RemoteBan};
+pub use set::{JailSet, JailSetError, RemoteBan};
+pub use spec::JailSpec;
 
 use times::Times;
 

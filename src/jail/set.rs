@@ -7,37 +7,15 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::config::JailConfig;
 use super::names::{Change, NameState, ResolvedNames};
-use super::{
-    BanDecision, BanHistory, BanReason, Decision, DisplayNet, IgnoreList, Jail, JailPolicy,
-    Outcome, UnbanDecision,
-};
-use crate::duration::{BanTime, MAX_BANTIME};
+use super::spec::JailSpec;
+use super::{BanDecision, BanHistory, BanReason, Decision, DisplayNet, Jail, JailPolicy, Outcome};
+use crate::duration::MAX_BANTIME;
 use crate::event::{FailureEvent, JailId, Time};
 
-/// What the registry needs to run one jail: its name, the filter it reads
-/// (for status), and its policy as configured. The set adds this host's own
-/// addresses (when `ignoreself`) and the cluster's to `ignore` itself.
-#[derive(Clone, Debug)]
-pub struct JailSpec {
-    /// The jail's name.
-    pub name: String,
-    /// The filter its log sources use, if any (shown in status).
-    pub filter: Option<String>,
-    /// Never ban this host's own addresses.
-    pub ignoreself: bool,
-    /// The policy from configuration.
-    pub policy: JailPolicy,
-    /// Addresses of the Event Socket peers it listens to: protected in
-    /// every jail (a ban of a PBX's address in any jail cuts this jail's
-    /// Event Socket too).
-    pub peers: Vec<IpNet>,
-    /// Host names of the Event Socket peers it listens to: every address
-    /// they resolve to is protected in every jail (see
-    /// [`JailSet::set_resolved`]).
-    pub names: Vec<String>,
-}
+mod manual;
+
+pub use manual::JailSetError;
 
 /// An end that arrived as data (the store, the fleet), cut to what the
 /// kernel holds ([`MAX_BANTIME`] from `now`), with a log line when cut.
@@ -52,46 +30,6 @@ fn clamp_end(end: Option<Time>, now: Time, jail: &str, net: &IpNet, what: &str) 
             Some(limit)
         }
         e => e,
-    }
-}
-
-impl JailSpec {
-    /// The spec of a configured jail. The Event Socket peers it listens to
-    /// are never banned: those given by address here, those given by name
-    /// once their addresses are known.
-    pub fn from_config(jc: &JailConfig) -> JailSpec {
-        let mut addrs = Vec::new();
-        let mut names: Vec<String> = Vec::new();
-        for p in &jc.esl {
-            match crate::net::host_addr(&p.host) {
-                Some(a) => addrs.push(IpNet::from(a)),
-                None if !names.contains(&p.host) => names.push(p.host.clone()),
-                None => {}
-            }
-        }
-        // The configured list is shared with every jail that inherits it,
-        // not copied; the set adds the PBXs every jail listens to.
-        let ignore = IgnoreList::shared(jc.ignoreip.clone(), Vec::new());
-        JailSpec {
-            name: jc.name.clone(),
-            filter: jc.filter.clone(),
-            ignoreself: jc.ignoreself,
-            policy: JailPolicy {
-                maxretry: jc.maxretry,
-                findtime: jc.findtime,
-                bantime: jc.bantime,
-                ignore,
-                max_tracked: jc.max_tracked,
-                escalation: jc.escalation.clone(),
-                ban_scanners: jc.ban_scanners,
-                trust_registered: jc.trust_registered,
-                trusted_maxretry: jc.trusted_maxretry,
-                wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
-                invite_weight: jc.invite_weight,
-            },
-            peers: addrs,
-            names,
-        }
     }
 }
 
@@ -577,82 +515,6 @@ impl JailSet {
         self.history.note_ban(j.name_arc(), net, 1);
         Some(d)
     }
-
-    /// A ban by hand. Refuses addresses a jail must never ban unless `force`.
-    pub fn manual_ban(
-        &mut self,
-        jail: &str,
-        net: IpNet,
-        bantime: Option<BanTime>,
-        force: bool,
-        now: Time,
-    ) -> Result<BanDecision, String> {
-        let id = self.jail_id(jail).ok_or_else(|| self.no_such_jail(jail))?;
-        let Some(Some(j)) = self.slots.get_mut(usize::from(id.0)) else {
-            return Err(format!("no jail named {jail:?}"));
-        };
-        if !force {
-            if let Some(n) = j.policy().ignore.overlapping(&net) {
-                return Err(format!(
-                    "{} is covered by ignoreip/ignoreself ({n}) of jail {jail}; refusing (add --force to ban it anyway)",
-                    DisplayNet(&net)
-                ));
-            }
-        }
-        let bantime = bantime.unwrap_or(j.policy().bantime);
-        let d = j.ban(net, now, bantime, 0, BanReason::Manual);
-        self.history.note_ban(j.name_arc(), net, 1);
-        Ok(d)
-    }
-
-    /// Lifts bans by hand: of `addr` (in `jail`, or every jail), or all of
-    /// them. A lifted address starts over with a clean slate.
-    pub fn unban(
-        &mut self,
-        addr: Option<IpNet>,
-        jail: Option<&str>,
-        all: bool,
-    ) -> Result<Vec<UnbanDecision>, String> {
-        if let Some(name) = jail {
-            if self.jail_id(name).is_none() {
-                return Err(self.no_such_jail(name));
-            }
-        }
-        let mut out = Vec::new();
-        for j in self.slots.iter_mut().flatten() {
-            if jail.is_some_and(|n| n != j.name()) {
-                continue;
-            }
-            if all {
-                out.extend(j.unban_all());
-            } else if let Some(a) = addr {
-                out.extend(j.unban(a));
-            }
-        }
-        for u in &out {
-            self.history.clear(&u.addr);
-            tracing::info!("{u}");
-        }
-        if out.is_empty() && !all {
-            if let Some(a) = addr {
-                return Err(format!(
-                    "{} is not banned{}",
-                    DisplayNet(&a),
-                    jail.map(|j| format!(" in jail {j}")).unwrap_or_default()
-                ));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The error for a jail name that is not running, listing those that are.
-    pub fn no_such_jail(&self, name: &str) -> String {
-        let names: Vec<&str> = self.jails().map(Jail::name).collect();
-        format!(
-            "no running jail named {name:?}; jails: {}",
-            names.join(", ")
-        )
-    }
 }
 
 /// Addresses for a log line.
@@ -664,8 +526,9 @@ fn list(addrs: &[IpNet]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::Duration;
+    use crate::duration::{BanTime, Duration};
     use crate::event::FailureKind;
+    use crate::jail::IgnoreList;
 
     fn spec(name: &str, maxretry: u32) -> JailSpec {
         JailSpec {
@@ -914,6 +777,45 @@ mod tests {
         assert_eq!(lifted.len(), 2);
         assert!(set.unban(Some(net("203.0.113.1/32")), None, false).is_err());
         assert!(set.unban(None, Some("zz"), true).is_err());
+    }
+
+    #[test]
+    fn refusals_by_hand_keep_their_wording() {
+        let mut set = JailSet::new(own(), &[spec("a", 5), spec("b", 5)]);
+        let now = Time(0);
+        let told = |e: JailSetError| e.to_string();
+        assert_eq!(
+            told(
+                set.manual_ban("a", net("10.0.0.1/32"), None, false, now)
+                    .unwrap_err()
+            ),
+            "10.0.0.1 is covered by ignoreip/ignoreself (10.0.0.1/32) of jail a; refusing (add --force to ban it anyway)"
+        );
+        assert_eq!(
+            told(
+                set.manual_ban("zz", net("203.0.113.1/32"), None, false, now)
+                    .unwrap_err()
+            ),
+            "no running jail named \"zz\"; jails: a, b"
+        );
+        assert_eq!(
+            told(set.unban(None, Some("zz"), true).unwrap_err()),
+            "no running jail named \"zz\"; jails: a, b"
+        );
+        assert_eq!(
+            told(
+                set.unban(Some(net("203.0.113.0/24")), None, false)
+                    .unwrap_err()
+            ),
+            "203.0.113.0/24 is not banned"
+        );
+        assert_eq!(
+            told(
+                set.unban(Some(net("203.0.113.1/32")), Some("b"), false)
+                    .unwrap_err()
+            ),
+            "203.0.113.1 is not banned in jail b"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use jiff::civil::{Date, DateTime, Time as CivilTime};
 use jiff::tz::{Offset, TimeZone};
 
-use super::regex::Pattern;
+use super::regex::{Pattern, PatternError};
 use crate::event::Time;
 use crate::filter::date::local_to_time;
 
@@ -173,7 +173,7 @@ impl DateDetector {
     }
 
     /// Builds a detector from a `datepattern` value (one pattern per line).
-    pub fn from_datepattern(v: &str) -> Result<DateDetector, String> {
+    pub fn from_datepattern(v: &str) -> Result<DateDetector, DatePatternError> {
         let mut patterns = Vec::new();
         let mut max_lead = Some(0);
         for line in v.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -202,7 +202,10 @@ impl DateDetector {
                 if anchored {
                     re = format!(r"^\W{{0,3}}{re}");
                 }
-                let p = Pattern::new(&re).map_err(|e| format!("datepattern {line:?}: {e}"))?;
+                let p = Pattern::new(&re).map_err(|source| DatePatternError {
+                    line: line.to_string(),
+                    source,
+                })?;
                 // How much of the line can precede the cut (the prefilter
                 // needs a bound): the anchor's three characters, nothing
                 // for a pattern tied to the line's start, else unknown.
@@ -254,6 +257,16 @@ impl DateDetector {
             span: at.span,
         })
     }
+}
+
+/// A `datepattern` line that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("datepattern {line:?}: {source}")]
+pub struct DatePatternError {
+    /// The line, as it reads once `**` and `{^LN-BEG}` are taken off.
+    pub line: String,
+    /// Why its regex does not compile.
+    pub source: PatternError,
 }
 
 /// A date located in a line, not read yet.

@@ -181,9 +181,9 @@ impl F2bFilter {
             None => None,
         };
         let dates = match get("datepattern").filter(|d| !d.trim().is_empty()) {
-            Some(d) => DateDetector::from_datepattern(&d).map_err(|message| F2bError::Date {
+            Some(d) => DateDetector::from_datepattern(&d).map_err(|source| F2bError::Date {
                 file: file.to_string(),
-                message,
+                source,
             })?,
             None => DateDetector::default_templates(),
         };
@@ -225,5 +225,20 @@ mod tests {
         assert_eq!(o.get("mode").map(String::as_str), Some("aggressive"));
         assert_eq!(o.get("port").map(String::as_str), Some("22, 2222"));
         assert_eq!(parse_filter_spec("asterisk").0, "asterisk");
+    }
+
+    #[test]
+    fn a_datepattern_that_does_not_compile_names_the_file_and_the_line() {
+        let mut ini = Ini::default();
+        ini.set("Definition", "failregex", "^fail from <HOST>$");
+        ini.set("Definition", "datepattern", "**^%H:%M:%S (**");
+        let Err(e) = F2bFilter::from_ini(&ini, "x", &BTreeMap::new(), "filter.d/x.conf") else {
+            panic!("an unbalanced datepattern compiled");
+        };
+        let e = e.to_string();
+        assert!(
+            e.starts_with("filter.d/x.conf: datepattern: datepattern \"^%H:%M:%S (\": "),
+            "{e}"
+        );
     }
 }

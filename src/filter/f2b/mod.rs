@@ -48,12 +48,12 @@ pub enum F2bError {
         source: regex::PatternError,
     },
     /// A bad datepattern.
-    #[error("{file}: datepattern: {message}")]
+    #[error("{file}: datepattern: {source}")]
     Date {
         /// Filter file.
         file: String,
-        /// The error.
-        message: String,
+        /// The pattern and why it does not compile.
+        source: dates::DatePatternError,
     },
 }
 
