@@ -12,10 +12,9 @@ use std::path::Path;
 
 use super::{Config, ConfigError};
 use crate::duration::{self, BanTime, Duration, DurationError, parse_bantime, parse_duration};
-use crate::filter::FilterOptions;
 use crate::filter::f2b::ini::{Ini, IniError};
 use crate::jail::Escalation;
-use crate::jail::config::{DEFAULT_IGNOREIP, JailConfig};
+use crate::jail::config::{DEFAULT_IGNOREIP, Defaults, JailConfig};
 use crate::net::{NetSet, parse_net};
 
 /// Why a fail2ban configuration cannot be run as it is.
@@ -173,15 +172,11 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
         if let Some(b) = get("banaction") {
             banactions.push(format!("{name}: {}", b.lines().next().unwrap_or_default()));
         }
+        // The keys fail2ban has; sipwarden's own (Event Sockets, wire,
+        // trust, weights) keep their defaults.
         base.jails.push(JailConfig {
-            name: name.clone(),
-            enabled: true,
-            filter: None,
             fail2ban_filter: Some((dir.to_path_buf(), spec)),
             logpath,
-            from_start: false,
-            logtimezone: "local".into(),
-            filter_options: FilterOptions::default(),
             maxretry: maxretry.max(1),
             findtime,
             bantime,
@@ -196,16 +191,9 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
                 })
                 .clone(),
             ignoreself: get("ignoreself").is_none_or(|v| truthy(&v)),
-            max_tracked: 1_000_000,
             escalation,
-            esl: Vec::new(),
-            invite_weight: 1,
-            ban_scanners: false,
-            trust_registered: None,
             trusted_maxretry: maxretry.saturating_mul(3),
-            wrong_call_state_maxretry: 0,
-            shared_count: false,
-            wire: None,
+            ..JailConfig::inheriting(name.clone(), &Defaults::builtin())
         });
     }
     if !banactions.is_empty() {
@@ -271,4 +259,36 @@ pub fn to_toml(c: &Config) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A jail imported from fail2ban is the jail its TOML rendering gives:
+    /// the keys fail2ban has carried over, every key only sipwarden has
+    /// (Event Sockets, wire, trust, weights, tracking cap) at the default
+    /// a `[jail.NAME]` table gets.
+    #[test]
+    fn an_imported_jail_is_the_jail_its_toml_gives() {
+        let dir = std::env::temp_dir().join(format!("sipwarden-f2b-import-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("filter.d")).unwrap();
+        std::fs::write(
+            dir.join("jail.conf"),
+            "[DEFAULT]\nbantime = 3600\n\n\
+             [sshd]\nenabled = true\nlogpath = /var/log/auth.log /var/log/secure\n\
+             maxretry = 4\nfindtime = 900\nignoreip = 127.0.0.1/8 192.0.2.0/24\n\
+             bantime.increment = true\nbantime.factor = 1.5\nbantime.maxtime = 86400\n\n\
+             [asterisk]\nenabled = true\nfilter = asterisk[mode=extra]\nlogpath = /var/log/asterisk/messages\n\n\
+             [off]\nenabled = false\nlogpath = /var/log/off.log\n",
+        )
+        .unwrap();
+        let imported = from_fail2ban(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let imported = imported.unwrap();
+        assert_eq!(imported.jails.len(), 2);
+        let again = Config::parse(&to_toml(&imported), "imported.toml").unwrap();
+        assert_eq!(imported.jails, again.jails);
+    }
 }

@@ -255,6 +255,7 @@ pub enum JailWarning {
 type Bad = Spanned<JailConfigError>;
 
 /// The escalation keys of one table, before inheritance.
+#[derive(Default)]
 struct EscKeys {
     inc: Option<bool>,
     factor: Option<f64>,
@@ -289,6 +290,16 @@ impl EscKeys {
             mults: mults.as_ref().map(|m| m.get_ref().clone()),
             maxtime,
             overall,
+        })
+    }
+
+    /// The escalation of a jail with these keys under `[defaults]`' `d`.
+    fn over(self, d: &EscKeys) -> Option<Escalation> {
+        self.inc.or(d.inc).unwrap_or(false).then(|| Escalation {
+            factor: self.factor.or(d.factor).unwrap_or(1.0),
+            multipliers: self.mults.or_else(|| d.mults.clone()).unwrap_or_default(),
+            maxtime: self.maxtime.or(d.maxtime),
+            overall_jails: self.overall.or(d.overall).unwrap_or(false),
         })
     }
 }
@@ -367,25 +378,39 @@ pub struct Defaults {
 }
 
 impl Defaults {
+    /// `[defaults]` as built in: what an empty (or missing) table gives.
+    pub fn builtin() -> Defaults {
+        Defaults {
+            maxretry: 5,
+            max_tracked: 1_000_000,
+            findtime: Duration(600),
+            bantime: BanTime::For(Duration(3600)),
+            ignoreip: Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
+            ignoreself: true,
+            esc: EscKeys::default(),
+        }
+    }
+
     /// Checks `[defaults]`; warnings (an `ignoreip` wider than meant) are
     /// added to `warnings`.
     pub fn from_raw(
         d: &RawDefaults,
         warnings: &mut Vec<Spanned<JailWarning>>,
     ) -> Result<Defaults, Bad> {
-        let maxretry = maxretry(&d.maxretry)?.unwrap_or(5);
+        let builtin = Defaults::builtin();
+        let maxretry = maxretry(&d.maxretry)?.unwrap_or(builtin.maxretry);
         let max_tracked = match &d.max_tracked {
             Some(m) if *m.get_ref() == 0 => {
                 return Err(Spanned::new(m.span(), JailConfigError::MaxTracked));
             }
             Some(m) => *m.get_ref(),
-            None => 1_000_000,
+            None => builtin.max_tracked,
         };
-        let findtime = positive(&d.findtime, "findtime", NO_FAILURE)?.unwrap_or(Duration(600));
-        let bantime = ban_length(&d.bantime)?.unwrap_or(BanTime::For(Duration(3600)));
+        let findtime = positive(&d.findtime, "findtime", NO_FAILURE)?.unwrap_or(builtin.findtime);
+        let bantime = ban_length(&d.bantime)?.unwrap_or(builtin.bantime);
         let ignoreip = match &d.ignoreip {
             Some(v) => ignore_set(v, warnings)?,
-            None => Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
+            None => builtin.ignoreip,
         };
         let esc = EscKeys::check(
             d.bantime_increment,
@@ -400,13 +425,45 @@ impl Defaults {
             findtime,
             bantime,
             ignoreip,
-            ignoreself: d.ignoreself.unwrap_or(true),
+            ignoreself: d.ignoreself.unwrap_or(builtin.ignoreself),
             esc,
         })
     }
 }
 
 impl JailConfig {
+    /// The jail a `[jail.NAME]` table with no key of its own would be:
+    /// enabled, reading nothing, counting as `defaults` say. A jail read from
+    /// elsewhere (fail2ban's `jail.conf`) sets the keys it has over this, so
+    /// a key added here reaches it with its default.
+    pub fn inheriting(name: String, defaults: &Defaults) -> JailConfig {
+        JailConfig {
+            name,
+            enabled: true,
+            filter: None,
+            fail2ban_filter: None,
+            logpath: Vec::new(),
+            from_start: false,
+            logtimezone: "local".to_string(),
+            filter_options: FilterOptions::default(),
+            maxretry: defaults.maxretry,
+            findtime: defaults.findtime,
+            bantime: defaults.bantime,
+            ignoreip: defaults.ignoreip.clone(),
+            ignoreself: defaults.ignoreself,
+            max_tracked: defaults.max_tracked,
+            escalation: EscKeys::default().over(&defaults.esc),
+            esl: Vec::new(),
+            invite_weight: 1,
+            ban_scanners: false,
+            trust_registered: None,
+            trusted_maxretry: defaults.maxretry.saturating_mul(3),
+            wrong_call_state_maxretry: 0,
+            shared_count: false,
+            wire: None,
+        }
+    }
+
     /// Checks `[jail.NAME]` and fills what it leaves out from `[defaults]`;
     /// an error carries the span of the offending value (or of the whole
     /// table, for what is missing). Warnings are added to `warnings`.
@@ -504,13 +561,7 @@ impl JailConfig {
             &j.bantime_maxtime,
             j.bantime_overalljails,
         )?;
-        let d = &defaults.esc;
-        let escalation = k.inc.or(d.inc).unwrap_or(false).then(|| Escalation {
-            factor: k.factor.or(d.factor).unwrap_or(1.0),
-            multipliers: k.mults.or_else(|| d.mults.clone()).unwrap_or_default(),
-            maxtime: k.maxtime.or(d.maxtime),
-            overall_jails: k.overall.or(d.overall).unwrap_or(false),
-        });
+        let escalation = k.over(&defaults.esc);
         Ok(JailConfig {
             name,
             enabled,
