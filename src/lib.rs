@@ -15,6 +15,7 @@
 //! an address or prefix is parsed, made canonical and judged (never a
 //! packet's source).
 
+pub mod action;
 pub mod claim;
 pub mod cli;
 pub mod cluster;
