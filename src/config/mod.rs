@@ -728,4 +728,118 @@ bantime = -1
             c.warnings[0]
         );
     }
+
+    /// Every refusal of `[defaults]`, `[jail.NAME]` and a jail's source and
+    /// filter keys, and the jail warnings, told in full (first line): the
+    /// wording the checks had before they moved to their components.
+    #[test]
+    fn jail_refusals_and_warnings_keep_their_wording() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[defaults]\nmaxretry = 0\n",
+                "test.toml:2:12: key `maxretry`: maxretry must be at least 1 (in [defaults])",
+            ),
+            (
+                "[defaults]\nmax_tracked = 0\n",
+                "test.toml:2:15: key `max_tracked`: max_tracked must be at least 1 (in [defaults])",
+            ),
+            (
+                "[defaults]\nfindtime = 0\n",
+                "test.toml:2:12: key `findtime`: findtime must be at least 1s (with 0 no failure is ever counted) (in [defaults])",
+            ),
+            (
+                "[defaults]\nbantime = 0\n",
+                "test.toml:2:11: key `bantime`: bantime must be at least 1s (0 would lift each ban as it is made; -1 bans for ever) (in [defaults])",
+            ),
+            (
+                "[defaults]\nbantime_maxtime = 0\n",
+                "test.toml:2:19: key `bantime_maxtime`: bantime_maxtime must be at least 1s (0 would lift each escalated ban as it is made) (in [defaults])",
+            ),
+            (
+                "[defaults]\nbantime_factor = -1.0\n",
+                "test.toml:2:18: key `bantime_factor`: bantime_factor must be a positive number (in [defaults])",
+            ),
+            (
+                "[defaults]\nignoreip = [\"0.0.0.0/0\"]\n",
+                "test.toml:2:13: key `ignoreip`: ignoreip 0.0.0.0/0 is every address: nothing would ever be counted or banned; list the networks to leave alone (in [defaults])",
+            ),
+            (
+                "[jail.a]\nesl = {}\nbantime_multipliers = []\n",
+                "test.toml:3:23: key `bantime_multipliers`: bantime_multipliers must be a non-empty list of positive integers (in [jail.a])",
+            ),
+            (
+                "[jail.\"a b\"]\nesl = {}\n",
+                "test.toml:1:1: jail name \"a b\" must be 1-64 letters, digits, '-', '_' or '.'",
+            ),
+            (
+                "[jail.a]\nfilter = \"nope\"\n",
+                "test.toml:2:10: key `filter`: unknown filter \"nope\"; built-in filters are: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfail2ban_filter = \"\"\n",
+                "test.toml:2:19: key `fail2ban_filter`: fail2ban_filter \"\": expected a path such as \"/etc/fail2ban/filter.d/sshd.conf\" (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfail2ban_filter = \"/etc/sshd.conf\"\n",
+                "test.toml:2:19: key `fail2ban_filter`: fail2ban_filter \"/etc/sshd.conf\": the file must sit in a filter.d directory (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfilter = \"freeswitch\"\nfail2ban_filter = \"/etc/fail2ban/filter.d/sshd.conf\"\nlogpath = \"/x\"\n",
+                "test.toml:1:1: jail \"a\" sets both `filter` and `fail2ban_filter`; keep one",
+            ),
+            (
+                "[jail.a]\nmaxretry = 3\n",
+                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd), `esl`, or `wire`",
+            ),
+            (
+                "[jail.a]\nfilter = \"freeswitch\"\n",
+                "test.toml:1:1: jail \"a\" has no `logpath`; list the log files it should follow",
+            ),
+            (
+                "[jail.a]\nesl = {}\nlogpath = \"/x\"\n",
+                "test.toml:1:1: jail \"a\" has a `logpath` but no `filter` to read it with",
+            ),
+            (
+                "[jail.a]\nesl = {}\ninvite_weight = 0\n",
+                "test.toml:3:17: key `invite_weight`: invite_weight must be at least 1 (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nesl = {}\ninvite_weight = 1001\n",
+                "test.toml:3:17: key `invite_weight`: invite_weight must be at most 1000 (a weight of maxretry already bans at the first failed INVITE) (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nesl = []\n",
+                "test.toml:2:7: key `esl`: esl is an empty list; give at least one { host, port, password } (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nesl = 1\n",
+                "test.toml:2:7: key `esl`: esl must be a table { host, port, password, format, log_acl } or an array of such tables (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nesl = { hots = \"x\" }\n",
+                "test.toml:2:7: key `esl`: esl: unknown field `hots`, expected one of `host`, `port`, `password`, `format`, `log_acl` (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nesl = {}\nmaxretry = 0\n",
+                "test.toml:3:12: key `maxretry`: maxretry must be at least 1 (in [jail.a])",
+            ),
+        ];
+        for (text, want) in cases {
+            let told = error(text);
+            assert_eq!(told.lines().next(), Some(*want), "{text}");
+        }
+        let c = parse(
+            "[defaults]\nignoreip = [\"10.0.0.0/7\", \"::/8\"]\n[jail.a]\nfilter = \"freeswitch\"\nlogpath = [\"/x\", \"/x\"]\n",
+        )
+        .unwrap();
+        let warned: Vec<&str> = c.warnings.iter().filter_map(|w| w.lines().next()).collect();
+        assert_eq!(
+            warned,
+            [
+                "test.toml:2:13: key `ignoreip`: ignoreip 10.0.0.0/7 is wider than /8: failures from any of its addresses are never counted; is that meant? (in [defaults])",
+                "test.toml:2:27: key `ignoreip`: ignoreip ::/8 is wider than /16: failures from any of its addresses are never counted; is that meant? (in [defaults])",
+                "test.toml:3:1: jail \"a\" lists logpath /x twice; it is followed once",
+            ]
+        );
+    }
 }
