@@ -28,10 +28,61 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("strace", "`strace` (strace)"),
     ("faketime", "libfaketime's libfaketimeMT.so.1 (faketime)"),
     (
+        "journal",
+        "`/lib/systemd/systemd-journal-remote` (systemd-journal-remote) and libsystemd.so.0 (libsystemd0)",
+    ),
+    (
         "corpus",
         "the reference data in ../shared/corpus beside the checkout",
     ),
 ];
+
+/// Writes journal files from the journal export format (the `journal`
+/// group).
+pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// Makes the journal file `out` (which must end in `.journal`) from
+/// `export`, text in the journal export format, with `systemd-journal-remote`
+/// (appending when `out` exists).
+#[allow(dead_code)] // until the integration tests use it
+pub fn write_journal(out: &Path, export: &str) {
+    let mut child = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", out.display()))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{JOURNAL_REMOTE}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(export.as_bytes())
+        .expect("writing the export");
+    let o = child.wait_with_output().expect("systemd-journal-remote");
+    assert!(
+        o.status.success(),
+        "{JOURNAL_REMOTE} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// One journal entry in the export format: `fields` as `NAME=value`, with
+/// `__REALTIME_TIMESTAMP` (`usec`), a monotonic time and a boot id.
+#[allow(dead_code)] // until the integration tests use it
+pub fn export_entry(usec: u64, fields: &[&str]) -> String {
+    let mut s = format!(
+        "__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed\n",
+        usec % 1_000_000_000_000
+    );
+    for f in fields {
+        s.push_str(f);
+        s.push('\n');
+    }
+    s.push('\n');
+    s
+}
 
 /// The reference corpus beside the checkout.
 pub fn corpus_dir() -> PathBuf {
@@ -70,6 +121,17 @@ pub fn missing(group: &str) -> Option<String> {
         "sipvicious" => on_path("svcrack") && on_path("svmap"),
         "strace" => on_path("strace"),
         "faketime" => Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1").exists(),
+        "journal" => {
+            Path::new(JOURNAL_REMOTE).is_file()
+                && [
+                    "/usr/lib/x86_64-linux-gnu",
+                    "/lib/x86_64-linux-gnu",
+                    "/usr/lib64",
+                    "/usr/lib",
+                ]
+                .iter()
+                .any(|d| Path::new(d).join("libsystemd.so.0").exists())
+        }
         "corpus" => corpus_dir().join("freeswitch-1.10.12").is_dir(),
         _ => false,
     };

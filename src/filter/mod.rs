@@ -68,6 +68,14 @@ pub trait Filter: Send + Sync {
     fn name(&self) -> &str;
     /// Examines one line (without its newline) and reports a failure, if any.
     fn match_line(&self, line: &[u8], cx: &FilterContext) -> Option<LineMatch>;
+    /// Examines a line whose time is known (a journal entry's): the match
+    /// takes that time.
+    fn match_dated(&self, line: &[u8], cx: &FilterContext, time: Time) -> Option<LineMatch> {
+        self.match_line(line, cx).map(|m| LineMatch {
+            time: Some(time),
+            ..m
+        })
+    }
 }
 
 /// Options a jail passes to its built-in filter.

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod esl;
 pub mod file;
+pub mod journal;
 pub mod scanner;
 pub mod wire;
 

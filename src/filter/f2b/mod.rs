@@ -311,6 +311,22 @@ impl Filter for F2bFilter {
             _ => None,
         }
     }
+
+    /// No date is looked for in the text, as fail2ban reads journal
+    /// entries.
+    fn match_dated(&self, line: &[u8], cx: &FilterContext, time: Time) -> Option<LineMatch> {
+        let text = String::from_utf8_lossy(line);
+        match outcome_of(&self.process_all_at(&text, &cx.tz, cx.now, false, Some(time))) {
+            Outcome::Fail(f) => Some(LineMatch {
+                addr: f.addr?,
+                time: f.time.or(Some(time)),
+                kind: FailureKind::Other,
+                user: f.user.map(|u| crate::filter::user_text(u.as_bytes())),
+                user_agent: None,
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! Where each journal follower stands: the cursor of the last entry whose
+//! failures the jails have handled, kept in the store so that a restart
+//! resumes there (nothing lost, nothing read twice).
+//!
+//! A follower sends a batch of events, then *marks* the cursor of its last
+//! entry here. The run loop takes the marks, then drains the event queue:
+//! every batch sent before its mark was taken is handled by the end of that
+//! drain, and only then are the marks committed (written to the store in its
+//! next batch). A follower started again (a reload, a panic) resumes from
+//! its newest mark: entries already sent are not sent again.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+/// A journal source's identity in the store: its jail and what it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CursorKey {
+    /// The jail.
+    pub jail: String,
+    /// The journal read ([`JournalConfig::label`](super::JournalConfig::label)).
+    pub source: String,
+}
+
+/// A cursor to commit once its batch is handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// Whose.
+    pub key: CursorKey,
+    /// The cursor of the last entry sent.
+    pub cursor: String,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    committed: HashMap<CursorKey, String>,
+    /// Marked, not yet taken, oldest first.
+    marks: Vec<Mark>,
+    /// Taken, not yet committed (their batch may still be queued).
+    taken: HashMap<CursorKey, String>,
+}
+
+/// The cursors of every journal follower of the daemon.
+#[derive(Debug, Default)]
+pub struct Cursors {
+    inner: Mutex<Ledger>,
+}
+
+impl Cursors {
+    /// The cursors the store kept.
+    pub fn new(stored: impl IntoIterator<Item = (CursorKey, String)>) -> Cursors {
+        Cursors {
+            inner: Mutex::new(Ledger {
+                committed: stored.into_iter().collect(),
+                ..Ledger::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // Each step leaves the ledger whole.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where a follower of `key` starts: after its newest marked or
+    /// committed cursor; `None` the first time.
+    pub fn resume(&self, key: &CursorKey) -> Option<String> {
+        let l = self.lock();
+        l.marks
+            .iter()
+            .rev()
+            .find(|m| &m.key == key)
+            .map(|m| m.cursor.clone())
+            .or_else(|| l.taken.get(key).cloned())
+            .or_else(|| l.committed.get(key).cloned())
+    }
+
+    /// A follower sent the batch ending at `cursor`.
+    pub fn mark(&self, key: &CursorKey, cursor: String) {
+        self.lock().marks.push(Mark {
+            key: key.clone(),
+            cursor,
+        });
+    }
+
+    /// Takes the marks made so far (the newest per source): the caller
+    /// drains the event queue, then [`commit`](Self::commit)s them.
+    pub fn take(&self) -> Vec<Mark> {
+        let mut l = self.lock();
+        let marks = std::mem::take(&mut l.marks);
+        let mut newest: Vec<Mark> = Vec::new();
+        for m in marks {
+            match newest.iter_mut().find(|n| n.key == m.key) {
+                Some(n) => n.cursor = m.cursor,
+                None => newest.push(m),
+            }
+        }
+        for m in &newest {
+            l.taken.insert(m.key.clone(), m.cursor.clone());
+        }
+        newest
+    }
+
+    /// The batches of `marks` were handled: their cursors are where a
+    /// restart resumes (the caller writes them to the store).
+    pub fn commit(&self, marks: &[Mark]) {
+        let mut l = self.lock();
+        for m in marks {
+            if l.taken.get(&m.key) == Some(&m.cursor) {
+                l.taken.remove(&m.key);
+            }
+            l.committed.insert(m.key.clone(), m.cursor.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(j: &str) -> CursorKey {
+        CursorKey {
+            jail: j.into(),
+            source: "journal".into(),
+        }
+    }
+
+    #[test]
+    fn a_follower_resumes_from_its_newest_position() {
+        let c = Cursors::new([(key("sshd"), "s0".to_string())]);
+        assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s0"));
+        assert_eq!(c.resume(&key("other")), None);
+        c.mark(&key("sshd"), "s1".into());
+        c.mark(&key("sshd"), "s2".into());
+        c.mark(&key("other"), "o1".into());
+        assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s2"));
+        let taken = c.take();
+        assert_eq!(
+            taken,
+            vec![
+                Mark {
+                    key: key("sshd"),
+                    cursor: "s2".into()
+                },
+                Mark {
+                    key: key("other"),
+                    cursor: "o1".into()
+                }
+            ]
+        );
+        // Taken but not committed: a follower started now still goes on
+        // after what it sent.
+        assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s2"));
+        c.mark(&key("sshd"), "s3".into());
+        c.commit(&taken);
+        assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s3"));
+        let again = c.take();
+        assert_eq!(again.len(), 1);
+        c.commit(&again);
+        assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s3"));
+        assert!(c.take().is_empty());
+    }
+}
