@@ -7,7 +7,7 @@
 //! `enforce::config`; `[http]`, `[cluster]`, `[[feed]]`: their modules'
 //! `config.rs`; a jail's sources and filter keys: `source::config`,
 //! `filter::config`). This module composes them into one [`Config`], tells
-//! each error's place (file, line, key, caret: [`error`]) and reads files,
+//! each error's place (file, line, key, caret: [`Place`]) and reads files,
 //! fail2ban's included ([`fail2ban`]). Every error names the file, line and
 //! key, and says what is expected.
 
