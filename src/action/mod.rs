@@ -18,7 +18,11 @@
 //! never run ([`spec::replaced_by_sipwarden`]).
 
 pub mod load;
+pub mod runner;
+pub mod set;
 pub mod spec;
 
 pub use load::{Action, Command, Phase, Ticket};
+pub use runner::{ActionStats, ActionsView, Runner};
+pub use set::ActionSet;
 pub use spec::{ActionRef, SpecError};

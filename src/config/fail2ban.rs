@@ -3,14 +3,17 @@
 //! and `sipwarden import-fail2ban DIR`.
 //!
 //! Every enabled jail keeps its filter file, `logpath`, `maxretry`,
-//! `findtime`, `bantime`, `ignoreip` and `bantime.increment` settings.
-//! Actions are not run: sipwarden's own nftables enforcer bans, whatever
-//! `banaction` says.
+//! `findtime`, `bantime`, `ignoreip` and `bantime.increment` settings, and
+//! its `action` list: sipwarden's own nftables enforcer bans, whatever
+//! `banaction` says; the other actions (mail, AbuseIPDB, scripts) run
+//! beside it ([`crate::action`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{Config, ConfigError};
+use crate::action::ActionRef;
+use crate::action::spec::split_specs;
 use crate::duration::{self, BanTime, Duration, DurationError, parse_bantime, parse_duration};
 use crate::filter::f2b::ini::{Ini, IniError};
 use crate::jail::Escalation;
@@ -84,8 +87,8 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
         .into());
     }
     let mut base = Config::parse("", &format!("fail2ban configuration {}", dir.display()))?;
-    let mut banactions = Vec::new();
     // Jails that inherit one `ignoreip` share one set.
+    let mut replaced = Vec::new();
     let mut ignore_sets: BTreeMap<String, std::sync::Arc<NetSet>> = BTreeMap::new();
     for name in ini.sections.keys() {
         if matches!(
@@ -169,8 +172,16 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
                 maxtime: get("bantime.maxtime").and_then(|v| parse_duration(&v).ok()),
                 overall_jails: get("bantime.overalljails").is_some_and(|v| truthy(&v)),
             });
-        if let Some(b) = get("banaction") {
-            banactions.push(format!("{name}: {}", b.lines().next().unwrap_or_default()));
+        // The firewall ones are sipwarden's enforcer's work.
+        let (firewall, actions): (Vec<ActionRef>, Vec<ActionRef>) = get("action")
+            .map(|v| split_specs(&v))
+            .unwrap_or_default()
+            .iter()
+            .map(|s| ActionRef::in_dir(dir, s))
+            .partition(ActionRef::is_firewall);
+        if !firewall.is_empty() {
+            let names: Vec<&str> = firewall.iter().map(|a| a.name.as_str()).collect();
+            replaced.push(format!("{name}: {}", names.join(", ")));
         }
         // The keys fail2ban has; sipwarden's own (Event Sockets, wire,
         // trust, weights) keep their defaults.
@@ -193,22 +204,40 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
             ignoreself: get("ignoreself").is_none_or(|v| truthy(&v)),
             escalation,
             trusted_maxretry: maxretry.saturating_mul(3),
+            actions,
             ..JailConfig::inheriting(name.clone(), &Defaults::builtin())
         });
     }
-    if !banactions.is_empty() {
+    if !replaced.is_empty() {
         tracing::info!(
-            "fail2ban actions are not run; sipwarden's nftables enforcer bans instead ({})",
-            banactions.join("; ")
+            "fail2ban firewall actions are not run; sipwarden's nftables enforcer bans instead ({})",
+            replaced.join("; ")
         );
     }
     Ok(base)
 }
 
+/// An `actions` entry: `"/DIR/action.d/NAME.conf[k=\"v\", ...]"`.
+fn action_entry(a: &crate::action::ActionRef) -> String {
+    let args: Vec<String> = a
+        .args
+        .iter()
+        .map(|(k, v)| match v.contains('"') {
+            true => format!("{k}='{v}'"),
+            false => format!("{k}=\"{v}\""),
+        })
+        .collect();
+    let args = match args.is_empty() {
+        true => String::new(),
+        false => format!("[{}]", args.join(", ")),
+    };
+    format!("{:?}", format!("{}.conf{args}", a.base.display()))
+}
+
 /// The sipwarden TOML equivalent of a fail2ban configuration.
 pub fn to_toml(c: &Config) -> String {
     let mut out = format!(
-        "# sipwarden configuration imported from {}\n# Actions are not imported: sipwarden bans with its own nftables enforcer.\n",
+        "# sipwarden configuration imported from {}\n# Firewall actions are not imported: sipwarden bans with its own nftables enforcer.\n",
         c.origin
     );
     for j in c.jails.iter().filter(|j| j.enabled) {
@@ -245,6 +274,10 @@ pub fn to_toml(c: &Config) -> String {
             .map(|n| format!("\"{n}\""))
             .collect();
         out.push_str(&format!("ignoreip = [{}]\n", ips.join(", ")));
+        if !j.actions.is_empty() {
+            let list: Vec<String> = j.actions.iter().map(action_entry).collect();
+            out.push_str(&format!("actions = [{}]\n", list.join(", ")));
+        }
         if let Some(e) = &j.escalation {
             out.push_str(&format!(
                 "bantime_increment = true\nbantime_factor = {}\n",
@@ -274,21 +307,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sipwarden-f2b-import-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("filter.d")).unwrap();
+        std::fs::create_dir_all(dir.join("action.d")).unwrap();
+        std::fs::write(
+            dir.join("action.d/mine.conf"),
+            "[Definition]\nactionban = true\n",
+        )
+        .unwrap();
         std::fs::write(
             dir.join("jail.conf"),
             "[DEFAULT]\nbantime = 3600\n\n\
              [sshd]\nenabled = true\nlogpath = /var/log/auth.log /var/log/secure\n\
-             maxretry = 4\nfindtime = 900\nignoreip = 127.0.0.1/8 192.0.2.0/24\n\
+             maxretry = 4\nfindtime = 900\n\
+             action = iptables-multiport[port=ssh]\n  mine[dest=\"ops@example.org\", note='a \"b\"']\nignoreip = 127.0.0.1/8 192.0.2.0/24\n\
              bantime.increment = true\nbantime.factor = 1.5\nbantime.maxtime = 86400\n\n\
              [asterisk]\nenabled = true\nfilter = asterisk[mode=extra]\nlogpath = /var/log/asterisk/messages\n\n\
              [off]\nenabled = false\nlogpath = /var/log/off.log\n",
         )
         .unwrap();
-        let imported = from_fail2ban(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
-        let imported = imported.unwrap();
+        let imported = from_fail2ban(&dir).unwrap();
         assert_eq!(imported.jails.len(), 2);
-        let again = Config::parse(&to_toml(&imported), "imported.toml").unwrap();
-        assert_eq!(imported.jails, again.jails);
+        // The firewall action is sipwarden's enforcer's work; the other is kept.
+        let sshd = imported.jails.iter().find(|j| j.name == "sshd").unwrap();
+        assert_eq!(sshd.actions.len(), 1);
+        assert_eq!(
+            sshd.actions[0].args.get("note").map(String::as_str),
+            Some("a \"b\"")
+        );
+        let again = Config::parse(&to_toml(&imported), "imported.toml");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(imported.jails, again.unwrap().jails);
     }
 }

@@ -167,9 +167,10 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let firewall = enforcer.name();
 
     // The bans still in force, back in the kernel before anything new.
-    if let Some(s) = &store {
-        store::restore(&mut jails, s, enforcer.as_mut(), now);
-    }
+    let restored = match &store {
+        Some(s) => store::restore(&mut jails, s, enforcer.as_mut(), now),
+        None => Vec::new(),
+    };
 
     // The enforcer runs on its own thread: firewall calls are blocking, and
     // decisions that pile up while one call runs go out together.
@@ -226,7 +227,12 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         feeds: Vec::new(),
         fast,
         resolver: names::Resolver::new(names_tx, names::system_lookup()),
+        actions: crate::action::ActionSet::new(),
     };
+    rt.sync_actions(&enabled);
+    for b in &restored {
+        rt.actions.banned(b, true);
+    }
     rt.resolver.sync(rt.jails.names_in_use().keys());
     rt.sources.sync(&enabled, &rt.jails)?;
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
@@ -292,11 +298,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 rt.jails.handle(&batch, now, &mut decisions);
                 rt.share_failures(&batch);
                 rt.recent.note(&batch, now);
+                rt.actions.note(&batch);
                 // Take whatever else is queued, so a burst becomes one batch.
                 while let Ok(more) = rx.try_recv() {
                     rt.jails.handle(&more, now, &mut decisions);
                     rt.share_failures(&more);
                     rt.recent.note(&more, now);
+                    rt.actions.note(&more);
                 }
             }
             v = verdict_rx.recv() => match v {
@@ -366,6 +374,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     if let Some(c) = &rt.cluster {
         c.stop();
     }
+    // Each jail's actionflush and actionstop, bounded in time.
+    std::mem::take(&mut rt.actions).stop();
     drop(rt.store_tx.take());
     // The state directory stays locked until here, after the table was
     // closed.

@@ -55,6 +55,7 @@ impl Runtime {
         self.resolver.sync(self.jails.names_in_use().keys());
         self.sources.scanners = Arc::new(ScannerList::new(&cfg.scanners));
         self.config = cfg;
+        self.sync_actions(&enabled);
         let started = self.sources.sync(&enabled, &self.jails);
         if let Err(e) = started.and_then(|_| self.dispatch(lifted, JobMeta::default())) {
             return Response::error(e.to_string());

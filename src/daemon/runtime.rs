@@ -51,6 +51,9 @@ pub(super) struct Runtime {
     pub(super) fast: Option<FastPath>,
     /// Looks up the peers' host names.
     pub(super) resolver: super::names::Resolver,
+    /// The jails' fail2ban actions (mail, reports, scripts), run after the
+    /// kernel accepted.
+    pub(super) actions: crate::action::ActionSet,
 }
 
 /// What to do once the firewall answered a job.
@@ -168,6 +171,9 @@ impl Runtime {
                 }
             }
         }
+        for d in &accepted {
+            self.actions.accepted(d);
+        }
         if meta.publish {
             self.publish(&accepted);
         }
@@ -184,6 +190,18 @@ impl Runtime {
             };
             let _ = w.reply.send(resp);
         }
+    }
+
+    /// Gives each enabled jail its actions (at start and reload).
+    pub(super) fn sync_actions(&mut self, enabled: &[crate::jail::JailConfig]) {
+        let jails = &self.jails;
+        self.actions.configure(enabled.iter().filter_map(|j| {
+            Some((
+                jails.jail_id(&j.name)?,
+                j.name.as_str(),
+                j.actions.as_slice(),
+            ))
+        }));
     }
 
     /// The wall clock stepped by `step_ms`: bans keep the time they have

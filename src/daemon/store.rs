@@ -426,8 +426,15 @@ pub(super) fn open(state_dir: &Path, now: Time) -> (Option<Store>, Health) {
 /// Puts the bans still in force back: into the jails and, in a few batches,
 /// into the kernel, before anything new is decided. A ban the firewall
 /// refuses is not shown (and said why); stored bans of jails no longer
-/// configured are counted and left out.
-pub(super) fn restore(jails: &mut JailSet, s: &Store, enforcer: &mut dyn Enforcer, now: Time) {
+/// configured are counted and left out. Returns the bans back in force
+/// (their actions run with `<restored>`).
+pub(super) fn restore(
+    jails: &mut JailSet,
+    s: &Store,
+    enforcer: &mut dyn Enforcer,
+    now: Time,
+) -> Vec<crate::jail::BanDecision> {
+    let mut restored = Vec::new();
     match s.ban_counts() {
         Ok(c) => jails.load_history(c),
         Err(e) => tracing::error!("{e}; escalation starts without history"),
@@ -450,6 +457,7 @@ pub(super) fn restore(jails: &mut JailSet, s: &Store, enforcer: &mut dyn Enforce
                 match refused.iter().find(|r| r.index == i) {
                     None => {
                         jails.confirm(b);
+                        restored.push(b.clone());
                     }
                     Some(r) => {
                         jails.refuse(b);
@@ -472,4 +480,5 @@ pub(super) fn restore(jails: &mut JailSet, s: &Store, enforcer: &mut dyn Enforce
         }
         Err(e) => tracing::error!("{e}; no bans restored"),
     }
+    restored
 }

@@ -16,6 +16,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use super::Escalation;
+use crate::action::{ActionRef, SpecError};
 use crate::duration::{BanTime, Duration, ZERO_BAN};
 use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::filter::{BUILTIN_FILTERS, FilterOptions};
@@ -107,6 +108,7 @@ pub struct RawJail {
     bantime_multipliers: Option<Spanned<Vec<u32>>>,
     bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
+    actions: Option<Vec<Spanned<String>>>,
 }
 
 /// One jail, with `[defaults]` applied.
@@ -160,6 +162,9 @@ pub struct JailConfig {
     pub shared_count: bool,
     /// A wire sensor: SIP seen on the network.
     pub wire: Option<WireConfig>,
+    /// fail2ban actions run beside the kernel ban (`actions`, or a fail2ban
+    /// jail's `action`).
+    pub actions: Vec<ActionRef>,
 }
 
 /// A wrong `[defaults]` or `[jail.NAME]` value.
@@ -226,6 +231,9 @@ pub enum JailConfigError {
         "invite_weight must be at most {MAX_INVITE_WEIGHT} (a weight of maxretry already bans at the first failed INVITE)"
     )]
     InviteWeightTooLarge,
+    /// An `actions` entry.
+    #[error(transparent)]
+    Action(#[from] SpecError),
 }
 
 /// What a jail table accepts but probably does not mean.
@@ -461,6 +469,7 @@ impl JailConfig {
             wrong_call_state_maxretry: 0,
             shared_count: false,
             wire: None,
+            actions: Vec::new(),
         }
     }
 
@@ -562,6 +571,13 @@ impl JailConfig {
             j.bantime_overalljails,
         )?;
         let escalation = k.over(&defaults.esc);
+        let mut actions = Vec::new();
+        for a in j.actions.iter().flatten() {
+            actions.push(
+                ActionRef::from_path_spec(a.get_ref())
+                    .map_err(|e| Spanned::new(a.span(), e.into()))?,
+            );
+        }
         Ok(JailConfig {
             name,
             enabled,
@@ -592,6 +608,7 @@ impl JailConfig {
             wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
             shared_count: j.shared_count.unwrap_or(false),
             wire,
+            actions,
         })
     }
 }

@@ -1,0 +1,437 @@
+//! The running jails' actions: which jail runs which, what was seen of each
+//! address until its ban (the ticket's `<F-USER>` and `<matches>`), and
+//! which bans ran `actionban` (so only they run `actionunban`).
+//!
+//! Owned by the run loop, which calls it after the kernel accepted a
+//! decision; building a command is string work, running it is the
+//! [`Runner`]'s threads'.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::IpNet;
+
+use super::load::{Action, Phase, Ticket};
+use super::runner::{ActionStats, Job, Runner, Step};
+use super::spec::ActionRef;
+use crate::decision::{BanDecision, BanReason, UnbanDecision};
+use crate::event::{FailureEvent, JailId, Time};
+
+/// Addresses whose failures are kept for their tickets (per daemon).
+const MAX_SEEN: usize = 100_000;
+/// Failures kept per address (fail2ban keeps `maxmatches`).
+const MAX_MATCHES: usize = 20;
+/// Longest user name kept, in bytes.
+const MAX_USER: usize = 256;
+/// What is kept of an address not seen for this long may go when the
+/// table is full.
+const SEEN_FOR_MS: i64 = 3_600_000;
+/// How long stopping waits for `actionflush` and `actionstop`.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One jail's actions.
+#[derive(Debug)]
+struct JailActions {
+    name: Arc<str>,
+    refs: Vec<ActionRef>,
+    actions: Vec<Arc<Action>>,
+}
+
+/// What was seen of one address in one jail.
+#[derive(Debug, Default)]
+struct Seen {
+    last: Time,
+    user: Option<String>,
+    lines: VecDeque<String>,
+}
+
+/// The running jails' actions.
+#[derive(Debug)]
+pub struct ActionSet {
+    jails: HashMap<JailId, JailActions>,
+    seen: HashMap<(JailId, IpAddr), Seen>,
+    ran: HashSet<(JailId, IpNet)>,
+    runner: Option<Runner>,
+    stats: Arc<ActionStats>,
+    hostname: String,
+}
+
+/// This host's name for `<fq-hostname>` (not looked up in DNS).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Default for ActionSet {
+    fn default() -> Self {
+        ActionSet::new()
+    }
+}
+
+impl ActionSet {
+    /// No jail has actions yet; threads start with the first.
+    pub fn new() -> ActionSet {
+        ActionSet {
+            jails: HashMap::new(),
+            seen: HashMap::new(),
+            ran: HashSet::new(),
+            runner: None,
+            stats: Arc::default(),
+            hostname: hostname(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<ActionStats> {
+        &self.stats
+    }
+
+    /// Whether any jail has actions.
+    pub fn is_empty(&self) -> bool {
+        self.jails.is_empty()
+    }
+
+    /// Sets each jail's actions (at start and reload): a jail whose list
+    /// changed stops its old actions and starts its new ones; firewall
+    /// actions are left out with one log line; an action that cannot be
+    /// read is logged and left out.
+    pub fn configure<'a>(
+        &mut self,
+        jails: impl IntoIterator<Item = (JailId, &'a str, &'a [ActionRef])>,
+    ) {
+        let mut keep = HashSet::new();
+        let mut skipped = Vec::new();
+        for (id, name, refs) in jails {
+            let refs: Vec<ActionRef> = refs
+                .iter()
+                .filter(|r| {
+                    let fw = r.is_firewall();
+                    if fw {
+                        skipped.push(format!("{name}: {}", r.name));
+                    }
+                    !fw
+                })
+                .cloned()
+                .collect();
+            if refs.is_empty() {
+                continue;
+            }
+            keep.insert(id);
+            if self.jails.get(&id).is_some_and(|j| j.refs == refs) {
+                continue;
+            }
+            if let Some(old) = self.jails.remove(&id) {
+                self.stop_jail(id, &old);
+            }
+            let actions = refs
+                .iter()
+                .filter_map(|r| match Action::load(r, name, &self.hostname) {
+                    Ok(a) => Some(Arc::new(a)),
+                    Err(e) => {
+                        tracing::error!("[{name}] action {r} not run: {e}");
+                        None
+                    }
+                })
+                .collect();
+            let j = JailActions {
+                name: name.into(),
+                refs,
+                actions,
+            };
+            for a in &j.actions {
+                self.submit(id, &j.name, a, Phase::Start, None);
+            }
+            self.jails.insert(id, j);
+        }
+        let gone: Vec<JailId> = self
+            .jails
+            .keys()
+            .filter(|id| !keep.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(old) = self.jails.remove(&id) {
+                self.stop_jail(id, &old);
+            }
+        }
+        self.seen.retain(|(id, _), _| keep.contains(id));
+        self.ran.retain(|(id, _)| keep.contains(id));
+        if !skipped.is_empty() {
+            tracing::info!(
+                "firewall actions are not run; sipwarden's nftables enforcer bans instead ({})",
+                skipped.join("; ")
+            );
+        }
+    }
+
+    fn stop_jail(&mut self, id: JailId, j: &JailActions) {
+        for a in &j.actions {
+            self.submit(id, &j.name, a, Phase::Flush, None);
+            self.submit(id, &j.name, a, Phase::Stop, None);
+        }
+    }
+
+    /// Queues one command, when the action has it.
+    fn submit(
+        &mut self,
+        id: JailId,
+        jail: &Arc<str>,
+        a: &Arc<Action>,
+        phase: Phase,
+        t: Option<&Ticket>,
+    ) {
+        let Some(command) = a.command(phase, t) else {
+            return;
+        };
+        let step = |phase| a.command(phase, t).map(|command| Step { phase, command });
+        let (check, repair) = if phase == Phase::Ban {
+            (step(Phase::Check), step(Phase::Repair))
+        } else {
+            (None, None)
+        };
+        let job = Job {
+            jail: jail.clone(),
+            action: a.name.as_str().into(),
+            addr: t
+                .map(|t| crate::net::DisplayNet(&t.addr).to_string())
+                .unwrap_or_default(),
+            check,
+            repair,
+            main: Step { phase, command },
+            timeout: a.timeout,
+        };
+        let runner = self
+            .runner
+            .get_or_insert_with(|| Runner::new(self.stats.clone()));
+        runner.submit(usize::from(id.0), job);
+    }
+
+    /// Keeps what the failures of jails with actions tell their tickets.
+    pub fn note(&mut self, batch: &[FailureEvent]) {
+        if self.jails.is_empty() {
+            return;
+        }
+        for ev in batch {
+            if !self.jails.contains_key(&ev.jail) {
+                continue;
+            }
+            let key = (ev.jail, ev.addr);
+            if !self.seen.contains_key(&key) && self.seen.len() >= MAX_SEEN {
+                let old = ev.time.0 - SEEN_FOR_MS;
+                self.seen.retain(|_, s| s.last.0 > old);
+                if self.seen.len() >= MAX_SEEN {
+                    continue;
+                }
+            }
+            let s = self.seen.entry(key).or_default();
+            s.last = ev.time;
+            let mut line = format!("{} {} {}", ev.time, ev.addr, ev.kind.as_str());
+            if let Some(u) = &ev.user {
+                let mut cut = u.len().min(MAX_USER);
+                while !u.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.user = Some(u[..cut].to_string());
+                line.push_str(" user ");
+                line.push_str(&u[..cut]);
+            }
+            if s.lines.len() == MAX_MATCHES {
+                s.lines.pop_front();
+            }
+            s.lines.push_back(line);
+        }
+    }
+
+    /// A decision the kernel accepted.
+    pub fn accepted(&mut self, d: &crate::decision::Decision) {
+        match d {
+            crate::decision::Decision::Ban(b) => self.banned(b, false),
+            crate::decision::Decision::Unban(u) => self.unbanned(u),
+        }
+    }
+
+    /// A ban the kernel accepted (or restored at start): its jail's
+    /// actions run `actionban`, except for bans another node decided and,
+    /// for actions with `norestored`, restored ones.
+    pub fn banned(&mut self, b: &BanDecision, restored: bool) {
+        if b.reason == BanReason::Cluster {
+            return;
+        }
+        let Some(j) = self.jails.get(&b.jail) else {
+            return;
+        };
+        let seen = (b.addr.prefix_len() == b.addr.max_prefix_len())
+            .then(|| self.seen.remove(&(b.jail, b.addr.addr())))
+            .flatten()
+            .unwrap_or_default();
+        let t = Ticket {
+            addr: b.addr,
+            failures: b.failures,
+            time: b.start,
+            bantime: b.end.map_or(-1, |e| (e.0 - b.start.0).max(0) / 1000),
+            restored,
+            user: seen.user,
+            matches: seen.lines.into(),
+        };
+        let (name, actions) = (j.name.clone(), j.actions.clone());
+        self.ran.insert((b.jail, b.addr));
+        for a in &actions {
+            if restored && a.norestored {
+                continue;
+            }
+            self.submit(b.jail, &name, a, Phase::Ban, Some(&t));
+        }
+    }
+
+    /// An unban the kernel accepted: `actionunban` for bans that ran
+    /// `actionban`.
+    pub fn unbanned(&mut self, u: &UnbanDecision) {
+        if !self.ran.remove(&(u.jail, u.addr)) {
+            return;
+        }
+        let Some(j) = self.jails.get(&u.jail) else {
+            return;
+        };
+        let (name, actions) = (j.name.clone(), j.actions.clone());
+        let t = Ticket {
+            addr: u.addr,
+            failures: u.lifted.as_ref().map_or(0, |b| b.failures),
+            time: u.lifted.as_ref().map_or(Time(0), |b| b.start),
+            bantime: u
+                .lifted
+                .as_ref()
+                .map_or(0, |b| b.end.map_or(-1, |e| (e.0 - b.start.0).max(0) / 1000)),
+            restored: false,
+            user: None,
+            matches: Vec::new(),
+        };
+        for a in &actions {
+            self.submit(u.jail, &name, a, Phase::Unban, Some(&t));
+        }
+    }
+
+    /// The daemon stops: what is queued, then every jail's `actionflush`
+    /// and `actionstop`, run; waited for 30 s at most.
+    pub fn stop(mut self) {
+        let jails: Vec<(JailId, JailActions)> = self.jails.drain().collect();
+        for (id, j) in &jails {
+            self.stop_jail(*id, j);
+        }
+        if let Some(r) = self.runner.take() {
+            r.finish(Instant::now() + STOP_WAIT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{ActiveBan, UnbanReason};
+    use crate::duration::{BanTime, Duration};
+    use crate::event::FailureKind;
+
+    fn ban(jail: JailId, addr: &str, reason: BanReason) -> BanDecision {
+        BanDecision {
+            jail,
+            jail_name: "sip".into(),
+            addr: addr.parse().unwrap(),
+            start: Time(1_795_621_254_000),
+            end: Some(Time(1_795_621_854_000)),
+            bantime: BanTime::For(Duration(600)),
+            failures: 3,
+            reason,
+        }
+    }
+
+    /// Cluster bans run nothing; restored ones run with `<restored>` 1
+    /// except for `norestored` actions; an unban follows only a ban that
+    /// ran; the user and what was seen reach the ticket.
+    #[test]
+    fn who_runs_what() {
+        let d = std::env::temp_dir().join(format!("sipwarden-set-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let log = d.join("log");
+        std::fs::write(
+            d.join("rec.conf"),
+            format!(
+                "[Definition]\nactionstart = echo start <name> >> {l}\nactionstop = echo stop >> {l}\n\
+                 actionban = printf 'ban %s %s %s %s\\n' <ip> <restored> <failures> \"<F-USER>\" >> {l}; printf '%s\\n' \"<matches>\" >> {l}\n\
+                 actionunban = echo unban <ip> >> {l}\n",
+                l = log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("quiet.conf"),
+            format!(
+                "[Definition]\nnorestored = 1\nactionban = echo quiet <ip> >> {}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let refs = vec![
+            ActionRef::from_path_spec(&format!("{}/rec.conf", d.display())).unwrap(),
+            ActionRef::from_path_spec(&format!("{}/quiet.conf", d.display())).unwrap(),
+            ActionRef::from_path_spec(&format!("{}/rec.conf", d.display()))
+                .map(|mut r| {
+                    r.name = "nftables".into();
+                    r
+                })
+                .unwrap(),
+        ];
+        let id = JailId(0);
+        let mut set = ActionSet::new();
+        set.configure([(id, "sip", refs.as_slice())]);
+        set.note(&[FailureEvent {
+            time: Time(1_795_621_253_000),
+            jail: id,
+            addr: "192.0.2.7".parse().unwrap(),
+            kind: FailureKind::RegisterAuth,
+            user: Some("$(touch x)'\"".into()),
+            scanner: false,
+        }]);
+        set.banned(&ban(id, "198.51.100.1/32", BanReason::Cluster), false);
+        set.banned(&ban(id, "192.0.2.9/32", BanReason::Failures), true);
+        set.banned(&ban(id, "192.0.2.7/32", BanReason::Failures), false);
+        set.unbanned(&UnbanDecision {
+            jail: id,
+            jail_name: "sip".into(),
+            addr: "198.51.100.1/32".parse().unwrap(),
+            reason: UnbanReason::Expired,
+            lifted: None,
+        });
+        set.unbanned(&UnbanDecision {
+            jail: id,
+            jail_name: "sip".into(),
+            addr: "192.0.2.7/32".parse().unwrap(),
+            reason: UnbanReason::Manual,
+            lifted: Some(ActiveBan {
+                start: Time(0),
+                end: None,
+                failures: 3,
+                reason: BanReason::Failures,
+            }),
+        });
+        let stats = set.stats().clone();
+        set.stop();
+        let got = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(
+            got,
+            "start sip\n\
+             ban 192.0.2.9 1 3 \n\n\
+             ban 192.0.2.7 0 3 $(touch x)'\"\n\
+             2026-11-25T15:40:53.000Z 192.0.2.7 register_auth user $(touch x)'\"\n\
+             quiet 192.0.2.7\n\
+             unban 192.0.2.7\n\
+             stop\n"
+        );
+        assert_eq!(stats.view().failed, 0);
+    }
+}
