@@ -18,6 +18,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("conntrack", "the `conntrack` command (conntrack)"),
     ("redis", "`redis-server` and `redis-cli` (redis-server)"),
     ("openssl", "the `openssl` command (openssl)"),
+    ("curl", "the `curl` command (curl)"),
     (
         "chromium",
         "`chromium` and `chromedriver` (chromium, chromium-driver)",
@@ -115,6 +116,7 @@ pub fn missing(group: &str) -> Option<String> {
         "conntrack" => on_path("conntrack"),
         "redis" => on_path("redis-server") && on_path("redis-cli"),
         "openssl" => on_path("openssl"),
+        "curl" => on_path("curl"),
         "chromium" => on_path("chromium") && on_path("chromedriver"),
         "kamailio" => on_path("kamailio"),
         "sipp" => on_path("sipp"),

@@ -2,6 +2,7 @@
 //!
 //! One test binary (compile time matters on two cores); each area is a module.
 
+mod actions;
 mod cli;
 mod cluster;
 mod common;
