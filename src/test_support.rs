@@ -45,7 +45,6 @@ pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 /// Makes the journal file `out` (which must end in `.journal`) from
 /// `export`, text in the journal export format, with `systemd-journal-remote`
 /// (appending when `out` exists).
-#[allow(dead_code)] // until the integration tests use it
 pub fn write_journal(out: &Path, export: &str) {
     let mut child = Command::new(JOURNAL_REMOTE)
         .arg(format!("--output={}", out.display()))
@@ -71,7 +70,6 @@ pub fn write_journal(out: &Path, export: &str) {
 
 /// One journal entry in the export format: `fields` as `NAME=value`, with
 /// `__REALTIME_TIMESTAMP` (`usec`), a monotonic time and a boot id.
-#[allow(dead_code)] // until the integration tests use it
 pub fn export_entry(usec: u64, fields: &[&str]) -> String {
     let mut s = format!(
         "__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed\n",

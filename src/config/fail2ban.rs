@@ -50,8 +50,11 @@ pub enum Fail2banError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyReason {
     /// An enabled jail without `logpath`.
-    #[error("an enabled jail needs a logpath (journal backends are not supported yet)")]
+    #[error("an enabled jail needs a logpath, or backend = systemd to read the journal")]
     NoLogpath,
+    /// `backend` and its journal arguments.
+    #[error(transparent)]
+    Journal(#[from] crate::source::config::JournalConfigError),
     /// `maxretry` is not a count.
     #[error(transparent)]
     Count(#[from] std::num::ParseIntError),
@@ -119,7 +122,20 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
             .split_whitespace()
             .map(Into::into)
             .collect();
-        if logpath.is_empty() {
+        // The journal, when the backend says so (fail2ban ignores logpath
+        // then), or with `auto` when no log file is there (fail2ban 1.1).
+        let journal = crate::source::config::fail2ban_journal(
+            &get("backend").unwrap_or_else(|| "auto".into()),
+            &logpath,
+            |p| p.exists(),
+        )
+        .map_err(|e| at("backend", e.into()))?;
+        let logpath = if journal.is_some() {
+            Vec::new()
+        } else {
+            logpath
+        };
+        if logpath.is_empty() && journal.is_none() {
             return Err(at("logpath", KeyReason::NoLogpath).into());
         }
         let maxretry = get("maxretry")
@@ -188,6 +204,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
         base.jails.push(JailConfig {
             fail2ban_filter: Some((dir.to_path_buf(), spec)),
             logpath,
+            journal,
             maxretry: maxretry.max(1),
             findtime,
             bantime,
@@ -234,6 +251,40 @@ fn action_entry(a: &crate::action::ActionRef) -> String {
     format!("{:?}", format!("{}.conf{args}", a.base.display()))
 }
 
+/// A journal jail's keys in TOML: `journal_dir` for a directory; fail2ban's
+/// `journalfiles` and other `journalflags` have no TOML key (noted).
+fn journal_toml(jc: &crate::source::journal::JournalConfig) -> String {
+    use crate::source::journal::{JournalConfig, Location};
+    let mut out = "backend = \"systemd\"\n".to_string();
+    let expected = match &jc.location {
+        Location::System => JournalConfig::system().flags,
+        Location::Directory(d) => {
+            out.push_str(&format!("journal_dir = {:?}\n", d.display().to_string()));
+            0
+        }
+        Location::Files(f) => {
+            out.push_str(&format!(
+                "# fail2ban's journalfiles ({}) have no TOML key: the host's journal is read\n",
+                f.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            0
+        }
+    };
+    if jc.flags != expected {
+        out.push_str(&format!(
+            "# fail2ban's journalflags = {} have no TOML key\n",
+            jc.flags
+        ));
+    }
+    if let Some(m) = &jc.matches {
+        out.push_str(&format!("journalmatch = {:?}\n", m.to_string()));
+    }
+    out
+}
+
 /// The sipwarden TOML equivalent of a fail2ban configuration.
 pub fn to_toml(c: &Config) -> String {
     let mut out = format!(
@@ -258,7 +309,12 @@ pub fn to_toml(c: &Config) -> String {
             .iter()
             .map(|p| format!("{:?}", p.display().to_string()))
             .collect();
-        out.push_str(&format!("logpath = [{}]\n", paths.join(", ")));
+        if !paths.is_empty() || j.journal.is_none() {
+            out.push_str(&format!("logpath = [{}]\n", paths.join(", ")));
+        }
+        if let Some(jc) = &j.journal {
+            out.push_str(&journal_toml(jc));
+        }
         out.push_str(&format!(
             "maxretry = {}\nfindtime = \"{}\"\n",
             j.maxretry, j.findtime

@@ -163,6 +163,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let state_dir = config.daemon.state_dir.clone();
     let (store, store_health) = store::open(&state_dir, now);
     let mut jails = build_jails(&config, &enabled, store.as_ref());
+    let journal_cursors = store::journal_cursors(store.as_ref());
     let mut enforcer = enforcer::build(&config, &opts, &lock.dir.to_string_lossy())?;
     let firewall = enforcer.name();
 
@@ -214,7 +215,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         opts,
         started: now,
         firewall,
-        sources: Sources::new(events_tx, scanners, tasks.clone()),
+        sources: Sources::new(events_tx, scanners, tasks.clone(), journal_cursors),
         tasks,
         dec_tx,
         jobs: HashMap::new(),
@@ -299,6 +300,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 rt.share_failures(&batch);
                 rt.recent.note(&batch, now);
                 rt.actions.note(&batch);
+                // Journal positions marked by now belong to batches queued
+                // by now: kept once the drain below has handled them.
+                let marks = rt.sources.take_cursors();
                 // Take whatever else is queued, so a burst becomes one batch.
                 while let Ok(more) = rx.try_recv() {
                     rt.jails.handle(&more, now, &mut decisions);
@@ -306,6 +310,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                     rt.recent.note(&more, now);
                     rt.actions.note(&more);
                 }
+                rt.sources.commit_cursors(marks, rt.store_tx.as_ref());
             }
             v = verdict_rx.recv() => match v {
                 Some(v) => rt.on_verdict(v),
@@ -360,6 +365,21 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         h.abort();
     }
     rt.sources.stop_all();
+    // What is queued is handled, so the journal positions marked for it
+    // are kept: a restart neither reads it again nor loses it.
+    let marks = rt.sources.take_cursors();
+    while let Ok(more) = rx.try_recv() {
+        rt.jails.handle(&more, Time::now(), &mut decisions);
+        rt.actions.note(&more);
+    }
+    rt.dispatch(
+        std::mem::take(&mut decisions),
+        JobMeta {
+            publish: true,
+            ..JobMeta::default()
+        },
+    )?;
+    rt.sources.commit_cursors(marks, rt.store_tx.as_ref());
     drop(rx);
     // Everything decided reaches the kernel, then (as accepted) the store
     // and the fleet, before exit.

@@ -1,5 +1,5 @@
-//! Starting and stopping the sources of each jail: file followers and wire
-//! sensors (threads), Event Socket clients (tasks).
+//! Starting and stopping the sources of each jail: file followers, journal
+//! followers and wire sensors (threads), Event Socket clients (tasks).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use crate::jail::JailConfig;
 use crate::jail::JailSet;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::{FileSource, FollowStats};
+use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
 use crate::source::scanner::ScannerList;
 use crate::source::{DateStats, Window};
 use crate::supervise::{self, Health, Tasks};
@@ -32,6 +33,7 @@ pub(super) struct SourceKey {
     options: FilterOptions,
     esl: Vec<EslPeer>,
     wire: Option<crate::source::wire::WireConfig>,
+    journal: Option<JournalConfig>,
 }
 
 impl SourceKey {
@@ -45,6 +47,7 @@ impl SourceKey {
             options: jc.filter_options,
             esl: jc.esl.clone(),
             wire: jc.wire.clone(),
+            journal: jc.journal.clone(),
         }
     }
 }
@@ -57,6 +60,7 @@ pub(super) struct SourceGroup {
     /// The jail's findtime, followed by running sources across reloads.
     window: Arc<Window>,
     stats: Vec<(PathBuf, Arc<FollowStats>)>,
+    journal: Option<(String, Arc<FollowStats>)>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
     /// The supervised tasks of this group, listed in status until stopped.
@@ -110,7 +114,21 @@ impl SourceGroup {
             matched: s.failures.load(Ordering::Relaxed),
             ..SourceView::default()
         });
-        files.chain(esl).chain(wire).collect()
+        let journal = self.journal.iter().map(|(label, s)| {
+            dates(
+                &s.dates,
+                SourceView {
+                    kind: "journal".into(),
+                    path: label.clone(),
+                    healthy: s.open.load(Ordering::Relaxed),
+                    reason: s.reason(),
+                    lines: s.lines.load(Ordering::Relaxed),
+                    matched: s.matched.load(Ordering::Relaxed),
+                    ..SourceView::default()
+                },
+            )
+        });
+        files.chain(journal).chain(esl).chain(wire).collect()
     }
 
     /// Stops every source of the group.
@@ -131,11 +149,14 @@ fn spawn_sources(
     tx: &mpsc::Sender<Vec<FailureEvent>>,
     scanners: &Arc<ScannerList>,
     tasks: &Tasks,
+    cursors: &Arc<Cursors>,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut healths = Vec::new();
     let window = Window::new(jc.findtime);
     let mut stats = Vec::new();
+    // A fail2ban filter's `journalmatch`, for a journal jail without its own.
+    let mut filter_match = None;
     let chosen: Option<Arc<dyn Filter>> = match (&jc.filter, &jc.fail2ban_filter) {
         (Some(fname), _) => Some(
             filter::builtin(fname, jc.filter_options)
@@ -144,15 +165,53 @@ fn spawn_sources(
                     DaemonError::Setup(format!("jail {}: unknown filter {fname:?}", jc.name))
                 })?,
         ),
-        (None, Some((dir, spec))) => Some(Arc::new(
-            filter::f2b::F2bFilter::load(dir, spec, &Default::default())
-                .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?,
-        )),
+        (None, Some((dir, spec))) => {
+            let f = filter::f2b::F2bFilter::load(dir, spec, &Default::default())
+                .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
+            filter_match = f.journalmatch.clone();
+            Some(Arc::new(f))
+        }
         (None, None) => None,
     };
+    let mut journal = None;
     if let Some(filter) = chosen {
         let tz = filter::date::parse_zone(&jc.logtimezone)
             .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
+        if let Some(cfg) = &jc.journal {
+            let matches = match (&cfg.matches, &filter_match) {
+                (Some(m), _) => m.clone(),
+                (None, Some(text)) => JournalMatch::parse(text).map_err(|e| {
+                    DaemonError::Setup(format!("jail {}: its filter's {e}", jc.name))
+                })?,
+                (None, None) => JournalMatch::default(),
+            };
+            let st = Arc::new(FollowStats::default());
+            JournalSource {
+                cfg: cfg.clone(),
+                matches,
+                jail: id,
+                jail_name: jc.name.clone(),
+                filter: filter.clone(),
+                tz: tz.clone(),
+                window: window.clone(),
+                from_start: jc.from_start,
+                tx: tx.clone(),
+                stop: stop.clone(),
+                scanners: scanners.clone(),
+                stats: st.clone(),
+                cursors: cursors.clone(),
+            }
+            .spawn({
+                let h = tasks.register(&format!("[{}] {}", jc.name, cfg.label()));
+                healths.push(h.clone());
+                h
+            })
+            .map_err(|source| DaemonError::Io {
+                what: format!("starting the journal follower of jail {}", jc.name),
+                source,
+            })?;
+            journal = Some((cfg.label(), st));
+        }
         // One follower per file, however many paths reach it.
         let (paths, same) = crate::source::file::distinct(&jc.logpath);
         for s in &same {
@@ -241,6 +300,7 @@ fn spawn_sources(
         stop,
         window,
         stats,
+        journal,
         esl,
         wire,
         tasks: tasks.clone(),
@@ -257,6 +317,8 @@ pub(super) struct Sources {
     pub(super) scanners: Arc<ScannerList>,
     /// Where supervised sources show their health.
     pub(super) tasks: Tasks,
+    /// Where each journal follower stands.
+    pub(super) cursors: Arc<Cursors>,
 }
 
 impl Sources {
@@ -265,12 +327,14 @@ impl Sources {
         events_tx: mpsc::Sender<Vec<FailureEvent>>,
         scanners: Arc<ScannerList>,
         tasks: Tasks,
+        cursors: Arc<Cursors>,
     ) -> Sources {
         Sources {
             groups: HashMap::new(),
             events_tx,
             scanners,
             tasks,
+            cursors,
         }
     }
 
@@ -304,7 +368,14 @@ impl Sources {
             let Some(id) = jails.jail_id(&jc.name) else {
                 continue;
             };
-            let g = spawn_sources(jc, id, &self.events_tx, &self.scanners, &self.tasks)?;
+            let g = spawn_sources(
+                jc,
+                id,
+                &self.events_tx,
+                &self.scanners,
+                &self.tasks,
+                &self.cursors,
+            )?;
             self.groups.insert(jc.name.clone(), g);
         }
         Ok(())
@@ -316,6 +387,40 @@ impl Sources {
             .get(name)
             .map(SourceGroup::views)
             .unwrap_or_default()
+    }
+
+    /// The journal positions marked so far (see `source/journal/cursor.rs`):
+    /// call before draining the event queue, then commit them with
+    /// [`commit_cursors`](Self::commit_cursors).
+    pub(super) fn take_cursors(&self) -> Vec<crate::source::journal::cursor::Mark> {
+        self.cursors.take()
+    }
+
+    /// Every batch before `marks` was handled: their cursors become where a
+    /// restart resumes, written to the store.
+    pub(super) fn commit_cursors(
+        &self,
+        marks: Vec<crate::source::journal::cursor::Mark>,
+        store: Option<&std::sync::mpsc::Sender<Vec<crate::store::StoreOp>>>,
+    ) {
+        if marks.is_empty() {
+            return;
+        }
+        self.cursors.commit(&marks);
+        if let Some(tx) = store {
+            let at = crate::event::Time::now();
+            let _ = tx.send(
+                marks
+                    .into_iter()
+                    .map(|m| crate::store::StoreOp::JournalCursor {
+                        jail: m.key.jail,
+                        source: m.key.source,
+                        cursor: m.cursor,
+                        at,
+                    })
+                    .collect(),
+            );
+        }
     }
 
     /// Stops every source.

@@ -51,6 +51,24 @@ pub(super) fn store_ops(decisions: &[Decision], now: Time) -> Vec<StoreOp> {
         .collect()
 }
 
+/// Where each journal source stood when the store was last written.
+pub(super) fn journal_cursors(store: Option<&Store>) -> Arc<crate::source::journal::Cursors> {
+    let stored = match store.map(Store::journal_cursors).transpose() {
+        Ok(rows) => rows.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(
+                "cannot read where the journal sources stood ({e}); they follow from the journal's end"
+            );
+            Vec::new()
+        }
+    };
+    Arc::new(crate::source::journal::Cursors::new(
+        stored.into_iter().map(|(jail, source, cursor)| {
+            (crate::source::journal::CursorKey { jail, source }, cursor)
+        }),
+    ))
+}
+
 /// Most store operations kept while the disk refuses them (a full or
 /// read-only state directory); beyond it the oldest are dropped, counted.
 const STORE_BACKLOG: usize = 1_000_000;

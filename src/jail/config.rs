@@ -21,8 +21,11 @@ use crate::duration::{BanTime, Duration, ZERO_BAN};
 use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::filter::{BUILTIN_FILTERS, FilterOptions};
 use crate::net::NetSet;
-use crate::source::config::{EslConfigError, PathList, RawWire, esl_peers};
+use crate::source::config::{
+    EslConfigError, JournalConfigError, PathList, RawWire, esl_peers, journal_keys,
+};
 use crate::source::esl::EslPeer;
+use crate::source::journal::JournalConfig;
 use crate::source::wire::WireConfig;
 
 /// Largest `invite_weight`. A weight of `maxretry` already bans at the
@@ -95,6 +98,9 @@ pub struct RawJail {
     fail2ban_filter: Option<Spanned<String>>,
     logpath: Option<PathList>,
     from_start: Option<bool>,
+    backend: Option<Spanned<String>>,
+    journalmatch: Option<Spanned<String>>,
+    journal_dir: Option<Spanned<PathBuf>>,
     logtimezone: Option<Spanned<String>>,
     count_challenges: Option<bool>,
     count_abandoned: Option<bool>,
@@ -165,6 +171,9 @@ pub struct JailConfig {
     /// fail2ban actions run beside the kernel ban (`actions`, or a fail2ban
     /// jail's `action`).
     pub actions: Vec<ActionRef>,
+    /// The systemd journal (`backend = "systemd"`), read through the
+    /// jail's filter.
+    pub journal: Option<JournalConfig>,
 }
 
 /// A wrong `[defaults]` or `[jail.NAME]` value.
@@ -211,6 +220,14 @@ pub enum JailConfigError {
     /// `esl`.
     #[error(transparent)]
     Esl(#[from] EslConfigError),
+    /// `backend`, `journalmatch`, `journal_dir`.
+    #[error(transparent)]
+    Journal(#[from] JournalConfigError),
+    /// The journal and no filter to read it with.
+    #[error(
+        "jail {0:?} reads the journal (backend = \"systemd\") but has no `filter` or `fail2ban_filter` to read it with"
+    )]
+    JournalNoFilter(String),
     /// An enabled jail with no source.
     #[error(
         "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}), `esl`, or `wire`",
@@ -470,6 +487,7 @@ impl JailConfig {
             shared_count: false,
             wire: None,
             actions: Vec::new(),
+            journal: None,
         }
     }
 
@@ -535,10 +553,15 @@ impl JailConfig {
             None => Vec::new(),
         };
         let wire = j.wire.as_ref().map(WireConfig::from_raw);
+        let journal = journal_keys(&j.backend, &j.journalmatch, &j.journal_dir)
+            .map_err(|(at, e)| Spanned::new(at.unwrap_or_else(|| span.clone()), e.into()))?;
+        if enabled && journal.is_some() && !filter_set {
+            return Err(at_table(JailConfigError::JournalNoFilter(name)));
+        }
         if enabled && esl.is_empty() && !filter_set && wire.is_none() {
             return Err(at_table(JailConfigError::NothingToRead(name)));
         }
-        if enabled && filter_set && logpath.is_empty() {
+        if enabled && filter_set && logpath.is_empty() && journal.is_none() {
             return Err(at_table(JailConfigError::NoLogpath(name)));
         }
         if enabled && !filter_set && !logpath.is_empty() {
@@ -609,6 +632,7 @@ impl JailConfig {
             shared_count: j.shared_count.unwrap_or(false),
             wire,
             actions,
+            journal,
         })
     }
 }

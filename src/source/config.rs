@@ -1,6 +1,7 @@
 //! The source keys of a configuration: a jail's `logpath` (one path or a
 //! list), its Event Sockets (`esl`, one table or an array of tables), its
-//! wire sensor (`wire`), and `[scanners]`. The `[jail.NAME]` table that
+//! wire sensor (`wire`), its journal (`backend`, `journalmatch`,
+//! `journal_dir`), and `[scanners]`. The `[jail.NAME]` table that
 //! holds them is read by the jail's configuration; each key is checked here.
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::esl::{EslFormat, EslPeer};
+use super::journal::{JournalConfig, JournalMatch, Location};
 use super::scanner::DEFAULT_SCANNERS;
 use super::wire::WireConfig;
 
@@ -111,4 +113,242 @@ impl WireConfig {
 pub fn user_agents(raw: RawScanners) -> Vec<String> {
     raw.user_agents
         .unwrap_or_else(|| DEFAULT_SCANNERS.iter().map(|s| s.to_string()).collect())
+}
+
+/// A wrong `backend`, `journalmatch` or `journal_dir`.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalConfigError {
+    /// A backend other than the two there are.
+    #[error(
+        "backend {0:?}: use \"systemd\" (the journal) or \"file\" (logpath, the default; fail2ban's \"auto\", \"polling\" and \"pyinotify\" mean the same)"
+    )]
+    Backend(String),
+    /// A journal key in a jail that does not read the journal.
+    #[error("{0} is read only with backend = \"systemd\"")]
+    NotJournal(&'static str),
+    /// A `journalmatch` that cannot be used.
+    #[error(transparent)]
+    Match(#[from] crate::source::journal::MatchError),
+    /// fail2ban's `journalflags` not a number.
+    #[error(
+        "journalflags {0:?} is not a number (sd_journal_open flags: 1 local only, 2 runtime only, 4 system, 8 current user)"
+    )]
+    Flags(String),
+}
+
+/// A jail's journal keys as written: `backend`, `journalmatch`,
+/// `journal_dir`.
+#[derive(Debug, Default)]
+pub struct RawJournal<'a> {
+    /// `backend`.
+    pub backend: Option<&'a str>,
+    /// `journalmatch`.
+    pub journalmatch: Option<&'a str>,
+    /// `journal_dir`.
+    pub journal_dir: Option<&'a std::path::Path>,
+}
+
+/// Which key of [`RawJournal`] an error is about, for its span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalKey {
+    /// `backend`.
+    Backend,
+    /// `journalmatch`.
+    Journalmatch,
+    /// `journal_dir`.
+    JournalDir,
+}
+
+/// Reads a jail's journal keys: `Some` when it reads the journal
+/// (`backend = "systemd"`: the host's journal, or the files of
+/// `journal_dir`; `journalmatch`, else the filter's).
+pub fn journal(
+    raw: &RawJournal<'_>,
+) -> Result<Option<JournalConfig>, (JournalKey, JournalConfigError)> {
+    let systemd = match raw.backend {
+        None | Some("file") => false,
+        Some("systemd") => true,
+        Some(other) => {
+            return Err((
+                JournalKey::Backend,
+                JournalConfigError::Backend(other.to_string()),
+            ));
+        }
+    };
+    if !systemd {
+        if raw.journalmatch.is_some() {
+            return Err((
+                JournalKey::Journalmatch,
+                JournalConfigError::NotJournal("journalmatch"),
+            ));
+        }
+        if raw.journal_dir.is_some() {
+            return Err((
+                JournalKey::JournalDir,
+                JournalConfigError::NotJournal("journal_dir"),
+            ));
+        }
+        return Ok(None);
+    }
+    let matches = raw
+        .journalmatch
+        .map(JournalMatch::parse)
+        .transpose()
+        .map_err(|e| (JournalKey::Journalmatch, e.into()))?;
+    let mut cfg = JournalConfig::system();
+    if let Some(d) = raw.journal_dir {
+        cfg.location = Location::Directory(d.to_path_buf());
+        cfg.flags = 0;
+    }
+    cfg.matches = matches;
+    Ok(Some(cfg))
+}
+
+/// [`journal`] over the keys as a `[jail.NAME]` table holds them: an error
+/// comes with the span of its key.
+#[allow(clippy::type_complexity)]
+pub fn journal_keys(
+    backend: &Option<toml::Spanned<String>>,
+    journalmatch: &Option<toml::Spanned<String>>,
+    journal_dir: &Option<toml::Spanned<PathBuf>>,
+) -> Result<Option<JournalConfig>, (Option<std::ops::Range<usize>>, JournalConfigError)> {
+    let raw = RawJournal {
+        backend: backend.as_ref().map(|b| b.get_ref().as_str()),
+        journalmatch: journalmatch.as_ref().map(|m| m.get_ref().as_str()),
+        journal_dir: journal_dir.as_ref().map(|d| d.get_ref().as_path()),
+    };
+    journal(&raw).map_err(|(key, e)| {
+        let at = match key {
+            JournalKey::Backend => backend.as_ref().map(toml::Spanned::span),
+            JournalKey::Journalmatch => journalmatch.as_ref().map(toml::Spanned::span),
+            JournalKey::JournalDir => journal_dir.as_ref().map(toml::Spanned::span),
+        };
+        (at, e)
+    })
+}
+
+/// A fail2ban jail's `backend` (`systemd[journalpath=DIR, journalfiles=F,
+/// journalflags=N]`, `auto`, `polling`, ...): `Some` when the jail reads
+/// the journal. `auto` reads it when none of the jail's log files exists
+/// (`exists` tells), as fail2ban 1.1 falls back to it.
+pub fn fail2ban_journal(
+    backend: &str,
+    logpath: &[PathBuf],
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Result<Option<JournalConfig>, JournalConfigError> {
+    let (name, opts) = crate::filter::f2b::parse_filter_spec(backend);
+    match name.to_ascii_lowercase().as_str() {
+        "systemd" => {
+            let mut cfg = JournalConfig::system();
+            let files: Vec<PathBuf> = opts
+                .get("journalfiles")
+                .map(|f| f.split_whitespace().map(PathBuf::from).collect())
+                .unwrap_or_default();
+            if let Some(p) = opts.get("journalpath").filter(|p| !p.is_empty()) {
+                cfg.location = Location::Directory(PathBuf::from(p));
+                cfg.flags = 0;
+            } else if !files.is_empty() {
+                cfg.location = Location::Files(files);
+                cfg.flags = 0;
+            }
+            if let Some(f) = opts.get("journalflags") {
+                cfg.flags = f
+                    .trim()
+                    .parse()
+                    .map_err(|_| JournalConfigError::Flags(f.clone()))?;
+            }
+            Ok(Some(cfg))
+        }
+        "auto" if !logpath.iter().any(|p| exists(p)) => Ok(Some(JournalConfig::system())),
+        "auto" | "polling" | "pyinotify" | "gamin" | "inotify" => Ok(None),
+        _ => Err(JournalConfigError::Backend(backend.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn toml(
+        backend: Option<&str>,
+        m: Option<&str>,
+        dir: Option<&str>,
+    ) -> Result<Option<JournalConfig>, JournalKey> {
+        journal(&RawJournal {
+            backend,
+            journalmatch: m,
+            journal_dir: dir.map(std::path::Path::new),
+        })
+        .map_err(|(k, _)| k)
+    }
+
+    #[test]
+    fn toml_journal_keys() {
+        assert_eq!(toml(None, None, None), Ok(None));
+        assert_eq!(toml(Some("file"), None, None), Ok(None));
+        let j = toml(
+            Some("systemd"),
+            Some("_COMM=sshd + _SYSTEMD_UNIT=ssh.service"),
+            Some("/j"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(j.location, Location::Directory("/j".into()));
+        assert_eq!(j.flags, 0);
+        assert_eq!(j.matches.unwrap().groups.len(), 2);
+        let j = toml(Some("systemd"), None, None).unwrap().unwrap();
+        assert_eq!(
+            (j.location, j.flags, j.matches),
+            (Location::System, 4, None)
+        );
+        assert_eq!(toml(Some("journald"), None, None), Err(JournalKey::Backend));
+        assert_eq!(
+            toml(None, Some("_COMM=sshd"), None),
+            Err(JournalKey::Journalmatch)
+        );
+        assert_eq!(toml(None, None, Some("/j")), Err(JournalKey::JournalDir));
+        assert_eq!(
+            toml(Some("systemd"), Some("sshd"), None),
+            Err(JournalKey::Journalmatch)
+        );
+    }
+
+    #[test]
+    fn fail2ban_backends() {
+        let none = |_: &std::path::Path| false;
+        let all = |_: &std::path::Path| true;
+        let logs = [PathBuf::from("/var/log/auth.log")];
+        let j = fail2ban_journal("systemd", &logs, all).unwrap().unwrap();
+        assert_eq!((j.location, j.flags), (Location::System, 4));
+        let j = fail2ban_journal("systemd[journalpath=/run/j, journalflags=1]", &[], all)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (j.location, j.flags),
+            (Location::Directory("/run/j".into()), 1)
+        );
+        let j = fail2ban_journal(r#"systemd[journalfiles="/a.journal /b.journal"]"#, &[], all)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (j.location, j.flags),
+            (
+                Location::Files(vec!["/a.journal".into(), "/b.journal".into()]),
+                0
+            )
+        );
+        // auto: the journal only when no log file is there.
+        assert!(fail2ban_journal("auto", &logs, all).unwrap().is_none());
+        assert_eq!(
+            fail2ban_journal("auto", &logs, none)
+                .unwrap()
+                .unwrap()
+                .location,
+            Location::System
+        );
+        assert!(fail2ban_journal("auto", &[], all).unwrap().is_some());
+        assert!(fail2ban_journal("polling", &logs, none).unwrap().is_none());
+        assert!(fail2ban_journal("systemd[journalflags=x]", &[], all).is_err());
+        assert!(fail2ban_journal("journald", &logs, all).is_err());
+    }
 }

@@ -92,6 +92,18 @@ pub enum StoreOp {
         /// When.
         at: Time,
     },
+    /// Where a journal source stands: the cursor of the last entry whose
+    /// failures the jails handled (replacing the one kept).
+    JournalCursor {
+        /// The jail.
+        jail: String,
+        /// The journal it reads (its label).
+        source: String,
+        /// The cursor.
+        cursor: String,
+        /// When.
+        at: Time,
+    },
 }
 
 /// What a peer host name last resolved to, as the store keeps it.
@@ -451,6 +463,34 @@ mod tests {
             }
         );
         assert_eq!(got[1].name, "redis");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Issue 19: where a journal source stands survives a restart; a
+    /// later cursor replaces it.
+    #[test]
+    fn journal_cursors_are_kept_and_replaced() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        let op = |jail: &str, cursor: &str| StoreOp::JournalCursor {
+            jail: jail.into(),
+            source: "journal".into(),
+            cursor: cursor.into(),
+            at: Time(1000),
+        };
+        s.write(&[op("sshd", "c1"), op("other", "o1")]).unwrap();
+        s.write(&[op("sshd", "c2")]).unwrap();
+        drop(s);
+        let s = Store::open(&d, Time(0)).unwrap();
+        let mut got = s.journal_cursors().unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("other".into(), "journal".into(), "o1".into()),
+                ("sshd".into(), "journal".into(), "c2".into())
+            ]
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -106,6 +106,18 @@ impl Store {
         r.map_err(|e| self.err(e))
     }
 
+    /// Where each journal source stands: (jail, source, cursor).
+    pub fn journal_cursors(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let r = (|| {
+            let mut q = self
+                .conn
+                .prepare("SELECT jail, source, cursor FROM journal_cursors")?;
+            let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
     /// Every ban of `addr`, newest first (for history views).
     pub fn history(&self, addr: &IpNet, limit: usize) -> Result<Vec<HistoryRow>, StoreError> {
         let r = (|| {

@@ -32,6 +32,14 @@ const MIGRATIONS: &[&str] = &[
         addrs TEXT NOT NULL,
         resolved_ms INTEGER NOT NULL
     );",
+    // Where each journal source stands, so that a restart resumes there.
+    "CREATE TABLE journal_cursors (
+        jail TEXT NOT NULL,
+        source TEXT NOT NULL,
+        cursor TEXT NOT NULL,
+        saved_ms INTEGER NOT NULL,
+        PRIMARY KEY (jail, source)
+    );",
 ];
 
 impl Store {

@@ -68,6 +68,18 @@ impl Store {
                                 params![name, text.join(" "), at.0],
                             )?;
                         }
+                        StoreOp::JournalCursor {
+                            jail,
+                            source,
+                            cursor,
+                            at,
+                        } => {
+                            tx.execute(
+                                "INSERT INTO journal_cursors (jail, source, cursor, saved_ms) VALUES (?1, ?2, ?3, ?4)
+                                 ON CONFLICT(jail, source) DO UPDATE SET cursor = excluded.cursor, saved_ms = excluded.saved_ms",
+                                params![jail, source, cursor, at.0],
+                            )?;
+                        }
                         StoreOp::Unban {
                             jail,
                             addr,

@@ -203,7 +203,9 @@ fn a_fail2ban_configuration_runs_as_is_and_imports_to_toml() {
     let Some(f2b) = fail2ban_dir(
         &dir,
         &format!(
-            "[sshd]\nenabled = true\nlogpath = {}\nmaxretry = 3\n",
+            // fail2ban 1.1's Debian paths read sshd from the journal;
+            // `auto` reads the log file, which is there.
+            "[sshd]\nenabled = true\nbackend = auto\nlogpath = {}\nmaxretry = 3\n",
             auth.display()
         ),
     ) else {

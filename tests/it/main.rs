@@ -16,6 +16,7 @@ mod feeds;
 mod fleet;
 mod follow;
 mod http;
+mod journal;
 mod kamailio;
 mod kernel_truth;
 mod names;

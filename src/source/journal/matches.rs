@@ -144,7 +144,20 @@ impl JournalMatch {
 
 impl std::fmt::Display for JournalMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gs: Vec<String> = self.groups.iter().map(|g| g.join(" ")).collect();
+        // Quoted where a term holds a space or a quote, so that the text
+        // reads back as the same match.
+        let term = |t: &String| {
+            if t.chars().any(|c| c.is_whitespace() || "'\"\\".contains(c)) {
+                format!("'{}'", t.replace('\'', "'\\''"))
+            } else {
+                t.clone()
+            }
+        };
+        let gs: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| g.iter().map(term).collect::<Vec<_>>().join(" "))
+            .collect();
         f.write_str(&gs.join(" + "))
     }
 }
@@ -194,10 +207,15 @@ mod tests {
 
     #[test]
     fn quotes_keep_spaces() {
+        let m = JournalMatch::parse(r#"MESSAGE="a b" 'SYSLOG_IDENTIFIER=x y' _COMM=c\ d"#).unwrap();
         assert_eq!(
-            JournalMatch::parse(r#"MESSAGE="a b" 'SYSLOG_IDENTIFIER=x y' _COMM=c\ d"#).unwrap(),
+            m,
             g(&[&["MESSAGE=a b", "SYSLOG_IDENTIFIER=x y", "_COMM=c d"]])
         );
+        // Shown as it reads back.
+        assert_eq!(JournalMatch::parse(&m.to_string()).unwrap(), m);
+        let q = JournalMatch::parse(r#"MESSAGE="it's""#).unwrap();
+        assert_eq!(JournalMatch::parse(&q.to_string()).unwrap(), q);
     }
 
     #[test]

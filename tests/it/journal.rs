@@ -1,0 +1,245 @@
+//! The systemd journal as a source: journal files written by
+//! `systemd-journal-remote` from the export format (CI has no running
+//! journald), read by `sipwarden run` with the firewall off.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::{Daemon, TempDir, cli, daemon_section};
+use crate::test_support::{export_entry, need, write_journal};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// `(host, pid, message)` of the IPv4 "Failed password" lines of fail2ban's
+/// sshd sample log.
+fn sample_failures() -> Option<Vec<(String, String, String)>> {
+    let log = crate::common::corpus("fail2ban-1.1.2.dev1/tests/files/logs/sshd")?;
+    let text = std::fs::read_to_string(log).unwrap();
+    let found: Vec<_> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("Failed password for"))
+        .filter_map(|l| {
+            // `Mon DD HH:MM:SS host sshd[pid]: message`
+            let rest = l.get(16..)?;
+            let (host, rest) = rest.split_once(' ')?;
+            let rest = rest.strip_prefix("sshd[")?;
+            let (pid, msg) = rest.split_once("]: ")?;
+            Some((host.to_string(), pid.to_string(), msg.to_string()))
+        })
+        .filter(|(_, _, m)| {
+            m.split_whitespace()
+                .any(|w| w.parse::<std::net::Ipv4Addr>().is_ok())
+        })
+        .collect();
+    assert!(!found.is_empty(), "no sshd failure in the sample log");
+    Some(found)
+}
+
+/// The address a sample message names.
+fn addr_of(msg: &str) -> String {
+    msg.split_whitespace()
+        .find(|w| w.parse::<std::net::Ipv4Addr>().is_ok())
+        .unwrap()
+        .to_string()
+}
+
+/// A sample message with its address replaced by `addr`.
+fn with_addr(msg: &str, addr: &str) -> String {
+    msg.replace(&addr_of(msg), addr)
+}
+
+/// `n` journal entries of sshd (as Debian's `ssh.service` logs them) with
+/// `msg`, dated now.
+fn sshd_entries(host: &str, pid: &str, msg: &str, n: usize) -> String {
+    let now = jiff::Timestamp::now().as_microsecond() as u64;
+    (0..n as u64)
+        .map(|i| {
+            export_entry(
+                now + i,
+                &[
+                    &format!("_HOSTNAME={host}"),
+                    "_SYSTEMD_UNIT=ssh.service",
+                    "_COMM=sshd",
+                    "SYSLOG_IDENTIFIER=sshd",
+                    &format!("_PID={pid}"),
+                    &format!("MESSAGE={msg}"),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The corpus's fail2ban 1.1 configuration with `jail_local`.
+fn fail2ban_dir(dir: &TempDir, jail_local: &str) -> Option<PathBuf> {
+    let src = crate::common::corpus("fail2ban-1.1.2.dev1/config")?;
+    let dst = dir.path("fail2ban");
+    let ok = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&dst)
+        .status();
+    std::fs::write(dst.join("jail.local"), jail_local).unwrap();
+    Some(dst)
+}
+
+fn start(cfg: &Path, f2b: &Path) -> Daemon {
+    Daemon::start(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--fail2ban-config",
+        f2b.to_str().unwrap(),
+    ])
+}
+
+/// Issue 19's "done when": fail2ban's own sshd jail (the corpus's 1.1
+/// configuration, `backend = systemd[journalpath=DIR]`) bans from journal
+/// entries; a restart resumes after the stored cursor (an entry written
+/// while it was down is read, none read before is read again); a rotation
+/// (a second journal file, the first removed) loses nothing.
+#[test]
+fn fail2ban_sshd_bans_from_the_journal_resumes_and_survives_rotation() {
+    if !need("journal") {
+        return;
+    }
+    let Some(samples) = sample_failures() else {
+        return;
+    };
+    let (host, pid, msg) = samples[0].clone();
+    let dir = TempDir::new("journal-f2b");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let a = jdir.join("a.journal");
+    // History before the first start: not read (the first start follows
+    // from the end, like a log file).
+    write_journal(&a, &sshd_entries(&host, &pid, &msg, 3));
+    let Some(f2b) = fail2ban_dir(
+        &dir,
+        &format!(
+            "[sshd]\nenabled = true\nbackend = systemd[journalpath={}]\nmaxretry = 3\n",
+            jdir.display()
+        ),
+    ) else {
+        return;
+    };
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[firewall]\nbackend = \"none\"\n", daemon_section(&dir)),
+    )
+    .unwrap();
+
+    let d = start(&cfg, &f2b);
+    d.wait_for("following from its end", WAIT)
+        .expect("the sshd jail follows the journal");
+    let attacker = addr_of(&msg);
+    write_journal(&a, &sshd_entries(&host, &pid, &msg, 3));
+    let ban = d
+        .wait_for(&format!("[sshd] Ban {attacker}"), WAIT)
+        .expect("banned from journal entries by fail2ban's sshd filter");
+    assert!(ban.contains("(3 failures"), "{ban}");
+    // Two failures of another address, below maxretry.
+    let b = "198.51.100.7";
+    write_journal(&a, &sshd_entries(&host, &pid, &with_addr(&msg, b), 2));
+    let deadline = std::time::Instant::now() + WAIT;
+    while d.lines_with(&format!("[sshd] Found {b}")).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two failures of {b} found"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = cli(&dir, &["status", "sshd"]);
+    let shown = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        shown.contains("journal"),
+        "status lists the journal: {shown}"
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
+
+    // While stopped: one more failure of b.
+    write_journal(&a, &sshd_entries(&host, &pid, &with_addr(&msg, b), 1));
+    let d = start(&cfg, &f2b);
+    d.wait_for("following after the last entry read", WAIT)
+        .expect("the second start resumes from the stored cursor");
+    d.wait_for(&format!("[sshd] Found {b}"), WAIT)
+        .expect("the entry written while stopped is read");
+    // Rotation: a second file, the first removed, then more entries.
+    let c = "203.0.113.9";
+    let bj = jdir.join("b.journal");
+    write_journal(&bj, &sshd_entries(&host, &pid, &with_addr(&msg, c), 1));
+    std::fs::remove_file(&a).unwrap();
+    write_journal(&bj, &sshd_entries(&host, &pid, &with_addr(&msg, c), 2));
+    d.wait_for(&format!("[sshd] Ban {c}"), WAIT)
+        .expect("every entry of the new file after the rotation is read");
+    // Nothing read twice: the first run's entries were not counted again
+    // (b has 1 failure in this run, not 3; the attacker's are not found).
+    assert_eq!(d.lines_with(&format!("[sshd] Found {b}")).len(), 1);
+    assert!(d.lines_with(&format!("Ban {b}")).is_empty());
+    assert!(d.lines_with(&format!("[sshd] Found {attacker}")).is_empty());
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
+
+/// A TOML jail: `backend = "systemd"`, `journal_dir`, its own
+/// `journalmatch` (entries of other units are not read), the built-in
+/// sshd filter.
+#[test]
+fn toml_journal_jail_reads_only_its_matches() {
+    if !need("journal") {
+        return;
+    }
+    let Some(samples) = sample_failures() else {
+        return;
+    };
+    let (host, pid, msg) = samples[0].clone();
+    let dir = TempDir::new("journal-toml");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let a = jdir.join("a.journal");
+    write_journal(
+        &a,
+        &sshd_entries(&host, &pid, "Server listening on 0.0.0.0 port 22.", 1),
+    );
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\njournalmatch = \"_SYSTEMD_UNIT=ssh.service\"\nmaxretry = 2\n",
+            daemon_section(&dir),
+            jdir.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    d.wait_for("following from its end (_SYSTEMD_UNIT=ssh.service)", WAIT)
+        .expect("the jail follows the journal with its journalmatch");
+    // Another unit's entries with the same text are not the jail's.
+    let other = "192.0.2.77";
+    let now = jiff::Timestamp::now().as_microsecond() as u64;
+    let not_ssh: String = (0..3)
+        .map(|i| {
+            export_entry(
+                now + i,
+                &[
+                    "_SYSTEMD_UNIT=cron.service",
+                    "_COMM=sshd",
+                    &format!("MESSAGE={}", with_addr(&msg, other)),
+                ],
+            )
+        })
+        .collect();
+    write_journal(&a, &not_ssh);
+    let e = "192.0.2.78";
+    write_journal(&a, &sshd_entries(&host, &pid, &with_addr(&msg, e), 2));
+    d.wait_for(&format!("[ssh] Ban {e}"), WAIT)
+        .expect("banned from the jail's own matches");
+    assert!(d.lines_with(other).is_empty(), "other units are not read");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
