@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::enforce::Backend;
 use crate::source::esl::EslPeer;
+use crate::source::journal::JournalConfig;
 
 /// How a check went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +124,9 @@ pub fn checks(config: Option<&Path>) -> Vec<Check> {
         for path in &j.logpath {
             out.push(log_path(&j.name, path));
         }
+        if let Some(jc) = &j.journal {
+            out.extend(journal(&j.name, jc));
+        }
         if j.filter.as_deref() == Some("freeswitch") {
             out.push(log_auth_failures(&j.name));
         }
@@ -226,6 +230,45 @@ fn log_path(jail: &str, path: &Path) -> Check {
             "add the daemon's user to the file's group (FreeSWITCH: group freeswitch)",
         ),
     }
+}
+
+/// A journal jail: libsystemd there, the journal opened, entries visible,
+/// and the user allowed to see every entry.
+fn journal(jail: &str, jc: &JournalConfig) -> Vec<Check> {
+    use crate::source::journal::{JOURNAL_GROUP, JournalError, reads_whole_journal};
+    let label = jc.label();
+    // The jail's own journalmatch; a filter's is applied by the daemon.
+    let matches = jc.matches.clone().unwrap_or_default();
+    let group_fix = format!(
+        "add the daemon's user to the {JOURNAL_GROUP} group (usermod -aG {JOURNAL_GROUP} USER; in the unit: SupplementaryGroups={JOURNAL_GROUP})"
+    );
+    let mut out = vec![match crate::source::journal::probe(jc, &matches) {
+        Err(e @ JournalError::NoLibrary(_)) => fail(
+            format!("[{jail}] {label}: {e}"),
+            "install libsystemd0; other jails run without it",
+        ),
+        Err(e) => fail(
+            format!("[{jail}] {label}: cannot be opened ({e})"),
+            match &jc.location {
+                crate::source::journal::Location::System => group_fix.clone(),
+                _ => "check the path and that the daemon's user can read it".to_string(),
+            },
+        ),
+        Ok(true) => ok(format!("[{jail}] {label}: readable")),
+        Ok(false) => warn(
+            format!("[{jail}] {label}: opened, but no entry is visible yet"),
+            "normal on a quiet host; else check journal_dir (or journalpath) and the user's groups",
+        ),
+    }];
+    if jc.location == crate::source::journal::Location::System
+        && reads_whole_journal() == Some(false)
+    {
+        out.push(warn(
+            format!("[{jail}] {label}: this user is not in the {JOURNAL_GROUP} group and sees only its own entries"),
+            group_fix,
+        ));
+    }
+    out
 }
 
 /// FreeSWITCH's profiles must log failed authentications for the log jail.

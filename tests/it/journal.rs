@@ -243,3 +243,60 @@ fn toml_journal_jail_reads_only_its_matches() {
     assert!(d.lines_with(other).is_empty(), "other units are not read");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// `doctor` checks a journal jail: the journal opens and is readable, and a
+/// user outside the systemd-journal group is told to join it.
+#[test]
+fn doctor_checks_journal_jails_and_the_journal_group() {
+    if !need("journal") {
+        return;
+    }
+    let dir = TempDir::new("journal-doctor");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    write_journal(
+        &jdir.join("a.journal"),
+        &sshd_entries("h", "1", "Server listening on 0.0.0.0 port 22.", 1),
+    );
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n\n[jail.files]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\n\n[jail.host]\nfilter = \"sshd\"\nbackend = \"systemd\"\n",
+            daemon_section(&dir),
+            jdir.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["doctor", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("ok")
+            && l.contains(&format!("[files] journal {}: readable", jdir.display()))),
+        "{text}"
+    );
+    assert!(
+        !text.contains("systemd-journal group"),
+        "root reads it all: {text}"
+    );
+    // As a user outside the group (setpriv, util-linux): told to join it.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(crate::common::bin())
+        .args(["doctor", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("[host] journal")
+            && l.contains("not in the systemd-journal group")),
+        "{text}"
+    );
+    assert!(
+        text.contains("SupplementaryGroups=systemd-journal"),
+        "{text}"
+    );
+}

@@ -210,16 +210,7 @@ impl JournalSource {
     }
 
     fn open(&self) -> Result<sys::Journal, JournalError> {
-        let mut j = sys::Journal::open(&self.cfg.location, self.cfg.flags)?;
-        for (n, group) in self.matches.groups.iter().enumerate() {
-            if n > 0 {
-                j.add_disjunction()?;
-            }
-            for term in group {
-                j.add_match(term)?;
-            }
-        }
-        Ok(j)
+        open(&self.cfg, &self.matches)
     }
 
     /// Puts `j` after the entry of `cursor` (or, with none, at the start or
@@ -430,6 +421,59 @@ impl JournalSource {
             user: m.user,
         });
     }
+}
+
+/// The group whose members read the whole system journal.
+pub const JOURNAL_GROUP: &str = "systemd-journal";
+
+/// Whether this process reads every journal entry as far as users and
+/// groups go: root, or a member of [`JOURNAL_GROUP`] (others see only their
+/// own entries). `None` when the group does not exist.
+pub fn reads_whole_journal() -> Option<bool> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(true);
+    }
+    let name = std::ffi::CString::new(JOURNAL_GROUP).ok()?;
+    // SAFETY: a NUL-terminated name; the entry returned (static storage,
+    // or NULL) is read at once, before any other getgr* call.
+    let gr = unsafe { libc::getgrnam(name.as_ptr()) };
+    if gr.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL, a valid group entry (see above).
+    let gid = unsafe { (*gr).gr_gid };
+    // SAFETY: getegid has no preconditions.
+    if unsafe { libc::getegid() } == gid {
+        return Some(true);
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: the buffer holds `groups.len()` entries.
+    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    let n = usize::try_from(n).ok()?;
+    Some(groups[..n.min(groups.len())].contains(&gid))
+}
+
+/// Opens the journal of `cfg` with `matches` (`doctor`): whether any entry
+/// is visible.
+pub fn probe(cfg: &JournalConfig, matches: &JournalMatch) -> Result<bool, JournalError> {
+    let mut j = open(cfg, matches)?;
+    j.seek_tail()?;
+    j.previous_entry()
+}
+
+/// The journal of `cfg`, its groups of matches ORed.
+fn open(cfg: &JournalConfig, matches: &JournalMatch) -> Result<sys::Journal, JournalError> {
+    let mut j = sys::Journal::open(&cfg.location, cfg.flags)?;
+    for (n, group) in matches.groups.iter().enumerate() {
+        if n > 0 {
+            j.add_disjunction()?;
+        }
+        for term in group {
+            j.add_match(term)?;
+        }
+    }
+    Ok(j)
 }
 
 /// The paths of fail2ban's `journalfiles` (space-separated, as fail2ban
