@@ -16,17 +16,19 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use super::Escalation;
-use crate::action::{ActionRef, SpecError};
-use crate::duration::{BanTime, Duration, ZERO_BAN};
+use crate::action::ActionRef;
+use crate::duration::{BanTime, Duration};
+use crate::filter::FilterOptions;
 use crate::filter::config::{self as filter_config, FilterConfigError};
-use crate::filter::{BUILTIN_FILTERS, FilterOptions};
 use crate::net::NetSet;
-use crate::source::config::{
-    EslConfigError, JournalConfigError, PathList, RawWire, esl_peers, journal_keys,
-};
+use crate::source::config::{PathList, RawWire, esl_peers, journal_keys};
 use crate::source::esl::EslPeer;
 use crate::source::journal::JournalConfig;
 use crate::source::wire::WireConfig;
+
+mod error;
+
+pub use error::{JailConfigError, JailWarning};
 
 /// Largest `invite_weight`. A weight of `maxretry` already bans at the
 /// first failed INVITE; more changes nothing, and 1000 leaves room for any
@@ -174,106 +176,6 @@ pub struct JailConfig {
     /// The systemd journal (`backend = "systemd"`), read through the
     /// jail's filter.
     pub journal: Option<JournalConfig>,
-}
-
-/// A wrong `[defaults]` or `[jail.NAME]` value.
-#[derive(Debug, thiserror::Error)]
-pub enum JailConfigError {
-    /// `maxretry = 0`.
-    #[error("maxretry must be at least 1")]
-    Maxretry,
-    /// `max_tracked = 0`.
-    #[error("max_tracked must be at least 1")]
-    MaxTracked,
-    /// `findtime` or `bantime_maxtime` of 0.
-    #[error("{key} must be at least 1s ({why})")]
-    ZeroDuration {
-        /// The key.
-        key: &'static str,
-        /// What 0 would do.
-        why: &'static str,
-    },
-    /// `bantime = 0`.
-    #[error("bantime {ZERO_BAN}")]
-    ZeroBan,
-    /// `bantime_factor` not a positive number.
-    #[error("bantime_factor must be a positive number")]
-    Factor,
-    /// `bantime_multipliers` empty or with a 0.
-    #[error("bantime_multipliers must be a non-empty list of positive integers")]
-    Multipliers,
-    /// An `ignoreip` of every address.
-    #[error(
-        "ignoreip {0} is every address: nothing would ever be counted or banned; list the networks to leave alone"
-    )]
-    EveryAddress(IpNet),
-    /// A jail name that cannot name kernel comments, logs and the CLI's
-    /// arguments safely.
-    #[error("jail name {0:?} must be 1-64 letters, digits, '-', '_' or '.'")]
-    Name(String),
-    /// `filter`, `fail2ban_filter` or `logtimezone`.
-    #[error(transparent)]
-    Filter(#[from] FilterConfigError),
-    /// Both `filter` and `fail2ban_filter`.
-    #[error("jail {0:?} sets both `filter` and `fail2ban_filter`; keep one")]
-    TwoFilters(String),
-    /// `esl`.
-    #[error(transparent)]
-    Esl(#[from] EslConfigError),
-    /// `backend`, `journalmatch`, `journal_dir`.
-    #[error(transparent)]
-    Journal(#[from] JournalConfigError),
-    /// The journal and no filter to read it with.
-    #[error(
-        "jail {0:?} reads the journal (backend = \"systemd\") but has no `filter` or `fail2ban_filter` to read it with"
-    )]
-    JournalNoFilter(String),
-    /// An enabled jail with no source.
-    #[error(
-        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}), `esl`, or `wire`",
-        list = BUILTIN_FILTERS.join(", ")
-    )]
-    NothingToRead(String),
-    /// A filter and no file to read.
-    #[error("jail {0:?} has no `logpath`; list the log files it should follow")]
-    NoLogpath(String),
-    /// Files and no filter to read them with.
-    #[error("jail {0:?} has a `logpath` but no `filter` to read it with")]
-    NoFilter(String),
-    /// `invite_weight = 0`.
-    #[error("invite_weight must be at least 1")]
-    InviteWeightZero,
-    /// `invite_weight` over [`MAX_INVITE_WEIGHT`].
-    #[error(
-        "invite_weight must be at most {MAX_INVITE_WEIGHT} (a weight of maxretry already bans at the first failed INVITE)"
-    )]
-    InviteWeightTooLarge,
-    /// An `actions` entry.
-    #[error(transparent)]
-    Action(#[from] SpecError),
-}
-
-/// What a jail table accepts but probably does not mean.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum JailWarning {
-    /// An `ignoreip` prefix wider than /8 (IPv4) or /16 (IPv6).
-    #[error(
-        "ignoreip {net} is wider than /{wide}: failures from any of its addresses are never counted; is that meant?"
-    )]
-    WideIgnore {
-        /// The network.
-        net: IpNet,
-        /// The narrowest prefix length taken without a warning.
-        wide: u8,
-    },
-    /// A `logpath` listed twice.
-    #[error("jail {jail:?} lists logpath {} twice; it is followed once", .path.display())]
-    LogpathTwice {
-        /// The jail.
-        jail: String,
-        /// The path.
-        path: PathBuf,
-    },
 }
 
 /// A spanned jail error.
