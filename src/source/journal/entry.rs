@@ -10,7 +10,11 @@
 //! * `MESSAGE`, its values joined by a space when it has several.
 //!
 //! The message's bytes are kept as they are (the filter reads them as it
-//! reads a log line's); nothing in them is interpreted here.
+//! reads a log line's); nothing in them is interpreted here. An entry whose
+//! messages add up to more than [`MAX_LINE`] bytes is marked too long (its
+//! values beyond that are not kept), as a log line that long is skipped.
+
+use crate::source::file::MAX_LINE;
 
 use crate::event::Time;
 
@@ -25,6 +29,10 @@ pub struct Fields {
     messages: Vec<Vec<u8>>,
     source_realtime: Option<Vec<u8>>,
     source_monotonic: Option<Vec<u8>>,
+    /// The messages' bytes so far.
+    message_bytes: usize,
+    /// More message bytes than [`MAX_LINE`].
+    overlong: bool,
 }
 
 /// Keeps the first value of a field seen more than once.
@@ -82,11 +90,26 @@ impl Fields {
             b"_COMM" => first(&mut self.comm, v),
             b"SYSLOG_PID" => first(&mut self.syslog_pid, v),
             b"_PID" => first(&mut self.pid, v),
-            b"MESSAGE" => self.messages.push(v.to_vec()),
+            b"MESSAGE" => {
+                // Up to 1024 fields of 64 KiB each: what is kept stays
+                // bounded.
+                self.message_bytes = self.message_bytes.saturating_add(v.len() + 1);
+                if self.message_bytes > MAX_LINE {
+                    self.overlong = true;
+                } else {
+                    self.messages.push(v.to_vec());
+                }
+            }
             b"_SOURCE_REALTIME_TIMESTAMP" => first(&mut self.source_realtime, v),
             b"_SOURCE_MONOTONIC_TIMESTAMP" => first(&mut self.source_monotonic, v),
             _ => {}
         }
+    }
+
+    /// Whether the messages were longer than [`MAX_LINE`] (the line is
+    /// skipped).
+    pub fn overlong(&self) -> bool {
+        self.overlong
     }
 
     /// The entry's time: `_SOURCE_REALTIME_TIMESTAMP` when it reads as
@@ -231,6 +254,19 @@ mod tests {
         assert_eq!(f.time(1_800_000_000_000_000), Time(1_700_000_000_123));
         let f = fields(&["_SOURCE_REALTIME_TIMESTAMP=garbage", "MESSAGE=m"]);
         assert_eq!(f.time(1_800_000_000_000_000), Time(1_800_000_000_000));
+    }
+
+    #[test]
+    fn overlong_messages_are_marked_and_not_kept() {
+        let mut f = Fields::default();
+        let big = format!("MESSAGE={}", "x".repeat(40 * 1024));
+        f.take(big.as_bytes());
+        assert!(!f.overlong());
+        for _ in 0..100 {
+            f.take(big.as_bytes());
+        }
+        assert!(f.overlong());
+        assert!(f.line(|| 0).len() <= MAX_LINE);
     }
 
     #[test]

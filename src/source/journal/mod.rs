@@ -31,7 +31,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::event::{FailureEvent, JailId, Time};
 use crate::filter::{Filter, FilterContext};
-use crate::source::file::FollowStats;
+use crate::source::file::{FollowStats, MAX_LINE};
 use crate::source::scanner::ScannerList;
 use crate::source::{Dated, Window, rare, span};
 
@@ -48,6 +48,11 @@ const BATCH: usize = 512;
 
 /// Longest wait for a change before the stop flag is looked at.
 const WAIT: Duration = Duration::from_millis(500);
+
+/// The position kept for a journal with no entry of the jail's at its
+/// first start: everything after it is new, so the next start reads from
+/// the head (a real cursor is `s=...;i=...`).
+const HEAD: &str = "head";
 
 /// Pause before the journal is opened again after a failure.
 const RETRY: Duration = Duration::from_secs(5);
@@ -222,6 +227,10 @@ impl JournalSource {
         start: bool,
     ) -> Result<Option<String>, JournalError> {
         match cursor {
+            Some(HEAD) => {
+                j.seek_head()?;
+                Ok(None)
+            }
             Some(c) => {
                 j.seek_cursor(c)?;
                 // The entry of the cursor itself was read already: step
@@ -276,11 +285,10 @@ impl JournalSource {
         if first {
             // Where the first start stood is where the next one resumes:
             // entries written while the daemon is down are read then.
-            if let Some(c) = &at {
-                self.cursors.mark(&key, c.clone());
-                if !self.send(Vec::new()) {
-                    return Ended::Gone;
-                }
+            let c = at.clone().unwrap_or_else(|| HEAD.to_string());
+            self.cursors.mark(&key, c);
+            if !self.send(Vec::new()) {
+                return Ended::Gone;
             }
         }
         loop {
@@ -325,12 +333,8 @@ impl JournalSource {
                 at_end = true;
                 break;
             }
-            let mut fields = entry::Fields::default();
-            j.for_each_field(|d| fields.take(d))?;
-            let time = fields.time(j.realtime_usec()?);
-            let line = fields.line(|| j.monotonic_usec().unwrap_or(0));
-            self.entry(&line, time, &cx, &mut batch);
             read += 1;
+            self.read_entry(j, &cx, &mut batch);
             in_batch += 1;
             if in_batch == BATCH {
                 self.flush(j, key, at, std::mem::take(&mut batch))?;
@@ -346,6 +350,40 @@ impl JournalSource {
             return Err(Ended::Gone);
         }
         Ok(!at_end)
+    }
+
+    /// The current entry through the filter; one that cannot be read (a
+    /// damaged file) or is too long is skipped, counted: reading it again
+    /// would fail again.
+    fn read_entry(&self, j: &mut sys::Journal, cx: &FilterContext, batch: &mut Vec<FailureEvent>) {
+        let mut fields = entry::Fields::default();
+        let time = match j
+            .for_each_field(|d| fields.take(d))
+            .and_then(|()| j.realtime_usec())
+        {
+            Ok(us) => fields.time(us),
+            Err(e) => return self.skipped(&format!("an entry cannot be read ({e})")),
+        };
+        if fields.overlong() {
+            return self.skipped(&format!(
+                "an entry's message is over {} KiB",
+                MAX_LINE / 1024
+            ));
+        }
+        let line = fields.line(|| j.monotonic_usec().unwrap_or(0));
+        self.entry(&line, time, cx, batch);
+    }
+
+    /// Counts a skipped entry (`overlong` in status), warned about rarely.
+    fn skipped(&self, why: &str) {
+        let total = self.stats.overlong.fetch_add(1, Ordering::Relaxed) + 1;
+        if rare(total, 1) {
+            tracing::warn!(
+                "[{}] {}: {why}; skipped ({total} entr(y/ies) skipped so far)",
+                self.jail_name,
+                self.cfg.label()
+            );
+        }
     }
 
     fn flush(
@@ -551,6 +589,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         got
+    }
+
+    /// A journal with no entry at the first start: entries written while
+    /// the daemon is down are read at the next start, none is lost.
+    #[test]
+    fn an_empty_journal_at_the_first_start_loses_nothing_later() {
+        if !need("journal") {
+            return;
+        }
+        let dir =
+            std::env::temp_dir().join(format!("sw-journal-empty-first-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cursors = Arc::new(Cursors::default());
+        let key = CursorKey {
+            jail: "sshd".into(),
+            source: format!("journal {}", dir.display()),
+        };
+        let (src, mut rx) = source(&dir, &cursors);
+        let stop = src.stop.clone();
+        let t = src.spawn(Arc::default()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cursors.resume(&key).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the follower never opened the journal"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(addrs(&mut rx, &cursors, 0).is_empty());
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        write_journal(&dir.join("a.journal"), &sshd("192.0.2.9"));
+        let (src, mut rx) = source(&dir, &cursors);
+        let stop = src.stop.clone();
+        let t = src.spawn(Arc::default()).unwrap();
+        assert_eq!(addrs(&mut rx, &cursors, 1), ["192.0.2.9"]);
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Follows from the end, reads appended entries, survives a rotation
