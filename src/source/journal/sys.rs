@@ -466,6 +466,64 @@ mod tests {
         assert!(e.to_string().starts_with("sd_journal_open: "), "{e}");
     }
 
+    /// Journal files named one by one (fail2ban's `journalfiles`): fields,
+    /// times and cursors read back as written, and a cursor seeks back to
+    /// its entry.
+    #[test]
+    fn files_read_back_with_their_fields_and_cursors() {
+        if !crate::test_support::need("journal") {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("sw-journal-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x.journal");
+        let e = |us: u64, comm: &str, msg: &str| {
+            crate::test_support::export_entry(
+                us,
+                &[&format!("_COMM={comm}"), &format!("MESSAGE={msg}")],
+            )
+        };
+        crate::test_support::write_journal(
+            &f,
+            &(e(1_700_000_000_000_001, "sshd", "one")
+                + &e(1_700_000_000_000_002, "cron", "two")
+                + &e(1_700_000_000_000_003, "sshd", "three")),
+        );
+        let mut j = Journal::open(&Location::Files(vec![f.clone()]), 0).unwrap();
+        j.add_match("_COMM=sshd").unwrap();
+        j.seek_head().unwrap();
+        let mut seen = Vec::new();
+        let mut cursors = Vec::new();
+        while j.next_entry().unwrap() {
+            let mut msg = Vec::new();
+            j.for_each_field(|d| {
+                if let Some(m) = d.strip_prefix(b"MESSAGE=") {
+                    msg = m.to_vec();
+                }
+            })
+            .unwrap();
+            seen.push((String::from_utf8(msg).unwrap(), j.realtime_usec().unwrap()));
+            cursors.push(j.cursor().unwrap());
+        }
+        assert_eq!(
+            seen,
+            [
+                ("one".to_string(), 1_700_000_000_000_001),
+                ("three".to_string(), 1_700_000_000_000_003)
+            ]
+        );
+        j.seek_cursor(&cursors[0]).unwrap();
+        assert!(j.next_entry().unwrap());
+        assert!(j.test_cursor(&cursors[0]).unwrap());
+        assert!(!j.test_cursor(&cursors[1]).unwrap());
+        assert!(j.next_entry().unwrap());
+        assert!(j.test_cursor(&cursors[1]).unwrap());
+        assert!(!j.next_entry().unwrap());
+        drop(j);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// An empty directory opens and reads as an empty journal; the library
     /// is on every machine the tests run on (libsystemd0 is part of a
     /// Debian system).
