@@ -80,6 +80,17 @@ fn jail_table(jails: &[JailView]) -> String {
     out
 }
 
+/// A line about the jails' fail2ban actions, when a jail has some.
+fn actions_text(a: Option<&crate::action::ActionsView>) -> String {
+    match a {
+        Some(a) => format!(
+            "\nactions: {} command(s) run, {} failed ({} timed out), {} dropped\n",
+            a.run, a.failed, a.timed_out, a.dropped
+        ),
+        None => String::new(),
+    }
+}
+
 /// A line about the state store when something happened to it.
 fn store_text(s: Option<&crate::control::StoreView>) -> String {
     match s {
@@ -301,6 +312,7 @@ pub fn render(req: &Request, resp: &Response) -> String {
                     + &names_text(&s.names)
                     + &feeds_text(&s.feeds)
                     + &store_text(s.store.as_ref())
+                    + &actions_text(s.actions.as_ref())
             ),
             Err(_) => "(unreadable status)\n".into(),
         },

@@ -45,6 +45,9 @@ pub struct StatusView {
     /// not, restarts after a panic, the last error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<crate::supervise::TaskView>,
+    /// The jails' fail2ban actions' commands, when a jail has actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<crate::action::ActionsView>,
 }
 
 /// A peer given by host name: its addresses are protected in the jails

@@ -284,6 +284,7 @@ impl Daemon for Runtime {
                 store: self.store_health.lock().ok().map(|h| h.clone()),
                 names: self.name_views(),
                 tasks: self.tasks.views(),
+                actions: (!self.actions.is_empty()).then(|| self.actions.stats().view()),
             }),
         }
     }

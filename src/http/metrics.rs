@@ -272,6 +272,35 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
             st.repairs
         );
     }
+    if let Some(a) = &s.actions {
+        for (name, help, v) in [
+            (
+                "run",
+                "Action commands started (fail2ban actions beside the kernel ban).",
+                a.run,
+            ),
+            (
+                "failed",
+                "Action commands that exited non-zero, could not start or timed out.",
+                a.failed,
+            ),
+            (
+                "timed_out",
+                "Action commands killed at their timeout.",
+                a.timed_out,
+            ),
+            (
+                "dropped",
+                "Action commands dropped: their jail's queue was full.",
+                a.dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP sipwarden_action_commands_{name}_total {help}\n# TYPE sipwarden_action_commands_{name}_total counter\nsipwarden_action_commands_{name}_total {v}"
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP sipwarden_uptime_seconds Seconds since the daemon started.\n# TYPE sipwarden_uptime_seconds gauge\nsipwarden_uptime_seconds {}",
@@ -297,6 +326,7 @@ mod tests {
             firewall: "none".into(),
             config: "c".into(),
             jails: vec![],
+            actions: None,
             cluster: None,
             feeds: vec![],
             names: vec![],
@@ -354,6 +384,12 @@ mod tests {
             firewall: "none".into(),
             config: "c".into(),
             jails: vec![],
+            actions: Some(crate::action::ActionsView {
+                run: 3,
+                failed: 1,
+                timed_out: 1,
+                dropped: 0,
+            }),
             cluster: Some(crate::cluster::ClusterView {
                 node: "n1".into(),
                 redis: "10.0.0.5:6379".into(),
@@ -379,6 +415,10 @@ mod tests {
             "\nsipwarden_cluster_task_up{task=\"writer\"} 1\n",
             "\nsipwarden_cluster_task_up{task=\"reader\"} 0\n",
             "\nsipwarden_cluster_task_restarts_total{task=\"reader\"} 7\n",
+            "\nsipwarden_action_commands_run_total 3\n",
+            "\nsipwarden_action_commands_failed_total 1\n",
+            "\nsipwarden_action_commands_timed_out_total 1\n",
+            "\nsipwarden_action_commands_dropped_total 0\n",
         ] {
             assert!(out.contains(line), "{line:?} in {out}");
         }

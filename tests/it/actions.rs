@@ -35,7 +35,7 @@ fn jail(dir: &TempDir) -> String {
     .unwrap();
     std::fs::write(dir.path("t.log"), "").unwrap();
     format!(
-        "{}[defaults]\nignoreself = false\n\n[jail.t]\nfail2ban_filter = {:?}\nlogpath = {:?}\nlogtimezone = \"UTC\"\nmaxretry = 2\nbantime = \"1h\"\n",
+        "{}[defaults]\nignoreself = false\n\n[jail.t]\nfail2ban_filter = {:?}\nlogpath = {:?}\nmaxretry = 2\nbantime = \"1h\"\n",
         daemon_section(dir),
         dir.path("filter.d/t.conf").display().to_string(),
         dir.path("t.log").display().to_string()
@@ -99,6 +99,27 @@ fn recorded(dir: &Path, prefix: &str) -> Vec<String> {
     v
 }
 
+/// Stub `mail`, `sendmail` and `whois` commands in `bin_dir`: each call of
+/// `mail` or `sendmail` leaves one file in `out` with its argv, its
+/// `f2bV_` variables and its stdin.
+fn stubs(bin_dir: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::create_dir_all(bin_dir).unwrap();
+    for stub in ["mail", "sendmail", "whois"] {
+        let p = bin_dir.join(stub);
+        let body = if stub == "whois" {
+            "#!/bin/sh\necho \"whois of $1\"\n".to_string()
+        } else {
+            format!(
+                "#!/bin/sh\nf={}/{stub}.$$\n{{ printf 'ARGV'; for a in \"$@\"; do printf ' [%s]' \"$a\"; done; printf '\\n'; env | grep '^f2bV_' | cut -c1-40; echo STDIN; cat; }} > \"$f\"\n",
+                out.display()
+            )
+        };
+        std::fs::write(&p, body).unwrap();
+        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    }
+}
+
 /// fail2ban's mail actions (`mail-whois`, and `sendmail-whois-matches`
 /// with its matches in the body) and an action of the operator's own run
 /// on ban: the stub `mail`/`sendmail` first on the daemon's PATH get the
@@ -113,23 +134,7 @@ fn mail_actions_run_on_ban_with_values_intact_and_inert() {
     let dir = TempDir::new("actions-mail");
     let out = dir.path("out");
     let bin_dir = dir.path("bin");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    // Each call of a stub leaves one file: its argv, its f2bV_ variables,
-    // its stdin.
-    for stub in ["mail", "sendmail", "whois"] {
-        let p = bin_dir.join(stub);
-        let body = if stub == "whois" {
-            "#!/bin/sh\necho \"whois of $1\"\n".to_string()
-        } else {
-            format!(
-                "#!/bin/sh\nf={}/{stub}.$$\n{{ printf 'ARGV'; for a in \"$@\"; do printf ' [%s]' \"$a\"; done; printf '\\n'; env | grep '^f2bV_' | cut -c1-40; echo STDIN; cat; }} > \"$f\"\n",
-                out.display()
-            )
-        };
-        std::fs::write(&p, body).unwrap();
-        Command::new("chmod").arg("+x").arg(&p).status().unwrap();
-    }
+    stubs(&bin_dir, &out);
     std::fs::create_dir_all(dir.path("action.d")).unwrap();
     std::fs::write(
         dir.path("action.d/record.conf"),
@@ -219,6 +224,12 @@ fn mail_actions_run_on_ban_with_values_intact_and_inert() {
     assert!(smail.contains(&format!(" user {user}\n")), "{smail}");
     let record = std::fs::read_to_string(out.join("record")).unwrap();
     assert_eq!(record, format!("{ATTACKER}|{user}|0|2\n"));
+    let status = crate::common::cli(&dir, &["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(" 0 failed (0 timed out), 0 dropped"),
+        "{status}"
+    );
     assert!(!Path::new(PWNED).exists(), "the user name ran as code");
 
     // Restart: the ban is restored; the own action runs with <restored>
@@ -504,5 +515,94 @@ fn abuseipdb_reports_a_ban_with_the_user_name_intact_and_inert() {
     assert!(failed.is_empty(), "{failed:?}");
     let _ = server.kill();
     let _ = server.wait();
+    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+}
+
+/// A jail of a fail2ban configuration (`run --fail2ban-config`) with
+/// `action = %(action_mw)s` and `mta = mail`: its firewall action is left
+/// to sipwarden's enforcer (one log line), fail2ban's `mail-whois` mails
+/// the ban through the `mail` first on PATH.
+#[test]
+fn a_fail2ban_jail_with_action_mw_mails_on_ban() {
+    if !need("corpus") {
+        return;
+    }
+    let dir = TempDir::new("actions-f2b");
+    let (out, bin_dir) = (dir.path("out"), dir.path("bin"));
+    stubs(&bin_dir, &out);
+    let f2b = dir.path("fail2ban");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(fail2ban_dir())
+        .arg(&f2b)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&f2b).status();
+    std::fs::write(
+        f2b.join("filter.d/t.conf"),
+        "[Definition]\nfailregex = ^ auth failure for user <F-USER>.+</F-USER> from <HOST>$\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path("t.log"), "").unwrap();
+    std::fs::write(
+        f2b.join("jail.local"),
+        format!(
+            "[DEFAULT]\nmta = mail\ndestemail = ops@example.org\n\n[t]\nenabled = true\nfilter = t\nlogpath = {}\nmaxretry = 2\nbantime = 1h\naction = %(action_mw)s\n",
+            dir.path("t.log").display()
+        ),
+    )
+    .unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[firewall]\nbackend = \"none\"\n", daemon_section(&dir)),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::start_with(
+        Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--fail2ban-config")
+            .arg(&f2b)
+            .env("PATH", path),
+    );
+    assert!(
+        d.wait_for(": following", Duration::from_secs(30)).is_some(),
+        "daemon did not start"
+    );
+    let skipped = d
+        .wait_for("firewall actions are not run", Duration::from_secs(5))
+        .expect("no line about the firewall action");
+    assert!(skipped.contains("(t: nftables)"), "{skipped}");
+    attack(&dir, &hostile());
+    assert!(
+        d.wait_for(&format!("Ban {ATTACKER}"), Duration::from_secs(20))
+            .is_some(),
+        "no ban"
+    );
+    let banned = || {
+        recorded(&out, "mail.")
+            .into_iter()
+            .find(|m| m.contains("banned"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || banned().is_some()),
+        "no ban mail: {:?}",
+        recorded(&out, "mail.")
+    );
+    let mail = banned().unwrap();
+    assert!(
+        mail.starts_with(&format!(
+            "ARGV [-E] [set escape] [-s] [[Fail2Ban] t: banned {ATTACKER} from "
+        )) && mail.contains("] [ops@example.org]\n"),
+        "{mail}"
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
     assert!(!Path::new(PWNED).exists(), "the user name ran as code");
 }
