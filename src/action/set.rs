@@ -19,15 +19,18 @@ use super::spec::ActionRef;
 use crate::decision::{BanDecision, BanReason, UnbanDecision};
 use crate::event::{FailureEvent, JailId, Time};
 
-/// Addresses whose failures are kept for their tickets (per daemon).
-const MAX_SEEN: usize = 100_000;
+/// Addresses whose failures are kept for their tickets (per daemon). With
+/// [`MAX_MATCHES`] lines of at most about 330 bytes each, about 33 MB at
+/// worst, whatever an attacker sends.
+const MAX_SEEN: usize = 10_000;
 /// Failures kept per address (fail2ban keeps `maxmatches`).
-const MAX_MATCHES: usize = 20;
+const MAX_MATCHES: usize = 10;
 /// Longest user name kept, in bytes.
 const MAX_USER: usize = 256;
-/// What is kept of an address not seen for this long may go when the
-/// table is full.
-const SEEN_FOR_MS: i64 = 3_600_000;
+/// What is kept of an address not seen for this long (fail2ban's default
+/// `findtime`) goes when the table is full; if it is still full, a new
+/// address's ticket goes without its failures.
+const SEEN_FOR_MS: i64 = 600_000;
 /// How long stopping waits for `actionflush` and `actionstop`.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 

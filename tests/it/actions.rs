@@ -606,3 +606,78 @@ fn a_fail2ban_jail_with_action_mw_mails_on_ban() {
     assert!(d.stop().is_some_and(|s| s.success()));
     assert!(!Path::new(PWNED).exists(), "the user name ran as code");
 }
+
+/// A dry-run node of a fleet on `redis_port` whose jail runs an action that
+/// records each ban in `DIR/out/record`.
+fn fleet_node(name: &str, redis_port: u16) -> (TempDir, Daemon) {
+    let dir = TempDir::new(&format!("actions-fleet-{name}"));
+    std::fs::create_dir_all(dir.path("action.d")).unwrap();
+    std::fs::create_dir_all(dir.path("out")).unwrap();
+    std::fs::write(
+        dir.path("action.d/record.conf"),
+        format!(
+            "[Definition]\nactionban = echo ban <ip> >> {}\n",
+            dir.path("out/record").display()
+        ),
+    )
+    .unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}actions = [{}]\n\n[cluster]\nnode = \"{name}\"\nredis = \"redis://127.0.0.1:{redis_port}\"\n",
+            jail(&dir),
+            entry(&dir.path("action.d/record.conf"), "")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for(": following", Duration::from_secs(30)).is_some(),
+        "node {name} did not start"
+    );
+    let connected = wait_until(Duration::from_secs(30), || {
+        let o = crate::common::cli(&dir, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["result"]["cluster"]["connected"] == serde_json::Value::Bool(true)
+    });
+    assert!(connected, "node {name} did not join the fleet");
+    (dir, d)
+}
+
+/// Only the node that decided a ban runs its actions: the node that
+/// receives it from the fleet holds it and runs nothing.
+#[test]
+fn a_ban_received_from_the_fleet_runs_no_action() {
+    if !need("redis") {
+        return;
+    }
+    let rdir = TempDir::new("actions-fleet-redis");
+    let redis = crate::fleet::Redis::start(&rdir, "redis", &[]);
+    let (a_dir, a) = fleet_node("a", redis.port);
+    let (b_dir, mut b) = fleet_node("b", redis.port);
+    attack(&a_dir, &hostile());
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_to_string(
+            a_dir.path("out/record")
+        )
+        .is_ok_and(|r| r == format!("ban {ATTACKER}\n"))),
+        "the deciding node did not run its action"
+    );
+    assert!(
+        b.wait_for(
+            &format!("Ban {ATTACKER} (cluster,"),
+            Duration::from_secs(30)
+        )
+        .is_some(),
+        "the ban did not reach node b"
+    );
+    // Stopping waits for every queued command.
+    assert!(b.terminate().is_some_and(|s| s.success()));
+    assert!(
+        !b_dir.path("out/record").exists(),
+        "node b ran an action for a ban it received"
+    );
+    assert!(a.stop().is_some_and(|s| s.success()));
+    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+}
