@@ -681,3 +681,69 @@ fn a_ban_received_from_the_fleet_runs_no_action() {
     assert!(a.stop().is_some_and(|s| s.success()));
     assert!(!Path::new(PWNED).exists(), "the user name ran as code");
 }
+
+/// One Event Socket `sofia::register_failure` event from [`ATTACKER`] for
+/// `user` (percent-encoded, as FreeSWITCH writes header values).
+fn register_failure(user: &str) -> Vec<u8> {
+    let enc: String = user
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = format!(
+        "Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister_failure\nto-user: {enc}\nnetwork-ip: {ATTACKER}\nregistration-type: REGISTER\n\n"
+    );
+    format!(
+        "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A user name from the Event Socket, where it may hold newlines and
+/// carriage returns besides shell syntax, reaches an action's command byte
+/// for byte, and runs nothing.
+#[test]
+fn an_event_socket_user_name_with_newlines_arrives_intact_and_inert() {
+    let dir = TempDir::new("actions-esl");
+    std::fs::create_dir_all(dir.path("action.d")).unwrap();
+    std::fs::create_dir_all(dir.path("out")).unwrap();
+    std::fs::write(
+        dir.path("action.d/user.conf"),
+        format!(
+            "[Definition]\nactionban = printf '%s' \"<F-USER>\" > {}\n",
+            dir.path("out/user").display()
+        ),
+    )
+    .unwrap();
+    let user = format!("{}\nsecond line\r\n$(touch {PWNED})\n", hostile());
+    let sim = crate::esl::Simulator::start(
+        "ClueCon",
+        vec![crate::esl::Conn::Replay],
+        vec![register_failure(&user), register_failure(&user)],
+    );
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 2\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.e]\nesl = {{ host = \"127.0.0.1\", port = {}, password = \"ClueCon\" }}\nactions = [{}]\n",
+            daemon_section(&dir),
+            sim.port,
+            entry(&dir.path("action.d/user.conf"), "")
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for(&format!("Ban {ATTACKER}"), Duration::from_secs(30))
+            .is_some(),
+        "no ban"
+    );
+    assert!(d.terminate().is_some_and(|s| s.success()));
+    let got = std::fs::read(dir.path("out/user")).expect("the action did not run");
+    assert_eq!(String::from_utf8_lossy(&got), user);
+    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+}

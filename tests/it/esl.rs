@@ -13,7 +13,7 @@ use crate::common::{Daemon, TempDir, cli, daemon_section};
 
 /// What one simulated connection does.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Conn {
+pub(crate) enum Conn {
     /// Refuse the client at once (`text/rude-rejection`).
     Rude,
     /// Send half of the first event, then drop the connection.
@@ -86,13 +86,17 @@ fn read_command(s: &mut TcpStream) -> Option<String> {
 
 /// A FreeSWITCH Event Socket simulator: one script entry per connection; the
 /// last entry repeats. Records the commands it received.
-struct Simulator {
-    port: u16,
+pub(crate) struct Simulator {
+    pub(crate) port: u16,
     commands: Arc<Mutex<Vec<String>>>,
 }
 
 impl Simulator {
-    fn start(password: &'static str, script: Vec<Conn>, events: Vec<Vec<u8>>) -> Simulator {
+    pub(crate) fn start(
+        password: &'static str,
+        script: Vec<Conn>,
+        events: Vec<Vec<u8>>,
+    ) -> Simulator {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let commands = Arc::new(Mutex::new(Vec::new()));
