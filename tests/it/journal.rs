@@ -300,3 +300,74 @@ fn doctor_checks_journal_jails_and_the_journal_group() {
         "{text}"
     );
 }
+
+/// Without libsystemd the journal jail fails saying what to install, and
+/// the other jails run. The library is hidden from the daemon alone: it
+/// runs in a mount namespace of its own (`unshare -m`, root) where
+/// `/dev/null` is bound over `libsystemd.so.0`.
+#[test]
+fn without_libsystemd_journal_jails_fail_and_others_run() {
+    if !need("journal") || !need("netns") {
+        return;
+    }
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("libsystemd.so.0"))
+    .find(|p| p.exists())
+    .expect("libsystemd.so.0 (the journal group checked it)");
+    // The real file, not the symlink: a bind mount follows the link.
+    let lib = std::fs::canonicalize(&lib).unwrap();
+    let dir = TempDir::new("journal-nolib");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let auth = dir.path("auth.log");
+    std::fs::write(&auth, "").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n\n[jail.journal]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\n\n[jail.file]\nfilter = \"sshd\"\nlogpath = \"{}\"\nmaxretry = 2\n",
+            daemon_section(&dir),
+            jdir.display(),
+            auth.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind /dev/null {} && exec \"$0\" \"$@\"",
+                lib.display()
+            ))
+            .arg(crate::common::bin())
+            .args(["run", "--config", cfg.to_str().unwrap()]),
+    );
+    let err = d
+        .wait_for("libsystemd.so.0 cannot be loaded", WAIT)
+        .expect("the journal jail says libsystemd is missing");
+    assert!(err.contains("apt install libsystemd0"), "{err}");
+    assert!(err.contains("[journal]"), "{err}");
+    assert!(
+        err.contains("restart sipwarden once it is installed"),
+        "{err}"
+    );
+    d.wait_for(&format!("{}: following", auth.display()), WAIT)
+        .expect("the file jail runs");
+    let now = jiff::Timestamp::now()
+        .strftime("%b %e %H:%M:%S")
+        .to_string();
+    crate::common::append(
+        &auth,
+        &format!("{now} pbx sshd[1]: Failed password for root from 192.0.2.44 port 22 ssh2\n")
+            .repeat(2),
+    );
+    d.wait_for("[file] Ban 192.0.2.44", WAIT)
+        .expect("the file jail bans without libsystemd");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}

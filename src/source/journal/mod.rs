@@ -195,14 +195,23 @@ impl JournalSource {
             self.stats.open.store(false, Ordering::Relaxed);
             let msg = why.to_string();
             self.set_reason(Some(msg.clone()));
+            // The library is loaded once per process: only a restart can
+            // find it once installed.
+            let missing = matches!(why, JournalError::NoLibrary(_));
             if reported.as_deref() != Some(msg.as_str()) {
-                tracing::error!(
-                    "[{}] {}: {msg}; trying again every {} s",
-                    self.jail_name,
-                    self.cfg.label(),
-                    RETRY.as_secs()
-                );
+                let then = if missing {
+                    "restart sipwarden once it is installed; the other jails run".to_string()
+                } else {
+                    format!("trying again every {} s", RETRY.as_secs())
+                };
+                tracing::error!("[{}] {}: {msg}; {then}", self.jail_name, self.cfg.label());
                 reported = Some(msg);
+            }
+            if missing {
+                while !self.stopped() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                return;
             }
             // The stop flag is looked at while waiting.
             for _ in 0..(RETRY.as_millis() / 100) {
