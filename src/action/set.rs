@@ -55,7 +55,9 @@ struct Seen {
 pub struct ActionSet {
     jails: HashMap<JailId, JailActions>,
     seen: HashMap<(JailId, IpAddr), Seen>,
-    ran: HashSet<(JailId, IpNet)>,
+    /// Bans that ran `actionban`, with what their unban's ticket tells
+    /// (failures, start, length).
+    ran: HashMap<(JailId, IpNet), (u32, Time, i64)>,
     runner: Option<Runner>,
     stats: Arc<ActionStats>,
     hostname: String,
@@ -82,7 +84,7 @@ impl ActionSet {
         ActionSet {
             jails: HashMap::new(),
             seen: HashMap::new(),
-            ran: HashSet::new(),
+            ran: HashMap::new(),
             runner: None,
             stats: Arc::default(),
             hostname: hostname(),
@@ -163,7 +165,7 @@ impl ActionSet {
             }
         }
         self.seen.retain(|(id, _), _| keep.contains(id));
-        self.ran.retain(|(id, _)| keep.contains(id));
+        self.ran.retain(|(id, _), _| keep.contains(id));
         if !skipped.is_empty() {
             tracing::info!(
                 "firewall actions are not run; sipwarden's nftables enforcer bans instead ({})",
@@ -282,7 +284,8 @@ impl ActionSet {
             matches: seen.lines.into(),
         };
         let (name, actions) = (j.name.clone(), j.actions.clone());
-        self.ran.insert((b.jail, b.addr));
+        self.ran
+            .insert((b.jail, b.addr), (t.failures, t.time, t.bantime));
         for a in &actions {
             if restored && a.norestored {
                 continue;
@@ -294,21 +297,18 @@ impl ActionSet {
     /// An unban the kernel accepted: `actionunban` for bans that ran
     /// `actionban`.
     pub fn unbanned(&mut self, u: &UnbanDecision) {
-        if !self.ran.remove(&(u.jail, u.addr)) {
+        let Some((failures, time, bantime)) = self.ran.remove(&(u.jail, u.addr)) else {
             return;
-        }
+        };
         let Some(j) = self.jails.get(&u.jail) else {
             return;
         };
         let (name, actions) = (j.name.clone(), j.actions.clone());
         let t = Ticket {
             addr: u.addr,
-            failures: u.lifted.as_ref().map_or(0, |b| b.failures),
-            time: u.lifted.as_ref().map_or(Time(0), |b| b.start),
-            bantime: u
-                .lifted
-                .as_ref()
-                .map_or(0, |b| b.end.map_or(-1, |e| (e.0 - b.start.0).max(0) / 1000)),
+            failures,
+            time,
+            bantime,
             restored: false,
             user: None,
             matches: Vec::new(),
@@ -334,7 +334,7 @@ impl ActionSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::{ActiveBan, UnbanReason};
+    use crate::decision::UnbanReason;
     use crate::duration::{BanTime, Duration};
     use crate::event::FailureKind;
 
@@ -365,7 +365,7 @@ mod tests {
             format!(
                 "[Definition]\nactionstart = echo start <name> >> {l}\nactionstop = echo stop >> {l}\n\
                  actionban = printf 'ban %s %s %s %s\\n' <ip> <restored> <failures> \"<F-USER>\" >> {l}; printf '%s\\n' \"<matches>\" >> {l}\n\
-                 actionunban = echo unban <ip> >> {l}\n",
+                 actionunban = echo unban <ip> <failures> <bantime> >> {l}\n",
                 l = log.display()
             ),
         )
@@ -414,12 +414,7 @@ mod tests {
             jail_name: "sip".into(),
             addr: "192.0.2.7/32".parse().unwrap(),
             reason: UnbanReason::Manual,
-            lifted: Some(ActiveBan {
-                start: Time(0),
-                end: None,
-                failures: 3,
-                reason: BanReason::Failures,
-            }),
+            lifted: None,
         });
         let stats = set.stats().clone();
         set.stop();
@@ -432,9 +427,63 @@ mod tests {
              ban 192.0.2.7 0 3 $(touch x)'\"\n\
              2026-11-25T15:40:53.000Z 192.0.2.7 register_auth user $(touch x)'\"\n\
              quiet 192.0.2.7\n\
-             unban 192.0.2.7\n\
+             unban 192.0.2.7 3 600\n\
              stop\n"
         );
         assert_eq!(stats.view().failed, 0);
+    }
+
+    /// A reload stops and starts only the jails whose action list changed,
+    /// and stops those that lost their actions.
+    #[test]
+    fn a_reload_restarts_only_what_changed() {
+        let d = std::env::temp_dir().join(format!("sipwarden-set-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let log = d.join("log");
+        std::fs::write(
+            d.join("rec.conf"),
+            format!(
+                "[Definition]\nactionstart = echo start <name> <tag> >> {l}\nactionstop = echo stop <name> <tag> >> {l}\n",
+                l = log.display()
+            ),
+        )
+        .unwrap();
+        let r = |tag: &str| {
+            vec![
+                ActionRef::from_path_spec(&format!("{}/rec.conf[tag={tag}]", d.display())).unwrap(),
+            ]
+        };
+        let (a1, b1, b2) = (r("1"), r("1"), r("2"));
+        let mut set = ActionSet::new();
+        set.configure([
+            (JailId(0), "a", a1.as_slice()),
+            (JailId(1), "b", b1.as_slice()),
+        ]);
+        // a unchanged, b changed, then a gone.
+        set.configure([
+            (JailId(0), "a", a1.as_slice()),
+            (JailId(1), "b", b2.as_slice()),
+        ]);
+        set.configure([(JailId(1), "b", b2.as_slice())]);
+        set.stop();
+        let got = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        let mut lines: Vec<&str> = got.lines().collect();
+        // Two lanes run at once: each jail's own order is what holds.
+        let a: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains(" a "))
+            .collect();
+        let b: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains(" b "))
+            .collect();
+        assert_eq!(a, ["start a 1", "stop a 1"]);
+        assert_eq!(b, ["start b 1", "stop b 1", "start b 2", "stop b 2"]);
+        lines.sort();
+        assert_eq!(lines.len(), 6);
     }
 }
