@@ -166,7 +166,19 @@ fn spawn_sources(
                 })?,
         ),
         (None, Some((dir, spec))) => {
-            let f = filter::f2b::F2bFilter::load(dir, spec, &Default::default())
+            // fail2ban reads a journal jail's filter with logtype=journal
+            // (the short prefix formatJournalEntry's lines have), unless
+            // the filter's options say otherwise.
+            let mut extra = std::collections::BTreeMap::new();
+            if jc.journal.is_some()
+                && jc.logpath.is_empty()
+                && !filter::f2b::parse_filter_spec(spec)
+                    .1
+                    .contains_key("logtype")
+            {
+                extra.insert("logtype".to_string(), "journal".to_string());
+            }
+            let f = filter::f2b::F2bFilter::load(dir, spec, &extra)
                 .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
             filter_match = f.journalmatch.clone();
             Some(Arc::new(f))
