@@ -823,6 +823,14 @@ bantime = -1
                 "[jail.a]\nesl = {}\nmaxretry = 0\n",
                 "test.toml:3:12: key `maxretry`: maxretry must be at least 1 (in [jail.a])",
             ),
+            (
+                "[jail.a]\nesl = {}\nactions = [\"sendmail-whois[dest=a]\"]\n",
+                "test.toml:3:12: key `actions`: \"sendmail-whois[dest=a]\" is not an action file's path; give it as \"/etc/fail2ban/action.d/NAME.conf[option=value, ...]\" (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nesl = {}\nactions = [\"/nonexistent/action.d/x.conf\"]\n",
+                "test.toml:3:12: key `actions`: /nonexistent/action.d/x.conf: no such action file (neither .conf nor .local) (in [jail.a])",
+            ),
         ];
         for (text, want) in cases {
             let told = error(text);
