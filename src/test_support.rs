@@ -33,6 +33,10 @@ pub const GROUPS: &[(&str, &str)] = &[
         "`/lib/systemd/systemd-journal-remote` (systemd-journal-remote) and libsystemd.so.0 (libsystemd0)",
     ),
     (
+        "fail2ban",
+        "Debian's `fail2ban-regex` and /etc/fail2ban/filter.d (fail2ban; its service not running)",
+    ),
+    (
         "corpus",
         "the reference data in ../shared/corpus beside the checkout",
     ),
@@ -132,6 +136,7 @@ pub fn missing(group: &str) -> Option<String> {
                 .iter()
                 .any(|d| Path::new(d).join("libsystemd.so.0").exists())
         }
+        "fail2ban" => on_path("fail2ban-regex") && Path::new("/etc/fail2ban/filter.d").is_dir(),
         "corpus" => corpus_dir().join("freeswitch-1.10.12").is_dir(),
         _ => false,
     };

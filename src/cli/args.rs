@@ -116,6 +116,12 @@ pub enum Command {
         /// Print up to this many missed lines.
         #[arg(long, value_name = "N", default_value_t = 0)]
         show_missed: usize,
+        /// Print every missed line (as fail2ban-regex's option).
+        #[arg(long)]
+        print_all_missed: bool,
+        /// Print every matched line (as fail2ban-regex's option).
+        #[arg(long)]
+        print_all_matched: bool,
         /// Zone of zone-less timestamps.
         #[arg(long, default_value = "local")]
         logtimezone: String,

@@ -110,10 +110,20 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             filter,
             json,
             show_missed,
+            print_all_missed,
+            print_all_matched,
             logtimezone,
         } => {
             die_quietly_on_closed_pipe();
-            test_filter::test_filter(&log, &filter, json, show_missed, &logtimezone)
+            let show = crate::filter::test_filter::Show {
+                missed: if print_all_missed {
+                    usize::MAX
+                } else {
+                    show_missed
+                },
+                matched: if print_all_matched { usize::MAX } else { 0 },
+            };
+            test_filter::test_filter(&log, &filter, json, show, &logtimezone)
         }
         Command::Status {
             jail,

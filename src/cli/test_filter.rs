@@ -7,18 +7,22 @@ use std::process::ExitCode;
 
 use super::{CliError, out};
 use crate::event::{Time, escape_text};
-use crate::filter::test_filter::{TestFilterRun, scan_log};
+use crate::filter::test_filter::{Show, TestFilterRun, scan_log};
+
+/// A shown log line is cut after this many characters.
+const SHOWN_CHARS: usize = 4096;
 
 /// Logs past this size show how far the reading is, on a terminal.
 const PROGRESS_FROM: u64 = 8 << 20;
 
 /// Runs `log` through `spec` and prints the counts (as JSON with `json`),
-/// the first failures found and up to `show_missed` missed lines.
+/// the first failures found and the missed and matched lines `show` asks
+/// for.
 pub fn test_filter(
     log: &Path,
     spec: &str,
     json: bool,
-    show_missed: usize,
+    show: Show,
     zone: &str,
 ) -> Result<ExitCode, CliError> {
     let terminal = std::io::stderr().is_terminal();
@@ -28,7 +32,7 @@ pub fn test_filter(
             let _ = std::io::stderr().flush();
         }
     };
-    let run = scan_log(log, spec, zone, show_missed, Time::now(), Some(&progress))?;
+    let run = scan_log(log, spec, zone, show, Time::now(), Some(&progress))?;
     if terminal && run.bytes > PROGRESS_FROM {
         eprintln!();
     }
@@ -51,6 +55,9 @@ fn text(run: &TestFilterRun) -> String {
     for (i, h) in r.hits.iter().enumerate() {
         out.push_str(&format!("  failregex #{i}: {h} hit(s)\n"));
     }
+    if r.unterminated {
+        out.push_str("  (the last line has no newline yet: not read, as fail2ban-regex)\n");
+    }
     out.push_str(&format!("Dates: {} lines with a date\n", r.dated));
     for (host, t) in &run.examples {
         out.push_str(&format!(
@@ -59,10 +66,12 @@ fn text(run: &TestFilterRun) -> String {
             t.map_or_else(|| "(no date)".to_string(), |t| t.to_string())
         ));
     }
-    if !run.missed_lines.is_empty() {
-        out.push_str("Missed lines:\n");
-        for l in &run.missed_lines {
-            out.push_str(&format!("  {}\n", escape_text(l, 300)));
+    for (title, lines) in [("Matched", &r.matched_lines), ("Missed", &r.missed_lines)] {
+        if !lines.is_empty() {
+            out.push_str(&format!("{title} lines:\n"));
+            for l in lines {
+                out.push_str(&format!("  {}\n", escape_text(l, SHOWN_CHARS)));
+            }
         }
     }
     out.push_str(&format!(

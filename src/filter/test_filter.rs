@@ -33,6 +33,23 @@ pub struct TestFilterReport {
     pub seconds: f64,
     /// Lines per second.
     pub lines_per_second: f64,
+    /// The file's last line has no newline (so it was not read).
+    pub unterminated: bool,
+    /// Every matched line (`--print-all-matched`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matched_lines: Vec<String>,
+    /// The missed lines asked for (`--show-missed`, `--print-all-missed`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missed_lines: Vec<String>,
+}
+
+/// How many matched and missed lines to keep for showing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Show {
+    /// Missed lines kept at most.
+    pub missed: usize,
+    /// Matched lines kept at most.
+    pub matched: usize,
 }
 
 /// Why a log could not be run through a filter.
@@ -63,8 +80,6 @@ pub struct TestFilterRun {
     pub report: TestFilterReport,
     /// The first few failures (at most five): host, and date if any.
     pub examples: Vec<(String, Option<Time>)>,
-    /// The first missed lines, up to the number asked for.
-    pub missed_lines: Vec<String>,
     /// The log's size in bytes.
     pub bytes: u64,
 }
@@ -118,12 +133,27 @@ struct Part {
     dated: u64,
     /// The first few failures: host and date.
     fails: Vec<(String, Option<Time>)>,
-    /// The first missed lines, up to the number asked for.
-    missed_lines: Vec<String>,
+    /// The missed lines kept for showing, with their text as a multi-line
+    /// buffer holds it (a later match can take them).
+    missed_lines: Vec<(String, String)>,
+    /// The matched lines kept for showing.
+    matched_lines: Vec<String>,
+}
+
+/// What fail2ban-regex makes of one line.
+enum Verdict {
+    Matched,
+    Ignored,
+    Missed,
+}
+
+/// Lines fail2ban-regex does not count: empty ones and comments.
+fn uncounted(line: &[u8]) -> bool {
+    line.is_empty() || line[0] == b'#'
 }
 
 impl Part {
-    fn merge(&mut self, o: Part, show_missed: usize) {
+    fn merge(&mut self, o: Part, show: Show) {
         self.lines += o.lines;
         self.matched += o.matched;
         self.ignored += o.ignored;
@@ -137,42 +167,52 @@ impl Part {
         self.dated += o.dated;
         let room = 5usize.saturating_sub(self.fails.len());
         self.fails.extend(o.fails.into_iter().take(room));
-        let room = show_missed.saturating_sub(self.missed_lines.len());
+        let room = show.missed.saturating_sub(self.missed_lines.len());
         self.missed_lines
             .extend(o.missed_lines.into_iter().take(room));
+        let room = show.matched.saturating_sub(self.matched_lines.len());
+        self.matched_lines
+            .extend(o.matched_lines.into_iter().take(room));
     }
 
     /// Lines no pattern can match (the prefilter said so), all missed.
-    fn skip(&mut self, region: &[u8], show_missed: usize) {
-        let mut n = memchr::memchr_iter(b'\n', region).count() as u64;
-        if region.last().is_some_and(|&b| b != b'\n') {
-            n += 1;
+    fn skip(&mut self, region: &[u8], show: Show) {
+        if self.missed_lines.len() >= show.missed {
+            // Only each line's first and last byte are looked at.
+            let mut n = 0;
+            let mut start = 0;
+            // (An empty piece after a final newline is no line, and not counted.)
+            for end in memchr::memchr_iter(b'\n', region).chain([region.len()]) {
+                n += u64::from(!uncounted(trim_cr(&region[start..end])));
+                start = end + 1;
+            }
+            self.lines += n;
+            self.missed += n;
+            return;
         }
-        self.lines += n;
-        self.missed += n;
-        if self.missed_lines.len() < show_missed {
-            for l in region.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                if self.missed_lines.len() >= show_missed {
-                    break;
-                }
-                self.missed_lines
-                    .push(String::from_utf8_lossy(trim_cr(l)).into_owned());
+        let counted = region
+            .split(|&b| b == b'\n')
+            .map(trim_cr)
+            .filter(|l| !uncounted(l));
+        for l in counted {
+            self.lines += 1;
+            self.missed += 1;
+            if self.missed_lines.len() < show.missed {
+                let l = String::from_utf8_lossy(l).into_owned();
+                self.missed_lines.push((l, String::new()));
             }
         }
     }
 
     /// `known`: the line holds a prefilter literal (no need to look again).
-    fn line(
-        &mut self,
-        line: &[u8],
-        filter: &Which,
-        cx: &FilterContext,
-        show_missed: usize,
-        known: bool,
-    ) {
+    fn line(&mut self, line: &[u8], filter: &Which, cx: &FilterContext, show: Show, known: bool) {
         let line = trim_cr(line);
+        if uncounted(line) {
+            return;
+        }
         self.lines += 1;
-        let (hit, ignored) = match filter {
+        let mut buffered = String::new();
+        let verdict = match filter {
             Which::Builtin(f) => match f.match_line(line, cx) {
                 Some(m) => {
                     self.count_hit(0, 1);
@@ -180,46 +220,95 @@ impl Part {
                         self.fails.push((m.addr.to_string(), m.time));
                     }
                     self.dated += u64::from(m.time.is_some());
-                    (true, false)
+                    Verdict::Matched
                 }
-                None => (false, false),
+                None => Verdict::Missed,
             },
             Which::F2b(f) => {
-                let text = match std::str::from_utf8(line) {
-                    Ok(t) => std::borrow::Cow::Borrowed(t),
-                    Err(_) => String::from_utf8_lossy(line),
-                };
-                let outcome = if known {
-                    // Instants are shown for the first few failures only.
-                    f.process_prefiltered(&text, &cx.tz, cx.now, self.fails.len() < 5)
+                let text = String::from_utf8_lossy(line);
+                if f.counts_in_full() {
+                    self.full(f, &text, cx, show, &mut buffered)
                 } else {
-                    f.process(&text, &cx.tz, cx.now)
-                };
-                match outcome {
-                    Outcome::Fail(fl) => {
-                        self.count_hit(fl.regex, f.failregex_count());
-                        self.dated += u64::from(fl.dated);
-                        if self.fails.len() < 5 {
-                            self.fails.push((fl.host, fl.time));
+                    let outcome = if known {
+                        // Instants are shown for the first few failures only.
+                        f.process_prefiltered(&text, &cx.tz, cx.now, self.fails.len() < 5)
+                    } else {
+                        f.process(&text, &cx.tz, cx.now)
+                    };
+                    match outcome {
+                        Outcome::Fail(fl) => {
+                            self.count_hit(fl.regex, f.failregex_count());
+                            self.dated += u64::from(fl.dated);
+                            if self.fails.len() < 5 {
+                                self.fails.push((fl.host, fl.time));
+                            }
+                            Verdict::Matched
                         }
-                        (true, false)
+                        Outcome::Ignored | Outcome::NoFail => Verdict::Ignored,
+                        Outcome::Missed => Verdict::Missed,
                     }
-                    Outcome::Ignored => (false, true),
-                    _ => (false, false),
                 }
             }
         };
-        if hit {
-            self.matched += 1;
-        } else if ignored {
-            self.ignored += 1;
-        } else {
-            self.missed += 1;
-            if self.missed_lines.len() < show_missed {
-                self.missed_lines
-                    .push(String::from_utf8_lossy(line).into_owned());
+        match verdict {
+            Verdict::Matched => {
+                self.matched += 1;
+                if self.matched_lines.len() < show.matched {
+                    self.matched_lines
+                        .push(String::from_utf8_lossy(line).into_owned());
+                }
+            }
+            Verdict::Ignored => self.ignored += 1,
+            Verdict::Missed => {
+                self.missed += 1;
+                if self.missed_lines.len() < show.missed {
+                    let l = String::from_utf8_lossy(line).into_owned();
+                    self.missed_lines.push((l, buffered));
+                }
             }
         }
+    }
+
+    /// One line with fail2ban's full semantics, every failregex tried, as
+    /// fail2ban-regex counts: ignored when an ignoreregex or a "no failure"
+    /// hit matched, matched when a failregex gave a failure (one whose
+    /// connection's host comes later counts), missed otherwise. Earlier
+    /// lines a multi-line match took move from missed to matched.
+    fn full(
+        &mut self,
+        f: &F2bFilter,
+        text: &str,
+        cx: &FilterContext,
+        show: Show,
+        buffered: &mut String,
+    ) -> Verdict {
+        let done = f.process_line(text, &cx.tz, cx.now, true, None);
+        for hit in done.found.iter().filter(|h| !h.name) {
+            self.count_hit(hit.regex, f.failregex_count());
+        }
+        for l in &done.released {
+            self.matched += 1;
+            self.missed = self.missed.saturating_sub(1);
+            if let Some(i) = self.missed_lines.iter().position(|(_, b)| b == l) {
+                let (line, _) = self.missed_lines.remove(i);
+                if self.matched_lines.len() < show.matched {
+                    self.matched_lines.push(line);
+                }
+            }
+        }
+        *buffered = done.text;
+        if done.ignored || done.found.iter().any(|h| h.nofail) {
+            return Verdict::Ignored;
+        }
+        let Some(fail) = done.found.iter().find(|h| h.is_failure()) else {
+            return Verdict::Missed;
+        };
+        self.dated += u64::from(fail.time.is_some());
+        if self.fails.len() < 5 {
+            let host = fail.host.clone().unwrap_or_else(|| "(host later)".into());
+            self.fails.push((host, fail.time));
+        }
+        Verdict::Matched
     }
 
     fn count_hit(&mut self, i: usize, n: usize) {
@@ -235,7 +324,7 @@ fn trim_cr(l: &[u8]) -> &[u8] {
 }
 
 /// Runs `data` (whole lines) through the filter.
-fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show_missed: usize) -> Part {
+fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show: Show) -> Part {
     let mut part = Part::default();
     let prefilter = match filter {
         Which::F2b(f) => f.prefilter(),
@@ -246,7 +335,7 @@ fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show_missed: usize) -> 
             // A final newline ends the last line; it does not start one.
             let body = data.strip_suffix(b"\n").unwrap_or(data);
             for l in body.split(|&b| b == b'\n') {
-                part.line(l, filter, cx, show_missed, false);
+                part.line(l, filter, cx, show, false);
             }
         }
         return part;
@@ -261,12 +350,12 @@ fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show_missed: usize) -> 
         let hit = pos + m.0;
         let start = memchr::memrchr(b'\n', &data[pos..hit]).map_or(pos, |i| pos + i + 1);
         let end = memchr::memchr(b'\n', &data[hit..]).map_or(data.len(), |i| hit + i);
-        part.skip(&data[pos..start], show_missed);
-        part.line(&data[start..end], filter, cx, show_missed, true);
+        part.skip(&data[pos..start], show);
+        part.line(&data[start..end], filter, cx, show, true);
         pos = end + 1;
     }
     if pos < data.len() {
-        part.skip(&data[pos..], show_missed);
+        part.skip(&data[pos..], show);
     }
     part
 }
@@ -281,7 +370,7 @@ fn scan_range(
     range: std::ops::Range<u64>,
     filter: &Which,
     cx: &FilterContext,
-    show_missed: usize,
+    show: Show,
     progress: Option<(&AtomicU64, u64, Progress)>,
 ) -> std::io::Result<Part> {
     let mut file = std::fs::File::open(log)?;
@@ -308,7 +397,7 @@ fn scan_range(
         } else {
             memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1)
         };
-        part.merge(scan(&buf[..cut], filter, cx, show_missed), show_missed);
+        part.merge(scan(&buf[..cut], filter, cx, show), show);
         buf.copy_within(cut..filled, 0);
         carry = filled - cut;
         if let Some((read, size, tell)) = progress {
@@ -351,12 +440,13 @@ fn ranges(log: &Path, size: u64, n: u64) -> std::io::Result<Vec<std::ops::Range<
 /// Runs the log file `log` through the filter `spec` (a built-in name, a
 /// fail2ban filter file `path/to/sshd.conf[mode=aggressive]`, or a regex
 /// with `<HOST>`), zone-less dates read in `zone`, "now" being `now`;
-/// keeps up to `show_missed` missed lines.
+/// keeps the missed and matched lines `show` asks for. Counts as
+/// `fail2ban-regex --usedns=no` does (see [`Part::full`]).
 pub fn scan_log(
     log: &Path,
     spec: &str,
     zone: &str,
-    show_missed: usize,
+    show: Show,
     now: Time,
     progress: Option<Progress>,
 ) -> Result<TestFilterRun, TestFilterError> {
@@ -367,6 +457,9 @@ pub fn scan_log(
         error,
     };
     let size = std::fs::metadata(log).map_err(log_error)?.len();
+    // A last line without its newline is still being written: not read, as
+    // a follower waits for it and as fail2ban-regex leaves it out.
+    let end = complete_end(log, size).map_err(log_error)?;
     let cx = FilterContext { tz, now };
     // Lines are independent unless the filter keeps state across them
     // (multi-line buffers, connection ids): then one thread, in order.
@@ -374,14 +467,14 @@ pub fn scan_log(
         Which::Builtin(_) => true,
         Which::F2b(f) => f.is_stateless(),
     };
-    let threads = if stateless && size > 1 << 20 {
+    let threads = if stateless && end > 1 << 20 {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u64)
     } else {
         1
     };
     let t0 = std::time::Instant::now();
     let read = AtomicU64::new(0);
-    let parts = ranges(log, size, threads).map_err(log_error)?;
+    let parts = ranges(log, end, threads).map_err(log_error)?;
     let results: Vec<std::io::Result<Part>> = std::thread::scope(|s| {
         let (filter, cx, read) = (&filter, &cx, &read);
         let handles: Vec<_> = parts
@@ -391,7 +484,7 @@ pub fn scan_log(
                 let r = r.clone();
                 s.spawn(move || {
                     let p = progress.filter(|_| i == 0).map(|tell| (read, size, tell));
-                    scan_range(log, r, filter, cx, show_missed, p)
+                    scan_range(log, r, filter, cx, show, p)
                 })
             })
             .collect();
@@ -405,7 +498,7 @@ pub fn scan_log(
     });
     let mut total = Part::default();
     for r in results {
-        total.merge(r.map_err(log_error)?, show_missed);
+        total.merge(r.map_err(log_error)?, show);
     }
     let mut r = TestFilterReport {
         lines: total.lines,
@@ -414,6 +507,9 @@ pub fn scan_log(
         missed: total.missed,
         hits: total.hits,
         dated: total.dated,
+        unterminated: end < size,
+        matched_lines: total.matched_lines,
+        missed_lines: total.missed_lines.into_iter().map(|(l, _)| l).collect(),
         ..Default::default()
     };
     if let Which::F2b(f) = &filter {
@@ -428,9 +524,27 @@ pub fn scan_log(
     Ok(TestFilterRun {
         report: r,
         examples: total.fails,
-        missed_lines: total.missed_lines,
         bytes: size,
     })
+}
+
+/// Where the file's last whole line ends (after its newline; 0 when no
+/// line is whole).
+fn complete_end(log: &Path, size: u64) -> std::io::Result<u64> {
+    let mut file = std::fs::File::open(log)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut to = size;
+    while to > 0 {
+        let from = to.saturating_sub(buf.len() as u64);
+        file.seek(SeekFrom::Start(from))?;
+        let want = (to - from) as usize;
+        let got = read_full(&mut file, &mut buf[..want])?;
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..got]) {
+            return Ok(from + i as u64 + 1);
+        }
+        to = from;
+    }
+    Ok(0)
 }
 
 /// Reads until `buf` is full or the file ends.
@@ -445,4 +559,110 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The corpus's filter NAME, or `None` (after `need`) without the corpus.
+    fn corpus_filter(name: &str) -> Option<PathBuf> {
+        let p = crate::test_support::corpus_dir()
+            .join("fail2ban-1.1.2.dev1/config/filter.d")
+            .join(format!("{name}.conf"));
+        if !p.is_file() {
+            assert!(
+                !crate::test_support::need("corpus"),
+                "the reference corpus is missing {}",
+                p.display()
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    /// (lines, ignored, matched, missed) of `log` through the corpus's
+    /// filter `name`, as fail2ban-regex prints them.
+    fn counts(name: &str, log: &str) -> Option<(u64, u64, u64, u64)> {
+        let filter = corpus_filter(name)?;
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "sipwarden-test-filter-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, log).unwrap();
+        let run = scan_log(
+            &path,
+            &filter.display().to_string(),
+            "UTC",
+            Show::default(),
+            Time(1_124_013_600_000),
+            None,
+        );
+        let _ = std::fs::remove_file(&path);
+        let r = run.unwrap().report;
+        Some((r.lines, r.ignored, r.matched, r.missed))
+    }
+
+    // The expected counts below are what Debian's fail2ban-regex 1.0.2
+    // (`--usedns=no`) prints for the same lines and filter file.
+
+    #[test]
+    fn a_failure_whose_host_comes_on_a_later_line_counts_as_matched() {
+        let locked =
+            "Apr 24 01:39:19 host sshd[3719]: User root not allowed because account is locked\n";
+        let Some(alone) = counts("sshd", locked) else {
+            return;
+        };
+        assert_eq!(alone, (1, 0, 1, 0));
+        let log = format!(
+            "{locked}\
+             Apr 24 01:39:19 host sshd[3719]: input_userauth_request: invalid user root [preauth]\n\
+             Apr 24 01:39:19 host sshd[3719]: error: Received disconnect from 198.51.100.34: 11: Bye Bye [preauth]\n"
+        );
+        assert_eq!(counts("sshd", &log), Some((3, 0, 2, 1)));
+        let log = "Nov 23 21:50:19 sshd[8148]: Disconnecting: Too many authentication failures for root [preauth]\n\
+                   Nov 23 21:50:37 sshd[8148]: Connection closed by 61.0.0.1 [preauth]\n";
+        assert_eq!(counts("sshd", log), Some((2, 0, 2, 0)));
+    }
+
+    #[test]
+    fn a_host_name_is_missed_without_dns() {
+        let log = "May 29 20:56:52 imago sshd[28732]: error: PAM: Authentication failure for stefanor from example.com\n\
+                   May 29 20:56:56 imago sshd[28732]: error: PAM: Authentication failure for test-ipv6 from 2606:2800:220:1:248:1893:25c8:1946\n";
+        assert_eq!(counts("sshd", log), Some((2, 0, 1, 1)));
+    }
+
+    #[test]
+    fn no_failure_helpers_are_ignored_and_comments_and_empty_lines_not_counted() {
+        let log = "Apr 24 01:39:19 host sshd[3719]: Connection from 192.0.2.9 port 1\n\
+                   Apr 24 01:39:19 host sshd[3719]: User root not allowed because account is locked\n\
+                   Apr 24 01:39:19 host sshd[3719]: Connection closed by 192.0.2.9 port 1\n\
+                   \n\
+                   \x20\x20\n\
+                   # comment\n\
+                   \x20# not a comment\n\
+                   \r\n";
+        assert_eq!(counts("sshd", log), Some((5, 2, 1, 2)));
+    }
+
+    #[test]
+    fn lines_a_multi_line_match_takes_count_as_matched() {
+        let log = "apr 15, 2013 8:34:08 PM org.slf4j.impl.JCLLoggerAdapter warn\n\
+                   WARNING: Authentication attempt from 192.0.2.0 for user \"null\" failed.\n\
+                   apr 16, 2013 8:32:13 AM org.slf4j.impl.JCLLoggerAdapter warn\n\
+                   WARNING: Authentication attempt from 192.0.2.0 for user \"null\" failed.\n\
+                   apr 16, 2013 8:32:28 AM org.slf4j.impl.JCLLoggerAdapter warn\n\
+                   WARNING: Authentication attempt from 192.0.2.0 for user \"pippo\" failed.\n\
+                   12:57:32.907 [http-nio-8080-exec-10] WARN  o.a.g.r.auth.AuthenticationService - Authentication attempt from 182.23.72.36 for user \"guacadmin\" failed.\n";
+        assert_eq!(counts("guacamole", log), Some((7, 0, 6, 1)));
+    }
+
+    #[test]
+    fn a_last_line_without_its_newline_is_not_read() {
+        let log = "Mar  7 18:53:20 bar sshd[1556]: Invalid user ftp from 192.0.2.1\n\
+                   Mar  7 18:53:21 bar sshd[1557]: Invalid user ftp from 192.0.2.2";
+        assert_eq!(counts("sshd", log), Some((1, 0, 1, 0)));
+    }
 }

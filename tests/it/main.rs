@@ -11,6 +11,7 @@ mod control;
 mod dry_run;
 mod edges;
 mod esl;
+mod f2b_regex;
 mod faults;
 mod feeds;
 mod fleet;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use jiff::tz::TimeZone;
 
 use super::regex::Captures;
-use super::{F2bFilter, Found, multiline};
+use super::{F2bFilter, Found, Processed, multiline};
 use crate::event::Time;
 
 /// Owned copies of a match's named groups.
@@ -52,7 +52,61 @@ impl F2bFilter {
         check_all: bool,
         date: Option<Time>,
     ) -> Vec<Found> {
-        let mut out = Vec::new();
+        self.process_line(line, tz, now, check_all, date).found
+    }
+
+    /// [`process_all_at`](Self::process_all_at) with what `fail2ban-regex`
+    /// style counting needs besides the hits: whether an ignoreregex
+    /// matched, and which earlier lines of a multi-line buffer a match took.
+    pub fn process_line(
+        &self,
+        line: &str,
+        tz: &TimeZone,
+        now: Time,
+        check_all: bool,
+        date: Option<Time>,
+    ) -> Processed {
+        let mut done = Processed::default();
+        let multi = self.maxlines > 1;
+        // The earlier lines of a full buffer, but the one this line pushes out.
+        let before = if multi {
+            self.buffered(true)
+        } else {
+            Vec::new()
+        };
+        self.scan_line(line, tz, now, check_all, date, &mut done);
+        // fail2ban-regex counts a line an ignoreregex matches as ignored,
+        // whatever the failregexes did.
+        if check_all && !done.ignored {
+            done.ignored = self.ignoreregex.iter().any(|r| r.is_match(&done.text));
+        }
+        if multi {
+            let after = self.buffered(false);
+            done.released = before.into_iter().filter(|l| !after.contains(l)).collect();
+        }
+        done
+    }
+
+    /// The lines the multi-line buffer holds; `room`: leaving out the
+    /// oldest when the buffer is full (the next line pushes it out).
+    fn buffered(&self, room: bool) -> Vec<String> {
+        let st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let skip = usize::from(room && st.buffer.len() >= self.maxlines);
+        st.buffer.iter().skip(skip).cloned().collect()
+    }
+
+    fn scan_line(
+        &self,
+        line: &str,
+        tz: &TimeZone,
+        now: Time,
+        check_all: bool,
+        date: Option<Time>,
+        done: &mut Processed,
+    ) {
         let located = if date.is_some() {
             None
         } else {
@@ -78,6 +132,7 @@ impl F2bFilter {
             }
             None => st.last_date.filter(|l| l.0 > now.0 - 60_000),
         };
+        done.text.clone_from(&text);
         let multi = self.maxlines > 1;
         if multi {
             st.buffer.push(text);
@@ -92,12 +147,13 @@ impl F2bFilter {
             && self.ignoreregex.len() + 2 < self.failregex.len()
             && self.ignoreregex.iter().any(|r| r.is_match(&buf))
         {
-            return out;
+            done.ignored = true;
+            return;
         }
         let mut pre = multiline::Groups::new();
         if let Some(p) = &self.prefregex {
             let Some(c) = p.captures(&buf) else {
-                return out;
+                return;
             };
             pre = owned(&c);
             if let Some(content) = pre.remove("content").filter(|c| !c.is_empty()) {
@@ -120,6 +176,7 @@ impl F2bFilter {
             if !self.ignoreregex.is_empty() {
                 let seen = if multi { joined(&matched) } else { buf.clone() };
                 if self.ignoreregex.iter().any(|r| r.is_match(&seen)) {
+                    done.ignored = true;
                     if multi || !check_all {
                         st.buffer = unmatched;
                         buf = joined(&st.buffer);
@@ -167,32 +224,33 @@ impl F2bFilter {
                 }
             };
             if nofail && !check_all {
-                out.push(Found {
+                done.found.push(Found {
                     regex: i,
                     nofail,
                     ..Found::default()
                 });
-                return out;
+                return;
             }
-            let host = ["ip4", "ip6", "dns", "fid"]
+            let (group, host) = ["ip4", "ip6", "dns", "fid"]
                 .iter()
-                .find_map(|g| groups.get(*g).filter(|v| !v.is_empty()))
-                .cloned();
+                .find_map(|g| Some((*g, groups.get(*g).filter(|v| !v.is_empty())?)))
+                .map_or((None, None), |(g, h)| (Some(g), Some(h.clone())));
             if host.is_none() {
                 if let Some(id) = &mlfid {
                     // The connection's host comes on a later line.
                     st.ids.set_pending(id);
                 }
                 if !check_all {
-                    return out;
+                    return;
                 }
             }
             let addr = host
                 .as_deref()
                 .and_then(|h| h.parse::<IpAddr>().ok())
                 .map(|a| a.to_canonical());
-            out.push(Found {
+            done.found.push(Found {
                 regex: i,
+                name: group == Some("dns") && addr.is_none(),
                 host,
                 addr,
                 time,
@@ -205,6 +263,5 @@ impl F2bFilter {
                 break;
             }
         }
-        out
     }
 }

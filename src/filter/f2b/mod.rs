@@ -146,6 +146,33 @@ pub struct Found {
     pub attempts: usize,
     /// Not a failure (`<F-NOFAIL>`, or a success on the connection).
     pub nofail: bool,
+    /// The host is a name, not an address: without DNS (sipwarden never
+    /// resolves attacker text) it is no failure, as in fail2ban with
+    /// `usedns = no`.
+    pub name: bool,
+}
+
+impl Found {
+    /// Whether this hit is a failure as `fail2ban-regex --usedns=no`
+    /// counts it: not a "no failure" hit and not a host name. A hit whose
+    /// connection's host is not known yet counts.
+    pub fn is_failure(&self) -> bool {
+        !self.nofail && !self.name
+    }
+}
+
+/// One line run with fail2ban's full semantics ([`F2bFilter::process_line`]).
+#[derive(Clone, Debug, Default)]
+pub struct Processed {
+    /// Every hit, "no failure" ones included.
+    pub found: Vec<Found>,
+    /// An ignoreregex matched.
+    pub ignored: bool,
+    /// Earlier lines of the multi-line buffer a match took (as buffered,
+    /// dates cut out).
+    pub released: Vec<String>,
+    /// This line as buffered (its date cut out).
+    pub text: String,
 }
 
 impl F2bFilter {
@@ -174,6 +201,20 @@ impl F2bFilter {
     /// no connection ids).
     pub fn is_stateless(&self) -> bool {
         !self.stateful
+    }
+
+    /// Whether counting as `fail2ban-regex` does needs the full semantics
+    /// ([`process_line`](Self::process_line)) rather than the first-match
+    /// path: state across lines, "no failure" groups, or ignoreregexes
+    /// (which fail2ban-regex applies to every line).
+    pub fn counts_in_full(&self) -> bool {
+        self.stateful
+            || !self.ignoreregex.is_empty()
+            || self
+                .failregex
+                .iter()
+                .chain(&self.prefregex)
+                .any(|p| p.as_str().contains("(?P<nofail>"))
     }
 
     /// How many failregexes the filter has.
@@ -259,6 +300,14 @@ impl F2bFilter {
                 .or(pre.get("dns"));
             let Some(host) = host else { continue };
             let addr = host.parse::<IpAddr>().ok().map(|a| a.to_canonical());
+            let name = addr.is_none() && c.get("ip4").or(c.get("ip6")).is_none() && {
+                pre.get("ip4").or(pre.get("ip6")).is_none()
+            };
+            if name {
+                // A host name: never resolved (attacker text), so no
+                // failure, as fail2ban counts it with `usedns = no`.
+                continue;
+            }
             return Outcome::Fail(Failure {
                 host: host.to_string(),
                 addr,
@@ -277,7 +326,7 @@ impl F2bFilter {
 
 /// The single outcome a line had, from its hits.
 fn outcome_of(found: &[Found]) -> Outcome {
-    if let Some(f) = found.iter().find(|f| !f.nofail && f.host.is_some()) {
+    if let Some(f) = found.iter().find(|f| f.is_failure() && f.host.is_some()) {
         return Outcome::Fail(Failure {
             host: f.host.clone().unwrap_or_default(),
             addr: f.addr,
@@ -387,6 +436,41 @@ mod tests {
             }
         }
         assert!(checked > 1000, "only {checked} checks");
+    }
+
+    /// What the daemon takes from sshd's lines (fail2ban 1.1's filter):
+    /// a connection's failure whose host comes on a later line is found on
+    /// that line, and a host name is no failure (never resolved).
+    #[test]
+    fn the_daemon_completes_a_connection_from_a_later_line_and_never_takes_a_name() {
+        let dir = crate::test_support::corpus_dir().join("fail2ban-1.1.2.dev1/config");
+        if !dir.exists() {
+            assert!(
+                !crate::test_support::need("corpus"),
+                "the reference corpus is missing a file"
+            );
+            return;
+        }
+        let f = F2bFilter::load(&dir, "sshd", &BTreeMap::new()).unwrap();
+        let cx = FilterContext {
+            tz: TimeZone::UTC,
+            now: Time(1_124_013_600_000),
+        };
+        let lines = [
+            "Apr 24 01:39:19 host sshd[3719]: User root not allowed because account is locked",
+            "Apr 24 01:39:19 host sshd[3719]: input_userauth_request: invalid user root [preauth]",
+            "Apr 24 01:39:19 host sshd[3719]: error: Received disconnect from 198.51.100.34: 11: Bye Bye [preauth]",
+            "Feb 12 04:09:18 localhost sshd[26713]: Connection from 115.249.163.77 port 51353",
+            "Feb 12 04:09:21 localhost sshd[26713]: Disconnecting: Too many authentication failures for root [preauth]",
+            "May 29 20:56:52 imago sshd[28732]: error: PAM: Authentication failure for stefanor from example.com",
+        ];
+        let got: Vec<String> = lines
+            .iter()
+            .filter_map(|l| f.match_line(l.as_bytes(), &cx))
+            .map(|m| m.addr.to_string())
+            .collect();
+        assert_eq!(got, ["198.51.100.34", "115.249.163.77"]);
+        assert_eq!(f.process(lines[5], &cx.tz, cx.now), Outcome::Missed);
     }
 
     #[test]
