@@ -789,11 +789,11 @@ bantime = -1
             ),
             (
                 "[jail.a]\nmaxretry = 3\n",
-                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd), `esl`, or `wire`",
+                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd) or `backend = \"systemd\"` (the journal), `esl`, or `wire`",
             ),
             (
                 "[jail.a]\nfilter = \"freeswitch\"\n",
-                "test.toml:1:1: jail \"a\" has no `logpath`; list the log files it should follow",
+                "test.toml:1:1: jail \"a\" has no `logpath`; list the log files it should follow, or set `backend = \"systemd\"` to read the journal",
             ),
             (
                 "[jail.a]\nesl = {}\nlogpath = \"/x\"\n",
@@ -830,6 +830,26 @@ bantime = -1
             (
                 "[jail.a]\nesl = {}\nactions = [\"/nonexistent/action.d/x.conf\"]\n",
                 "test.toml:3:12: key `actions`: /nonexistent/action.d/x.conf: no such action file (neither .conf nor .local) (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfilter = \"sshd\"\nbackend = \"journald\"\n",
+                "test.toml:3:11: key `backend`: backend \"journald\": use \"systemd\" (the journal) or \"file\" (logpath, the default; fail2ban's \"auto\", \"polling\" and \"pyinotify\" mean the same) (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\njournalmatch = \"_COMM=sshd\"\n",
+                "test.toml:4:16: key `journalmatch`: journalmatch is read only with backend = \"systemd\" (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\njournal_dir = \"/j\"\n",
+                "test.toml:4:15: key `journal_dir`: journal_dir is read only with backend = \"systemd\" (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournalmatch = \"_COMM=sshd +\"\n",
+                "test.toml:4:16: key `journalmatch`: journalmatch \"_COMM=sshd +\" has a '+' with no term on one side (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nbackend = \"systemd\"\n",
+                "test.toml:1:1: jail \"a\" reads the journal (backend = \"systemd\") but has no `filter` or `fail2ban_filter` to read it with",
             ),
         ];
         for (text, want) in cases {

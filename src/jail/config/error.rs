@@ -67,12 +67,14 @@ pub enum JailConfigError {
     JournalNoFilter(String),
     /// An enabled jail with no source.
     #[error(
-        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}), `esl`, or `wire`",
+        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}) or `backend = \"systemd\"` (the journal), `esl`, or `wire`",
         list = BUILTIN_FILTERS.join(", ")
     )]
     NothingToRead(String),
     /// A filter and no file to read.
-    #[error("jail {0:?} has no `logpath`; list the log files it should follow")]
+    #[error(
+        "jail {0:?} has no `logpath`; list the log files it should follow, or set `backend = \"systemd\"` to read the journal"
+    )]
     NoLogpath(String),
     /// Files and no filter to read them with.
     #[error("jail {0:?} has a `logpath` but no `filter` to read it with")]
