@@ -137,8 +137,10 @@ pub fn dynamic_tag(tag: &str) -> Option<DynamicTag> {
     match tag {
         "matches" | "ipmatches" | "ipjailmatches" => Some(DynamicTag::Attacker),
         t if t.starts_with("F-") => Some(DynamicTag::Attacker),
-        "ip" | "ip-rev" | "family" | "fid" | "failures" | "ipfailures" | "ipjailfailures"
-        | "time" | "bantime" | "restored" | "fq-hostname" | "sh-hostname" => Some(DynamicTag::Own),
+        "ip" | "ip-host" | "ip-rev" | "family" | "fid" | "failures" | "ipfailures"
+        | "ipjailfailures" | "time" | "bantime" | "restored" | "fq-hostname" | "sh-hostname" => {
+            Some(DynamicTag::Own)
+        }
         _ => None,
     }
 }
@@ -268,6 +270,10 @@ impl Action {
         match key {
             "name" => Some(self.jail.clone()),
             "actname" => Some(self.name.clone()),
+            // fail2ban's spellings of a newline and a space, unless the
+            // action defines them.
+            "br" => self.own(key, v6).or_else(|| Some("\n".into())),
+            "sp" => self.own(key, v6).or_else(|| Some(" ".into())),
             _ => self.own(key, v6),
         }
     }
@@ -299,8 +305,10 @@ impl Action {
         let t = t?;
         let single = t.addr.prefix_len() == t.addr.max_prefix_len();
         Some(match tag {
-            "ip" | "fid" if single => t.addr.addr().to_string(),
-            "ip" | "fid" => t.addr.to_string(),
+            // `ip-host` without a DNS lookup: the address, as for an
+            // address with no name (a PTR record is the attacker's text).
+            "ip" | "fid" | "ip-host" if single => t.addr.addr().to_string(),
+            "ip" | "fid" | "ip-host" => t.addr.to_string(),
             "ip-rev" => reversed(t.addr.addr()),
             "family" if t.addr.addr().is_ipv6() => "inet6".into(),
             "family" => "inet4".into(),
@@ -459,7 +467,7 @@ mod tests {
         std::fs::write(
             d.join("mine.conf"),
             "[INCLUDES]\nbefore = common.conf\n[Definition]\nnorestored = 0\ntimeout = 7\n\
-             actionban = echo <x> <known/dest> <dest> <restored> <F-USER> <F-OTHER> <ip> <family> <ip-rev> <bantime> <time> <unknown> %(shared)s %%\n\
+             actionban = echo <x> <known/dest> <dest> <restored> <F-USER> <F-OTHER> <ip> <family> <ip-rev> <bantime> <time> <unknown> %(shared)s %%<sp><ip-host><br>\n\
              actionunban = echo '<matches>' <blocktype>\n\
              [Init]\nx = a<y>\ny = b\ndest = root\nblocktype = reject\n[Init?family=inet6]\nblocktype = drop6\n",
         )
@@ -476,7 +484,7 @@ mod tests {
         let c = a.command(Phase::Ban, Some(&t)).unwrap();
         assert_eq!(
             c.text,
-            "echo ab root ops@x 0 ${f2bV_F_USER} ${f2bV_F_OTHER} 192.0.2.7 inet4 7.2.0.192. 600 1795621254 <unknown> S %"
+            "echo ab root ops@x 0 ${f2bV_F_USER} ${f2bV_F_OTHER} 192.0.2.7 inet4 7.2.0.192. 600 1795621254 <unknown> S % 192.0.2.7\n"
         );
         assert_eq!(
             c.env,
