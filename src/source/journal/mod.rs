@@ -600,6 +600,43 @@ mod tests {
         got
     }
 
+    /// fail2ban's own sshd filter (read with logtype=journal, as for a
+    /// journal jail) matches a formatted entry with the entry's time.
+    #[test]
+    fn a_fail2ban_filter_reads_entries_with_their_time() {
+        if !need("corpus") {
+            return;
+        }
+        let base = crate::test_support::corpus_dir().join("fail2ban-1.1.2.dev1/config");
+        let extra = [("logtype".to_string(), "journal".to_string())].into();
+        let f = crate::filter::f2b::F2bFilter::load(&base, "sshd", &extra).unwrap();
+        let cx = FilterContext {
+            tz: TimeZone::UTC,
+            now: Time::now(),
+        };
+        let t = Time(cx.now.0 - 5_000);
+        let mut fields = entry::Fields::default();
+        for d in [
+            "_HOSTNAME=belka",
+            "SYSLOG_IDENTIFIER=sshd",
+            "_PID=31602",
+            "MESSAGE=Failed password for invalid user ROOT from 194.117.26.69 port 50273 ssh2",
+        ] {
+            fields.take(d.as_bytes());
+        }
+        let m = f.match_dated(&fields.line(|| 0), &cx, t).unwrap();
+        assert_eq!(m.addr.to_string(), "194.117.26.69");
+        assert_eq!(m.time, Some(t));
+        assert!(
+            f.match_dated(
+                b"belka sshd[1]: Server listening on 0.0.0.0 port 22.",
+                &cx,
+                t
+            )
+            .is_none()
+        );
+    }
+
     /// A journal with no entry at the first start: entries written while
     /// the daemon is down are read at the next start, none is lost.
     #[test]
