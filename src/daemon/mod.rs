@@ -81,6 +81,22 @@ pub enum DaemonError {
 /// so a flood cannot pile up in memory.
 const EVENT_QUEUE: usize = 16;
 
+/// A burst of at least this many decisions (or store records) is followed
+/// by [`give_back_memory`].
+const TRIM_AFTER: usize = 10_000;
+
+/// Returns to the kernel the pages a burst's short-lived buffers left free:
+/// glibc keeps freed memory in its arenas, so a daemon that lived through
+/// one burst of 100,000 bans would otherwise keep that peak for good.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks;
+    // it touches no memory this program holds.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// This host's addresses, read from the kernel: never banned by jails with
 /// `ignoreself`, and announced to the cluster.
 fn own_addresses() -> Vec<IpNet> {

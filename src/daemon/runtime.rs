@@ -117,6 +117,7 @@ impl Runtime {
     /// The firewall answered a job: accepted bans become active (status,
     /// store, fleet), refused ones are undone and the asker told why.
     pub(super) fn on_verdict(&mut self, v: Verdict) {
+        let burst = v.decisions.len() >= super::TRIM_AFTER;
         let meta = self.jobs.remove(&v.id).unwrap_or_default();
         let refused: HashMap<usize, &str> = v
             .refused
@@ -189,6 +190,9 @@ impl Runtime {
                 Response::error(format!("refused by the firewall: {}", why.join("; ")))
             };
             let _ = w.reply.send(resp);
+        }
+        if burst {
+            super::give_back_memory();
         }
     }
 

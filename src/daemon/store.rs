@@ -251,7 +251,12 @@ impl Writer {
                         self.failing = false;
                         self.dropped = 0;
                     }
-                    self.backlog.clear();
+                    if self.backlog.len() >= super::TRIM_AFTER {
+                        self.backlog = Vec::new();
+                        super::give_back_memory();
+                    } else {
+                        self.backlog.clear();
+                    }
                     if let (Some(n), true) = (in_force, self.rebuilding) {
                         self.rebuilding = false;
                         tracing::info!(

@@ -213,11 +213,21 @@ impl Jail {
         let Some(b) = self.pending.remove(&d.addr) else {
             return false;
         };
+        self.release_pending();
         if let Some(end) = b.end {
             self.expiries.push(Reverse((end, d.addr)));
         }
         self.banned.insert(d.addr, b);
         true
+    }
+
+    /// Once every ban of a burst was answered, the map that held them
+    /// until the kernel answered gives its memory back (a burst of 100,000
+    /// bans grows it to several MB).
+    fn release_pending(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 1024 {
+            self.pending = HashMap::new();
+        }
     }
 
     /// The firewall refused `d`: the ban never was (a ban it was to
@@ -228,6 +238,7 @@ impl Jail {
             _ => return false,
         }
         self.pending.remove(&d.addr);
+        self.release_pending();
         if !is_host(&d.addr) && !self.banned.contains_key(&d.addr) {
             self.prefixes.retain(|p| p != &d.addr);
         }
@@ -720,6 +731,31 @@ pub(crate) mod tests {
             "[fs] Ban 2001:db8::5 (1 failures, permanent)"
         );
         assert_eq!(j.next_expiry(), None);
+    }
+
+    #[test]
+    fn a_burst_of_bans_answered_gives_its_waiting_room_back() {
+        let mut j = Jail::new(JailId(0), "fs", policy(1, 600, BanTime::For(Duration(10))));
+        let mut bans = Vec::new();
+        for i in 0..5_000u32 {
+            let a = std::net::Ipv4Addr::from(0xC633_6400 + i);
+            bans.push(j.ban(
+                IpNet::from(std::net::IpAddr::V4(a)),
+                t(0),
+                BanTime::For(Duration(10)),
+                1,
+                BanReason::Failures,
+            ));
+        }
+        assert!(j.pending.capacity() >= 5_000);
+        let (last, rest) = bans.split_last().unwrap();
+        for b in rest {
+            assert!(j.confirm(b));
+        }
+        assert!(j.pending.capacity() >= 1, "one still waits");
+        assert!(j.refuse(last));
+        assert_eq!(j.pending.capacity(), 0);
+        assert_eq!(j.banned().len(), 4_999);
     }
 
     #[test]
