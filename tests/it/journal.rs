@@ -371,3 +371,67 @@ fn without_libsystemd_journal_jails_fail_and_others_run() {
         .expect("the file jail bans without libsystemd");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// A reload that changes a journal jail's sources starts its follower again
+/// after the last entry read: the jail's counts are kept, no entry is read
+/// twice (a re-read would reach maxretry and ban).
+#[test]
+fn a_reload_resumes_after_the_last_entry_read() {
+    if !need("journal") {
+        return;
+    }
+    let Some(samples) = sample_failures() else {
+        return;
+    };
+    let (host, pid, msg) = samples[0].clone();
+    let dir = TempDir::new("journal-reload");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let a = jdir.join("a.journal");
+    write_journal(
+        &a,
+        &sshd_entries(&host, &pid, "Server listening on 0.0.0.0 port 22.", 1),
+    );
+    let cfg = dir.path("sipwarden.toml");
+    let write_cfg = |m: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\njournalmatch = \"{m}\"\nmaxretry = 3\n",
+                daemon_section(&dir),
+                jdir.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_cfg("_SYSTEMD_UNIT=ssh.service");
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    d.wait_for("following from its end", WAIT)
+        .expect("the jail follows the journal");
+    let x = "192.0.2.90";
+    write_journal(&a, &sshd_entries(&host, &pid, &with_addr(&msg, x), 2));
+    let deadline = std::time::Instant::now() + WAIT;
+    while d.lines_with(&format!("[ssh] Found {x}")).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two failures of {x} found"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another journalmatch (still matching sshd): the follower restarts.
+    write_cfg("_COMM=sshd");
+    let r = cli(&dir, &["reload"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    d.wait_for("following after the last entry read (_COMM=sshd)", WAIT)
+        .expect("the new follower resumes where the old one stopped");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.lines_with(&format!("[ssh] Found {x}")).len(), 2);
+    assert!(
+        d.lines_with(&format!("Ban {x}")).is_empty(),
+        "nothing read twice"
+    );
+    write_journal(&a, &sshd_entries(&host, &pid, &with_addr(&msg, x), 1));
+    d.wait_for(&format!("[ssh] Ban {x}"), WAIT)
+        .expect("the third failure, after the reload, bans: counts were kept");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
