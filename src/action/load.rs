@@ -324,6 +324,13 @@ impl Action {
         })
     }
 
+    /// Whether the action has a command for `phase` (before any tag is
+    /// substituted: cheap enough for the run loop).
+    pub fn has(&self, phase: Phase) -> bool {
+        self.option(phase.key(), false)
+            .is_some_and(|t| !t.trim().is_empty())
+    }
+
     /// The command of `phase` for ticket `t` (none for start and stop), or
     /// `None` when the action has none.
     pub fn command(&self, phase: Phase, t: Option<&Ticket>) -> Option<Command> {

@@ -74,8 +74,24 @@ pub struct Step {
     pub command: Command,
 }
 
-/// What one action does for one ban, unban, start or stop.
+/// The commands of one job: `actioncheck` before the main command, and
+/// `actionrepair` when the check fails (fail2ban's order).
 #[derive(Clone, Debug)]
+pub struct Steps {
+    /// `actioncheck`.
+    pub check: Option<Step>,
+    /// `actionrepair`.
+    pub repair: Option<Step>,
+    /// The command itself.
+    pub main: Step,
+}
+
+/// Builds a job's commands, on the worker's thread: the substitution's
+/// string work stays off the run loop, and is never done for a job that a
+/// full lane drops. `None` when the action has no such command.
+pub type Build = Box<dyn FnOnce() -> Option<Steps> + Send>;
+
+/// What one action does for one ban, unban, start or stop.
 pub struct Job {
     /// The jail, for logs.
     pub jail: Arc<str>,
@@ -83,15 +99,12 @@ pub struct Job {
     pub action: Arc<str>,
     /// The address, for logs (empty for start and stop).
     pub addr: String,
-    /// `actioncheck` before the main command, and `actionrepair` when the
-    /// check fails (fail2ban's order).
-    pub check: Option<Step>,
-    /// `actionrepair`.
-    pub repair: Option<Step>,
-    /// The command itself.
-    pub main: Step,
+    /// Which command, for logs.
+    pub phase: Phase,
     /// How long each command may run.
     pub timeout: Duration,
+    /// Its commands.
+    pub build: Build,
 }
 
 /// How one command ended.
@@ -156,7 +169,7 @@ impl Runner {
                         "[{}] action {} {} for {} dropped: {QUEUE} commands already wait ({n} dropped so far)",
                         j.jail,
                         j.action,
-                        j.main.phase.key(),
+                        j.phase.key(),
                         j.addr
                     );
                 }
@@ -184,21 +197,46 @@ impl Runner {
 
 fn work(rx: &Receiver<Job>, stats: &ActionStats) {
     while let Ok(job) = rx.recv() {
+        let Job {
+            jail,
+            action,
+            addr,
+            phase,
+            timeout,
+            build,
+        } = job;
+        let label = Label {
+            jail: &jail,
+            action: &action,
+            addr: &addr,
+            timeout,
+        };
         // A panic in one job must not end the lane.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&job, stats)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Some(steps) = build() {
+                run_job(&label, &steps, stats);
+            }
+        }));
         if let Err(p) = r {
             tracing::error!(
-                "[{}] action {} panicked: {}",
-                job.jail,
-                job.action,
+                "[{jail}] action {action} {} panicked: {}",
+                phase.key(),
                 crate::supervise::panic_message(p.as_ref())
             );
         }
     }
 }
 
+/// What a job's log lines name.
+struct Label<'a> {
+    jail: &'a str,
+    action: &'a str,
+    addr: &'a str,
+    timeout: Duration,
+}
+
 /// Runs one step and logs how it ended; true when it succeeded.
-fn step(job: &Job, s: &Step, stats: &ActionStats) -> bool {
+fn step(job: &Label<'_>, s: &Step, stats: &ActionStats) -> bool {
     stats.run.fetch_add(1, Ordering::Relaxed);
     let what = if job.addr.is_empty() {
         String::new()
@@ -237,10 +275,10 @@ fn step(job: &Job, s: &Step, stats: &ActionStats) -> bool {
     }
 }
 
-fn run_job(job: &Job, stats: &ActionStats) {
-    if let Some(check) = &job.check {
+fn run_job(job: &Label<'_>, steps: &Steps, stats: &ActionStats) {
+    if let Some(check) = &steps.check {
         if !step(job, check, stats) {
-            let repaired = job
+            let repaired = steps
                 .repair
                 .as_ref()
                 .is_some_and(|r| step(job, r, stats) && step(job, check, stats));
@@ -249,7 +287,7 @@ fn run_job(job: &Job, stats: &ActionStats) {
             }
         }
     }
-    step(job, &job.main, stats);
+    step(job, &steps.main, stats);
 }
 
 /// Runs `sh -c TEXT` with the command's variables added to the daemon's
@@ -269,6 +307,10 @@ pub fn run(c: &Command, timeout: Duration) -> Outcome {
     cmd.arg("-c")
         .arg(&c.text)
         .envs(c.env.iter().map(|(k, v)| (k, v)))
+        // The service manager's channels are the daemon's, not its commands'.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(writer)
@@ -409,17 +451,25 @@ mod tests {
     fn a_full_lane_drops_and_counts() {
         let stats = Arc::new(ActionStats::default());
         let r = Runner::new(stats.clone());
-        let job = |text: &str| Job {
-            jail: "j".into(),
-            action: "a".into(),
-            addr: "192.0.2.1".into(),
-            check: None,
-            repair: None,
-            main: Step {
+        let job = |text: &str| {
+            let command = cmd(text, &[]);
+            Job {
+                jail: "j".into(),
+                action: "a".into(),
+                addr: "192.0.2.1".into(),
                 phase: Phase::Ban,
-                command: cmd(text, &[]),
-            },
-            timeout: Duration::from_secs(5),
+                timeout: Duration::from_secs(5),
+                build: Box::new(move || {
+                    Some(Steps {
+                        check: None,
+                        repair: None,
+                        main: Step {
+                            phase: Phase::Ban,
+                            command,
+                        },
+                    })
+                }),
+            }
         };
         // One slow job holds the lane; QUEUE wait; the rest are dropped.
         r.submit(0, job("sleep 1"));

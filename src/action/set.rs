@@ -14,7 +14,7 @@ use std::time::Instant;
 use ipnet::IpNet;
 
 use super::load::{Action, Phase, Ticket};
-use super::runner::{ActionStats, Job, Runner, Step};
+use super::runner::{ActionStats, Build, Job, Runner, Step, Steps};
 use super::spec::ActionRef;
 use crate::decision::{BanDecision, BanReason, UnbanDecision};
 use crate::event::{FailureEvent, JailId, Time};
@@ -190,25 +190,38 @@ impl ActionSet {
         phase: Phase,
         t: Option<&Ticket>,
     ) {
-        let Some(command) = a.command(phase, t) else {
+        if !a.has(phase) {
             return;
-        };
-        let step = |phase| a.command(phase, t).map(|command| Step { phase, command });
-        let (check, repair) = if phase == Phase::Ban {
-            (step(Phase::Check), step(Phase::Repair))
-        } else {
-            (None, None)
-        };
+        }
+        let action = a.clone();
+        let ticket = t.cloned();
+        let build: Build = Box::new(move || {
+            let t = ticket.as_ref();
+            let step = |phase| {
+                action
+                    .command(phase, t)
+                    .map(|command| Step { phase, command })
+            };
+            let main = step(phase)?;
+            let (check, repair) = match phase {
+                Phase::Ban => (step(Phase::Check), step(Phase::Repair)),
+                _ => (None, None),
+            };
+            Some(Steps {
+                check,
+                repair,
+                main,
+            })
+        });
         let job = Job {
             jail: jail.clone(),
             action: a.name.as_str().into(),
             addr: t
                 .map(|t| crate::net::DisplayNet(&t.addr).to_string())
                 .unwrap_or_default(),
-            check,
-            repair,
-            main: Step { phase, command },
+            phase,
             timeout: a.timeout,
+            build,
         };
         let runner = self
             .runner
