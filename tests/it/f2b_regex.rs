@@ -2,8 +2,12 @@
 //! --usedns=no` (fail2ban 1.0.2) and `sipwarden test-filter` run every stock
 //! filter of /etc/fail2ban/filter.d over its sample log from the corpus
 //! (fail2ban 1.1's) and must report the same four counts: lines, ignored,
-//! matched, missed. Where 1.0.2's filter and the 1.1 sample disagree (a
-//! sample line the old filter misses), both tools must still agree.
+//! matched, missed, and the same lines matched and missed. Each filter runs
+//! with its default options and with every option set its sample log names
+//! (`# filterOptions`, e.g. `sshd[mode=aggressive]`). Where 1.0.2's filter
+//! and the 1.1 sample disagree (a sample line the old filter misses, a mode
+//! 1.0.2 does not have), both tools must still agree, refusing the same
+//! filters.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,42 +51,45 @@ const THREADS: usize = 2;
 /// A fail2ban-regex run that takes longer is stopped and reported.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The four counts, as both tools print them.
+/// What a tool made of a log: the four counts and the matched and missed
+/// lines (sorted), or that it refused the filter.
 #[derive(Debug, PartialEq, Eq)]
-struct Counts {
-    lines: u64,
-    ignored: u64,
-    matched: u64,
-    missed: u64,
+enum Run {
+    Counted {
+        lines: u64,
+        ignored: u64,
+        matched: u64,
+        missed: u64,
+        matched_lines: Vec<String>,
+        missed_lines: Vec<String>,
+    },
+    Refused,
 }
 
-/// Runs `cmd`, stopping it after `RUN_TIMEOUT`; its standard output.
-fn run_bounded(mut cmd: Command) -> Result<String, String> {
+/// Runs `cmd`, stopping it after `RUN_TIMEOUT`: whether it exited 0, and
+/// its standard output and error.
+fn run_bounded(mut cmd: Command) -> Result<(bool, String, String), String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
-    let reader = std::thread::spawn(move || {
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let out = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
         s
     });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     let start = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => {
-                let out = reader.join().unwrap_or_default();
-                if !status.success() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    return Err(format!("{cmd:?}: {status}: {err}{out}"));
-                }
-                return Ok(out);
-            }
+            Ok(Some(status)) => break status,
             Ok(None) if start.elapsed() > RUN_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -91,45 +98,184 @@ fn run_bounded(mut cmd: Command) -> Result<String, String> {
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(format!("{cmd:?}: {e}")),
         }
-    }
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    Ok((status.success(), out, err))
 }
 
-/// fail2ban-regex's `Lines: N lines, I ignored, M matched, X missed`.
-fn fail2ban_counts(log: &Path, filter: &Path) -> Result<Counts, String> {
+/// Lines as compared: without trailing blanks (fail2ban-regex may keep a
+/// carriage return), sorted (the order lines taken by a multi-line match
+/// are listed in differs).
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    for l in &mut v {
+        l.truncate(l.trim_end().len());
+    }
+    v.sort();
+    v
+}
+
+/// fail2ban-regex's `Lines: N lines, I ignored, M matched, X missed` and
+/// its `|- Matched line(s):` and `|- Missed line(s):` lists.
+fn fail2ban_run(log: &Path, spec: &str) -> Result<Run, String> {
     let mut cmd = Command::new("fail2ban-regex");
-    cmd.arg("--usedns=no").arg(log).arg(filter);
-    let out = run_bounded(cmd)?;
+    cmd.args(["--usedns=no", "--print-all-matched", "--print-all-missed"])
+        .arg(log)
+        .arg(spec);
+    let (ok, out, err) = run_bounded(cmd)?;
+    if !ok && out.contains("ERROR: ") {
+        return Ok(Run::Refused);
+    }
     let line = out
         .lines()
         .find(|l| l.starts_with("Lines: "))
-        .ok_or_else(|| format!("no Lines: in fail2ban-regex's output:\n{out}"))?;
+        .ok_or_else(|| format!("no Lines: in fail2ban-regex's output:\n{out}{err}"))?;
     let n: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    match n[..] {
-        [lines, ignored, matched, missed] => Ok(Counts {
-            lines,
-            ignored,
-            matched,
-            missed,
-        }),
-        _ => Err(format!("unexpected counts line {line:?}")),
+    let [lines, ignored, matched, missed] = n[..] else {
+        return Err(format!("unexpected counts line {line:?}"));
+    };
+    // Only a newline ends a printed line (a log line may hold other
+    // characters Python would split at).
+    let mut lists: [Vec<String>; 2] = Default::default();
+    let mut into = None;
+    for l in out.split('\n') {
+        if l.starts_with("|- Matched line") {
+            into = Some(0);
+        } else if l.starts_with("|- Missed line") {
+            into = Some(1);
+        } else if l.starts_with("|- ") || l.starts_with("`-") {
+            into = None;
+        } else if let (Some(i), Some(text)) = (into, l.strip_prefix("|  ")) {
+            lists[i].push(text.to_string());
+        }
     }
+    let [matched_lines, missed_lines] = lists;
+    Ok(Run::Counted {
+        lines,
+        ignored,
+        matched,
+        missed,
+        matched_lines: sorted(matched_lines),
+        missed_lines: sorted(missed_lines),
+    })
 }
 
-fn sipwarden_counts(log: &Path, filter: &Path) -> Result<Counts, String> {
+fn sipwarden_run(log: &Path, spec: &str) -> Result<Run, String> {
     let mut cmd = Command::new(bin());
-    cmd.arg("test-filter").arg(log).arg(filter).arg("--json");
-    let out = run_bounded(cmd)?;
+    cmd.arg("test-filter").arg(log).arg(spec).args([
+        "--json",
+        "--print-all-matched",
+        "--print-all-missed",
+    ]);
+    let (ok, out, err) = run_bounded(cmd)?;
+    if !ok {
+        return if err.contains("error: ") {
+            Ok(Run::Refused)
+        } else {
+            Err(format!("sipwarden test-filter failed: {err}"))
+        };
+    }
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
     let n = |k: &str| v[k].as_u64().ok_or_else(|| format!("no {k} in {out}"));
-    Ok(Counts {
+    let list = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Run::Counted {
         lines: n("lines")?,
         ignored: n("ignored")?,
         matched: n("matched")?,
         missed: n("missed")?,
+        matched_lines: sorted(list("matched_lines")),
+        missed_lines: sorted(list("missed_lines")),
     })
+}
+
+/// How two runs differ, briefly: the counts, and the lines one side has
+/// in a list and the other not.
+fn difference(theirs: &Run, ours: &Run) -> String {
+    let (
+        Run::Counted {
+            lines,
+            ignored,
+            matched,
+            missed,
+            matched_lines: tm,
+            missed_lines: tx,
+        },
+        Run::Counted {
+            lines: l2,
+            ignored: i2,
+            matched: m2,
+            missed: x2,
+            matched_lines: om,
+            missed_lines: ox,
+        },
+    ) = (theirs, ours)
+    else {
+        return format!("fail2ban-regex {theirs:?}, sipwarden {ours:?}");
+    };
+    let only = |a: &Vec<String>, b: &Vec<String>| -> Vec<String> {
+        a.iter()
+            .filter(|l| !b.contains(l))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    format!(
+        "fail2ban-regex {lines} lines, {ignored} ignored, {matched} matched, {missed} missed; \
+         sipwarden {l2}, {i2}, {m2}, {x2}; matched only by fail2ban-regex {:?}, only by sipwarden \
+         {:?}; missed only by fail2ban-regex {:?}, only by sipwarden {:?}",
+        only(tm, om),
+        only(om, tm),
+        only(tx, ox),
+        only(ox, tx)
+    )
+}
+
+/// The option sets a sample log runs its filter with (`# filterOptions:`
+/// lines; the harness's own `test.*` keys left out), as `[k=v, ...]`.
+fn option_sets(log: &Path) -> Vec<String> {
+    let text = String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned();
+    let mut sets = Vec::new();
+    for l in text.lines() {
+        let Some(json) = l
+            .trim_start_matches('#')
+            .trim_start()
+            .strip_prefix("filterOptions:")
+        else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(json.trim())
+            .unwrap_or_else(|e| panic!("{}: {l}: {e}", log.display()));
+        let all = match v {
+            serde_json::Value::Array(a) => a,
+            o => vec![o],
+        };
+        for o in all {
+            let Some(o) = o.as_object() else { continue };
+            let kv: Vec<String> = o
+                .iter()
+                .filter(|(k, _)| !k.starts_with("test."))
+                .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), String::from)))
+                .collect();
+            let set = format!("[{}]", kv.join(", "));
+            if !kv.is_empty() && !sets.contains(&set) {
+                sets.push(set);
+            }
+        }
+    }
+    sets
 }
 
 /// The sample log to compare on: the corpus's, or a copy without the
@@ -176,7 +322,10 @@ fn test_filter_counts_as_fail2ban_regex_on_every_stock_filter() {
             continue;
         }
         if logs.join(name).is_file() {
-            jobs.push(name.to_string());
+            jobs.push((name.to_string(), String::new()));
+            for set in option_sets(&logs.join(name)) {
+                jobs.push((name.to_string(), set));
+            }
         }
     }
     jobs.sort();
@@ -189,7 +338,7 @@ fn test_filter_counts_as_fail2ban_regex_on_every_stock_filter() {
         let Some(name) = file.strip_suffix(".conf") else {
             continue;
         };
-        if !logs.join(name).is_file() || jobs.iter().any(|j| j == name) {
+        if !logs.join(name).is_file() || jobs.iter().any(|(j, _)| j == name) {
             continue;
         }
         assert!(
@@ -200,11 +349,12 @@ fn test_filter_counts_as_fail2ban_regex_on_every_stock_filter() {
     }
     for (n, why) in NOT_IN_DEBIAN {
         assert!(
-            !jobs.iter().any(|j| j == n),
+            !jobs.iter().any(|(j, _)| j == n),
             "{n} is listed as missing from Debian ({why}) but is there: compare it"
         );
     }
-    assert!(jobs.len() >= 80, "only {} filters to compare", jobs.len());
+    let filters = jobs.iter().filter(|(_, set)| set.is_empty()).count();
+    assert!(filters >= 80, "only {filters} filters to compare");
     let tmp = TempDir::new("f2b-regex");
     let t0 = Instant::now();
     let queue = Mutex::new(jobs.clone());
@@ -213,14 +363,17 @@ fn test_filter_counts_as_fail2ban_regex_on_every_stock_filter() {
         for _ in 0..THREADS {
             s.spawn(|| {
                 loop {
-                    let Some(name) = queue.lock().unwrap().pop() else {
+                    let Some((name, set)) = queue.lock().unwrap().pop() else {
                         return;
                     };
                     let log = sample_log(&name, &logs, &tmp.0);
-                    let filter = debian.join(format!("{name}.conf"));
-                    let theirs = fail2ban_counts(&log, &filter);
-                    let ours = sipwarden_counts(&log, &filter);
-                    results.lock().unwrap().push((name, theirs, ours));
+                    let spec = format!("{}{set}", debian.join(format!("{name}.conf")).display());
+                    let theirs = fail2ban_run(&log, &spec);
+                    let ours = sipwarden_run(&log, &spec);
+                    results
+                        .lock()
+                        .unwrap()
+                        .push((format!("{name}{set}"), theirs, ours));
                 }
             });
         }
@@ -229,16 +382,36 @@ fn test_filter_counts_as_fail2ban_regex_on_every_stock_filter() {
     results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut wrong = Vec::new();
     for (name, theirs, ours) in &results {
+        // Every matched and missed line is listed (so the lists were read).
+        if let Ok(Run::Counted {
+            matched,
+            missed,
+            matched_lines,
+            missed_lines,
+            ..
+        }) = theirs
+        {
+            if matched_lines.len() as u64 != *matched || missed_lines.len() as u64 != *missed {
+                wrong.push(format!(
+                    "{name}: fail2ban-regex listed other lines than it counted"
+                ));
+            }
+        }
         match (theirs, ours) {
             (Ok(t), Ok(o)) if t == o => {}
+            (Ok(t), Ok(o)) => wrong.push(format!("{name}: {}", difference(t, o))),
             _ => wrong.push(format!(
                 "{name}: fail2ban-regex {theirs:?}, sipwarden {ours:?}"
             )),
         }
     }
+    let refused = results
+        .iter()
+        .filter(|(_, t, _)| matches!(t, Ok(Run::Refused)))
+        .count();
     eprintln!(
-        "f2b_regex: {} filters compared in {:.1} s on {THREADS} threads",
-        results.len(),
+        "f2b_regex: {filters} filters, {} runs with options, {refused} refused by both, in {:.1} s on {THREADS} threads",
+        results.len() - filters,
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(results.len(), jobs.len());

@@ -188,6 +188,21 @@ impl F2bFilter {
             None => DateDetector::default_templates(),
         };
         let failregex = compile_list("failregex")?;
+        // Every match must name a host or failure id, from the failregex
+        // or the prefregex, as fail2ban requires.
+        let names_one = |p: &Pattern| {
+            ["(?P<ip4>", "(?P<ip6>", "(?P<dns>", "(?P<fid>", "(?P<mlfid>"]
+                .iter()
+                .any(|g| p.as_str().contains(g))
+        };
+        if !prefregex.as_ref().is_some_and(names_one) {
+            if let Some(p) = failregex.iter().find(|p| !names_one(p)) {
+                return Err(F2bError::NoHost {
+                    file: file.to_string(),
+                    regex: p.as_str().to_string(),
+                });
+            }
+        }
         let ignoreregex = compile_list("ignoreregex")?;
         let mlfid = failregex
             .iter()
@@ -217,6 +232,47 @@ impl F2bFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// fail2ban-regex 1.0.2 says "No failure-id group" for these and loads
+    /// nothing; a prefregex with the host, or `<F-ID>`, is enough.
+    #[test]
+    fn a_failregex_that_names_no_host_is_refused_as_fail2ban_does() {
+        let load = |pref: &str, fail: &str| {
+            let mut ini = Ini::default();
+            if !pref.is_empty() {
+                ini.set("Definition", "prefregex", pref);
+            }
+            ini.set("Definition", "failregex", fail);
+            F2bFilter::from_ini(&ini, "nh", &BTreeMap::new(), "nh.conf")
+        };
+        for fail in ["bad thing", "bad thing from <CIDR>", "<mdre-more>"] {
+            let e = load("", fail).unwrap_err().to_string();
+            assert!(
+                e.starts_with("nh.conf: failregex ") && e.contains("No failure-id group"),
+                "{e}"
+            );
+        }
+        let e = load("", "bad thing from <HOST>\nbad")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"bad\""), "{e}");
+        assert!(load("^.*from <HOST>$", "bad thing").is_ok());
+        assert!(
+            load(
+                "^<F-MLFID>x:</F-MLFID> <F-CONTENT>.+</F-CONTENT>$",
+                "bad thing"
+            )
+            .is_ok()
+        );
+        for fail in [
+            "from <ADDR>",
+            "from <SUBNET>",
+            "bad <F-ID>thing</F-ID>",
+            r"from (?P<ip4>\S+)",
+        ] {
+            assert!(load("", fail).is_ok(), "{fail}");
+        }
+    }
 
     #[test]
     fn filter_spec_options() {

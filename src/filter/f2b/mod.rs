@@ -47,6 +47,20 @@ pub enum F2bError {
         /// The error.
         source: regex::PatternError,
     },
+    /// A failregex that captures no host or failure id (neither does the
+    /// prefregex): its matches would name nobody. fail2ban refuses such a
+    /// filter too ("No failure-id group").
+    #[error(
+        "{file}: failregex {regex:?} has no <HOST>, <ADDR>, <IP4>, <IP6>, <DNS>, <F-ID> or \
+         <F-MLFID> group (nor has the prefregex), so its matches would name nobody; \
+         fail2ban refuses it too (\"No failure-id group\"): add the host to the regex"
+    )]
+    NoHost {
+        /// Filter file.
+        file: String,
+        /// The failregex, tags expanded.
+        regex: String,
+    },
     /// A bad datepattern.
     #[error("{file}: datepattern: {source}")]
     Date {
