@@ -408,6 +408,22 @@ impl Sources {
         self.cursors.take()
     }
 
+    /// Where every journal jail stands, as store writes (for a database
+    /// created again).
+    pub(super) fn cursor_ops(&self) -> Vec<crate::store::StoreOp> {
+        let at = crate::event::Time::now();
+        self.cursors
+            .committed()
+            .into_iter()
+            .map(|m| crate::store::StoreOp::JournalCursor {
+                jail: m.key.jail,
+                source: m.key.source,
+                cursor: m.cursor,
+                at,
+            })
+            .collect()
+    }
+
     /// Every batch before `marks` was handled: their cursors become where a
     /// restart resumes, written to the store.
     pub(super) fn commit_cursors(

@@ -102,6 +102,8 @@ impl Runtime {
             .collect();
         let mut ops = vec![StoreOp::InForce(bans)];
         ops.extend(self.resolved_ops());
+        // Where the journal jails stand, so the next start resumes there.
+        ops.extend(self.sources.cursor_ops());
         let _ = tx.send(ops);
     }
 }

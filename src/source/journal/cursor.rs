@@ -100,6 +100,19 @@ impl Cursors {
         newest
     }
 
+    /// Every committed position (to write them all again, into a database
+    /// created again).
+    pub fn committed(&self) -> Vec<Mark> {
+        self.lock()
+            .committed
+            .iter()
+            .map(|(key, cursor)| Mark {
+                key: key.clone(),
+                cursor: cursor.clone(),
+            })
+            .collect()
+    }
+
     /// The batches of `marks` were handled: their cursors are where a
     /// restart resumes (the caller writes them to the store).
     pub fn commit(&self, marks: &[Mark]) {
@@ -158,5 +171,9 @@ mod tests {
         c.commit(&again);
         assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s3"));
         assert!(c.take().is_empty());
+        let mut all = c.committed();
+        all.sort_by(|a, b| a.key.jail.cmp(&b.key.jail));
+        let cursors: Vec<&str> = all.iter().map(|m| m.cursor.as_str()).collect();
+        assert_eq!(cursors, ["o1", "s3"]);
     }
 }
