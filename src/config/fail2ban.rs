@@ -187,6 +187,9 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
                     .unwrap_or_default(),
                 maxtime: get("bantime.maxtime").and_then(|v| parse_duration(&v).ok()),
                 overall_jails: get("bantime.overalljails").is_some_and(|v| truthy(&v)),
+                rndtime: get("bantime.rndtime")
+                    .and_then(|v| parse_duration(&v).ok())
+                    .filter(|r| r.0 > 0),
             });
         // The firewall ones are sipwarden's enforcer's work.
         let (firewall, actions): (Vec<ActionRef>, Vec<ActionRef>) = get("action")
@@ -345,6 +348,9 @@ pub fn to_toml(c: &Config) -> String {
             if e.overall_jails {
                 out.push_str("bantime_overalljails = true\n");
             }
+            if let Some(r) = e.rndtime {
+                out.push_str(&format!("bantime_rndtime = \"{r}\"\n"));
+            }
         }
     }
     out
@@ -375,7 +381,7 @@ mod tests {
              [sshd]\nenabled = true\nlogpath = /var/log/auth.log /var/log/secure\n\
              maxretry = 4\nfindtime = 900\n\
              action = iptables-multiport[port=ssh]\n  mine[dest=\"ops@example.org\", note='a \"b\"']\nignoreip = 127.0.0.1/8 192.0.2.0/24\n\
-             bantime.increment = true\nbantime.factor = 1.5\nbantime.maxtime = 86400\n\n\
+             bantime.increment = true\nbantime.factor = 1.5\nbantime.maxtime = 86400\nbantime.rndtime = 5m\n\n\
              [asterisk]\nenabled = true\nfilter = asterisk[mode=extra]\nlogpath = /var/log/asterisk/messages\n\n\
              [off]\nenabled = false\nlogpath = /var/log/off.log\n",
         )
@@ -389,6 +395,8 @@ mod tests {
             sshd.actions[0].args.get("note").map(String::as_str),
             Some("a \"b\"")
         );
+        let esc = sshd.escalation.as_ref().unwrap();
+        assert_eq!(esc.rndtime, Some(Duration(300)));
         let again = Config::parse(&to_toml(&imported), "imported.toml");
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(imported.jails, again.unwrap().jails);

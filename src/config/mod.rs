@@ -491,6 +491,16 @@ bantime = -1
         let e = c.jails[1].escalation.as_ref().unwrap();
         assert_eq!((e.factor, e.maxtime), (2.0, Some(Duration(604_800))));
         assert!(c.jails[0].escalation.is_none());
+        assert_eq!(e.rndtime, None);
+        // bantime_rndtime: inherited from [defaults], a jail's own wins, 0 is none.
+        let c = parse("[defaults]\nbantime_increment = true\nbantime_rndtime = \"10m\"\n[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\n[jail.b]\nfilter = \"freeswitch\"\nlogpath = \"/y\"\nbantime_rndtime = 30\n[jail.c]\nfilter = \"freeswitch\"\nlogpath = \"/z\"\nbantime_rndtime = 0\n").unwrap();
+        let rnd: Vec<_> = c
+            .jails
+            .iter()
+            .map(|j| j.escalation.as_ref().unwrap().rndtime)
+            .collect();
+        // Jails in name order: b, c, fs.
+        assert_eq!(rnd, [Some(Duration(30)), None, Some(Duration(600))]);
         let e = error("[defaults]\nbantime_multipliers = [1, 0]\n");
         assert!(e.contains(":2:") && e.contains("positive"), "{e}");
     }

@@ -122,6 +122,8 @@ fn build_jails(config: &Config, enabled: &[JailConfig], store: Option<&Store>) -
     // Read even when no jail has `ignoreself`: feeds never drop them.
     let own = own_addresses();
     let mut jails = JailSet::new(own, &specs);
+    // bantime_rndtime's extras: unpredictable from outside, per process.
+    jails.seed(crate::supervise::random());
     // Peers given by name are protected with every address they resolve
     // to: at first those the store kept, then what the lookups answer.
     if let Some(cc) = &config.cluster {

@@ -81,6 +81,7 @@ pub struct RawDefaults {
     bantime_multipliers: Option<Spanned<Vec<u32>>>,
     bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
+    bantime_rndtime: Option<Duration>,
 }
 
 /// One `[jail.NAME]` as written.
@@ -116,6 +117,7 @@ pub struct RawJail {
     bantime_multipliers: Option<Spanned<Vec<u32>>>,
     bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
+    bantime_rndtime: Option<Duration>,
     actions: Option<Vec<Spanned<String>>>,
 }
 
@@ -189,6 +191,7 @@ struct EscKeys {
     mults: Option<Vec<u32>>,
     maxtime: Option<Duration>,
     overall: Option<bool>,
+    rndtime: Option<Duration>,
 }
 
 impl EscKeys {
@@ -198,6 +201,7 @@ impl EscKeys {
         mults: &Option<Spanned<Vec<u32>>>,
         maxtime: &Option<Spanned<Duration>>,
         overall: Option<bool>,
+        rndtime: Option<Duration>,
     ) -> Result<EscKeys, Bad> {
         let maxtime = positive(maxtime, "bantime_maxtime", NO_BAN)?;
         if let Some(f) = factor {
@@ -217,6 +221,7 @@ impl EscKeys {
             mults: mults.as_ref().map(|m| m.get_ref().clone()),
             maxtime,
             overall,
+            rndtime,
         })
     }
 
@@ -227,6 +232,7 @@ impl EscKeys {
             multipliers: self.mults.or_else(|| d.mults.clone()).unwrap_or_default(),
             maxtime: self.maxtime.or(d.maxtime),
             overall_jails: self.overall.or(d.overall).unwrap_or(false),
+            rndtime: self.rndtime.or(d.rndtime).filter(|r| r.0 > 0),
         })
     }
 }
@@ -345,6 +351,7 @@ impl Defaults {
             &d.bantime_multipliers,
             &d.bantime_maxtime,
             d.bantime_overalljails,
+            d.bantime_rndtime,
         )?;
         Ok(Defaults {
             maxretry,
@@ -494,6 +501,7 @@ impl JailConfig {
             &j.bantime_multipliers,
             &j.bantime_maxtime,
             j.bantime_overalljails,
+            j.bantime_rndtime,
         )?;
         let escalation = k.over(&defaults.esc);
         let mut actions = Vec::new();

@@ -17,7 +17,7 @@ pub use crate::decision::{
 };
 pub use crate::net::{DisplayNet, is_host};
 pub use config::JailConfig;
-pub use escalation::{BanHistory, Escalation};
+pub use escalation::{BanHistory, Escalation, Jitter};
 pub use ignore::IgnoreList;
 pub use set::{JailSet, JailSetError, RemoteBan};
 pub use spec::JailSpec;
@@ -133,6 +133,8 @@ pub struct Jail {
     prefixes: Vec<IpNet>,
     expiries: BinaryHeap<Reverse<(Time, IpNet)>>,
     counters: JailCounters,
+    /// The random extra of `bantime_rndtime` (seeded by the set).
+    jitter: Jitter,
 }
 
 impl Jail {
@@ -152,7 +154,13 @@ impl Jail {
             prefixes: Vec::new(),
             expiries: BinaryHeap::new(),
             counters: JailCounters::default(),
+            jitter: Jitter::default(),
         }
+    }
+
+    /// Seeds the random extra of `bantime_rndtime`.
+    pub fn seed(&mut self, seed: u64) {
+        self.jitter = Jitter::new(seed);
     }
 
     /// The jail's name.
@@ -342,12 +350,14 @@ impl Jail {
         }
     }
 
-    /// The ban length for `addr` now, given its earlier bans.
-    pub fn escalated_bantime(&self, addr: &IpNet, history: &BanHistory) -> BanTime {
+    /// The ban length for `addr` now, given its earlier bans (with the
+    /// random extra of `bantime_rndtime`, if set).
+    pub fn escalated_bantime(&mut self, addr: &IpNet, history: &BanHistory) -> BanTime {
         match &self.policy.escalation {
-            Some(e) => e.bantime(
+            Some(e) => e.bantime_mixed(
                 self.policy.bantime,
                 history.prior(&self.name, addr, e.overall_jails),
+                &mut self.jitter,
             ),
             None => self.policy.bantime,
         }
@@ -834,6 +844,7 @@ pub(crate) mod tests {
             multipliers: vec![],
             maxtime: Some(Duration(200)),
             overall_jails: false,
+            rndtime: None,
         });
         let mut j = Jail::new(JailId(0), "fs", p);
         let mut h = BanHistory::default();

@@ -50,6 +50,11 @@ pub struct RemoteBan<'a> {
     pub origin: &'a str,
 }
 
+/// One jail's seed from the set's: distinct per jail.
+fn jail_seed(seed: u64, id: JailId) -> u64 {
+    seed ^ u64::from(id.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Most host names protected in every jail (the Redis server, sentinels,
 /// masters announced by name through failovers).
 pub const MAX_EVERYWHERE_NAMES: usize = 64;
@@ -79,6 +84,8 @@ pub struct JailSet {
     /// Bumped whenever what the set protects may have changed (see
     /// [`JailSet::protected`]).
     protection: u64,
+    /// Seed of the jails' `bantime_rndtime` extras (see [`JailSet::seed`]).
+    seed: u64,
 }
 
 impl JailSet {
@@ -91,6 +98,16 @@ impl JailSet {
         };
         set.configure(jails);
         set
+    }
+
+    /// Seeds the random extra `bantime_rndtime` adds to escalated bans
+    /// (the daemon hands in a random number at start; tests a fixed one).
+    /// Each jail draws from its own sequence.
+    pub fn seed(&mut self, seed: u64) {
+        self.seed = seed;
+        for j in self.slots.iter_mut().flatten() {
+            j.seed(jail_seed(seed, j.id()));
+        }
     }
 
     /// The policy of `spec` with the addresses this set protects on its own.
@@ -146,7 +163,11 @@ impl JailSet {
             let slot = &mut self.slots[usize::from(id.0)];
             match slot {
                 Some(j) => j.set_policy(p),
-                None => *slot = Some(Jail::new(id, &jc.name, p)),
+                None => {
+                    let mut j = Jail::new(id, &jc.name, p);
+                    j.seed(jail_seed(self.seed, id));
+                    *slot = Some(j);
+                }
             }
             keep[usize::from(id.0)] = true;
             self.specs.insert(id, jc.clone());
@@ -586,6 +607,48 @@ mod tests {
             assert!(p.ignore.contains("10.0.0.1".parse().unwrap()), "own");
             assert!(p.ignore.contains("198.51.100.1".parse().unwrap()), "peer");
         }
+    }
+
+    /// `bantime_rndtime`: the set seeds each jail's random extra; the same
+    /// seed gives the same escalated bans (tests and replays are exact), two
+    /// jails draw apart, and a reseed changes them.
+    #[test]
+    fn rndtime_extras_come_from_the_sets_seed() {
+        let with_rnd = |name: &str| {
+            let mut s = spec(name, 1);
+            s.policy.escalation = Some(crate::jail::Escalation {
+                factor: 1.0,
+                multipliers: vec![],
+                maxtime: None,
+                overall_jails: false,
+                rndtime: Some(Duration(3600)),
+            });
+            s
+        };
+        let run = |seed: u64, jail: &str| {
+            let mut set = JailSet::new(own(), &[with_rnd("a"), with_rnd("b")]);
+            set.seed(seed);
+            let mut ends = Vec::new();
+            for n in 0..20u8 {
+                let addr = format!("203.0.113.{n}");
+                set.load_history(vec![(jail.to_string(), net(&format!("{addr}/32")), 1)]);
+                let mut out = Vec::new();
+                set.handle(&[ev(&set, jail, &addr, 100)], Time(100_000), &mut out);
+                let [Decision::Ban(d)] = out.as_slice() else {
+                    panic!("{out:?}")
+                };
+                let BanTime::For(len) = d.bantime else {
+                    panic!("permanent")
+                };
+                // Second ban: 2 x 3600, plus less than 3600.
+                assert!((7200..10_800).contains(&len.0), "{len}");
+                ends.push(len.0);
+            }
+            ends
+        };
+        assert_eq!(run(42, "a"), run(42, "a"));
+        assert_ne!(run(42, "a"), run(43, "a"));
+        assert_ne!(run(42, "a"), run(42, "b"));
     }
 
     fn ips(v: &[&str]) -> Vec<IpAddr> {
