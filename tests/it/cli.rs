@@ -276,3 +276,21 @@ fn completions_and_man_page() {
         );
     }
 }
+
+/// The README's architecture picture is the imports the code makes today,
+/// and no module imports another that imports it back.
+#[test]
+fn readme_architecture_picture_matches_the_imports() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("python3")
+        .arg(format!("{root}/scripts/architecture.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 is needed to read the imports (Debian: python3)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
