@@ -195,7 +195,15 @@ fn spawn_sources(
                 (None, Some(text)) => JournalMatch::parse(text).map_err(|e| {
                     DaemonError::Setup(format!("jail {}: its filter's {e}", jc.name))
                 })?,
-                (None, None) => JournalMatch::default(),
+                // Every entry, and any local process writes entries:
+                // refused rather than read (a TOML jail's built-in filter
+                // got its units when the configuration was read).
+                (None, None) => {
+                    return Err(DaemonError::Setup(format!(
+                        "jail {}: reads the journal with no journalmatch (its filter sets none), so any local process could write an entry that reads as a failure; name the service's units: journalmatch = \"_SYSTEMD_UNIT=myservice.service\" in the TOML jail, or in the fail2ban filter's [Init] section",
+                        jc.name
+                    )));
+                }
             };
             let st = Arc::new(FollowStats::default());
             JournalSource {

@@ -23,7 +23,7 @@ use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::net::NetSet;
 use crate::source::config::{PathList, RawWire, esl_peers, journal_keys};
 use crate::source::esl::EslPeer;
-use crate::source::journal::JournalConfig;
+use crate::source::journal::{JournalConfig, JournalMatch};
 use crate::source::wire::WireConfig;
 
 mod error;
@@ -462,8 +462,23 @@ impl JailConfig {
             None => Vec::new(),
         };
         let wire = j.wire.as_ref().map(WireConfig::from_raw);
-        let journal = journal_keys(&j.backend, &j.journalmatch, &j.journal_dir)
+        let mut journal = journal_keys(&j.backend, &j.journalmatch, &j.journal_dir)
             .map_err(|(at, e)| Spanned::new(at.unwrap_or_else(|| span.clone()), e.into()))?;
+        // Without a journalmatch, a built-in filter reads its service's
+        // units only: the whole journal would let any local process write
+        // failures (SYSLOG_IDENTIFIER is the writer's to choose).
+        if let (Some(cfg), Some(f)) = (journal.as_mut(), &filter)
+            && cfg.matches.is_none()
+        {
+            cfg.matches = Some(JournalMatch::for_builtin(f).ok_or_else(|| {
+                Spanned::new(
+                    j.backend
+                        .as_ref()
+                        .map_or_else(|| span.clone(), Spanned::span),
+                    JailConfigError::JournalEveryEntry(name.clone()),
+                )
+            })?);
+        }
         if enabled && journal.is_some() && !filter_set {
             return Err(at_table(JailConfigError::JournalNoFilter(name)));
         }

@@ -435,3 +435,69 @@ fn a_reload_resumes_after_the_last_entry_read() {
         .expect("the third failure, after the reload, bans: counts were kept");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// Finding 1 (review of issue 19): a TOML journal jail with a built-in
+/// filter and no `journalmatch` reads only its service's unit. An entry
+/// any local process can write (`logger -t sshd`: SYSLOG_IDENTIFIER=sshd,
+/// from another unit) never counts, however it reads.
+#[test]
+fn a_forged_syslog_identifier_never_counts_in_a_builtin_journal_jail() {
+    if !need("journal") {
+        return;
+    }
+    let Some(samples) = sample_failures() else {
+        return;
+    };
+    let (host, pid, msg) = samples[0].clone();
+    let dir = TempDir::new("journal-forged");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let a = jdir.join("a.journal");
+    write_journal(
+        &a,
+        &sshd_entries(&host, &pid, "Server listening on 0.0.0.0 port 22.", 1),
+    );
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\nmaxretry = 2\n",
+            daemon_section(&dir),
+            jdir.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    d.wait_for("following from its end", WAIT)
+        .expect("the jail follows the journal");
+    // What `logger -t sshd` writes from a user's session.
+    let forged = "192.0.2.66";
+    let now = jiff::Timestamp::now().as_microsecond() as u64;
+    let logger: String = (0..3)
+        .map(|i| {
+            export_entry(
+                now + i,
+                &[
+                    &format!("_HOSTNAME={host}"),
+                    "_SYSTEMD_UNIT=session-3.scope",
+                    "_COMM=logger",
+                    "SYSLOG_IDENTIFIER=sshd",
+                    "_PID=4242",
+                    &format!("MESSAGE={}", with_addr(&msg, forged)),
+                ],
+            )
+        })
+        .collect();
+    write_journal(&a, &logger);
+    // Then sshd's own, from its unit: counted.
+    let real = "192.0.2.67";
+    write_journal(&a, &sshd_entries(&host, &pid, &with_addr(&msg, real), 2));
+    d.wait_for(&format!("[ssh] Ban {real}"), WAIT)
+        .expect("sshd's own entries (_SYSTEMD_UNIT=ssh.service) count");
+    assert!(
+        d.lines_with(forged).is_empty(),
+        "an entry of another unit is not read: {:?}",
+        d.lines_with(forged)
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
+}

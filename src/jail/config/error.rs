@@ -65,6 +65,12 @@ pub enum JailConfigError {
         "jail {0:?} reads the journal (backend = \"systemd\") but has no `filter` or `fail2ban_filter` to read it with"
     )]
     JournalNoFilter(String),
+    /// A journal jail whose filter names no service: it would read every
+    /// entry, including those any local process writes.
+    #[error(
+        "jail {0:?} would read every journal entry (its filter names no service), and any local process can write one that reads as a failure; write the units it reads, e.g. journalmatch = \"_SYSTEMD_UNIT=myservice.service\""
+    )]
+    JournalEveryEntry(String),
     /// An enabled jail with no source.
     #[error(
         "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}) or `backend = \"systemd\"` (the journal), `esl`, or `wire`",

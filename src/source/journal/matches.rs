@@ -142,6 +142,37 @@ impl JournalMatch {
     }
 }
 
+/// The services each built-in filter reads, by the unit journald records
+/// for them (`_SYSTEMD_UNIT`, set by journald from the writer's cgroup;
+/// `SYSLOG_IDENTIFIER` and `_COMM` are the writer's own to choose, so a
+/// match on them lets any local process write failures). `None`: no unit
+/// known for `filter`.
+pub fn builtin_units(filter: &str) -> Option<&'static [&'static str]> {
+    Some(match filter {
+        "sshd" => &["ssh.service", "sshd.service"],
+        // mod_fail2ban is a FreeSWITCH module: its lines come from FreeSWITCH.
+        "freeswitch" | "mod-fail2ban" => &["freeswitch.service"],
+        "asterisk" => &["asterisk.service"],
+        "kamailio" => &["kamailio.service"],
+        "opensips" => &["opensips.service"],
+        _ => return None,
+    })
+}
+
+impl JournalMatch {
+    /// The default `journalmatch` of built-in filter `filter`: its units,
+    /// ORed (see [`builtin_units`]).
+    pub fn for_builtin(filter: &str) -> Option<JournalMatch> {
+        let units = builtin_units(filter)?;
+        Some(JournalMatch {
+            groups: units
+                .iter()
+                .map(|u| vec![format!("_SYSTEMD_UNIT={u}")])
+                .collect(),
+        })
+    }
+}
+
 impl std::fmt::Display for JournalMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Quoted where a term holds a space or a quote, so that the text
@@ -216,6 +247,24 @@ mod tests {
         assert_eq!(JournalMatch::parse(&m.to_string()).unwrap(), m);
         let q = JournalMatch::parse(r#"MESSAGE="it's""#).unwrap();
         assert_eq!(JournalMatch::parse(&q.to_string()).unwrap(), q);
+    }
+
+    #[test]
+    fn every_builtin_journal_filter_reads_its_units_only() {
+        for f in crate::filter::BUILTIN_FILTERS {
+            let m = JournalMatch::for_builtin(f).expect(f);
+            assert!(!m.is_empty(), "{f}");
+            assert!(
+                m.groups
+                    .iter()
+                    .all(|g| g.len() == 1 && g[0].starts_with("_SYSTEMD_UNIT=")),
+                "{f}: {m}"
+            );
+        }
+        assert_eq!(
+            JournalMatch::for_builtin("sshd").unwrap().to_string(),
+            "_SYSTEMD_UNIT=ssh.service + _SYSTEMD_UNIT=sshd.service"
+        );
     }
 
     #[test]
