@@ -18,7 +18,8 @@ use crate::duration::{self, BanTime, Duration, DurationError, parse_bantime, par
 use crate::filter::f2b::ini::{Ini, IniError};
 use crate::jail::Escalation;
 use crate::jail::config::{DEFAULT_IGNOREIP, Defaults, JailConfig};
-use crate::net::{NetSet, parse_net};
+use crate::jail::ignore_file::IgnoreEntry;
+use crate::net::NetSet;
 
 /// Why a fail2ban configuration cannot be run as it is.
 #[derive(Debug, thiserror::Error)]
@@ -158,18 +159,20 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
         }
         let ignore_text = get("ignoreip").unwrap_or_default();
         let mut ignoreip = Vec::new();
+        let (mut ignore_files, mut ignore_names) = (Vec::new(), Vec::new());
         for a in ignore_text
             .split(|c: char| c.is_whitespace() || c == ',')
             .filter(|a| !a.is_empty())
         {
-            match parse_net(a) {
-                Ok(n) if n.prefix_len() == 0 => {
+            match IgnoreEntry::parse(a) {
+                Ok(IgnoreEntry::Net(n)) if n.prefix_len() == 0 => {
                     return Err(at("ignoreip", KeyReason::EveryAddress(n)).into());
                 }
-                Ok(n) => ignoreip.push(n),
-                Err(_) => tracing::warn!(
-                    "[{name}] ignoreip {a:?} is not an address or network (names are not resolved); skipped"
-                ),
+                Ok(IgnoreEntry::Net(n)) => ignoreip.push(n),
+                Ok(IgnoreEntry::File(p)) if !ignore_files.contains(&p) => ignore_files.push(p),
+                Ok(IgnoreEntry::Name(n)) if !ignore_names.contains(&n) => ignore_names.push(n),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("[{name}] {e}; skipped"),
             }
         }
         let escalation = get("bantime.increment")
@@ -221,6 +224,8 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
                     })
                 })
                 .clone(),
+            ignore_files,
+            ignore_names,
             ignoreself: get("ignoreself").is_none_or(|v| truthy(&v)),
             escalation,
             trusted_maxretry: maxretry.saturating_mul(3),
@@ -331,6 +336,12 @@ pub fn to_toml(c: &Config) -> String {
             .nets()
             .iter()
             .map(|n| format!("\"{n}\""))
+            .chain(
+                j.ignore_files
+                    .iter()
+                    .map(|p| toml::Value::String(format!("file:{}", p.display())).to_string()),
+            )
+            .chain(j.ignore_names.iter().map(|n| format!("\"{n}\"")))
             .collect();
         out.push_str(&format!("ignoreip = [{}]\n", ips.join(", ")));
         if !j.actions.is_empty() {
@@ -380,7 +391,7 @@ mod tests {
             "[DEFAULT]\nbantime = 3600\n\n\
              [sshd]\nenabled = true\nlogpath = /var/log/auth.log /var/log/secure\n\
              maxretry = 4\nfindtime = 900\n\
-             action = iptables-multiport[port=ssh]\n  mine[dest=\"ops@example.org\", note='a \"b\"']\nignoreip = 127.0.0.1/8 192.0.2.0/24\n\
+             action = iptables-multiport[port=ssh]\n  mine[dest=\"ops@example.org\", note='a \"b\"']\nignoreip = 127.0.0.1/8 192.0.2.0/24 file:/etc/fail2ban/ignore.txt pbx.example.org\n\
              bantime.increment = true\nbantime.factor = 1.5\nbantime.maxtime = 86400\nbantime.rndtime = 5m\n\n\
              [asterisk]\nenabled = true\nfilter = asterisk[mode=extra]\nlogpath = /var/log/asterisk/messages\n\n\
              [off]\nenabled = false\nlogpath = /var/log/off.log\n",
@@ -395,6 +406,8 @@ mod tests {
             sshd.actions[0].args.get("note").map(String::as_str),
             Some("a \"b\"")
         );
+        assert_eq!(sshd.ignore_files, [Path::new("/etc/fail2ban/ignore.txt")]);
+        assert_eq!(sshd.ignore_names, ["pbx.example.org"]);
         let esc = sshd.escalation.as_ref().unwrap();
         assert_eq!(esc.rndtime, Some(Duration(300)));
         let again = Config::parse(&to_toml(&imported), "imported.toml");

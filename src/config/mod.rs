@@ -451,7 +451,8 @@ bantime = -1
         assert!(e.contains("(in [defaults])"), "{e}");
         let e = error("[defaults]\nignoreip = [\"999.1.1.1\"]\n");
         assert!(
-            e.contains("test.toml:2:") && e.contains("not an IP address"),
+            e.contains("test.toml:2:")
+                && e.contains("\"999.1.1.1\" is not an address, a network, a host name"),
             "{e}"
         );
         let e = error("[jail.fs]\nfilter = \"freeswich\"\nlogpath = \"/x\"\n");

@@ -155,6 +155,8 @@ mod tests {
             policy: crate::jail::tests::policy(5, 600, BanTime::For(Duration(3600))),
             peers: Vec::new(),
             names: Vec::new(),
+            ignore_files: Vec::new(),
+            ignore_names: Vec::new(),
         };
         Fake {
             jails: JailSet::new(vec!["10.0.0.1/32".parse().unwrap()], &[spec]),

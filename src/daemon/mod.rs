@@ -18,6 +18,7 @@
 mod cluster;
 mod enforcer;
 mod feeds;
+mod ignore_files;
 mod lock;
 mod names;
 mod reload;
@@ -246,12 +247,15 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         feeds: Vec::new(),
         fast,
         resolver: names::Resolver::new(names_tx, names::system_lookup()),
+        ignore_files: ignore_files::IgnoreFiles::default(),
         actions: crate::action::ActionSet::new(),
     };
     rt.sync_actions(&enabled);
     for b in &restored {
         rt.actions.banned(b, true);
     }
+    // Before the first event is counted.
+    rt.read_ignore_files(true);
     rt.resolver.sync(rt.jails.names_in_use().keys());
     rt.sources.sync(&enabled, &rt.jails)?;
     let (cluster_tx, mut cluster_rx) = mpsc::channel::<crate::cluster::Inbound>(4096);
@@ -358,7 +362,11 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
             _ = sweep.tick() => rt.jails.sweep(Time::now()),
             _ = want_in_force.notified() => rt.store_in_force(),
             // Wakes the loop so a step is seen even when nothing happens.
-            _ = clock_tick.tick() => {}
+            _ = clock_tick.tick() => {
+                if rt.ignore_files.due(std::time::Instant::now()) {
+                    rt.read_ignore_files(false);
+                }
+            }
             // Pinged from the loop that does the work: a stuck loop misses it.
             _ = watchdog.tick() => crate::systemd::notify("WATCHDOG=1"),
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }

@@ -52,6 +52,7 @@ impl Runtime {
         let enabled: Vec<JailConfig> = cfg.enabled_jails().cloned().collect();
         let specs: Vec<JailSpec> = enabled.iter().map(JailSpec::from_config).collect();
         let lifted = self.jails.configure(&specs);
+        self.read_ignore_files(true);
         self.resolver.sync(self.jails.names_in_use().keys());
         self.sources.scanners = Arc::new(ScannerList::new(&cfg.scanners));
         self.config = cfg;

@@ -51,6 +51,8 @@ pub(super) struct Runtime {
     pub(super) fast: Option<FastPath>,
     /// Looks up the peers' host names.
     pub(super) resolver: super::names::Resolver,
+    /// The `ignoreip` files and what each looked like when last read.
+    pub(super) ignore_files: super::ignore_files::IgnoreFiles,
     /// The jails' fail2ban actions (mail, reports, scripts), run after the
     /// kernel accepted.
     pub(super) actions: crate::action::ActionSet,

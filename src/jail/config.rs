@@ -27,8 +27,11 @@ use crate::source::journal::{JournalConfig, JournalMatch};
 use crate::source::wire::WireConfig;
 
 mod error;
+mod ignore;
 
 pub use error::{JailConfigError, JailWarning};
+pub use ignore::IgnoreSpec;
+use ignore::{IgnoreKeys, ignore_set};
 
 /// Largest `invite_weight`. A weight of `maxretry` already bans at the
 /// first failed INVITE; more changes nothing, and 1000 leaves room for any
@@ -73,7 +76,7 @@ pub struct RawDefaults {
     maxretry: Option<Spanned<u32>>,
     findtime: Option<Spanned<Duration>>,
     bantime: Option<Spanned<BanTime>>,
-    ignoreip: Option<Vec<Spanned<NetSpec>>>,
+    ignoreip: Option<Vec<Spanned<IgnoreSpec>>>,
     ignoreself: Option<bool>,
     max_tracked: Option<Spanned<usize>>,
     bantime_increment: Option<bool>,
@@ -110,7 +113,7 @@ pub struct RawJail {
     maxretry: Option<Spanned<u32>>,
     findtime: Option<Spanned<Duration>>,
     bantime: Option<Spanned<BanTime>>,
-    ignoreip: Option<Vec<Spanned<NetSpec>>>,
+    ignoreip: Option<Vec<Spanned<IgnoreSpec>>>,
     ignoreself: Option<bool>,
     bantime_increment: Option<bool>,
     bantime_factor: Option<Spanned<f64>>,
@@ -150,6 +153,11 @@ pub struct JailConfig {
     /// Networks never counted: one structure shared by every jail that
     /// inherits `[defaults] ignoreip`, not a copy per jail.
     pub ignoreip: Arc<NetSet>,
+    /// `ignoreip` files (`file:/path`), read by the daemon at start, on
+    /// reload and when they change.
+    pub ignore_files: Vec<PathBuf>,
+    /// `ignoreip` host names: every address they resolve to.
+    pub ignore_names: Vec<String>,
     /// Never count the host's own addresses.
     pub ignoreself: bool,
     /// Cap on addresses with live failure state.
@@ -273,39 +281,13 @@ fn maxretry(m: &Option<Spanned<u32>>) -> Result<Option<u32>, Bad> {
     }
 }
 
-/// Reads an `ignoreip` list into one shared set: `/0` (or the mapped
-/// `::ffff:0:0/96`) is refused, prefixes wider than /8 (IPv4) or /16 (IPv6)
-/// are taken with a warning.
-fn ignore_set(
-    list: &[Spanned<NetSpec>],
-    warnings: &mut Vec<Spanned<JailWarning>>,
-) -> Result<Arc<NetSet>, Bad> {
-    for n in list {
-        let net = n.get_ref().0;
-        let wide = match net {
-            IpNet::V4(_) => WIDE_IGNORE_V4,
-            IpNet::V6(_) => WIDE_IGNORE_V6,
-        };
-        if net.prefix_len() == 0 {
-            return Err(Spanned::new(n.span(), JailConfigError::EveryAddress(net)));
-        }
-        if net.prefix_len() < wide {
-            warnings.push(Spanned::new(
-                n.span(),
-                JailWarning::WideIgnore { net, wide },
-            ));
-        }
-    }
-    Ok(Arc::new(list.iter().map(|n| n.get_ref().0).collect()))
-}
-
 /// `[defaults]`, resolved: what a jail inherits for the keys it leaves out.
 pub struct Defaults {
     maxretry: u32,
     max_tracked: usize,
     findtime: Duration,
     bantime: BanTime,
-    ignoreip: Arc<NetSet>,
+    ignoreip: IgnoreKeys,
     ignoreself: bool,
     esc: EscKeys,
 }
@@ -318,7 +300,11 @@ impl Defaults {
             max_tracked: 1_000_000,
             findtime: Duration(600),
             bantime: BanTime::For(Duration(3600)),
-            ignoreip: Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
+            ignoreip: IgnoreKeys {
+                nets: Arc::new(NetSet::new(DEFAULT_IGNOREIP)),
+                files: Vec::new(),
+                names: Vec::new(),
+            },
             ignoreself: true,
             esc: EscKeys::default(),
         }
@@ -383,7 +369,9 @@ impl JailConfig {
             maxretry: defaults.maxretry,
             findtime: defaults.findtime,
             bantime: defaults.bantime,
-            ignoreip: defaults.ignoreip.clone(),
+            ignoreip: defaults.ignoreip.nets.clone(),
+            ignore_files: defaults.ignoreip.files.clone(),
+            ignore_names: defaults.ignoreip.names.clone(),
             ignoreself: defaults.ignoreself,
             max_tracked: defaults.max_tracked,
             escalation: EscKeys::default().over(&defaults.esc),
@@ -519,6 +507,10 @@ impl JailConfig {
             j.bantime_rndtime,
         )?;
         let escalation = k.over(&defaults.esc);
+        let ignore = match &j.ignoreip {
+            Some(v) => ignore_set(v, warnings)?,
+            None => defaults.ignoreip.clone(),
+        };
         let mut actions = Vec::new();
         for a in j.actions.iter().flatten() {
             actions.push(
@@ -541,10 +533,9 @@ impl JailConfig {
             maxretry,
             findtime: positive(&j.findtime, "findtime", NO_FAILURE)?.unwrap_or(defaults.findtime),
             bantime: ban_length(&j.bantime)?.unwrap_or(defaults.bantime),
-            ignoreip: match &j.ignoreip {
-                Some(v) => ignore_set(v, warnings)?,
-                None => defaults.ignoreip.clone(),
-            },
+            ignoreip: ignore.nets,
+            ignore_files: ignore.files,
+            ignore_names: ignore.names,
             ignoreself: j.ignoreself.unwrap_or(defaults.ignoreself),
             max_tracked: defaults.max_tracked,
             escalation,

@@ -7,6 +7,7 @@
 pub mod config;
 mod escalation;
 mod ignore;
+pub mod ignore_file;
 mod memory;
 pub mod names;
 pub mod set;

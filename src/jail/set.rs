@@ -3,9 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+
+use super::ignore_file::IgnoreFile;
 
 use super::names::{Change, NameState, ResolvedNames};
 use super::spec::JailSpec;
@@ -13,6 +16,7 @@ use super::{BanDecision, BanHistory, BanReason, Decision, DisplayNet, Jail, Jail
 use crate::duration::MAX_BANTIME;
 use crate::event::{FailureEvent, JailId, Time};
 
+mod ignore;
 mod manual;
 
 pub use manual::JailSetError;
@@ -86,6 +90,8 @@ pub struct JailSet {
     protection: u64,
     /// Seed of the jails' `bantime_rndtime` extras (see [`JailSet::seed`]).
     seed: u64,
+    /// What each `ignoreip` file held when last read well.
+    files: HashMap<PathBuf, IgnoreFile>,
 }
 
 impl JailSet {
@@ -125,6 +131,13 @@ impl JailSet {
         p.ignore.extend(self.esl_addrs.iter().copied());
         for name in self.esl_names.iter().chain(&self.everywhere) {
             p.ignore.extend(self.resolved.addrs(name).iter().copied());
+        }
+        // This jail's own ignoreip names and files.
+        for name in self.ignore_names_of(spec) {
+            p.ignore.extend(self.resolved.addrs(name).iter().copied());
+        }
+        for f in spec.ignore_files.iter().filter_map(|f| self.files.get(f)) {
+            p.ignore.extend(f.nets.iter().copied());
         }
         p
     }
@@ -172,6 +185,9 @@ impl JailSet {
             keep[usize::from(id.0)] = true;
             self.specs.insert(id, jc.clone());
         }
+        // Files no running jail names any more are forgotten.
+        self.files
+            .retain(|f, _| jails.iter().any(|j| j.ignore_files.contains(f)));
         let mut out = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if !keep[i] {
@@ -384,11 +400,22 @@ impl JailSet {
     /// the link to it.
     pub fn names_in_use(&self) -> BTreeMap<String, Vec<String>> {
         let jails: Vec<String> = self.jails().map(|j| j.name().to_string()).collect();
-        self.esl_names
+        let mut out: BTreeMap<String, Vec<String>> = self
+            .esl_names
             .iter()
             .chain(&self.everywhere)
             .map(|n| (n.clone(), jails.clone()))
-            .collect()
+            .collect();
+        // ignoreip names protect in their own jail only.
+        for spec in self.specs.values() {
+            for name in self.ignore_names_of(spec) {
+                let used = out.entry(name.clone()).or_default();
+                if !used.contains(&spec.name) {
+                    used.push(spec.name.clone());
+                }
+            }
+        }
+        out
     }
 
     /// What is known about host name `name`.
@@ -559,6 +586,8 @@ mod tests {
             policy: super::super::tests::policy(maxretry, 600, BanTime::For(Duration(3600))),
             peers: Vec::new(),
             names: Vec::new(),
+            ignore_files: Vec::new(),
+            ignore_names: Vec::new(),
         }
     }
 
@@ -607,6 +636,49 @@ mod tests {
             assert!(p.ignore.contains("10.0.0.1".parse().unwrap()), "own");
             assert!(p.ignore.contains("198.51.100.1".parse().unwrap()), "peer");
         }
+    }
+
+    /// fail2ban 1.1's `ignoreip` host names (in the list or in a
+    /// `file:`): looked up by the peers' machinery (`names_in_use` lists
+    /// them with the jail that uses them), their addresses left alone in
+    /// that jail only, a failed refresh keeps the last answer; a file's
+    /// names and networks come and go with the file's reads.
+    #[test]
+    fn ignoreip_names_and_files_protect_in_their_own_jail() {
+        let mut a = spec("a", 5);
+        a.ignore_names = vec!["office.example.org".into()];
+        a.ignore_files = vec!["/etc/ignore.txt".into()];
+        let mut set = JailSet::new(own(), &[a, spec("b", 5)]);
+        let used = set.names_in_use();
+        assert_eq!(used.get("office.example.org"), Some(&vec!["a".to_string()]));
+        assert_eq!(set.ignore_files(), [PathBuf::from("/etc/ignore.txt")]);
+        set.set_resolved("office.example.org", Ok(ips(&["203.0.113.10"])), Time(1));
+        assert!(protects(&set, "a", "203.0.113.10"));
+        assert!(!protects(&set, "b", "203.0.113.10"), "only its own jail");
+        set.set_resolved("office.example.org", Err("timeout".into()), Time(2));
+        assert!(protects(&set, "a", "203.0.113.10"), "last answer kept");
+        let file = crate::jail::ignore_file::IgnoreFile {
+            nets: vec![net("198.51.100.0/24")],
+            names: vec!["branch.example.org".into()],
+        };
+        assert!(set.set_ignore_file(std::path::Path::new("/etc/ignore.txt"), Ok(file.clone())));
+        assert!(!set.set_ignore_file(std::path::Path::new("/etc/ignore.txt"), Ok(file)));
+        assert!(protects(&set, "a", "198.51.100.77"));
+        assert!(!protects(&set, "b", "198.51.100.77"));
+        assert!(set.names_in_use().contains_key("branch.example.org"));
+        set.set_resolved("branch.example.org", Ok(ips(&["203.0.113.5"])), Time(3));
+        assert!(protects(&set, "a", "203.0.113.5"));
+        // A failed read keeps the file's last good entries.
+        assert!(!set.set_ignore_file(std::path::Path::new("/etc/ignore.txt"), Err("gone".into())));
+        assert!(protects(&set, "a", "198.51.100.77"));
+        // Read again without the name: it is no longer in use.
+        let file = crate::jail::ignore_file::IgnoreFile {
+            nets: vec![net("198.51.100.0/24")],
+            names: vec![],
+        };
+        assert!(set.set_ignore_file(std::path::Path::new("/etc/ignore.txt"), Ok(file)));
+        assert!(!set.names_in_use().contains_key("branch.example.org"));
+        assert!(!protects(&set, "a", "203.0.113.5"));
     }
 
     /// `bantime_rndtime`: the set seeds each jail's random extra; the same

@@ -2,6 +2,8 @@
 //! the policy a [`Jail`](super::Jail) counts with, and the Event Socket peers
 //! every jail must leave alone.
 
+use std::path::PathBuf;
+
 use ipnet::IpNet;
 
 use super::config::JailConfig;
@@ -28,6 +30,13 @@ pub struct JailSpec {
     /// they resolve to is protected in every jail (see
     /// [`JailSet::set_resolved`](super::JailSet::set_resolved)).
     pub names: Vec<String>,
+    /// Its `ignoreip` files (`file:/path`): what the set was last handed
+    /// for each ([`JailSet::set_ignore_file`](super::JailSet::set_ignore_file))
+    /// is left alone in this jail.
+    pub ignore_files: Vec<PathBuf>,
+    /// Its `ignoreip` host names: every address they resolve to is left
+    /// alone in this jail.
+    pub ignore_names: Vec<String>,
 }
 
 impl JailSpec {
@@ -66,6 +75,8 @@ impl JailSpec {
             },
             peers: addrs,
             names,
+            ignore_files: jc.ignore_files.clone(),
+            ignore_names: jc.ignore_names.clone(),
         }
     }
 }
