@@ -73,6 +73,19 @@ pub enum KeyReason {
     EveryAddress(ipnet::IpNet),
 }
 
+/// Whether a `logpath` entry names a log file there now (a glob pattern:
+/// whether it matches one), for `backend = auto`. A pattern over the
+/// match cap counts as there: the jail stays on its files, and starting it
+/// says which pattern is too wide.
+fn log_file_there(p: &Path) -> bool {
+    use crate::source::file::glob;
+    if glob::is_pattern(p) {
+        glob::expand(p).map_or(true, |m| !m.is_empty())
+    } else {
+        p.exists()
+    }
+}
+
 fn truthy(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_lowercase().as_str(),
@@ -128,7 +141,7 @@ pub fn from_fail2ban(dir: &Path) -> Result<Config, ConfigError> {
         let journal = crate::source::config::fail2ban_journal(
             &get("backend").unwrap_or_else(|| "auto".into()),
             &logpath,
-            |p| p.exists(),
+            log_file_there,
         )
         .map_err(|e| at("backend", e.into()))?;
         let logpath = if journal.is_some() {

@@ -20,6 +20,7 @@ mod enforcer;
 mod feeds;
 mod ignore_files;
 mod lock;
+mod logfiles;
 mod names;
 mod reload;
 mod runtime;

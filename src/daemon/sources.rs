@@ -15,7 +15,7 @@ use crate::filter::{self, Filter, FilterOptions};
 use crate::jail::JailConfig;
 use crate::jail::JailSet;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
-use crate::source::file::{FileSource, FollowStats};
+use crate::source::file::FollowStats;
 use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
 use crate::source::scanner::ScannerList;
 use crate::source::{DateStats, Window};
@@ -59,7 +59,8 @@ pub(super) struct SourceGroup {
     stop: Arc<AtomicBool>,
     /// The jail's findtime, followed by running sources across reloads.
     window: Arc<Window>,
-    stats: Vec<(PathBuf, Arc<FollowStats>)>,
+    /// The jail's log files (its `logpath` expanded), if it has any.
+    files: Option<Arc<super::logfiles::LogFiles>>,
     journal: Option<(String, Arc<FollowStats>)>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
@@ -77,7 +78,8 @@ impl SourceGroup {
             last_skew_s: d.last_skew_s(),
             ..v
         };
-        let files = self.stats.iter().map(|(p, s)| {
+        let stats = self.files.as_ref().map(|f| f.stats()).unwrap_or_default();
+        let files = stats.iter().map(|(p, s)| {
             dates(
                 &s.dates,
                 SourceView {
@@ -140,6 +142,9 @@ impl SourceGroup {
         for h in &self.healths {
             self.tasks.forget(h);
         }
+        if let Some(f) = &self.files {
+            f.forget();
+        }
     }
 }
 
@@ -154,7 +159,7 @@ fn spawn_sources(
     let stop = Arc::new(AtomicBool::new(false));
     let mut healths = Vec::new();
     let window = Window::new(jc.findtime);
-    let mut stats = Vec::new();
+    let mut files = None;
     // A fail2ban filter's `journalmatch`, for a journal jail without its own.
     let mut filter_match = None;
     let chosen: Option<Arc<dyn Filter>> = match (&jc.filter, &jc.fail2ban_filter) {
@@ -232,35 +237,22 @@ fn spawn_sources(
             })?;
             journal = Some((cfg.label(), st));
         }
-        // One follower per file, however many paths reach it.
-        let (paths, same) = crate::source::file::distinct(&jc.logpath);
-        for s in &same {
-            tracing::warn!("[{}] {s}", jc.name);
-        }
-        for path in &paths {
-            let st = Arc::new(FollowStats::default());
-            FileSource {
-                path: path.clone(),
-                jail: id,
-                filter: filter.clone(),
-                tz: tz.clone(),
-                window: window.clone(),
-                from_start: jc.from_start,
-                tx: tx.clone(),
-                stop: stop.clone(),
-                scanners: scanners.clone(),
-                stats: st.clone(),
-            }
-            .spawn({
-                let h = tasks.register(&format!("[{}] follower {}", jc.name, path.display()));
-                healths.push(h.clone());
-                h
-            })
-            .map_err(|source| DaemonError::Io {
-                what: format!("starting the follower of {}", path.display()),
-                source,
-            })?;
-            stats.push((path.clone(), st));
+        if !jc.logpath.is_empty() {
+            files = Some(super::logfiles::LogFiles::start(
+                super::logfiles::Template {
+                    jail: id,
+                    name: jc.name.clone(),
+                    filter: filter.clone(),
+                    tz: tz.clone(),
+                    window: window.clone(),
+                    from_start: jc.from_start,
+                    tx: tx.clone(),
+                    stop: stop.clone(),
+                    scanners: scanners.clone(),
+                    tasks: tasks.clone(),
+                },
+                &jc.logpath,
+            )?);
         }
     }
     let mut esl = Vec::new();
@@ -319,7 +311,7 @@ fn spawn_sources(
         key: SourceKey::of(jc),
         stop,
         window,
-        stats,
+        files,
         journal,
         esl,
         wire,
@@ -377,8 +369,12 @@ impl Sources {
                 g.stop();
                 return false;
             }
-            // Kept running: a new findtime still reaches them.
+            // Kept running: a new findtime still reaches them, and a
+            // reload expands the logpath patterns again now.
             g.window.set(jc.findtime);
+            if let Some(f) = &g.files {
+                f.rescan();
+            }
             true
         });
         for jc in enabled {

@@ -230,9 +230,8 @@ pub fn journal_keys(
 /// A fail2ban jail's `backend` (`systemd[journalpath=DIR, journalfiles=F,
 /// journalflags=N]`, `auto`, `polling`, ...): `Some` when the jail reads
 /// the journal. `auto` reads it when none of the jail's log files exists
-/// (`exists` tells), as fail2ban 1.1 falls back to it; a path with glob
-/// characters counts as there (globs are not expanded: such a jail stays
-/// on its files rather than reading the whole journal).
+/// (`exists` tells, for a glob pattern: whether it matches a file now), as
+/// fail2ban 1.1 falls back to it.
 pub fn fail2ban_journal(
     backend: &str,
     logpath: &[PathBuf],
@@ -261,13 +260,7 @@ pub fn fail2ban_journal(
             }
             Ok(Some(cfg))
         }
-        "auto"
-            if !logpath
-                .iter()
-                .any(|p| exists(p) || p.to_string_lossy().contains(['*', '?', '['])) =>
-        {
-            Ok(Some(JournalConfig::system()))
-        }
+        "auto" if !logpath.iter().any(|p| exists(p)) => Ok(Some(JournalConfig::system())),
         "auto" | "polling" | "pyinotify" | "gamin" | "inotify" => Ok(None),
         _ => Err(JournalConfigError::Backend(backend.to_string())),
     }
@@ -355,8 +348,10 @@ mod journal_tests {
             Location::System
         );
         assert!(fail2ban_journal("auto", &[], all).unwrap().is_some());
+        // A glob that matches nothing: the journal, as fail2ban 1.1 does.
         let glob = [PathBuf::from("/var/log/apache*/*error.log")];
-        assert!(fail2ban_journal("auto", &glob, none).unwrap().is_none());
+        assert!(fail2ban_journal("auto", &glob, none).unwrap().is_some());
+        assert!(fail2ban_journal("auto", &glob, all).unwrap().is_none());
         assert!(fail2ban_journal("polling", &logs, none).unwrap().is_none());
         assert!(fail2ban_journal("systemd[journalflags=x]", &[], all).is_err());
         assert!(fail2ban_journal("journald", &logs, all).is_err());

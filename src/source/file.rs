@@ -44,6 +44,7 @@ use crate::source::{Window, rare};
 
 mod events;
 mod generation;
+pub mod glob;
 mod lines;
 mod same;
 mod stats;

@@ -16,6 +16,7 @@ mod faults;
 mod feeds;
 mod fleet;
 mod follow;
+mod glob;
 mod http;
 mod journal;
 mod kamailio;

@@ -192,7 +192,7 @@ fn pseudo_fs(f_type: u64) -> Option<&'static str> {
 }
 
 /// The file system of `path` (following links), when it is a pseudo one.
-fn pseudo_at(path: &Path) -> Option<&'static str> {
+pub(super) fn pseudo_at(path: &Path) -> Option<&'static str> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: zeroed memory is a valid `statfs` (plain integers).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

@@ -1,0 +1,247 @@
+//! A jail's log files: its `logpath` expanded (glob patterns matched as
+//! fail2ban matches them, `source/file/glob.rs`), one follower per file,
+//! and, when the list has patterns, a thread that expands them again every
+//! [`RESCAN`] so that a file appearing later (a new `*error.log`) is
+//! followed without a reload.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use tokio::sync::mpsc;
+
+use super::DaemonError;
+use crate::event::{FailureEvent, JailId};
+use crate::filter::Filter;
+use crate::source::Window;
+use crate::source::file::{FileSource, FollowStats, distinct, glob};
+use crate::source::scanner::ScannerList;
+use crate::supervise::{Health, Tasks};
+
+/// How often a jail's patterns are expanded again.
+pub(super) const RESCAN: Duration = Duration::from_secs(5);
+
+/// What each follower of the jail shares.
+pub(super) struct Template {
+    pub(super) jail: JailId,
+    pub(super) name: String,
+    pub(super) filter: Arc<dyn Filter>,
+    pub(super) tz: TimeZone,
+    pub(super) window: Arc<Window>,
+    pub(super) from_start: bool,
+    pub(super) tx: mpsc::Sender<Vec<FailureEvent>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) scanners: Arc<ScannerList>,
+    pub(super) tasks: Tasks,
+}
+
+#[derive(Default)]
+struct Followed {
+    stats: Vec<(PathBuf, Arc<FollowStats>)>,
+    healths: Vec<Arc<Health>>,
+    /// Device and inode of each file the last expansion matched: a file
+    /// found again under another name (rotated to `messages.1`) was read
+    /// already and is followed from its end; any other new match is new
+    /// since then and read from its start.
+    seen: HashSet<(u64, u64)>,
+    /// What a rescan logged already, so it says each thing once.
+    told: HashSet<String>,
+}
+
+/// The files a jail follows.
+pub(super) struct LogFiles {
+    tpl: Template,
+    /// The `logpath` entries with glob characters.
+    patterns: Vec<PathBuf>,
+    state: Mutex<Followed>,
+}
+
+fn lock(m: &Mutex<Followed>) -> MutexGuard<'_, Followed> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ident(p: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl LogFiles {
+    /// Expands `logpath` and follows every file (a literal path whether
+    /// or not it exists yet); a pattern over the match cap is an error
+    /// naming it.
+    pub(super) fn start(tpl: Template, logpath: &[PathBuf]) -> Result<Arc<LogFiles>, DaemonError> {
+        let found = glob::expand_list(logpath)
+            .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", tpl.name)))?;
+        for p in found.empty() {
+            tracing::warn!(
+                "[{}] logpath pattern {} matches no file yet; it is expanded again every {} s and a file that appears is followed",
+                tpl.name,
+                p.display(),
+                RESCAN.as_secs()
+            );
+        }
+        for (p, m) in &found.patterns {
+            if !m.is_empty() {
+                tracing::info!(
+                    "[{}] logpath pattern {} matches {} file(s)",
+                    tpl.name,
+                    p.display(),
+                    m.len()
+                );
+            }
+        }
+        let patterns: Vec<PathBuf> = logpath
+            .iter()
+            .filter(|p| glob::is_pattern(p))
+            .cloned()
+            .collect();
+        let files = Arc::new(LogFiles {
+            tpl,
+            patterns,
+            state: Mutex::new(Followed::default()),
+        });
+        // One follower per file, however many paths reach it.
+        let (paths, same) = distinct(&found.paths);
+        for s in &same {
+            tracing::warn!("[{}] {s}", files.tpl.name);
+        }
+        {
+            let mut st = lock(&files.state);
+            st.seen = found.paths.iter().filter_map(|p| ident(p)).collect();
+            for p in &paths {
+                files.follow(&mut st, p, files.tpl.from_start)?;
+            }
+        }
+        if !files.patterns.is_empty() {
+            let again = files.clone();
+            std::thread::Builder::new()
+                .name("logpath glob".into())
+                .spawn(move || again.rescan_loop())
+                .map_err(|source| DaemonError::Io {
+                    what: format!("starting the logpath rescan of jail {}", files.tpl.name),
+                    source,
+                })?;
+        }
+        Ok(files)
+    }
+
+    fn follow(&self, st: &mut Followed, path: &Path, from_start: bool) -> Result<(), DaemonError> {
+        let t = &self.tpl;
+        let stats = Arc::new(FollowStats::default());
+        let health = t
+            .tasks
+            .register(&format!("[{}] follower {}", t.name, path.display()));
+        st.healths.push(health.clone());
+        FileSource {
+            path: path.to_path_buf(),
+            jail: t.jail,
+            filter: t.filter.clone(),
+            tz: t.tz.clone(),
+            window: t.window.clone(),
+            from_start,
+            tx: t.tx.clone(),
+            stop: t.stop.clone(),
+            scanners: t.scanners.clone(),
+            stats: stats.clone(),
+        }
+        .spawn(health)
+        .map_err(|source| DaemonError::Io {
+            what: format!("starting the follower of {}", path.display()),
+            source,
+        })?;
+        st.stats.push((path.to_path_buf(), stats));
+        Ok(())
+    }
+
+    fn rescan_loop(&self) {
+        let step = Duration::from_millis(250);
+        loop {
+            for _ in 0..(RESCAN.as_millis() / step.as_millis()) {
+                if self.tpl.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(step);
+            }
+            if self.tpl.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            self.rescan();
+        }
+    }
+
+    /// Expands the patterns again and follows the files that are new.
+    pub(super) fn rescan(&self) {
+        let name = &self.tpl.name;
+        let mut matched = Vec::new();
+        let mut st = lock(&self.state);
+        for p in &self.patterns {
+            match glob::expand(p) {
+                Ok(m) => matched.extend(m),
+                Err(e) => {
+                    let msg = format!("[{name}] {e}; its new files are not followed");
+                    if st.told.insert(msg.clone()) {
+                        tracing::error!("{msg}");
+                    }
+                }
+            }
+        }
+        // What is followed first, so `distinct` keeps it and drops a new
+        // name of a file already followed (a link, a second pattern).
+        let mut all: Vec<PathBuf> = st.stats.iter().map(|(p, _)| p.clone()).collect();
+        let known = all.len();
+        all.extend(
+            matched
+                .iter()
+                .filter(|m| !st.stats.iter().any(|(p, _)| p == *m))
+                .cloned(),
+        );
+        if all.len() == known {
+            st.seen = matched.iter().filter_map(|p| ident(p)).collect();
+            return;
+        }
+        let (paths, _) = distinct(&all);
+        let new: Vec<PathBuf> = paths
+            .into_iter()
+            .filter(|p| !st.stats.iter().any(|(f, _)| f == p))
+            .collect();
+        for p in &new {
+            if st.stats.len() >= glob::MAX_MATCHES {
+                let msg = format!(
+                    "[{name}] follows {} files already; {} is not followed (restart to start over)",
+                    glob::MAX_MATCHES,
+                    p.display()
+                );
+                if st.told.insert(msg.clone()) {
+                    tracing::error!("{msg}");
+                }
+                continue;
+            }
+            let from_start = self.tpl.from_start || !ident(p).is_some_and(|i| st.seen.contains(&i));
+            tracing::info!(
+                "[{name}] logpath: new file {} matches a pattern; following it{}",
+                p.display(),
+                if from_start { " from its start" } else { "" }
+            );
+            if let Err(e) = self.follow(&mut st, p, from_start) {
+                tracing::error!("[{name}] {e}");
+            }
+        }
+        st.seen = matched.iter().filter_map(|p| ident(p)).collect();
+    }
+
+    /// Each followed path with its counters.
+    pub(super) fn stats(&self) -> Vec<(PathBuf, Arc<FollowStats>)> {
+        lock(&self.state).stats.clone()
+    }
+
+    /// Takes the followers out of the task list (they stop with the
+    /// jail's stop flag).
+    pub(super) fn forget(&self) {
+        for h in &lock(&self.state).healths {
+            self.tpl.tasks.forget(h);
+        }
+    }
+}

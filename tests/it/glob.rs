@@ -1,0 +1,80 @@
+//! `logpath` glob patterns (issue 19): a jail with `DIR/*.log` follows every
+//! matching file, and a file that matches later is followed without a
+//! reload.
+
+use std::time::Duration;
+
+use crate::common::{Daemon, TempDir, append, daemon_section};
+
+fn failure(ip: &str) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
+    format!(
+        "{now} 12.50% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1000@pbx] from ip {ip}\n"
+    )
+}
+
+/// On main the pattern was followed as a literal path that never exists:
+/// nothing was read and nothing banned.
+#[test]
+fn a_logpath_glob_follows_every_match_and_files_that_appear_later() {
+    let dir = TempDir::new("glob");
+    let logs = dir.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (a, b, later) = (logs.join("a.log"), logs.join("b.log"), logs.join("c.log"));
+    std::fs::write(&a, "").unwrap();
+    std::fs::write(&b, "").unwrap();
+    // Neither a hidden file nor another suffix matches.
+    std::fs::write(logs.join(".hidden.log"), "").unwrap();
+    std::fs::write(logs.join("a.log.1"), "").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 2\nfindtime = \"10m\"\nbantime = \"1h\"\nignoreself = false\n\
+             [firewall]\nbackend = \"none\"\n\
+             [jail.fs]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}/*.log\"\n",
+            daemon_section(&dir),
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    for f in [&a, &b] {
+        assert!(
+            d.wait_for(
+                &format!("{}: following", f.display()),
+                Duration::from_secs(20)
+            )
+            .is_some(),
+            "{} not followed",
+            f.display()
+        );
+    }
+    assert!(d.lines_with(".hidden.log").is_empty());
+    assert!(d.lines_with("a.log.1").is_empty());
+    // One failure in each file: two failures, a ban.
+    append(&a, &failure("203.0.113.7"));
+    append(&b, &failure("203.0.113.7"));
+    assert!(
+        d.wait_for("[fs] Ban 203.0.113.7", Duration::from_secs(10))
+            .is_some(),
+        "no ban from the two matched files"
+    );
+    // A file created after the start: found by the next expansion (every
+    // 5 s) and read from its start.
+    std::fs::write(&later, failure("203.0.113.8") + &failure("203.0.113.8")).unwrap();
+    assert!(
+        d.wait_for(
+            &format!("new file {} matches a pattern", later.display()),
+            Duration::from_secs(20)
+        )
+        .is_some(),
+        "the file created later was not followed"
+    );
+    assert!(
+        d.wait_for("[fs] Ban 203.0.113.8", Duration::from_secs(10))
+            .is_some(),
+        "no ban from the file created later"
+    );
+    d.stop();
+}
