@@ -18,6 +18,7 @@ mod fleet;
 mod follow;
 mod glob;
 mod http;
+mod ignore_files;
 mod journal;
 mod kamailio;
 mod kernel_truth;
