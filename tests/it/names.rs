@@ -457,3 +457,54 @@ fn an_esl_peer_is_protected_in_every_jail() {
     }
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// fail2ban 1.1's host names in `ignoreip`, in the list and in a
+/// `file:/path`: looked up by the peers' resolver (here from the test's own
+/// hosts file), their addresses never counted in that jail.
+#[test]
+fn ignoreip_host_names_are_resolved_and_left_alone() {
+    if !need("netns") {
+        return;
+    }
+    let dir = TempDir::new("ignname");
+    let log = dir.path("freeswitch.log");
+    let list = dir.path("ignore.txt");
+    std::fs::write(&log, "").unwrap();
+    std::fs::write(&list, "branch.example.test # the branch office\n").unwrap();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 1\nignoreself = false\n[firewall]\nbackend = \"none\"\n\
+             [jail.freeswitch]\nfilter = \"freeswitch\"\nlogtimezone = \"UTC\"\nlogpath = \"{}\"\n\
+             ignoreip = [\"127.0.0.1\", \"office.example.test\", \"file:{}\"]\n",
+            daemon_section(&dir),
+            log.display(),
+            list.display()
+        ),
+    )
+    .unwrap();
+    let d = start_resolving(
+        &dir,
+        &cfg,
+        &Resolution {
+            hosts: "127.0.0.1 localhost\n203.0.113.1 office.example.test\n203.0.113.2 branch.example.test\n".into(),
+            sources: "files",
+            resolv: "nameserver 127.0.0.1\n".into(),
+        },
+    );
+    let wait = |what: &str| d.wait_for(what, Duration::from_secs(10));
+    assert!(wait(&format!("{}: following", log.display())).is_some());
+    assert!(wait("office.example.test resolves to 203.0.113.1").is_some());
+    assert!(wait("branch.example.test resolves to 203.0.113.2").is_some());
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
+    let text: String = ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+        .iter()
+        .map(|ip| format!("{now} 12.50% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1000@pbx] from ip {ip}\n"))
+        .collect();
+    crate::common::append(&log, &text);
+    assert!(wait("[freeswitch] Ban 203.0.113.3").is_some());
+    assert!(d.lines_with("Ban 203.0.113.1").is_empty());
+    assert!(d.lines_with("Ban 203.0.113.2").is_empty());
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
