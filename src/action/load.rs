@@ -120,6 +120,9 @@ pub struct Action {
     pub timeout: std::time::Duration,
     /// Where it was read from, for logs.
     pub file: PathBuf,
+    /// A hash of what its files hold: a reload restarts an action whose
+    /// files changed even when the jail names it the same way.
+    pub fingerprint: u64,
 }
 
 /// The ban's own values, substituted once and never recursively.
@@ -239,6 +242,18 @@ impl Action {
             return Err(ActionError::Missing(r.base.display().to_string()));
         }
         let ini = Ini::load(&r.base)?;
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for (name, sec) in &ini.sections {
+                name.hash(&mut h);
+                for (k, (v, _)) in sec {
+                    k.hash(&mut h);
+                    v.hash(&mut h);
+                }
+            }
+            h.finish()
+        };
         let mut a = Action {
             name: r.args.get("actname").cloned().unwrap_or(r.name.clone()),
             jail: jail.to_string(),
@@ -248,6 +263,7 @@ impl Action {
             norestored: false,
             timeout: DEFAULT_TIMEOUT,
             file: with("conf"),
+            fingerprint,
         };
         a.norestored = a.option("norestored", false).is_some_and(|v| truthy(&v));
         if let Some(t) = a.option("timeout", false) {

@@ -5,14 +5,17 @@
 //!
 //! A jail's commands run in order on one lane (start, bans, unbans, stop),
 //! as fail2ban runs a jail's actions on one thread; jails spread over
-//! [`WORKERS`] lanes. Submitting never blocks: a full lane drops the job,
-//! counted and logged, and the kernel ban it follows is already in force.
+//! [`WORKERS`] lanes. Submitting never blocks: a full lane sheds bans,
+//! counted and logged (the kernel ban each follows is already in force),
+//! but never an unban, flush, start or stop: a remote block whose unban
+//! were dropped would stay forever.
 
+use std::collections::VecDeque;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +29,9 @@ pub const WORKERS: usize = 4;
 pub const QUEUE: usize = 256;
 /// Output kept from a command, for the log line when it fails.
 const KEEP_OUTPUT: usize = 4096;
+/// How long processes a command left behind may keep its output open
+/// after `sh` exited, before its process group is killed.
+const LINGER: Duration = Duration::from_millis(200);
 
 /// Counters for status and metrics.
 #[derive(Debug, Default)]
@@ -36,7 +42,7 @@ pub struct ActionStats {
     pub failed: AtomicU64,
     /// Commands killed at their timeout (counted in `failed` too).
     pub timed_out: AtomicU64,
-    /// Jobs dropped: their jail's lane was full.
+    /// Ban jobs dropped: their jail's lane was full.
     pub dropped: AtomicU64,
 }
 
@@ -120,10 +126,53 @@ pub enum Outcome {
     NoStart(String),
 }
 
+/// One lane's queue: jobs in order, and whether it takes no more.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+/// One lane: its queue and the worker's wake-up.
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lane")
+    }
+}
+
+impl Lane {
+    fn close(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.closed = true;
+        }
+        self.ready.notify_all();
+    }
+
+    /// The next job, waiting for one; `None` once closed and empty.
+    fn next(&self) -> Option<Job> {
+        let mut q = self.queue.lock().ok()?;
+        loop {
+            if let Some(j) = q.jobs.pop_front() {
+                return Some(j);
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.ready.wait(q).ok()?;
+        }
+    }
+}
+
 /// The pool.
 #[derive(Debug)]
 pub struct Runner {
-    lanes: Vec<SyncSender<Job>>,
+    lanes: Vec<Arc<Lane>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stats: Arc<ActionStats>,
 }
@@ -134,14 +183,14 @@ impl Runner {
         let mut lanes = Vec::new();
         let mut threads = Vec::new();
         for i in 0..WORKERS {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
-            let stats = stats.clone();
+            let lane = Arc::new(Lane::default());
+            let (mine, stats) = (lane.clone(), stats.clone());
             match std::thread::Builder::new()
                 .name(format!("action-{i}"))
-                .spawn(move || work(&rx, &stats))
+                .spawn(move || work(&mine, &stats))
             {
                 Ok(h) => {
-                    lanes.push(tx);
+                    lanes.push(lane);
                     threads.push(h);
                 }
                 Err(e) => tracing::error!("cannot start an action thread: {e}"),
@@ -154,34 +203,53 @@ impl Runner {
         }
     }
 
-    /// Queues a job on `lane` (a jail's), never waiting.
+    /// Queues a job on `lane` (a jail's), never waiting. On a full lane a
+    /// ban is dropped: the new one, or for any other job the oldest queued
+    /// (only a lane full of unbans and stops grows past [`QUEUE`], by at
+    /// most one per ban that ran).
     pub fn submit(&self, lane: usize, job: Job) {
-        let Some(tx) = self.lanes.get(lane % self.lanes.len().max(1)) else {
+        let Some(l) = self.lanes.get(lane % self.lanes.len().max(1)) else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        match tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => {
-                let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if crate::source::rare(n, 1) {
-                    tracing::warn!(
-                        "[{}] action {} {} for {} dropped: {QUEUE} commands already wait ({n} dropped so far)",
-                        j.jail,
-                        j.action,
-                        j.phase.key(),
-                        j.addr
-                    );
-                }
+        let dropped = {
+            let Ok(mut q) = l.queue.lock() else {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            if q.jobs.len() < QUEUE {
+                q.jobs.push_back(job);
+                None
+            } else if job.phase == Phase::Ban {
+                Some(job)
+            } else {
+                let oldest_ban = q.jobs.iter().position(|j| j.phase == Phase::Ban);
+                q.jobs.push_back(job);
+                oldest_ban.and_then(|i| q.jobs.remove(i))
+            }
+        };
+        l.ready.notify_one();
+        if let Some(j) = dropped {
+            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if crate::source::rare(n, 1) {
+                tracing::warn!(
+                    "[{}] action {} {} for {} dropped: {QUEUE} commands already wait ({n} dropped so far)",
+                    j.jail,
+                    j.action,
+                    j.phase.key(),
+                    j.addr
+                );
             }
         }
     }
 
     /// Stops: what is queued still runs, waited for until `deadline` at
     /// most (commands still running then are left to finish on their own).
-    pub fn finish(self, deadline: Instant) {
-        drop(self.lanes);
-        for h in self.threads {
+    pub fn finish(mut self, deadline: Instant) {
+        for l in &self.lanes {
+            l.close();
+        }
+        for h in std::mem::take(&mut self.threads) {
             while !h.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -195,8 +263,17 @@ impl Runner {
     }
 }
 
-fn work(rx: &Receiver<Job>, stats: &ActionStats) {
-    while let Ok(job) = rx.recv() {
+impl Drop for Runner {
+    /// The threads end once their queues are empty.
+    fn drop(&mut self) {
+        for l in &self.lanes {
+            l.close();
+        }
+    }
+}
+
+fn work(lane: &Lane, stats: &ActionStats) {
+    while let Some(job) = lane.next() {
         let Job {
             jail,
             action,
@@ -292,13 +369,24 @@ fn run_job(job: &Label<'_>, steps: &Steps, stats: &ActionStats) {
 
 /// Runs `sh -c TEXT` with the command's variables added to the daemon's
 /// environment, stdin from /dev/null, in a process group of its own that
-/// is killed whole at `timeout`.
+/// is killed whole at `timeout`, or [`LINGER`] after `sh` exited when
+/// processes it left behind still hold its output. Its output is read on
+/// this thread, under the same deadline.
 pub fn run(c: &Command, timeout: Duration) -> Outcome {
     use std::os::unix::process::CommandExt;
     let (mut reader, writer) = match std::io::pipe() {
         Ok(p) => p,
         Err(e) => return Outcome::NoStart(e.to_string()),
     };
+    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    let nonblocking = unsafe {
+        let fd = reader.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !nonblocking {
+        return Outcome::NoStart(std::io::Error::last_os_error().to_string());
+    }
     let stdout = match writer.try_clone() {
         Ok(w) => w,
         Err(e) => return Outcome::NoStart(e.to_string()),
@@ -323,52 +411,114 @@ pub fn run(c: &Command, timeout: Duration) -> Outcome {
         Ok(c) => c,
         Err(e) => return Outcome::NoStart(e.to_string()),
     };
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let keep = out.clone();
-    let reading = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
+    let pid = child.id() as libc::pid_t;
+    // `sh` is not reaped until the end, so the group's id stays its own.
+    let kill_group = || {
+        // SAFETY: kill has no memory preconditions; the group is the
+        // child's own (process_group(0)) and the child is not yet reaped.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut open = true;
+    let mut exited: Option<Instant> = None;
+    loop {
+        if open {
+            open = drain(&mut reader, &mut out);
+        }
+        if exited.is_none() {
+            match sh_exited(pid) {
+                Ok(true) => exited = Some(Instant::now()),
+                Ok(false) => {}
+                Err(e) => {
+                    kill_group();
+                    let _ = child.wait();
+                    return Outcome::Failed("cannot wait for it".into(), e.to_string());
+                }
+            }
+        }
+        let now = Instant::now();
+        match exited {
+            Some(_) if !open => break,
+            Some(at) if now >= at + LINGER => {
+                // Left behind holding the output: not ours to keep.
+                kill_group();
                 break;
             }
-            if let Ok(mut o) = keep.lock() {
-                let room = KEEP_OUTPUT.saturating_sub(o.len());
-                o.extend_from_slice(&buf[..n.min(room)]);
+            Some(_) => {}
+            None if now >= deadline => {
+                kill_group();
+                let _ = child.wait();
+                return Outcome::TimedOut;
             }
+            None => {}
         }
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if start.elapsed() >= timeout => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Outcome::Failed("cannot wait for it".into(), e.to_string()),
+        if open {
+            let mut p = libc::pollfd {
+                fd: reader.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the call's length.
+            unsafe {
+                libc::poll(&mut p, 1, 10);
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
         }
-    };
-    let Some(status) = status else {
-        let pgid = child.id() as libc::pid_t;
-        // SAFETY: kill has no memory preconditions; the group is the
-        // child's own (process_group(0)), not yet reaped, so its id is ours.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-        let _ = child.wait();
-        return Outcome::TimedOut;
-    };
-    // Output of processes the command left behind is not waited for.
-    let until = Instant::now() + Duration::from_millis(200);
-    while !reading.is_finished() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
     }
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed("cannot wait for it".into(), e.to_string()),
+    };
     if status.success() {
         return Outcome::Ok;
     }
-    let text = out
-        .lock()
-        .map(|o| String::from_utf8_lossy(&o).into_owned())
-        .unwrap_or_default();
-    Outcome::Failed(status.to_string(), text)
+    Outcome::Failed(
+        status.to_string(),
+        String::from_utf8_lossy(&out).into_owned(),
+    )
+}
+
+/// Reads what is there (keeping up to [`KEEP_OUTPUT`]); false at the end
+/// of the output.
+fn drain(reader: &mut std::io::PipeReader, out: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                let room = KEEP_OUTPUT.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Whether `sh` exited, without reaping it (its id stays reserved).
+fn sh_exited(pid: libc::pid_t) -> std::io::Result<bool> {
+    // SAFETY: all zeroes is a valid siginfo_t (plain integers).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`, which outlives the call;
+    // WNOWAIT leaves the child to be reaped by `Child::wait`.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` (or left it zeroed: not exited).
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 #[cfg(test)]
@@ -481,5 +631,90 @@ mod tests {
         let v = stats.view();
         assert_eq!(v.run + v.dropped, QUEUE as u64 + 11, "{v:?}");
         assert_eq!(v.failed, 0);
+    }
+    /// A process the command leaves behind holding its output is killed
+    /// with the group, soon after `sh` exits, and the run returns.
+    #[test]
+    fn a_process_left_holding_the_output_is_killed() {
+        let dir = std::env::temp_dir().join(format!("sipwarden-runner-bg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        let c = cmd(&format!("sleep 30 & echo $! > {}", pidfile.display()), &[]);
+        let o = run(&c, Duration::from_secs(20));
+        assert_eq!(o, Outcome::Ok);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut gone = false;
+        for _ in 0..300 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !gone {
+            // SAFETY: kill has no memory preconditions; only the test's
+            // own leftover sleep is signalled.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        assert!(
+            gone,
+            "the background process {pid} holding the output survived"
+        );
+    }
+
+    /// A full lane sheds bans, never an unban, flush or stop.
+    #[test]
+    fn a_full_lane_keeps_unbans() {
+        let dir =
+            std::env::temp_dir().join(format!("sipwarden-runner-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let stats = Arc::new(ActionStats::default());
+        let r = Runner::new(stats.clone());
+        let job = |phase: Phase, text: &str| {
+            let command = cmd(text, &[]);
+            Job {
+                jail: "j".into(),
+                action: "a".into(),
+                addr: "192.0.2.1".into(),
+                phase,
+                timeout: Duration::from_secs(5),
+                build: Box::new(move || {
+                    Some(Steps {
+                        check: None,
+                        repair: None,
+                        main: Step { phase, command },
+                    })
+                }),
+            }
+        };
+        r.submit(0, job(Phase::Ban, "sleep 1"));
+        for _ in 0..QUEUE + 10 {
+            r.submit(0, job(Phase::Ban, "true"));
+        }
+        for (p, name) in [
+            (Phase::Unban, "unban"),
+            (Phase::Flush, "flush"),
+            (Phase::Stop, "stop"),
+        ] {
+            r.submit(0, job(p, &format!("touch {}/{name}", dir.display())));
+        }
+        r.finish(Instant::now() + Duration::from_secs(20));
+        let kept: Vec<bool> = ["unban", "flush", "stop"]
+            .iter()
+            .map(|n| dir.join(n).exists())
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(kept, [true, true, true]);
+        assert!(stats.view().dropped >= 10);
     }
 }

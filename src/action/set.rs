@@ -6,7 +6,7 @@
 //! decision; building a command is string work, running it is the
 //! [`Runner`]'s threads'.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,8 +46,34 @@ struct JailActions {
 #[derive(Debug, Default)]
 struct Seen {
     last: Time,
+    /// Its key in [`ActionSet::by_age`].
+    age: (i64, u64),
     user: Option<String>,
     lines: VecDeque<String>,
+}
+
+/// What a ban that ran `actionban` tells its `actionunban`.
+#[derive(Clone, Copy, Debug)]
+struct Ran {
+    failures: u32,
+    time: Time,
+    bantime: i64,
+    /// Restored at start: `norestored` actions did not ban it.
+    restored: bool,
+}
+
+impl Ran {
+    fn ticket(&self, addr: IpNet) -> Ticket {
+        Ticket {
+            addr,
+            failures: self.failures,
+            time: self.time,
+            bantime: self.bantime,
+            restored: self.restored,
+            user: None,
+            matches: Vec::new(),
+        }
+    }
 }
 
 /// The running jails' actions.
@@ -55,12 +81,18 @@ struct Seen {
 pub struct ActionSet {
     jails: HashMap<JailId, JailActions>,
     seen: HashMap<(JailId, IpAddr), Seen>,
-    /// Bans that ran `actionban`, with what their unban's ticket tells
-    /// (failures, start, length).
-    ran: HashMap<(JailId, IpNet), (u32, Time, i64)>,
+    /// `seen`'s keys by their last failure (then arrival), oldest first:
+    /// making room for a new address looks at one entry, never the table.
+    by_age: BTreeMap<(i64, u64), (JailId, IpAddr)>,
+    /// Arrivals so far, for `by_age`'s keys (0 is never one).
+    arrivals: u64,
+    /// Bans that ran `actionban`, with what their unban's ticket tells.
+    ran: HashMap<(JailId, IpNet), Ran>,
     runner: Option<Runner>,
     stats: Arc<ActionStats>,
     hostname: String,
+    /// Entries examined to make room in `seen` (bounded work per event).
+    scanned: u64,
 }
 
 /// This host's name for `<fq-hostname>` (not looked up in DNS).
@@ -84,10 +116,13 @@ impl ActionSet {
         ActionSet {
             jails: HashMap::new(),
             seen: HashMap::new(),
+            by_age: BTreeMap::new(),
+            arrivals: 0,
             ran: HashMap::new(),
             runner: None,
             stats: Arc::default(),
             hostname: hostname(),
+            scanned: 0,
         }
     }
 
@@ -127,13 +162,8 @@ impl ActionSet {
                 continue;
             }
             keep.insert(id);
-            if self.jails.get(&id).is_some_and(|j| j.refs == refs) {
-                continue;
-            }
-            if let Some(old) = self.jails.remove(&id) {
-                self.stop_jail(id, &old);
-            }
-            let actions = refs
+            // Read again each time: a file edited since counts as a change.
+            let actions: Vec<Arc<Action>> = refs
                 .iter()
                 .filter_map(|r| match Action::load(r, name, &self.hostname) {
                     Ok(a) => Some(Arc::new(a)),
@@ -143,6 +173,21 @@ impl ActionSet {
                     }
                 })
                 .collect();
+            let same = |j: &JailActions| {
+                *j.name == *name
+                    && j.refs == refs
+                    && j.actions.len() == actions.len()
+                    && j.actions
+                        .iter()
+                        .zip(&actions)
+                        .all(|(a, b)| a.fingerprint == b.fingerprint)
+            };
+            if self.jails.get(&id).is_some_and(same) {
+                continue;
+            }
+            if let Some(old) = self.jails.remove(&id) {
+                self.stop_jail(id, &old);
+            }
             let j = JailActions {
                 name: name.into(),
                 refs,
@@ -165,6 +210,7 @@ impl ActionSet {
             }
         }
         self.seen.retain(|(id, _), _| keep.contains(id));
+        self.by_age.retain(|_, (id, _)| keep.contains(id));
         self.ran.retain(|(id, _), _| keep.contains(id));
         if !skipped.is_empty() {
             tracing::info!(
@@ -174,9 +220,27 @@ impl ActionSet {
         }
     }
 
+    /// Stops a jail's actions as fail2ban does: `actionflush`, or for an
+    /// action without one an `actionunban` per ban it ran (a remote block
+    /// must not outlive the jail), then `actionstop`. Its bans are then
+    /// forgotten: its later unbans find nothing to run.
     fn stop_jail(&mut self, id: JailId, j: &JailActions) {
+        let mut bans: Vec<(IpNet, Ran)> = self
+            .ran
+            .extract_if(|(jail, _), _| *jail == id)
+            .map(|((_, addr), r)| (addr, r))
+            .collect();
+        bans.sort_by_key(|(addr, r)| (r.time, *addr));
         for a in &j.actions {
-            self.submit(id, &j.name, a, Phase::Flush, None);
+            if a.has(Phase::Flush) {
+                self.submit(id, &j.name, a, Phase::Flush, None);
+            } else if a.has(Phase::Unban) {
+                for (addr, r) in &bans {
+                    if !(r.restored && a.norestored) {
+                        self.submit(id, &j.name, a, Phase::Unban, Some(&r.ticket(*addr)));
+                    }
+                }
+            }
             self.submit(id, &j.name, a, Phase::Stop, None);
         }
     }
@@ -240,13 +304,23 @@ impl ActionSet {
             }
             let key = (ev.jail, ev.addr);
             if !self.seen.contains_key(&key) && self.seen.len() >= MAX_SEEN {
+                // The oldest entry goes if it is old enough; if it is not,
+                // none is, and the new address goes without.
+                self.scanned += 1;
                 let old = ev.time.0 - SEEN_FOR_MS;
-                self.seen.retain(|_, s| s.last.0 > old);
-                if self.seen.len() >= MAX_SEEN {
-                    continue;
+                match self.by_age.first_key_value() {
+                    Some((age, k)) if age.0 <= old => {
+                        let k = *k;
+                        self.forget(k);
+                    }
+                    _ => continue,
                 }
             }
             let s = self.seen.entry(key).or_default();
+            self.by_age.remove(&s.age);
+            self.arrivals += 1;
+            s.age = (ev.time.0, self.arrivals);
+            self.by_age.insert(s.age, key);
             s.last = ev.time;
             let mut line = format!("{} {} {}", ev.time, ev.addr, ev.kind.as_str());
             if let Some(u) = &ev.user {
@@ -263,6 +337,13 @@ impl ActionSet {
             }
             s.lines.push_back(line);
         }
+    }
+
+    /// Drops what was seen of one address in one jail.
+    fn forget(&mut self, key: (JailId, IpAddr)) -> Option<Seen> {
+        let s = self.seen.remove(&key)?;
+        self.by_age.remove(&s.age);
+        Some(s)
     }
 
     /// A decision the kernel accepted.
@@ -283,8 +364,9 @@ impl ActionSet {
         let Some(j) = self.jails.get(&b.jail) else {
             return;
         };
+        let (name, actions) = (j.name.clone(), j.actions.clone());
         let seen = (b.addr.prefix_len() == b.addr.max_prefix_len())
-            .then(|| self.seen.remove(&(b.jail, b.addr.addr())))
+            .then(|| self.forget((b.jail, b.addr.addr())))
             .flatten()
             .unwrap_or_default();
         let t = Ticket {
@@ -296,9 +378,13 @@ impl ActionSet {
             user: seen.user,
             matches: seen.lines.into(),
         };
-        let (name, actions) = (j.name.clone(), j.actions.clone());
-        self.ran
-            .insert((b.jail, b.addr), (t.failures, t.time, t.bantime));
+        let ran = Ran {
+            failures: t.failures,
+            time: t.time,
+            bantime: t.bantime,
+            restored,
+        };
+        self.ran.insert((b.jail, b.addr), ran);
         for a in &actions {
             if restored && a.norestored {
                 continue;
@@ -308,31 +394,28 @@ impl ActionSet {
     }
 
     /// An unban the kernel accepted: `actionunban` for bans that ran
-    /// `actionban`.
+    /// `actionban` (a restored ban's, with `<restored>` 1, not for
+    /// `norestored` actions, which did not ban it).
     pub fn unbanned(&mut self, u: &UnbanDecision) {
-        let Some((failures, time, bantime)) = self.ran.remove(&(u.jail, u.addr)) else {
+        let Some(ran) = self.ran.remove(&(u.jail, u.addr)) else {
             return;
         };
         let Some(j) = self.jails.get(&u.jail) else {
             return;
         };
         let (name, actions) = (j.name.clone(), j.actions.clone());
-        let t = Ticket {
-            addr: u.addr,
-            failures,
-            time,
-            bantime,
-            restored: false,
-            user: None,
-            matches: Vec::new(),
-        };
+        let t = ran.ticket(u.addr);
         for a in &actions {
+            if ran.restored && a.norestored {
+                continue;
+            }
             self.submit(u.jail, &name, a, Phase::Unban, Some(&t));
         }
     }
 
     /// The daemon stops: what is queued, then every jail's `actionflush`
-    /// and `actionstop`, run; waited for 30 s at most.
+    /// (or its bans' `actionunban`) and `actionstop`, run; waited for 30 s
+    /// at most.
     pub fn stop(mut self) {
         let jails: Vec<(JailId, JailActions)> = self.jails.drain().collect();
         for (id, j) in &jails {
@@ -366,7 +449,8 @@ mod tests {
 
     /// Cluster bans run nothing; restored ones run with `<restored>` 1
     /// except for `norestored` actions; an unban follows only a ban that
-    /// ran; the user and what was seen reach the ticket.
+    /// ran; the user and what was seen reach the ticket; at stop, an
+    /// action without `actionflush` unbans the bans still in force.
     #[test]
     fn who_runs_what() {
         let d = std::env::temp_dir().join(format!("sipwarden-set-{}", std::process::id()));
@@ -441,6 +525,7 @@ mod tests {
              2026-11-25T15:40:53.000Z 192.0.2.7 register_auth user $(touch x)'\"\n\
              quiet 192.0.2.7\n\
              unban 192.0.2.7 3 600\n\
+             unban 192.0.2.9 3 600\n\
              stop\n"
         );
         assert_eq!(stats.view().failed, 0);
@@ -498,5 +583,163 @@ mod tests {
         assert_eq!(b, ["start b 1", "stop b 1", "start b 2", "stop b 2"]);
         lines.sort();
         assert_eq!(lines.len(), 6);
+    }
+    /// A directory of action files for one test, and its log.
+    fn actions_dir(tag: &str, files: &[(&str, &str)]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("sipwarden-set-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let log = d.join("log");
+        for (name, text) in files {
+            let text = text.replace("LOG", &log.display().to_string());
+            std::fs::write(d.join(format!("{name}.conf")), text).unwrap();
+        }
+        (d, log)
+    }
+
+    fn aref(d: &std::path::Path, name: &str) -> ActionRef {
+        ActionRef::from_path_spec(&format!("{}/{name}.conf", d.display())).unwrap()
+    }
+
+    fn unban(jail: JailId, addr: &str) -> UnbanDecision {
+        UnbanDecision {
+            jail,
+            jail_name: "sip".into(),
+            addr: addr.parse().unwrap(),
+            reason: UnbanReason::Expired,
+            lifted: None,
+        }
+    }
+
+    fn finish(set: ActionSet, d: &std::path::Path, log: &std::path::Path) -> String {
+        set.stop();
+        let got = std::fs::read_to_string(log).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(d);
+        got
+    }
+
+    const REC: &str = "[Definition]\nactionban = echo ban <ip> <restored> >> LOG\nactionunban = echo unban <ip> <restored> >> LOG\n";
+    const FLUSHED: &str = "[Definition]\nactionban = echo fban <ip> >> LOG\nactionunban = echo funban <ip> >> LOG\nactionflush = echo flush >> LOG\n";
+
+    /// With the table full of recent addresses, each new address costs a
+    /// bounded number of entries examined, not a pass over the table; old
+    /// entries still make room.
+    #[test]
+    fn a_full_table_makes_room_in_bounded_work() {
+        let mut set = ActionSet::new();
+        set.jails.insert(
+            JailId(0),
+            JailActions {
+                name: "j".into(),
+                refs: Vec::new(),
+                actions: Vec::new(),
+            },
+        );
+        let ev = |i: u128, t: i64| FailureEvent {
+            time: Time(t),
+            jail: JailId(0),
+            addr: IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | i)),
+            kind: FailureKind::RegisterAuth,
+            user: None,
+            scanner: false,
+        };
+        let t0 = 1_795_621_254_000;
+        let full: Vec<FailureEvent> = (0..MAX_SEEN as u128).map(|i| ev(i, t0)).collect();
+        set.note(&full);
+        assert_eq!(set.seen.len(), MAX_SEEN);
+        let before = set.scanned;
+        let fresh: Vec<FailureEvent> = (0..1000).map(|i| ev(1_000_000 + i, t0 + 1000)).collect();
+        set.note(&fresh);
+        let work = set.scanned - before;
+        assert!(
+            work <= 2 * 1000,
+            "{work} entries examined for 1000 new addresses"
+        );
+        assert_eq!(set.seen.len(), MAX_SEEN);
+        // Once the first ones are old, new addresses take their place.
+        let late: Vec<FailureEvent> = (0..10)
+            .map(|i| ev(2_000_000 + i, t0 + SEEN_FOR_MS + 1))
+            .collect();
+        set.note(&late);
+        assert_eq!(set.seen.len(), MAX_SEEN);
+        assert!(set.seen.contains_key(&(JailId(0), late[9].addr)));
+        assert!(!set.seen.contains_key(&(JailId(0), full[0].addr)));
+    }
+
+    /// A jail a reload removes runs `actionunban` for each of its bans
+    /// (its lifted unbans come after the jail is gone), or `actionflush`
+    /// for actions that have one, as fail2ban stops a jail.
+    #[test]
+    fn a_removed_jail_unbans_remotely() {
+        let (d, log) = actions_dir("gone", &[("rec", REC), ("fl", FLUSHED)]);
+        let refs = vec![aref(&d, "rec"), aref(&d, "fl")];
+        let id = JailId(0);
+        let mut set = ActionSet::new();
+        set.configure([(id, "sip", refs.as_slice())]);
+        set.banned(&ban(id, "192.0.2.7/32", BanReason::Failures), false);
+        // Reload's order: the actions are synced, then the lifted bans
+        // dispatched.
+        set.configure(std::iter::empty());
+        set.unbanned(&unban(id, "192.0.2.7/32"));
+        assert_eq!(
+            finish(set, &d, &log),
+            "ban 192.0.2.7 0\nfban 192.0.2.7\nunban 192.0.2.7 0\nflush\n"
+        );
+    }
+
+    /// An action a reload removes from a jail runs `actionunban` for the
+    /// jail's bans when it has no `actionflush`.
+    #[test]
+    fn a_removed_action_unbans_remotely() {
+        let (d, log) = actions_dir("dropped", &[("rec", REC), ("fl", FLUSHED)]);
+        let both = vec![aref(&d, "rec"), aref(&d, "fl")];
+        let one = vec![aref(&d, "fl")];
+        let id = JailId(0);
+        let mut set = ActionSet::new();
+        set.configure([(id, "sip", both.as_slice())]);
+        set.banned(&ban(id, "192.0.2.7/32", BanReason::Failures), false);
+        set.configure([(id, "sip", one.as_slice())]);
+        let got = finish(set, &d, &log);
+        assert!(got.contains("unban 192.0.2.7 0\n"), "{got}");
+    }
+
+    /// A reload re-reads an action file whose content changed.
+    #[test]
+    fn a_reload_rereads_a_changed_action_file() {
+        let (d, log) = actions_dir(
+            "changed",
+            &[("v", "[Definition]\nactionstart = echo start 1 >> LOG\n")],
+        );
+        let refs = vec![aref(&d, "v")];
+        let mut set = ActionSet::new();
+        set.configure([(JailId(0), "sip", refs.as_slice())]);
+        std::fs::write(
+            d.join("v.conf"),
+            format!(
+                "[Definition]\nactionstart = echo start 2 >> {}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        set.configure([(JailId(0), "sip", refs.as_slice())]);
+        assert_eq!(finish(set, &d, &log), "start 1\nstart 2\n");
+    }
+
+    /// A restored ban's unban says `<restored>` 1, and `norestored`
+    /// actions, which did not ban it, do not unban it.
+    #[test]
+    fn a_restored_ban_unbans_as_restored() {
+        let quiet = "[Definition]\nnorestored = 1\nactionban = echo qban <ip> >> LOG\nactionunban = echo qunban <ip> >> LOG\n";
+        let (d, log) = actions_dir("restored", &[("rec", REC), ("quiet", quiet)]);
+        let refs = vec![aref(&d, "rec"), aref(&d, "quiet")];
+        let id = JailId(0);
+        let mut set = ActionSet::new();
+        set.configure([(id, "sip", refs.as_slice())]);
+        set.banned(&ban(id, "192.0.2.9/32", BanReason::Failures), true);
+        set.unbanned(&unban(id, "192.0.2.9/32"));
+        assert_eq!(
+            finish(set, &d, &log),
+            "ban 192.0.2.9 1\nunban 192.0.2.9 1\n"
+        );
     }
 }
