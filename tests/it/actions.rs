@@ -14,14 +14,18 @@ use crate::common::{Daemon, NetNs, TempDir, bin, corpus, daemon_section, need, w
 /// The attacker's address in the log lines.
 const ATTACKER: &str = "203.0.113.7";
 
-/// What the hostile user name would create if it ever ran.
-const PWNED: &str = "/tmp/pwned";
+/// What the hostile user name of a test in `dir` would create if it ever
+/// ran: the test's own file, so that tests running at once never erase
+/// each other's evidence.
+fn pwned(dir: &TempDir) -> PathBuf {
+    dir.path("pwned")
+}
 
-/// A user name that would run `touch` if it ever became shell text.
-fn hostile() -> String {
-    // Left over from elsewhere, it would fail the test for nothing.
-    let _ = std::fs::remove_file(PWNED);
-    format!("$(touch {PWNED})`touch {PWNED}`;touch {PWNED}|true&&touch {PWNED}'\"'<ip>${{IFS}}*%s")
+/// A user name that would run `touch` on [`pwned`] if it ever became
+/// shell text.
+fn hostile(dir: &TempDir) -> String {
+    let p = pwned(dir).display().to_string();
+    format!("$(touch {p})`touch {p}`;touch {p}|true&&touch {p}'\"'<ip>${{IFS}}*%s")
 }
 
 /// A fail2ban filter that takes the user name from the line, and the jail's
@@ -171,7 +175,7 @@ fn mail_actions_run_on_ban_with_values_intact_and_inert() {
     );
     let env = [("PATH", path)];
     let d = start(&ns, &cfg, &env);
-    let user = hostile();
+    let user = hostile(&dir);
     attack(&dir, &user);
     assert!(
         d.wait_for(&format!("Ban {ATTACKER}"), Duration::from_secs(20))
@@ -230,10 +234,11 @@ fn mail_actions_run_on_ban_with_values_intact_and_inert() {
         status.contains(" 0 failed (0 timed out), 0 dropped"),
         "{status}"
     );
-    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+    assert!(!pwned(&dir).exists(), "the user name ran as code");
 
-    // Restart: the ban is restored; the own action runs with <restored>
-    // 1, the mail actions (norestored) send nothing.
+    // Restart: the own action (no actionflush) unbans at stop, as
+    // fail2ban stops a jail; the ban is restored; the own action runs
+    // with <restored> 1, the mail actions (norestored) send nothing.
     assert!(d.stop().is_some_and(|s| s.success()));
     assert!(
         wait_until(Duration::from_secs(10), || recorded(&out, "sendmail.")
@@ -246,13 +251,14 @@ fn mail_actions_run_on_ban_with_values_intact_and_inert() {
         wait_until(Duration::from_secs(30), || std::fs::read_to_string(
             out.join("record")
         )
-        .is_ok_and(|r| r.lines().count() == 2)),
+        .is_ok_and(|r| r.lines().count() == 3)),
         "the restored ban's action did not run"
     );
     let record = std::fs::read_to_string(out.join("record")).unwrap();
+    let lines: Vec<&str> = record.lines().skip(1).collect();
     assert_eq!(
-        record.lines().nth(1),
-        Some(format!("{ATTACKER}||1|2").as_str())
+        lines,
+        [format!("unban {ATTACKER}"), format!("{ATTACKER}||1|2")]
     );
     // Start mails arrived for the second start; no second ban mail.
     assert!(wait_until(Duration::from_secs(10), || recorded(
@@ -275,7 +281,7 @@ fn mail_actions_run_on_ban_with_values_intact_and_inert() {
         "no actionunban"
     );
     assert!(d.stop().is_some_and(|s| s.success()));
-    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+    assert!(!pwned(&dir).exists(), "the user name ran as code");
 }
 
 /// `/etc/netns/NS/hosts`, removed on drop: the name `ip netns exec` maps.
@@ -479,7 +485,7 @@ fn abuseipdb_reports_a_ban_with_the_user_name_intact_and_inert() {
     )
     .unwrap();
     let d = start(&ns, &cfg, &[("CURL_CA_BUNDLE", ca.display().to_string())]);
-    let user = hostile();
+    let user = hostile(&dir);
     attack(&dir, &user);
     assert!(
         d.wait_for(&format!("Ban {ATTACKER}"), Duration::from_secs(20))
@@ -515,7 +521,7 @@ fn abuseipdb_reports_a_ban_with_the_user_name_intact_and_inert() {
     assert!(failed.is_empty(), "{failed:?}");
     let _ = server.kill();
     let _ = server.wait();
-    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+    assert!(!pwned(&dir).exists(), "the user name ran as code");
 }
 
 /// A jail of a fail2ban configuration (`run --fail2ban-config`) with
@@ -580,7 +586,7 @@ fn a_fail2ban_jail_with_action_mw_mails_on_ban() {
         .wait_for("firewall actions are not run", Duration::from_secs(5))
         .expect("no line about the firewall action");
     assert!(skipped.contains("(t: nftables)"), "{skipped}");
-    attack(&dir, &hostile());
+    attack(&dir, &hostile(&dir));
     assert!(
         d.wait_for(&format!("Ban {ATTACKER}"), Duration::from_secs(20))
             .is_some(),
@@ -604,7 +610,7 @@ fn a_fail2ban_jail_with_action_mw_mails_on_ban() {
         "{mail}"
     );
     assert!(d.stop().is_some_and(|s| s.success()));
-    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+    assert!(!pwned(&dir).exists(), "the user name ran as code");
 }
 
 /// A dry-run node of a fleet on `redis_port` whose jail runs an action that
@@ -656,7 +662,7 @@ fn a_ban_received_from_the_fleet_runs_no_action() {
     let redis = crate::fleet::Redis::start(&rdir, "redis", &[]);
     let (a_dir, a) = fleet_node("a", redis.port);
     let (b_dir, mut b) = fleet_node("b", redis.port);
-    attack(&a_dir, &hostile());
+    attack(&a_dir, &hostile(&a_dir));
     assert!(
         wait_until(Duration::from_secs(30), || std::fs::read_to_string(
             a_dir.path("out/record")
@@ -679,7 +685,7 @@ fn a_ban_received_from_the_fleet_runs_no_action() {
         "node b ran an action for a ban it received"
     );
     assert!(a.stop().is_some_and(|s| s.success()));
-    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+    assert!(!pwned(&a_dir).exists(), "the user name ran as code");
 }
 
 /// One Event Socket `sofia::register_failure` event from [`ATTACKER`] for
@@ -718,7 +724,11 @@ fn an_event_socket_user_name_with_newlines_arrives_intact_and_inert() {
         ),
     )
     .unwrap();
-    let user = format!("{}\nsecond line\r\n$(touch {PWNED})\n", hostile());
+    let user = format!(
+        "{}\nsecond line\r\n$(touch {})\n",
+        hostile(&dir),
+        pwned(&dir).display()
+    );
     let sim = crate::esl::Simulator::start(
         "ClueCon",
         vec![crate::esl::Conn::Replay],
@@ -745,5 +755,5 @@ fn an_event_socket_user_name_with_newlines_arrives_intact_and_inert() {
     assert!(d.terminate().is_some_and(|s| s.success()));
     let got = std::fs::read(dir.path("out/user")).expect("the action did not run");
     assert_eq!(String::from_utf8_lossy(&got), user);
-    assert!(!Path::new(PWNED).exists(), "the user name ran as code");
+    assert!(!pwned(&dir).exists(), "the user name ran as code");
 }
