@@ -500,8 +500,20 @@ bantime = -1
             .iter()
             .map(|j| j.escalation.as_ref().unwrap().rndtime)
             .collect();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         // Jails in name order: b, c, fs.
         assert_eq!(rnd, [Some(Duration(30)), None, Some(Duration(600))]);
+        // Without bantime_increment it does nothing, as in fail2ban: said.
+        let c = parse(
+            "[jail.fs]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\nbantime_rndtime = \"5m\"\n",
+        )
+        .unwrap();
+        assert!(
+            c.warnings.len() == 1
+                && c.warnings[0].contains("bantime_rndtime without bantime_increment"),
+            "{:?}",
+            c.warnings
+        );
         let e = error("[defaults]\nbantime_multipliers = [1, 0]\n");
         assert!(e.contains(":2:") && e.contains("positive"), "{e}");
     }

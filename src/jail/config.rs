@@ -506,7 +506,14 @@ impl JailConfig {
             j.bantime_overalljails,
             j.bantime_rndtime,
         )?;
+        let rndtime = k.rndtime.or(defaults.esc.rndtime).is_some_and(|r| r.0 > 0);
         let escalation = k.over(&defaults.esc);
+        if enabled && rndtime && escalation.is_none() {
+            warnings.push(Spanned::new(
+                span.clone(),
+                JailWarning::RndtimeWithoutIncrement(name.clone()),
+            ));
+        }
         let ignore = match &j.ignoreip {
             Some(v) => ignore_set(v, warnings)?,
             None => defaults.ignoreip.clone(),

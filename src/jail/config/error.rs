@@ -111,6 +111,12 @@ pub enum JailWarning {
         /// The narrowest prefix length taken without a warning.
         wide: u8,
     },
+    /// `bantime_rndtime` in a jail without `bantime_increment`: as in
+    /// fail2ban, it only mixes into escalated bans.
+    #[error(
+        "jail {0:?} sets bantime_rndtime without bantime_increment = true: it does nothing (as in fail2ban, the random extra is added to escalated bans only)"
+    )]
+    RndtimeWithoutIncrement(String),
     /// A `logpath` listed twice.
     #[error("jail {jail:?} lists logpath {} twice; it is followed once", .path.display())]
     LogpathTwice {
