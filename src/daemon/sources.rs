@@ -62,6 +62,8 @@ pub(super) struct SourceGroup {
     /// The jail's log files (its `logpath` expanded), if it has any.
     files: Option<Arc<super::logfiles::LogFiles>>,
     journal: Option<(String, Arc<FollowStats>)>,
+    /// The journal follower's thread, joined when the group stops.
+    journal_thread: Option<std::thread::JoinHandle<()>>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
     /// The supervised tasks of this group, listed in status until stopped.
@@ -133,8 +135,8 @@ impl SourceGroup {
         files.chain(journal).chain(esl).chain(wire).collect()
     }
 
-    /// Stops every source of the group.
-    pub(super) fn stop(&self) {
+    /// Tells every source of the group to stop (see [`join`](Self::join)).
+    fn signal(&self) {
         self.stop.store(true, Ordering::Relaxed);
         for (_, _, task) in &self.esl {
             task.abort();
@@ -146,7 +148,34 @@ impl SourceGroup {
             f.forget();
         }
     }
+
+    /// Waits (at most [`JOIN_WAIT`]) for the journal follower to leave, so
+    /// that a successor of the same jail starts after the last entry it
+    /// sent, and a shutdown drains everything it sent. It leaves within
+    /// its wait for a change (500 ms) and one batch; one that does not is
+    /// left behind, warned about (its later marks are ignored, see
+    /// `source/journal/cursor.rs`).
+    fn join(&mut self, name: &str) {
+        let Some(t) = self.journal_thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + JOIN_WAIT;
+        while !t.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "[{name}] the journal follower did not stop within {} s; left behind",
+                    JOIN_WAIT.as_secs()
+                );
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = t.join();
+    }
 }
+
+/// Longest wait for a stopped journal follower to leave.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn spawn_sources(
     jc: &JailConfig,
@@ -191,6 +220,7 @@ fn spawn_sources(
         (None, None) => None,
     };
     let mut journal = None;
+    let mut journal_thread = None;
     if let Some(filter) = chosen {
         let tz = filter::date::parse_zone(&jc.logtimezone)
             .map_err(|e| DaemonError::Setup(format!("jail {}: {e}", jc.name)))?;
@@ -211,7 +241,7 @@ fn spawn_sources(
                 }
             };
             let st = Arc::new(FollowStats::default());
-            JournalSource {
+            let t = JournalSource {
                 cfg: cfg.clone(),
                 matches,
                 jail: id,
@@ -236,6 +266,7 @@ fn spawn_sources(
                 source,
             })?;
             journal = Some((cfg.label(), st));
+            journal_thread = Some(t);
         }
         if !jc.logpath.is_empty() {
             files = Some(super::logfiles::LogFiles::start(
@@ -313,6 +344,7 @@ fn spawn_sources(
         window,
         files,
         journal,
+        journal_thread,
         esl,
         wire,
         tasks: tasks.clone(),
@@ -359,24 +391,38 @@ impl Sources {
     ) -> Result<(), DaemonError> {
         let wanted: HashMap<&str, &JailConfig> =
             enabled.iter().map(|j| (j.name.as_str(), j)).collect();
-        // Stop followers of jails that went away or changed.
-        self.groups.retain(|name, g| {
-            let Some(jc) = wanted.get(name.as_str()) else {
-                g.stop();
-                return false;
-            };
-            if SourceKey::of(jc) != g.key {
-                g.stop();
-                return false;
-            }
+        // Stop followers of jails that went away or changed, and wait
+        // for them before their successors start.
+        let gone: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(name, g)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|jc| SourceKey::of(jc) != g.key)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut stopped: Vec<(String, SourceGroup)> = gone
+            .into_iter()
+            .filter_map(|name| self.groups.remove(&name).map(|g| (name, g)))
+            .collect();
+        for (_, g) in &stopped {
+            g.signal();
+        }
+        for (name, g) in &mut stopped {
+            g.join(name);
+        }
+        for (name, g) in &self.groups {
             // Kept running: a new findtime still reaches them, and a
             // reload expands the logpath patterns again now.
-            g.window.set(jc.findtime);
-            if let Some(f) = &g.files {
-                f.rescan();
+            if let Some(jc) = wanted.get(name.as_str()) {
+                g.window.set(jc.findtime);
+                if let Some(f) = &g.files {
+                    f.rescan();
+                }
             }
-            true
-        });
+        }
         for jc in enabled {
             if self.groups.contains_key(&jc.name) {
                 continue;
@@ -455,10 +501,14 @@ impl Sources {
         }
     }
 
-    /// Stops every source.
-    pub(super) fn stop_all(&self) {
+    /// Stops every source, and waits (bounded) for the journal followers
+    /// to leave: what they sent is queued before the shutdown drains.
+    pub(super) fn stop_all(&mut self) {
         for g in self.groups.values() {
-            g.stop();
+            g.signal();
+        }
+        for (name, g) in &mut self.groups {
+            g.join(name);
         }
     }
 }

@@ -501,3 +501,93 @@ fn a_forged_syslog_identifier_never_counts_in_a_builtin_journal_jail() {
     );
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// Finding 2 (review of issue 19): a reload that restarts a follower still
+/// reading a backlog (more than one wake-up's 4096 entries) counts every
+/// entry exactly once: the old follower has left before the new one
+/// starts, and the new one resumes after the last entry the old one sent.
+#[test]
+fn a_reload_during_a_backlog_counts_each_entry_once() {
+    if !need("journal") {
+        return;
+    }
+    const N: usize = 50_000;
+    let dir = TempDir::new("journal-reload-busy");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let a = jdir.join("a.journal");
+    write_journal(
+        &a,
+        &sshd_entries("h", "7", "Server listening on 0.0.0.0 port 22.", 1),
+    );
+    let cfg = dir.path("sipwarden.toml");
+    let write_cfg = |m: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\njournalmatch = \"{m}\"\nmaxretry = 3\n",
+                daemon_section(&dir),
+                jdir.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_cfg("_SYSTEMD_UNIT=ssh.service");
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    d.wait_for("following from its end", WAIT)
+        .expect("the jail follows the journal");
+    // N failures, each from an address of its own.
+    let addr = |i: usize| format!("45.{}.{}.7", i / 250 + 1, i % 250 + 1);
+    let now = jiff::Timestamp::now().as_microsecond() as u64;
+    let backlog: String = (0..N)
+        .map(|i| {
+            export_entry(
+                now + i as u64,
+                &[
+                    "_HOSTNAME=h",
+                    "_SYSTEMD_UNIT=ssh.service",
+                    "_COMM=sshd",
+                    "SYSLOG_IDENTIFIER=sshd",
+                    "_PID=7",
+                    &format!(
+                        "MESSAGE=Failed password for root from {} port 22 ssh2",
+                        addr(i)
+                    ),
+                ],
+            )
+        })
+        .collect();
+    // Written while the daemon is stopped: the next start has all of it
+    // to read at once, and the reload comes while it does.
+    assert!(d.stop().is_some_and(|s| s.success()));
+    write_journal(&a, &backlog);
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    d.wait_for("following after the last entry read", WAIT)
+        .expect("the jail resumes");
+    write_cfg("_SYSTEMD_UNIT=ssh.service + _SYSTEMD_UNIT=sshd.service");
+    let r = cli(&dir, &["reload"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    d.wait_for(
+        &format!("[ssh] Found {}", addr(N - 1)),
+        Duration::from_secs(60),
+    )
+    .expect("the whole backlog is read");
+    // Give a follower that read twice the time to show it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for l in d.lines_with("[ssh] Found ") {
+        if let Some(a) = l.split("[ssh] Found ").nth(1) {
+            *counts.entry(a.trim().to_string()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    let missing = (0..N).filter(|i| !counts.contains_key(&addr(*i))).count();
+    assert!(
+        twice.is_empty() && missing == 0,
+        "{} address(es) found more than once (e.g. {:?}), {missing} never",
+        twice.len(),
+        twice.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(d.lines_with("Ban ").is_empty(), "no entry counted twice");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}

@@ -8,6 +8,10 @@
 //! drain, and only then are the marks committed (written to the store in its
 //! next batch). A follower started again (a reload, a panic) resumes from
 //! its newest mark: entries already sent are not sent again.
+//!
+//! Each start of a follower is a new *generation* of its key: a mark from
+//! an older one (a follower stopped, still finishing a batch when its
+//! successor started) is ignored, so a key's position never moves back.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -37,7 +41,13 @@ struct Ledger {
     marks: Vec<Mark>,
     /// Taken, not yet committed (their batch may still be queued).
     taken: HashMap<CursorKey, String>,
+    /// The current generation of each key (see [`Cursors::begin`]).
+    generation: HashMap<CursorKey, u64>,
 }
+
+/// One start of a follower of a key (see [`Cursors::begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation(u64);
 
 /// The cursors of every journal follower of the daemon.
 #[derive(Debug, Default)]
@@ -74,9 +84,27 @@ impl Cursors {
             .or_else(|| l.committed.get(key).cloned())
     }
 
-    /// A follower sent the batch ending at `cursor`.
-    pub fn mark(&self, key: &CursorKey, cursor: String) {
-        self.lock().marks.push(Mark {
+    /// A follower of `key` starts: its generation (older ones' marks are
+    /// ignored from now on) and where it resumes ([`resume`](Self::resume)).
+    pub fn begin(&self, key: &CursorKey) -> (Generation, Option<String>) {
+        let g = {
+            let mut l = self.lock();
+            let g = l.generation.entry(key.clone()).or_insert(0);
+            *g += 1;
+            Generation(*g)
+        };
+        (g, self.resume(key))
+    }
+
+    /// A follower of generation `g` sent the batch ending at `cursor`;
+    /// ignored when a newer follower of `key` has started since (it
+    /// resumed from an earlier mark and sends that batch itself).
+    pub fn mark(&self, key: &CursorKey, g: Generation, cursor: String) {
+        let mut l = self.lock();
+        if l.generation.get(key).copied().unwrap_or(0) != g.0 {
+            return;
+        }
+        l.marks.push(Mark {
             key: key.clone(),
             cursor,
         });
@@ -142,9 +170,12 @@ mod tests {
         let c = Cursors::new([(key("sshd"), "s0".to_string())]);
         assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s0"));
         assert_eq!(c.resume(&key("other")), None);
-        c.mark(&key("sshd"), "s1".into());
-        c.mark(&key("sshd"), "s2".into());
-        c.mark(&key("other"), "o1".into());
+        let (g, at) = c.begin(&key("sshd"));
+        assert_eq!(at.as_deref(), Some("s0"));
+        let (o, _) = c.begin(&key("other"));
+        c.mark(&key("sshd"), g, "s1".into());
+        c.mark(&key("sshd"), g, "s2".into());
+        c.mark(&key("other"), o, "o1".into());
         assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s2"));
         let taken = c.take();
         assert_eq!(
@@ -163,7 +194,7 @@ mod tests {
         // Taken but not committed: a follower started now still goes on
         // after what it sent.
         assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s2"));
-        c.mark(&key("sshd"), "s3".into());
+        c.mark(&key("sshd"), g, "s3".into());
         c.commit(&taken);
         assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s3"));
         let again = c.take();
@@ -175,5 +206,23 @@ mod tests {
         all.sort_by(|a, b| a.key.jail.cmp(&b.key.jail));
         let cursors: Vec<&str> = all.iter().map(|m| m.cursor.as_str()).collect();
         assert_eq!(cursors, ["o1", "s3"]);
+    }
+
+    /// A stopped follower still finishing its batch after its successor
+    /// started: its mark is ignored, the position never moves back.
+    #[test]
+    fn a_stale_journal_follower_never_moves_the_cursor_back() {
+        let c = Cursors::default();
+        let (old, _) = c.begin(&key("sshd"));
+        c.mark(&key("sshd"), old, "s1".into());
+        let (new, at) = c.begin(&key("sshd"));
+        assert_eq!(at.as_deref(), Some("s1"));
+        c.mark(&key("sshd"), new, "s5".into());
+        c.mark(&key("sshd"), old, "s2".into());
+        let taken = c.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].cursor, "s5");
+        c.commit(&taken);
+        assert_eq!(c.resume(&key("sshd")).as_deref(), Some("s5"));
     }
 }

@@ -54,6 +54,10 @@ const WAIT: Duration = Duration::from_millis(500);
 /// the head (a real cursor is `s=...;i=...`).
 const HEAD: &str = "head";
 
+/// Pause before a full event queue is tried again (the stop flag is
+/// looked at in between).
+const SEND_RETRY: Duration = Duration::from_millis(5);
+
 /// Pause before the journal is opened again after a failure.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -270,7 +274,7 @@ impl JournalSource {
 
     fn follow(&self, mut j: sys::Journal) -> Ended {
         let key = self.key();
-        let resumed = self.cursors.resume(&key);
+        let (generation, resumed) = self.cursors.begin(&key);
         let first = resumed.is_none();
         let mut at = match self.position(&mut j, resumed.as_deref(), self.from_start) {
             Ok(at) => at,
@@ -295,7 +299,7 @@ impl JournalSource {
             // Where the first start stood is where the next one resumes:
             // entries written while the daemon is down are read then.
             let c = at.clone().unwrap_or_else(|| HEAD.to_string());
-            self.cursors.mark(&key, c);
+            self.cursors.mark(&key, generation, c);
             if !self.send(Vec::new()) {
                 return Ended::Gone;
             }
@@ -304,7 +308,7 @@ impl JournalSource {
             if self.stopped() {
                 return Ended::Gone;
             }
-            match self.read(&mut j, &key, &mut at) {
+            match self.read(&mut j, (&key, generation), &mut at) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return e,
@@ -328,7 +332,7 @@ impl JournalSource {
     fn read(
         &self,
         j: &mut sys::Journal,
-        key: &CursorKey,
+        key: (&CursorKey, cursor::Generation),
         at: &mut Option<String>,
     ) -> Result<bool, Ended> {
         let cx = FilterContext {
@@ -395,24 +399,45 @@ impl JournalSource {
         }
     }
 
+    /// Sends `batch`, then marks the cursor it ends at. A stopped follower
+    /// sends nothing more: its successor resumes after its last mark and
+    /// reads the rest itself (a batch both sent would count twice). Once
+    /// sent, a batch is always marked, so that it is not read again.
     fn flush(
         &self,
         j: &mut sys::Journal,
-        key: &CursorKey,
+        (key, generation): (&CursorKey, cursor::Generation),
         at: &mut Option<String>,
         batch: Vec<FailureEvent>,
     ) -> Result<(), Ended> {
         let c = j.cursor()?;
-        if !self.send(batch) {
+        if self.stopped() || !self.send(batch) {
             return Err(Ended::Gone);
         }
-        self.cursors.mark(key, c.clone());
+        self.cursors.mark(key, generation, c.clone());
         *at = Some(c);
         Ok(())
     }
 
-    fn send(&self, batch: Vec<FailureEvent>) -> bool {
-        self.tx.blocking_send(batch).is_ok()
+    /// Queues `batch`; false when the daemon has gone, or the follower was
+    /// stopped while the queue was full (the batch is then not sent).
+    /// Never blocks past a stop: whoever stopped it may be the one that
+    /// drains the queue, waiting for this thread to leave.
+    fn send(&self, mut batch: Vec<FailureEvent>) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        loop {
+            match self.tx.try_send(batch) {
+                Ok(()) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(b)) => {
+                    if self.stopped() {
+                        return false;
+                    }
+                    batch = b;
+                    std::thread::sleep(SEND_RETRY);
+                }
+            }
+        }
     }
 
     /// One entry's line through the filter, with the checks a file's lines
