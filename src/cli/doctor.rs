@@ -121,9 +121,7 @@ pub fn checks(config: Option<&Path>) -> Vec<Check> {
         for p in &j.esl {
             out.extend(esl(&j.name, p));
         }
-        for path in &j.logpath {
-            out.push(log_path(&j.name, path));
-        }
+        out.extend(log_paths(&j.name, &j.logpath));
         if let Some(jc) = &j.journal {
             out.extend(journal(&j.name, jc));
         }
@@ -216,6 +214,48 @@ fn state_dir(dir: &Path) -> Check {
             "create it for the daemon's user (systemd: StateDirectory=sipwarden)",
         ),
     }
+}
+
+/// Each `logpath` entry: a glob pattern with what it matches now (as
+/// `run` expands it), then each file.
+fn log_paths(jail: &str, logpath: &[std::path::PathBuf]) -> Vec<Check> {
+    use crate::source::file::glob;
+    let mut out = Vec::new();
+    for entry in logpath {
+        if !glob::is_pattern(entry) {
+            out.push(log_path(jail, entry));
+            continue;
+        }
+        match glob::expand(entry) {
+            Ok(m) if m.is_empty() => out.push(warn(
+                format!("[{jail}] logpath pattern {}: matches no file yet", entry.display()),
+                format!(
+                    "files that appear are followed within {} s; check the pattern if the server logs elsewhere",
+                    glob::RESCAN.as_secs()
+                ),
+            )),
+            Ok(m) => {
+                // The first few by name; the rest have a line each below.
+                let mut names: Vec<String> =
+                    m.iter().take(10).map(|p| p.display().to_string()).collect();
+                if m.len() > names.len() {
+                    names.push(format!("and {} more", m.len() - names.len()));
+                }
+                out.push(ok(format!(
+                    "[{jail}] logpath pattern {}: matches {} file(s): {}",
+                    entry.display(),
+                    m.len(),
+                    names.join(", ")
+                )));
+                out.extend(m.iter().map(|p| log_path(jail, p)));
+            }
+            Err(e) => out.push(fail(
+                format!("[{jail}] {e}"),
+                "name the log files more narrowly (`run` refuses a pattern over the cap)",
+            )),
+        }
+    }
+    out
 }
 
 fn log_path(jail: &str, path: &Path) -> Check {

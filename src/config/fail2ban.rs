@@ -384,6 +384,19 @@ pub fn to_toml(c: &Config) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_glob_counts_as_a_log_file_only_when_it_matches_one() {
+        let d = std::env::temp_dir().join(format!("sw-f2b-glob-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("site-error.log"), "").unwrap();
+        assert!(log_file_there(&d.join("*error.log")));
+        assert!(!log_file_there(&d.join("*access.log")));
+        assert!(!log_file_there(&d.join("nothing/*")));
+        assert!(log_file_there(&d.join("site-error.log")));
+        assert!(!log_file_there(&d.join("access.log")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     /// A jail imported from fail2ban is the jail its TOML rendering gives:
     /// the keys fail2ban has carried over, every key only sipwarden has
     /// (Event Sockets, wire, trust, weights, tracking cap) at the default

@@ -246,12 +246,36 @@ impl Config {
     /// this machine now (a symbolic link to a directory, a hard link): only
     /// the first is followed. Looks at the file system, so `check` asks
     /// for it; the parse itself never does.
+    /// Glob patterns are expanded first: one that matches nothing yet, or
+    /// more files than `run` follows, is told too.
     pub fn same_file_warnings(&self) -> Vec<String> {
+        use crate::source::file::glob;
         self.enabled_jails()
             .flat_map(|j| {
-                let (_, same) = crate::source::file::distinct(&j.logpath);
-                same.into_iter()
-                    .map(move |s| format!("jail {:?}: {s}", j.name))
+                let mut out = Vec::new();
+                let paths = match glob::expand_list(&j.logpath) {
+                    Ok(e) => {
+                        for p in e.empty() {
+                            out.push(format!(
+                                "jail {:?}: logpath pattern {} matches no file yet; files that appear are followed (the daemon expands it again every {} s)",
+                                j.name,
+                                p.display(),
+                                glob::RESCAN.as_secs()
+                            ));
+                        }
+                        e.paths
+                    }
+                    Err(e) => {
+                        out.push(format!("jail {:?}: {e}; `run` refuses to start", j.name));
+                        Vec::new()
+                    }
+                };
+                let (_, same) = crate::source::file::distinct(&paths);
+                out.extend(
+                    same.into_iter()
+                        .map(|s| format!("jail {:?}: {s}", j.name)),
+                );
+                out
             })
             .collect()
     }

@@ -1,7 +1,7 @@
 //! A jail's log files: its `logpath` expanded (glob patterns matched as
 //! fail2ban matches them, `source/file/glob.rs`), one follower per file,
 //! and, when the list has patterns, a thread that expands them again every
-//! [`RESCAN`] so that a file appearing later (a new `*error.log`) is
+//! [`RESCAN`](glob::RESCAN) so that a file appearing later (a new `*error.log`) is
 //! followed without a reload.
 
 use std::collections::HashSet;
@@ -22,8 +22,7 @@ use crate::source::file::{FileSource, FollowStats, distinct, glob};
 use crate::source::scanner::ScannerList;
 use crate::supervise::{Health, Tasks};
 
-/// How often a jail's patterns are expanded again.
-pub(super) const RESCAN: Duration = Duration::from_secs(5);
+use glob::RESCAN;
 
 /// What each follower of the jail shares.
 pub(super) struct Template {

@@ -78,3 +78,64 @@ fn a_logpath_glob_follows_every_match_and_files_that_appear_later() {
     );
     d.stop();
 }
+
+/// `check` says a pattern matches nothing yet; `doctor` shows what each
+/// pattern matches.
+#[test]
+fn check_and_doctor_show_what_each_pattern_matches() {
+    let dir = TempDir::new("globcheck");
+    let logs = dir.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for f in ["a.log", "b.log"] {
+        std::fs::write(logs.join(f), "").unwrap();
+    }
+    let (some, none) = (logs.join("*.log"), dir.path("none/*error.log"));
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n\
+             [jail.fs]\nfilter = \"freeswitch\"\nlogpath = [\"{}\", \"{}\"]\n",
+            daemon_section(&dir),
+            some.display(),
+            none.display()
+        ),
+    )
+    .unwrap();
+    let run = |verb: &str| {
+        let out = std::process::Command::new(crate::common::bin())
+            .args([verb, "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = run("check");
+    assert!(
+        text.contains(&format!(
+            "logpath pattern {} matches no file yet",
+            none.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&some.display().to_string()), "{text}");
+    let text = run("doctor");
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    };
+    let matched = line(&format!(
+        "logpath pattern {}: matches 2 file(s)",
+        some.display()
+    ))
+    .unwrap_or_else(|| panic!("{text}"));
+    assert!(matched.starts_with("ok"), "{matched}");
+    assert!(matched.contains(&logs.join("a.log").display().to_string()));
+    assert!(matched.contains(&logs.join("b.log").display().to_string()));
+    let empty = line(&format!(
+        "logpath pattern {}: matches no file yet",
+        none.display()
+    ))
+    .unwrap_or_else(|| panic!("{text}"));
+    assert!(empty.starts_with("warn"), "{empty}");
+}

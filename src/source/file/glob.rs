@@ -14,6 +14,10 @@ use std::path::{Component, Path, PathBuf};
 /// Paths one pattern may match: more is an error naming it.
 pub const MAX_MATCHES: usize = 1000;
 
+/// How often a running jail expands its patterns again, so that a file
+/// that appears later is followed.
+pub const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Directory entries one expansion may read (`/*/*/*/*.log` walks a lot).
 pub const MAX_ENTRIES: usize = 100_000;
 
