@@ -134,6 +134,48 @@ pub enum JournalConfigError {
         "journalflags {0:?} is not a number (sd_journal_open flags: 1 local only, 2 runtime only, 4 system, 8 current user)"
     )]
     Flags(String),
+    /// `journalflags` libsystemd refuses for this journal (it would fail
+    /// every open with EINVAL).
+    #[error(
+        "journalflags {flags} cannot be used with {what} (libsystemd refuses it); allowed there: {allowed}"
+    )]
+    FlagsRefused {
+        /// As written.
+        flags: i32,
+        /// Which journal: the host's, `journalpath` or `journalfiles`.
+        what: &'static str,
+        /// The allowed flags, named.
+        allowed: &'static str,
+    },
+}
+
+/// Whether libsystemd (252) opens `location` with `flags`: the host's
+/// journal takes 1 local only, 2 runtime only, 4 system, 8 current user;
+/// a directory 4, 8 and 16 (os root); files none.
+fn check_flags(location: &Location, flags: i32) -> Result<(), JournalConfigError> {
+    use super::journal::sys::flags::{CURRENT_USER, LOCAL_ONLY, RUNTIME_ONLY, SYSTEM};
+    const OS_ROOT: i32 = 1 << 4;
+    let (allowed_bits, what, allowed) = match location {
+        Location::System => (
+            LOCAL_ONLY | RUNTIME_ONLY | SYSTEM | CURRENT_USER,
+            "the host's journal",
+            "0, or a sum of 1 (local only), 2 (runtime only), 4 (system), 8 (current user)",
+        ),
+        Location::Directory(_) => (
+            SYSTEM | CURRENT_USER | OS_ROOT,
+            "journalpath",
+            "0, or a sum of 4 (system), 8 (current user), 16 (os root)",
+        ),
+        Location::Files(_) => (0, "journalfiles", "0 only"),
+    };
+    if flags < 0 || flags & !allowed_bits != 0 {
+        return Err(JournalConfigError::FlagsRefused {
+            flags,
+            what,
+            allowed,
+        });
+    }
+    Ok(())
 }
 
 /// A jail's journal keys as written: `backend`, `journalmatch`,
@@ -258,6 +300,7 @@ pub fn fail2ban_journal(
                     .parse()
                     .map_err(|_| JournalConfigError::Flags(f.clone()))?;
             }
+            check_flags(&cfg.location, cfg.flags)?;
             Ok(Some(cfg))
         }
         "auto" if !logpath.iter().any(|p| exists(p)) => Ok(Some(JournalConfig::system())),
@@ -314,6 +357,37 @@ mod journal_tests {
         );
     }
 
+    /// Finding 4 (review of issue 19): flags libsystemd refuses for the
+    /// journal chosen (EINVAL at every open, retried every 5 s forever)
+    /// are refused when the configuration is read, naming those allowed.
+    #[test]
+    fn journalflags_libsystemd_refuses_are_refused_at_load() {
+        let all = |_: &std::path::Path| true;
+        for spec in [
+            "systemd[journalpath=/run/j, journalflags=1]",
+            "systemd[journalpath=/run/j, journalflags=2]",
+            "systemd[journalpath=/run/j, journalflags=32]",
+            "systemd[journalfiles=/a.journal, journalflags=4]",
+            "systemd[journalfiles=/a.journal, journalflags=1]",
+            "systemd[journalflags=16]",
+            "systemd[journalflags=-1]",
+        ] {
+            let e = fail2ban_journal(spec, &[], all)
+                .expect_err(spec)
+                .to_string();
+            assert!(e.contains("allowed"), "{spec}: {e}");
+        }
+        for spec in [
+            "systemd[journalpath=/run/j, journalflags=4]",
+            "systemd[journalpath=/run/j, journalflags=0]",
+            "systemd[journalfiles=/a.journal, journalflags=0]",
+            "systemd[journalflags=1]",
+            "systemd[journalflags=15]",
+        ] {
+            assert!(fail2ban_journal(spec, &[], all).is_ok(), "{spec}");
+        }
+    }
+
     #[test]
     fn fail2ban_backends() {
         let none = |_: &std::path::Path| false;
@@ -321,12 +395,12 @@ mod journal_tests {
         let logs = [PathBuf::from("/var/log/auth.log")];
         let j = fail2ban_journal("systemd", &logs, all).unwrap().unwrap();
         assert_eq!((j.location, j.flags), (Location::System, 4));
-        let j = fail2ban_journal("systemd[journalpath=/run/j, journalflags=1]", &[], all)
+        let j = fail2ban_journal("systemd[journalpath=/run/j, journalflags=4]", &[], all)
             .unwrap()
             .unwrap();
         assert_eq!(
             (j.location, j.flags),
-            (Location::Directory("/run/j".into()), 1)
+            (Location::Directory("/run/j".into()), 4)
         );
         let j = fail2ban_journal(r#"systemd[journalfiles="/a.journal /b.journal"]"#, &[], all)
             .unwrap()
