@@ -177,7 +177,7 @@ fn freeswitch_log_follows_rotation_and_truncation() {
 
 /// Copies fail2ban's stock configuration (read at test time from
 /// ../shared, never committed) into a temp dir with a jail.local.
-fn fail2ban_dir(dir: &TempDir, jail_local: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn fail2ban_dir(dir: &TempDir, jail_local: &str) -> Option<std::path::PathBuf> {
     let src = crate::common::corpus("fail2ban-1.1.2.dev1/config")?;
     let dst = dir.path("fail2ban");
     let status = std::process::Command::new("cp")

@@ -139,3 +139,63 @@ fn check_and_doctor_show_what_each_pattern_matches() {
     .unwrap_or_else(|| panic!("{text}"));
     assert!(empty.starts_with("warn"), "{empty}");
 }
+
+/// A fail2ban jail with a glob `logpath` and `backend = auto` (fail2ban's
+/// default): the pattern matches files, so the jail reads them (on main
+/// the pattern was followed as one literal path and nothing was read).
+#[test]
+fn a_fail2ban_jail_with_a_glob_reads_every_match() {
+    let dir = TempDir::new("f2bglob");
+    let logs = dir.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (a, b) = (logs.join("auth.log"), logs.join("auth-old.log"));
+    std::fs::write(&a, "").unwrap();
+    std::fs::write(&b, "").unwrap();
+    let Some(f2b) = crate::dry_run::fail2ban_dir(
+        &dir,
+        &format!(
+            "[sshd]\nenabled = true\nbackend = auto\nlogpath = {}/auth*.log\nmaxretry = 3\n",
+            logs.display()
+        ),
+    ) else {
+        return;
+    };
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[firewall]\nbackend = \"none\"\n", daemon_section(&dir)),
+    )
+    .unwrap();
+    let d = Daemon::start(&[
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--fail2ban-config",
+        f2b.to_str().unwrap(),
+    ]);
+    for f in [&a, &b] {
+        assert!(
+            d.wait_for(
+                &format!("{}: following", f.display()),
+                Duration::from_secs(20)
+            )
+            .is_some(),
+            "{} not followed",
+            f.display()
+        );
+    }
+    let now = jiff::Timestamp::now()
+        .strftime("%b %e %H:%M:%S")
+        .to_string();
+    let line = format!(
+        "{now} pbx sshd[123]: Failed password for invalid user admin from 192.0.2.20 port 4242 ssh2\n"
+    );
+    append(&a, &line.repeat(2));
+    append(&b, &line);
+    assert!(
+        d.wait_for("[sshd] Ban 192.0.2.20", Duration::from_secs(10))
+            .is_some(),
+        "no ban from the two files the pattern matches"
+    );
+    d.stop();
+}
