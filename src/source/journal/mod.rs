@@ -50,9 +50,22 @@ const BATCH: usize = 512;
 const WAIT: Duration = Duration::from_millis(500);
 
 /// The position kept for a journal with no entry of the jail's at its
-/// first start: everything after it is new, so the next start reads from
-/// the head (a real cursor is `s=...;i=...`).
+/// first start, as `head@<µs since the epoch>`: entries written after that
+/// time are new (a real cursor is `s=...;i=...`). A start that resumes
+/// from it reads from that time or the jail's findtime ago, whichever is
+/// later, never the whole history. A bare `head` (kept by earlier versions)
+/// reads from findtime ago.
 const HEAD: &str = "head";
+
+/// The time of a head marker (`head@<µs>`; `Some(0)` for a bare `head`),
+/// `None` for a real cursor.
+fn head_time(cursor: &str) -> Option<u64> {
+    let rest = cursor.strip_prefix(HEAD)?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    rest.strip_prefix('@')?.parse().ok()
+}
 
 /// Pause before a full event queue is tried again (the stop flag is
 /// looked at in between).
@@ -177,6 +190,13 @@ impl JournalSource {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 
+    /// The journal time (µs since the epoch) before which an entry is
+    /// older than the jail's findtime at `now`: never read.
+    fn oldest_usec(&self, now: Time) -> u64 {
+        let ms = now.0.saturating_sub(self.window.findtime_ms());
+        u64::try_from(ms).unwrap_or(0).saturating_mul(1000)
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -239,11 +259,13 @@ impl JournalSource {
         cursor: Option<&str>,
         start: bool,
     ) -> Result<Option<String>, JournalError> {
+        if let Some(c) = cursor
+            && let Some(since) = head_time(c)
+        {
+            j.seek_realtime_usec(since.max(self.oldest_usec(Time::now())))?;
+            return Ok(Some(c.to_string()));
+        }
         match cursor {
-            Some(HEAD) => {
-                j.seek_head()?;
-                Ok(None)
-            }
             Some(c) => {
                 j.seek_cursor(c)?;
                 // The entry of the cursor itself was read already: step
@@ -298,8 +320,13 @@ impl JournalSource {
         if first {
             // Where the first start stood is where the next one resumes:
             // entries written while the daemon is down are read then.
-            let c = at.clone().unwrap_or_else(|| HEAD.to_string());
-            self.cursors.mark(&key, generation, c);
+            let c = at.clone().unwrap_or_else(|| {
+                let us = u64::try_from(Time::now().0).unwrap_or(0) * 1000;
+                format!("{HEAD}@{us}")
+            });
+            self.cursors.mark(&key, generation, c.clone());
+            // Files coming or going seek back to it, not to the head.
+            at = Some(c);
             if !self.send(Vec::new()) {
                 return Ended::Gone;
             }
@@ -369,6 +396,15 @@ impl JournalSource {
     /// damaged file) or is too long is skipped, counted: reading it again
     /// would fail again.
     fn read_entry(&self, j: &mut sys::Journal, cx: &FilterContext, batch: &mut Vec<FailureEvent>) {
+        // Older than findtime by the journal's own time (after a long
+        // downtime): skipped before its fields are read, never sent.
+        if j.realtime_usec()
+            .is_ok_and(|us| us < self.oldest_usec(cx.now))
+        {
+            self.stats.lines.fetch_add(1, Ordering::Relaxed);
+            self.stats.dates.too_old.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut fields = entry::Fields::default();
         let time = match j
             .for_each_field(|d| fields.take(d))
@@ -765,6 +801,60 @@ mod tests {
         assert!(addrs(&mut rx, &cursors, 0).is_empty());
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Finding 3 (review of issue 19): the position kept for a journal
+    /// with no entry of the jail's at its first start never makes a later
+    /// start read the journal's whole history: it resumes within the
+    /// jail's findtime, and an older entry is not sent.
+    #[test]
+    fn a_first_start_head_marker_never_reads_the_whole_history() {
+        if !need("journal") {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("sw-journal-head-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = CursorKey {
+            jail: "sshd".into(),
+            source: format!("journal {}", dir.display()),
+        };
+        let entry = |usec: u64, addr: &str| {
+            export_entry(
+                usec,
+                &[
+                    "_SYSTEMD_UNIT=ssh.service",
+                    "SYSLOG_IDENTIFIER=sshd",
+                    "_PID=1",
+                    &format!("MESSAGE=Failed password for root from {addr} port 22 ssh2"),
+                ],
+            )
+        };
+        // Two hours ago (findtime is 10 minutes), then now.
+        let old = now_us() - 7_200_000_000;
+        write_journal(
+            &dir.join("a.journal"),
+            &(entry(old, "192.0.2.10") + &entry(now_us(), "192.0.2.11")),
+        );
+        // The marker as stored before (no time), then with its time (3 h ago).
+        let three_h = now_us() - 10_800_000_000;
+        for stored in ["head".to_string(), format!("head@{three_h}")] {
+            let cursors = Arc::new(Cursors::new([(key.clone(), stored.clone())]));
+            let (src, mut rx) = source(&dir, &cursors);
+            let stop = src.stop.clone();
+            let t = src.spawn(Arc::default()).unwrap();
+            let got = addrs(&mut rx, &cursors, 1);
+            std::thread::sleep(Duration::from_millis(300));
+            let late = addrs(&mut rx, &cursors, 0);
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap();
+            assert_eq!(
+                [got, late].concat(),
+                ["192.0.2.11"],
+                "stored {stored:?}: only the entry within findtime"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -75,6 +75,7 @@ type FnAddDisjunction = unsafe extern "C" fn(*mut Sd) -> c_int;
 type FnFlushMatches = unsafe extern "C" fn(*mut Sd);
 type FnSeekHead = unsafe extern "C" fn(*mut Sd) -> c_int;
 type FnSeekTail = unsafe extern "C" fn(*mut Sd) -> c_int;
+type FnSeekRealtime = unsafe extern "C" fn(*mut Sd, u64) -> c_int;
 type FnSeekCursor = unsafe extern "C" fn(*mut Sd, *const c_char) -> c_int;
 type FnTestCursor = unsafe extern "C" fn(*mut Sd, *const c_char) -> c_int;
 type FnGetCursor = unsafe extern "C" fn(*mut Sd, *mut *mut c_char) -> c_int;
@@ -99,6 +100,7 @@ struct Lib {
     flush_matches: FnFlushMatches,
     seek_head: FnSeekHead,
     seek_tail: FnSeekTail,
+    seek_realtime_usec: FnSeekRealtime,
     seek_cursor: FnSeekCursor,
     test_cursor: FnTestCursor,
     get_cursor: FnGetCursor,
@@ -163,6 +165,7 @@ impl Lib {
             flush_matches: f!("sd_journal_flush_matches", FnFlushMatches),
             seek_head: f!("sd_journal_seek_head", FnSeekHead),
             seek_tail: f!("sd_journal_seek_tail", FnSeekTail),
+            seek_realtime_usec: f!("sd_journal_seek_realtime_usec", FnSeekRealtime),
             seek_cursor: f!("sd_journal_seek_cursor", FnSeekCursor),
             test_cursor: f!("sd_journal_test_cursor", FnTestCursor),
             get_cursor: f!("sd_journal_get_cursor", FnGetCursor),
@@ -302,6 +305,16 @@ impl Journal {
         // SAFETY: the open journal.
         check("sd_journal_seek_head", unsafe {
             (self.lib.seek_head)(self.j)
+        })
+        .map(drop)
+    }
+
+    /// Before the first entry written at or after `usec` (µs since the
+    /// epoch, the journal's own `__REALTIME_TIMESTAMP`).
+    pub fn seek_realtime_usec(&mut self, usec: u64) -> Result<(), JournalError> {
+        // SAFETY: the open journal; the time is a plain value.
+        check("sd_journal_seek_realtime_usec", unsafe {
+            (self.lib.seek_realtime_usec)(self.j, usec)
         })
         .map(drop)
     }
