@@ -38,10 +38,29 @@ pub(super) struct Template {
     pub(super) tasks: Tasks,
 }
 
+/// One followed file.
+struct One {
+    path: PathBuf,
+    stats: Arc<FollowStats>,
+    health: Arc<Health>,
+    /// This follower's own stop flag (set with the jail's, or when its
+    /// file is gone).
+    stop: Arc<AtomicBool>,
+    /// Found by a pattern (else listed as written, and kept whatever
+    /// happens to the file).
+    matched: bool,
+    /// Expansions in a row that did not find it.
+    missed: u8,
+}
+
+/// Expansions in a row that must miss a matched file before its follower
+/// stops: a rotation (rename, then create) is not mistaken for a removal,
+/// and the follower has drained the file by then.
+const MISSES: u8 = 2;
+
 #[derive(Default)]
 struct Followed {
-    stats: Vec<(PathBuf, Arc<FollowStats>)>,
-    healths: Vec<Arc<Health>>,
+    files: Vec<One>,
     /// Device and inode of each file the last expansion matched: a file
     /// found again under another name (rotated to `messages.1`) was read
     /// already and is followed from its end; any other new match is new
@@ -111,7 +130,8 @@ impl LogFiles {
             let mut st = lock(&files.state);
             st.seen = found.paths.iter().filter_map(|p| ident(p)).collect();
             for p in &paths {
-                files.follow(&mut st, p, files.tpl.from_start)?;
+                let matched = !logpath.contains(p);
+                files.follow(&mut st, p, files.tpl.from_start, matched)?;
             }
         }
         if !files.patterns.is_empty() {
@@ -127,13 +147,19 @@ impl LogFiles {
         Ok(files)
     }
 
-    fn follow(&self, st: &mut Followed, path: &Path, from_start: bool) -> Result<(), DaemonError> {
+    fn follow(
+        &self,
+        st: &mut Followed,
+        path: &Path,
+        from_start: bool,
+        matched: bool,
+    ) -> Result<(), DaemonError> {
         let t = &self.tpl;
         let stats = Arc::new(FollowStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
         let health = t
             .tasks
             .register(&format!("[{}] follower {}", t.name, path.display()));
-        st.healths.push(health.clone());
         FileSource {
             path: path.to_path_buf(),
             jail: t.jail,
@@ -142,16 +168,23 @@ impl LogFiles {
             window: t.window.clone(),
             from_start,
             tx: t.tx.clone(),
-            stop: t.stop.clone(),
+            stop: stop.clone(),
             scanners: t.scanners.clone(),
             stats: stats.clone(),
         }
-        .spawn(health)
+        .spawn(health.clone())
         .map_err(|source| DaemonError::Io {
             what: format!("starting the follower of {}", path.display()),
             source,
         })?;
-        st.stats.push((path.to_path_buf(), stats));
+        st.files.push(One {
+            path: path.to_path_buf(),
+            stats,
+            health,
+            stop,
+            matched,
+            missed: 0,
+        });
         Ok(())
     }
 
@@ -175,11 +208,18 @@ impl LogFiles {
     pub(super) fn rescan(&self) {
         let name = &self.tpl.name;
         let mut matched = Vec::new();
+        let mut complete = true;
         let mut st = lock(&self.state);
+        // The jail stopped while this waited for the lock: its followers
+        // were told already, so none may start now.
+        if self.tpl.stop.load(Ordering::Relaxed) {
+            return;
+        }
         for p in &self.patterns {
             match glob::expand(p) {
                 Ok(m) => matched.extend(m),
                 Err(e) => {
+                    complete = false;
                     let msg = format!("[{name}] {e}; its new files are not followed");
                     if st.told.insert(msg.clone()) {
                         tracing::error!("{msg}");
@@ -187,14 +227,17 @@ impl LogFiles {
                 }
             }
         }
+        if complete {
+            self.drop_gone(&mut st, &matched);
+        }
         // What is followed first, so `distinct` keeps it and drops a new
         // name of a file already followed (a link, a second pattern).
-        let mut all: Vec<PathBuf> = st.stats.iter().map(|(p, _)| p.clone()).collect();
+        let mut all: Vec<PathBuf> = st.files.iter().map(|f| f.path.clone()).collect();
         let known = all.len();
         all.extend(
             matched
                 .iter()
-                .filter(|m| !st.stats.iter().any(|(p, _)| p == *m))
+                .filter(|m| !st.files.iter().any(|f| f.path == **m))
                 .cloned(),
         );
         if all.len() == known {
@@ -204,10 +247,10 @@ impl LogFiles {
         let (paths, _) = distinct(&all);
         let new: Vec<PathBuf> = paths
             .into_iter()
-            .filter(|p| !st.stats.iter().any(|(f, _)| f == p))
+            .filter(|p| !st.files.iter().any(|f| f.path == *p))
             .collect();
         for p in &new {
-            if st.stats.len() >= glob::MAX_MATCHES {
+            if st.files.len() >= glob::MAX_MATCHES {
                 let msg = format!(
                     "[{name}] follows {} files already; {} is not followed (restart to start over)",
                     glob::MAX_MATCHES,
@@ -224,23 +267,53 @@ impl LogFiles {
                 p.display(),
                 if from_start { " from its start" } else { "" }
             );
-            if let Err(e) = self.follow(&mut st, p, from_start) {
+            if let Err(e) = self.follow(&mut st, p, from_start, true) {
                 tracing::error!("[{name}] {e}");
             }
         }
         st.seen = matched.iter().filter_map(|p| ident(p)).collect();
     }
 
-    /// Each followed path with its counters.
-    pub(super) fn stats(&self) -> Vec<(PathBuf, Arc<FollowStats>)> {
-        lock(&self.state).stats.clone()
+    /// Stops the followers of matched files that `MISSES` expansions in
+    /// a row did not find (removed, or rotated away for good), so that
+    /// names that come and go (`access.log-20261201`) do not pile up.
+    fn drop_gone(&self, st: &mut Followed, matched: &[PathBuf]) {
+        let name = &self.tpl.name;
+        let tasks = &self.tpl.tasks;
+        st.files.retain_mut(|f| {
+            if !f.matched || matched.contains(&f.path) {
+                f.missed = 0;
+                return true;
+            }
+            f.missed += 1;
+            if f.missed < MISSES {
+                return true;
+            }
+            tracing::info!(
+                "[{name}] logpath: {} no longer matches a pattern; no longer followed",
+                f.path.display()
+            );
+            f.stop.store(true, Ordering::Relaxed);
+            tasks.forget(&f.health);
+            false
+        });
     }
 
-    /// Takes the followers out of the task list (they stop with the
-    /// jail's stop flag).
-    pub(super) fn forget(&self) {
-        for h in &lock(&self.state).healths {
-            self.tpl.tasks.forget(h);
+    /// Each followed path with its counters.
+    pub(super) fn stats(&self) -> Vec<(PathBuf, Arc<FollowStats>)> {
+        lock(&self.state)
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.stats.clone()))
+            .collect()
+    }
+
+    /// Stops every follower and takes them out of the task list (the
+    /// rescan thread stops with the jail's stop flag).
+    pub(super) fn stop(&self) {
+        for f in &lock(&self.state).files {
+            f.stop.store(true, Ordering::Relaxed);
+            self.tpl.tasks.forget(&f.health);
         }
     }
 }

@@ -145,7 +145,7 @@ impl SourceGroup {
             self.tasks.forget(h);
         }
         if let Some(f) = &self.files {
-            f.forget();
+            f.stop();
         }
     }
 

@@ -76,6 +76,25 @@ fn a_logpath_glob_follows_every_match_and_files_that_appear_later() {
             .is_some(),
         "no ban from the file created later"
     );
+    // A matched file that goes away for good stops being followed (names
+    // that come and go, such as dated logs, do not pile up).
+    let sources = || {
+        let out = crate::common::cli(&dir, &["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["result"]["jails"][0]["sources"].as_array().map(Vec::len))
+    };
+    assert_eq!(sources(), Some(3));
+    std::fs::remove_file(&later).unwrap();
+    assert!(
+        d.wait_for(
+            &format!("{} no longer matches a pattern", later.display()),
+            Duration::from_secs(30)
+        )
+        .is_some(),
+        "the follower of the removed file was kept"
+    );
+    assert_eq!(sources(), Some(2));
     d.stop();
 }
 
