@@ -591,3 +591,39 @@ fn a_reload_during_a_backlog_counts_each_entry_once() {
     assert!(d.lines_with("Ban ").is_empty(), "no entry counted twice");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// Finding 1, for fail2ban filters: a journal jail whose filter has no
+/// `journalmatch` (fail2ban's freeswitch.conf) would read every entry; it
+/// is refused at start, saying what to write, instead of read.
+#[test]
+fn a_fail2ban_journal_jail_that_would_read_every_entry_is_refused() {
+    if !need("journal") {
+        return;
+    }
+    let dir = TempDir::new("journal-everything");
+    let jdir = dir.path("journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let Some(f2b) = fail2ban_dir(
+        &dir,
+        &format!(
+            "[freeswitch]\nenabled = true\nbackend = systemd[journalpath={}]\n",
+            jdir.display()
+        ),
+    ) else {
+        return;
+    };
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[firewall]\nbackend = \"none\"\n", daemon_section(&dir)),
+    )
+    .unwrap();
+    let d = start(&cfg, &f2b);
+    let refused = d
+        .wait_for("reads the journal with no journalmatch", WAIT)
+        .expect("the jail is refused");
+    assert!(refused.contains("freeswitch"), "{refused}");
+    assert!(refused.contains("_SYSTEMD_UNIT="), "{refused}");
+    assert!(d.lines_with("following").is_empty(), "nothing is read");
+    let _ = d.stop();
+}
