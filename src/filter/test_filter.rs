@@ -225,7 +225,12 @@ impl Part {
                 None => Verdict::Missed,
             },
             Which::F2b(f) => {
-                let text = String::from_utf8_lossy(line);
+                // Valid UTF-8 (nearly every line) is borrowed after the
+                // fast check; only other bytes go through the lossy path.
+                let text = match std::str::from_utf8(line) {
+                    Ok(t) => std::borrow::Cow::Borrowed(t),
+                    Err(_) => String::from_utf8_lossy(line),
+                };
                 if f.counts_in_full() {
                     self.full(f, &text, cx, show, &mut buffered)
                 } else {

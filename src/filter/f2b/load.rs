@@ -214,6 +214,10 @@ impl F2bFilter {
         } else {
             None
         };
+        let nofail = failregex
+            .iter()
+            .chain(&prefregex)
+            .any(|p| p.as_str().contains("(?P<nofail>"));
         Ok(F2bFilter {
             name: name.to_string(),
             prefregex,
@@ -223,6 +227,7 @@ impl F2bFilter {
             prefilter,
             maxlines,
             stateful: maxlines > 1 || mlfid,
+            nofail,
             state: std::sync::Mutex::default(),
             journalmatch: get("journalmatch"),
         })

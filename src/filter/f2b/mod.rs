@@ -116,6 +116,9 @@ pub struct F2bFilter {
     /// Lines depend on earlier ones: a multi-line buffer, or failures tied
     /// by a connection id.
     stateful: bool,
+    /// "No failure" groups in a failregex or the prefregex (decided once at
+    /// load: [`counts_in_full`](Self::counts_in_full) is asked per line).
+    nofail: bool,
     /// What the filter remembers between lines.
     state: std::sync::Mutex<multiline::State>,
     /// `journalmatch`, recorded for a journal source.
@@ -134,6 +137,7 @@ impl Clone for F2bFilter {
             prefilter: self.prefilter.clone(),
             maxlines: self.maxlines,
             stateful: self.stateful,
+            nofail: self.nofail,
             state: std::sync::Mutex::default(),
             journalmatch: self.journalmatch.clone(),
         }
@@ -222,13 +226,7 @@ impl F2bFilter {
     /// path: state across lines, "no failure" groups, or ignoreregexes
     /// (which fail2ban-regex applies to every line).
     pub fn counts_in_full(&self) -> bool {
-        self.stateful
-            || !self.ignoreregex.is_empty()
-            || self
-                .failregex
-                .iter()
-                .chain(&self.prefregex)
-                .any(|p| p.as_str().contains("(?P<nofail>"))
+        self.stateful || !self.ignoreregex.is_empty() || self.nofail
     }
 
     /// How many failregexes the filter has.
