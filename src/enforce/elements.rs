@@ -112,11 +112,33 @@ pub(super) struct Unit {
     pub(super) decisions: Vec<usize>,
 }
 
-pub(super) fn addr_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
+/// An address's bytes in network order, on the stack (one per element
+/// encoded: no allocation each).
+pub(super) struct AddrBytes {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl std::ops::Deref for AddrBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
+}
+
+pub(super) fn addr_bytes(a: IpAddr) -> AddrBytes {
+    let mut bytes = [0u8; 16];
+    let len = match a {
+        IpAddr::V4(v) => {
+            bytes[..4].copy_from_slice(&v.octets());
+            4
+        }
+        IpAddr::V6(v) => {
+            bytes = v.octets();
+            16
+        }
+    };
+    AddrBytes { bytes, len }
 }
 
 /// Encodes one element (its key, flags and timeout) into `b`.

@@ -145,8 +145,8 @@ impl Enforcer for NftEnforcer {
         let mut undo: Vec<Option<Undo>> =
             decisions.iter().map(|d| Some(self.book.note(d))).collect();
         // One unit per single address touched; one per family for prefixes.
-        let mut host_units: Vec<(IpNet, Unit)> = Vec::new();
-        let mut host_index: HashMap<IpNet, usize> = HashMap::new();
+        let mut host_units: Vec<(IpNet, Unit)> = Vec::with_capacity(decisions.len());
+        let mut host_index: HashMap<IpNet, usize> = HashMap::with_capacity(decisions.len());
         let mut prefix_decisions: HashMap<Family, Vec<usize>> = HashMap::new();
         for (i, d) in decisions.iter().enumerate() {
             let net = d.addr();
@@ -181,7 +181,7 @@ impl Enforcer for NftEnforcer {
                     });
                 }
             };
-        let units: Vec<Unit> = host_units.iter().map(|(_, u)| u.clone()).collect();
+        let (nets, units): (Vec<IpNet>, Vec<Unit>) = host_units.into_iter().unzip();
         let mut refused = Vec::new();
         // When the firewall cannot be reached at all, what was not applied
         // yet is refused with that error.
@@ -202,7 +202,7 @@ impl Enforcer for NftEnforcer {
             start = end;
         }
         let refused_units: HashMap<usize, i32> = refused.into_iter().collect();
-        for (k, (net, unit)) in host_units.iter().enumerate() {
+        for (k, (net, unit)) in nets.iter().zip(&units).enumerate() {
             if let Some((from, e)) = &unreachable {
                 if k >= *from {
                     refuse(&mut undo, &mut self.book, &unit.decisions, &e.to_string());
