@@ -46,46 +46,8 @@ pub const GROUPS: &[(&str, &str)] = &[
 /// group).
 pub const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
-/// Makes the journal file `out` (which must end in `.journal`) from
-/// `export`, text in the journal export format, with `systemd-journal-remote`
-/// (appending when `out` exists).
-pub fn write_journal(out: &Path, export: &str) {
-    let mut child = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", out.display()))
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{JOURNAL_REMOTE}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(export.as_bytes())
-        .expect("writing the export");
-    let o = child.wait_with_output().expect("systemd-journal-remote");
-    assert!(
-        o.status.success(),
-        "{JOURNAL_REMOTE} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// One journal entry in the export format: `fields` as `NAME=value`, with
-/// `__REALTIME_TIMESTAMP` (`usec`), a monotonic time and a boot id.
-pub fn export_entry(usec: u64, fields: &[&str]) -> String {
-    let mut s = format!(
-        "__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed\n",
-        usec % 1_000_000_000_000
-    );
-    for f in fields {
-        s.push_str(f);
-        s.push('\n');
-    }
-    s.push('\n');
-    s
-}
+#[cfg(test)]
+pub(crate) use journal_files::{export_entry, write_journal};
 
 /// The reference corpus beside the checkout.
 pub fn corpus_dir() -> PathBuf {
@@ -185,5 +147,56 @@ mod tests {
             let _ = missing(g);
         }
         assert!(std::panic::catch_unwind(|| missing("no-such-group")).is_err());
+    }
+}
+
+/// Journal files for tests, made with `systemd-journal-remote`.
+#[cfg(test)]
+pub(crate) mod journal_files {
+    use std::io::Write;
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::JOURNAL_REMOTE;
+
+    /// Makes the journal file `out` (which must end in `.journal`) from
+    /// `export`, text in the journal export format, with `systemd-journal-remote`
+    /// (appending when `out` exists).
+    pub fn write_journal(out: &Path, export: &str) {
+        let mut child = Command::new(JOURNAL_REMOTE)
+            .arg(format!("--output={}", out.display()))
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{JOURNAL_REMOTE}: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(export.as_bytes())
+            .expect("writing the export");
+        let o = child.wait_with_output().expect("systemd-journal-remote");
+        assert!(
+            o.status.success(),
+            "{JOURNAL_REMOTE} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// One journal entry in the export format: `fields` as `NAME=value`, with
+    /// `__REALTIME_TIMESTAMP` (`usec`), a monotonic time and a boot id.
+    pub fn export_entry(usec: u64, fields: &[&str]) -> String {
+        let mut s = format!(
+            "__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed\n",
+            usec % 1_000_000_000_000
+        );
+        for f in fields {
+            s.push_str(f);
+            s.push('\n');
+        }
+        s.push('\n');
+        s
     }
 }
