@@ -187,6 +187,45 @@ fn fail2ban_sshd_bans_from_the_journal_resumes_and_survives_rotation() {
     assert!(d.stop().is_some_and(|s| s.success()));
 }
 
+/// A journal directory under a new temporary directory, with sshd's
+/// "listening" entry, for a TOML jail `ssh` reading it.
+struct SshJournal {
+    dir: TempDir,
+    jdir: std::path::PathBuf,
+    /// The journal file entries are appended to.
+    a: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+}
+
+impl SshJournal {
+    fn new(name: &str, host: &str, pid: &str) -> SshJournal {
+        let dir = TempDir::new(name);
+        let jdir = dir.path("journal");
+        std::fs::create_dir_all(&jdir).unwrap();
+        let a = jdir.join("a.journal");
+        write_journal(
+            &a,
+            &sshd_entries(host, pid, "Server listening on 0.0.0.0 port 22.", 1),
+        );
+        let cfg = dir.path("sipwarden.toml");
+        SshJournal { dir, jdir, a, cfg }
+    }
+
+    /// Writes the configuration: jail `ssh` with the built-in sshd filter
+    /// on the journal directory, plus `keys`.
+    fn write_config(&self, keys: &str) {
+        std::fs::write(
+            &self.cfg,
+            format!(
+                "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\n{keys}",
+                daemon_section(&self.dir),
+                self.jdir.display()
+            ),
+        )
+        .unwrap();
+    }
+}
+
 /// A TOML jail: `backend = "systemd"`, `journal_dir`, its own
 /// `journalmatch` (entries of other units are not read), the built-in
 /// sshd filter.
@@ -199,24 +238,9 @@ fn toml_journal_jail_reads_only_its_matches() {
         return;
     };
     let (host, pid, msg) = samples[0].clone();
-    let dir = TempDir::new("journal-toml");
-    let jdir = dir.path("journal");
-    std::fs::create_dir_all(&jdir).unwrap();
-    let a = jdir.join("a.journal");
-    write_journal(
-        &a,
-        &sshd_entries(&host, &pid, "Server listening on 0.0.0.0 port 22.", 1),
-    );
-    let cfg = dir.path("sipwarden.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\njournalmatch = \"_SYSTEMD_UNIT=ssh.service\"\nmaxretry = 2\n",
-            daemon_section(&dir),
-            jdir.display()
-        ),
-    )
-    .unwrap();
+    let j = SshJournal::new("journal-toml", &host, &pid);
+    let (a, cfg) = (j.a.clone(), j.cfg.clone());
+    j.write_config("journalmatch = \"_SYSTEMD_UNIT=ssh.service\"\nmaxretry = 2\n");
     let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     d.wait_for("following from its end (_SYSTEMD_UNIT=ssh.service)", WAIT)
         .expect("the jail follows the journal with its journalmatch");
@@ -384,26 +408,10 @@ fn a_reload_resumes_after_the_last_entry_read() {
         return;
     };
     let (host, pid, msg) = samples[0].clone();
-    let dir = TempDir::new("journal-reload");
-    let jdir = dir.path("journal");
-    std::fs::create_dir_all(&jdir).unwrap();
-    let a = jdir.join("a.journal");
-    write_journal(
-        &a,
-        &sshd_entries(&host, &pid, "Server listening on 0.0.0.0 port 22.", 1),
-    );
-    let cfg = dir.path("sipwarden.toml");
-    let write_cfg = |m: &str| {
-        std::fs::write(
-            &cfg,
-            format!(
-                "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\njournalmatch = \"{m}\"\nmaxretry = 3\n",
-                daemon_section(&dir),
-                jdir.display()
-            ),
-        )
-        .unwrap()
-    };
+    let j = SshJournal::new("journal-reload", &host, &pid);
+    let dir = &j.dir;
+    let (a, cfg) = (j.a.clone(), j.cfg.clone());
+    let write_cfg = |m: &str| j.write_config(&format!("journalmatch = \"{m}\"\nmaxretry = 3\n"));
     write_cfg("_SYSTEMD_UNIT=ssh.service");
     let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     d.wait_for("following from its end", WAIT)
@@ -420,7 +428,7 @@ fn a_reload_resumes_after_the_last_entry_read() {
     }
     // Another journalmatch (still matching sshd): the follower restarts.
     write_cfg("_COMM=sshd");
-    let r = cli(&dir, &["reload"]);
+    let r = cli(dir, &["reload"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     d.wait_for("following after the last entry read (_COMM=sshd)", WAIT)
         .expect("the new follower resumes where the old one stopped");
@@ -449,24 +457,9 @@ fn a_forged_syslog_identifier_never_counts_in_a_builtin_journal_jail() {
         return;
     };
     let (host, pid, msg) = samples[0].clone();
-    let dir = TempDir::new("journal-forged");
-    let jdir = dir.path("journal");
-    std::fs::create_dir_all(&jdir).unwrap();
-    let a = jdir.join("a.journal");
-    write_journal(
-        &a,
-        &sshd_entries(&host, &pid, "Server listening on 0.0.0.0 port 22.", 1),
-    );
-    let cfg = dir.path("sipwarden.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\nmaxretry = 2\n",
-            daemon_section(&dir),
-            jdir.display()
-        ),
-    )
-    .unwrap();
+    let j = SshJournal::new("journal-forged", &host, &pid);
+    let (a, cfg) = (j.a.clone(), j.cfg.clone());
+    j.write_config("maxretry = 2\n");
     let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     d.wait_for("following from its end", WAIT)
         .expect("the jail follows the journal");
@@ -512,26 +505,10 @@ fn a_reload_during_a_backlog_counts_each_entry_once() {
         return;
     }
     const N: usize = 50_000;
-    let dir = TempDir::new("journal-reload-busy");
-    let jdir = dir.path("journal");
-    std::fs::create_dir_all(&jdir).unwrap();
-    let a = jdir.join("a.journal");
-    write_journal(
-        &a,
-        &sshd_entries("h", "7", "Server listening on 0.0.0.0 port 22.", 1),
-    );
-    let cfg = dir.path("sipwarden.toml");
-    let write_cfg = |m: &str| {
-        std::fs::write(
-            &cfg,
-            format!(
-                "{}[firewall]\nbackend = \"none\"\n\n[jail.ssh]\nfilter = \"sshd\"\nbackend = \"systemd\"\njournal_dir = \"{}\"\njournalmatch = \"{m}\"\nmaxretry = 3\n",
-                daemon_section(&dir),
-                jdir.display()
-            ),
-        )
-        .unwrap()
-    };
+    let j = SshJournal::new("journal-reload-busy", "h", "7");
+    let dir = &j.dir;
+    let (a, cfg) = (j.a.clone(), j.cfg.clone());
+    let write_cfg = |m: &str| j.write_config(&format!("journalmatch = \"{m}\"\nmaxretry = 3\n"));
     write_cfg("_SYSTEMD_UNIT=ssh.service");
     let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     d.wait_for("following from its end", WAIT)
@@ -565,7 +542,7 @@ fn a_reload_during_a_backlog_counts_each_entry_once() {
     d.wait_for("following after the last entry read", WAIT)
         .expect("the jail resumes");
     write_cfg("_SYSTEMD_UNIT=ssh.service + _SYSTEMD_UNIT=sshd.service");
-    let r = cli(&dir, &["reload"]);
+    let r = cli(dir, &["reload"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     d.wait_for(
         &format!("[ssh] Found {}", addr(N - 1)),
