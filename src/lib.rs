@@ -28,6 +28,7 @@ pub mod enforce;
 pub mod event;
 pub mod feed;
 pub mod filter;
+pub mod fraud;
 pub mod http;
 pub mod jail;
 pub mod net;
