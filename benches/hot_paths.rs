@@ -191,7 +191,8 @@ fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Ve
 }
 
 fn wire(c: &mut Criterion) {
-    use sipwarden::source::wire::{Tracker, parse_sip, transport};
+    use sipwarden::source::sip::{Tracker, parse_sip};
+    use sipwarden::source::wire::transport;
     // Alternating REGISTER-with-credentials and its 401, from 5,000 clients.
     let packets: Vec<(Vec<u8>, bool)> = (0..N as u32)
         .map(|i| {

@@ -47,6 +47,7 @@ pub mod fuzzing {
     use crate::filter::{BUILTIN_FILTERS, FilterContext, FilterOptions, builtin};
 
     pub use crate::source::esl::fuzz_frames;
+    pub use crate::source::hep::fuzz_hep;
 
     /// Every built-in filter, both option sets, on one line.
     pub fn fuzz_filters(data: &[u8]) {
@@ -124,7 +125,8 @@ pub mod fuzzing {
     /// The wire sensor on one captured packet: IP and transport headers,
     /// the SIP message, and the pairing (the packet seen from both sides).
     pub fn fuzz_wire(data: &[u8]) {
-        use crate::source::wire::{Tracker, parse_sip, transport};
+        use crate::source::sip::{Tracker, parse_sip};
+        use crate::source::wire::transport;
         // Built once: an automaton per input would be most of the time.
         static SCANNERS: std::sync::OnceLock<crate::source::scanner::ScannerList> =
             std::sync::OnceLock::new();
@@ -171,7 +173,7 @@ pub mod fuzzing {
         #[test]
         fn fuzz_corpora_replay_clean() {
             let root = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus");
-            let targets: [Target; 7] = [
+            let targets: [Target; 8] = [
                 ("esl_frames", fuzz_frames),
                 ("filters", fuzz_filters),
                 ("config", fuzz_config),
@@ -179,6 +181,7 @@ pub mod fuzzing {
                 ("control", fuzz_control),
                 ("wire", fuzz_wire),
                 ("feeds", fuzz_feeds),
+                ("hep", fuzz_hep),
             ];
             let mut n = 0;
             for (name, f) in targets {

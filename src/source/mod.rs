@@ -4,8 +4,10 @@
 pub mod config;
 pub mod esl;
 pub mod file;
+pub mod hep;
 pub mod journal;
 pub mod scanner;
+pub mod sip;
 pub mod wire;
 
 use std::sync::Arc;

@@ -4,30 +4,22 @@
 //! IPv6 packet of an interface, in and out. UDP datagrams and TCP segments
 //! to or from the configured SIP ports are read as SIP messages (a TCP
 //! message split over segments is not reassembled: each segment that starts
-//! a message is read). Requests and responses are paired by source
-//! address, Call-ID and CSeq:
-//!
-//! * REGISTER or INVITE sent with credentials and answered 401/407 again,
-//!   or answered 403: a failed authentication (`register_auth`,
-//!   `invite_auth`);
-//! * REGISTER answered 404: an unknown user;
-//! * a first 401/407 to a request without credentials is a challenge, not a
-//!   failure (every phone gets one);
-//! * any request whose User-Agent is a known attack tool (svmap's OPTIONS
-//!   scan, svwar, svcrack): a scanner, banned at once with `ban_scanners`.
+//! a message is read). The messages go through the SIP pairing every SIP
+//! feeder shares ([`source::sip`](crate::source::sip)): what counts as a
+//! failure is decided there.
 //!
 //! The address is the packet's source address (of the request; of the
 //! response's destination), never text from the message.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc::Sender;
 
-use crate::event::{FailureEvent, FailureKind, JailId, Time};
+use crate::event::{FailureEvent, JailId, Time};
 use crate::source::scanner::ScannerList;
+use crate::source::sip::{Tracker, failure_event, parse_sip};
 
 /// `wire = { interface = "eth0", ports = [5060] }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,156 +39,6 @@ pub struct WireStats {
     pub messages: AtomicU64,
     /// Failures found.
     pub failures: AtomicU64,
-}
-
-/// The parts of a SIP message the sensor reads.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SipMessage<'a> {
-    /// Request method, or `None` for a response.
-    pub method: Option<&'a str>,
-    /// Response status.
-    pub status: Option<u16>,
-    /// Call-ID.
-    pub call_id: &'a str,
-    /// CSeq number and method.
-    pub cseq: (u32, &'a str),
-    /// Whether the request carries credentials.
-    pub authorized: bool,
-    /// User-Agent.
-    pub user_agent: &'a str,
-    /// The user of the To header (attacker text).
-    pub to_user: &'a str,
-}
-
-/// Reads a SIP message's start line and the headers the sensor needs.
-/// `None` when it is not SIP.
-pub fn parse_sip(data: &[u8]) -> Option<SipMessage<'_>> {
-    let head_end = memchr::memmem::find(data, b"\r\n\r\n").unwrap_or(data.len());
-    let text = std::str::from_utf8(&data[..head_end]).ok()?;
-    let mut lines = text.split("\r\n");
-    let first = lines.next()?;
-    let mut m = SipMessage::default();
-    if let Some(rest) = first.strip_prefix("SIP/2.0 ") {
-        m.status = rest.get(..3)?.parse().ok();
-        m.status?;
-    } else {
-        let mut parts = first.split(' ');
-        let method = parts.next()?;
-        let _uri = parts.next()?;
-        if parts.next()? != "SIP/2.0"
-            || method.is_empty()
-            || !method.bytes().all(|b| b.is_ascii_uppercase())
-        {
-            return None;
-        }
-        m.method = Some(method);
-    }
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "call-id" | "i" => m.call_id = value,
-            "cseq" => {
-                let mut p = value.split_whitespace();
-                m.cseq = (
-                    p.next().and_then(|n| n.parse().ok()).unwrap_or(0),
-                    p.next().unwrap_or(""),
-                );
-            }
-            "authorization" | "proxy-authorization" => m.authorized = true,
-            "user-agent" => m.user_agent = value,
-            "to" | "t" => {
-                m.to_user = value
-                    .split("sip:")
-                    .nth(1)
-                    .and_then(|r| r.split(['@', '>', ';']).next())
-                    .unwrap_or("");
-            }
-            _ => {}
-        }
-    }
-    (!m.call_id.is_empty()).then_some(m)
-}
-
-/// What a request looked like, kept until its answer.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    authorized: bool,
-}
-
-/// Pairs requests with responses; bounded.
-#[derive(Debug, Default)]
-pub struct Tracker {
-    pending: HashMap<(IpAddr, String, u32, String), Pending>,
-    order: VecDeque<(IpAddr, String, u32, String)>,
-}
-
-/// Requests remembered while waiting for their answers.
-const MAX_PENDING: usize = 100_000;
-
-impl Tracker {
-    /// Reads one message between `client` and the server (`from_client`:
-    /// the client sent it). Returns a failure or scanner signal.
-    pub fn observe(
-        &mut self,
-        client: IpAddr,
-        from_client: bool,
-        m: &SipMessage<'_>,
-        scanners: &ScannerList,
-    ) -> Option<(FailureKind, bool, String)> {
-        let key = (
-            client,
-            m.call_id.to_string(),
-            m.cseq.0,
-            m.cseq.1.to_string(),
-        );
-        if from_client {
-            let method = m.method?;
-            if !m.user_agent.is_empty() && scanners.matches(m.user_agent) {
-                return Some((FailureKind::Other, true, m.to_user.to_string()));
-            }
-            if method == "REGISTER" || method == "INVITE" {
-                if self.pending.len() >= MAX_PENDING {
-                    if let Some(old) = self.order.pop_front() {
-                        self.pending.remove(&old);
-                    }
-                }
-                if self
-                    .pending
-                    .insert(
-                        key.clone(),
-                        Pending {
-                            authorized: m.authorized,
-                        },
-                    )
-                    .is_none()
-                {
-                    self.order.push_back(key);
-                }
-            }
-            return None;
-        }
-        let status = m.status?;
-        if status < 200 {
-            return None; // provisional: the final answer follows
-        }
-        let p = self.pending.remove(&key)?;
-        let invite = m.cseq.1 == "INVITE";
-        let auth_kind = if invite {
-            FailureKind::InviteAuth
-        } else {
-            FailureKind::RegisterAuth
-        };
-        let kind = match status {
-            401 | 407 if p.authorized => auth_kind,
-            403 => auth_kind,
-            404 if !invite => FailureKind::UnknownUser,
-            _ => return None,
-        };
-        Some((kind, false, m.to_user.to_string()))
-    }
 }
 
 /// The transport payload of an IP packet to or from one of `ports`:
@@ -347,18 +189,9 @@ impl WireSource {
         if crate::net::never_a_source(client) {
             return;
         }
-        if let Some((kind, scanner, user)) =
-            tracker.observe(client, from_client, &m, &self.scanners)
-        {
+        if let Some(signal) = tracker.observe(client, from_client, &m, &self.scanners) {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            out.push(FailureEvent {
-                time: Time::now(),
-                jail: self.jail,
-                addr: client.to_canonical(),
-                kind,
-                user: (!user.is_empty()).then(|| crate::filter::user_text(user.as_bytes())),
-                scanner,
-            });
+            out.push(failure_event(self.jail, client, signal, Time::now()));
         }
     }
 }
@@ -525,79 +358,6 @@ fn open_socket(interface: Option<&str>, ports: &[u16]) -> std::io::Result<std::o
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const REG: &str = "REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5062\r\nFrom: <sip:1009@10.0.0.1>;tag=1\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: abc\r\nCSeq: 1 REGISTER\r\nUser-Agent: Yealink\r\nContent-Length: 0\r\n\r\n";
-
-    fn resp(code: &str, cseq: u32) -> String {
-        format!(
-            "SIP/2.0 {code}\r\nTo: <sip:1009@10.0.0.1>;tag=9\r\nCall-ID: abc\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
-        )
-    }
-
-    #[test]
-    fn challenge_is_not_a_failure_but_a_rejected_answer_is() {
-        let sc = ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS);
-        let mut t = Tracker::default();
-        let c: IpAddr = "10.0.0.2".parse().unwrap();
-        let m = parse_sip(REG.as_bytes()).unwrap();
-        assert_eq!(m.method, Some("REGISTER"));
-        assert_eq!(m.to_user, "1009");
-        assert_eq!(t.observe(c, true, &m, &sc), None);
-        let r = resp("401 Unauthorized", 1);
-        assert_eq!(
-            t.observe(c, false, &parse_sip(r.as_bytes()).unwrap(), &sc),
-            None
-        );
-        // The retry with credentials, answered 401 again: a failure.
-        let auth = REG.replace("CSeq: 1", "CSeq: 2").replace(
-            "User-Agent",
-            "Authorization: Digest username=\"1009\"\r\nUser-Agent",
-        );
-        assert_eq!(
-            t.observe(c, true, &parse_sip(auth.as_bytes()).unwrap(), &sc),
-            None
-        );
-        let r = resp("401 Unauthorized", 2);
-        assert_eq!(
-            t.observe(c, false, &parse_sip(r.as_bytes()).unwrap(), &sc),
-            Some((FailureKind::RegisterAuth, false, "1009".into()))
-        );
-        // 404 to a REGISTER: an unknown user.
-        let reg3 = REG.replace("CSeq: 1", "CSeq: 3");
-        t.observe(c, true, &parse_sip(reg3.as_bytes()).unwrap(), &sc);
-        assert_eq!(
-            t.observe(
-                c,
-                false,
-                &parse_sip(resp("404 Not Found", 3).as_bytes()).unwrap(),
-                &sc
-            ),
-            Some((FailureKind::UnknownUser, false, "1009".into()))
-        );
-        // An answer nobody asked for is ignored.
-        assert_eq!(
-            t.observe(
-                c,
-                false,
-                &parse_sip(resp("403 Forbidden", 9).as_bytes()).unwrap(),
-                &sc
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn scanner_user_agent_and_garbage() {
-        let sc = ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS);
-        let mut t = Tracker::default();
-        let opt = "OPTIONS sip:100@10.0.0.1 SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\nTo: \"from ip 1.2.3.4\" <sip:100@10.0.0.1>\r\n\r\n";
-        let c: IpAddr = "10.0.0.3".parse().unwrap();
-        let got = t.observe(c, true, &parse_sip(opt.as_bytes()).unwrap(), &sc);
-        assert_eq!(got.map(|g| g.1), Some(true));
-        assert!(parse_sip(b"GET / HTTP/1.1\r\n\r\n").is_none());
-        assert!(parse_sip(b"\xff\xfe").is_none());
-        assert!(parse_sip(b"SIP/2.0 40").is_none());
-    }
 
     /// A UDP/IPv4 packet from `src` to 10.0.0.1:5060 carrying `payload`.
     fn udp4(src: [u8; 4], payload: &[u8]) -> Vec<u8> {
