@@ -55,6 +55,7 @@ fn policy() -> JailPolicy {
         trusted_maxretry: 0,
         wrong_call_state_maxretry: 0,
         invite_weight: 1,
+        burst: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ActiveBan {
 pub enum BanReason {
     /// It reached `maxretry` failures.
     Failures,
+    /// Its failures came at machine speed (the jail's `burst` rule).
+    Burst,
     /// An operator banned it.
     Manual,
     /// Another node of the cluster decided it.
@@ -118,6 +120,11 @@ impl fmt::Display for BanDecision {
         write!(f, "[{}] Ban {} (", self.jail_name, DisplayNet(&self.addr))?;
         match self.reason {
             BanReason::Failures => write!(f, "{} failures, {})", self.failures, self.bantime),
+            BanReason::Burst => write!(
+                f,
+                "{} failures in a burst, {})",
+                self.failures, self.bantime
+            ),
             BanReason::Manual => write!(f, "manual, {})", self.bantime),
             BanReason::Cluster => write!(f, "cluster, {})", self.bantime),
         }

@@ -315,6 +315,7 @@ pub fn jail_view(
                     failures: b.failures,
                     reason: match b.reason {
                         BanReason::Failures => "failures".into(),
+                        BanReason::Burst => "burst".into(),
                         BanReason::Manual => "manual".into(),
                         BanReason::Cluster => "cluster".into(),
                     },

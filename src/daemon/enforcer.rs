@@ -214,7 +214,9 @@ fn run_jobs(
         }
         for (i, d) in job.decisions.iter().enumerate() {
             if let Decision::Ban(b) = d {
-                if b.reason == BanReason::Failures && !mine.iter().any(|r| r.index == i) {
+                if matches!(b.reason, BanReason::Failures | BanReason::Burst)
+                    && !mine.iter().any(|r| r.index == i)
+                {
                     metrics.observe_ban((now.0 - b.start.0).max(0) as f64 / 1000.0);
                 }
             }

@@ -33,6 +33,23 @@ pub fn builtin_name(name: &str) -> Result<(), FilterConfigError> {
     }
 }
 
+/// The built-in filters that read SIP servers' logs (every one but sshd).
+pub const SIP_FILTERS: &[&str] = &[
+    "freeswitch",
+    "mod-fail2ban",
+    "asterisk",
+    "kamailio",
+    "opensips",
+];
+
+/// Whether a filter reads SIP failures: a built-in SIP filter, or a
+/// fail2ban filter (`NAME[options]`) of one of those names (fail2ban ships
+/// `asterisk` and `freeswitch`).
+pub fn is_sip_filter(name: &str) -> bool {
+    let base = name.split('[').next().unwrap_or(name).trim();
+    SIP_FILTERS.contains(&base)
+}
+
 /// Checks a `logtimezone`.
 pub fn zone(name: &str) -> Result<(), FilterConfigError> {
     parse_zone(name).map(|_| ()).map_err(Into::into)

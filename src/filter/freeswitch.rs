@@ -449,6 +449,7 @@ mod tests {
                 trusted_maxretry: 0,
                 wrong_call_state_maxretry: 0,
                 invite_weight: 1,
+                burst: None,
             },
         );
         let filter = FreeSwitchFilter::new(FilterOptions::default());

@@ -16,6 +16,7 @@ use serde::de::{self, Deserializer};
 use toml::Spanned;
 
 use super::Escalation;
+use super::burst::{BurstKey, check_burst, parse_burst};
 use crate::action::ActionRef;
 use crate::duration::{BanTime, Duration};
 use crate::filter::FilterOptions;
@@ -122,6 +123,7 @@ pub struct RawJail {
     bantime_overalljails: Option<bool>,
     bantime_rndtime: Option<Duration>,
     actions: Option<Vec<Spanned<String>>>,
+    burst: Option<Spanned<toml::Value>>,
 }
 
 /// One jail, with `[defaults]` applied.
@@ -186,6 +188,9 @@ pub struct JailConfig {
     /// The systemd journal (`backend = "systemd"`), read through the
     /// jail's filter.
     pub journal: Option<JournalConfig>,
+    /// `burst` as written; `None` = the default of the jail's family
+    /// ([`burst::resolve`](super::burst::resolve)).
+    pub burst: Option<BurstKey>,
 }
 
 /// A spanned jail error.
@@ -385,6 +390,7 @@ impl JailConfig {
             wire: None,
             actions: Vec::new(),
             journal: None,
+            burst: None,
         }
     }
 
@@ -525,6 +531,15 @@ impl JailConfig {
                     .map_err(|e| Spanned::new(a.span(), e.into()))?,
             );
         }
+        let findtime = positive(&j.findtime, "findtime", NO_FAILURE)?.unwrap_or(defaults.findtime);
+        let burst = match &j.burst {
+            Some(v) => Some(
+                parse_burst(v.get_ref())
+                    .and_then(|k| check_burst(k, findtime))
+                    .map_err(|e| Spanned::new(v.span(), e.into()))?,
+            ),
+            None => None,
+        };
         Ok(JailConfig {
             name,
             enabled,
@@ -538,7 +553,7 @@ impl JailConfig {
                 count_abandoned: j.count_abandoned.unwrap_or(false),
             },
             maxretry,
-            findtime: positive(&j.findtime, "findtime", NO_FAILURE)?.unwrap_or(defaults.findtime),
+            findtime,
             bantime: ban_length(&j.bantime)?.unwrap_or(defaults.bantime),
             ignoreip: ignore.nets,
             ignore_files: ignore.files,
@@ -556,6 +571,7 @@ impl JailConfig {
             wire,
             actions,
             journal,
+            burst,
         })
     }
 }

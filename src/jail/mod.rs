@@ -4,6 +4,7 @@
 //! A jail is plain data plus pure functions from (state, event, now) to
 //! outcomes: no clock, no I/O, so every rule is unit-tested with numbers.
 
+pub mod burst;
 pub mod config;
 mod escalation;
 mod ignore;
@@ -18,6 +19,7 @@ pub use crate::decision::{
     ActiveBan, BanDecision, BanReason, Decision, UnbanDecision, UnbanReason,
 };
 pub use crate::net::{DisplayNet, is_host};
+pub use burst::Burst;
 pub use config::JailConfig;
 pub use escalation::{BanHistory, Escalation, Jitter};
 pub use ignore::IgnoreList;
@@ -64,6 +66,9 @@ pub struct JailPolicy {
     /// source recognised it (`invite_weight`, at most
     /// [`MAX_INVITE_WEIGHT`](config::MAX_INVITE_WEIGHT)).
     pub invite_weight: u32,
+    /// Ban at once when this many failures arrive this close together
+    /// (`burst`), whatever `maxretry` says; `None` = off.
+    pub burst: Option<Burst>,
 }
 
 /// What one failure event did to a jail.
@@ -338,13 +343,20 @@ impl Jail {
         self.counters.total_failed += 1;
         // A known attack tool is banned at its first failure, where asked.
         let scanner = ev.scanner && self.policy.ban_scanners && !trusted;
-        if count >= maxretry || scanner {
+        // Machine speed bans at once; a trusted phone keeps its allowance.
+        let burst = !weak && !trusted && count < maxretry && self.burst_reached(addr, t.0);
+        if count >= maxretry || scanner || burst {
             let count = count as u32;
             self.failing.remove(&addr);
             self.weak.remove(&addr);
             let net = IpNet::from(addr);
             let bantime = self.escalated_bantime(&net, history);
-            let decision = self.ban(net, now, bantime, count, BanReason::Failures);
+            let reason = if burst && !scanner {
+                BanReason::Burst
+            } else {
+                BanReason::Failures
+            };
+            let decision = self.ban(net, now, bantime, count, reason);
             return Outcome::Ban(decision);
         }
         Outcome::Found {
@@ -593,6 +605,7 @@ pub(crate) mod tests {
             trusted_maxretry: 0,
             wrong_call_state_maxretry: 0,
             invite_weight: 1,
+            burst: None,
         }
     }
 

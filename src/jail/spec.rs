@@ -72,6 +72,7 @@ impl JailSpec {
                 trusted_maxretry: jc.trusted_maxretry,
                 wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
                 invite_weight: jc.invite_weight,
+                burst: super::burst::resolve(jc),
             },
             peers: addrs,
             names,

@@ -46,6 +46,16 @@ impl Times {
         len
     }
 
+    /// How many kept times lie less than `span` from `t`, either side (a
+    /// late line dated before its neighbours still counts with them).
+    pub(super) fn near(&self, t: i64, span: i64) -> usize {
+        let close = |x: i64| x.abs_diff(t) < span.unsigned_abs();
+        match self {
+            Times::One(x) => usize::from(close(*x)),
+            Times::Many(v) => v.iter().filter(|&&x| close(x)).count(),
+        }
+    }
+
     pub(super) fn last(&self) -> i64 {
         match self {
             Times::One(x) => *x,

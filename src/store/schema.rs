@@ -61,6 +61,7 @@ impl Store {
 pub(super) fn reason_str(r: BanReason) -> &'static str {
     match r {
         BanReason::Failures => "failures",
+        BanReason::Burst => "burst",
         BanReason::Manual => "manual",
         BanReason::Cluster => "cluster",
     }
@@ -70,6 +71,7 @@ pub(super) fn reason_str(r: BanReason) -> &'static str {
 pub(super) fn parse_reason(s: &str) -> BanReason {
     match s {
         "manual" => BanReason::Manual,
+        "burst" => BanReason::Burst,
         "cluster" => BanReason::Cluster,
         _ => BanReason::Failures,
     }
