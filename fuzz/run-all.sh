@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for t in esl_frames filters config ini control wire feeds hep; do
+for t in esl_frames ami_frames filters config ini control wire feeds hep; do
   echo "== $t"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="${SECONDS_EACH:-120}" -rss_limit_mb=2048 2>&1 | tail -3
 done

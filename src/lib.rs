@@ -46,6 +46,7 @@ pub mod fuzzing {
     use crate::event::Time;
     use crate::filter::{BUILTIN_FILTERS, FilterContext, FilterOptions, builtin};
 
+    pub use crate::source::ami::fuzz_ami;
     pub use crate::source::esl::fuzz_frames;
     pub use crate::source::hep::fuzz_hep;
 
@@ -173,8 +174,9 @@ pub mod fuzzing {
         #[test]
         fn fuzz_corpora_replay_clean() {
             let root = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus");
-            let targets: [Target; 8] = [
+            let targets: [Target; 9] = [
                 ("esl_frames", fuzz_frames),
+                ("ami_frames", fuzz_ami),
                 ("filters", fuzz_filters),
                 ("config", fuzz_config),
                 ("ini", fuzz_ini),

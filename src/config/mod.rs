@@ -34,6 +34,7 @@ use crate::http::HttpConfig;
 use crate::http::config::RawHttp;
 use crate::jail::config::{Defaults, JailConfig, RawDefaults, RawJail};
 use crate::net::NetSet;
+use crate::source::ami::AmiPeer;
 use crate::source::config::{RawScanners, user_agents};
 use crate::source::esl::EslPeer;
 
@@ -291,7 +292,8 @@ impl Config {
                     .iter()
                     .map(|p| p.as_os_str().len() + 24)
                     .sum::<usize>()
-                + j.esl.len() * std::mem::size_of::<EslPeer>();
+                + j.esl.len() * std::mem::size_of::<EslPeer>()
+                + j.ami.len() * std::mem::size_of::<AmiPeer>();
             let p = Arc::as_ptr(&j.ignoreip);
             if seen.insert(p) {
                 networks += j.ignoreip.len();
@@ -540,6 +542,53 @@ bantime = -1
         );
         let e = error("[defaults]\nbantime_multipliers = [1, 0]\n");
         assert!(e.contains(":2:") && e.contains("positive"), "{e}");
+    }
+
+    /// An `ami` table: Asterisk's defaults, a required secret, and each
+    /// wrong value told with its place and what to do.
+    #[test]
+    fn ami_jails() {
+        let c = parse("[jail.ast]\nami = { secret = \"s3cret\" }\n[jail.two]\nami = [{ host = \"10.0.0.1\", port = 5039, username = \"warden\", secret = \"a\" }, { host = \"pbx.example\", secret = \"b\" }]\n").unwrap();
+        let a = &c.jails[0].ami[0];
+        assert_eq!(
+            (a.label(), a.username.as_str(), a.secret.as_str()),
+            ("127.0.0.1:5038".to_string(), "sipwarden", "s3cret")
+        );
+        assert_eq!(c.jails[1].ami.len(), 2);
+        assert_eq!(c.jails[1].ami[0].label(), "10.0.0.1:5039");
+        assert!(
+            !format!("{:?}", c.jails[0].ami).contains("s3cret"),
+            "the secret is never shown"
+        );
+        for (text, want) in [
+            (
+                "[jail.a]\nami = {}\n",
+                "test.toml:2:7: key `ami`: ami 127.0.0.1:5038 has no secret; give the secret of its manager.conf user (a [sipwarden] section with read = security) (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nami = { secret = \"x\\r\\nAction: Originate\" }\n",
+                "test.toml:2:7: key `ami`: ami 127.0.0.1:5038: secret must be non-empty, on one line, without control characters (it is sent in the login message) (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nami = { username = \"\", secret = \"x\" }\n",
+                "test.toml:2:7: key `ami`: ami 127.0.0.1:5038: username must be non-empty, on one line, without control characters (it is sent in the login message) (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nami = { secret = \"x\", password = \"y\" }\n",
+                "test.toml:2:7: key `ami`: ami: unknown field `password`, expected one of `host`, `port`, `username`, `secret` (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nami = []\n",
+                "test.toml:2:7: key `ami`: ami is an empty list; give at least one { host, port, username, secret } (in [jail.a])",
+            ),
+            (
+                "[jail.a]\nami = \"127.0.0.1\"\n",
+                "test.toml:2:7: key `ami`: ami must be a table { host, port, username, secret } or an array of such tables (in [jail.a])",
+            ),
+        ] {
+            let e = error(text);
+            assert_eq!(e.lines().next(), Some(want), "{text}");
+        }
     }
 
     #[test]
@@ -836,7 +885,7 @@ bantime = -1
             ),
             (
                 "[jail.a]\nmaxretry = 3\n",
-                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd) or `backend = \"systemd\"` (the journal), `esl`, or `wire`",
+                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd) or `backend = \"systemd\"` (the journal), `esl`, `ami`, or `wire`",
             ),
             (
                 "[jail.a]\nfilter = \"freeswitch\"\n",

@@ -1,5 +1,6 @@
 //! Starting and stopping the sources of each jail: file followers, journal
-//! followers and wire sensors (threads), Event Socket clients (tasks).
+//! followers and wire sensors (threads), Event Socket and manager (AMI)
+//! clients (tasks).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::event::{FailureEvent, JailId};
 use crate::filter::{self, Filter, FilterOptions};
 use crate::jail::JailConfig;
 use crate::jail::JailSet;
+use crate::source::ami::{AmiMapper, AmiPeer, AmiSource, AmiStats};
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::FollowStats;
 use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
@@ -32,6 +34,7 @@ pub(super) struct SourceKey {
     logtimezone: String,
     options: FilterOptions,
     esl: Vec<EslPeer>,
+    ami: Vec<AmiPeer>,
     wire: Option<crate::source::wire::WireConfig>,
     journal: Option<JournalConfig>,
 }
@@ -46,6 +49,7 @@ impl SourceKey {
             logtimezone: jc.logtimezone.clone(),
             options: jc.filter_options,
             esl: jc.esl.clone(),
+            ami: jc.ami.clone(),
             wire: jc.wire.clone(),
             journal: jc.journal.clone(),
         }
@@ -65,6 +69,7 @@ pub(super) struct SourceGroup {
     /// The journal follower's thread, joined when the group stops.
     journal_thread: Option<std::thread::JoinHandle<()>>,
     esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
+    ami: Vec<(String, Arc<AmiStats>, tokio::task::JoinHandle<()>)>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
     /// The supervised tasks of this group, listed in status until stopped.
     tasks: Tasks,
@@ -109,6 +114,15 @@ impl SourceGroup {
                 },
             )
         });
+        let ami = self.ami.iter().map(|(label, s, _)| SourceView {
+            kind: "ami".into(),
+            path: label.clone(),
+            healthy: s.connected.load(Ordering::Relaxed),
+            reason: s.reason(),
+            lines: s.messages.load(Ordering::Relaxed),
+            matched: s.failures.load(Ordering::Relaxed),
+            ..SourceView::default()
+        });
         let wire = self.wire.iter().map(|(label, s)| SourceView {
             kind: "wire".into(),
             path: label.clone(),
@@ -132,13 +146,21 @@ impl SourceGroup {
                 },
             )
         });
-        files.chain(journal).chain(esl).chain(wire).collect()
+        files
+            .chain(journal)
+            .chain(esl)
+            .chain(ami)
+            .chain(wire)
+            .collect()
     }
 
     /// Tells every source of the group to stop (see [`join`](Self::join)).
     fn signal(&self) {
         self.stop.store(true, Ordering::Relaxed);
         for (_, _, task) in &self.esl {
+            task.abort();
+        }
+        for (_, _, task) in &self.ami {
             task.abort();
         }
         for h in &self.healths {
@@ -307,6 +329,21 @@ fn spawn_sources(
         let task = supervise::spawn_task(name, health, move || src.clone().run());
         esl.push((peer.label(), st, task));
     }
+    let mut ami = Vec::new();
+    for peer in &jc.ami {
+        let st = Arc::new(AmiStats::default());
+        let src = AmiSource {
+            peer: peer.clone(),
+            mapper: AmiMapper::new(id),
+            tx: tx.clone(),
+            stats: st.clone(),
+        };
+        let name = format!("[{}] manager interface {}", jc.name, peer.label());
+        let health = tasks.register(&name);
+        healths.push(health.clone());
+        let task = supervise::spawn_task(name, health, move || src.clone().run());
+        ami.push((peer.label(), st, task));
+    }
     let wire = match &jc.wire {
         Some(w) => {
             let st = Arc::new(crate::source::wire::WireStats::default());
@@ -346,6 +383,7 @@ fn spawn_sources(
         journal,
         journal_thread,
         esl,
+        ami,
         wire,
         tasks: tasks.clone(),
         healths,

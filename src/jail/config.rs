@@ -4,7 +4,7 @@
 //! The counting keys (`maxretry`, `findtime`, `bantime`, `ignoreip`,
 //! escalation, trust) are checked here; a jail's filter keys by
 //! [`filter::config`](crate::filter::config), its source keys (`logpath`,
-//! `esl`, `wire`) by [`source::config`](crate::source::config).
+//! `esl`, `ami`, `wire`) by [`source::config`](crate::source::config).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -22,7 +22,8 @@ use crate::duration::{BanTime, Duration};
 use crate::filter::FilterOptions;
 use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::net::NetSet;
-use crate::source::config::{PathList, RawWire, esl_peers, journal_keys};
+use crate::source::ami::AmiPeer;
+use crate::source::config::{PathList, RawWire, ami_peers, esl_peers, journal_keys};
 use crate::source::esl::EslPeer;
 use crate::source::journal::{JournalConfig, JournalMatch};
 use crate::source::wire::WireConfig;
@@ -94,6 +95,7 @@ pub struct RawDefaults {
 pub struct RawJail {
     enabled: Option<bool>,
     esl: Option<Spanned<toml::Value>>,
+    ami: Option<Spanned<toml::Value>>,
     invite_weight: Option<Spanned<u32>>,
     ban_scanners: Option<bool>,
     trust_registered: Option<Duration>,
@@ -168,6 +170,8 @@ pub struct JailConfig {
     pub escalation: Option<Escalation>,
     /// FreeSWITCH Event Sockets to listen to.
     pub esl: Vec<EslPeer>,
+    /// Asterisk managers to listen to.
+    pub ami: Vec<AmiPeer>,
     /// Weight of an INVITE authentication failure.
     pub invite_weight: u32,
     /// Ban attack tools (by user agent) at their first failure.
@@ -381,6 +385,7 @@ impl JailConfig {
             max_tracked: defaults.max_tracked,
             escalation: EscKeys::default().over(&defaults.esc),
             esl: Vec::new(),
+            ami: Vec::new(),
             invite_weight: 1,
             ban_scanners: false,
             trust_registered: None,
@@ -455,6 +460,10 @@ impl JailConfig {
             Some(v) => esl_peers(v.get_ref()).map_err(|e| Spanned::new(v.span(), e.into()))?,
             None => Vec::new(),
         };
+        let ami = match &j.ami {
+            Some(v) => ami_peers(v.get_ref()).map_err(|e| Spanned::new(v.span(), e.into()))?,
+            None => Vec::new(),
+        };
         let wire = j.wire.as_ref().map(WireConfig::from_raw);
         let mut journal = journal_keys(&j.backend, &j.journalmatch, &j.journal_dir)
             .map_err(|(at, e)| Spanned::new(at.unwrap_or_else(|| span.clone()), e.into()))?;
@@ -476,7 +485,7 @@ impl JailConfig {
         if enabled && journal.is_some() && !filter_set {
             return Err(at_table(JailConfigError::JournalNoFilter(name)));
         }
-        if enabled && esl.is_empty() && !filter_set && wire.is_none() {
+        if enabled && esl.is_empty() && ami.is_empty() && !filter_set && wire.is_none() {
             return Err(at_table(JailConfigError::NothingToRead(name)));
         }
         if enabled && filter_set && logpath.is_empty() && journal.is_none() {
@@ -562,6 +571,7 @@ impl JailConfig {
             max_tracked: defaults.max_tracked,
             escalation,
             esl,
+            ami,
             invite_weight: j.invite_weight.map_or(1, |w| *w.get_ref()),
             ban_scanners: j.ban_scanners.unwrap_or(false),
             trust_registered: j.trust_registered,

@@ -855,6 +855,24 @@ mod tests {
         assert!(s.policy.ignore.contains("::1".parse().unwrap()));
     }
 
+    /// The Asterisk a jail's `ami` reads from is never banned, in any
+    /// jail; one given by name once its addresses are known.
+    #[test]
+    fn ami_peers_are_protected_in_every_jail() {
+        let c = crate::config::Config::parse(
+            "[jail.ast]\nami = [{ host = \"198.51.100.30\", secret = \"s\" }, { host = \"ast.example\", secret = \"s\" }]\n[jail.other]\nesl = {}\n",
+            "t.toml",
+        )
+        .unwrap();
+        let specs: Vec<JailSpec> = c.jails.iter().map(JailSpec::from_config).collect();
+        assert_eq!(specs[0].names, vec!["ast.example".to_string()]);
+        let mut set = JailSet::new(own(), &specs);
+        assert!(protects(&set, "ast", "198.51.100.30"));
+        assert!(protects(&set, "other", "198.51.100.30"));
+        set.set_resolved("ast.example", Ok(ips(&["198.51.100.31"])), Time(1));
+        assert!(protects(&set, "other", "198.51.100.31"));
+    }
+
     #[test]
     fn routes_events_to_their_jail_and_bans_at_maxretry() {
         let mut set = JailSet::new(own(), &[spec("a", 2), spec("b", 3)]);

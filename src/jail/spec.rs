@@ -1,6 +1,6 @@
 //! What the registry needs to run one jail, built from its configuration:
-//! the policy a [`Jail`](super::Jail) counts with, and the Event Socket peers
-//! every jail must leave alone.
+//! the policy a [`Jail`](super::Jail) counts with, and the Event Socket and
+//! manager peers every jail must leave alone.
 
 use std::path::PathBuf;
 
@@ -22,12 +22,12 @@ pub struct JailSpec {
     pub ignoreself: bool,
     /// The policy from configuration.
     pub policy: JailPolicy,
-    /// Addresses of the Event Socket peers it listens to: protected in
-    /// every jail (a ban of a PBX's address in any jail cuts this jail's
-    /// Event Socket too).
+    /// Addresses of the Event Socket and manager (AMI) peers it listens
+    /// to: protected in every jail (a ban of a PBX's address in any jail
+    /// cuts this jail's connection to it too).
     pub peers: Vec<IpNet>,
-    /// Host names of the Event Socket peers it listens to: every address
-    /// they resolve to is protected in every jail (see
+    /// Host names of the Event Socket and manager peers it listens to:
+    /// every address they resolve to is protected in every jail (see
     /// [`JailSet::set_resolved`](super::JailSet::set_resolved)).
     pub names: Vec<String>,
     /// Its `ignoreip` files (`file:/path`): what the set was last handed
@@ -40,16 +40,17 @@ pub struct JailSpec {
 }
 
 impl JailSpec {
-    /// The spec of a configured jail. The Event Socket peers it listens to
-    /// are never banned: those given by address here, those given by name
-    /// once their addresses are known.
+    /// The spec of a configured jail. The Event Socket and manager peers
+    /// it listens to are never banned: those given by address here, those
+    /// given by name once their addresses are known.
     pub fn from_config(jc: &JailConfig) -> JailSpec {
         let mut addrs = Vec::new();
         let mut names: Vec<String> = Vec::new();
-        for p in &jc.esl {
-            match crate::net::host_addr(&p.host) {
+        let hosts = jc.esl.iter().map(|p| &p.host);
+        for host in hosts.chain(jc.ami.iter().map(|p| &p.host)) {
+            match crate::net::host_addr(host) {
                 Some(a) => addrs.push(IpNet::from(a)),
-                None if !names.contains(&p.host) => names.push(p.host.clone()),
+                None if !names.contains(host) => names.push(host.clone()),
                 None => {}
             }
         }

@@ -1,6 +1,6 @@
 //! The source keys of a configuration: a jail's `logpath` (one path or a
 //! list), its Event Sockets (`esl`, one table or an array of tables), its
-//! wire sensor (`wire`), its journal (`backend`, `journalmatch`,
+//! Asterisk managers (`ami`, the same), its wire sensor (`wire`), its journal (`backend`, `journalmatch`,
 //! `journal_dir`), and `[scanners]`. The `[jail.NAME]` table that
 //! holds them is read by the jail's configuration; each key is checked here.
 
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+use super::ami::AmiPeer;
 use super::esl::{EslFormat, EslPeer};
 use super::journal::{JournalConfig, JournalMatch, Location};
 use super::scanner::DEFAULT_SCANNERS;
@@ -43,6 +44,16 @@ struct RawEsl {
     password: Option<String>,
     format: Option<EslFormat>,
     log_acl: Option<bool>,
+}
+
+/// One `ami` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmi {
+    host: Option<String>,
+    port: Option<u16>,
+    username: Option<String>,
+    secret: Option<String>,
 }
 
 /// A jail's `wire` table as written.
@@ -97,6 +108,84 @@ pub fn esl_peers(v: &toml::Value) -> Result<Vec<EslPeer>, EslConfigError> {
             log_acl: r.log_acl.unwrap_or(false),
         })
         .collect())
+}
+
+/// A wrong `ami` value.
+#[derive(Debug, thiserror::Error)]
+pub enum AmiConfigError {
+    /// A table with an unknown key or a value of the wrong type.
+    #[error("ami: {}", .0.message())]
+    Table(toml::de::Error),
+    /// Neither a table nor an array of tables.
+    #[error("ami must be a table {{ host, port, username, secret }} or an array of such tables")]
+    Shape,
+    /// `ami = []`.
+    #[error("ami is an empty list; give at least one {{ host, port, username, secret }}")]
+    Empty,
+    /// No `secret` (Asterisk has no default one).
+    #[error(
+        "ami {peer} has no secret; give the secret of its manager.conf user (a [{user}] section with read = security)"
+    )]
+    NoSecret {
+        /// `host:port`.
+        peer: String,
+        /// The username.
+        user: String,
+    },
+    /// An empty value, or one with a line break or a control character,
+    /// which would end the login message early.
+    #[error(
+        "ami {peer}: {key} must be non-empty, on one line, without control characters (it is sent in the login message)"
+    )]
+    BadValue {
+        /// `host:port`.
+        peer: String,
+        /// `username` or `secret`.
+        key: &'static str,
+    },
+}
+
+/// Reads a jail's `ami`: one table or an array of tables, filled in with
+/// Asterisk's defaults (`127.0.0.1:5038`) and the username `sipwarden`;
+/// the `secret` must be given.
+pub fn ami_peers(v: &toml::Value) -> Result<Vec<AmiPeer>, AmiConfigError> {
+    let raws: Vec<RawAmi> = match v {
+        toml::Value::Array(_) => v.clone().try_into().map_err(AmiConfigError::Table)?,
+        toml::Value::Table(_) => vec![v.clone().try_into().map_err(AmiConfigError::Table)?],
+        _ => return Err(AmiConfigError::Shape),
+    };
+    if raws.is_empty() {
+        return Err(AmiConfigError::Empty);
+    }
+    let one_line = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
+    raws.into_iter()
+        .map(|r| {
+            let mut peer = AmiPeer {
+                host: r.host.unwrap_or_else(|| "127.0.0.1".into()),
+                port: r.port.unwrap_or(5038),
+                username: r.username.unwrap_or_else(|| "sipwarden".into()),
+                secret: String::new(),
+            };
+            let label = peer.label();
+            if !one_line(&peer.username) {
+                return Err(AmiConfigError::BadValue {
+                    peer: label,
+                    key: "username",
+                });
+            }
+            peer.secret = r.secret.ok_or_else(|| AmiConfigError::NoSecret {
+                peer: label.clone(),
+                user: peer.username.clone(),
+            })?;
+            if !one_line(&peer.secret) {
+                return Err(AmiConfigError::BadValue {
+                    peer: label,
+                    key: "secret",
+                });
+            }
+            Ok(peer)
+        })
+        .collect()
 }
 
 impl WireConfig {

@@ -1,6 +1,7 @@
 //! Sources turn the outside world into [`FailureEvent`](crate::event::FailureEvent)s.
 //! They know nothing about banning.
 
+pub mod ami;
 pub mod config;
 pub mod esl;
 pub mod file;

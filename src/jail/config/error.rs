@@ -11,7 +11,7 @@ use crate::action::SpecError;
 use crate::duration::ZERO_BAN;
 use crate::filter::BUILTIN_FILTERS;
 use crate::filter::config::FilterConfigError;
-use crate::source::config::{EslConfigError, JournalConfigError};
+use crate::source::config::{AmiConfigError, EslConfigError, JournalConfigError};
 
 /// A wrong `[defaults]` or `[jail.NAME]` value.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub enum JailConfigError {
     /// `esl`.
     #[error(transparent)]
     Esl(#[from] EslConfigError),
+    /// `ami`.
+    #[error(transparent)]
+    Ami(#[from] AmiConfigError),
     /// `backend`, `journalmatch`, `journal_dir`.
     #[error(transparent)]
     Journal(#[from] JournalConfigError),
@@ -76,7 +79,7 @@ pub enum JailConfigError {
     JournalEveryEntry(String),
     /// An enabled jail with no source.
     #[error(
-        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}) or `backend = \"systemd\"` (the journal), `esl`, or `wire`",
+        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}) or `backend = \"systemd\"` (the journal), `esl`, `ami`, or `wire`",
         list = BUILTIN_FILTERS.join(", ")
     )]
     NothingToRead(String),

@@ -1,0 +1,522 @@
+//! The Asterisk Manager Interface source: an AMI client, written by hand
+//! over tokio.
+//!
+//! It connects (Asterisk's manager listens on port 5038 once enabled in
+//! manager.conf), reads the banner, logs in asking for security events
+//! only (`Events: security`), and turns `InvalidAccountID`,
+//! `InvalidPassword`, `ChallengeResponseFailed` and `FailedACL` into
+//! failures for their `RemoteAddress`, `SuccessfulAuth` into a success
+//! (for `trust_registered`). Asterisk sends no heartbeat, so the client
+//! sends `Action: Ping` every [`PING_EVERY`]; a connection without a whole
+//! message for [`SILENCE_LIMIT`] (half-open), or with a message begun and
+//! not complete [`MESSAGE_DEADLINE`] after its first byte, is reopened. A
+//! lost connection, a refused login or a `Shutdown` event is retried with
+//! exponential backoff and jitter; why the source is down is shown in
+//! status with what to do.
+//!
+//! Events are counted at their arrival: they are live (Asterisk replays
+//! nothing on reconnection), and `EventTV`'s format changed across
+//! versions.
+//!
+//! This file is the connection: login, the read loop and its timers,
+//! reconnection. Framing is `frame.rs`, what a message's fields say
+//! `event.rs`, what a message means for a jail `mapper.rs`, the counters
+//! status shows `stats.rs`.
+
+pub mod event;
+pub mod frame;
+mod mapper;
+mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::Sender;
+use tokio::time::Instant;
+
+use self::frame::{FrameError, Message, MessageBuffer};
+pub use self::mapper::{AmiMapper, Mapped, OwnLogin, fuzz_ami};
+pub use self::stats::AmiStats;
+use crate::event::{FailureEvent, Time, escape_text};
+
+/// How often the client pings Asterisk (it sends nothing on its own while
+/// nobody attacks).
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// A connection without a whole message for this long is considered dead:
+/// three pings unanswered.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(65);
+/// A message must be complete this long after its first byte, or the
+/// connection is reopened: bytes trickled one a second are no sign of life.
+pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(10);
+/// Time allowed for connect, banner and login, and for one write.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Backoff bounds between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Backoff after a refused login: each attempt is an `InvalidPassword`
+/// in Asterisk's own security log.
+const BACKOFF_REFUSED: Duration = Duration::from_secs(5);
+/// Most messages read while waiting for the login's response.
+const HANDSHAKE_MESSAGES: usize = 64;
+/// The `ActionID` of sipwarden's login and pings.
+const LOGIN_ID: &str = "sipwarden-login";
+const PING_ID: &str = "sipwarden-ping";
+
+/// One Asterisk to listen to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmiPeer {
+    /// Host name or address.
+    pub host: String,
+    /// Manager port.
+    pub port: u16,
+    /// The manager.conf user (`[sipwarden]`).
+    pub username: String,
+    /// Its `secret` (never logged, never shown).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AmiPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmiPeer")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmiPeer {
+    /// `host:port`, for logs and status.
+    pub fn label(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum AmiError {
+    /// Network trouble.
+    #[error("{peer}: {source}")]
+    Io {
+        /// The peer.
+        peer: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A step took too long.
+    #[error("{peer}: no answer to {step} within {secs} s")]
+    Timeout {
+        /// The peer.
+        peer: String,
+        /// What was awaited.
+        step: &'static str,
+        /// How long.
+        secs: u64,
+    },
+    /// The peer is not an Asterisk manager.
+    #[error(
+        "{peer}: not an Asterisk manager (its first line was \"{banner}\"); check the jail's ami port against manager.conf's [general] port"
+    )]
+    NotAmi {
+        /// The peer.
+        peer: String,
+        /// Its first line, escaped.
+        banner: String,
+    },
+    /// The login was refused.
+    #[error(
+        "{peer}: login as {user:?} refused (Asterisk said \"{message}\"); set the jail's ami username and secret to a manager.conf user with read = security, and let its permit= allow this host"
+    )]
+    Login {
+        /// The peer.
+        peer: String,
+        /// The username (not the secret).
+        user: String,
+        /// What Asterisk answered, escaped.
+        message: String,
+    },
+    /// A message was begun and not completed in time.
+    #[error(
+        "{peer}: a message not complete {secs} s after its first byte ({bytes} byte(s); {messages} message(s) before)"
+    )]
+    SlowMessage {
+        /// The peer.
+        peer: String,
+        /// Bytes of it that had arrived.
+        bytes: usize,
+        /// The bound, in seconds.
+        secs: u64,
+        /// Messages read before.
+        messages: u64,
+    },
+    /// The stream is not AMI framing, or breaks its bounds.
+    #[error("{peer}: bad message after {messages} message(s): {source}")]
+    Frame {
+        /// The peer.
+        peer: String,
+        /// Messages read before.
+        messages: u64,
+        /// What was wrong.
+        source: FrameError,
+    },
+    /// Asterisk closed the connection.
+    #[error("{peer}: disconnected by Asterisk ({why})")]
+    Closed {
+        /// The peer.
+        peer: String,
+        /// What happened.
+        why: String,
+    },
+    /// Asterisk announced it is shutting down.
+    #[error("{peer}: Asterisk is shutting down ({detail}); reconnecting when it is back")]
+    Shutdown {
+        /// The peer.
+        peer: String,
+        /// `Shutdown` and `Restart`, escaped.
+        detail: String,
+    },
+    /// The daemon is no longer listening.
+    #[error("the daemon stopped")]
+    Stopped,
+}
+
+/// One Asterisk, followed for a jail.
+#[derive(Clone)]
+pub struct AmiSource {
+    /// Whom to connect to.
+    pub peer: AmiPeer,
+    /// How messages become events (its own login is filled in per
+    /// connection).
+    pub mapper: AmiMapper,
+    /// Where batches of events go.
+    pub tx: Sender<Vec<FailureEvent>>,
+    /// State and counters.
+    pub stats: Arc<AmiStats>,
+}
+
+fn jitter(d: Duration) -> Duration {
+    // Cheap jitter without a RNG dependency: the clock's nanoseconds.
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(0.75 + f64::from(n % 1000) / 2000.0)
+}
+
+/// A field's value as shown in a log line: escaped, cut short.
+fn shown(v: Option<&[u8]>) -> String {
+    escape_text(&String::from_utf8_lossy(v.unwrap_or_default()), 120)
+}
+
+impl AmiSource {
+    /// Connects and reconnects for ever (the daemon aborts the task to stop).
+    pub async fn run(self) {
+        let label = self.peer.label();
+        let mut backoff = BACKOFF_MIN;
+        let mut last_error = String::new();
+        loop {
+            let connects = self.stats.connects.load(Ordering::Relaxed);
+            let r = self.session().await;
+            self.stats.connected.store(false, Ordering::Relaxed);
+            // A session that got through the login resets the backoff:
+            // after an Asterisk restart, reconnect at once.
+            if self.stats.connects.load(Ordering::Relaxed) != connects {
+                backoff = BACKOFF_MIN;
+                last_error.clear();
+            }
+            match r {
+                Err(AmiError::Stopped) => return,
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.stats.set_error(Some(msg.clone()));
+                    if msg != last_error {
+                        tracing::warn!("manager interface {msg}; retrying");
+                        last_error = msg;
+                    }
+                    if matches!(e, AmiError::Login { .. }) {
+                        backoff = backoff.max(BACKOFF_REFUSED);
+                    }
+                }
+                Ok(()) => {}
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tracing::debug!("manager interface {label}: reconnecting");
+        }
+    }
+
+    async fn session(&self) -> Result<(), AmiError> {
+        let peer = self.peer.label();
+        let io = |source| AmiError::Io {
+            peer: peer.clone(),
+            source,
+        };
+        let timeout = |step| AmiError::Timeout {
+            peer: peer.clone(),
+            step,
+            secs: HANDSHAKE_TIMEOUT.as_secs(),
+        };
+        let mut stream = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TcpStream::connect((self.peer.host.as_str(), self.peer.port)),
+        )
+        .await
+        .map_err(|_| timeout("connect"))?
+        .map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map_err(io)?.ip().to_canonical();
+        let mut mb = MessageBuffer::default();
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+
+        // The banner: `Asterisk Call Manager/5.0.1`.
+        let banner = loop {
+            if let Some(b) = mb.banner().map_err(|source| AmiError::Frame {
+                peer: peer.clone(),
+                messages: 0,
+                source,
+            })? {
+                break b;
+            }
+            self.fill(&mut stream, &mut mb, &mut rbuf, deadline, "the banner")
+                .await?;
+        };
+        if !banner.starts_with("Asterisk Call Manager/") {
+            return Err(AmiError::NotAmi {
+                peer,
+                banner: escape_text(&banner, 80),
+            });
+        }
+        let login = format!(
+            "Action: Login\r\nActionID: {LOGIN_ID}\r\nUsername: {}\r\nSecret: {}\r\nEvents: security\r\n\r\n",
+            self.peer.username, self.peer.secret
+        );
+        self.write(&mut stream, login.as_bytes(), "the login")
+            .await?;
+        let mut seen = 0;
+        let reply = loop {
+            match mb.next_owned() {
+                Ok(Some(m)) => {
+                    let msg = Message { block: &m };
+                    if msg.get("Response").is_some() {
+                        break m;
+                    }
+                    seen += 1;
+                    if seen > HANDSHAKE_MESSAGES {
+                        return Err(timeout("the login (no response among the messages)"));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(AmiError::Frame {
+                        peer,
+                        messages: 0,
+                        source,
+                    });
+                }
+            }
+            self.fill(&mut stream, &mut mb, &mut rbuf, deadline, "the login")
+                .await?;
+        };
+        let reply = Message { block: &reply };
+        if !reply
+            .get("Response")
+            .is_some_and(|r| r.eq_ignore_ascii_case(b"Success"))
+        {
+            return Err(AmiError::Login {
+                peer,
+                user: self.peer.username.clone(),
+                message: shown(reply.get("Message")),
+            });
+        }
+        self.stats.connected.store(true, Ordering::Relaxed);
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_error(None);
+        tracing::info!(
+            "manager interface {peer}: logged in as {:?}, reading security events",
+            self.peer.username
+        );
+        let mut mapper = self.mapper.clone();
+        mapper.own = Some(OwnLogin {
+            username: self.peer.username.clone(),
+            local,
+        });
+        self.follow(stream, mb, rbuf, mapper).await
+    }
+
+    /// Reads events until the connection ends.
+    async fn follow(
+        &self,
+        mut stream: TcpStream,
+        mut mb: MessageBuffer,
+        mut rbuf: Vec<u8>,
+        mut mapper: AmiMapper,
+    ) -> Result<(), AmiError> {
+        let peer = self.peer.label();
+        let mut messages = 0u64;
+        let mut last_message = Instant::now();
+        let mut begun: Option<Instant> = None;
+        let mut next_ping = Instant::now() + PING_EVERY;
+        loop {
+            let now = Time::now();
+            let before = messages;
+            let mut batch = Vec::new();
+            let mut unreadable = Vec::new();
+            let mut after_cut = 0;
+            let mut shutdown = None;
+            let r = mb.drain(|m| {
+                messages += 1;
+                match mapper.read(&m, now) {
+                    Mapped::Event(ev) => batch.push(ev),
+                    Mapped::Unreadable { event, why, raw } => unreadable.push((event, why, raw)),
+                    Mapped::AfterCut => after_cut += 1,
+                    Mapped::Shutdown(detail) => shutdown = Some(detail),
+                    Mapped::Nothing | Mapped::OwnLogin => {}
+                }
+            });
+            self.stats
+                .messages
+                .fetch_add(messages - before, Ordering::Relaxed);
+            if let Err(source) = r {
+                return Err(AmiError::Frame {
+                    peer,
+                    messages,
+                    source,
+                });
+            }
+            self.stats.note_unreadable(&peer, &unreadable);
+            self.stats.note_after_cut(&peer, after_cut);
+            if !batch.is_empty() {
+                crate::supervise::inject_fault("ami");
+                self.stats
+                    .failures
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if self.tx.send(batch).await.is_err() {
+                    return Err(AmiError::Stopped);
+                }
+            }
+            if let Some(detail) = shutdown {
+                return Err(AmiError::Shutdown {
+                    peer,
+                    detail: escape_text(&detail, 80),
+                });
+            }
+            // Taken after the hand-off above, so back-pressure from the
+            // jails never counts against Asterisk.
+            let t = Instant::now();
+            let whole = messages > before;
+            if whole {
+                last_message = t;
+            }
+            begun = match mb.pending() {
+                None => None,
+                // A message completed in the last read: the one begun
+                // after it began in that read too.
+                Some(_) if whole => Some(t),
+                Some(_) => begun.or(Some(t)),
+            };
+            if t >= next_ping {
+                let ping = format!("Action: Ping\r\nActionID: {PING_ID}\r\n\r\n");
+                self.write(&mut stream, ping.as_bytes(), "a ping").await?;
+                next_ping = t + PING_EVERY;
+            }
+            let silence_end = last_message + SILENCE_LIMIT;
+            let message_end = begun.map(|b| b + MESSAGE_DEADLINE);
+            let deadline = [Some(silence_end), message_end, Some(next_ping)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(silence_end);
+            match tokio::time::timeout_at(deadline, stream.read(&mut rbuf)).await {
+                Err(_) => {
+                    let t = Instant::now();
+                    if let (Some(end), Some(bytes)) = (message_end, mb.pending())
+                        && t >= end
+                    {
+                        return Err(AmiError::SlowMessage {
+                            peer,
+                            bytes,
+                            secs: MESSAGE_DEADLINE.as_secs(),
+                            messages,
+                        });
+                    }
+                    if t >= silence_end {
+                        return Err(AmiError::Timeout {
+                            peer,
+                            step: "a ping (half-open connection)",
+                            secs: SILENCE_LIMIT.as_secs(),
+                        });
+                    }
+                    // Time to ping: the top of the loop does.
+                }
+                Ok(Err(e)) => {
+                    return Err(AmiError::Io { peer, source: e });
+                }
+                Ok(Ok(0)) => {
+                    return Err(AmiError::Closed {
+                        peer,
+                        why: "end of stream".into(),
+                    });
+                }
+                Ok(Ok(n)) => mb.extend(&rbuf[..n]),
+            }
+        }
+    }
+
+    /// Reads once more during the login, by `deadline`.
+    async fn fill(
+        &self,
+        stream: &mut TcpStream,
+        mb: &mut MessageBuffer,
+        rbuf: &mut [u8],
+        deadline: Instant,
+        step: &'static str,
+    ) -> Result<(), AmiError> {
+        let peer = self.peer.label();
+        let n = tokio::time::timeout_at(deadline, stream.read(rbuf))
+            .await
+            .map_err(|_| AmiError::Timeout {
+                peer: peer.clone(),
+                step,
+                secs: HANDSHAKE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|source| AmiError::Io {
+                peer: peer.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(AmiError::Closed {
+                peer,
+                why: format!("end of stream while waiting for {step}"),
+            });
+        }
+        mb.extend(&rbuf[..n]);
+        Ok(())
+    }
+
+    /// Writes `bytes`, within [`HANDSHAKE_TIMEOUT`] (a server that reads
+    /// nothing cannot hold the client).
+    async fn write(
+        &self,
+        stream: &mut TcpStream,
+        bytes: &[u8],
+        step: &'static str,
+    ) -> Result<(), AmiError> {
+        let peer = self.peer.label();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(bytes))
+            .await
+            .map_err(|_| AmiError::Timeout {
+                peer: peer.clone(),
+                step,
+                secs: HANDSHAKE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|source| AmiError::Io { peer, source })
+    }
+}
