@@ -135,7 +135,8 @@ pub fn check_burst(key: BurstKey, findtime: Duration) -> Result<BurstKey, BurstE
 /// opensips, and fail2ban filter files of those names) is; a jail with
 /// another filter (sshd, any other fail2ban filter) is not, unless it also
 /// reads a SIP source; a jail with no filter reads SIP sources only (the
-/// Event Socket, the wire sensor, and any later SIP source) and is.
+/// Event Socket, the manager interface, the wire sensor, and any later SIP
+/// source) and is.
 pub fn is_sip_jail(jc: &JailConfig) -> bool {
     let filter = jc
         .filter
@@ -143,7 +144,9 @@ pub fn is_sip_jail(jc: &JailConfig) -> bool {
         .or_else(|| jc.fail2ban_filter.as_ref().map(|(_, spec)| spec.as_str()));
     match filter {
         None => true,
-        Some(f) => is_sip_filter(f) || !jc.esl.is_empty() || jc.wire.is_some(),
+        Some(f) => {
+            is_sip_filter(f) || !jc.esl.is_empty() || !jc.ami.is_empty() || jc.wire.is_some()
+        }
     }
 }
 
