@@ -3,6 +3,7 @@
 //! One test binary (compile time matters on two cores); each area is a module.
 
 mod actions;
+mod ami;
 mod cli;
 mod cluster;
 mod common;

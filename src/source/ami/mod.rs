@@ -520,3 +520,162 @@ impl AmiSource {
             .map_err(|source| AmiError::Io { peer, source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::JailId;
+
+    /// What the fake Asterisk does after the login.
+    #[derive(Clone)]
+    enum After {
+        /// Answer every ping with a pong.
+        Pong,
+        /// Read and answer nothing (a half-open peer).
+        Silent,
+        /// Send these pieces, each after its pause, then stay silent.
+        Feed(Vec<(Duration, Vec<u8>)>),
+    }
+
+    /// A fake Asterisk on loopback (virtual time): banner, login accepted,
+    /// then `after`. Reports when each connection was accepted and each
+    /// ping received.
+    async fn fake_asterisk(
+        after: After,
+    ) -> (
+        u16,
+        tokio::sync::mpsc::UnboundedReceiver<Instant>,
+        tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+        let (ping_tx, pings) = tokio::sync::mpsc::unbounded_channel();
+        // With paused time the clock jumps to the next timer whenever the
+        // runtime idles, even while loopback bytes are in flight; a short
+        // ticker keeps each jump small.
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = accepted_tx.send(Instant::now());
+                let _ = s.set_nodelay(true);
+                let after = after.clone();
+                let ping_tx = ping_tx.clone();
+                tokio::spawn(async move {
+                    /// Reads one action; `None` at the end of the stream.
+                    async fn action(s: &mut TcpStream) -> Option<String> {
+                        let mut got = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !got.ends_with(b"\r\n\r\n") && got.len() < 4096 {
+                            if s.read(&mut b).await.ok()? == 0 {
+                                return None;
+                            }
+                            got.push(b[0]);
+                        }
+                        Some(String::from_utf8_lossy(&got).into_owned())
+                    }
+                    s.write_all(b"Asterisk Call Manager/5.0.1\r\n").await.ok()?;
+                    action(&mut s).await?;
+                    s.write_all(b"Response: Success\r\nActionID: sipwarden-login\r\nMessage: Authentication accepted\r\n\r\n")
+                        .await
+                        .ok()?;
+                    match after {
+                        After::Pong => {
+                            while let Some(a) = action(&mut s).await {
+                                if a.starts_with("Action: Ping") {
+                                    let _ = ping_tx.send(Instant::now());
+                                    s.write_all(b"Response: Success\r\nActionID: sipwarden-ping\r\nPing: Pong\r\nTimestamp: 1.5\r\n\r\n")
+                                        .await
+                                        .ok()?;
+                                }
+                            }
+                        }
+                        After::Silent => while action(&mut s).await.is_some() {},
+                        After::Feed(feed) => {
+                            for (pause, bytes) in feed {
+                                tokio::time::sleep(pause).await;
+                                s.write_all(&bytes).await.ok()?;
+                            }
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Some(())
+                });
+            }
+        });
+        (port, accepted, pings)
+    }
+
+    fn source(port: u16) -> (AmiSource, tokio::sync::mpsc::Receiver<Vec<FailureEvent>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let src = AmiSource {
+            peer: AmiPeer {
+                host: "127.0.0.1".into(),
+                port,
+                username: "sipwarden".into(),
+                secret: "s".into(),
+            },
+            mapper: AmiMapper::new(JailId(0)),
+            tx,
+            stats: Arc::default(),
+        };
+        (src, rx)
+    }
+
+    /// The time between the first two connections, if the client reopened
+    /// within `within` of (virtual) time; and the pings the server saw.
+    async fn reopened_after(after: After, within: Duration) -> (Option<Duration>, usize) {
+        let (port, mut accepted, mut pings) = fake_asterisk(after).await;
+        let (src, _events) = source(port);
+        let client = tokio::spawn(src.run());
+        let first = tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+            .await
+            .expect("the client connects")
+            .expect("the server runs");
+        let second = tokio::time::timeout(within, accepted.recv()).await;
+        client.abort();
+        let mut n = 0;
+        while pings.try_recv().is_ok() {
+            n += 1;
+        }
+        (second.ok().flatten().map(|t| t - first), n)
+    }
+
+    /// Asterisk sends nothing while nobody attacks: the client's pings,
+    /// answered, keep the connection for as long as it lasts.
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_a_quiet_connection() {
+        let (reopened, pings) = reopened_after(After::Pong, Duration::from_secs(300)).await;
+        assert_eq!(reopened, None);
+        assert!(pings >= 10, "a ping every {PING_EVERY:?}: {pings} in 300 s");
+    }
+
+    /// Pings unanswered (a half-open connection): reopened after the
+    /// silence bound, not before.
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_pings_reopen_the_connection() {
+        let (reopened, _) = reopened_after(After::Silent, Duration::from_secs(200)).await;
+        let after = reopened.expect("the client reopens");
+        assert!(after >= SILENCE_LIMIT, "{after:?}");
+    }
+
+    /// A message trickled one byte a second, never complete: reopened by
+    /// the message bound, well before the silence bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_message_is_reopened_within_the_message_bound() {
+        let feed = b"Event: InvalidPassword\r\nPrivilege: security,all\r\nService: PJSIP\r\n"
+            .iter()
+            .map(|&b| (Duration::from_secs(1), vec![b]))
+            .collect();
+        let (reopened, _) = reopened_after(After::Feed(feed), Duration::from_secs(200)).await;
+        let after = reopened.expect("the client reopens");
+        assert!(after < SILENCE_LIMIT, "{after:?}");
+    }
+}
