@@ -69,6 +69,9 @@ pub enum Reason {
     /// `[[feed]]`.
     #[error(transparent)]
     Feed(#[from] crate::feed::FeedConfigError),
+    /// `[[fraud]]`.
+    #[error(transparent)]
+    Fraud(#[from] crate::fraud::config::FraudConfigError),
 }
 
 /// A place in a configuration file: where, which key in which table, and

@@ -30,6 +30,7 @@ use crate::enforce::FirewallConfig;
 use crate::enforce::config::RawFirewall;
 use crate::feed::FeedConfig;
 use crate::feed::config::RawFeed;
+use crate::fraud::config::{RawFraud, rules_from_raw};
 use crate::http::HttpConfig;
 use crate::http::config::RawHttp;
 use crate::jail::config::{Defaults, JailConfig, RawDefaults, RawJail};
@@ -73,6 +74,8 @@ struct RawConfig {
     http: Option<RawHttp>,
     #[serde(default)]
     feed: Vec<Spanned<RawFeed>>,
+    #[serde(default)]
+    fraud: Vec<Spanned<RawFraud>>,
     #[serde(default)]
     jail: BTreeMap<String, Spanned<RawJail>>,
 }
@@ -361,6 +364,21 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
             JailConfig::from_raw(name, table, &defaults, &mut jail_warnings)
                 .map_err(|e| src.invalid(e))?,
         );
+    }
+    // Each jail gets the rules that watch its Event Sockets.
+    let rules = rules_from_raw(&raw.fraud, |name| {
+        jails
+            .iter()
+            .find(|j| j.name == name)
+            .map(|j| !j.esl.is_empty())
+    })
+    .map_err(|e| src.invalid(e))?;
+    for j in jails.iter_mut().filter(|j| !j.esl.is_empty()) {
+        j.fraud = rules
+            .iter()
+            .filter(|r| r.jail.as_deref().is_none_or(|n| n == j.name))
+            .map(|r| Arc::new(r.clone()))
+            .collect();
     }
     Ok(Config {
         origin: origin.to_string(),

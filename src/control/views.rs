@@ -191,6 +191,10 @@ pub struct SourceView {
     /// seconds (negative: behind); absent while there was none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_skew_s: Option<i64>,
+    /// An Event Socket's toll-fraud watch: accounts under watch and what
+    /// fired (accounts escaped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraud: Option<crate::fraud::FraudView>,
 }
 
 /// One ban in force.

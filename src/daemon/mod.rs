@@ -251,6 +251,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         ignore_files: ignore_files::IgnoreFiles::default(),
         actions: crate::action::ActionSet::new(),
     };
+    // Made before the sources: fraud rules ban through it.
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
+    rt.sources.control = Some(ctl_tx.clone());
     rt.sync_actions(&enabled);
     for b in &restored {
         rt.actions.banned(b, true);
@@ -268,7 +271,6 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         tokio::sync::watch::channel(crate::feed::protect::protected_set(rt.jails.protected()));
     let feed_tasks = feeds::start(&mut rt, feed_tx, &protect_rx);
 
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     let http = start_http(&rt.config, &ctl_tx, &metrics).await?;
     let server = tokio::spawn(control.serve(ctl_tx));
 

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
 use super::DaemonError;
-use crate::control::SourceView;
+use crate::control::server::ControlMsg;
+use crate::control::{Request, SourceView};
 use crate::event::{FailureEvent, JailId};
 use crate::filter::{self, Filter, FilterOptions};
 use crate::jail::JailConfig;
 use crate::jail::JailSet;
 use crate::source::ami::{AmiMapper, AmiPeer, AmiSource, AmiStats};
+use crate::source::esl::calls::{BanAsk, BanPath, CallWatch};
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::FollowStats;
 use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
@@ -35,6 +37,7 @@ pub(super) struct SourceKey {
     options: FilterOptions,
     esl: Vec<EslPeer>,
     ami: Vec<AmiPeer>,
+    fraud: Vec<Arc<crate::fraud::FraudRule>>,
     wire: Option<crate::source::wire::WireConfig>,
     journal: Option<JournalConfig>,
 }
@@ -50,11 +53,20 @@ impl SourceKey {
             options: jc.filter_options,
             esl: jc.esl.clone(),
             ami: jc.ami.clone(),
+            fraud: jc.fraud.clone(),
             wire: jc.wire.clone(),
             journal: jc.journal.clone(),
         }
     }
 }
+
+/// One Event Socket client: its label, counters, fraud watch and task.
+type EslRun = (
+    String,
+    Arc<EslStats>,
+    Option<Arc<CallWatch>>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// The sources of one jail: file followers (threads) and Event Socket
 /// clients (tasks).
@@ -68,8 +80,8 @@ pub(super) struct SourceGroup {
     journal: Option<(String, Arc<FollowStats>)>,
     /// The journal follower's thread, joined when the group stops.
     journal_thread: Option<std::thread::JoinHandle<()>>,
-    esl: Vec<(String, Arc<EslStats>, tokio::task::JoinHandle<()>)>,
     ami: Vec<(String, Arc<AmiStats>, tokio::task::JoinHandle<()>)>,
+    esl: Vec<EslRun>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
     /// The supervised tasks of this group, listed in status until stopped.
     tasks: Tasks,
@@ -100,7 +112,8 @@ impl SourceGroup {
                 },
             )
         });
-        let esl = self.esl.iter().map(|(label, s, _)| {
+        let now = crate::event::Time::now();
+        let esl = self.esl.iter().map(|(label, s, calls, _)| {
             dates(
                 &s.dates,
                 SourceView {
@@ -110,6 +123,7 @@ impl SourceGroup {
                     reason: None,
                     lines: s.events.load(Ordering::Relaxed),
                     matched: s.failures.load(Ordering::Relaxed),
+                    fraud: calls.as_ref().map(|c| c.view(now)),
                     ..SourceView::default()
                 },
             )
@@ -157,7 +171,7 @@ impl SourceGroup {
     /// Tells every source of the group to stop (see [`join`](Self::join)).
     fn signal(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        for (_, _, task) in &self.esl {
+        for (_, _, _, task) in &self.esl {
             task.abort();
         }
         for (_, _, task) in &self.ami {
@@ -199,6 +213,47 @@ impl SourceGroup {
 /// Longest wait for a stopped journal follower to leave.
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A ban a fraud rule asks for, through the control path a manual ban
+/// takes (checked against ignoreip, stored, shown, shared with the fleet,
+/// lifted on time); the answer is logged.
+fn ban_path(control: Option<mpsc::Sender<ControlMsg>>) -> BanPath {
+    Arc::new(move |ask: BanAsk| {
+        let Some(control) = control.clone() else {
+            tracing::error!(
+                "[{}] fraud: cannot ban {}: no control path",
+                ask.jail,
+                ask.addr
+            );
+            return;
+        };
+        tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let req = Request::Ban {
+                jail: ask.jail.clone(),
+                addr: ask.addr.to_string(),
+                duration: ask.bantime.clone(),
+                force: false,
+            };
+            if control.send((req, tx)).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(r) if r.ok => {
+                    tracing::warn!("[{}] fraud: banned {} ({})", ask.jail, ask.addr, ask.why)
+                }
+                Ok(r) => tracing::error!(
+                    "[{}] fraud: ban of {} not done: {} ({})",
+                    ask.jail,
+                    ask.addr,
+                    r.error.unwrap_or_default(),
+                    ask.why
+                ),
+                Err(_) => {}
+            }
+        });
+    })
+}
+
 fn spawn_sources(
     jc: &JailConfig,
     id: JailId,
@@ -206,6 +261,7 @@ fn spawn_sources(
     scanners: &Arc<ScannerList>,
     tasks: &Tasks,
     cursors: &Arc<Cursors>,
+    control: Option<&mpsc::Sender<ControlMsg>>,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut healths = Vec::new();
@@ -311,6 +367,21 @@ fn spawn_sources(
     let mut esl = Vec::new();
     for peer in &jc.esl {
         let st = Arc::new(EslStats::default());
+        let rules: Vec<Arc<crate::fraud::FraudRule>> = jc
+            .fraud
+            .iter()
+            .filter(|r| r.applies_to(&jc.name, &peer.label()))
+            .cloned()
+            .collect();
+        let calls = (!rules.is_empty()).then(|| {
+            Arc::new(CallWatch {
+                watch: std::sync::Mutex::new(crate::fraud::Watch::new(&rules)),
+                rules,
+                jail: jc.name.clone(),
+                ban: ban_path(control.cloned()),
+                kills: Default::default(),
+            })
+        });
         let src = EslSource {
             peer: peer.clone(),
             mapper: EventMapper {
@@ -320,6 +391,7 @@ fn spawn_sources(
             },
             tx: tx.clone(),
             stats: st.clone(),
+            calls: calls.clone(),
         };
         // Supervised: a panic (a frame no test foresaw) starts the client
         // again after a pause instead of leaving the jail blind.
@@ -327,7 +399,7 @@ fn spawn_sources(
         let health = tasks.register(&name);
         healths.push(health.clone());
         let task = supervise::spawn_task(name, health, move || src.clone().run());
-        esl.push((peer.label(), st, task));
+        esl.push((peer.label(), st, calls, task));
     }
     let mut ami = Vec::new();
     for peer in &jc.ami {
@@ -401,6 +473,8 @@ pub(super) struct Sources {
     pub(super) tasks: Tasks,
     /// Where each journal follower stands.
     pub(super) cursors: Arc<Cursors>,
+    /// Where fraud rules' bans go (the control path).
+    pub(super) control: Option<mpsc::Sender<ControlMsg>>,
 }
 
 impl Sources {
@@ -417,6 +491,7 @@ impl Sources {
             scanners,
             tasks,
             cursors,
+            control: None,
         }
     }
 
@@ -475,6 +550,7 @@ impl Sources {
                 &self.scanners,
                 &self.tasks,
                 &self.cursors,
+                self.control.as_ref(),
             )?;
             self.groups.insert(jc.name.clone(), g);
         }

@@ -2,10 +2,10 @@
 //! prefixes, hours of the week), what it measures per account, at which
 //! thresholds, and what each level does. Built and checked by `config.rs`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How serious a crossed threshold is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// The warning threshold.

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rule::{FraudRule, Level, Metric};
 use super::{CallEvent, CallKind, Firing, Order, Uuid};
@@ -94,7 +94,7 @@ pub struct Watch {
 }
 
 /// A firing as status shows it (account and numbers escaped).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FiredView {
     /// When (RFC 3339).
     pub time: String,
@@ -117,7 +117,7 @@ pub struct FiredView {
 }
 
 /// An account under watch, as status shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
     /// The account, escaped.
     pub account: String,
@@ -130,7 +130,7 @@ pub struct AccountView {
 }
 
 /// What status and the dashboard show of a connection's fraud watch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FraudView {
     /// The rules watching this connection.
     pub rules: Vec<String>,

@@ -172,6 +172,9 @@ pub struct JailConfig {
     pub esl: Vec<EslPeer>,
     /// Asterisk managers to listen to.
     pub ami: Vec<AmiPeer>,
+    /// The `[[fraud]]` rules watching this jail's Event Sockets (set by
+    /// `config/`, which reads them).
+    pub fraud: Vec<std::sync::Arc<crate::fraud::FraudRule>>,
     /// Weight of an INVITE authentication failure.
     pub invite_weight: u32,
     /// Ban attack tools (by user agent) at their first failure.
@@ -386,6 +389,7 @@ impl JailConfig {
             escalation: EscKeys::default().over(&defaults.esc),
             esl: Vec::new(),
             ami: Vec::new(),
+            fraud: Vec::new(),
             invite_weight: 1,
             ban_scanners: false,
             trust_registered: None,
@@ -572,6 +576,7 @@ impl JailConfig {
             escalation,
             esl,
             ami,
+            fraud: Vec::new(),
             invite_weight: j.invite_weight.map_or(1, |w| *w.get_ref()),
             ban_scanners: j.ban_scanners.unwrap_or(false),
             trust_registered: j.trust_registered,

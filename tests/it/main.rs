@@ -17,6 +17,7 @@ mod faults;
 mod feeds;
 mod fleet;
 mod follow;
+mod fraud;
 mod glob;
 mod http;
 mod ignore_files;

@@ -24,6 +24,7 @@
 //! what an event's headers say `event.rs`, what a frame means for a jail
 //! `mapper.rs`, the counters status shows `stats.rs`.
 
+pub mod calls;
 pub mod event;
 pub mod frame;
 mod mapper;
@@ -48,6 +49,15 @@ use crate::event::{FailureEvent, Time};
 /// The events sipwarden subscribes to. `CUSTOM` comes last: every word after
 /// it is a subclass.
 pub const SUBSCRIPTION: &str = "HEARTBEAT CUSTOM sofia::register_failure sofia::register_attempt sofia::pre_register sofia::register sofia::wrong_call_state";
+
+/// Added before `CUSTOM` when a connection has fraud rules: the calls, and
+/// the answers to `bgapi uuid_kill`.
+pub const CALL_EVENTS: &str =
+    "CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE BACKGROUND_JOB";
+
+/// How often a connection with fraud rules re-reads its ledger (live
+/// calls' minutes grow without events).
+pub const FRAUD_TICK: Duration = Duration::from_secs(1);
 
 /// A connection without a whole frame for this long is considered dead
 /// (FreeSWITCH sends a heartbeat every 20 s).
@@ -199,6 +209,8 @@ pub struct EslSource {
     pub tx: Sender<Vec<FailureEvent>>,
     /// State and counters.
     pub stats: Arc<EslStats>,
+    /// The fraud watch, when rules watch this connection.
+    pub calls: Option<Arc<calls::CallWatch>>,
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -297,8 +309,14 @@ impl EslSource {
             EslFormat::Plain => "plain",
             EslFormat::Json => "json",
         };
+        // Every word after CUSTOM is a subclass: call events go before it.
+        let calls = if self.calls.is_some() {
+            format!("{CALL_EVENTS} ")
+        } else {
+            String::new()
+        };
         stream
-            .write_all(format!("event {format} {SUBSCRIPTION}\n\n").as_bytes())
+            .write_all(format!("event {format} {calls}{SUBSCRIPTION}\n\n").as_bytes())
             .await
             .map_err(io)?;
         let reply = self.reply(&mut stream, &mut fb, &mut rbuf, "event").await?;
@@ -327,6 +345,8 @@ impl EslSource {
         // clock starts with the read that brought its first byte.
         let mut last_frame = Instant::now();
         let mut begun: Option<Instant> = None;
+        let mut kills = calls::Kills::default();
+        let mut next_tick = Instant::now() + FRAUD_TICK;
         loop {
             // Frames may already be buffered (events right after the
             // subscription reply): handle them before reading more.
@@ -336,8 +356,12 @@ impl EslSource {
             let mut unreadable = Vec::new();
             let mut skews = Vec::new();
             let before = frames;
+            let mut orders = Vec::new();
             let r = fb.drain(|f| {
                 frames += 1;
+                if let Some(c) = &self.calls {
+                    c.frame(&f, now, &mut kills, &mut orders);
+                }
                 if content_type(f.headers) == "text/disconnect-notice" {
                     closed = Some(text(f.body).trim().chars().take(200).collect::<String>());
                     return;
@@ -358,6 +382,16 @@ impl EslSource {
                     frames,
                     source,
                 });
+            }
+            if let Some(c) = &self.calls {
+                if Instant::now() >= next_tick {
+                    next_tick = Instant::now() + FRAUD_TICK;
+                    orders.extend(c.tick(now));
+                }
+                let commands = c.carry_out(orders, &peer, &mut kills);
+                if !commands.is_empty() {
+                    stream.write_all(&commands).await.map_err(io)?;
+                }
             }
             self.stats.note_unreadable(&peer, &unreadable);
             self.stats.note_skewed(&peer, &skews);
@@ -397,7 +431,13 @@ impl EslSource {
             let silence_end = last_frame + SILENCE_LIMIT;
             let frame_end = begun.map(|b| b + FRAME_DEADLINE);
             let deadline = frame_end.map_or(silence_end, |f| f.min(silence_end));
-            let n = match tokio::time::timeout_at(deadline, stream.read(&mut rbuf)).await {
+            // With fraud rules the loop also wakes for the ledger's tick.
+            let wake = match &self.calls {
+                Some(_) => deadline.min(next_tick),
+                None => deadline,
+            };
+            let n = match tokio::time::timeout_at(wake, stream.read(&mut rbuf)).await {
+                Err(_) if wake < deadline => continue,
                 Err(_) => {
                     return Err(match (frame_end, fb.pending()) {
                         (Some(end), Some(pending)) if end <= silence_end => EslError::SlowFrame {
@@ -598,6 +638,7 @@ mod tests {
             mapper: mapper(),
             tx,
             stats: Arc::default(),
+            calls: None,
         };
         (src, rx)
     }
