@@ -241,6 +241,48 @@ fn dates_note(s: &crate::control::SourceView) -> String {
     out
 }
 
+/// An Event Socket's fraud watch: its rules, accounts under watch, and
+/// what fired (accounts arrive escaped).
+fn fraud_detail(path: &str, f: &crate::fraud::FraudView) -> String {
+    let mut out = format!(
+        "\nToll fraud on {path}: rules {}; {} account(s) followed\n",
+        f.rules.join(", "),
+        f.accounts
+    );
+    for a in &f.watched {
+        out.push_str(&format!(
+            "  under watch: {} ({} live call(s)) {}{}\n",
+            a.account,
+            a.live,
+            a.levels.join(", "),
+            if a.held.is_empty() {
+                String::new()
+            } else {
+                format!("; held: {}", a.held.join(", "))
+            }
+        ));
+    }
+    for x in &f.fired {
+        out.push_str(&format!(
+            "  {} {} {} account {}: {} {} reached {}; {} call(s) hung up{}\n",
+            x.time,
+            x.rule,
+            x.level.as_str(),
+            x.account,
+            x.metric,
+            x.value,
+            x.threshold,
+            x.hung_up,
+            if x.banned.is_empty() {
+                String::new()
+            } else {
+                format!(", banned {}", x.banned.join(" "))
+            }
+        ));
+    }
+    out
+}
+
 fn jail_detail(j: &JailView) -> String {
     let files: Vec<String> = j
         .sources
@@ -283,6 +325,11 @@ fn jail_detail(j: &JailView) -> String {
                 },
                 b.start
             ));
+        }
+    }
+    for s in &j.sources {
+        if let Some(f) = &s.fraud {
+            out.push_str(&fraud_detail(&s.path, f));
         }
     }
     if let Some(c) = &j.next_cursor {

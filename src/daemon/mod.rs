@@ -18,6 +18,7 @@
 mod cluster;
 mod enforcer;
 mod feeds;
+mod fraud;
 mod ignore_files;
 mod lock;
 mod logfiles;

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 
 use super::DaemonError;
+use crate::control::SourceView;
 use crate::control::server::ControlMsg;
-use crate::control::{Request, SourceView};
 use crate::event::{FailureEvent, JailId};
 use crate::filter::{self, Filter, FilterOptions};
 use crate::jail::JailConfig;
 use crate::jail::JailSet;
 use crate::source::ami::{AmiMapper, AmiPeer, AmiSource, AmiStats};
-use crate::source::esl::calls::{BanAsk, BanPath, CallWatch};
+use crate::source::esl::calls::CallWatch;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::FollowStats;
 use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
@@ -213,47 +213,6 @@ impl SourceGroup {
 /// Longest wait for a stopped journal follower to leave.
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A ban a fraud rule asks for, through the control path a manual ban
-/// takes (checked against ignoreip, stored, shown, shared with the fleet,
-/// lifted on time); the answer is logged.
-fn ban_path(control: Option<mpsc::Sender<ControlMsg>>) -> BanPath {
-    Arc::new(move |ask: BanAsk| {
-        let Some(control) = control.clone() else {
-            tracing::error!(
-                "[{}] fraud: cannot ban {}: no control path",
-                ask.jail,
-                ask.addr
-            );
-            return;
-        };
-        tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let req = Request::Ban {
-                jail: ask.jail.clone(),
-                addr: ask.addr.to_string(),
-                duration: ask.bantime.clone(),
-                force: false,
-            };
-            if control.send((req, tx)).await.is_err() {
-                return;
-            }
-            match rx.await {
-                Ok(r) if r.ok => {
-                    tracing::warn!("[{}] fraud: banned {} ({})", ask.jail, ask.addr, ask.why)
-                }
-                Ok(r) => tracing::error!(
-                    "[{}] fraud: ban of {} not done: {} ({})",
-                    ask.jail,
-                    ask.addr,
-                    r.error.unwrap_or_default(),
-                    ask.why
-                ),
-                Err(_) => {}
-            }
-        });
-    })
-}
-
 fn spawn_sources(
     jc: &JailConfig,
     id: JailId,
@@ -378,7 +337,7 @@ fn spawn_sources(
                 watch: std::sync::Mutex::new(crate::fraud::Watch::new(&rules)),
                 rules,
                 jail: jc.name.clone(),
-                ban: ban_path(control.cloned()),
+                ban: super::fraud::ban_path(control.cloned()),
                 kills: Default::default(),
             })
         });

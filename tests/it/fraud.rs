@@ -404,6 +404,11 @@ fn stolen_account_is_hung_up_and_banned_and_the_neighbour_is_untouched() {
         "{fraud}"
     );
     assert!(fired.iter().all(|f| f["account"] != "1001"));
+    let text = String::from_utf8_lossy(&cli(&dir, &["status", "pbx"]).stdout).into_owned();
+    assert!(
+        text.contains("Toll fraud on") && text.contains("premium critical account 1002"),
+        "{text}"
+    );
     drop(d);
 }
 
@@ -475,12 +480,17 @@ fn concurrent_call_limit_fires_at_its_thresholds() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let esl = Esl::start(listener, t.clone());
     let dir = TempDir::new("fraudconc");
+    let hook = webhook_receiver();
     let cfg = write_config(
         &dir,
         esl.port,
         "backend = \"none\"",
-        "[[fraud]]\nname = \"conc\"\nprefixes = [\"*\"]\n\
-         concurrent_calls = { warning = 3, critical = 5 }\ncritical = [\"hangup\"]\n",
+        &format!(
+            "[[fraud]]\nname = \"conc\"\nprefixes = [\"*\"]\n\
+             concurrent_calls = {{ warning = 3, critical = 5 }}\ncritical = [\"hangup\", \"webhook\"]\n\
+             webhook = \"http://127.0.0.1:{}/hook\"\n",
+            hook.0
+        ),
     );
     let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     assert!(esl.connected(Duration::from_secs(30)));
@@ -512,5 +522,63 @@ fn concurrent_call_limit_fires_at_its_thresholds() {
     assert!(l.contains("concurrent_calls 5 reached 5"), "{l}");
     let want: BTreeSet<String> = calls.iter().map(|c| c.uuid.clone()).collect();
     assert!(wait_until(Duration::from_secs(10), || esl.killed() == want));
+    // The critical firing was POSTed as JSON, the account as data.
+    let posted = hook
+        .1
+        .recv_timeout(Duration::from_secs(10))
+        .expect("webhook POST");
+    let (head, body) = posted.split_once("\r\n\r\n").unwrap_or((&posted, ""));
+    assert!(head.starts_with("POST /hook "), "{head}");
+    let v: serde_json::Value = serde_json::from_str(body).expect(body);
+    assert_eq!(
+        (
+            v["rule"].as_str(),
+            v["level"].as_str(),
+            v["account"].as_str()
+        ),
+        (Some("conc"), Some("critical"), Some("1003")),
+        "{v}"
+    );
+    assert_eq!(v["calls"].as_array().map(Vec::len), Some(5), "{v}");
+    assert!(d.wait_for("webhook", Duration::from_secs(10)).is_some());
     assert!(d.stop().is_some_and(|s| s.success()));
+}
+
+/// A one-shot HTTP server on loopback: its port, and the request it got.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Headers, then Content-Length bytes of body (bounded).
+        for _ in 0..1000 {
+            let Ok(n) = s.read(&mut buf) else { break };
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+    });
+    (port, rx)
 }
