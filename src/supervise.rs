@@ -258,7 +258,7 @@ where
 }
 
 /// A fault injected on purpose, once per process, where `point` is named in
-/// `SIPWARDEN_FAULT` (comma-separated: `esl`, `follower`, `feed`, `store`,
+/// `SIPWARDEN_FAULT` (comma-separated: `esl`, `ami`, `follower`, `feed`, `store`,
 /// `enforcer`). Only in
 /// debug builds, for the tests that show a task is supervised; a release
 /// build never reads the variable.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::enforce::Backend;
+use crate::source::ami::AmiPeer;
 use crate::source::esl::EslPeer;
 use crate::source::journal::JournalConfig;
 
@@ -120,6 +121,9 @@ pub fn checks(config: Option<&Path>) -> Vec<Check> {
     for j in cfg.enabled_jails() {
         for p in &j.esl {
             out.extend(esl(&j.name, p));
+        }
+        for p in &j.ami {
+            out.push(ami(&j.name, p));
         }
         out.extend(log_paths(&j.name, &j.logpath));
         if let Some(jc) = &j.journal {
@@ -449,6 +453,32 @@ fn esl(jail: &str, p: &EslPeer) -> Vec<Check> {
         "is FreeSWITCH running with mod_event_socket? check listen-ip and listen-port in event_socket.conf.xml",
     ));
     out
+}
+
+/// Logs in to an Asterisk manager as the daemon does, and out again.
+fn ami(jail: &str, p: &AmiPeer) -> Check {
+    let label = format!("[{jail}] manager interface {}", p.label());
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("{label}: {e}"), ""),
+    };
+    match rt.block_on(crate::source::ami::probe(p)) {
+        Ok(()) => ok(format!(
+            "{label}: reachable, logged in as {:?} (it reads security events only if manager.conf gives it read = security)",
+            p.username
+        )),
+        Err(
+            e @ (crate::source::ami::AmiError::Login { .. }
+            | crate::source::ami::AmiError::NotAmi { .. }),
+        ) => fail(format!("{label}: {e}"), ""),
+        Err(e) => fail(
+            format!("{label}: {e}"),
+            "is Asterisk running with its manager on? manager.conf: [general] enabled = yes, port, bindaddr",
+        ),
+    }
 }
 
 /// Authenticates on a connected Event Socket and asks whether

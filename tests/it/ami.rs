@@ -378,3 +378,45 @@ fn successful_auth_trusts_the_address() {
     );
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// `doctor` logs in as the daemon would: it says a right secret works and
+/// a wrong one is refused, with what to do, never showing the secret.
+#[test]
+fn doctor_logs_in_and_says_what_to_fix() {
+    let sim = Simulator::start("s3cret", vec![Conn::Replay], Vec::new());
+    for (secret, want) in [
+        ("s3cret", "reachable, logged in as \"sipwarden\""),
+        (
+            "wrong-secret",
+            "refused (Asterisk said \"Authentication failed\")",
+        ),
+    ] {
+        let dir = TempDir::new("amidoc");
+        let cfg = dir.path("sipwarden.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}[firewall]\nbackend = \"none\"\n[jail.asterisk]\nami = {{ port = {}, secret = \"{secret}\" }}\n",
+                daemon_section(&dir),
+                sim.port
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(crate::common::bin())
+            .args(["doctor", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("[asterisk] manager interface 127.0.0.1:"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains(want), "{line}");
+        assert!(!text.contains("wrong-secret"), "{text}");
+    }
+    let actions = sim.actions.lock().unwrap().clone();
+    assert!(
+        actions.iter().any(|a| a.starts_with("Action: Logoff")),
+        "doctor logs off: {actions:?}"
+    );
+}

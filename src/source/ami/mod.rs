@@ -214,6 +214,170 @@ fn shown(v: Option<&[u8]>) -> String {
     escape_text(&String::from_utf8_lossy(v.unwrap_or_default()), 120)
 }
 
+/// A connection logged in, and what was read past the login.
+struct Connection {
+    stream: TcpStream,
+    mb: MessageBuffer,
+    rbuf: Vec<u8>,
+    /// This end's address, as Asterisk sees it in its own login's event.
+    local: std::net::IpAddr,
+}
+
+impl AmiPeer {
+    /// Connects, reads the banner and logs in asking for security events
+    /// only.
+    async fn login(&self) -> Result<Connection, AmiError> {
+        let peer = self.label();
+        let io = |source| AmiError::Io {
+            peer: peer.clone(),
+            source,
+        };
+        let timeout = |step| AmiError::Timeout {
+            peer: peer.clone(),
+            step,
+            secs: HANDSHAKE_TIMEOUT.as_secs(),
+        };
+        let mut stream = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| timeout("connect"))?
+        .map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().map_err(io)?.ip().to_canonical();
+        let mut mb = MessageBuffer::default();
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+
+        // The banner: `Asterisk Call Manager/5.0.1`.
+        let banner = loop {
+            if let Some(b) = mb.banner().map_err(|source| AmiError::Frame {
+                peer: peer.clone(),
+                messages: 0,
+                source,
+            })? {
+                break b;
+            }
+            self.fill(&mut stream, &mut mb, &mut rbuf, deadline, "the banner")
+                .await?;
+        };
+        if !banner.starts_with("Asterisk Call Manager/") {
+            return Err(AmiError::NotAmi {
+                peer,
+                banner: escape_text(&banner, 80),
+            });
+        }
+        let login = format!(
+            "Action: Login\r\nActionID: {LOGIN_ID}\r\nUsername: {}\r\nSecret: {}\r\nEvents: security\r\n\r\n",
+            self.username, self.secret
+        );
+        self.write(&mut stream, login.as_bytes(), "the login")
+            .await?;
+        let mut seen = 0;
+        let reply = loop {
+            match mb.next_owned() {
+                Ok(Some(m)) => {
+                    let msg = Message { block: &m };
+                    if msg.get("Response").is_some() {
+                        break m;
+                    }
+                    seen += 1;
+                    if seen > HANDSHAKE_MESSAGES {
+                        return Err(timeout("the login (no response among the messages)"));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(AmiError::Frame {
+                        peer,
+                        messages: 0,
+                        source,
+                    });
+                }
+            }
+            self.fill(&mut stream, &mut mb, &mut rbuf, deadline, "the login")
+                .await?;
+        };
+        let reply = Message { block: &reply };
+        if !reply
+            .get("Response")
+            .is_some_and(|r| r.eq_ignore_ascii_case(b"Success"))
+        {
+            return Err(AmiError::Login {
+                peer,
+                user: self.username.clone(),
+                message: shown(reply.get("Message")),
+            });
+        }
+        Ok(Connection {
+            stream,
+            mb,
+            rbuf,
+            local,
+        })
+    }
+
+    /// Reads once more during the login, by `deadline`.
+    async fn fill(
+        &self,
+        stream: &mut TcpStream,
+        mb: &mut MessageBuffer,
+        rbuf: &mut [u8],
+        deadline: Instant,
+        step: &'static str,
+    ) -> Result<(), AmiError> {
+        let peer = self.label();
+        let n = tokio::time::timeout_at(deadline, stream.read(rbuf))
+            .await
+            .map_err(|_| AmiError::Timeout {
+                peer: peer.clone(),
+                step,
+                secs: HANDSHAKE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|source| AmiError::Io {
+                peer: peer.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(AmiError::Closed {
+                peer,
+                why: format!("end of stream while waiting for {step}"),
+            });
+        }
+        mb.extend(&rbuf[..n]);
+        Ok(())
+    }
+
+    /// Writes `bytes`, within [`HANDSHAKE_TIMEOUT`] (a server that reads
+    /// nothing cannot hold the client).
+    async fn write(
+        &self,
+        stream: &mut TcpStream,
+        bytes: &[u8],
+        step: &'static str,
+    ) -> Result<(), AmiError> {
+        let peer = self.label();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(bytes))
+            .await
+            .map_err(|_| AmiError::Timeout {
+                peer: peer.clone(),
+                step,
+                secs: HANDSHAKE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|source| AmiError::Io { peer, source })
+    }
+}
+
+/// Logs in to `peer` and out again: what `doctor` checks.
+pub async fn probe(peer: &AmiPeer) -> Result<(), AmiError> {
+    let mut c = peer.login().await?;
+    let bye = "Action: Logoff\r\nActionID: sipwarden-logoff\r\n\r\n";
+    peer.write(&mut c.stream, bye.as_bytes(), "the logoff")
+        .await
+}
+
 impl AmiSource {
     /// Connects and reconnects for ever (the daemon aborts the task to stop).
     pub async fn run(self) {
@@ -252,95 +416,18 @@ impl AmiSource {
     }
 
     async fn session(&self) -> Result<(), AmiError> {
-        let peer = self.peer.label();
-        let io = |source| AmiError::Io {
-            peer: peer.clone(),
-            source,
-        };
-        let timeout = |step| AmiError::Timeout {
-            peer: peer.clone(),
-            step,
-            secs: HANDSHAKE_TIMEOUT.as_secs(),
-        };
-        let mut stream = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            TcpStream::connect((self.peer.host.as_str(), self.peer.port)),
-        )
-        .await
-        .map_err(|_| timeout("connect"))?
-        .map_err(io)?;
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().map_err(io)?.ip().to_canonical();
-        let mut mb = MessageBuffer::default();
-        let mut rbuf = vec![0u8; 64 * 1024];
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-
-        // The banner: `Asterisk Call Manager/5.0.1`.
-        let banner = loop {
-            if let Some(b) = mb.banner().map_err(|source| AmiError::Frame {
-                peer: peer.clone(),
-                messages: 0,
-                source,
-            })? {
-                break b;
-            }
-            self.fill(&mut stream, &mut mb, &mut rbuf, deadline, "the banner")
-                .await?;
-        };
-        if !banner.starts_with("Asterisk Call Manager/") {
-            return Err(AmiError::NotAmi {
-                peer,
-                banner: escape_text(&banner, 80),
-            });
-        }
-        let login = format!(
-            "Action: Login\r\nActionID: {LOGIN_ID}\r\nUsername: {}\r\nSecret: {}\r\nEvents: security\r\n\r\n",
-            self.peer.username, self.peer.secret
-        );
-        self.write(&mut stream, login.as_bytes(), "the login")
-            .await?;
-        let mut seen = 0;
-        let reply = loop {
-            match mb.next_owned() {
-                Ok(Some(m)) => {
-                    let msg = Message { block: &m };
-                    if msg.get("Response").is_some() {
-                        break m;
-                    }
-                    seen += 1;
-                    if seen > HANDSHAKE_MESSAGES {
-                        return Err(timeout("the login (no response among the messages)"));
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(AmiError::Frame {
-                        peer,
-                        messages: 0,
-                        source,
-                    });
-                }
-            }
-            self.fill(&mut stream, &mut mb, &mut rbuf, deadline, "the login")
-                .await?;
-        };
-        let reply = Message { block: &reply };
-        if !reply
-            .get("Response")
-            .is_some_and(|r| r.eq_ignore_ascii_case(b"Success"))
-        {
-            return Err(AmiError::Login {
-                peer,
-                user: self.peer.username.clone(),
-                message: shown(reply.get("Message")),
-            });
-        }
+        let Connection {
+            stream,
+            mb,
+            rbuf,
+            local,
+        } = self.peer.login().await?;
         self.stats.connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         self.stats.set_error(None);
         tracing::info!(
-            "manager interface {peer}: logged in as {:?}, reading security events",
+            "manager interface {}: logged in as {:?}, reading security events",
+            self.peer.label(),
             self.peer.username
         );
         let mut mapper = self.mapper.clone();
@@ -424,7 +511,9 @@ impl AmiSource {
             };
             if t >= next_ping {
                 let ping = format!("Action: Ping\r\nActionID: {PING_ID}\r\n\r\n");
-                self.write(&mut stream, ping.as_bytes(), "a ping").await?;
+                self.peer
+                    .write(&mut stream, ping.as_bytes(), "a ping")
+                    .await?;
                 next_ping = t + PING_EVERY;
             }
             let silence_end = last_message + SILENCE_LIMIT;
@@ -468,56 +557,6 @@ impl AmiSource {
                 Ok(Ok(n)) => mb.extend(&rbuf[..n]),
             }
         }
-    }
-
-    /// Reads once more during the login, by `deadline`.
-    async fn fill(
-        &self,
-        stream: &mut TcpStream,
-        mb: &mut MessageBuffer,
-        rbuf: &mut [u8],
-        deadline: Instant,
-        step: &'static str,
-    ) -> Result<(), AmiError> {
-        let peer = self.peer.label();
-        let n = tokio::time::timeout_at(deadline, stream.read(rbuf))
-            .await
-            .map_err(|_| AmiError::Timeout {
-                peer: peer.clone(),
-                step,
-                secs: HANDSHAKE_TIMEOUT.as_secs(),
-            })?
-            .map_err(|source| AmiError::Io {
-                peer: peer.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(AmiError::Closed {
-                peer,
-                why: format!("end of stream while waiting for {step}"),
-            });
-        }
-        mb.extend(&rbuf[..n]);
-        Ok(())
-    }
-
-    /// Writes `bytes`, within [`HANDSHAKE_TIMEOUT`] (a server that reads
-    /// nothing cannot hold the client).
-    async fn write(
-        &self,
-        stream: &mut TcpStream,
-        bytes: &[u8],
-        step: &'static str,
-    ) -> Result<(), AmiError> {
-        let peer = self.peer.label();
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(bytes))
-            .await
-            .map_err(|_| AmiError::Timeout {
-                peer: peer.clone(),
-                step,
-                secs: HANDSHAKE_TIMEOUT.as_secs(),
-            })?
-            .map_err(|source| AmiError::Io { peer, source })
     }
 }
 
