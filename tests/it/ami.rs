@@ -420,3 +420,58 @@ fn doctor_logs_in_and_says_what_to_fix() {
         "doctor logs off: {actions:?}"
     );
 }
+
+/// A manager client that panics (a message no test foresaw) is started
+/// again by its supervisor, shows it in status, and still bans.
+#[test]
+fn a_panicking_client_is_started_again() {
+    let events: Vec<String> = (0..5)
+        .map(|_| {
+            event(
+                "InvalidPassword",
+                "PJSIP",
+                "1001",
+                "IPV4/UDP/203.0.113.9/5060",
+            )
+        })
+        .collect();
+    let sim = Simulator::start("s3cret", vec![Conn::Replay], events);
+    let dir = TempDir::new("amisup");
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 5\n[firewall]\nbackend = \"none\"\n[jail.asterisk]\nburst = false\nami = {{ port = {}, secret = \"s3cret\" }}\n",
+            daemon_section(&dir),
+            sim.port
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        std::process::Command::new(crate::common::bin())
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("SIPWARDEN_FAULT", "ami"),
+    );
+    assert!(
+        d.wait_for("panicked: fault injected at ami", Duration::from_secs(20))
+            .is_some()
+    );
+    // The client comes back, the simulator replays on the new connection.
+    let ban = d.wait_for("[asterisk] Ban 203.0.113.9", Duration::from_secs(30));
+    assert!(ban.is_some_and(|b| b.contains("(5 failures")));
+    let s: serde_json::Value =
+        serde_json::from_slice(&cli(&dir, &["status", "--json"]).stdout).unwrap();
+    let task = s["result"]["tasks"]
+        .as_array()
+        .and_then(|t| {
+            t.iter().find(|t| {
+                t["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("[asterisk] manager interface"))
+            })
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(task["restarts"].as_u64().is_some_and(|r| r >= 1), "{task}");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
