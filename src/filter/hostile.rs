@@ -1,7 +1,8 @@
 //! Injection resistance: hostile text (user names, user agents, domains,
 //! Call-IDs) in every place a server quotes it, through every built-in
-//! filter, the line splitter and the Event Socket parser. The only address
-//! any of them may ever report is the real source.
+//! filter, the line splitter, the Event Socket parser and the Asterisk
+//! manager parser. The only address any of them may ever report is the
+//! real source.
 
 #[cfg(test)]
 mod tests {
@@ -214,5 +215,52 @@ mod tests {
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].addr, real);
         }
+    }
+
+    /// Asterisk's manager writes attacker text raw (AccountID, SessionID,
+    /// a digest Response): whatever it holds, line breaks included, the
+    /// only address ever counted is RemoteAddress's; a value without a
+    /// line break leaves the event counted.
+    #[test]
+    fn ami_events_only_ever_report_remote_address() {
+        use crate::source::ami::frame::MessageBuffer;
+        use crate::source::ami::{AmiMapper, Mapped};
+        let real: IpAddr = REAL.parse().unwrap();
+        let mut whole = 0;
+        for hostile in corpus() {
+            let mut mapper = AmiMapper::new(crate::event::JailId(0));
+            let mut ev = b"Event: ChallengeResponseFailed\r\nPrivilege: security,all\r\nEventTV: 2026-12-01T02:15:00.000+0000\r\nSeverity: Error\r\nService: PJSIP\r\nEventVersion: 1\r\nAccountID: ".to_vec();
+            ev.extend_from_slice(&hostile);
+            ev.extend_from_slice(b"\r\nSessionID: ");
+            ev.extend_from_slice(&hostile);
+            ev.extend_from_slice(
+                b"\r\nLocalAddress: IPV4/UDP/192.0.2.1/5060\r\nRemoteAddress: IPV4/UDP/",
+            );
+            ev.extend_from_slice(REAL.as_bytes());
+            ev.extend_from_slice(b"/5060\r\nChallenge: 1/2\r\nResponse: ");
+            ev.extend_from_slice(&hostile);
+            ev.extend_from_slice(b"\r\nExpectedResponse: \r\n\r\n");
+            let mut mb = MessageBuffer::default();
+            mb.extend(&ev);
+            let mut got = Vec::new();
+            if mb
+                .drain(|m| {
+                    if let Mapped::Event(e) = mapper.read(&m, Time(0)) {
+                        got.push(e.addr);
+                    }
+                })
+                .is_err()
+            {
+                // Longer than a line may be: the connection is dropped.
+                assert!(hostile.len() > crate::source::ami::frame::MAX_LINE);
+                continue;
+            }
+            assert!(got.iter().all(|a| *a == real), "{got:?}");
+            if !hostile.iter().any(|&c| c == b'\r' || c == b'\n') {
+                assert_eq!(got.len(), 1, "{:?}", String::from_utf8_lossy(&hostile));
+                whole += 1;
+            }
+        }
+        assert!(whole >= 15, "{whole}");
     }
 }
