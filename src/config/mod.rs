@@ -609,6 +609,30 @@ bantime = -1
         }
     }
 
+    /// The toll-fraud examples an operator would copy (README, docs/fraud.md)
+    /// are valid configurations, and their rules reach the jail.
+    #[test]
+    fn fraud_examples_in_the_docs_parse() {
+        for doc in [
+            include_str!("../../README.md"),
+            include_str!("../../docs/fraud.md"),
+        ] {
+            let block = doc
+                .split("```toml\n")
+                .skip(1)
+                .find(|b| b.contains("[[fraud]]"))
+                .and_then(|b| b.split("```").next())
+                .unwrap();
+            let text = if block.contains("[jail.") {
+                block.to_string()
+            } else {
+                format!("[jail.fs]\nesl = {{}}\n{block}")
+            };
+            let c = parse(&text).unwrap();
+            assert!(!c.jails[0].fraud.is_empty(), "{text}");
+        }
+    }
+
     #[test]
     fn esl_jails() {
         let c = parse("[jail.esl]\nesl = { host = \"127.0.0.1\", port = 8021, password = \"ClueCon\" }\ninvite_weight = 3\n[jail.two]\nesl = [{ host = \"10.0.0.1\" }, { host = \"10.0.0.2\", format = \"json\" }]\n").unwrap();
