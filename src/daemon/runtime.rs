@@ -159,7 +159,7 @@ impl Runtime {
                         DisplayNet(&u.addr)
                     );
                     if let Some(b) = &u.lifted {
-                        if let Some(d) = self.jails.restore(
+                        if let Some(d) = self.jails.restored(
                             &u.jail_name,
                             u.addr,
                             b.start,
@@ -168,7 +168,7 @@ impl Runtime {
                             b.reason,
                             Time::now(),
                         ) {
-                            self.jails.confirm(&d);
+                            self.jails.reinstate(&d);
                         }
                     }
                 }

@@ -12,6 +12,7 @@
 //! channel as every other write, so it lands in order), so the next start
 //! restores every ban.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -470,28 +471,32 @@ pub(super) fn restore(
             let mut decisions = Vec::with_capacity(active.len());
             let mut orphans = 0;
             for b in active {
-                match jails.restore(&b.jail, b.addr, b.start, b.end, b.failures, b.reason, now) {
+                match jails.restored(&b.jail, b.addr, b.start, b.end, b.failures, b.reason, now) {
                     Some(d) => decisions.push(Decision::Ban(d)),
                     None => orphans += 1,
                 }
             }
+            // Nothing else runs yet: the jails hold each ban once the
+            // firewall accepted it, without a pending step.
             let refused = super::enforcer::apply_now(enforcer, &decisions);
+            let refused: HashMap<usize, String> =
+                refused.into_iter().map(|r| (r.index, r.reason)).collect();
+            jails.reserve_bans(&decisions);
+            restored.reserve(decisions.len());
             let mut in_force = decisions.len();
-            for (i, d) in decisions.iter().enumerate() {
+            for (i, d) in decisions.into_iter().enumerate() {
                 let Decision::Ban(b) = d else { continue };
-                match refused.iter().find(|r| r.index == i) {
+                match refused.get(&i) {
                     None => {
-                        jails.confirm(b);
-                        restored.push(b.clone());
+                        jails.reinstate(&b);
+                        restored.push(b);
                     }
-                    Some(r) => {
-                        jails.refuse(b);
+                    Some(reason) => {
                         in_force -= 1;
                         tracing::error!(
-                            "[{}] stored ban of {} not restored, the firewall refused it: {}",
+                            "[{}] stored ban of {} not restored, the firewall refused it: {reason}",
                             b.jail_name,
                             crate::jail::DisplayNet(&b.addr),
-                            r.reason
                         );
                     }
                 }

@@ -104,12 +104,53 @@ pub(super) struct ElemOp {
     pub(super) timeout_ms: Option<u64>,
 }
 
-/// Element changes applied together or not at all, and the decisions
-/// (indexes into the batch) that asked for them.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Unit {
+/// Units of element changes, each applied together or not at all, laid
+/// out flat (no allocation per unit): unit `k`'s changes are
+/// `ops[bounds[k]..bounds[k + 1]]`.
+#[derive(Clone, Debug)]
+pub(super) struct Units {
     pub(super) ops: Vec<ElemOp>,
-    pub(super) decisions: Vec<usize>,
+    bounds: Vec<usize>,
+}
+
+impl Units {
+    /// Room for `units` units of about one change each.
+    pub(super) fn with_capacity(units: usize) -> Units {
+        let mut bounds = Vec::with_capacity(units + 1);
+        bounds.push(0);
+        Units {
+            ops: Vec::with_capacity(units),
+            bounds,
+        }
+    }
+
+    /// One unit per change (re-adding elements: each stands alone).
+    pub(super) fn singles(ops: Vec<ElemOp>) -> Units {
+        Units {
+            bounds: (0..=ops.len()).collect(),
+            ops,
+        }
+    }
+
+    /// Ends the unit being built: the changes pushed to `ops` since the
+    /// last `close` are one unit.
+    pub(super) fn close(&mut self) {
+        self.bounds.push(self.ops.len());
+    }
+
+    /// How many units.
+    pub(super) fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// The changes of units `range`, in order.
+    pub(super) fn ops_of(&self, range: std::ops::Range<usize>) -> &[ElemOp] {
+        let (Some(&a), Some(&b)) = (self.bounds.get(range.start), self.bounds.get(range.end))
+        else {
+            return &[];
+        };
+        self.ops.get(a..b).unwrap_or_default()
+    }
 }
 
 /// An address's bytes in network order, on the stack (one per element
@@ -200,13 +241,133 @@ pub(super) struct Undo {
     before: Option<Option<Time>>,
 }
 
+/// One jail's ban and its end (`None`: permanent).
+type Entry = (JailId, Option<Time>);
+
+fn live(end: &Option<Time>, now: Time) -> bool {
+    end.is_none_or(|t| t.0 > now.0)
+}
+
+/// The bans of one address or prefix: nearly always a single jail's, held
+/// inline (a restore of 100,000 bans makes no allocation per address).
+#[derive(Clone, Debug)]
+enum Entries {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Entries {
+    const NONE: Entries = Entries::Many(Vec::new());
+
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Entries::One(e) => std::slice::from_ref(e),
+            Entries::Many(v) => v,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Entries::Many(v) if v.is_empty())
+    }
+
+    /// Removes `jail`'s entry, returning its end.
+    fn take(&mut self, jail: JailId) -> Option<Option<Time>> {
+        match self {
+            Entries::One((j, e)) if *j == jail => {
+                let end = *e;
+                *self = Entries::NONE;
+                Some(end)
+            }
+            Entries::One(_) => None,
+            Entries::Many(v) => {
+                let i = v.iter().position(|(j, _)| *j == jail)?;
+                let end = v.swap_remove(i).1;
+                self.compact();
+                Some(end)
+            }
+        }
+    }
+
+    /// Adds `jail`'s entry (it has none).
+    fn put(&mut self, jail: JailId, end: Option<Time>) {
+        match self {
+            Entries::Many(v) if v.is_empty() => *self = Entries::One((jail, end)),
+            Entries::One(first) => *self = Entries::Many(vec![*first, (jail, end)]),
+            Entries::Many(v) => v.push((jail, end)),
+        }
+    }
+
+    /// Drops the entries ended at `now`.
+    fn retain_live(&mut self, now: Time) {
+        match self {
+            Entries::One((_, e)) if !live(e, now) => *self = Entries::NONE,
+            Entries::One(_) => {}
+            Entries::Many(v) => {
+                v.retain(|(_, e)| live(e, now));
+                self.compact();
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if let Entries::Many(v) = self {
+            if let [one] = v[..] {
+                *self = Entries::One(one);
+            } else if v.is_empty() {
+                *self = Entries::NONE;
+            }
+        }
+    }
+
+    /// The latest end among the entries still in force at `now`.
+    fn wanted_end(&self, now: Time) -> Option<Option<Time>> {
+        self.as_slice()
+            .iter()
+            .map(|(_, e)| *e)
+            .filter(|e| live(e, now))
+            .reduce(later)
+    }
+
+    fn shift(&mut self, delta_ms: i64) {
+        let ends: &mut [Entry] = match self {
+            Entries::One(e) => std::slice::from_mut(e),
+            Entries::Many(v) => v,
+        };
+        for (_, e) in ends {
+            if let Some(t) = e {
+                t.0 += delta_ms;
+            }
+        }
+    }
+}
+
+/// What the ledger knows of one address or prefix.
+#[derive(Clone, Debug)]
+struct Slot {
+    /// Each jail's ban of it.
+    bans: Entries,
+    /// For a single address in the kernel, the end its element carries
+    /// (prefixes are in `BanBook::segments`).
+    held: Option<Option<Time>>,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        bans: Entries::NONE,
+        held: None,
+    };
+
+    fn is_empty(&self) -> bool {
+        self.bans.is_empty() && self.held.is_none()
+    }
+}
+
 /// The enforcer's ledger: bans in force and what the kernel holds.
 #[derive(Debug, Default)]
 pub(super) struct BanBook {
-    /// Per address or prefix, each jail's ban and its end.
-    bans: HashMap<IpNet, Vec<(JailId, Option<Time>)>>,
-    /// Single addresses in the kernel, with the end their element carries.
-    held: HashMap<IpNet, Option<Time>>,
+    /// Per address or prefix, each jail's ban and what the kernel holds
+    /// (one map, one lookup per change).
+    slots: HashMap<IpNet, Slot>,
     /// Intervals in the kernel, both families, sorted.
     segments: Vec<Segment>,
 }
@@ -218,61 +379,43 @@ impl BanBook {
             Decision::Ban(b) => (b.addr, b.jail, Some(b.end)),
             Decision::Unban(u) => (u.addr, u.jail, None),
         };
-        let entries = self.bans.entry(net).or_default();
-        let before = entries
-            .iter()
-            .position(|(j, _)| *j == jail)
-            .map(|i| entries.swap_remove(i).1);
+        let slot = self.slots.entry(net).or_insert(Slot::EMPTY);
+        let before = slot.bans.take(jail);
         if let Some(end) = end {
-            entries.push((jail, end));
+            slot.bans.put(jail, end);
         }
-        if entries.is_empty() {
-            self.bans.remove(&net);
+        if slot.is_empty() {
+            self.slots.remove(&net);
         }
         Undo { net, jail, before }
     }
 
     /// Puts back what `note` changed.
     pub(super) fn undo(&mut self, u: Undo) {
-        let entries = self.bans.entry(u.net).or_default();
-        entries.retain(|(j, _)| *j != u.jail);
+        let slot = self.slots.entry(u.net).or_insert(Slot::EMPTY);
+        slot.bans.take(u.jail);
         if let Some(end) = u.before {
-            entries.push((u.jail, end));
+            slot.bans.put(u.jail, end);
         }
-        if entries.is_empty() {
-            self.bans.remove(&u.net);
+        if slot.is_empty() {
+            self.slots.remove(&u.net);
         }
     }
 
-    /// The latest end among the bans of `net` still in force at `now`:
-    /// `None` when there is none, `Some(None)` for permanent.
-    fn wanted_end(&self, net: &IpNet, now: Time) -> Option<Option<Time>> {
-        self.bans
-            .get(net)?
-            .iter()
-            .map(|(_, e)| *e)
-            .filter(|e| e.is_none_or(|t| t.0 > now.0))
-            .reduce(later)
-    }
-
-    /// What turns the kernel's element for single address `net` into what
-    /// its bans want at `now`.
-    pub(super) fn host_ops(&self, net: &IpNet, now: Time) -> Vec<ElemOp> {
+    /// Appends to `out` what turns the kernel's element for single address
+    /// `net` into what its bans want at `now`.
+    pub(super) fn host_ops(&self, net: &IpNet, now: Time, out: &mut Vec<ElemOp>) {
         let set = SetName::for_net(net);
         let key = ElemKey::Host(net.addr());
-        let wanted = self.wanted_end(net, now);
+        let slot = self.slots.get(net);
+        let wanted = slot.and_then(|s| s.bans.wanted_end(now));
         // An element whose end has passed is gone from the kernel already.
-        let held = self
-            .held
-            .get(net)
-            .copied()
-            .filter(|e| e.is_none_or(|t| t.0 > now.0));
+        let held = slot.and_then(|s| s.held).filter(|e| live(e, now));
         if wanted == held {
-            return Vec::new();
+            return;
         }
-        let mut ops = Vec::new();
         if held.is_some() {
-            ops.push(ElemOp {
+            out.push(ElemOp {
                 kind: OpKind::Delete,
                 set,
                 key,
@@ -280,36 +423,33 @@ impl BanBook {
             });
         }
         if let Some(timeout_ms) = wanted.and_then(|e| timeout(e, now)) {
-            ops.push(ElemOp {
+            out.push(ElemOp {
                 kind: OpKind::Add,
                 set,
                 key,
                 timeout_ms,
             });
         }
-        ops
     }
 
     /// Records that the kernel now holds what `host_ops` asked for.
     pub(super) fn commit_host(&mut self, net: &IpNet, now: Time) {
-        match self.wanted_end(net, now) {
-            Some(end) => self.held.insert(*net, end),
-            None => self.held.remove(net),
+        let Some(slot) = self.slots.get_mut(net) else {
+            return;
         };
+        slot.held = slot.bans.wanted_end(now);
+        if slot.is_empty() {
+            self.slots.remove(net);
+        }
     }
 
     /// The intervals the prefix bans of `family` want at `now`.
     fn wanted_segments(&self, family: Family, now: Time) -> Vec<Segment> {
-        intervals::segments(self.bans.iter().filter_map(|(net, entries)| {
+        intervals::segments(self.slots.iter().filter_map(|(net, slot)| {
             if is_host(net) || Family::of(net) != family {
                 return None;
             }
-            let end = entries
-                .iter()
-                .map(|(_, e)| *e)
-                .filter(|e| e.is_none_or(|t| t.0 > now.0))
-                .reduce(later)?;
-            Some((*net, end))
+            Some((*net, slot.bans.wanted_end(now)?))
         }))
     }
 
@@ -356,24 +496,23 @@ impl BanBook {
     /// Forgets bans and elements whose end has passed (the kernel's
     /// timeouts removed them).
     pub(super) fn expire(&mut self, now: Time) {
-        let live = |e: &Option<Time>| e.is_none_or(|t| t.0 > now.0);
-        self.bans.retain(|_, v| {
-            v.retain(|(_, e)| live(e));
-            !v.is_empty()
+        self.slots.retain(|_, slot| {
+            slot.bans.retain_live(now);
+            slot.held = slot.held.filter(|e| live(e, now));
+            !slot.is_empty()
         });
-        self.held.retain(|_, e| live(e));
-        self.segments.retain(|s| live(&s.end));
+        self.segments.retain(|s| live(&s.end, now));
     }
 
     /// Every element the kernel should hold at `now`, to put back after the
     /// table was laid out again.
     pub(super) fn all_elements(&self, now: Time) -> Vec<ElemOp> {
-        let hosts = self.held.iter().filter_map(|(net, end)| {
+        let hosts = self.slots.iter().filter_map(|(net, slot)| {
             Some(ElemOp {
                 kind: OpKind::Add,
                 set: SetName::for_net(net),
                 key: ElemKey::Host(net.addr()),
-                timeout_ms: timeout(*end, now)?,
+                timeout_ms: timeout(slot.held?, now)?,
             })
         });
         let ranges = self.segments.iter().filter_map(|s| {
@@ -411,13 +550,11 @@ impl BanBook {
                 t.0 += delta_ms;
             }
         };
-        for v in self.bans.values_mut() {
-            for (_, e) in v.iter_mut() {
+        for slot in self.slots.values_mut() {
+            slot.bans.shift(delta_ms);
+            if let Some(e) = &mut slot.held {
                 shift(e);
             }
-        }
-        for e in self.held.values_mut() {
-            shift(e);
         }
         for s in &mut self.segments {
             shift(&mut s.end);
@@ -428,7 +565,7 @@ impl BanBook {
     /// an interval starting at the prefix).
     #[cfg(test)]
     fn holds(&self, net: &IpNet) -> bool {
-        self.held.contains_key(net)
+        self.slots.get(net).is_some_and(|s| s.held.is_some())
             || self
                 .segments
                 .iter()
@@ -466,6 +603,12 @@ mod tests {
         })
     }
 
+    fn host_ops(b: &BanBook, net: &IpNet, now: Time) -> Vec<ElemOp> {
+        let mut ops = Vec::new();
+        b.host_ops(net, now, &mut ops);
+        ops
+    }
+
     fn kinds(ops: &[ElemOp]) -> Vec<(OpKind, String, Option<u64>)> {
         ops.iter()
             .map(|o| (o.kind, o.key.to_string(), o.timeout_ms))
@@ -479,14 +622,14 @@ mod tests {
         let now = Time(0);
         b.note(&ban(0, "203.0.113.1/32", Some(1000)));
         assert_eq!(
-            kinds(&b.host_ops(&net, now)),
+            kinds(&host_ops(&b, &net, now)),
             [(OpKind::Add, "203.0.113.1".into(), Some(1000))]
         );
         b.commit_host(&net, now);
         b.note(&ban(1, "203.0.113.1/32", Some(5000)));
         // A longer ban replaces the element: removed and added back at once.
         assert_eq!(
-            kinds(&b.host_ops(&net, now)),
+            kinds(&host_ops(&b, &net, now)),
             [
                 (OpKind::Delete, "203.0.113.1".into(), None),
                 (OpKind::Add, "203.0.113.1".into(), Some(5000))
@@ -495,10 +638,10 @@ mod tests {
         b.commit_host(&net, now);
         // Lifting the shorter one changes nothing in the kernel.
         b.note(&unban(0, "203.0.113.1/32"));
-        assert!(b.host_ops(&net, now).is_empty());
+        assert!(host_ops(&b, &net, now).is_empty());
         b.note(&unban(1, "203.0.113.1/32"));
         assert_eq!(
-            kinds(&b.host_ops(&net, now)),
+            kinds(&host_ops(&b, &net, now)),
             [(OpKind::Delete, "203.0.113.1".into(), None)]
         );
         b.commit_host(&net, now);
@@ -513,10 +656,10 @@ mod tests {
         b.commit_host(&net, Time(0));
         let u = b.note(&ban(0, "203.0.113.1/32", Some(9000)));
         b.undo(u);
-        assert!(b.host_ops(&net, Time(0)).is_empty());
+        assert!(host_ops(&b, &net, Time(0)).is_empty());
         let u = b.note(&unban(0, "203.0.113.1/32"));
         b.undo(u);
-        assert!(b.host_ops(&net, Time(0)).is_empty());
+        assert!(host_ops(&b, &net, Time(0)).is_empty());
     }
 
     #[test]
@@ -579,12 +722,65 @@ mod tests {
         let mut b = BanBook::default();
         let net: IpNet = "198.51.100.7/32".parse().unwrap();
         b.note(&ban(0, "198.51.100.7/32", Some(10)));
-        assert!(b.host_ops(&net, Time(20)).is_empty());
+        assert!(host_ops(&b, &net, Time(20)).is_empty());
         b.commit_host(&net, Time(0));
         b.shift(1000);
         assert_eq!(
             kinds(&b.all_elements(Time(0))),
             [(OpKind::Add, "198.51.100.7".into(), Some(1010))]
         );
+    }
+
+    #[test]
+    fn three_jails_on_one_address_shift_expire_and_fall_back_to_one() {
+        let mut b = BanBook::default();
+        let net: IpNet = "198.51.100.9/32".parse().unwrap();
+        b.note(&ban(0, "198.51.100.9/32", Some(100)));
+        b.note(&ban(1, "198.51.100.9/32", Some(300)));
+        b.note(&ban(2, "198.51.100.9/32", Some(200)));
+        b.commit_host(&net, Time(0));
+        assert_eq!(
+            kinds(&b.all_elements(Time(0))),
+            [(OpKind::Add, "198.51.100.9".into(), Some(300))]
+        );
+        b.shift(10);
+        b.expire(Time(250));
+        // Only jail 1's ban (now ending at 310) is left.
+        assert!(host_ops(&b, &net, Time(250)).is_empty());
+        b.note(&unban(1, "198.51.100.9/32"));
+        assert_eq!(
+            kinds(&host_ops(&b, &net, Time(250))),
+            [(OpKind::Delete, "198.51.100.9".into(), None)]
+        );
+        b.commit_host(&net, Time(250));
+        assert!(!b.holds(&net));
+        assert!(b.slots.is_empty(), "nothing left behind: {:?}", b.slots);
+    }
+
+    #[test]
+    fn units_are_ranges_of_one_flat_list() {
+        let op = |k| ElemOp {
+            kind: k,
+            set: SetName::V4,
+            key: ElemKey::Host("192.0.2.1".parse().unwrap()),
+            timeout_ms: None,
+        };
+        let mut u = Units::with_capacity(3);
+        u.ops.push(op(OpKind::Delete));
+        u.ops.push(op(OpKind::Add));
+        u.close();
+        u.close(); // a unit with nothing to change
+        u.ops.push(op(OpKind::Add));
+        u.close();
+        assert_eq!(u.len(), 3);
+        assert_eq!(u.ops_of(0..1).len(), 2);
+        assert!(u.ops_of(1..2).is_empty());
+        assert_eq!(u.ops_of(1..3).len(), 1);
+        assert_eq!(u.ops_of(0..3).len(), 3);
+        assert!(
+            u.ops_of(2..9).is_empty(),
+            "out of range is nothing, never a panic"
+        );
+        assert_eq!(Units::singles(vec![op(OpKind::Add); 4]).len(), 4);
     }
 }

@@ -320,11 +320,14 @@ impl JailSet {
         }
     }
 
-    /// Puts back a ban read from the store, with its own start and end.
-    /// `None` when its jail is no longer configured.
+    /// The decision that puts back a ban read from the store, with its own
+    /// start and end, without holding it yet: the restore at start applies
+    /// every stored ban first and holds only those the firewall accepted
+    /// ([`JailSet::reinstate`]). `None` when its jail is no longer
+    /// configured.
     #[allow(clippy::too_many_arguments)]
-    pub fn restore(
-        &mut self,
+    pub fn restored(
+        &self,
         jail: &str,
         addr: IpNet,
         start: Time,
@@ -334,9 +337,31 @@ impl JailSet {
         now: Time,
     ) -> Option<BanDecision> {
         let id = self.jail_id(jail)?;
-        let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
+        let j = self.slots.get(usize::from(id.0))?.as_ref()?;
         let end = clamp_end(end, now, jail, &addr, "stored");
-        Some(j.restore(addr, start, end, failures, reason))
+        Some(j.restored(addr, start, end, failures, reason))
+    }
+
+    /// Holds ban `d` (from [`JailSet::restored`]), which the firewall
+    /// accepted: in force at once. Returns whether its jail is there.
+    pub fn reinstate(&mut self, d: &BanDecision) -> bool {
+        self.slot_mut(d.jail).map(|j| j.reinstate(d)).is_some()
+    }
+
+    /// Room for the bans of `decisions` in their jails (a restore of many
+    /// bans grows each map once).
+    pub fn reserve_bans(&mut self, decisions: &[Decision]) {
+        let mut per_jail: HashMap<JailId, usize> = HashMap::new();
+        for d in decisions {
+            if let Decision::Ban(b) = d {
+                *per_jail.entry(b.jail).or_default() += 1;
+            }
+        }
+        for (id, n) in per_jail {
+            if let Some(j) = self.slot_mut(id) {
+                j.reserve_bans(n);
+            }
+        }
     }
 
     /// The firewall accepted ban `d`: it is in force from now on.
@@ -608,6 +633,56 @@ mod tests {
 
     fn own() -> Vec<IpNet> {
         vec![net("10.0.0.1/32")]
+    }
+
+    /// The restore at start: a stored ban is held only once the firewall
+    /// accepted it, and then at once (no pending step), with its own end.
+    #[test]
+    fn a_restored_ban_is_held_only_when_reinstated_and_expires_at_its_end() {
+        let mut set = JailSet::new(own(), &[spec("sip", 3)]);
+        let now = Time(1_000_000);
+        let d = set
+            .restored(
+                "sip",
+                net("198.51.100.7/32"),
+                Time(0),
+                Some(Time(2_000_000)),
+                5,
+                BanReason::Failures,
+                now,
+            )
+            .unwrap();
+        assert!(
+            set.restored(
+                "gone",
+                net("198.51.100.8/32"),
+                Time(0),
+                None,
+                1,
+                BanReason::Manual,
+                now
+            )
+            .is_none(),
+            "a jail no longer configured restores nothing"
+        );
+        let id = set.jail_id("sip").unwrap();
+        assert!(
+            !set.jail(id).unwrap().holds(&d.addr),
+            "not held before the firewall's answer"
+        );
+        set.reserve_bans(&[Decision::Ban(d.clone())]);
+        assert!(set.reinstate(&d));
+        let j = set.jail(id).unwrap();
+        assert_eq!(j.banned()[&d.addr].end, Some(Time(2_000_000)));
+        assert_eq!(j.banned()[&d.addr].failures, 5);
+        let mut out = Vec::new();
+        set.expire(Time(1_999_999), &mut out);
+        assert!(out.is_empty());
+        set.expire(Time(2_000_000), &mut out);
+        assert!(
+            matches!(&out[..], [Decision::Unban(u)] if u.addr == d.addr),
+            "{out:?}"
+        );
     }
 
     /// Issue 16, findings 10 and 18: the fleet's count never bans what is

@@ -2,7 +2,7 @@
 //! refused batch, and the fast lane.
 
 use super::NftEnforcer;
-use crate::enforce::elements::{ElemKey, ElemOp, OpKind, SetName, Unit, put_op};
+use crate::enforce::elements::{ElemKey, ElemOp, OpKind, SetName, Units, put_op};
 use crate::enforce::netlink::{
     MsgBuf, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
 };
@@ -42,25 +42,35 @@ impl NftEnforcer {
         }))
     }
 
-    /// Applies `units`, each atomically. When the kernel refuses a batch
-    /// because of some elements (a full set, a timeout out of range, an
-    /// element someone else put there), it is split and retried, so one
-    /// refused unit never loses the rest. Pushes the refused units' indexes
-    /// (into `units`, plus `offset`) with their errno.
+    /// Applies units `range` of `units`, each atomically. When the kernel
+    /// refuses a batch because of some elements (a full set, a timeout out
+    /// of range, an element someone else put there), it is split and
+    /// retried, so one refused unit never loses the rest. Pushes the
+    /// refused units' indexes (into `units`) with their errno.
     pub(super) fn apply_units(
         &mut self,
-        units: &[Unit],
-        offset: usize,
+        units: &Units,
+        range: std::ops::Range<usize>,
         refused: &mut Vec<(usize, i32)>,
     ) -> Result<(), EnforceError> {
-        let mut ops: Vec<ElemOp> = units.iter().flat_map(|u| u.ops.iter().cloned()).collect();
+        let ops = units.ops_of(range.clone());
         if ops.is_empty() {
             return Ok(());
         }
         // Removals first: an element whose end changed is removed and added
-        // back in the same transaction.
-        ops.sort_by_key(|o| (o.kind, o.set));
-        let Some(errno) = self.send_ops(&ops)? else {
+        // back in the same transaction. (Already in that order when every
+        // unit only adds, as in a burst or a restore.)
+        let key = |o: &ElemOp| (o.kind, o.set);
+        let sorted;
+        let ops = if ops.is_sorted_by_key(key) {
+            ops
+        } else {
+            let mut v = ops.to_vec();
+            v.sort_unstable_by_key(key);
+            sorted = v;
+            &sorted[..]
+        };
+        let Some(errno) = self.send_ops(ops)? else {
             return Ok(());
         };
         // DESTROYSETELEM unknown to this kernel: fall back to DELSETELEM.
@@ -68,7 +78,7 @@ impl NftEnforcer {
         {
             tracing::info!("firewall: this kernel has no DESTROYSETELEM; using DELSETELEM");
             self.destroy = false;
-            return self.apply_units(units, offset, refused);
+            return self.apply_units(units, range, refused);
         }
         // Errors about the table itself, or permissions, are not any one
         // element's: splitting would only repeat them.
@@ -81,30 +91,28 @@ impl NftEnforcer {
                 &format!("updating the sets of table inet {}", self.table),
             )));
         }
-        if units.len() == 1 {
-            refused.push((offset, errno));
+        if range.len() == 1 {
+            refused.push((range.start, errno));
             return Ok(());
         }
-        let mid = units.len() / 2;
-        self.apply_units(&units[..mid], offset, refused)?;
-        self.apply_units(&units[mid..], offset + mid, refused)
+        let mid = range.start + range.len() / 2;
+        self.apply_units(units, range.start..mid, refused)?;
+        self.apply_units(units, mid..range.end, refused)
     }
 
     /// Puts `ops` (additions) into the kernel, in batches; returns how many
     /// went in.
     pub(super) fn readd(&mut self, ops: Vec<ElemOp>) -> Result<usize, EnforceError> {
-        let units: Vec<Unit> = ops
-            .into_iter()
-            .map(|op| Unit {
-                ops: vec![op],
-                decisions: Vec::new(),
-            })
-            .collect();
+        let units = Units::singles(ops);
         let mut refused = Vec::new();
-        for (n, chunk) in units.chunks(MAX_BATCH_OPS).enumerate() {
-            self.apply_units(chunk, n * MAX_BATCH_OPS, &mut refused)?;
+        let n = units.len();
+        let mut start = 0;
+        while start < n {
+            let end = (start + MAX_BATCH_OPS).min(n);
+            self.apply_units(&units, start..end, &mut refused)?;
+            start = end;
         }
-        Ok(units.len() - refused.len())
+        Ok(n - refused.len())
     }
 }
 

@@ -26,7 +26,7 @@ use self::batch::{FastAdd, MAX_BATCH_OPS, socket_error};
 use self::drift::PROBE_EVERY;
 use self::layout::apply_layout;
 use super::conntrack;
-use super::elements::{BanBook, OpKind, SetName, Undo, Unit};
+use super::elements::{BanBook, OpKind, SetName, Undo, Units};
 use super::intervals::Family;
 use super::netlink::{NfSocket, explain};
 use super::{EnforceError, Enforcer, FastLane, Refusal};
@@ -54,6 +54,9 @@ pub struct NftEnforcer {
     /// Every ban in force as this enforcer applied it, and what the kernel
     /// holds: restored after drift.
     book: BanBook,
+    /// When the ledger last forgot what ended (a full pass: not on every
+    /// batch).
+    book_expired: Time,
     set_size: u32,
     /// When the table was last checked, and its elements.
     last_probe: std::time::Instant,
@@ -66,7 +69,24 @@ pub struct NftEnforcer {
     feed_nets: HashMap<String, Vec<IpNet>>,
 }
 
+/// A decision that is not a single address's (a prefix's): no unit of its own.
+const NO_UNIT: usize = usize::MAX;
+
+/// How often the ledger is swept of ended bans. Ended entries are ignored
+/// anyway; the sweep only gives their memory back, so a burst of bans into
+/// a full ledger does not pay for a pass over every ban.
+const BOOK_SWEEP_MS: i64 = 60_000;
+
 impl NftEnforcer {
+    /// Forgets what ended, at most every [`BOOK_SWEEP_MS`] (or when the
+    /// clock went back).
+    fn expire_book(&mut self, now: Time) {
+        if now.0 - self.book_expired.0 >= BOOK_SWEEP_MS || now.0 < self.book_expired.0 {
+            self.book.expire(now);
+            self.book_expired = now;
+        }
+    }
+
     /// Lays out the table (replacing a leftover one) and opens the netlink
     /// socket; the owner is this process (for tools and tests: the daemon
     /// names its state directory with `start_with_feeds`).
@@ -111,6 +131,7 @@ impl NftEnforcer {
             destroy: true,
             conntrack_ok: true,
             book: BanBook::default(),
+            book_expired: Time(0),
             set_size: cfg.set_size,
             last_probe: std::time::Instant::now(),
             chain: None,
@@ -140,31 +161,37 @@ impl Enforcer for NftEnforcer {
 
     fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
         let now = Time::now();
-        self.book.expire(now);
+        self.expire_book(now);
         // The ledger first, remembering how to undo each decision.
         let mut undo: Vec<Option<Undo>> =
             decisions.iter().map(|d| Some(self.book.note(d))).collect();
-        // One unit per single address touched; one per family for prefixes.
-        let mut host_units: Vec<(IpNet, Unit)> = Vec::with_capacity(decisions.len());
-        let mut host_index: HashMap<IpNet, usize> = HashMap::with_capacity(decisions.len());
+        // One unit per single address touched (`unit_of` says which, per
+        // decision); prefixes one family at a time, below.
+        let mut unit_of: Vec<usize> = Vec::with_capacity(decisions.len());
+        let mut nets: Vec<IpNet> = Vec::with_capacity(decisions.len());
         let mut prefix_decisions: HashMap<Family, Vec<usize>> = HashMap::new();
-        for (i, d) in decisions.iter().enumerate() {
-            let net = d.addr();
-            if is_host(&net) {
-                let k = *host_index.entry(net).or_insert_with(|| {
-                    host_units.push((net, Unit::default()));
-                    host_units.len() - 1
-                });
-                host_units[k].1.decisions.push(i);
-            } else {
-                prefix_decisions
-                    .entry(Family::of(&net))
-                    .or_default()
-                    .push(i);
+        {
+            let mut index: HashMap<IpNet, usize> = HashMap::with_capacity(decisions.len());
+            for (i, d) in decisions.iter().enumerate() {
+                let net = d.addr();
+                if is_host(&net) {
+                    unit_of.push(*index.entry(net).or_insert_with(|| {
+                        nets.push(net);
+                        nets.len() - 1
+                    }));
+                } else {
+                    unit_of.push(NO_UNIT);
+                    prefix_decisions
+                        .entry(Family::of(&net))
+                        .or_default()
+                        .push(i);
+                }
             }
         }
-        for (net, unit) in &mut host_units {
-            unit.ops = self.book.host_ops(net, now);
+        let mut units = Units::with_capacity(nets.len());
+        for net in &nets {
+            self.book.host_ops(net, now, &mut units.ops);
+            units.close();
         }
         let mut refusals: Vec<Refusal> = Vec::new();
         let mut refuse =
@@ -181,7 +208,6 @@ impl Enforcer for NftEnforcer {
                     });
                 }
             };
-        let (nets, units): (Vec<IpNet>, Vec<Unit>) = host_units.into_iter().unzip();
         let mut refused = Vec::new();
         // When the firewall cannot be reached at all, what was not applied
         // yet is refused with that error.
@@ -191,42 +217,65 @@ impl Enforcer for NftEnforcer {
             // Chunks of whole units, about MAX_BATCH_OPS elements each.
             let mut end = start;
             let mut n = 0;
-            while end < units.len() && (end == start || n + units[end].ops.len() <= MAX_BATCH_OPS) {
-                n += units[end].ops.len();
+            while end < units.len() {
+                let len = units.ops_of(end..end + 1).len();
+                if end > start && n + len > MAX_BATCH_OPS {
+                    break;
+                }
+                n += len;
                 end += 1;
             }
-            if let Err(e) = self.apply_units(&units[start..end], start, &mut refused) {
+            if let Err(e) = self.apply_units(&units, start..end, &mut refused) {
                 unreachable = Some((start, e));
                 break;
             }
             start = end;
         }
-        let refused_units: HashMap<usize, i32> = refused.into_iter().collect();
-        for (k, (net, unit)) in nets.iter().zip(&units).enumerate() {
-            if let Some((from, e)) = &unreachable {
-                if k >= *from {
-                    refuse(&mut undo, &mut self.book, &unit.decisions, &e.to_string());
-                    continue;
-                }
+        // Why each refused unit was refused (none, nearly always).
+        let mut why: HashMap<usize, String> = HashMap::new();
+        for (k, errno) in refused {
+            let ops = units.ops_of(k..k + 1);
+            let what = ops
+                .iter()
+                .find(|o| o.kind == OpKind::Add)
+                .or(ops.first())
+                .map(|o| format!("{} in set {}", o.key, o.set.as_str()))
+                .unwrap_or_else(|| nets.get(k).map(|n| n.to_string()).unwrap_or_default());
+            why.insert(k, explain(errno, &format!("updating {what}")));
+        }
+        let from = unreachable.as_ref().map_or(usize::MAX, |(from, _)| *from);
+        let unreachable_why = unreachable.as_ref().map(|(_, e)| e.to_string());
+        let reason_of = |k: usize| -> Option<&str> {
+            if k >= from {
+                unreachable_why.as_deref()
+            } else {
+                why.get(&k).map(String::as_str)
             }
-            match refused_units.get(&k) {
-                None => self.book.commit_host(net, now),
-                Some(&errno) => {
-                    let what = unit
-                        .ops
-                        .iter()
-                        .find(|o| o.kind == OpKind::Add)
-                        .or(unit.ops.first())
-                        .map(|o| format!("{} in set {}", o.key, o.set.as_str()))
-                        .unwrap_or_else(|| net.to_string());
-                    let reason = explain(errno, &format!("updating {what}"));
-                    refuse(&mut undo, &mut self.book, &unit.decisions, &reason);
-                }
+        };
+        for (k, net) in nets.iter().enumerate() {
+            if reason_of(k).is_none() {
+                self.book.commit_host(net, now);
             }
         }
-        if let Some((_, e)) = &unreachable {
+        if !why.is_empty() || unreachable.is_some() {
+            // Each refused unit's decisions: undone latest first, then
+            // answered in order.
+            let mut per_unit: HashMap<usize, Vec<usize>> = HashMap::new();
+            for (i, &k) in unit_of.iter().enumerate() {
+                if k != NO_UNIT && reason_of(k).is_some() {
+                    per_unit.entry(k).or_default().push(i);
+                }
+            }
+            let mut ks: Vec<usize> = per_unit.keys().copied().collect();
+            ks.sort_unstable();
+            for k in ks {
+                let reason = reason_of(k).unwrap_or_default();
+                refuse(&mut undo, &mut self.book, &per_unit[&k], reason);
+            }
+        }
+        if let Some(e) = &unreachable_why {
             let rest: Vec<usize> = prefix_decisions.values().flatten().copied().collect();
-            refuse(&mut undo, &mut self.book, &rest, &e.to_string());
+            refuse(&mut undo, &mut self.book, &rest, e);
             prefix_decisions.clear();
         }
         // Prefixes: all of a family's changes in one transaction; when the
@@ -237,14 +286,10 @@ impl Enforcer for NftEnforcer {
         for (family, idxs) in families {
             let (ops, wanted) = self.book.prefix_ops(family, now);
             let mut r = Vec::new();
-            self.apply_units(
-                &[Unit {
-                    ops,
-                    decisions: idxs.clone(),
-                }],
-                0,
-                &mut r,
-            )?;
+            let mut unit = Units::with_capacity(1);
+            unit.ops = ops;
+            unit.close();
+            self.apply_units(&unit, 0..1, &mut r)?;
             if r.is_empty() {
                 self.book.commit_prefixes(family, wanted);
                 continue;
@@ -258,14 +303,10 @@ impl Enforcer for NftEnforcer {
                 undo[i] = Some(self.book.note(&decisions[i]));
                 let (ops, wanted) = self.book.prefix_ops(family, now);
                 let mut r = Vec::new();
-                self.apply_units(
-                    &[Unit {
-                        ops,
-                        decisions: vec![i],
-                    }],
-                    0,
-                    &mut r,
-                )?;
+                let mut unit = Units::with_capacity(1);
+                unit.ops = ops;
+                unit.close();
+                self.apply_units(&unit, 0..1, &mut r)?;
                 match r.first() {
                     None => self.book.commit_prefixes(family, wanted),
                     Some(&(_, errno)) => {
