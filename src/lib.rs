@@ -32,6 +32,7 @@ pub mod fraud;
 pub mod http;
 pub mod jail;
 pub mod net;
+pub mod notify;
 pub mod source;
 pub mod store;
 pub mod supervise;

@@ -57,6 +57,9 @@ pub struct ActionsView {
     pub timed_out: u64,
     /// Jobs dropped.
     pub dropped: u64,
+    /// Notifications (`notify`), by kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::CountsView>,
 }
 
 impl ActionStats {
@@ -67,6 +70,7 @@ impl ActionStats {
             failed: self.failed.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            notify: Vec::new(),
         }
     }
 }
@@ -94,7 +98,8 @@ pub struct Steps {
 
 /// Builds a job's commands, on the worker's thread: the substitution's
 /// string work stays off the run loop, and is never done for a job that a
-/// full lane drops. `None` when the action has no such command.
+/// full lane drops. `None` when the action has no such command; a job that
+/// is no command (a notification) does its work here and returns `None`.
 pub type Build = Box<dyn FnOnce() -> Option<Steps> + Send>;
 
 /// What one action does for one ban, unban, start or stop.

@@ -45,6 +45,8 @@ struct JailActions {
 /// What was seen of one address in one jail.
 #[derive(Debug, Default)]
 struct Seen {
+    /// Its first failure kept (for notifications' `first_seen`).
+    first: Time,
     last: Time,
     /// Its key in [`ActionSet::by_age`].
     age: (i64, u64),
@@ -93,6 +95,8 @@ pub struct ActionSet {
     hostname: String,
     /// Entries examined to make room in `seen` (bounded work per event).
     scanned: u64,
+    /// The jails' `notify` targets, run on the same lanes.
+    notify: crate::notify::Notifier,
 }
 
 /// This host's name for `<fq-hostname>` (not looked up in DNS).
@@ -123,6 +127,7 @@ impl ActionSet {
             stats: Arc::default(),
             hostname: hostname(),
             scanned: 0,
+            notify: crate::notify::Notifier::default(),
         }
     }
 
@@ -131,9 +136,51 @@ impl ActionSet {
         &self.stats
     }
 
-    /// Whether any jail has actions.
+    /// Whether any jail has actions or notifications.
     pub fn is_empty(&self) -> bool {
-        self.jails.is_empty()
+        self.jails.is_empty() && self.notify.is_empty()
+    }
+
+    /// The counters, notifications' included.
+    pub fn view(&self) -> super::ActionsView {
+        let mut v = self.stats.view();
+        if !self.notify.is_empty() {
+            v.notify = self.notify.stats().view();
+        }
+        v
+    }
+
+    /// Sets each jail's `notify` targets and this node's name (the
+    /// fleet's `node`, else the host name), at start and reload, before
+    /// [`ActionSet::configure`].
+    pub fn configure_notify<'a>(
+        &mut self,
+        jails: impl IntoIterator<Item = (JailId, &'a [crate::notify::NotifyTarget])>,
+        node: Option<&str>,
+    ) {
+        let node = node.unwrap_or(&self.hostname).to_string();
+        self.notify.configure(jails, &node);
+    }
+
+    /// Queues a notification on its jail's lane (shed like a ban when the
+    /// lane is full).
+    fn submit_delivery(&mut self, id: JailId, jail: &Arc<str>, d: crate::notify::Delivery) {
+        let run = d.run;
+        let job = Job {
+            jail: jail.clone(),
+            action: d.kind.into(),
+            addr: d.addr,
+            phase: Phase::Ban,
+            timeout: std::time::Duration::from_secs(60),
+            build: Box::new(move || {
+                run();
+                None
+            }),
+        };
+        let runner = self
+            .runner
+            .get_or_insert_with(|| Runner::new(self.stats.clone()));
+        runner.submit(usize::from(id.0), job);
     }
 
     /// Sets each jail's actions (at start and reload): a jail whose list
@@ -209,8 +256,10 @@ impl ActionSet {
                 self.stop_jail(id, &old);
             }
         }
-        self.seen.retain(|(id, _), _| keep.contains(id));
-        self.by_age.retain(|_, (id, _)| keep.contains(id));
+        let notify = &self.notify;
+        let kept = |id: &JailId| keep.contains(id) || notify.has(*id);
+        self.seen.retain(|(id, _), _| kept(id));
+        self.by_age.retain(|_, (id, _)| kept(id));
         self.ran.retain(|(id, _), _| keep.contains(id));
         if !skipped.is_empty() {
             tracing::info!(
@@ -295,11 +344,11 @@ impl ActionSet {
 
     /// Keeps what the failures of jails with actions tell their tickets.
     pub fn note(&mut self, batch: &[FailureEvent]) {
-        if self.jails.is_empty() {
+        if self.is_empty() {
             return;
         }
         for ev in batch {
-            if !self.jails.contains_key(&ev.jail) {
+            if !self.jails.contains_key(&ev.jail) && !self.notify.has(ev.jail) {
                 continue;
             }
             let key = (ev.jail, ev.addr);
@@ -321,6 +370,9 @@ impl ActionSet {
             self.arrivals += 1;
             s.age = (ev.time.0, self.arrivals);
             self.by_age.insert(s.age, key);
+            if s.lines.is_empty() {
+                s.first = ev.time;
+            }
             s.last = ev.time;
             let mut line = format!("{} {} {}", ev.time, ev.addr, ev.kind.as_str());
             if let Some(u) = &ev.user {
@@ -356,19 +408,33 @@ impl ActionSet {
 
     /// A ban the kernel accepted (or restored at start): its jail's
     /// actions run `actionban`, except for bans another node decided and,
-    /// for actions with `norestored`, restored ones.
+    /// for actions with `norestored`, restored ones; its notifications go
+    /// out for bans decided here only (not restored, not from the fleet).
     pub fn banned(&mut self, b: &BanDecision, restored: bool) {
         if b.reason == BanReason::Cluster {
             return;
         }
-        let Some(j) = self.jails.get(&b.jail) else {
+        let notify = !restored && self.notify.has(b.jail);
+        let acts = self
+            .jails
+            .get(&b.jail)
+            .map(|j| (j.name.clone(), j.actions.clone()));
+        if acts.is_none() && !notify {
             return;
-        };
-        let (name, actions) = (j.name.clone(), j.actions.clone());
+        }
         let seen = (b.addr.prefix_len() == b.addr.max_prefix_len())
             .then(|| self.forget((b.jail, b.addr.addr())))
             .flatten()
             .unwrap_or_default();
+        if notify {
+            let when = (!seen.lines.is_empty()).then_some((seen.first, seen.last));
+            for d in self.notify.deliveries(b, when) {
+                self.submit_delivery(b.jail, &b.jail_name, d);
+            }
+        }
+        let Some((name, actions)) = acts else {
+            return;
+        };
         let t = Ticket {
             addr: b.addr,
             failures: b.failures,
@@ -741,5 +807,69 @@ mod tests {
             finish(set, &d, &log),
             "ban 192.0.2.9 1\nunban 192.0.2.9 1\n"
         );
+    }
+
+    /// Through the action set: a ban decided here is told; a restored ban, a
+    /// ban from the fleet and (for AbuseIPDB) a prefix or a manual ban are not.
+    /// The first and last failure seen reach the report.
+    #[test]
+    fn only_bans_decided_here_are_told() {
+        use crate::notify::test_server::{Got, Server};
+        let srv = Server::start(&["200", "200", "200", "200"], None);
+        let key = std::env::temp_dir().join(format!("sipwarden-set-key-{}", std::process::id()));
+        std::fs::write(&key, "k").unwrap();
+        let v: toml::Table = toml::from_str(&format!(
+            "notify = [{{ type = \"webhook\", url = \"{}\", retries = 0 }}, \
+             {{ type = \"abuseipdb\", key_file = \"{}\", categories = [8], url = \"http://127.0.0.1:{}/report\" }}]",
+            srv.url("http"),
+            key.display(),
+            srv.port
+        ))
+        .unwrap();
+        let targets = crate::notify::parse_notify(&v["notify"]).unwrap();
+        let _ = std::fs::remove_file(&key);
+        let mut set = ActionSet::new();
+        set.configure_notify([(JailId(0), targets.as_slice())], Some("node-a"));
+        set.configure(std::iter::empty());
+        assert!(!set.is_empty());
+        let ev = |ms: i64| crate::event::FailureEvent {
+            time: Time(ms),
+            jail: JailId(0),
+            addr: "198.51.100.7".parse().unwrap(),
+            kind: crate::event::FailureKind::RegisterAuth,
+            user: Some("\"},{\"x".into()),
+            scanner: false,
+        };
+        set.note(&[ev(1_795_621_253_000), ev(1_795_621_253_400)]);
+        set.banned(
+            &ban(JailId(0), "198.51.100.20/32", BanReason::Failures),
+            true,
+        );
+        set.banned(
+            &ban(JailId(0), "198.51.100.21/32", BanReason::Cluster),
+            false,
+        );
+        // A prefix and a manual ban: the webhook only.
+        set.banned(&ban(JailId(0), "203.0.113.0/24", BanReason::Manual), false);
+        set.banned(&ban(JailId(0), "198.51.100.7/32", BanReason::Burst), false);
+        let v = set.view();
+        set.stop();
+        let got = srv.finish();
+        let hooks: Vec<serde_json::Value> = got
+            .iter()
+            .filter(|g| g.line.contains("/hook/"))
+            .map(|g| serde_json::from_slice(&g.body).unwrap())
+            .collect();
+        assert_eq!(hooks.len(), 2, "{hooks:?}");
+        assert_eq!(hooks[0]["prefix"], "203.0.113.0/24");
+        assert_eq!(hooks[0]["reason"], "manual");
+        assert_eq!(hooks[1]["address"], "198.51.100.7");
+        assert_eq!(hooks[1]["first_seen"], "2026-11-25T15:40:53.000Z");
+        assert_eq!(hooks[1]["last_seen"], "2026-11-25T15:40:53.400Z");
+        assert_eq!(hooks[1]["node"], "node-a");
+        let reports: Vec<&Got> = got.iter().filter(|g| g.line.contains("/report")).collect();
+        assert_eq!(reports.len(), 1);
+        assert!(String::from_utf8_lossy(&reports[0].body).contains("ip=198.51.100.7"));
+        assert_eq!(v.notify.len(), 2);
     }
 }

@@ -83,10 +83,19 @@ fn jail_table(jails: &[JailView]) -> String {
 /// A line about the jails' fail2ban actions, when a jail has some.
 fn actions_text(a: Option<&crate::action::ActionsView>) -> String {
     match a {
-        Some(a) => format!(
-            "\nactions: {} command(s) run, {} failed ({} timed out), {} dropped\n",
-            a.run, a.failed, a.timed_out, a.dropped
-        ),
+        Some(a) => {
+            let mut out = format!(
+                "\nactions: {} command(s) run, {} failed ({} timed out), {} dropped\n",
+                a.run, a.failed, a.timed_out, a.dropped
+            );
+            for n in &a.notify {
+                out.push_str(&format!(
+                    "notify {}: {} sent, {} failed, {} retries, {} rate-limited, {} skipped\n",
+                    n.kind, n.sent, n.failed, n.retries, n.rate_limited, n.skipped
+                ));
+            }
+            out
+        }
         None => String::new(),
     }
 }

@@ -201,6 +201,13 @@ impl Runtime {
     /// Gives each enabled jail its actions (at start and reload).
     pub(super) fn sync_actions(&mut self, enabled: &[crate::jail::JailConfig]) {
         let jails = &self.jails;
+        let node = self.config.cluster.as_ref().map(|c| c.node.as_str());
+        self.actions.configure_notify(
+            enabled
+                .iter()
+                .filter_map(|j| Some((jails.jail_id(&j.name)?, j.notify.as_slice()))),
+            node,
+        );
         self.actions.configure(enabled.iter().filter_map(|j| {
             Some((
                 jails.jail_id(&j.name)?,
@@ -290,7 +297,7 @@ impl Daemon for Runtime {
                 store: self.store_health.lock().ok().map(|h| h.clone()),
                 names: self.name_views(),
                 tasks: self.tasks.views(),
-                actions: (!self.actions.is_empty()).then(|| self.actions.stats().view()),
+                actions: (!self.actions.is_empty()).then(|| self.actions.view()),
             }),
         }
     }

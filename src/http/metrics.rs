@@ -300,6 +300,49 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
                 "# HELP sipwarden_action_commands_{name}_total {help}\n# TYPE sipwarden_action_commands_{name}_total counter\nsipwarden_action_commands_{name}_total {v}"
             );
         }
+        if !a.notify.is_empty() {
+            for (name, help, f) in [
+                (
+                    "sent",
+                    "Notifications delivered, by kind (webhook, abuseipdb).",
+                    &(|c: &crate::notify::CountsView| c.sent)
+                        as &dyn Fn(&crate::notify::CountsView) -> u64,
+                ),
+                (
+                    "failed",
+                    "Notifications that failed after their retries, by kind.",
+                    &|c| c.failed,
+                ),
+                (
+                    "retries",
+                    "Notification tries made again after a failed one, by kind.",
+                    &|c| c.retries,
+                ),
+                (
+                    "rate_limited",
+                    "Reports refused by the service's rate limit (429), by kind.",
+                    &|c| c.rate_limited,
+                ),
+                (
+                    "skipped",
+                    "Reports not sent: the address was reported in the last 15 minutes, or the quota is spent.",
+                    &|c| c.skipped,
+                ),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "# HELP sipwarden_notifications_{name}_total {help}\n# TYPE sipwarden_notifications_{name}_total counter"
+                );
+                for c in &a.notify {
+                    let _ = writeln!(
+                        o,
+                        "sipwarden_notifications_{name}_total{{kind=\"{}\"}} {}",
+                        label(&c.kind),
+                        f(c)
+                    );
+                }
+            }
+        }
     }
     let _ = writeln!(
         o,
@@ -389,6 +432,14 @@ mod tests {
                 failed: 1,
                 timed_out: 1,
                 dropped: 0,
+                notify: vec![crate::notify::CountsView {
+                    kind: "webhook".into(),
+                    sent: 4,
+                    failed: 1,
+                    retries: 2,
+                    rate_limited: 0,
+                    skipped: 0,
+                }],
             }),
             cluster: Some(crate::cluster::ClusterView {
                 node: "n1".into(),
@@ -419,6 +470,8 @@ mod tests {
             "\nsipwarden_action_commands_failed_total 1\n",
             "\nsipwarden_action_commands_timed_out_total 1\n",
             "\nsipwarden_action_commands_dropped_total 0\n",
+            "\nsipwarden_notifications_sent_total{kind=\"webhook\"} 4\n",
+            "\nsipwarden_notifications_retries_total{kind=\"webhook\"} 2\n",
         ] {
             assert!(out.contains(line), "{line:?} in {out}");
         }

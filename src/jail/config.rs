@@ -22,6 +22,7 @@ use crate::duration::{BanTime, Duration};
 use crate::filter::FilterOptions;
 use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::net::NetSet;
+use crate::notify::{NotifyTarget, parse_notify};
 use crate::source::ami::AmiPeer;
 use crate::source::config::{PathList, RawWire, ami_peers, esl_peers, journal_keys};
 use crate::source::esl::EslPeer;
@@ -126,6 +127,7 @@ pub struct RawJail {
     bantime_rndtime: Option<Duration>,
     actions: Option<Vec<Spanned<String>>>,
     burst: Option<Spanned<toml::Value>>,
+    notify: Option<Spanned<toml::Value>>,
 }
 
 /// One jail, with `[defaults]` applied.
@@ -198,6 +200,8 @@ pub struct JailConfig {
     /// `burst` as written; `None` = the default of the jail's family
     /// ([`burst::resolve`](super::burst::resolve)).
     pub burst: Option<BurstKey>,
+    /// Where this node tells of the bans it decides (`notify`).
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// A spanned jail error.
@@ -400,6 +404,7 @@ impl JailConfig {
             actions: Vec::new(),
             journal: None,
             burst: None,
+            notify: Vec::new(),
         }
     }
 
@@ -553,6 +558,10 @@ impl JailConfig {
             ),
             None => None,
         };
+        let notify = match &j.notify {
+            Some(v) => parse_notify(v.get_ref()).map_err(|e| Spanned::new(v.span(), e.into()))?,
+            None => Vec::new(),
+        };
         Ok(JailConfig {
             name,
             enabled,
@@ -587,6 +596,7 @@ impl JailConfig {
             actions,
             journal,
             burst,
+            notify,
         })
     }
 }

@@ -26,6 +26,7 @@ mod kamailio;
 mod kernel_truth;
 mod names;
 mod nft;
+mod notify;
 mod owner;
 mod package;
 mod restart;

@@ -48,6 +48,9 @@ pub enum JailConfigError {
     /// arguments safely.
     #[error("jail name {0:?} must be 1-64 letters, digits, '-', '_' or '.'")]
     Name(String),
+    /// `notify`.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyConfigError),
     /// `burst`.
     #[error(transparent)]
     Burst(#[from] crate::jail::burst::BurstError),
