@@ -125,6 +125,9 @@ pub fn checks(config: Option<&Path>) -> Vec<Check> {
         for p in &j.ami {
             out.push(ami(&j.name, p));
         }
+        if let Some(h) = &j.hep {
+            out.push(hep(&j.name, h));
+        }
         out.extend(log_paths(&j.name, &j.logpath));
         if let Some(jc) = &j.journal {
             out.extend(journal(&j.name, jc));
@@ -134,6 +137,17 @@ pub fn checks(config: Option<&Path>) -> Vec<Check> {
         }
     }
     out
+}
+
+/// A HEP listener: beyond loopback without a password it takes forged
+/// UDP from anyone who can spoof an allowed address.
+fn hep(jail: &str, h: &crate::source::hep::HepConfig) -> Check {
+    let what = format!("[{jail}] hep {}", h.label());
+    match h.warning() {
+        Some(w) => warn(what, w),
+        None if h.password.is_some() => ok(format!("{what}: auth key required")),
+        None => ok(format!("{what}: loopback only")),
+    }
 }
 
 fn clock() -> Check {
@@ -535,4 +549,28 @@ fn esl_session(label: &str, stream: TcpStream, p: &EslPeer) -> Vec<Check> {
             "the server closed or stalled the connection; check its logs",
         )]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20: `doctor` warns of a HEP listener beyond loopback without
+    /// a password.
+    #[test]
+    fn hep_beyond_loopback_without_password_is_a_warning() {
+        let mut h = crate::source::hep::HepConfig {
+            listen: "0.0.0.0:9060".parse().unwrap(),
+            password: None,
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        let c = hep("pbx", &h);
+        assert_eq!(c.level, Level::Warn);
+        assert!(c.fix.contains("set password"), "{c:?}");
+        h.password = Some("k".into());
+        assert_eq!(hep("pbx", &h).level, Level::Ok);
+        h.password = None;
+        h.listen = "127.0.0.1:9060".parse().unwrap();
+        assert_eq!(hep("pbx", &h).level, Level::Ok);
+    }
 }

@@ -240,6 +240,18 @@ fn dates_note(s: &crate::control::SourceView) -> String {
     if s.skewed > 0 {
         out.push_str(&format!("; {} off the clock", s.skewed));
     }
+    for (n, why) in [
+        (s.dropped_sender, "from senders outside allow"),
+        (s.dropped_auth, "with a wrong auth key"),
+        (
+            s.dropped_malformed,
+            "malformed or over the connection bound",
+        ),
+    ] {
+        if n > 0 {
+            out.push_str(&format!("; {n} dropped {why}"));
+        }
+    }
     if let Some(off) = s.last_skew_s {
         out.push_str(&format!(
             ", last {}{}",

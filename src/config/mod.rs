@@ -633,6 +633,29 @@ bantime = -1
         }
     }
 
+    /// Issue 20: a `hep` jail reads; beyond loopback without a password
+    /// it is a warning with its place; a wrong value an error with its.
+    #[test]
+    fn hep_jails() {
+        let c = parse("[jail.kam]\nhep = {}\n").unwrap();
+        assert_eq!(c.jails[0].hep.as_ref().unwrap().listen.port(), 9060);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse("[jail.kam]\nhep = { listen = \"0.0.0.0:9060\", allow = [\"10.0.0.5\"] }\n")
+            .unwrap();
+        assert!(
+            c.warnings.len() == 1
+                && c.warnings[0].starts_with("test.toml:2:7:")
+                && c.warnings[0].contains("without a password"),
+            "{:?}",
+            c.warnings
+        );
+        let e = error("[jail.kam]\nhep = { listen = \"0.0.0.0:9060\" }\n");
+        assert!(
+            e.starts_with("test.toml:2:7:") && e.contains("hep.allow"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn esl_jails() {
         let c = parse("[jail.esl]\nesl = { host = \"127.0.0.1\", port = 8021, password = \"ClueCon\" }\ninvite_weight = 3\n[jail.two]\nesl = [{ host = \"10.0.0.1\" }, { host = \"10.0.0.2\", format = \"json\" }]\n").unwrap();
@@ -927,7 +950,7 @@ bantime = -1
             ),
             (
                 "[jail.a]\nmaxretry = 3\n",
-                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd) or `backend = \"systemd\"` (the journal), `esl`, `ami`, or `wire`",
+                "test.toml:1:1: jail \"a\" has nothing to read: set `filter` and `logpath` (built-in filters: freeswitch, mod-fail2ban, asterisk, kamailio, opensips, sshd) or `backend = \"systemd\"` (the journal), `esl`, `ami`, `wire`, or `hep`",
             ),
             (
                 "[jail.a]\nfilter = \"freeswitch\"\n",

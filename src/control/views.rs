@@ -195,6 +195,20 @@ pub struct SourceView {
     /// fired (accounts escaped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fraud: Option<crate::fraud::FraudView>,
+    /// Packets dropped (HEP): from senders outside `allow`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_sender: u64,
+    /// Packets dropped (HEP): no or a wrong authentication key.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_auth: u64,
+    /// Packets dropped (HEP): not HEP, broken HEP, or TCP connections
+    /// refused over the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_malformed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One ban in force.

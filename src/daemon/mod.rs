@@ -19,6 +19,7 @@ mod cluster;
 mod enforcer;
 mod feeds;
 mod fraud;
+mod hep;
 mod ignore_files;
 mod lock;
 mod logfiles;
@@ -322,6 +323,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
         tokio::select! {
             Some(batch) = rx.recv() => {
                 let now = Time::now();
+                rt.protect_hep_senders();
                 rt.jails.handle(&batch, now, &mut decisions);
                 rt.share_failures(&batch);
                 rt.recent.note(&batch, now);
@@ -331,6 +333,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
                 let marks = rt.sources.take_cursors();
                 // Take whatever else is queued, so a burst becomes one batch.
                 while let Ok(more) = rx.try_recv() {
+                    rt.protect_hep_senders();
                     rt.jails.handle(&more, now, &mut decisions);
                     rt.share_failures(&more);
                     rt.recent.note(&more, now);

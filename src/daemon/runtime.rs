@@ -199,6 +199,18 @@ impl Runtime {
     }
 
     /// Gives each enabled jail its actions (at start and reload).
+    /// Protects, in every jail, the HEP senders seen since the last call
+    /// (issue 20: a server that mirrors its SIP is never banned).
+    pub(super) fn protect_hep_senders(&mut self) {
+        let new = self.sources.new_hep_senders();
+        if !new.is_empty() {
+            for n in &new {
+                tracing::info!("hep: sender {} seen; never banned", n.addr());
+            }
+            self.jails.add_peers(new);
+        }
+    }
+
     pub(super) fn sync_actions(&mut self, enabled: &[crate::jail::JailConfig]) {
         let jails = &self.jails;
         let node = self.config.cluster.as_ref().map(|c| c.node.as_str());

@@ -20,6 +20,7 @@ use crate::source::ami::{AmiMapper, AmiPeer, AmiSource, AmiStats};
 use crate::source::esl::calls::CallWatch;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::FollowStats;
+use crate::source::hep::HepSenders;
 use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
 use crate::source::scanner::ScannerList;
 use crate::source::{DateStats, Window};
@@ -39,6 +40,7 @@ pub(super) struct SourceKey {
     ami: Vec<AmiPeer>,
     fraud: Vec<Arc<crate::fraud::FraudRule>>,
     wire: Option<crate::source::wire::WireConfig>,
+    hep: Option<crate::source::hep::HepConfig>,
     journal: Option<JournalConfig>,
 }
 
@@ -55,6 +57,7 @@ impl SourceKey {
             ami: jc.ami.clone(),
             fraud: jc.fraud.clone(),
             wire: jc.wire.clone(),
+            hep: jc.hep.clone(),
             journal: jc.journal.clone(),
         }
     }
@@ -83,6 +86,7 @@ pub(super) struct SourceGroup {
     ami: Vec<(String, Arc<AmiStats>, tokio::task::JoinHandle<()>)>,
     esl: Vec<EslRun>,
     wire: Option<(String, Arc<crate::source::wire::WireStats>)>,
+    hep: Option<super::hep::HepGroup>,
     /// The supervised tasks of this group, listed in status until stopped.
     tasks: Tasks,
     healths: Vec<Arc<Health>>,
@@ -165,6 +169,7 @@ impl SourceGroup {
             .chain(esl)
             .chain(ami)
             .chain(wire)
+            .chain(self.hep.iter().map(super::hep::HepGroup::view))
             .collect()
     }
 
@@ -176,6 +181,9 @@ impl SourceGroup {
         }
         for (_, _, task) in &self.ami {
             task.abort();
+        }
+        if let Some(h) = &self.hep {
+            h.stop();
         }
         for h in &self.healths {
             self.tasks.forget(h);
@@ -213,6 +221,8 @@ impl SourceGroup {
 /// Longest wait for a stopped journal follower to leave.
 const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+// What every source of a jail shares, passed down as it is held.
+#[allow(clippy::too_many_arguments)]
 fn spawn_sources(
     jc: &JailConfig,
     id: JailId,
@@ -221,6 +231,7 @@ fn spawn_sources(
     tasks: &Tasks,
     cursors: &Arc<Cursors>,
     control: Option<&mpsc::Sender<ControlMsg>>,
+    senders: &Arc<HepSenders>,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut healths = Vec::new();
@@ -406,6 +417,7 @@ fn spawn_sources(
         }
         None => None,
     };
+    let hep = super::hep::start(jc, id, tx, scanners, tasks, senders, &mut healths)?;
     Ok(SourceGroup {
         key: SourceKey::of(jc),
         stop,
@@ -416,6 +428,7 @@ fn spawn_sources(
         esl,
         ami,
         wire,
+        hep,
         tasks: tasks.clone(),
         healths,
     })
@@ -434,6 +447,8 @@ pub(super) struct Sources {
     pub(super) cursors: Arc<Cursors>,
     /// Where fraud rules' bans go (the control path).
     pub(super) control: Option<mpsc::Sender<ControlMsg>>,
+    /// The HEP senders seen by every HEP listener: never banned.
+    hep_senders: Arc<HepSenders>,
 }
 
 impl Sources {
@@ -451,7 +466,15 @@ impl Sources {
             tasks,
             cursors,
             control: None,
+            hep_senders: Arc::default(),
         }
+    }
+
+    /// HEP senders seen since the last call: protected in every jail
+    /// before the failures they reported are counted (each sender is
+    /// recorded before its batch is queued).
+    pub(super) fn new_hep_senders(&self) -> Vec<ipnet::IpNet> {
+        self.hep_senders.take_new()
     }
 
     /// Starts the sources of `enabled` jails that are not running yet, and
@@ -510,6 +533,7 @@ impl Sources {
                 &self.tasks,
                 &self.cursors,
                 self.control.as_ref(),
+                &self.hep_senders,
             )?;
             self.groups.insert(jc.name.clone(), g);
         }

@@ -144,6 +144,38 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
         "Lines dated ahead of the clock, or events whose own time was off by over a minute, per source.",
         sources(&|x| x.skewed),
     );
+    let dropped: Vec<(String, String)> = s
+        .jails
+        .iter()
+        .flat_map(|j| {
+            j.sources.iter().flat_map(move |src| {
+                [
+                    ("sender", src.dropped_sender),
+                    ("auth", src.dropped_auth),
+                    ("malformed", src.dropped_malformed),
+                ]
+                .into_iter()
+                .filter(|_| src.kind == "hep")
+                .map(move |(why, n)| {
+                    (
+                        format!(
+                            "{{jail=\"{}\",kind=\"{}\",source=\"{}\",reason=\"{why}\"}}",
+                            label(&j.name),
+                            label(&src.kind),
+                            label(&src.path)
+                        ),
+                        n.to_string(),
+                    )
+                })
+            })
+        })
+        .collect();
+    family(
+        "sipwarden_source_dropped_total",
+        "counter",
+        "Packets a HEP source dropped, per source and reason (sender outside allow, wrong auth key, malformed).",
+        dropped,
+    );
     family(
         "sipwarden_firewall_errors_total",
         "counter",

@@ -145,7 +145,11 @@ pub fn is_sip_jail(jc: &JailConfig) -> bool {
     match filter {
         None => true,
         Some(f) => {
-            is_sip_filter(f) || !jc.esl.is_empty() || !jc.ami.is_empty() || jc.wire.is_some()
+            is_sip_filter(f)
+                || !jc.esl.is_empty()
+                || !jc.ami.is_empty()
+                || jc.wire.is_some()
+                || jc.hep.is_some()
         }
     }
 }

@@ -24,8 +24,9 @@ use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::net::NetSet;
 use crate::notify::{NotifyTarget, parse_notify};
 use crate::source::ami::AmiPeer;
-use crate::source::config::{PathList, RawWire, ami_peers, esl_peers, journal_keys};
+use crate::source::config::{PathList, RawWire, ami_peers, esl_peers, hep, journal_keys};
 use crate::source::esl::EslPeer;
+use crate::source::hep::HepConfig;
 use crate::source::journal::{JournalConfig, JournalMatch};
 use crate::source::wire::WireConfig;
 
@@ -104,6 +105,7 @@ pub struct RawJail {
     wrong_call_state_maxretry: Option<u32>,
     shared_count: Option<bool>,
     wire: Option<RawWire>,
+    hep: Option<Spanned<toml::Value>>,
     filter: Option<Spanned<String>>,
     fail2ban_filter: Option<Spanned<String>>,
     logpath: Option<PathList>,
@@ -191,6 +193,8 @@ pub struct JailConfig {
     pub shared_count: bool,
     /// A wire sensor: SIP seen on the network.
     pub wire: Option<WireConfig>,
+    /// A HEP listener: SIP mirrored by the server.
+    pub hep: Option<HepConfig>,
     /// fail2ban actions run beside the kernel ban (`actions`, or a fail2ban
     /// jail's `action`).
     pub actions: Vec<ActionRef>,
@@ -401,6 +405,7 @@ impl JailConfig {
             wrong_call_state_maxretry: 0,
             shared_count: false,
             wire: None,
+            hep: None,
             actions: Vec::new(),
             journal: None,
             burst: None,
@@ -474,6 +479,21 @@ impl JailConfig {
             None => Vec::new(),
         };
         let wire = j.wire.as_ref().map(WireConfig::from_raw);
+        let hep = match &j.hep {
+            Some(v) => Some(hep(v.get_ref()).map_err(|e| Spanned::new(v.span(), e.into()))?),
+            None => None,
+        };
+        if let (true, Some(h), Some(v)) = (enabled, &hep, &j.hep)
+            && h.warning().is_some()
+        {
+            warnings.push(Spanned::new(
+                v.span(),
+                JailWarning::HepWithoutPassword {
+                    jail: name.clone(),
+                    listen: h.listen,
+                },
+            ));
+        }
         let mut journal = journal_keys(&j.backend, &j.journalmatch, &j.journal_dir)
             .map_err(|(at, e)| Spanned::new(at.unwrap_or_else(|| span.clone()), e.into()))?;
         // Without a journalmatch, a built-in filter reads its service's
@@ -494,7 +514,13 @@ impl JailConfig {
         if enabled && journal.is_some() && !filter_set {
             return Err(at_table(JailConfigError::JournalNoFilter(name)));
         }
-        if enabled && esl.is_empty() && ami.is_empty() && !filter_set && wire.is_none() {
+        if enabled
+            && esl.is_empty()
+            && ami.is_empty()
+            && !filter_set
+            && wire.is_none()
+            && hep.is_none()
+        {
             return Err(at_table(JailConfigError::NothingToRead(name)));
         }
         if enabled && filter_set && logpath.is_empty() && journal.is_none() {
@@ -593,6 +619,7 @@ impl JailConfig {
             wrong_call_state_maxretry: j.wrong_call_state_maxretry.unwrap_or(0),
             shared_count: j.shared_count.unwrap_or(false),
             wire,
+            hep,
             actions,
             journal,
             burst,

@@ -1,6 +1,7 @@
 //! The source keys of a configuration: a jail's `logpath` (one path or a
 //! list), its Event Sockets (`esl`, one table or an array of tables), its
-//! Asterisk managers (`ami`, the same), its wire sensor (`wire`), its journal (`backend`, `journalmatch`,
+//! Asterisk managers (`ami`, the same), its wire sensor (`wire`), its HEP
+//! listener (`hep`), its journal (`backend`, `journalmatch`,
 //! `journal_dir`), and `[scanners]`. The `[jail.NAME]` table that
 //! holds them is read by the jail's configuration; each key is checked here.
 
@@ -11,6 +12,7 @@ use serde::de::{self, Deserializer};
 
 use super::ami::AmiPeer;
 use super::esl::{EslFormat, EslPeer};
+use super::hep::{DEFAULT_PORT, HepConfig};
 use super::journal::{JournalConfig, JournalMatch, Location};
 use super::scanner::DEFAULT_SCANNERS;
 use super::wire::WireConfig;
@@ -62,6 +64,82 @@ struct RawAmi {
 pub struct RawWire {
     interface: Option<String>,
     ports: Option<Vec<u16>>,
+}
+
+/// A jail's `hep` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHep {
+    listen: Option<String>,
+    password: Option<String>,
+    allow: Option<Vec<String>>,
+}
+
+/// A wrong `hep` value.
+#[derive(Debug, thiserror::Error)]
+pub enum HepConfigError {
+    /// Not a table, an unknown key, or a value of the wrong type.
+    #[error(
+        "hep: {0}; expected {{ listen = \"127.0.0.1:9060\", password = \"...\", allow = [\"10.0.0.0/8\"] }}"
+    )]
+    Table(String),
+    /// `listen` not an address and port.
+    #[error(
+        "hep.listen {0:?} is not an address and port (e.g. \"127.0.0.1:9060\", \"[::1]:9060\")"
+    )]
+    Listen(String),
+    /// An `allow` entry that is not an address or network.
+    #[error("hep.allow: {0}")]
+    Allow(crate::net::NetError),
+    /// `allow = []`: nothing would ever be accepted.
+    #[error("hep.allow is empty: no sender would be accepted; list the servers that send HEP")]
+    AllowEmpty,
+    /// A listener beyond loopback that does not say whom it takes.
+    #[error(
+        "hep.listen {0} is reachable beyond this host: list the servers that send HEP in hep.allow (e.g. allow = [\"10.0.0.5\"]); without allow only loopback is accepted"
+    )]
+    AllowNeeded(std::net::SocketAddr),
+    /// `password = ""`.
+    #[error("hep.password is empty; remove it or set the servers' HEP auth key")]
+    EmptyPassword,
+}
+
+/// Reads a jail's `hep`: `listen` defaults to `127.0.0.1:9060`, `allow` to
+/// loopback (required when `listen` is not loopback).
+pub fn hep(v: &toml::Value) -> Result<HepConfig, HepConfigError> {
+    let raw: RawHep = v
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| HepConfigError::Table(e.message().to_string()))?;
+    let listen = match &raw.listen {
+        Some(l) => l
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| HepConfigError::Listen(l.clone()))?,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+    };
+    let allow = match &raw.allow {
+        Some(list) if list.is_empty() => return Err(HepConfigError::AllowEmpty),
+        Some(list) => list
+            .iter()
+            .map(|a| crate::net::parse_net(a).map_err(HepConfigError::Allow))
+            .collect::<Result<Vec<_>, _>>()?,
+        None if listen.ip().is_loopback() => vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+                std::net::Ipv4Addr::new(127, 0, 0, 0),
+                8,
+            )),
+            ipnet::IpNet::from(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+        ],
+        None => return Err(HepConfigError::AllowNeeded(listen)),
+    };
+    if raw.password.as_deref() == Some("") {
+        return Err(HepConfigError::EmptyPassword);
+    }
+    Ok(HepConfig {
+        listen,
+        password: raw.password,
+        allow,
+    })
 }
 
 /// `[scanners]` as written.
@@ -395,6 +473,48 @@ pub fn fail2ban_journal(
         "auto" if !logpath.iter().any(|p| exists(p)) => Ok(Some(JournalConfig::system())),
         "auto" | "polling" | "pyinotify" | "gamin" | "inotify" => Ok(None),
         _ => Err(JournalConfigError::Backend(backend.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod hep_tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<HepConfig, HepConfigError> {
+        let t: toml::Table = toml::from_str(&format!("hep = {text}")).unwrap();
+        hep(&t["hep"])
+    }
+
+    #[test]
+    fn hep_keys() {
+        let c = read("{}").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9060");
+        assert_eq!(c.allow.len(), 2, "loopback, both families");
+        assert!(c.password.is_none() && c.warning().is_none());
+        let c =
+            read(r#"{ listen = "0.0.0.0:9061", allow = ["10.0.0.0/8", "2001:db8::5"] }"#).unwrap();
+        assert_eq!(c.listen.port(), 9061);
+        assert!(c.warning().unwrap().contains("without a password"));
+        let c = read(r#"{ listen = "[::]:9060", allow = ["10.0.0.5"], password = "k" }"#).unwrap();
+        assert!(c.warning().is_none());
+        for (text, want) in [
+            ("5", "hep: "),
+            (r#"{ lisen = "x" }"#, "unknown field `lisen`"),
+            (r#"{ listen = "localhost" }"#, "not an address and port"),
+            (
+                r#"{ allow = ["ten"] }"#,
+                "hep.allow: \"ten\" is not an IP address",
+            ),
+            (r#"{ allow = [] }"#, "hep.allow is empty"),
+            (
+                r#"{ listen = "0.0.0.0:9060" }"#,
+                "list the servers that send HEP",
+            ),
+            (r#"{ password = "" }"#, "hep.password is empty"),
+        ] {
+            let e = read(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 }
 

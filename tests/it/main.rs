@@ -19,6 +19,7 @@ mod fleet;
 mod follow;
 mod fraud;
 mod glob;
+mod hep;
 mod http;
 mod ignore_files;
 mod journal;

@@ -11,7 +11,7 @@ use crate::action::SpecError;
 use crate::duration::ZERO_BAN;
 use crate::filter::BUILTIN_FILTERS;
 use crate::filter::config::FilterConfigError;
-use crate::source::config::{AmiConfigError, EslConfigError, JournalConfigError};
+use crate::source::config::{AmiConfigError, EslConfigError, HepConfigError, JournalConfigError};
 
 /// A wrong `[defaults]` or `[jail.NAME]` value.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,9 @@ pub enum JailConfigError {
     /// `ami`.
     #[error(transparent)]
     Ami(#[from] AmiConfigError),
+    /// `hep`.
+    #[error(transparent)]
+    Hep(#[from] HepConfigError),
     /// `backend`, `journalmatch`, `journal_dir`.
     #[error(transparent)]
     Journal(#[from] JournalConfigError),
@@ -82,7 +85,7 @@ pub enum JailConfigError {
     JournalEveryEntry(String),
     /// An enabled jail with no source.
     #[error(
-        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}) or `backend = \"systemd\"` (the journal), `esl`, `ami`, or `wire`",
+        "jail {0:?} has nothing to read: set `filter` and `logpath` (built-in filters: {list}) or `backend = \"systemd\"` (the journal), `esl`, `ami`, `wire`, or `hep`",
         list = BUILTIN_FILTERS.join(", ")
     )]
     NothingToRead(String),
@@ -126,6 +129,16 @@ pub enum JailWarning {
         "jail {0:?} sets bantime_rndtime without bantime_increment = true: it does nothing (as in fail2ban, the random extra is added to escalated bans only)"
     )]
     RndtimeWithoutIncrement(String),
+    /// A HEP listener beyond loopback without a password.
+    #[error(
+        "jail {jail:?}: hep listens on {listen} beyond loopback without a password: anyone who can forge a UDP packet from an address in allow can make sipwarden ban any address; set hep.password (the servers' HEP auth key)"
+    )]
+    HepWithoutPassword {
+        /// The jail.
+        jail: String,
+        /// Where it listens.
+        listen: std::net::SocketAddr,
+    },
     /// A `logpath` listed twice.
     #[error("jail {jail:?} lists logpath {} twice; it is followed once", .path.display())]
     LogpathTwice {

@@ -28,9 +28,9 @@ pub enum Transport {
     Udp,
     /// IPPROTO_TCP (also WebSocket, in the capture agents that mark it so).
     Tcp,
-    /// TLS, which capture agents mark with a protocol number of their own:
-    /// Kamailio's `PROTO_TLS` (3), FreeSWITCH's and reSIProcate's
-    /// IPPROTO_IDP (22).
+    /// TLS, which capture agents mark with IPPROTO_IDP (22), a number no
+    /// SIP travels over (seen from Kamailio 5.6's siptrace; FreeSWITCH's
+    /// Sofia and reSIProcate write the same).
     Tls,
     /// IPPROTO_SCTP.
     Sctp,
@@ -44,7 +44,7 @@ impl Transport {
         match n {
             17 => Transport::Udp,
             6 => Transport::Tcp,
-            3 | 22 => Transport::Tls,
+            22 => Transport::Tls,
             132 => Transport::Sctp,
             other => Transport::Other(other),
         }
@@ -413,7 +413,7 @@ mod tests {
         let pkt = encode_sip(
             (v4("203.0.113.7"), 5062),
             (v4("10.0.0.1"), 5061),
-            3,
+            22,
             Some(b"secret"),
             SIP,
         );

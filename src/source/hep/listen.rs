@@ -36,13 +36,22 @@ const UDP_BATCH: usize = 256;
 /// The running listeners of one `hep` table; stopped when dropped.
 pub struct HepListeners {
     task: tokio::task::JoinHandle<()>,
-    /// Dropped to end every open TCP connection.
-    _stop: watch::Sender<()>,
+    /// Signalled (or dropped) to end every open TCP connection.
+    stop: watch::Sender<()>,
+}
+
+impl HepListeners {
+    /// Stops listening and closes every connection (the sockets close
+    /// within a scheduler turn).
+    pub fn stop(&self) {
+        self.task.abort();
+        let _ = self.stop.send(());
+    }
 }
 
 impl Drop for HepListeners {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -98,7 +107,7 @@ impl HepListeners {
         });
         Ok(HepListeners {
             task,
-            _stop: stop_tx,
+            stop: stop_tx,
         })
     }
 }

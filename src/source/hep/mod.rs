@@ -147,6 +147,8 @@ pub enum Dropped {
 pub struct HepIntake {
     /// The jail its failures count for.
     pub jail: JailId,
+    /// Its name, for logs.
+    pub jail_name: String,
     /// The configuration.
     pub cfg: HepConfig,
     /// Attack-tool user agents.
@@ -156,6 +158,20 @@ pub struct HepIntake {
     /// Senders seen (protected by the daemon).
     pub senders: Arc<HepSenders>,
     tracker: Mutex<Tracker>,
+    /// Transports seen so far (bits of [`transport_bit`]): the first SIP
+    /// message of each is logged, so an operator sees TLS arrive.
+    transports: std::sync::atomic::AtomicU8,
+}
+
+/// A transport's bit in [`HepIntake`]'s record of those seen.
+fn transport_bit(t: Transport) -> u8 {
+    match t {
+        Transport::Udp => 1,
+        Transport::Tcp => 2,
+        Transport::Tls => 4,
+        Transport::Sctp => 8,
+        Transport::Other(_) => 16,
+    }
 }
 
 impl HepIntake {
@@ -169,11 +185,13 @@ impl HepIntake {
     ) -> HepIntake {
         HepIntake {
             jail,
+            jail_name: String::new(),
             cfg,
             scanners,
             stats,
             senders,
             tracker: Mutex::new(Tracker::default()),
+            transports: Default::default(),
         }
     }
 
@@ -233,6 +251,16 @@ impl HepIntake {
             return Ok(());
         };
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let t = p.transport();
+        let bit = transport_bit(t);
+        if self.transports.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            tracing::info!(
+                "[{}] hep: first SIP over {} (protocol {}) mirrored by {sender}",
+                self.jail_name,
+                t.name(),
+                p.protocol
+            );
+        }
         // A request comes from the client; an answer goes to it. Both
         // addresses are the server's own record of the packet.
         let from_client = m.method.is_some();

@@ -72,7 +72,7 @@ fn rejected_register_counts_for_the_hep_source_address() {
     let i = intake(None);
     let mut out = Vec::new();
     let k = ip(KAMAILIO);
-    i.packet(k, &inbound(&register(2), 3, None), Time(5), &mut out)
+    i.packet(k, &inbound(&register(2), 22, None), Time(5), &mut out)
         .unwrap();
     assert!(out.is_empty());
     i.packet(
