@@ -366,11 +366,17 @@ fn resolve(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigErr
         );
     }
     // Each jail gets the rules that watch its Event Sockets.
-    let rules = rules_from_raw(&raw.fraud, |name| {
-        jails
+    let rules = rules_from_raw(&raw.fraud, |name| match name {
+        Some(n) => jails
             .iter()
-            .find(|j| j.name == name)
-            .map(|j| !j.esl.is_empty())
+            .find(|j| j.name == n)
+            .map(|j| j.esl.iter().map(EslPeer::label).collect()),
+        None => Some(
+            jails
+                .iter()
+                .flat_map(|j| j.esl.iter().map(EslPeer::label))
+                .collect(),
+        ),
     })
     .map_err(|e| src.invalid(e))?;
     for j in jails.iter_mut().filter(|j| !j.esl.is_empty()) {

@@ -136,11 +136,11 @@ fn actions(
     }
 }
 
-/// Checks every `[[fraud]]` table. `jail_esl` says whether a jail exists
-/// (`None`: no such jail) and whether it has an Event Socket.
+/// Checks every `[[fraud]]` table. `labels` names the Event Sockets
+/// (`host:port`) of one jail (`None`: no such jail), or of every jail.
 pub fn rules_from_raw(
     raw: &[Spanned<RawFraud>],
-    jail_esl: impl Fn(&str) -> Option<bool>,
+    labels: impl Fn(Option<&str>) -> Option<Vec<String>>,
 ) -> Result<Vec<FraudRule>, Spanned<FraudConfigError>> {
     if raw.len() > MAX_RULES {
         return Err(Spanned::new(
@@ -167,24 +167,34 @@ pub fn rules_from_raw(
                 FraudConfigError::SecondName(name.clone()),
             ));
         }
-        if let Some(j) = &f.jail {
-            match jail_esl(j.get_ref()) {
-                None => {
-                    return Err(at(
-                        j.span(),
-                        FraudConfigError::Jail(format!("no jail named {:?}", j.get_ref())),
-                    ));
-                }
-                Some(false) => {
-                    return Err(at(
-                        j.span(),
-                        FraudConfigError::Jail(format!(
-                            "jail {:?} has no esl: fraud rules watch calls on the Event Socket",
-                            j.get_ref()
-                        )),
-                    ));
-                }
-                Some(true) => {}
+        let watched = match &f.jail {
+            Some(j) => labels(Some(j.get_ref())).ok_or_else(|| {
+                at(
+                    j.span(),
+                    FraudConfigError::Jail(format!("no jail named {:?}", j.get_ref())),
+                )
+            })?,
+            None => labels(None).unwrap_or_default(),
+        };
+        if watched.is_empty() {
+            let span = f.jail.as_ref().map_or(f.name.span(), Spanned::span);
+            return Err(at(
+                span,
+                FraudConfigError::Jail(
+                    "no Event Socket to watch: fraud rules watch calls on a jail's esl".into(),
+                ),
+            ));
+        }
+        if let Some(e) = &f.esl {
+            if !watched.contains(e.get_ref()) {
+                return Err(at(
+                    e.span(),
+                    FraudConfigError::Jail(format!(
+                        "no Event Socket {:?} to watch; there are: {}",
+                        e.get_ref(),
+                        watched.join(", ")
+                    )),
+                ));
             }
         }
         let list = f.prefixes.get_ref();
@@ -342,7 +352,11 @@ mod tests {
 
     fn read(text: &str) -> Result<Vec<FraudRule>, (usize, String)> {
         let doc: Doc = toml::from_str(text).map_err(|e| (0, e.to_string()))?;
-        rules_from_raw(&doc.fraud, |j| (j == "fs").then_some(true)).map_err(|e| {
+        let labels = |j: Option<&str>| {
+            j.is_none_or(|j| j == "fs")
+                .then(|| vec!["127.0.0.1:8021".to_string()])
+        };
+        rules_from_raw(&doc.fraud, labels).map_err(|e| {
             let line = text[..e.span().start].matches('\n').count() + 1;
             (line, e.into_inner().to_string())
         })
@@ -410,6 +424,11 @@ mod tests {
             ),
             (format!("{GOOD}webhook = \"ftp://x\"\n"), 8, "http://"),
             (format!("{GOOD}jail = \"nope\"\n"), 8, "no jail"),
+            (
+                format!("{GOOD}esl = \"10.0.0.1:8021\"\n"),
+                8,
+                "no Event Socket \"10.0.0.1:8021\" to watch; there are: 127.0.0.1:8021",
+            ),
             (format!("{GOOD}bantime = \"0\"\n"), 8, "bantime"),
             (
                 "[[fraud]]\nname = \"x\"\nprefixes = [\"*\"]\n".into(),

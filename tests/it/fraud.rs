@@ -582,3 +582,76 @@ fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
     });
     (port, rx)
 }
+
+/// The dashboard shows what fired and the account under watch, the
+/// account (caller's data) as text: markup in it stays text.
+#[test]
+fn dashboard_shows_what_fired_with_the_account_as_text() {
+    if !need("chromium") {
+        return;
+    }
+    let Some(t) = Templates::load() else { return };
+    let t = Arc::new(t);
+    let esl = Esl::start(TcpListener::bind("127.0.0.1:0").unwrap(), t.clone());
+    let dir = TempDir::new("frauddash");
+    let port = crate::http::free_port();
+    let cfg = write_config(
+        &dir,
+        esl.port,
+        &format!("backend = \"none\"\n[http]\nlisten = \"127.0.0.1:{port}\""),
+        "[[fraud]]\nname = \"premium\"\nprefixes = [\"0900\"]\n\
+         concurrent_calls = { warning = 1, critical = 2 }\n",
+    );
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(esl.connected(Duration::from_secs(30)));
+    let account = "<img src=x id=pwned>";
+    for n in 0..2 {
+        let c = call(n, account, "0900123", "192.0.2.77");
+        esl.call(&t, "create", &c);
+    }
+    assert!(
+        d.wait_for("fraud: rule premium critical", Duration::from_secs(20))
+            .is_some()
+    );
+    let Some(browser) = crate::http::Browser::start() else {
+        panic!("chromedriver did not start a headless chromium session");
+    };
+    browser.call(
+        "POST",
+        "/url",
+        serde_json::json!({"url": format!("http://127.0.0.1:{port}/")}),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || browser
+            .elements("#fraud tbody tr")
+            .len()
+            >= 2),
+        "the warning and the critical firing are listed"
+    );
+    let text = |css: &str| -> Vec<String> {
+        browser
+            .elements(css)
+            .iter()
+            .map(|e| {
+                browser.call(
+                    "GET",
+                    &format!("/element/{e}/text"),
+                    serde_json::Value::Null,
+                )["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let rows = text("#fraud tbody tr");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("critical") && r.contains(account)),
+        "{rows:?}"
+    );
+    assert!(browser.elements("#pwned").is_empty(), "markup stays text");
+    let watched = text("#fraud-watch tbody tr");
+    assert!(watched.iter().any(|r| r.contains(account)), "{watched:?}");
+    assert!(d.stop().is_some_and(|s| s.success()));
+}

@@ -241,14 +241,14 @@ fn api_metrics_and_tokens() {
 }
 
 /// A WebDriver session against chromedriver.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     port: u16,
     session: String,
 }
 
 impl Browser {
-    fn start() -> Option<Browser> {
+    pub(crate) fn start() -> Option<Browser> {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())?;
@@ -282,7 +282,7 @@ impl Browser {
         Some(b)
     }
 
-    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Value) -> Value {
         let (_, r) = http(
             self.port,
             method,
@@ -293,7 +293,7 @@ impl Browser {
         serde_json::from_str(&r).unwrap_or(Value::Null)
     }
 
-    fn elements(&self, css: &str) -> Vec<String> {
+    pub(crate) fn elements(&self, css: &str) -> Vec<String> {
         self.call(
             "POST",
             "/elements",
