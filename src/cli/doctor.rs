@@ -480,10 +480,17 @@ fn ami(jail: &str, p: &AmiPeer) -> Check {
         Err(e) => return fail(format!("{label}: {e}"), ""),
     };
     match rt.block_on(crate::source::ami::probe(p)) {
-        Ok(()) => ok(format!(
-            "{label}: reachable, logged in as {:?} (it reads security events only if manager.conf gives it read = security)",
+        Ok(true) => ok(format!(
+            "{label}: reachable, logged in as {:?}, security events seen (its own login)",
             p.username
         )),
+        Ok(false) => warn(
+            format!(
+                "{label}: reachable, logged in as {:?}, but Asterisk did not report the login as a security event within 3 s",
+                p.username
+            ),
+            "give that manager.conf user read = security (then: asterisk -rx \"manager reload\"), or no failure is ever seen",
+        ),
         Err(
             e @ (crate::source::ami::AmiError::Login { .. }
             | crate::source::ami::AmiError::NotAmi { .. }),

@@ -39,6 +39,9 @@ enum Conn {
     Shutdown,
     /// Log in, send every event, then answer pings until the client leaves.
     Replay,
+    /// Log in as a user without `read = security`: no event at all, not
+    /// even for the login itself.
+    NoSecurity,
 }
 
 /// Reads one AMI action (up to its empty line), bounded.
@@ -87,6 +90,12 @@ impl Simulator {
                     continue;
                 }
                 let _ = s.write_all(b"Response: Success\r\nActionID: sipwarden-login\r\nMessage: Authentication accepted\r\n\r\n");
+                if step == Conn::NoSecurity {
+                    while let Some(a) = read_action(&mut s) {
+                        log.lock().unwrap().push(a);
+                    }
+                    continue;
+                }
                 // Asterisk reports the manager login itself.
                 let me = s.peer_addr().unwrap();
                 let own = event(
@@ -115,7 +124,7 @@ impl Simulator {
                             log.lock().unwrap().push(a);
                         }
                     }
-                    Conn::NotAmi => {}
+                    Conn::NotAmi | Conn::NoSecurity => {}
                 }
             }
         });
@@ -252,6 +261,7 @@ fn security_events_ban_by_remote_address_only() {
         "{s}"
     );
     assert_eq!(src["path"], format!("127.0.0.1:{}", sim.port));
+    assert!(src["reason"].is_null(), "healthy, nothing to say: {s}");
     // 5 + 5 failures; the own login, challenges, the unreadable and the
     // forged events are not among them.
     assert_eq!(src["matched"], 10, "{s}");
@@ -385,7 +395,10 @@ fn successful_auth_trusts_the_address() {
 fn doctor_logs_in_and_says_what_to_fix() {
     let sim = Simulator::start("s3cret", vec![Conn::Replay], Vec::new());
     for (secret, want) in [
-        ("s3cret", "reachable, logged in as \"sipwarden\""),
+        (
+            "s3cret",
+            "reachable, logged in as \"sipwarden\", security events seen",
+        ),
         (
             "wrong-secret",
             "refused (Asterisk said \"Authentication failed\")",
@@ -418,6 +431,33 @@ fn doctor_logs_in_and_says_what_to_fix() {
     assert!(
         actions.iter().any(|a| a.starts_with("Action: Logoff")),
         "doctor logs off: {actions:?}"
+    );
+    // A user without read = security: logged in, but not even its own
+    // login is reported; doctor warns with what to do.
+    let sim = Simulator::start("s3cret", vec![Conn::NoSecurity], Vec::new());
+    let dir = TempDir::new("amidoc");
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[firewall]\nbackend = \"none\"\n[jail.asterisk]\nami = {{ port = {}, secret = \"s3cret\" }}\n",
+            daemon_section(&dir),
+            sim.port
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["doctor", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("[asterisk] manager interface 127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.starts_with("warn") && line.contains("give that manager.conf user read = security"),
+        "{line}"
     );
 }
 

@@ -370,12 +370,46 @@ impl AmiPeer {
     }
 }
 
-/// Logs in to `peer` and out again: what `doctor` checks.
-pub async fn probe(peer: &AmiPeer) -> Result<(), AmiError> {
+/// How long `doctor` waits for Asterisk to report its login.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Logs in to `peer` and out again: what `doctor` checks. `Ok(true)` when
+/// Asterisk reported the login as a security event within [`PROBE_WAIT`]
+/// (the user reads the security class).
+pub async fn probe(peer: &AmiPeer) -> Result<bool, AmiError> {
     let mut c = peer.login().await?;
+    let mut mapper = AmiMapper::new(crate::event::JailId(0));
+    mapper.own = Some(OwnLogin {
+        username: peer.username.clone(),
+        local: c.local,
+    });
+    let deadline = Instant::now() + PROBE_WAIT;
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        let r = c.mb.drain(|m| {
+            seen |= mapper.read(&m, Time(0)) == Mapped::OwnLogin;
+        });
+        if r.is_err() || seen {
+            break;
+        }
+        if peer
+            .fill(
+                &mut c.stream,
+                &mut c.mb,
+                &mut c.rbuf,
+                deadline,
+                "its login's event",
+            )
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
     let bye = "Action: Logoff\r\nActionID: sipwarden-logoff\r\n\r\n";
     peer.write(&mut c.stream, bye.as_bytes(), "the logoff")
-        .await
+        .await?;
+    Ok(seen)
 }
 
 impl AmiSource {
@@ -422,9 +456,7 @@ impl AmiSource {
             rbuf,
             local,
         } = self.peer.login().await?;
-        self.stats.connected.store(true, Ordering::Relaxed);
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        self.stats.set_error(None);
+        self.stats.logged_in();
         tracing::info!(
             "manager interface {}: logged in as {:?}, reading security events",
             self.peer.label(),
@@ -451,6 +483,9 @@ impl AmiSource {
         let mut last_message = Instant::now();
         let mut begun: Option<Instant> = None;
         let mut next_ping = Instant::now() + PING_EVERY;
+        // Asterisk reports this very login as a security event: not seen
+        // by the first ping, the user most likely lacks `read = security`.
+        let (mut own_seen, mut own_checked) = (false, false);
         loop {
             let now = Time::now();
             let before = messages;
@@ -465,7 +500,8 @@ impl AmiSource {
                     Mapped::Unreadable { event, why, raw } => unreadable.push((event, why, raw)),
                     Mapped::AfterCut => after_cut += 1,
                     Mapped::Shutdown(detail) => shutdown = Some(detail),
-                    Mapped::Nothing | Mapped::OwnLogin => {}
+                    Mapped::OwnLogin => own_seen = true,
+                    Mapped::Nothing => {}
                 }
             });
             self.stats
@@ -509,6 +545,9 @@ impl AmiSource {
                 Some(_) if whole => Some(t),
                 Some(_) => begun.or(Some(t)),
             };
+            if t >= next_ping && !std::mem::replace(&mut own_checked, true) && !own_seen {
+                self.stats.note_no_security(&peer, &self.peer.username);
+            }
             if t >= next_ping {
                 let ping = format!("Action: Ping\r\nActionID: {PING_ID}\r\n\r\n");
                 self.peer
@@ -694,6 +733,35 @@ mod tests {
         let (reopened, pings) = reopened_after(After::Pong, Duration::from_secs(300)).await;
         assert_eq!(reopened, None);
         assert!(pings >= 10, "a ping every {PING_EVERY:?}: {pings} in 300 s");
+    }
+
+    /// A user without `read = security` logs in and sees nothing, not even
+    /// its own login's event: by the first ping, status says so (the fake
+    /// sends no event at all); an Asterisk that reports the login does not
+    /// get the warning.
+    #[tokio::test(start_paused = true)]
+    async fn a_login_never_reported_is_told_in_status() {
+        let own = b"Event: SuccessfulAuth\r\nPrivilege: security,all\r\nService: AMI\r\nAccountID: sipwarden\r\nLocalAddress: IPV4/TCP/127.0.0.1/5038\r\nRemoteAddress: IPV4/TCP/127.0.0.1/40000\r\nUsingPassword: 1\r\n\r\n";
+        for (after, warned) in [
+            (After::Pong, true),
+            (After::Feed(vec![(Duration::ZERO, own.to_vec())]), false),
+        ] {
+            let (port, mut accepted, _pings) = fake_asterisk(after).await;
+            let (src, _events) = source(port);
+            let stats = src.stats.clone();
+            let client = tokio::spawn(src.run());
+            tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+                .await
+                .expect("the client connects");
+            tokio::time::sleep(PING_EVERY + Duration::from_secs(5)).await;
+            assert!(stats.connected.load(Ordering::Relaxed));
+            let reason = stats.reason();
+            assert_eq!(reason.is_some(), warned, "{reason:?}");
+            if let Some(r) = reason {
+                assert!(r.contains("read = security"), "{r}");
+            }
+            client.abort();
+        }
     }
 
     /// Pings unanswered (a half-open connection): reopened after the

@@ -22,18 +22,44 @@ pub struct AmiStats {
     /// Security events that could not be counted (see
     /// [`Unreadable`]), and those distrusted after one cut short.
     pub unreadable: AtomicU64,
+    /// Logged in, but Asterisk did not report that login as a security
+    /// event: the user most likely lacks `read = security`.
+    no_security: AtomicBool,
     /// Why the last session ended (or could not start), with what to do:
     /// shown in status while disconnected.
     last_error: Mutex<Option<String>>,
 }
 
+/// What status says of a connection that sees no security event.
+const NO_SECURITY: &str = "logged in, but Asterisk did not report this login as a security event by the first ping (20 s): if the manager.conf user lacks read = security, no failure is ever seen";
+
 impl AmiStats {
     /// Why the source is not connected, when it is not and knows.
     pub fn reason(&self) -> Option<String> {
         if self.connected.load(Ordering::Relaxed) {
-            return None;
+            return self
+                .no_security
+                .load(Ordering::Relaxed)
+                .then(|| NO_SECURITY.to_string());
         }
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// A new login: whether it sees security events is not known yet.
+    pub(super) fn logged_in(&self) {
+        self.no_security.store(false, Ordering::Relaxed);
+        self.connected.store(true, Ordering::Relaxed);
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.set_error(None);
+    }
+
+    /// The login was not reported as a security event: says so, in the
+    /// log and in status.
+    pub(super) fn note_no_security(&self, peer: &str, user: &str) {
+        self.no_security.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            "manager interface {peer}: logged in as {user:?}, but Asterisk did not report the login as a security event by the first ping; give that manager.conf user read = security, or no failure is ever seen"
+        );
     }
 
     /// Notes why a session ended.
