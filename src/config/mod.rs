@@ -587,7 +587,7 @@ bantime = -1
         for (text, want) in [
             (
                 "[jail.a]\nami = {}\n",
-                "test.toml:2:7: key `ami`: ami 127.0.0.1:5038 has no secret; give the secret of its manager.conf user (a [sipwarden] section with read = security) (in [jail.a])",
+                "test.toml:2:7: key `ami`: ami 127.0.0.1:5038 has no secret; give the secret of its manager.conf user (a [sipwarden] section with read = security), as secret or in a secret_file (in [jail.a])",
             ),
             (
                 "[jail.a]\nami = { secret = \"x\\r\\nAction: Originate\" }\n",
@@ -599,7 +599,7 @@ bantime = -1
             ),
             (
                 "[jail.a]\nami = { secret = \"x\", password = \"y\" }\n",
-                "test.toml:2:7: key `ami`: ami: unknown field `password`, expected one of `host`, `port`, `username`, `secret` (in [jail.a])",
+                "test.toml:2:7: key `ami`: ami: unknown field `password`, expected one of `host`, `port`, `username`, `secret`, `secret_file` (in [jail.a])",
             ),
             (
                 "[jail.a]\nami = []\n",
@@ -607,7 +607,7 @@ bantime = -1
             ),
             (
                 "[jail.a]\nami = \"127.0.0.1\"\n",
-                "test.toml:2:7: key `ami`: ami must be a table { host, port, username, secret } or an array of such tables (in [jail.a])",
+                "test.toml:2:7: key `ami`: ami must be a table { host, port, username, secret or secret_file } or an array of such tables (in [jail.a])",
             ),
         ] {
             let e = error(text);
@@ -660,6 +660,51 @@ bantime = -1
             e.starts_with("test.toml:2:7:") && e.contains("hep.allow"),
             "{e}"
         );
+    }
+
+    /// `ami.secret_file`: the secret read from a file at load (its final
+    /// line end dropped); a file that cannot be used is named, its content
+    /// never shown.
+    #[test]
+    fn ami_secret_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("sipwarden-amisecret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ami.secret");
+        std::fs::write(&file, "t0p-s3cret\n").unwrap();
+        let text = |extra: &str| {
+            format!(
+                "[jail.a]\nami = {{ secret_file = \"{}\"{extra} }}\n",
+                file.display()
+            )
+        };
+        let c = parse(&text("")).unwrap();
+        assert_eq!(c.jails[0].ami[0].secret, "t0p-s3cret");
+        let first = |t: &str| error(t).lines().next().unwrap_or_default().to_string();
+        assert!(
+            first(&text(", secret = \"x\"")).contains("secret and secret_file are both set"),
+            "{}",
+            first(&text(", secret = \"x\""))
+        );
+        std::fs::write(&file, "two\nlines\n").unwrap();
+        let e = first(&text(""));
+        assert!(e.contains("secret must be non-empty, on one line"), "{e}");
+        assert!(!e.contains("two"), "the content is never shown: {e}");
+        std::fs::write(&file, "").unwrap();
+        assert!(first(&text("")).contains(": is empty"));
+        std::fs::write(&file, vec![b'x'; 5000]).unwrap();
+        assert!(first(&text("")).contains("is larger than 4096 bytes"));
+        let e = first("[jail.a]\nami = { secret_file = \"ami.secret\" }\n");
+        assert!(
+            e.contains("secret_file ami.secret: must be an absolute path"),
+            "{e}"
+        );
+        let e = first(&format!(
+            "[jail.a]\nami = {{ secret_file = \"{}\" }}\n",
+            dir.display()
+        ));
+        assert!(e.contains("is not a regular file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -56,7 +56,11 @@ struct RawAmi {
     port: Option<u16>,
     username: Option<String>,
     secret: Option<String>,
+    secret_file: Option<PathBuf>,
 }
+
+/// Largest `ami.secret_file` read.
+const MAX_SECRET_FILE: u64 = 4096;
 
 /// A jail's `wire` table as written.
 #[derive(Debug, Deserialize)]
@@ -195,14 +199,32 @@ pub enum AmiConfigError {
     #[error("ami: {}", .0.message())]
     Table(toml::de::Error),
     /// Neither a table nor an array of tables.
-    #[error("ami must be a table {{ host, port, username, secret }} or an array of such tables")]
+    #[error(
+        "ami must be a table {{ host, port, username, secret or secret_file }} or an array of such tables"
+    )]
     Shape,
     /// `ami = []`.
     #[error("ami is an empty list; give at least one {{ host, port, username, secret }}")]
     Empty,
+    /// Both `secret` and `secret_file`.
+    #[error("ami {peer}: secret and secret_file are both set; keep one")]
+    TwoSecrets {
+        /// `host:port`.
+        peer: String,
+    },
+    /// A `secret_file` that cannot be used; never its content.
+    #[error("ami {peer}: secret_file {}: {why}", path.display())]
+    SecretFile {
+        /// `host:port`.
+        peer: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// No `secret` (Asterisk has no default one).
     #[error(
-        "ami {peer} has no secret; give the secret of its manager.conf user (a [{user}] section with read = security)"
+        "ami {peer} has no secret; give the secret of its manager.conf user (a [{user}] section with read = security), as secret or in a secret_file"
     )]
     NoSecret {
         /// `host:port`.
@@ -251,10 +273,17 @@ pub fn ami_peers(v: &toml::Value) -> Result<Vec<AmiPeer>, AmiConfigError> {
                     key: "username",
                 });
             }
-            peer.secret = r.secret.ok_or_else(|| AmiConfigError::NoSecret {
-                peer: label.clone(),
-                user: peer.username.clone(),
-            })?;
+            peer.secret = match (r.secret, r.secret_file) {
+                (Some(_), Some(_)) => return Err(AmiConfigError::TwoSecrets { peer: label }),
+                (Some(s), None) => s,
+                (None, Some(path)) => secret_file(&label, path)?,
+                (None, None) => {
+                    return Err(AmiConfigError::NoSecret {
+                        peer: label,
+                        user: peer.username,
+                    });
+                }
+            };
             if !one_line(&peer.secret) {
                 return Err(AmiConfigError::BadValue {
                     peer: label,
@@ -264,6 +293,39 @@ pub fn ami_peers(v: &toml::Value) -> Result<Vec<AmiPeer>, AmiConfigError> {
             Ok(peer)
         })
         .collect()
+}
+
+/// Reads `ami.secret_file`: an absolute path to a regular file of at most
+/// [`MAX_SECRET_FILE`] bytes of UTF-8, the secret on its first line (a
+/// final line end is not part of it). What goes wrong names the file,
+/// never its content.
+fn secret_file(peer: &str, path: PathBuf) -> Result<String, AmiConfigError> {
+    let err = |path: &PathBuf, why: &str| AmiConfigError::SecretFile {
+        peer: peer.to_string(),
+        path: path.clone(),
+        why: why.to_string(),
+    };
+    if !path.is_absolute() {
+        return Err(err(&path, "must be an absolute path"));
+    }
+    let meta = std::fs::metadata(&path).map_err(|e| err(&path, &e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err(&path, "is not a regular file"));
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(err(
+            &path,
+            &format!("is larger than {MAX_SECRET_FILE} bytes"),
+        ));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| err(&path, &e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| err(&path, "is not UTF-8 text"))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(err(&path, "is empty"));
+    }
+    Ok(secret.to_string())
 }
 
 impl WireConfig {
