@@ -342,6 +342,15 @@ mod tests {
         assert_eq!(ban_reason(&o[0]), Some((BanReason::Burst, 3)));
     }
 
+    /// The rule keeps nothing per address: it reads the failure times the
+    /// jail keeps for maxretry, so a tracked address is as large as before
+    /// (W4: bytes per tracked address).
+    #[test]
+    fn no_state_per_address() {
+        assert_eq!(std::mem::size_of::<crate::jail::Track>(), 24);
+        assert_eq!(std::mem::size_of::<Times>(), 16);
+    }
+
     /// The corpus at FreeSWITCH's pace (each event's own time from the
     /// capture): svcrack's wrong passwords, its user agent hidden (the
     /// scanner flag cleared, `ban_scanners` off), are banned at the 3rd
