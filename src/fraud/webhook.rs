@@ -2,9 +2,10 @@
 //! the blocklist feeds) on a blocking thread, a timeout each, a few at
 //! once, failures logged.
 //!
-//! Not on the action runner: the runner runs `sh -c` commands, and a
-//! firing carries caller-written numbers and names, which never go near a
-//! shell; here they are JSON strings in a body.
+//! Not on the action runner: fraud fires in the Event Socket task, while the
+//! runner belongs to the run loop (its `sh -c` commands are no place for
+//! caller-written numbers either); here they are JSON strings in a body.
+//! Unsigned and without retries, unlike a jail's `notify` webhooks.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
