@@ -191,21 +191,88 @@ fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Ve
     p
 }
 
-fn wire(c: &mut Criterion) {
-    use sipwarden::source::sip::{Tracker, parse_sip};
-    use sipwarden::source::wire::transport;
-    // Alternating REGISTER-with-credentials and its 401, from 5,000 clients.
-    let packets: Vec<(Vec<u8>, bool)> = (0..N as u32)
+/// The wire and HEP benches' traffic: REGISTER with credentials and its
+/// 401, alternating, from 5,000 clients; each message with its client
+/// and direction (`true`: from the client).
+fn sip_traffic() -> Vec<(String, [u8; 4], bool)> {
+    (0..N as u32)
         .map(|i| {
             let client = [10, 9, (i / 2 / 250 % 250) as u8, (1 + i / 2 % 250) as u8];
             let call = i / 2;
             if i % 2 == 0 {
-                let m = format!("REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.1:5062;branch=z9hG4bK{call}\r\nFrom: <sip:1009@10.0.0.1>;tag={call}\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nAuthorization: Digest username=\"1009\", realm=\"x\", nonce=\"n\", uri=\"sip:10.0.0.1\", response=\"r\"\r\nUser-Agent: Yealink SIP-T46S\r\nContent-Length: 0\r\n\r\n");
-                (udp(client, 5062, [10, 0, 0, 1], 5060, m.as_bytes()), true)
+                (format!("REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.1:5062;branch=z9hG4bK{call}\r\nFrom: <sip:1009@10.0.0.1>;tag={call}\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nAuthorization: Digest username=\"1009\", realm=\"x\", nonce=\"n\", uri=\"sip:10.0.0.1\", response=\"r\"\r\nUser-Agent: Yealink SIP-T46S\r\nContent-Length: 0\r\n\r\n"), client, true)
             } else {
-                let m = format!("SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 10.9.0.1:5062;branch=z9hG4bK{call}\r\nFrom: <sip:1009@10.0.0.1>;tag={call}\r\nTo: <sip:1009@10.0.0.1>;tag=srv\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nWWW-Authenticate: Digest realm=\"x\", nonce=\"n2\"\r\nContent-Length: 0\r\n\r\n");
-                (udp([10, 0, 0, 1], 5060, client, 5062, m.as_bytes()), false)
+                (format!("SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 10.9.0.1:5062;branch=z9hG4bK{call}\r\nFrom: <sip:1009@10.0.0.1>;tag={call}\r\nTo: <sip:1009@10.0.0.1>;tag=srv\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nWWW-Authenticate: Digest realm=\"x\", nonce=\"n2\"\r\nContent-Length: 0\r\n\r\n"), client, false)
             }
+        })
+        .collect()
+}
+
+/// The HEP intake on the wire bench's traffic, each message wrapped in
+/// HEPv3 as Kamailio sends it (with an auth key): allow check, decoding,
+/// key check, SIP parsing and pairing, per message.
+fn hep(c: &mut Criterion) {
+    use sipwarden::source::hep::decode::encode_sip;
+    use sipwarden::source::hep::{HepConfig, HepIntake};
+    let server = std::net::IpAddr::from([10, 0, 0, 1]);
+    let packets: Vec<Vec<u8>> = sip_traffic()
+        .into_iter()
+        .map(|(m, client, from_client)| {
+            let client = (std::net::IpAddr::from(client), 5062);
+            let (src, dst) = if from_client {
+                (client, (server, 5060))
+            } else {
+                ((server, 5060), client)
+            };
+            encode_sip(src, dst, 17, Some(b"a-long-random-key"), m.as_bytes())
+        })
+        .collect();
+    let sender = std::net::IpAddr::from([127, 0, 0, 1]);
+    let cfg = HepConfig {
+        listen: "127.0.0.1:9060".parse().unwrap(),
+        password: Some("a-long-random-key".into()),
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+    };
+    let scanners = Arc::new(ScannerList::new(DEFAULT_SCANNERS));
+    let mut g = c.benchmark_group("hep");
+    g.throughput(Throughput::Elements(packets.len() as u64));
+    g.bench_function("sip_message", |b| {
+        b.iter_batched_ref(
+            || {
+                HepIntake::new(
+                    JailId(0),
+                    cfg.clone(),
+                    scanners.clone(),
+                    Arc::default(),
+                    Arc::default(),
+                )
+            },
+            |intake| {
+                let mut out = Vec::new();
+                for p in &packets {
+                    let _ = black_box(intake.packet(sender, p, NOW, &mut out));
+                }
+                black_box(out);
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn wire(c: &mut Criterion) {
+    use sipwarden::source::sip::{Tracker, parse_sip};
+    use sipwarden::source::wire::transport;
+    // The traffic of `sip_traffic`, as IPv4/UDP packets.
+    let packets: Vec<(Vec<u8>, bool)> = sip_traffic()
+        .into_iter()
+        .map(|(m, client, from_client)| {
+            let p = if from_client {
+                udp(client, 5062, [10, 0, 0, 1], 5060, m.as_bytes())
+            } else {
+                udp([10, 0, 0, 1], 5060, client, 5062, m.as_bytes())
+            };
+            (p, from_client)
         })
         .collect();
     let scanners = ScannerList::new(DEFAULT_SCANNERS);
@@ -230,5 +297,5 @@ fn wire(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, esl, jail, log_filter, wire);
+criterion_group!(benches, esl, jail, log_filter, wire, hep);
 criterion_main!(benches);

@@ -655,6 +655,13 @@ bantime = -1
             "{:?}",
             c.warnings
         );
+        // The example in docs/sources.md is a valid jail.
+        let block = include_str!("../../docs/sources.md")
+            .split("```toml\n")
+            .find(|b| b.starts_with("[jail.kamailio-hep]"))
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        assert!(parse(block).unwrap().jails[0].hep.is_some(), "{block}");
         let e = error("[jail.kam]\nhep = { listen = \"0.0.0.0:9060\" }\n");
         assert!(
             e.starts_with("test.toml:2:7:") && e.contains("hep.allow"),
