@@ -91,6 +91,8 @@ pub struct Watch {
     evicted: u64,
     /// Calls not kept because an account had [`MAX_LIVE`] live.
     overflow: u64,
+    /// Firings so far: warning, critical.
+    firings: [u64; 2],
 }
 
 /// A firing as status shows it (account and numbers escaped).
@@ -144,6 +146,21 @@ pub struct FraudView {
     pub evicted: u64,
     /// Calls not kept at the per-account bound.
     pub overflow: u64,
+    /// Warning firings so far.
+    #[serde(default)]
+    pub warnings: u64,
+    /// Critical firings so far.
+    #[serde(default)]
+    pub criticals: u64,
+    /// `uuid_kill` sent so far.
+    #[serde(default)]
+    pub hangups_sent: u64,
+    /// ... that FreeSWITCH confirmed.
+    #[serde(default)]
+    pub hangups_confirmed: u64,
+    /// ... refused, failed or not sent.
+    #[serde(default)]
+    pub hangups_failed: u64,
 }
 
 fn cut(s: &str) -> Box<str> {
@@ -176,6 +193,7 @@ impl Watch {
             fired: VecDeque::new(),
             evicted: 0,
             overflow: 0,
+            firings: [0; 2],
         }
     }
 
@@ -426,6 +444,7 @@ impl Watch {
                 banned: Vec::new(),
             };
             orders.push(Order::Fired(firing));
+            self.firings[usize::from(level == Level::Critical)] += 1;
             if acts.hangup {
                 for (u, dest, _, _, done) in &calls {
                     if *done {
@@ -499,6 +518,9 @@ impl Watch {
             fired: self.fired.iter().cloned().collect(),
             evicted: self.evicted,
             overflow: self.overflow,
+            warnings: self.firings[0],
+            criticals: self.firings[1],
+            ..FraudView::default()
         }
     }
 

@@ -176,6 +176,64 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
         "Packets a HEP source dropped, per source and reason (sender outside allow, wrong auth key, malformed).",
         dropped,
     );
+    // Toll fraud, per Event Socket with rules.
+    let fraud = |f: &dyn Fn(&crate::fraud::FraudView) -> Vec<(&'static str, u64)>, key: &str| {
+        s.jails
+            .iter()
+            .flat_map(|j| {
+                j.sources
+                    .iter()
+                    .filter_map(move |src| Some((j, src, src.fraud.as_ref()?)))
+            })
+            .flat_map(|(j, src, fv)| {
+                f(fv).into_iter().map(move |(v, n)| {
+                    let extra = if key.is_empty() {
+                        String::new()
+                    } else {
+                        format!(",{key}=\"{v}\"")
+                    };
+                    (
+                        format!(
+                            "{{jail=\"{}\",source=\"{}\"{extra}}}",
+                            label(&j.name),
+                            label(&src.path)
+                        ),
+                        n.to_string(),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "sipwarden_fraud_firings_total",
+        "counter",
+        "Toll-fraud rules fired, per Event Socket and level.",
+        fraud(
+            &|f| vec![("warning", f.warnings), ("critical", f.criticals)],
+            "level",
+        ),
+    );
+    family(
+        "sipwarden_fraud_hangups_total",
+        "counter",
+        "uuid_kill sent for toll fraud, and what FreeSWITCH answered, per Event Socket.",
+        fraud(
+            &|f| {
+                vec![
+                    ("sent", f.hangups_sent),
+                    ("confirmed", f.hangups_confirmed),
+                    ("failed", f.hangups_failed),
+                ]
+            },
+            "result",
+        ),
+    );
+    family(
+        "sipwarden_fraud_accounts",
+        "gauge",
+        "Accounts whose calls a toll-fraud watch follows, per Event Socket.",
+        fraud(&|f| vec![("", f.accounts as u64)], ""),
+    );
     family(
         "sipwarden_firewall_errors_total",
         "counter",

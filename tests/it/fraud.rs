@@ -653,5 +653,15 @@ fn dashboard_shows_what_fired_with_the_account_as_text() {
     assert!(browser.elements("#pwned").is_empty(), "markup stays text");
     let watched = text("#fraud-watch tbody tr");
     assert!(watched.iter().any(|r| r.contains(account)), "{watched:?}");
+    // Counted for Prometheus too.
+    let (_, metrics) = crate::http::http(port, "GET", "/metrics", None, None);
+    let src = format!("source=\"127.0.0.1:{}\"", esl.port);
+    for want in [
+        format!("sipwarden_fraud_firings_total{{jail=\"pbx\",{src},level=\"critical\"}} 1"),
+        format!("sipwarden_fraud_hangups_total{{jail=\"pbx\",{src},result=\"sent\"}} 2"),
+        format!("sipwarden_fraud_accounts{{jail=\"pbx\",{src}}} 1"),
+    ] {
+        assert!(metrics.contains(&want), "{want} in {metrics}");
+    }
     assert!(d.stop().is_some_and(|s| s.success()));
 }

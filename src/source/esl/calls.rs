@@ -338,7 +338,13 @@ impl CallWatch {
 
     /// What status shows.
     pub fn view(&self, now: Time) -> FraudView {
-        self.watch.lock().map(|w| w.view(now)).unwrap_or_default()
+        let v = self.watch.lock().map(|w| w.view(now)).unwrap_or_default();
+        FraudView {
+            hangups_sent: self.kills.sent.load(Ordering::Relaxed),
+            hangups_confirmed: self.kills.confirmed.load(Ordering::Relaxed),
+            hangups_failed: self.kills.failed.load(Ordering::Relaxed),
+            ..v
+        }
     }
 }
 
