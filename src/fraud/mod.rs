@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod rule;
+pub mod view;
 pub mod watch;
 pub mod webhook;
 
@@ -31,7 +32,8 @@ use std::net::IpAddr;
 use crate::event::Time;
 
 pub use self::rule::{Actions, FraudRule, Hours, Level, Limit, Metric, Prefixes, Threshold};
-pub use self::watch::{FraudView, Watch};
+pub use self::view::FraudView;
+pub use self::watch::Watch;
 
 /// A channel's `Unique-ID`, checked to be a UUID: the one value from an
 /// event that goes into a command (`uuid_kill`), written back from its

@@ -353,46 +353,52 @@ mod tests {
     use super::*;
     use crate::source::esl::FrameBuffer;
 
-    fn corpus() -> Option<Vec<u8>> {
+    fn corpus(file: &str) -> Option<Vec<u8>> {
         std::fs::read(format!(
-            "{}/../shared/corpus/freeswitch-1.10.12/calls/esl-calls-plain.raw",
+            "{}/../shared/corpus/freeswitch-1.10.12/calls/{file}",
             env!("CARGO_MANIFEST_DIR")
         ))
         .ok()
     }
 
-    /// The capture's channel events: inbound A-legs only (the voicemail
-    /// loopback legs and B-legs are not calls of an account), accounts
-    /// from the authenticated user, numbers as dialled.
+    /// The capture's channel events, plain and JSON: inbound A-legs only
+    /// (the voicemail loopback legs and B-legs are not calls of an
+    /// account), accounts from the authenticated user, numbers as dialled.
     #[test]
-    fn the_capture_reads_as_eight_a_legs() {
+    fn the_capture_reads_as_eight_a_legs_in_both_formats() {
         if !crate::test_support::need("corpus") {
             return;
         }
-        let raw = corpus().expect("../shared/corpus/freeswitch-1.10.12/calls/esl-calls-plain.raw");
-        let mut fb = FrameBuffer::default();
-        fb.extend(&raw);
-        let mut evs = Vec::new();
-        fb.drain(|f| {
-            if let Some(h) = named(&f) {
-                evs.extend(call_event(&h, Time(1_796_066_170_000)));
-            }
-        })
-        .unwrap();
-        let creates: Vec<(&str, &str)> = evs
-            .iter()
-            .filter(|e| e.kind == CallKind::Create)
-            .map(|e| (&*e.account, &*e.dest))
-            .collect();
-        assert_eq!(creates.len(), 8, "{creates:?}");
-        assert_eq!(creates[0], ("1001", "9196"));
-        assert!(creates.contains(&("1002", "0900123456")));
-        assert!(!creates.iter().any(|c| c.1 == "voicemail"));
-        assert_eq!(evs.iter().filter(|e| e.kind == CallKind::Answer).count(), 8);
-        assert!(
-            evs.iter()
-                .all(|e| e.source == Some("10.77.0.5".parse().unwrap()))
-        );
+        for file in ["esl-calls-plain.raw", "esl-calls-json.raw"] {
+            let raw = corpus(file).expect("../shared/corpus/freeswitch-1.10.12/calls");
+            let mut fb = FrameBuffer::default();
+            fb.extend(&raw);
+            let mut evs = Vec::new();
+            fb.drain(|f| {
+                if let Some(h) = named(&f) {
+                    evs.extend(call_event(&h, Time(1_796_066_170_000)));
+                }
+            })
+            .unwrap();
+            let creates: Vec<(&str, &str)> = evs
+                .iter()
+                .filter(|e| e.kind == CallKind::Create)
+                .map(|e| (&*e.account, &*e.dest))
+                .collect();
+            assert_eq!(creates.len(), 8, "{file}: {creates:?}");
+            assert_eq!(creates[0], ("1001", "9196"), "{file}");
+            assert!(creates.contains(&("1002", "0900123456")), "{file}");
+            assert!(!creates.iter().any(|c| c.1 == "voicemail"), "{file}");
+            let answers = evs.iter().filter(|e| e.kind == CallKind::Answer).count();
+            assert_eq!(answers, 8, "{file}");
+            assert!(
+                evs.iter()
+                    .all(|e| e.source == Some("10.77.0.5".parse().unwrap())),
+                "{file}"
+            );
+            // Own times within a minute of "now" are kept: 19:16:03.627.
+            assert_eq!(evs[0].time, Time(1_796_066_163_627), "{file}");
+        }
     }
 
     /// A Unique-ID that is not a UUID is not followed: it could never be
