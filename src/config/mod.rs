@@ -637,6 +637,18 @@ bantime = -1
             let c = parse(&text).unwrap();
             assert!(!c.jails[0].fraud.is_empty(), "{text}");
         }
+        // The default configuration's commented rule, uncommented.
+        let rule: String = DEFAULT_CONFIG
+            .split("# [[fraud]]")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&format!("{DEFAULT_CONFIG}\n[[fraud]]{rule}\n")).unwrap();
+        let esl = c.jails.iter().find(|j| j.name == "freeswitch-esl").unwrap();
+        assert_eq!(esl.fraud[0].name, "international-night");
     }
 
     /// Issue 20: a `hep` jail reads; beyond loopback without a password
