@@ -470,7 +470,14 @@ fn ban_new(
     account: &str,
     orders: &mut Vec<Order>,
 ) {
-    let Some(addr) = source else { return };
+    let Some(addr) = source else {
+        tracing::warn!(
+            "fraud rule {}: a call of account \"{}\" has no source address to ban",
+            rule.name,
+            escape_text(account, MAX_TEXT)
+        );
+        return;
+    };
     if st.banned.contains(&addr) || st.banned.len() >= MAX_BANNED {
         return;
     }
