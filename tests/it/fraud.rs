@@ -181,50 +181,56 @@ impl Esl {
         let calls: Arc<Mutex<HashMap<String, Call>>> = Arc::default();
         let (o, c, k, known) = (out.clone(), commands.clone(), kills.clone(), calls.clone());
         std::thread::spawn(move || {
-            let Ok((mut s, _)) = listener.accept() else {
-                return;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-            let _ = s.write_all(b"Content-Type: auth/request\n\n");
-            let Some(auth) = read_command(&mut s) else {
-                return;
-            };
-            c.lock().unwrap().push(auth);
-            let _ = s.write_all(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n");
-            let Some(sub) = read_command(&mut s) else {
-                return;
-            };
-            c.lock().unwrap().push(sub);
-            let _ = s.write_all(
-                b"Content-Type: command/reply\nReply-Text: +OK event listener enabled plain\n\n",
-            );
-            *o.lock().unwrap() = Some(s.try_clone().unwrap());
-            for job in 0..100_000u32 {
-                let Some(cmd) = read_command(&mut s) else {
+            // A few connections in turn (the daemon reconnects after a
+            // reload); job ids run on across them.
+            let mut job = 0u32;
+            for _ in 0..5 {
+                let Ok((mut s, _)) = listener.accept() else {
                     return;
                 };
-                c.lock().unwrap().push(cmd.clone());
-                let Some(uuid) = cmd.strip_prefix("bgapi uuid_kill ") else {
-                    let _ = s.write_all(
-                        b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n",
-                    );
+                let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+                let _ = s.write_all(b"Content-Type: auth/request\n\n");
+                let Some(auth) = read_command(&mut s) else {
                     continue;
                 };
-                k.lock().unwrap().push((uuid.to_string(), Instant::now()));
-                let job_id = format!("00000000-0000-4000-8000-{job:012x}");
-                let killed = known.lock().unwrap().get(uuid).cloned();
-                let mut guard = o.lock().unwrap();
-                let Some(w) = guard.as_mut() else { return };
-                let _ = w.write_all(
-                    format!("Content-Type: command/reply\nReply-Text: +OK Job-UUID: {job_id}\nJob-UUID: {job_id}\n\n").as_bytes(),
+                c.lock().unwrap().push(auth);
+                let _ = s.write_all(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n");
+                let Some(sub) = read_command(&mut s) else {
+                    continue;
+                };
+                c.lock().unwrap().push(sub);
+                let _ = s.write_all(
+                    b"Content-Type: command/reply\nReply-Text: +OK event listener enabled plain\n\n",
                 );
-                let bg = format!(
-                    "Event-Name: BACKGROUND_JOB\nJob-UUID: {job_id}\nJob-Command: uuid_kill\nContent-Length: 4\n\n+OK\n"
-                );
-                let _ = w.write_all(&frame(&bg));
-                // The channel ends: its hang-up, as FreeSWITCH sends it.
-                if let Some(killed) = killed {
-                    let _ = w.write_all(&templates.event("hangup", &killed));
+                *o.lock().unwrap() = Some(s.try_clone().unwrap());
+                while job < 100_000 {
+                    let Some(cmd) = read_command(&mut s) else {
+                        break;
+                    };
+                    c.lock().unwrap().push(cmd.clone());
+                    let Some(uuid) = cmd.strip_prefix("bgapi uuid_kill ") else {
+                        let _ = s.write_all(
+                            b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n",
+                        );
+                        continue;
+                    };
+                    job += 1;
+                    k.lock().unwrap().push((uuid.to_string(), Instant::now()));
+                    let job_id = format!("00000000-0000-4000-8000-{job:012x}");
+                    let killed = known.lock().unwrap().get(uuid).cloned();
+                    let mut guard = o.lock().unwrap();
+                    let Some(w) = guard.as_mut() else { break };
+                    let _ = w.write_all(
+                        format!("Content-Type: command/reply\nReply-Text: +OK Job-UUID: {job_id}\nJob-UUID: {job_id}\n\n").as_bytes(),
+                    );
+                    let bg = format!(
+                        "Event-Name: BACKGROUND_JOB\nJob-UUID: {job_id}\nJob-Command: uuid_kill\nContent-Length: 4\n\n+OK\n"
+                    );
+                    let _ = w.write_all(&frame(&bg));
+                    // The channel ends: its hang-up, as FreeSWITCH sends it.
+                    if let Some(killed) = killed {
+                        let _ = w.write_all(&templates.event("hangup", &killed));
+                    }
                 }
             }
         });
@@ -663,5 +669,50 @@ fn dashboard_shows_what_fired_with_the_account_as_text() {
     ] {
         assert!(metrics.contains(&want), "{want} in {metrics}");
     }
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
+
+/// Rules follow a reload: removed, the connection is made again with the
+/// subscription it has without rules (no call events), and calls are no
+/// longer watched.
+#[test]
+fn a_reload_without_rules_subscribes_without_call_events() {
+    let Some(t) = Templates::load() else { return };
+    let t = Arc::new(t);
+    let esl = Esl::start(TcpListener::bind("127.0.0.1:0").unwrap(), t.clone());
+    let dir = TempDir::new("fraudreload");
+    let rule = "[[fraud]]\nname = \"premium\"\nprefixes = [\"0900\"]\n\
+                concurrent_calls = { critical = 2 }\ncritical = [\"hangup\"]\n";
+    let cfg = write_config(&dir, esl.port, "backend = \"none\"", rule);
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(esl.connected(Duration::from_secs(30)));
+    for n in 0..2 {
+        esl.call(&t, "create", &call(n, "1002", "0900123", "192.0.2.9"));
+    }
+    assert!(wait_until(Duration::from_secs(10), || esl.killed().len() == 2));
+    let subs = || -> Vec<String> {
+        esl.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("event "))
+            .cloned()
+            .collect()
+    };
+    assert!(subs()[0].contains("CHANNEL_CREATE"));
+
+    write_config(&dir, esl.port, "backend = \"none\"", "");
+    assert!(cli(&dir, &["reload"]).status.success());
+    assert!(
+        wait_until(Duration::from_secs(20), || subs().len() == 2),
+        "the connection is made again"
+    );
+    assert!(!subs()[1].contains("CHANNEL_"), "{:?}", subs());
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 2..6 {
+        esl.call(&t, "create", &call(n, "1002", "0900123", "192.0.2.9"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(esl.killed().len(), 2, "no rule, no hang-up");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
