@@ -42,5 +42,8 @@ n=0
 for _ in $(seq 600); do n=$(count); [ "$n" -ge "$DUE" ] && break; sleep 0.05; done
 T1=$(date +%s.%N)
 RSS=$(ps -o rss= -p "$PID" | tr -d ' ')
-echo "W2 | due bans | in kernel | seconds until all in kernel | daemon RSS KiB"
-echo "W2 | $DUE | $n | $(echo "$T1 - $T0" | bc -l | cut -c1-6) | $RSS"
+# Of which anonymous (heap, stacks): the rest is the executable's pages,
+# shared and clean, which grow with the binary, not with the burst.
+ANON=$(awk '/^RssAnon:/ {print $2}' "/proc/$PID/status")
+echo "W2 | due bans | in kernel | seconds until all in kernel | daemon RSS KiB | anonymous KiB"
+echo "W2 | $DUE | $n | $(echo "$T1 - $T0" | bc -l | cut -c1-6) | $RSS | $ANON"
