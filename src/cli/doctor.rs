@@ -472,6 +472,8 @@ fn esl(jail: &str, p: &EslPeer) -> Vec<Check> {
 /// Logs in to an Asterisk manager as the daemon does, and out again.
 fn ami(jail: &str, p: &AmiPeer) -> Check {
     let label = format!("[{jail}] manager interface {}", p.label());
+    // The errors name the peer themselves.
+    let failed = format!("[{jail}] manager interface");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -494,9 +496,9 @@ fn ami(jail: &str, p: &AmiPeer) -> Check {
         Err(
             e @ (crate::source::ami::AmiError::Login { .. }
             | crate::source::ami::AmiError::NotAmi { .. }),
-        ) => fail(format!("{label}: {e}"), ""),
+        ) => fail(format!("{failed} {e}"), ""),
         Err(e) => fail(
-            format!("{label}: {e}"),
+            format!("{failed} {e}"),
             "is Asterisk running with its manager on? manager.conf: [general] enabled = yes, port, bindaddr",
         ),
     }
