@@ -399,3 +399,100 @@ fn kamailio_hep_bans_a_tls_attacker_the_wire_cannot_see() {
     assert!(d.lines_with("[wire] Ban").is_empty());
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// A port free for both UDP and TCP on loopback right now.
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// A REGISTER with credentials from `client` and its 403, as HEPv3 with
+/// `key` (the server 10.0.0.1 mirroring them).
+fn rejected(client: &str, call: u32, key: &[u8]) -> [Vec<u8>; 2] {
+    use sipwarden::source::hep::decode::encode_sip;
+    let c = (client.parse().unwrap(), 5062);
+    let s = ("10.0.0.1".parse().unwrap(), 5060);
+    let reg = format!(
+        "REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.99:5062;branch=z9hG4bK{call}\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nAuthorization: Digest username=\"1009\"\r\nContent-Length: 0\r\n\r\n"
+    );
+    let ans = format!(
+        "SIP/2.0 403 Forbidden\r\nTo: <sip:1009@10.0.0.1>;tag=s\r\nCall-ID: {call}@x\r\nCSeq: 2 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    );
+    [
+        encode_sip(c, s, 17, Some(key), reg.as_bytes()),
+        encode_sip(s, c, 17, Some(key), ans.as_bytes()),
+    ]
+}
+
+/// Issue 20: the HEP sender is never banned, even for failures the HEP
+/// packets say it made (no ignoreip, no ignoreself here: only the sender
+/// record protects it), while the address it reports is; packets from
+/// outside `allow` or with a wrong key are dropped and counted in status.
+#[test]
+fn hep_senders_are_never_banned_and_outsiders_are_dropped() {
+    let dir = TempDir::new("hepsend");
+    let port = free_port();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 2\nignoreip = []\nignoreself = false\n[firewall]\nbackend = \"none\"\n\n[jail.hep]\nhep = {{ listen = \"127.0.0.1:{port}\", password = \"k\", allow = [\"127.0.0.2\"] }}\nburst = false\n",
+            daemon_section(&dir)
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for("hep: listening on", Duration::from_secs(30))
+            .is_some()
+    );
+    let to = ("127.0.0.1", port);
+    let sender = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let outsider = UdpSocket::bind("127.0.0.3:0").unwrap();
+    let send = |s: &UdpSocket, pkts: [Vec<u8>; 2]| {
+        for p in pkts {
+            s.send_to(&p, to).unwrap();
+        }
+    };
+    for i in 0..3 {
+        // From outside allow, with the right key; from the sender with a
+        // wrong key: dropped.
+        send(&outsider, rejected("198.51.100.9", 100 + i, b"k"));
+        send(&sender, rejected("198.51.100.10", 200 + i, b"wrong"));
+        // The sender's own address as the client: never banned.
+        send(&sender, rejected("127.0.0.2", 300 + i, b"k"));
+    }
+    for i in 0..3 {
+        send(&sender, rejected("192.0.2.7", 400 + i, b"k"));
+    }
+    let ban = d.wait_for("[hep] Ban 192.0.2.7", Duration::from_secs(20));
+    assert!(
+        ban.is_some_and(|b| b.contains("(2 failures")),
+        "the reported address is banned"
+    );
+    for addr in ["127.0.0.2", "198.51.100.9", "198.51.100.10"] {
+        assert!(
+            d.lines_with(&format!("Ban {addr}")).is_empty(),
+            "{addr} banned"
+        );
+    }
+    let s: serde_json::Value =
+        serde_json::from_slice(&cli(&dir, &["status", "hep", "--json"]).stdout).unwrap();
+    let src = &s["result"]["sources"][0];
+    assert_eq!(src["kind"], "hep", "{s}");
+    assert_eq!(src["dropped_sender"], 6, "{s}");
+    assert_eq!(src["dropped_auth"], 6, "{s}");
+    assert_eq!(src["lines"], 12, "{s}");
+    let text = String::from_utf8_lossy(&cli(&dir, &["status", "hep"]).stdout).into_owned();
+    assert!(
+        text.contains("6 dropped from senders outside allow"),
+        "{text}"
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
