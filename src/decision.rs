@@ -37,6 +37,8 @@ pub enum BanReason {
     Manual,
     /// Another node of the cluster decided it.
     Cluster,
+    /// A toll-fraud rule on live calls asked for it (`[[fraud]]`).
+    Fraud,
 }
 
 /// Why an address was unbanned.
@@ -127,6 +129,7 @@ impl fmt::Display for BanDecision {
             ),
             BanReason::Manual => write!(f, "manual, {})", self.bantime),
             BanReason::Cluster => write!(f, "cluster, {})", self.bantime),
+            BanReason::Fraud => write!(f, "toll fraud, {})", self.bantime),
         }
     }
 }

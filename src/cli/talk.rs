@@ -412,6 +412,6 @@ pub fn render(req: &Request, resp: &Response) -> String {
             Err(_) => "(unreadable answer)\n".into(),
         },
         Request::Reload { .. } => format!("reloaded: {}\n", v["config"].as_str().unwrap_or("?")),
-        Request::Recent {} => format!("{v}\n"),
+        Request::Recent {} | Request::FraudBan { .. } => format!("{v}\n"),
     }
 }

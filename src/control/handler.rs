@@ -76,6 +76,27 @@ pub fn answer(d: &mut impl Daemon, req: Request, now: Time) -> Answer {
                 Err(e) => Response::error(e.to_string()),
             }
         }
+        Request::FraudBan {
+            jail,
+            addr,
+            duration,
+        } => {
+            let bantime = match duration.as_deref().map(parse_ban_length).transpose() {
+                Ok(b) => b,
+                Err(e) => return Answer::Now(Response::error(e.to_string())),
+            };
+            let net = ipnet::IpNet::from(crate::event::canonical(addr));
+            match d.jails().fraud_ban(&jail, net, bantime, now) {
+                Ok(d) => {
+                    let view = serde_json::json!({
+                        "jail": d.jail_name.to_string(),
+                        "addr": DisplayNet(&d.addr).to_string(),
+                    });
+                    return Answer::After(vec![Decision::Ban(d)], view);
+                }
+                Err(e) => Response::error(e.to_string()),
+            }
+        }
         Request::Unban { addr, jail, all } => {
             let net = match (&addr, all) {
                 (Some(a), false) => match parse_prefix(a) {
@@ -267,6 +288,35 @@ mod tests {
             }
             Answer::Now(r) => panic!("answered at once: {:?}", r.error),
         }
+    }
+
+    /// Issue 21: a toll-fraud rule's ban goes the way of a ban by hand
+    /// (ignoreip respected, never forced) with its own reason; it is never
+    /// a request the socket can carry.
+    #[test]
+    fn fraud_bans_take_the_manual_path_with_their_reason() {
+        let mut d = fake();
+        let fraud = |addr: &str| Request::FraudBan {
+            jail: "fs".into(),
+            addr: addr.parse().unwrap(),
+            duration: Some("2h".into()),
+        };
+        let Answer::After(ds, _) = answer(&mut d, fraud("203.0.113.66"), now()) else {
+            panic!("the ban was not taken")
+        };
+        let Decision::Ban(b) = &ds[0] else {
+            panic!("not a ban")
+        };
+        assert_eq!(b.reason, crate::jail::BanReason::Fraud);
+        assert_eq!(b.bantime.to_string(), "2h");
+        assert!(!error(answer(&mut d, fraud("127.0.0.1"), now())).is_empty());
+        assert!(
+            serde_json::from_str::<Request>(
+                r#"{"cmd":"fraud_ban","jail":"fs","addr":"203.0.113.1"}"#
+            )
+            .is_err()
+        );
+        assert!(serde_json::to_string(&fraud("203.0.113.1")).is_err());
     }
 
     #[test]

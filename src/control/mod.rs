@@ -90,6 +90,17 @@ pub enum Request {
     /// Recent failures, attacks per minute, top addresses and user names
     /// (the dashboard's data).
     Recent {},
+    /// A ban a toll-fraud rule asks for (from inside the daemon only:
+    /// never read from the socket nor written to it).
+    #[serde(skip)]
+    FraudBan {
+        /// The jail of the Event Socket that saw the calls.
+        jail: String,
+        /// The calls' source address.
+        addr: std::net::IpAddr,
+        /// The rule's `bantime` (the jail's when absent).
+        duration: Option<String>,
+    },
 }
 
 /// The answer to a request.

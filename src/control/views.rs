@@ -336,6 +336,7 @@ pub fn jail_view(
                         BanReason::Burst => "burst".into(),
                         BanReason::Manual => "manual".into(),
                         BanReason::Cluster => "cluster".into(),
+                        BanReason::Fraud => "fraud".into(),
                     },
                     origin: origins.get(&(j.id(), addr)).map(|o| o.to_string()),
                 })

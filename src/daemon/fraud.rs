@@ -24,11 +24,10 @@ pub(super) fn ban_path(control: Option<mpsc::Sender<ControlMsg>>) -> BanPath {
         };
         tokio::spawn(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let req = Request::Ban {
+            let req = Request::FraudBan {
                 jail: ask.jail.clone(),
-                addr: ask.addr.to_string(),
+                addr: ask.addr,
                 duration: ask.bantime.clone(),
-                force: false,
             };
             if control.send((req, tx)).await.is_err() {
                 return;

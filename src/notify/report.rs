@@ -46,6 +46,7 @@ pub fn reason_word(r: BanReason) -> &'static str {
         BanReason::Burst => "burst",
         BanReason::Manual => "manual",
         BanReason::Cluster => "cluster",
+        BanReason::Fraud => "fraud",
     }
 }
 

@@ -64,6 +64,7 @@ pub(super) fn reason_str(r: BanReason) -> &'static str {
         BanReason::Burst => "burst",
         BanReason::Manual => "manual",
         BanReason::Cluster => "cluster",
+        BanReason::Fraud => "fraud",
     }
 }
 
@@ -73,6 +74,7 @@ pub(super) fn parse_reason(s: &str) -> BanReason {
         "manual" => BanReason::Manual,
         "burst" => BanReason::Burst,
         "cluster" => BanReason::Cluster,
+        "fraud" => BanReason::Fraud,
         _ => BanReason::Failures,
     }
 }

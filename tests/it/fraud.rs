@@ -390,6 +390,10 @@ fn stolen_account_is_hung_up_and_banned_and_the_neighbour_is_untouched() {
         "{thief} in the kernel set"
     );
     assert!(!ns.addresses("banned_v4").contains(neighbour));
+    let ban = d
+        .wait_for(&format!("Ban {thief} "), Duration::from_secs(10))
+        .unwrap();
+    assert!(ban.contains("(toll fraud, 2h)"), "{ban}");
     assert!(
         d.wait_for("fraud: hung up call", Duration::from_secs(10))
             .is_some(),
@@ -400,6 +404,12 @@ fn stolen_account_is_hung_up_and_banned_and_the_neighbour_is_untouched() {
         serde_json::from_slice(&cli(&dir, &["status", "pbx", "--json"]).stdout).unwrap();
     let text = s.to_string();
     assert!(text.contains(thief), "the ban is shown: {text}");
+    let shown = &s["result"]["banned"][0];
+    assert_eq!(
+        (shown["addr"].as_str(), shown["reason"].as_str()),
+        (Some(thief), Some("fraud")),
+        "{s}"
+    );
     let fraud = &s["result"]["sources"][0]["fraud"];
     assert_eq!(fraud["rules"][0], "premium", "{s}");
     let fired: Vec<&serde_json::Value> = fraud["fired"].as_array().unwrap().iter().collect();

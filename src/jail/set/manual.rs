@@ -56,6 +56,30 @@ impl JailSet {
         force: bool,
         now: Time,
     ) -> Result<BanDecision, JailSetError> {
+        self.ban_for(jail, net, bantime, force, now, BanReason::Manual)
+    }
+
+    /// A ban a toll-fraud rule asked for: as a ban by hand (never of an
+    /// address the jail must not ban), with its own reason.
+    pub fn fraud_ban(
+        &mut self,
+        jail: &str,
+        net: IpNet,
+        bantime: Option<BanTime>,
+        now: Time,
+    ) -> Result<BanDecision, JailSetError> {
+        self.ban_for(jail, net, bantime, false, now, BanReason::Fraud)
+    }
+
+    fn ban_for(
+        &mut self,
+        jail: &str,
+        net: IpNet,
+        bantime: Option<BanTime>,
+        force: bool,
+        now: Time,
+        reason: BanReason,
+    ) -> Result<BanDecision, JailSetError> {
         let id = self.jail_id(jail).ok_or_else(|| self.no_such_jail(jail))?;
         let Some(Some(j)) = self.slots.get_mut(usize::from(id.0)) else {
             return Err(self.no_such_jail(jail));
@@ -70,7 +94,7 @@ impl JailSet {
             }
         }
         let bantime = bantime.unwrap_or(j.policy().bantime);
-        let d = j.ban(net, now, bantime, 0, BanReason::Manual);
+        let d = j.ban(net, now, bantime, 0, reason);
         self.history.note_ban(j.name_arc(), net, 1);
         Ok(d)
     }
