@@ -263,6 +263,36 @@ impl Watch {
         orders
     }
 
+    /// The connection was made again: hang-ups sent on the old one may
+    /// have gone unanswered, so the live calls of held accounts are hung
+    /// up again (a call that already ended is refused by FreeSWITCH,
+    /// harmlessly).
+    pub fn resume(&mut self, now: Time) -> Vec<Order> {
+        let mut orders = Vec::new();
+        for (name, acct) in &mut self.accounts {
+            for (i, armed) in self.rules.iter().enumerate() {
+                let held = acct.rules[i].held_until.is_some_and(|t| now < t);
+                if !held || !armed.rule.critical.hangup {
+                    continue;
+                }
+                for (uuid, l) in acct
+                    .live
+                    .iter_mut()
+                    .filter(|(_, l)| l.rules & (1 << i) != 0)
+                {
+                    l.hung_up = true;
+                    orders.push(Order::Hangup {
+                        uuid: *uuid,
+                        rule: armed.rule.name.clone(),
+                        account: name.to_string(),
+                        dest: l.dest.to_string(),
+                    });
+                }
+            }
+        }
+        orders
+    }
+
     /// Forgets the account idle longest when [`MAX_ACCOUNTS`] are followed.
     fn make_room(&mut self) {
         if self.accounts.len() < MAX_ACCOUNTS {

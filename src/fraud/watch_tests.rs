@@ -135,6 +135,24 @@ fn stolen_account_is_cut_off_and_the_neighbour_is_not() {
     assert_eq!(v.fired[1].hung_up, 10);
 }
 
+/// After a reconnection the live calls of a held account are hung up
+/// again (the first kills' answers may have been lost).
+#[test]
+fn a_reconnection_hangs_up_a_held_accounts_live_calls_again() {
+    let r = rule("conc", &["00"], vec![limit(Metric::ConcurrentCalls, 1, 2)]);
+    let mut w = Watch::new(&[r]);
+    create(&mut w, 1, "1002", "0044", T0);
+    create(&mut w, 2, "1001", "2001", T0);
+    assert_eq!(hangups(&create(&mut w, 3, "1002", "0045", T0)).len(), 2);
+    let mut again = hangups(&w.resume(T0.plus_millis(1_000)));
+    again.sort();
+    let mut want = vec![uuid(1, "1002"), uuid(3, "1002")];
+    want.sort();
+    assert_eq!(again, want, "1001's call is not touched");
+    // Once the hold is over, nothing.
+    assert!(w.resume(T0.plus_millis(16 * 60_000)).is_empty());
+}
+
 /// A night-only rule: the same burst by day fires nothing; at night it does.
 #[test]
 fn night_only_rule_does_not_fire_by_day() {

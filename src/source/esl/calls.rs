@@ -246,6 +246,14 @@ impl CallWatch {
         }
     }
 
+    /// A new session: held accounts' live calls are hung up again.
+    pub fn resume(&self, now: Time) -> Vec<Order> {
+        self.watch
+            .lock()
+            .map(|mut w| w.resume(now))
+            .unwrap_or_default()
+    }
+
     /// The periodic re-reading of the ledger (live calls grow, windows
     /// slide).
     pub fn tick(&self, now: Time) -> Vec<Order> {

@@ -347,6 +347,10 @@ impl EslSource {
         let mut begun: Option<Instant> = None;
         let mut kills = calls::Kills::default();
         let mut next_tick = Instant::now() + FRAUD_TICK;
+        if let Some(c) = &self.calls {
+            let commands = c.carry_out(c.resume(Time::now()), &peer, &mut kills);
+            stream.write_all(&commands).await.map_err(io)?;
+        }
         loop {
             // Frames may already be buffered (events right after the
             // subscription reply): handle them before reading more.
