@@ -212,6 +212,22 @@ impl Runtime {
     }
 
     pub(super) fn sync_actions(&mut self, enabled: &[crate::jail::JailConfig]) {
+        if self.opts.dry_run {
+            // A dry run changes nothing outside: no scripts, no mail, no
+            // reports to AbuseIPDB or webhooks about bans that never were.
+            let skipped = enabled
+                .iter()
+                .map(|j| j.actions.len() + j.notify.len())
+                .sum::<usize>();
+            if skipped > 0 {
+                tracing::warn!(
+                    "--dry-run: {skipped} action(s) and notification(s) of the jails are not run"
+                );
+            }
+            self.actions.configure_notify(std::iter::empty(), None);
+            self.actions.configure(std::iter::empty());
+            return;
+        }
         let jails = &self.jails;
         let node = self.config.cluster.as_ref().map(|c| c.node.as_str());
         self.actions.configure_notify(

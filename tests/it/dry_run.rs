@@ -284,3 +284,74 @@ fn a_fail2ban_configuration_runs_as_is_and_imports_to_toml() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// A dry run changes nothing outside: a jail's fail2ban action and its
+/// webhook are not run for a ban it logs (the warning says they are off).
+#[test]
+fn a_dry_run_runs_no_action_and_sends_no_notification() {
+    let dir = TempDir::new("dry-actions");
+    let log = dir.path("fail2ban.log");
+    std::fs::write(&log, "").unwrap();
+    let record = dir.path("record");
+    let action = dir.path("record.conf");
+    std::fs::write(
+        &action,
+        format!("[Definition]\nactionban = touch {}\n", record.display()),
+    )
+    .unwrap();
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    hook.set_nonblocking(true).unwrap();
+    let port = hook.local_addr().unwrap().port();
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[defaults]\nmaxretry = 2\nignoreip = [\"127.0.0.0/8\"]\nignoreself = false\n\n\
+             [jail.mod-fail2ban]\nfilter = \"mod-fail2ban\"\nlogpath = [\"{}\"]\nburst = false\n\
+             actions = [{:?}]\n\
+             notify = [{{ type = \"webhook\", url = \"http://127.0.0.1:{port}/hook\", retries = 0 }}]\n",
+            daemon_section(&dir),
+            log.display(),
+            action.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["run", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        d.wait_for("--dry-run: 2 action(s)", Duration::from_secs(10))
+            .is_some(),
+        "no warning that the action and the webhook are off"
+    );
+    assert!(
+        d.wait_for(
+            &format!("{}: following", log.display()),
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6f+0000")
+        .to_string();
+    let mut text = String::new();
+    for _ in 0..2 {
+        text.push_str(&format!(
+            "A registration failed user[1001] ip[198.51.100.9] at[{now}]\n"
+        ));
+    }
+    append(&log, &text);
+    assert!(
+        d.wait_for("[mod-fail2ban] Ban 198.51.100.9", Duration::from_secs(10))
+            .is_some(),
+        "no ban logged"
+    );
+    // An action or a webhook would run within moments of the ban; give
+    // them two seconds to show themselves.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert!(hook.accept().is_err(), "a dry run sent a notification");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!record.exists(), "a dry run ran an action");
+    let status = d.stop().expect("daemon stops on SIGTERM");
+    assert!(status.success());
+}
