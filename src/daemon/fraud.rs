@@ -1,5 +1,6 @@
-//! Bans asked by toll-fraud rules (see `source/esl/calls.rs`): sent as a
-//! control `ban`, the path a manual ban takes, so each is checked against
+//! Toll-fraud rules on a jail's Event Socket: its watch, and the bans its
+//! rules ask for (see `source/esl/calls.rs`), sent as a control request on
+//! the path a manual ban takes, so each is checked against
 //! `ignoreip`, put in the kernel, stored, shown, shared with the fleet and
 //! lifted on time like any other; the answer is logged.
 
@@ -9,10 +10,35 @@ use tokio::sync::mpsc;
 
 use crate::control::Request;
 use crate::control::server::ControlMsg;
-use crate::source::esl::calls::{BanAsk, BanPath};
+use crate::jail::JailConfig;
+use crate::source::esl::EslPeer;
+use crate::source::esl::calls::{BanAsk, BanPath, CallWatch};
+
+/// The fraud watch of `peer`, when rules of `jc` watch it.
+pub(super) fn call_watch(
+    jc: &JailConfig,
+    peer: &EslPeer,
+    control: Option<&mpsc::Sender<ControlMsg>>,
+) -> Option<Arc<CallWatch>> {
+    let rules: Vec<Arc<crate::fraud::FraudRule>> = jc
+        .fraud
+        .iter()
+        .filter(|r| r.applies_to(&jc.name, &peer.label()))
+        .cloned()
+        .collect();
+    (!rules.is_empty()).then(|| {
+        Arc::new(CallWatch {
+            watch: std::sync::Mutex::new(crate::fraud::Watch::new(&rules)),
+            rules,
+            jail: jc.name.clone(),
+            ban: ban_path(control.cloned()),
+            kills: Default::default(),
+        })
+    })
+}
 
 /// The ban path of the Event Socket clients with fraud rules.
-pub(super) fn ban_path(control: Option<mpsc::Sender<ControlMsg>>) -> BanPath {
+fn ban_path(control: Option<mpsc::Sender<ControlMsg>>) -> BanPath {
     Arc::new(move |ask: BanAsk| {
         let Some(control) = control.clone() else {
             tracing::error!(

@@ -17,7 +17,6 @@ use crate::filter::{self, Filter, FilterOptions};
 use crate::jail::JailConfig;
 use crate::jail::JailSet;
 use crate::source::ami::{AmiMapper, AmiPeer, AmiSource, AmiStats};
-use crate::source::esl::calls::CallWatch;
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::FollowStats;
 use crate::source::hep::HepSenders;
@@ -67,7 +66,7 @@ impl SourceKey {
 type EslRun = (
     String,
     Arc<EslStats>,
-    Option<Arc<CallWatch>>,
+    Option<Arc<crate::source::esl::calls::CallWatch>>,
     tokio::task::JoinHandle<()>,
 );
 
@@ -337,21 +336,7 @@ fn spawn_sources(
     let mut esl = Vec::new();
     for peer in &jc.esl {
         let st = Arc::new(EslStats::default());
-        let rules: Vec<Arc<crate::fraud::FraudRule>> = jc
-            .fraud
-            .iter()
-            .filter(|r| r.applies_to(&jc.name, &peer.label()))
-            .cloned()
-            .collect();
-        let calls = (!rules.is_empty()).then(|| {
-            Arc::new(CallWatch {
-                watch: std::sync::Mutex::new(crate::fraud::Watch::new(&rules)),
-                rules,
-                jail: jc.name.clone(),
-                ban: super::fraud::ban_path(control.cloned()),
-                kills: Default::default(),
-            })
-        });
+        let calls = super::fraud::call_watch(jc, peer, control);
         let src = EslSource {
             peer: peer.clone(),
             mapper: EventMapper {
