@@ -136,13 +136,16 @@ impl Watch {
             return orders;
         }
         let n_rules = self.rules.len();
-        if !self.accounts.contains_key(&*ev.account) {
+        // Kept and looked up by the same (cut) name: a longer one is still
+        // one account.
+        let key = cut(&ev.account);
+        if !self.accounts.contains_key(&key) {
             if ev.kind != CallKind::Create {
                 return orders; // a call begun before we listened
             }
             self.make_room();
             self.accounts.insert(
-                cut(&ev.account),
+                key.clone(),
                 Account {
                     last_seen: now,
                     live: HashMap::new(),
@@ -151,7 +154,7 @@ impl Watch {
                 },
             );
         }
-        let Some(acct) = self.accounts.get_mut(&*ev.account) else {
+        let Some(acct) = self.accounts.get_mut(&key) else {
             return orders;
         };
         acct.last_seen = now;
@@ -227,7 +230,7 @@ impl Watch {
                 }
             }
         }
-        self.evaluate(&ev.account, now, &mut orders);
+        self.evaluate(&key, now, &mut orders);
         orders
     }
 
@@ -488,7 +491,7 @@ impl Watch {
 
     /// The account's live calls (for tests and status).
     pub fn live_calls(&self, account: &str) -> usize {
-        self.accounts.get(account).map_or(0, |a| a.live.len())
+        self.accounts.get(&cut(account)).map_or(0, |a| a.live.len())
     }
 }
 

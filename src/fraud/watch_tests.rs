@@ -331,3 +331,35 @@ fn accounts_are_shown_escaped() {
     assert_eq!(v.watched[0].account, "<b>\\\"x\\\"\\n");
     assert_eq!(v.fired[0].account, "<b>\\\"x\\\"\\n");
 }
+
+/// An account name longer than the ledger keeps (64 characters) is still
+/// one account: its calls add up and the rule fires. (Before, the ledger
+/// stored the name cut short but looked it up whole: such an account was
+/// never followed, and each new call reset what was kept.)
+#[test]
+fn an_account_with_a_long_name_is_followed() {
+    let r = rule(
+        "premium",
+        &["0900"],
+        vec![limit(Metric::CallsPerMinute, 3, 5)],
+    );
+    let mut w = Watch::new(&[r]);
+    let long = format!("{}@tenant.example", "a".repeat(70));
+    let mut all = Vec::new();
+    for n in 0..5u32 {
+        let at = T0.plus_millis(i64::from(n) * 1_000);
+        all.extend(create(&mut w, n, &long, "0900123", at));
+    }
+    assert_eq!(
+        fired(&all),
+        [
+            (Level::Warning, "calls_per_minute", 3),
+            (Level::Critical, "calls_per_minute", 5)
+        ]
+    );
+    assert_eq!(hangups(&all).len(), 5);
+    assert_eq!(w.live_calls(&long), 5);
+    let v = w.view(T0.plus_millis(5_000));
+    assert_eq!(v.accounts, 1);
+    assert_eq!(v.fired[0].account.chars().count(), MAX_TEXT);
+}
