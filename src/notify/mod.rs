@@ -27,7 +27,7 @@ pub use config::{NotifyConfigError, NotifyTarget, parse_notify};
 pub use report::Report;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -46,8 +46,9 @@ pub struct Counts {
     pub retries: AtomicU64,
     /// Reports refused by the service's rate limit (429).
     pub rate_limited: AtomicU64,
-    /// Reports not sent: the address was reported less than 15 minutes
-    /// ago, or the quota is spent.
+    /// Not sent: the target failed moments ago ([`DOWN_MIN_MS`]); for
+    /// AbuseIPDB also the address reported less than 15 minutes ago, or
+    /// the quota spent.
     pub skipped: AtomicU64,
 }
 
@@ -101,10 +102,36 @@ impl NotifyStats {
     }
 }
 
+/// After a delivery to a target failed (its retries spent), the target is
+/// not tried again for four times as long as that delivery took, within
+/// these bounds (ms): notifications share the jail's action lane, and a
+/// dead server must not hold it for every ban of an attack.
+pub const DOWN_MIN_MS: i64 = 60_000;
+/// See [`DOWN_MIN_MS`].
+pub const DOWN_MAX_MS: i64 = 15 * 60_000;
+
 /// One target, with its HTTP client built once.
 struct Prepared {
     target: Arc<NotifyTarget>,
     agent: ureq::Agent,
+    /// Not tried before this time (ms) after a failed delivery.
+    down_until: Arc<AtomicI64>,
+}
+
+/// Whether a target that failed is still left alone at `now`.
+fn is_down(down_until: &AtomicI64, now: i64) -> bool {
+    now < down_until.load(Ordering::Relaxed)
+}
+
+/// A delivery begun at `start` failed at `now`: the target is left alone.
+fn mark_down(down_until: &AtomicI64, start: i64, now: i64) -> i64 {
+    let pause = now
+        .saturating_sub(start)
+        .saturating_mul(4)
+        .clamp(DOWN_MIN_MS, DOWN_MAX_MS);
+    let until = now.saturating_add(pause);
+    down_until.store(until, Ordering::Relaxed);
+    until
 }
 
 impl std::fmt::Debug for Prepared {
@@ -156,6 +183,7 @@ impl Notifier {
                     Some(p) => Prepared {
                         target: p.target.clone(),
                         agent: p.agent.clone(),
+                        down_until: p.down_until.clone(),
                     },
                     None => {
                         let (timeout, ca) = match t {
@@ -165,6 +193,7 @@ impl Notifier {
                         Prepared {
                             target: Arc::new(t.clone()),
                             agent: webhook::agent(timeout, ca),
+                            down_until: Arc::default(),
                         }
                     }
                 })
@@ -206,13 +235,13 @@ impl Notifier {
         let addr = crate::net::DisplayNet(&b.addr).to_string();
         let mut out = Vec::new();
         for p in targets {
-            let (target, agent) = (p.target.clone(), p.agent.clone());
+            let (target, agent, down) = (p.target.clone(), p.agent.clone(), p.down_until.clone());
             let (stats, report, shown) = (self.stats.clone(), report.clone(), addr.clone());
             let jail = b.jail_name.clone();
             let run: Box<dyn FnOnce() + Send> = match &*p.target {
                 NotifyTarget::Webhook(_) => Box::new(move || {
                     if let NotifyTarget::Webhook(w) = &*target {
-                        run_webhook(&agent, w, &report, &stats.webhook, &jail, &shown);
+                        run_webhook(&agent, w, &report, &stats.webhook, &down, &jail, &shown);
                     }
                 }),
                 NotifyTarget::AbuseIpdb(_) => {
@@ -232,6 +261,7 @@ impl Notifier {
                                 now,
                                 &limits,
                                 &stats.abuseipdb,
+                                &down,
                                 &jail,
                             );
                         }
@@ -253,9 +283,19 @@ fn run_webhook(
     w: &config::Webhook,
     report: &Report,
     c: &Counts,
+    down: &AtomicI64,
     jail: &str,
     addr: &str,
 ) {
+    let start = Time::now().0;
+    if is_down(down, start) {
+        c.skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            "[{jail}] webhook {} not told of {addr}: it failed moments ago",
+            config::shown(&w.url)
+        );
+        return;
+    }
     let body = report.to_json();
     let mut pause = |d: std::time::Duration| {
         c.retries.fetch_add(1, Ordering::Relaxed);
@@ -271,10 +311,13 @@ fn run_webhook(
         }
         webhook::Delivered::Failed { tries, why } => {
             let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = Time::now().0;
+            let until = mark_down(down, start, now);
             if rare(n) {
                 tracing::warn!(
-                    "[{jail}] webhook {} not told of the ban of {addr} after {tries} tries: {why} ({n} failed so far)",
-                    config::shown(&w.url)
+                    "[{jail}] webhook {} not told of the ban of {addr} after {tries} tries: {why} ({n} failed so far); not tried again for {} s",
+                    config::shown(&w.url),
+                    (until - now) / 1000
                 );
             }
         }
@@ -290,8 +333,14 @@ fn run_abuseipdb(
     now: i64,
     limits: &Mutex<abuseipdb::Limits>,
     c: &Counts,
+    down: &AtomicI64,
     jail: &str,
 ) {
+    if is_down(down, now) {
+        c.skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("[{jail}] AbuseIPDB report of {ip} not sent: it failed moments ago");
+        return;
+    }
     let admitted = match limits.lock() {
         Ok(mut l) => l.admit(ip, now),
         Err(p) => p.into_inner().admit(ip, now),
@@ -320,9 +369,12 @@ fn run_abuseipdb(
         }
         abuseipdb::Sent::Failed(why) => {
             let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let end = Time::now().0;
+            let until = mark_down(down, now, end);
             if rare(n) {
                 tracing::warn!(
-                    "[{jail}] AbuseIPDB report of {ip} failed: {why} ({n} failed so far); check key_file and the network"
+                    "[{jail}] AbuseIPDB report of {ip} failed: {why} ({n} failed so far); check key_file and the network; not tried again for {} s",
+                    (until - end) / 1000
                 );
             }
         }

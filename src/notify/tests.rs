@@ -371,3 +371,31 @@ fn abuseipdb_reports_with_its_limits() {
         Some("sipwarden: 3 SIP authentication failure(s) at machine speed, banned by jail sip")
     );
 }
+
+/// A webhook that fails is left alone for a while: the bans of an attack
+/// that follow are counted as skipped instead of each holding the jail's
+/// action lane (shared with its commands) for its timeout and retries.
+/// (Before, every ban tried the dead server again: 5 bans, 5 requests.)
+#[test]
+fn a_failed_target_is_left_alone_for_a_while() {
+    let srv = Server::start(&["503", "503", "503", "503", "503"], None);
+    let v: toml::Value = toml::from_str::<toml::Table>(&format!(
+        "notify = [{{ type = \"webhook\", url = \"{}\", retries = 0 }}]",
+        srv.url("http")
+    ))
+    .unwrap()["notify"]
+        .clone();
+    let targets = parse_notify(&v).unwrap();
+    let mut n = super::Notifier::default();
+    n.configure([(JailId(0), targets.as_slice())], "pbx-1");
+    for i in 1..=5 {
+        let b = ban(&format!("198.51.100.{i}/32"), BanReason::Failures);
+        for d in n.deliveries(&b, None) {
+            (d.run)();
+        }
+    }
+    let s = n.stats().view();
+    let got = srv.finish();
+    assert_eq!(got.len(), 1, "one request, then the target is left alone");
+    assert_eq!((s[0].failed, s[0].skipped, s[0].sent), (1, 4, 0), "{s:?}");
+}
