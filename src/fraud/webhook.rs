@@ -48,6 +48,9 @@ pub fn post(url: &str, f: &Firing, connection: &str) {
         return;
     }
     let url = url.to_string();
+    // A webhook's path (and user part) often holds its token: logged
+    // with its scheme and host only, as notify's webhooks are.
+    let shown = crate::notify::config::shown(&url);
     let rule = f.rule.clone();
     let text = body(f, connection).to_string();
     tokio::task::spawn_blocking(move || {
@@ -61,9 +64,9 @@ pub fn post(url: &str, f: &Firing, connection: &str) {
             .send(text.as_str());
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         match r {
-            Ok(_) => tracing::info!("fraud rule {rule}: webhook {url} accepted the firing"),
+            Ok(_) => tracing::info!("fraud rule {rule}: webhook {shown} accepted the firing"),
             Err(e) => tracing::warn!(
-                "fraud rule {rule}: webhook {url} failed: {}",
+                "fraud rule {rule}: webhook {shown} failed: {}",
                 escape_text(&e.to_string(), 200)
             ),
         }
