@@ -67,8 +67,12 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(65);
 /// writes an event of a few KiB at once; 10 s leaves room for a slow link
 /// and still bounds a peer that trickles a frame byte by byte.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
-/// Time allowed for connect, auth and subscribe.
+/// Time allowed for connect, auth and subscribe, and for one write of
+/// `uuid_kill` commands.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a write of `uuid_kill` commands that FreeSWITCH does not read in
+/// time is waiting for (within [`HANDSHAKE_TIMEOUT`]).
+const KILLS_UNREAD: &str = "its reading of the uuid_kill commands";
 /// Backoff bounds between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -349,7 +353,10 @@ impl EslSource {
         let mut next_tick = Instant::now() + FRAUD_TICK;
         if let Some(c) = &self.calls {
             let commands = c.carry_out(c.resume(Time::now()), &peer, &mut kills);
-            stream.write_all(&commands).await.map_err(io)?;
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(&commands))
+                .await
+                .map_err(|_| timeout(KILLS_UNREAD))?
+                .map_err(io)?;
         }
         loop {
             // Frames may already be buffered (events right after the
@@ -394,7 +401,12 @@ impl EslSource {
                 }
                 let commands = c.carry_out(orders, &peer, &mut kills);
                 if !commands.is_empty() {
-                    stream.write_all(&commands).await.map_err(io)?;
+                    // A FreeSWITCH that reads nothing must not hold this
+                    // task in a write: no event would be read meanwhile.
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_all(&commands))
+                        .await
+                        .map_err(|_| timeout(KILLS_UNREAD))?
+                        .map_err(io)?;
                 }
             }
             self.stats.note_unreadable(&peer, &unreadable);
@@ -715,5 +727,144 @@ mod tests {
             reopened_after(feed, 100_000, Duration::from_secs(300)).await,
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::event::JailId;
+    use crate::fraud::{Actions, FraudRule, Limit, Metric, Prefixes, Threshold, Watch};
+    use crate::source::Window;
+    use crate::source::scanner::{DEFAULT_SCANNERS, ScannerList};
+
+    /// A FreeSWITCH that stops reading (hung, or its socket wedged) while
+    /// a held account keeps calling: every call is a `uuid_kill` to write.
+    /// Once its buffers are full the write must give up, so the connection
+    /// is reopened as a silent one is. (Before, the client waited in the
+    /// write for ever: no event read, no reconnection.)
+    #[tokio::test(start_paused = true)]
+    async fn a_freeswitch_that_reads_nothing_cannot_hold_the_client() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small window: the client's writes fill it soon.
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(8).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = accepted_tx.send(tokio::time::Instant::now());
+                tokio::spawn(async move {
+                    async fn command(s: &mut TcpStream) -> Option<()> {
+                        let mut got = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !got.ends_with(b"\n\n") {
+                            if s.read(&mut b).await.ok()? == 0 {
+                                return None;
+                            }
+                            got.push(b[0]);
+                        }
+                        Some(())
+                    }
+                    s.write_all(b"Content-Type: auth/request\n\n").await.ok()?;
+                    command(&mut s).await?;
+                    s.write_all(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
+                        .await
+                        .ok()?;
+                    command(&mut s).await?;
+                    s.write_all(b"Content-Type: command/reply\nReply-Text: +OK event listener enabled plain\n\n")
+                        .await
+                        .ok()?;
+                    let body = "Event-Name: CHANNEL_CREATE\nUnique-ID: f4decbab-b940-42da-b61b-9b7852622e57\nCall-Direction: inbound\nvariable_sip_auth_username: 1002\nCaller-Destination-Number: 0044123\nCaller-Network-Addr: 203.0.113.5\n\n";
+                    let create = format!(
+                        "Content-Length: {}\nContent-Type: text/event-plain\n\n{body}",
+                        body.len()
+                    );
+                    // Each create is a kill; each blind reply frees its slot.
+                    let piece = format!(
+                        "{create}Content-Type: command/reply\nReply-Text: +OK Job-UUID: 1\n\n"
+                    );
+                    for _ in 0..150_000 {
+                        s.write_all(piece.as_bytes()).await.ok()?;
+                    }
+                    std::future::pending::<()>().await;
+                    Some(())
+                });
+            }
+        });
+        let rule = Arc::new(FraudRule {
+            name: "conc".into(),
+            jail: None,
+            esl: None,
+            prefixes: Prefixes::Any,
+            hours: None,
+            timezone: "UTC".into(),
+            limits: vec![Limit {
+                metric: Metric::ConcurrentCalls,
+                threshold: Threshold {
+                    warning: None,
+                    critical: Some(1),
+                },
+            }],
+            warning: Actions::default(),
+            critical: Actions {
+                webhook: false,
+                hangup: true,
+                ban: false,
+            },
+            webhook: None,
+            bantime: None,
+            hold_ms: 3_600_000,
+        });
+        let (tx, _events) = tokio::sync::mpsc::channel(16);
+        let src = EslSource {
+            peer: EslPeer {
+                host: "127.0.0.1".into(),
+                port,
+                password: "ClueCon".into(),
+                format: EslFormat::Plain,
+                log_acl: false,
+            },
+            mapper: EventMapper {
+                jail: JailId(0),
+                window: Window::new(crate::duration::Duration(600)),
+                scanners: Arc::new(ScannerList::new(DEFAULT_SCANNERS)),
+            },
+            tx,
+            stats: Arc::default(),
+            calls: Some(Arc::new(calls::CallWatch {
+                watch: Mutex::new(Watch::new(std::slice::from_ref(&rule))),
+                rules: vec![rule],
+                jail: "fs".into(),
+                ban: Arc::new(|_| {}),
+                kills: Default::default(),
+            })),
+        };
+        let stats = src.calls.clone();
+        let client = tokio::spawn(src.run());
+        let first = tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+            .await
+            .expect("the client connects")
+            .expect("the server runs");
+        let second = tokio::time::timeout(Duration::from_secs(300), accepted.recv()).await;
+        let sent = stats.map_or(0, |c| c.kills.sent.load(Ordering::Relaxed));
+        client.abort();
+        let after =
+            second.ok().flatten().map(|t| t - first).unwrap_or_else(|| {
+                panic!("the client never gave up its write ({sent} kills sent)")
+            });
+        assert!(sent > 100, "{sent} kills sent: the writes were not many");
+        assert!(after < Duration::from_secs(300), "{after:?}");
     }
 }
