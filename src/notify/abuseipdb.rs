@@ -148,7 +148,14 @@ pub fn send(
         .send_form(form);
     let resp = match resp {
         Ok(r) => r,
-        Err(e) => return Sent::Failed(error_text(&e)),
+        Err(e) => {
+            // It never reached AbuseIPDB: it does not count as reported.
+            match limits.lock() {
+                Ok(mut l) => l.forget(ip, now),
+                Err(p) => p.into_inner().forget(ip, now),
+            }
+            return Sent::Failed(error_text(&e));
+        }
     };
     let status = resp.status().as_u16();
     let remaining = resp

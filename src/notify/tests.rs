@@ -399,3 +399,22 @@ fn a_failed_target_is_left_alone_for_a_while() {
     assert_eq!(got.len(), 1, "one request, then the target is left alone");
     assert_eq!((s[0].failed, s[0].skipped, s[0].sent), (1, 4, 0), "{s:?}");
 }
+
+/// A report that never reached AbuseIPDB (nobody listens) does not count
+/// toward the address's 15 minutes, as a refused one does not. (Before,
+/// a connection error left the address counted as reported.)
+#[test]
+fn an_abuseipdb_report_that_never_left_does_not_count() {
+    let srv = Server::start(&[], None);
+    let url = srv.url("http");
+    srv.finish();
+    let cfg = abuse(url);
+    let agent = webhook::agent(cfg.timeout, None);
+    let limits = Mutex::new(Limits::default());
+    let ip = "198.51.100.7".parse().unwrap();
+    let t0 = 1_795_621_254_000;
+    assert_eq!(limits.lock().unwrap().admit(ip, t0), Ok(()));
+    let sent = abuseipdb::send(&agent, &cfg, &report(), ip, t0, &limits);
+    assert!(matches!(sent, Sent::Failed(_)), "{sent:?}");
+    assert_eq!(limits.lock().unwrap().admit(ip, t0 + 1_000), Ok(()));
+}
