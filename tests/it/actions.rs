@@ -613,7 +613,8 @@ fn a_fail2ban_jail_with_action_mw_mails_on_ban() {
     assert!(!pwned(&dir).exists(), "the user name ran as code");
 }
 
-/// A dry-run node of a fleet on `redis_port` whose jail runs an action that
+/// A node of a fleet on `redis_port`, with no firewall (`backend = "none"`:
+/// actions still run, unlike `--dry-run`), whose jail runs an action that
 /// records each ban in `DIR/out/record`.
 fn fleet_node(name: &str, redis_port: u16) -> (TempDir, Daemon) {
     let dir = TempDir::new(&format!("actions-fleet-{name}"));
@@ -631,13 +632,13 @@ fn fleet_node(name: &str, redis_port: u16) -> (TempDir, Daemon) {
     std::fs::write(
         &cfg,
         format!(
-            "{}actions = [{}]\n\n[cluster]\nnode = \"{name}\"\nredis = \"redis://127.0.0.1:{redis_port}\"\n",
+            "{}actions = [{}]\n\n[firewall]\nbackend = \"none\"\n\n[cluster]\nnode = \"{name}\"\nredis = \"redis://127.0.0.1:{redis_port}\"\n",
             jail(&dir),
             entry(&dir.path("action.d/record.conf"), "")
         ),
     )
     .unwrap();
-    let d = Daemon::start(&["run", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    let d = Daemon::start(&["run", "--config", cfg.to_str().unwrap()]);
     assert!(
         d.wait_for(": following", Duration::from_secs(30)).is_some(),
         "node {name} did not start"
