@@ -266,9 +266,12 @@ fn dates_note(s: &crate::control::SourceView) -> String {
 /// what fired (accounts arrive escaped).
 fn fraud_detail(path: &str, f: &crate::fraud::FraudView) -> String {
     let mut out = format!(
-        "\nToll fraud on {path}: rules {}; {} account(s) followed\n",
+        "\nToll fraud on {path}: rules {}; {} account(s) followed; hang-ups: {} sent, {} confirmed, {} failed\n",
         f.rules.join(", "),
-        f.accounts
+        f.accounts,
+        f.hangups_sent,
+        f.hangups_confirmed,
+        f.hangups_failed
     );
     for a in &f.watched {
         out.push_str(&format!(
@@ -285,7 +288,9 @@ fn fraud_detail(path: &str, f: &crate::fraud::FraudView) -> String {
     }
     for x in &f.fired {
         out.push_str(&format!(
-            "  {} {} {} account {}: {} {} reached {}; {} call(s) hung up{}\n",
+            // Asked, not done: the jail (ignoreip) or the kernel may refuse
+            // a ban, FreeSWITCH a hang-up; the jail's bans say what holds.
+            "  {} {} {} account {}: {} {} reached {}; {} hang-up(s) sent{}\n",
             x.time,
             x.rule,
             x.level.as_str(),
@@ -297,7 +302,7 @@ fn fraud_detail(path: &str, f: &crate::fraud::FraudView) -> String {
             if x.banned.is_empty() {
                 String::new()
             } else {
-                format!(", banned {}", x.banned.join(" "))
+                format!(", ban asked for {}", x.banned.join(" "))
             }
         ));
     }
@@ -413,5 +418,44 @@ pub fn render(req: &Request, resp: &Response) -> String {
         },
         Request::Reload { .. } => format!("reloaded: {}\n", v["config"].as_str().unwrap_or("?")),
         Request::Recent {} | Request::FraudBan { .. } => format!("{v}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fraud::view::FiredView;
+    use crate::fraud::{FraudView, Level};
+
+    /// A firing's ban goes to the jail, which may refuse it (ignoreip, a
+    /// protected peer) or the kernel may: status says the ban was asked,
+    /// never that the address is banned, and counts the hang-ups sent
+    /// beside those FreeSWITCH confirmed. (Before: "2 call(s) hung up,
+    /// banned 10.0.0.5" for a refused ban and unanswered kills.)
+    #[test]
+    fn a_firing_claims_no_ban_nor_hang_up_it_cannot_know() {
+        let v = FraudView {
+            rules: vec!["premium".into()],
+            fired: vec![FiredView {
+                time: "2026-12-01T03:00:00.000Z".into(),
+                rule: "premium".into(),
+                level: Level::Critical,
+                account: "1002".into(),
+                metric: "calls_per_minute".into(),
+                value: 10,
+                threshold: 10,
+                hung_up: 2,
+                banned: vec!["10.0.0.5".into()],
+            }],
+            hangups_sent: 2,
+            hangups_confirmed: 1,
+            hangups_failed: 1,
+            ..FraudView::default()
+        };
+        let text = super::fraud_detail("127.0.0.1:8021", &v);
+        assert!(!text.contains("banned 10.0.0.5"), "{text}");
+        assert!(!text.contains("call(s) hung up"), "{text}");
+        assert!(text.contains("ban asked for 10.0.0.5"), "{text}");
+        assert!(text.contains("2 hang-up(s) sent"), "{text}");
+        assert!(text.contains("1 confirmed, 1 failed"), "{text}");
     }
 }

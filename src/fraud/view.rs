@@ -22,9 +22,11 @@ pub struct FiredView {
     pub value: u64,
     /// The threshold.
     pub threshold: u32,
-    /// Calls hung up because of it.
+    /// Hang-ups sent because of it (FreeSWITCH's answers are counted in
+    /// [`FraudView`]'s `hangups_*`).
     pub hung_up: u64,
-    /// Source addresses banned because of it.
+    /// Source addresses whose ban it asked of the jail (which may refuse
+    /// one: the jail's bans say which are in force).
     pub banned: Vec<String>,
 }
 
