@@ -19,13 +19,21 @@ pub(super) fn call_watch(
     jc: &JailConfig,
     peer: &EslPeer,
     control: Option<&mpsc::Sender<ControlMsg>>,
+    dry_run: bool,
 ) -> Option<Arc<CallWatch>> {
     let rules: Vec<Arc<crate::fraud::FraudRule>> = jc
         .fraud
         .iter()
         .filter(|r| r.applies_to(&jc.name, &peer.label()))
-        .cloned()
+        .map(|r| if dry_run { Arc::new(dry(r)) } else { r.clone() })
         .collect();
+    if dry_run && !rules.is_empty() {
+        tracing::warn!(
+            "[{}] --dry-run: fraud rules on {} log what fires and ban (logged only); no call is hung up and no webhook posted",
+            jc.name,
+            peer.label()
+        );
+    }
     (!rules.is_empty()).then(|| {
         Arc::new(CallWatch {
             watch: std::sync::Mutex::new(crate::fraud::Watch::new(&rules)),
@@ -35,6 +43,18 @@ pub(super) fn call_watch(
             kills: Default::default(),
         })
     })
+}
+
+/// Rule `r` for a dry run: nothing that reaches outside (hanging up live
+/// calls, posting webhooks); its bans go to the dry-run enforcer, which only
+/// logs them.
+fn dry(r: &crate::fraud::FraudRule) -> crate::fraud::FraudRule {
+    let mut r = r.clone();
+    for a in [&mut r.warning, &mut r.critical] {
+        a.hangup = false;
+        a.webhook = false;
+    }
+    r
 }
 
 /// The ban path of the Event Socket clients with fraud rules.

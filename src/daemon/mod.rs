@@ -256,6 +256,7 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // Made before the sources: fraud rules ban through it.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(64);
     rt.sources.control = Some(ctl_tx.clone());
+    rt.sources.dry_run = rt.opts.dry_run;
     rt.sync_actions(&enabled);
     for b in &restored {
         rt.actions.banned(b, true);

@@ -231,6 +231,7 @@ fn spawn_sources(
     cursors: &Arc<Cursors>,
     control: Option<&mpsc::Sender<ControlMsg>>,
     senders: &Arc<HepSenders>,
+    dry_run: bool,
 ) -> Result<SourceGroup, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut healths = Vec::new();
@@ -336,7 +337,7 @@ fn spawn_sources(
     let mut esl = Vec::new();
     for peer in &jc.esl {
         let st = Arc::new(EslStats::default());
-        let calls = super::fraud::call_watch(jc, peer, control);
+        let calls = super::fraud::call_watch(jc, peer, control, dry_run);
         let src = EslSource {
             peer: peer.clone(),
             mapper: EventMapper {
@@ -434,6 +435,8 @@ pub(super) struct Sources {
     pub(super) control: Option<mpsc::Sender<ControlMsg>>,
     /// The HEP senders seen by every HEP listener: never banned.
     hep_senders: Arc<HepSenders>,
+    /// `--dry-run`: fraud rules hang up nothing and post nothing.
+    pub(super) dry_run: bool,
 }
 
 impl Sources {
@@ -452,6 +455,7 @@ impl Sources {
             cursors,
             control: None,
             hep_senders: Arc::default(),
+            dry_run: false,
         }
     }
 
@@ -519,6 +523,7 @@ impl Sources {
                 &self.cursors,
                 self.control.as_ref(),
                 &self.hep_senders,
+                self.dry_run,
             )?;
             self.groups.insert(jc.name.clone(), g);
         }

@@ -731,3 +731,54 @@ fn a_reload_without_rules_subscribes_without_call_events() {
     assert_eq!(esl.killed().len(), 2, "no rule, no hang-up");
     assert!(d.stop().is_some_and(|s| s.success()));
 }
+
+/// `--dry-run` changes nothing outside: a critical firing is logged, but no
+/// live call is hung up and no webhook is posted.
+#[test]
+fn a_dry_run_hangs_up_nothing_and_posts_nothing() {
+    let Some(t) = Templates::load() else { return };
+    let t = Arc::new(t);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let esl = Esl::start(listener, t.clone());
+    let dir = TempDir::new("frauddry");
+    let hook = webhook_receiver();
+    let cfg = write_config(
+        &dir,
+        esl.port,
+        "backend = \"none\"",
+        &format!(
+            "[[fraud]]\nname = \"conc\"\nprefixes = [\"*\"]\n\
+             concurrent_calls = {{ warning = 1, critical = 2 }}\ncritical = [\"hangup\", \"webhook\", \"ban\"]\n\
+             webhook = \"http://127.0.0.1:{}/hook/dry\"\n",
+            hook.0
+        ),
+    );
+    let d = Daemon::start(&["run", "--dry-run", "--config", cfg.to_str().unwrap()]);
+    assert!(esl.connected(Duration::from_secs(30)));
+    assert!(
+        d.wait_for("--dry-run: fraud rules", Duration::from_secs(10))
+            .is_some(),
+        "no word that fraud actions are off"
+    );
+    for n in 0..3 {
+        let c = call(n, "1003", "004930123", "192.0.2.44");
+        esl.call(&t, "create", &c);
+        esl.call(&t, "answer", &c);
+    }
+    assert!(
+        d.wait_for("fraud: rule conc critical", Duration::from_secs(10))
+            .is_some(),
+        "the critical firing is still logged"
+    );
+    // A hang-up or a POST would follow within moments of the firing.
+    assert!(
+        hook.1.recv_timeout(Duration::from_secs(2)).is_err(),
+        "a dry run posted a webhook"
+    );
+    assert!(
+        esl.killed().is_empty(),
+        "a dry run hung up {:?}",
+        esl.killed()
+    );
+    assert!(d.stop().is_some_and(|s| s.success()));
+}
