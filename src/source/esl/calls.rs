@@ -64,6 +64,8 @@ pub struct KillStats {
     pub confirmed: AtomicU64,
     /// Refused, failed, or not sent (too many waiting).
     pub failed: AtomicU64,
+    /// Not sent: [`MAX_PENDING`] were waiting (counted in `failed` too).
+    pub unsent: AtomicU64,
 }
 
 impl std::fmt::Debug for CallWatch {
@@ -313,10 +315,15 @@ impl CallWatch {
                     );
                     if kills.awaiting_reply.len() >= MAX_PENDING {
                         self.kills.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            "[{}] fraud: {MAX_PENDING} hang-ups await FreeSWITCH's answer; call {uuid} not hung up ({why})",
-                            self.jail
-                        );
+                        // Said at the 1st, 10th, 100th ...: a flood of calls
+                        // must not become a flood of log lines.
+                        let n = self.kills.unsent.fetch_add(1, Ordering::Relaxed) + 1;
+                        if crate::source::rare(n, 1) {
+                            tracing::error!(
+                                "[{}] fraud: {MAX_PENDING} hang-ups await FreeSWITCH's answer; call {uuid} not hung up ({why}; {n} not sent so far)",
+                                self.jail
+                            );
+                        }
                         continue;
                     }
                     // The one value from an event in a command: a UUID,
@@ -430,6 +437,61 @@ mod tests {
         assert_eq!(
             &*call_event(&h, Time(0)).unwrap().account,
             "addr:203.0.113.5"
+        );
+    }
+
+    /// Past [`MAX_PENDING`] kills awaiting FreeSWITCH's answer a kill is
+    /// not sent: counted as failed, and said in the log rarely, not once
+    /// per call (a held account calling in a flood, a reconnection with
+    /// many held calls). Before, each such call wrote an error line.
+    #[test]
+    fn kills_past_the_bound_are_counted_and_logged_rarely() {
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let to = log.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || to.clone())
+            .finish();
+        let cw = CallWatch {
+            watch: Mutex::new(Watch::new(&[])),
+            rules: Vec::new(),
+            jail: "fs".into(),
+            ban: Arc::new(|_| {}),
+            kills: KillStats::default(),
+        };
+        let over = 2_000;
+        let orders: Vec<Order> = (0..MAX_PENDING + over)
+            .map(|n| Order::Hangup {
+                uuid: Uuid::parse(&format!("f4decbab-b940-42da-b61b-{n:012x}")).unwrap(),
+                rule: "premium".into(),
+                account: "1002".into(),
+                dest: "0900".into(),
+            })
+            .collect();
+        let mut kills = Kills::default();
+        let commands = tracing::subscriber::with_default(sub, || {
+            cw.carry_out(orders, "127.0.0.1:8021", &mut kills)
+        });
+        let sent = String::from_utf8_lossy(&commands)
+            .matches("bgapi uuid_kill ")
+            .count();
+        assert_eq!(sent, MAX_PENDING);
+        assert_eq!(cw.kills.failed.load(Ordering::Relaxed), over as u64);
+        let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+        let lines = text.matches("not hung up").count();
+        assert!(
+            (1..=4).contains(&lines),
+            "{lines} log lines for {over} calls"
         );
     }
 }
