@@ -164,10 +164,11 @@ pub fn resolve(jc: &JailConfig) -> Option<Burst> {
 }
 
 impl super::Jail {
-    /// Whether `addr`'s failure at `t` (already counted) completes a burst.
-    pub(super) fn burst_reached(&self, addr: std::net::IpAddr, t: i64) -> bool {
+    /// Whether `addr`'s failure at `t` (already counted, `weight` times)
+    /// completes a burst.
+    pub(super) fn burst_reached(&self, addr: std::net::IpAddr, t: i64, weight: u32) -> bool {
         match (&self.policy.burst, self.failing.get(&addr)) {
-            (Some(b), Some(track)) => b.reached(&track.times, t),
+            (Some(b), Some(track)) => b.reached(&track.times, t, weight),
             _ => false,
         }
     }
@@ -175,10 +176,14 @@ impl super::Jail {
 
 impl Burst {
     /// Whether the failure at `t` completes a burst among `times` (the
-    /// address's kept failure times, this one included).
-    pub(super) fn reached(&self, times: &Times, t: i64) -> bool {
+    /// address's kept failure times, this one included `weight` times).
+    /// The failure itself counts once: one failure is no burst, however
+    /// much it weighs (earlier ones keep their weight).
+    pub(super) fn reached(&self, times: &Times, t: i64, weight: u32) -> bool {
         let n = usize::try_from(self.failures).unwrap_or(usize::MAX);
-        times.near(t, self.within.as_millis()) >= n
+        let copies = usize::try_from(weight.max(1)).unwrap_or(usize::MAX);
+        let near = times.near(t, self.within.as_millis());
+        near.saturating_sub(copies - 1) >= n
     }
 }
 
@@ -240,6 +245,33 @@ mod tests {
             "[sip] Ban 198.51.100.30 (3 failures in a burst, 1h)"
         );
         assert_eq!(j.failing_count(), 0);
+    }
+
+    /// One failure is no burst, however much it weighs: a phone with a
+    /// stale password placing one call (an INVITE failure, weighing
+    /// `invite_weight` = 3) is not banned at once for "3 failures in a
+    /// burst"; a second INVITE failure within the window is a burst.
+    /// (Before, the weight's copies alone made the burst.)
+    #[test]
+    fn one_weighted_failure_is_no_burst() {
+        let mut j = sip_jail();
+        j.policy.invite_weight = 3;
+        let h = BanHistory::default();
+        let mut e = at("198.51.100.35", 10_000);
+        e.kind = FailureKind::InviteAuth;
+        assert_eq!(j.record(&e, Time(10_000), &h), Outcome::Found { count: 3 });
+        // Weight 2: the second INVITE failure within 2 s bans for its burst.
+        let mut j = sip_jail();
+        j.policy.invite_weight = 2;
+        j.policy.maxretry = 10;
+        let mut e = at("198.51.100.36", 10_000);
+        e.kind = FailureKind::InviteAuth;
+        assert_eq!(j.record(&e, Time(10_000), &h), Outcome::Found { count: 2 });
+        e.time = Time(10_500);
+        assert_eq!(
+            ban_reason(&j.record(&e, Time(10_500), &h)),
+            Some((BanReason::Burst, 4))
+        );
     }
 
     /// A phone with a stale password, failing once a minute, is banned only

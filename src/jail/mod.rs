@@ -345,7 +345,7 @@ impl Jail {
         // A known attack tool is banned at its first failure, where asked.
         let scanner = ev.scanner && self.policy.ban_scanners && !trusted;
         // Machine speed bans at once; a trusted phone keeps its allowance.
-        let burst = !weak && !trusted && count < maxretry && self.burst_reached(addr, t.0);
+        let burst = !weak && !trusted && count < maxretry && self.burst_reached(addr, t.0, weight);
         if count >= maxretry || scanner || burst {
             let count = count as u32;
             self.failing.remove(&addr);
