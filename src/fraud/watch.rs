@@ -296,7 +296,8 @@ impl Watch {
         orders
     }
 
-    /// Forgets the account idle longest when [`MAX_ACCOUNTS`] are followed.
+    /// Forgets the account idle longest when [`MAX_ACCOUNTS`] are followed
+    /// (one with nothing live and no level, while there is one).
     fn make_room(&mut self) {
         if self.accounts.len() < MAX_ACCOUNTS {
             return;
@@ -304,7 +305,14 @@ impl Watch {
         let oldest = self
             .accounts
             .iter()
-            .min_by_key(|(_, a)| (a.rules.iter().any(|s| s.held_until.is_some()), a.last_seen))
+            // Held accounts last, then those with live calls or a level:
+            // a flood of short calls from new accounts must not wipe the
+            // live calls of one being robbed.
+            .min_by_key(|(_, a)| {
+                let held = a.rules.iter().any(|s| s.held_until.is_some());
+                let busy = !a.live.is_empty() || a.rules.iter().any(|s| s.level.is_some());
+                (held, busy, a.last_seen)
+            })
             .map(|(k, _)| k.clone());
         if let Some(k) = oldest {
             self.accounts.remove(&k);

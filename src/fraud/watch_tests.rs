@@ -363,3 +363,29 @@ fn an_account_with_a_long_name_is_followed() {
     assert_eq!(v.accounts, 1);
     assert_eq!(v.fired[0].account.chars().count(), MAX_TEXT);
 }
+
+/// Past [`MAX_ACCOUNTS`], the account forgotten is an idle one (nothing
+/// live, no level), not the one calling: a flood of short calls from new
+/// accounts (addresses calling in without authentication, spoofed) does
+/// not wipe a stolen account's live calls from the ledger. (Before, the
+/// account seen longest ago went first, live calls and all.)
+#[test]
+fn a_flood_of_idle_accounts_does_not_evict_one_calling() {
+    let r = rule(
+        "conc",
+        &["00"],
+        vec![limit(Metric::ConcurrentCalls, 40, 50)],
+    );
+    let mut w = Watch::new(&[r]);
+    for n in 0..20u32 {
+        create(&mut w, n, "1002", "0044123", T0);
+    }
+    for n in 0..(MAX_ACCOUNTS as u32 + 10) {
+        let at = T0.plus_millis(1 + i64::from(n));
+        let name = format!("addr:198.51.{}.{}", n / 256, n % 256);
+        create(&mut w, 1, &name, "0044123", at);
+        w.on_event(&ev(CallKind::Hangup, 1, &name, "0044123", "", at), at);
+    }
+    assert_eq!(w.view(T0).accounts, MAX_ACCOUNTS);
+    assert_eq!(w.live_calls("1002"), 20, "the calling account is kept");
+}
