@@ -1,6 +1,6 @@
 //! Starting and stopping the sources of each jail: file followers, journal
 //! followers and wire sensors (threads), Event Socket and manager (AMI)
-//! clients (tasks).
+//! clients (tasks). What status shows of them is `sources/views.rs`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,14 +16,16 @@ use crate::event::{FailureEvent, JailId};
 use crate::filter::{self, Filter, FilterOptions};
 use crate::jail::JailConfig;
 use crate::jail::JailSet;
+use crate::source::Window;
 use crate::source::ami::{AmiMapper, AmiPeer, AmiSource, AmiStats};
 use crate::source::esl::{EslPeer, EslSource, EslStats, EventMapper};
 use crate::source::file::FollowStats;
 use crate::source::hep::HepSenders;
 use crate::source::journal::{Cursors, JournalConfig, JournalMatch, JournalSource};
 use crate::source::scanner::ScannerList;
-use crate::source::{DateStats, Window};
 use crate::supervise::{self, Health, Tasks};
+
+mod views;
 
 /// What identifies a jail's sources: when it changes on reload, the
 /// followers restart.
@@ -92,86 +94,6 @@ pub(super) struct SourceGroup {
 }
 
 impl SourceGroup {
-    /// What status shows of these sources.
-    pub(super) fn views(&self) -> Vec<SourceView> {
-        let dates = |d: &DateStats, v: SourceView| SourceView {
-            too_old: d.too_old.load(Ordering::Relaxed),
-            skewed: d.skewed.load(Ordering::Relaxed),
-            last_skew_s: d.last_skew_s(),
-            ..v
-        };
-        let stats = self.files.as_ref().map(|f| f.stats()).unwrap_or_default();
-        let files = stats.iter().map(|(p, s)| {
-            dates(
-                &s.dates,
-                SourceView {
-                    kind: "file".into(),
-                    path: p.display().to_string(),
-                    healthy: s.open.load(Ordering::Relaxed),
-                    reason: s.reason(),
-                    lines: s.lines.load(Ordering::Relaxed),
-                    matched: s.matched.load(Ordering::Relaxed),
-                    ..SourceView::default()
-                },
-            )
-        });
-        let now = crate::event::Time::now();
-        let esl = self.esl.iter().map(|(label, s, calls, _)| {
-            dates(
-                &s.dates,
-                SourceView {
-                    kind: "esl".into(),
-                    path: label.clone(),
-                    healthy: s.connected.load(Ordering::Relaxed),
-                    reason: None,
-                    lines: s.events.load(Ordering::Relaxed),
-                    matched: s.failures.load(Ordering::Relaxed),
-                    fraud: calls.as_ref().map(|c| c.view(now)),
-                    ..SourceView::default()
-                },
-            )
-        });
-        let ami = self.ami.iter().map(|(label, s, _)| SourceView {
-            kind: "ami".into(),
-            path: label.clone(),
-            healthy: s.connected.load(Ordering::Relaxed),
-            reason: s.reason(),
-            lines: s.messages.load(Ordering::Relaxed),
-            matched: s.failures.load(Ordering::Relaxed),
-            ..SourceView::default()
-        });
-        let wire = self.wire.iter().map(|(label, s)| SourceView {
-            kind: "wire".into(),
-            path: label.clone(),
-            healthy: s.up.load(Ordering::Relaxed),
-            reason: None,
-            lines: s.messages.load(Ordering::Relaxed),
-            matched: s.failures.load(Ordering::Relaxed),
-            ..SourceView::default()
-        });
-        let journal = self.journal.iter().map(|(label, s)| {
-            dates(
-                &s.dates,
-                SourceView {
-                    kind: "journal".into(),
-                    path: label.clone(),
-                    healthy: s.open.load(Ordering::Relaxed),
-                    reason: s.reason(),
-                    lines: s.lines.load(Ordering::Relaxed),
-                    matched: s.matched.load(Ordering::Relaxed),
-                    ..SourceView::default()
-                },
-            )
-        });
-        files
-            .chain(journal)
-            .chain(esl)
-            .chain(ami)
-            .chain(wire)
-            .chain(self.hep.iter().map(super::hep::HepGroup::view))
-            .collect()
-    }
-
     /// Tells every source of the group to stop (see [`join`](Self::join)).
     fn signal(&self) {
         self.stop.store(true, Ordering::Relaxed);

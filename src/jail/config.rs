@@ -30,9 +30,11 @@ use crate::source::hep::HepConfig;
 use crate::source::journal::{JournalConfig, JournalMatch};
 use crate::source::wire::WireConfig;
 
+mod checks;
 mod error;
 mod ignore;
 
+use checks::{EscKeys, ban_length, maxretry, positive};
 pub use error::{JailConfigError, JailWarning};
 pub use ignore::IgnoreSpec;
 use ignore::{IgnoreKeys, ignore_set};
@@ -210,96 +212,6 @@ pub struct JailConfig {
 
 /// A spanned jail error.
 type Bad = Spanned<JailConfigError>;
-
-/// The escalation keys of one table, before inheritance.
-#[derive(Default)]
-struct EscKeys {
-    inc: Option<bool>,
-    factor: Option<f64>,
-    mults: Option<Vec<u32>>,
-    maxtime: Option<Duration>,
-    overall: Option<bool>,
-    rndtime: Option<Duration>,
-}
-
-impl EscKeys {
-    fn check(
-        inc: Option<bool>,
-        factor: &Option<Spanned<f64>>,
-        mults: &Option<Spanned<Vec<u32>>>,
-        maxtime: &Option<Spanned<Duration>>,
-        overall: Option<bool>,
-        rndtime: Option<Duration>,
-    ) -> Result<EscKeys, Bad> {
-        let maxtime = positive(maxtime, "bantime_maxtime", NO_BAN)?;
-        if let Some(f) = factor {
-            let v = *f.get_ref();
-            if !(v.is_finite() && v > 0.0) {
-                return Err(Spanned::new(f.span(), JailConfigError::Factor));
-            }
-        }
-        if let Some(m) = mults {
-            if m.get_ref().is_empty() || m.get_ref().contains(&0) {
-                return Err(Spanned::new(m.span(), JailConfigError::Multipliers));
-            }
-        }
-        Ok(EscKeys {
-            inc,
-            factor: factor.as_ref().map(|f| *f.get_ref()),
-            mults: mults.as_ref().map(|m| m.get_ref().clone()),
-            maxtime,
-            overall,
-            rndtime,
-        })
-    }
-
-    /// The escalation of a jail with these keys under `[defaults]`' `d`.
-    fn over(self, d: &EscKeys) -> Option<Escalation> {
-        self.inc.or(d.inc).unwrap_or(false).then(|| Escalation {
-            factor: self.factor.or(d.factor).unwrap_or(1.0),
-            multipliers: self.mults.or_else(|| d.mults.clone()).unwrap_or_default(),
-            maxtime: self.maxtime.or(d.maxtime),
-            overall_jails: self.overall.or(d.overall).unwrap_or(false),
-            rndtime: self.rndtime.or(d.rndtime).filter(|r| r.0 > 0),
-        })
-    }
-}
-
-/// A duration that must be at least a second: `findtime`, `bantime_maxtime`.
-fn positive(
-    d: &Option<Spanned<Duration>>,
-    key: &'static str,
-    why: &'static str,
-) -> Result<Option<Duration>, Bad> {
-    match d {
-        Some(v) if v.get_ref().0 == 0 => Err(Spanned::new(
-            v.span(),
-            JailConfigError::ZeroDuration { key, why },
-        )),
-        Some(v) => Ok(Some(*v.get_ref())),
-        None => Ok(None),
-    }
-}
-
-/// A ban length: at least a second, or `-1`.
-fn ban_length(b: &Option<Spanned<BanTime>>) -> Result<Option<BanTime>, Bad> {
-    match b {
-        Some(v) if *v.get_ref() == BanTime::For(Duration(0)) => {
-            Err(Spanned::new(v.span(), JailConfigError::ZeroBan))
-        }
-        Some(v) => Ok(Some(*v.get_ref())),
-        None => Ok(None),
-    }
-}
-
-/// `maxretry`: at least 1.
-fn maxretry(m: &Option<Spanned<u32>>) -> Result<Option<u32>, Bad> {
-    match m {
-        Some(m) if *m.get_ref() == 0 => Err(Spanned::new(m.span(), JailConfigError::Maxretry)),
-        Some(m) => Ok(Some(*m.get_ref())),
-        None => Ok(None),
-    }
-}
 
 /// `[defaults]`, resolved: what a jail inherits for the keys it leaves out.
 pub struct Defaults {
