@@ -27,6 +27,7 @@ pub fn daemon(
     fail2ban_config: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     init_logging();
+    daemon::tune_allocator();
     let cfg =
         Config::load_with(config.as_deref(), fail2ban_config.as_deref()).map_err(CliError::Load)?;
     if let Some(why) = cfg.emptiness() {

@@ -101,6 +101,27 @@ fn give_back_memory() {
     }
 }
 
+/// Blocks of at least this size get their own mapping from the kernel, and
+/// go back to it when freed.
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// Makes glibc give large blocks their own mappings, always. By default its
+/// threshold rises after the first large block is freed, so the jails' and
+/// the ledger's big tables of a burst (several MB each, freed when they
+/// grow or a burst is answered) land in the arenas and stay as free holes
+/// there: measured on W4 (1,000,000 tracked addresses, 100,000 bans), the
+/// daemon settled at 196 MB with the default and 171 MB with this, its peak
+/// 204 MB and 191 MB. Small allocations, the hot paths', are unchanged.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of glibc's allocator (under its
+    // lock); it touches no memory this program holds. Called before the
+    // daemon's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// This host's addresses, read from the kernel: never banned by jails with
 /// `ignoreself`, and announced to the cluster.
 fn own_addresses() -> Vec<IpNet> {
