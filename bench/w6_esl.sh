@@ -12,6 +12,7 @@ trap 'kill ${PID:-} ${SIM:-} 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 # BIN=... measures another build (side by side: bench/side_by_side.sh).
 [ -n "${BIN:-}" ] || cargo build --release -q
 BIN=${BIN:-$PWD/target/release/sipwarden}
+. bench/lib.sh
 cat > "$WORK/sim.py" <<'PY'
 import socket, sys, time
 n, portfile, startfile = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -51,6 +52,7 @@ ignoreself = false
 backend = "none"
 [jail.esl]
 esl = { host = "127.0.0.1", port = $(cat "$WORK/port"), password = "ClueCon" }
+$(sw_no_burst)
 TOML
 RUST_LOG=warn "$BIN" run --config "$WORK/sw.toml" 2>/dev/null & PID=$!
 for _ in $(seq 200); do [ -s "$WORK/start" ] && break; sleep 0.05; done

@@ -2,7 +2,7 @@
 # Wire sensor CPU: RATE SIP packets per second (REGISTER with credentials and
 # a 401 answer, alternating, from 5,000 clients) for SECS seconds over the
 # loopback of a namespace made here, with the daemon's wire source on that
-# loopback (dry run, nothing enforced: maxretry is out of reach). Prints the
+# loopback (dry run, nothing enforced: maxretry is out of reach and the burst rule off). Prints the
 # daemon's CPU time per 1,000 packets/s. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ NS=swwire$$
 trap 'kill ${PID:-} 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
 cargo build --release -q
 BIN=$PWD/target/release/sipwarden
+. bench/lib.sh
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 ip -n "$NS" addr add 10.9.0.1/32 dev lo
@@ -25,6 +26,7 @@ maxretry = 1000000
 ignoreself = false
 [jail.wire]
 wire = { interface = "lo", ports = [5060] }
+$(sw_no_burst)
 TOML
 RUST_LOG=warn ip netns exec "$NS" "$BIN" run --dry-run --config "$WORK/sw.toml" 2>"$WORK/d.log" & PID=$!
 sleep 2
