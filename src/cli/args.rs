@@ -60,6 +60,14 @@ pub enum Command {
         /// embedded default].
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Instead of the checks (root): prove in a private pair of network
+        /// namespaces that a ban drops UDP and TCP before conntrack and stops
+        /// an established flow, then report what on this host could let a
+        /// banned source past sipwarden's chain (XDP, tc redirects, netdev
+        /// chains, NFQUEUE, earlier prerouting chains). Exits 0 (pass), 1
+        /// (the probe failed) or 2 (passed, but the host can bypass it).
+        #[arg(long)]
+        probe: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {

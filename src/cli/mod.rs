@@ -5,13 +5,14 @@
 //!
 //! One file per verb group: [`run`](mod@run) (run, check, config default), [`talk`]
 //! (status, ban, unban, reload, ping, set: the requests to the daemon and
-//! their text renderings), [`test_filter`], [`samples`], [`doctor`],
-//! [`import`] (import-fail2ban), [`completions`] (completions, man).
+//! their text renderings), [`test_filter`], [`samples`], [`doctor`] and
+//! [`probe`] (doctor --probe), [`import`] (import-fail2ban), [`completions`] (completions, man).
 
 pub mod args;
 pub mod completions;
 pub mod doctor;
 pub mod import;
+pub mod probe;
 pub mod run;
 pub mod samples;
 pub mod talk;
@@ -160,9 +161,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             talk: t,
         } => talk::talk(t, Request::Unban { addr, jail, all }),
         Command::Reload { force, talk: t } => talk::talk(t, Request::Reload { force }),
-        Command::Doctor { config } => {
+        Command::Doctor { config, probe } => {
             die_quietly_on_closed_pipe();
-            Ok(doctor::run(config.as_deref()))
+            Ok(if probe {
+                probe::run(config.as_deref())
+            } else {
+                doctor::run(config.as_deref())
+            })
         }
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),

@@ -30,6 +30,7 @@ mod nft;
 mod notify;
 mod owner;
 mod package;
+mod probe;
 mod restart;
 mod supervise;
 

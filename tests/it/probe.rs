@@ -1,0 +1,248 @@
+//! `sipwarden doctor --probe`: the built binary proves in its own pair of
+//! namespaces that bans drop before conntrack, deletes them (also on
+//! Ctrl-C), and reports what in the namespace it runs in could bypass the
+//! chain. Each run happens inside a namespace of the test (`ip netns exec`),
+//! so the host part reads that namespace, not the shared machine.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{NetNs, TempDir, bin, daemon_section, need};
+
+/// A configuration with its own table name: the probe lays out that one.
+fn config(dir: &TempDir) -> std::path::PathBuf {
+    let cfg = dir.path("sipwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[firewall]\ntable = \"probetest\"\n", daemon_section(dir)),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `doctor --probe` inside `ns`: its exit code and stdout.
+fn probe_in(ns: &NetNs, cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            bin(),
+            "doctor",
+            "--probe",
+            "--config",
+        ])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+/// The probe's namespaces still present (`swprobe-<pid>-a/b`).
+fn left_over(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("swprobe-{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pid_of(text: &str) -> u32 {
+    text.split("swprobe-")
+        .nth(1)
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no namespace named in:\n{text}"))
+}
+
+#[test]
+fn the_probe_passes_and_leaves_no_namespace() {
+    if !need("netns") {
+        return;
+    }
+    let dir = TempDir::new("probe");
+    let cfg = config(&dir);
+    let ns = NetNs::new("pr");
+    let (code, text) = probe_in(&ns, &cfg);
+    let lines: Vec<&str> = text.lines().collect();
+    let has = |prefix: &str, part: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(prefix) && l.contains(part))
+    };
+    assert!(!lines.iter().any(|l| l.starts_with("FAIL")), "{text}");
+    assert!(has("ok", "table inet probetest laid out"), "{text}");
+    assert!(has("ok", "priority -300, before conntrack"), "{text}");
+    assert!(has("ok", "before the ban: conntrack holds"), "{text}");
+    assert!(
+        has("ok", "after the ban: the established UDP flow"),
+        "{text}"
+    );
+    assert!(has("ok", "0 of 3 arrived"), "{text}");
+    assert!(
+        has(
+            "ok",
+            "after the ban: the established TCP connection: 0 byte(s)"
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "ok",
+            "after the ban: a new TCP connection from 192.0.2.2: not established"
+        ),
+        "{text}"
+    );
+    assert!(
+        has("ok", "after the ban: conntrack holds 0 entries"),
+        "{text}"
+    );
+    assert!(has("ok", "dropped before conntrack"), "{text}");
+    assert!(
+        has(
+            "ok",
+            "control: UDP from 192.0.2.3 (not banned) after the ban: 3 of 3"
+        ),
+        "{text}"
+    );
+    assert!(has("probe: PASS", ""), "{text}");
+    // The test's namespace has no table, no XDP, no filters.
+    assert!(has("host: nothing found", ""), "{text}");
+    assert_eq!(code, Some(0), "{text}");
+    let pid = pid_of(&text);
+    assert!(has("probe: namespaces", "deleted"), "{text}");
+    assert_eq!(left_over(pid), Vec::<String>::new());
+}
+
+#[test]
+fn the_probe_reports_what_can_bypass_the_chain() {
+    if !need("netns") {
+        return;
+    }
+    let dir = TempDir::new("probe-bypass");
+    let cfg = config(&dir);
+    let ns = NetNs::new("pb");
+    ns.sh(&[
+        "ip", "link", "add", "in0", "type", "veth", "peer", "name", "out0",
+    ]);
+    // A netdev ingress chain that forwards one source to another device,
+    // and one at prerouting -400 that only accepts (not final: no finding).
+    let rules = "table netdev edge {\n\
+                 \tchain ingress {\n\
+                 \t\ttype filter hook ingress device \"in0\" priority 0; policy accept;\n\
+                 \t\tip saddr 198.51.100.7 fwd to \"out0\"\n\
+                 \t}\n\
+                 }\n\
+                 table inet early {\n\
+                 \tchain pre {\n\
+                 \t\ttype filter hook prerouting priority -400; policy accept;\n\
+                 \t\tip saddr 198.51.100.0/24 accept\n\
+                 \t}\n\
+                 }\n";
+    let path = dir.path("bypass.nft");
+    std::fs::write(&path, rules).unwrap();
+    ns.sh(&["nft", "-f", path.to_str().unwrap()]);
+    // A tc ingress filter redirecting to the other device.
+    ns.sh(&["tc", "qdisc", "add", "dev", "in0", "clsact"]);
+    ns.sh(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        "in0",
+        "ingress",
+        "protocol",
+        "ip",
+        "u32",
+        "match",
+        "ip",
+        "src",
+        "198.51.100.8/32",
+        "action",
+        "mirred",
+        "egress",
+        "redirect",
+        "dev",
+        "out0",
+    ]);
+    let (code, text) = probe_in(&ns, &cfg);
+    let warns: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("warn") && !l.contains("left by an earlier probe"))
+        .collect();
+    assert!(text.contains("probe: PASS"), "{text}");
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains("chain netdev edge ingress (hook ingress")
+                && l.contains("forwards packets to another device (fwd) before prerouting")),
+        "{text}"
+    );
+    assert!(
+        warns
+            .iter()
+            .any(|l| l.contains("interface in0: tc ingress mirred")
+                && l.contains("redirect to out0")),
+        "{text}"
+    );
+    assert_eq!(warns.len(), 2, "the accept at -400 is not final: {text}");
+    assert!(text.contains("host: 2 finding(s)"), "{text}");
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(left_over(pid_of(&text)), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_deletes_the_namespaces() {
+    if !need("netns") {
+        return;
+    }
+    let dir = TempDir::new("probe-int");
+    let cfg = config(&dir);
+    let ns = NetNs::new("pi");
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            bin(),
+            "doctor",
+            "--probe",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    // Interrupted once the ban is in place (the probe then waits for
+    // packets that do not come).
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("through the enforcer") {
+            // SAFETY: kill(2) with a pid this test spawned and a valid signal.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{text}");
+    }
+    for line in lines {
+        text.push_str(&line.unwrap());
+        text.push('\n');
+    }
+    let status = child.wait().unwrap();
+    println!("{text}");
+    assert!(text.contains("probe: interrupted"), "{text}");
+    assert!(text.contains("deleted"), "{text}");
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert_eq!(left_over(pid_of(&text)), Vec::<String>::new());
+}
