@@ -65,7 +65,8 @@ pub enum Command {
         /// an established flow, then report what on this host could let a
         /// banned source past sipwarden's chain (XDP, tc redirects, netdev
         /// chains, NFQUEUE, earlier prerouting chains). Exits 0 (pass), 1
-        /// (the probe failed) or 2 (passed, but the host can bypass it).
+        /// (the probe failed), 2 (passed, but the host can bypass it) or 130
+        /// (interrupted; the namespaces are deleted first).
         #[arg(long)]
         probe: bool,
     },

@@ -252,9 +252,10 @@ fn probe(
             if prio < CONNTRACK_PRIORITY { "before" } else { "NOT before" }
         ),
     );
-    // A counter between sipwarden's chain and conntrack, and a stateful
-    // input chain (as most hosts have) so the namespace tracks connections.
-    let watch = (prio + CONNTRACK_PRIORITY) / 2;
+    // A counter at the last priority before conntrack: a packet counted
+    // there was not dropped before conntrack. And a stateful input chain
+    // (as most hosts have) so the namespace tracks connections.
+    let watch = CONNTRACK_PRIORITY - 1;
     let watch_rules = format!(
         "table inet swprobe {{\n\tchain watch {{\n\t\ttype filter hook prerouting priority {watch}; policy accept;\n\t\tip saddr {b4} counter comment \"v4\"\n\t\tip6 saddr {b6} counter comment \"v6\"\n\t}}\n"
     );
@@ -339,7 +340,7 @@ fn probe(
     out.check(
         seen_before > 0,
         format!(
-            "before the ban: a counter at priority {watch} (between sipwarden's chain and conntrack) saw {seen_before} packet(s) from the sources"
+            "before the ban: a counter at priority {watch} (just before conntrack) saw {seen_before} packet(s) from the sources"
         ),
     );
 
@@ -434,8 +435,13 @@ fn probe(
         out.check(
             n == 0,
             format!(
-                "after the ban: conntrack holds {n} entr{} from the banned sources (the enforcer flushed them; none was made again)",
-                if n == 1 { "y" } else { "ies" }
+                "after the ban: conntrack holds {n} entr{} from the banned sources{}",
+                if n == 1 { "y" } else { "ies" },
+                if n == 0 {
+                    " (the enforcer flushed them; none came back)"
+                } else {
+                    ""
+                }
             ),
         );
     }
@@ -448,7 +454,7 @@ fn probe(
             if seen_after == seen_before {
                 "dropped before conntrack"
             } else {
-                "they got past sipwarden's chain"
+                "they reached conntrack"
             }
         ),
     );
