@@ -492,6 +492,37 @@ bantime = -1
     }
 
     #[test]
+    fn port_and_protocol_scope_a_jail_and_wrong_ones_name_file_and_line() {
+        let jail = "[jail.sip]\nfilter = \"freeswitch\"\nlogpath = \"/x\"\n";
+        let c = parse(&format!(
+            "{jail}port = [5060, \"5061\", \"10000-20000\"]\nprotocol = [\"udp\"]\n"
+        ))
+        .unwrap();
+        let s = c.jails[0].scope.as_ref().unwrap();
+        assert_eq!(s.ports(), &[(5060, 5061), (10000, 20000)]);
+        assert_eq!(s.protocols(), &[crate::enforce::Proto::Udp]);
+        // Without protocol: UDP and TCP; without port: every packet.
+        let c = parse(&format!("{jail}port = [5060]\n")).unwrap();
+        assert_eq!(c.jails[0].scope.as_ref().unwrap().protocols().len(), 2);
+        assert!(parse(jail).unwrap().jails[0].scope.is_none());
+        let e = error(&format!("{jail}port = [5060, 70000]\n"));
+        assert!(
+            e.starts_with("test.toml:4:8: ") && e.contains("port entry 70000 must be a port"),
+            "{e}"
+        );
+        let e = error(&format!("{jail}port = [5060]\nprotocol = [\"icmp\"]\n"));
+        assert!(
+            e.starts_with("test.toml:5:12: ") && e.contains("\"icmp\" is not one of"),
+            "{e}"
+        );
+        let e = error(&format!("{jail}protocol = [\"udp\"]\n"));
+        assert!(
+            e.starts_with("test.toml:4:") && e.contains("only together with port"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let e = error("[defaults]\nfindtime = \"10x\"\n");
         assert!(

@@ -13,10 +13,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{DaemonError, RunOptions};
 use crate::config::Config;
 use crate::enforce::Backend;
-use crate::enforce::{Enforcer, FAST_LANE_MAX, FastLane, LogOnly, NftEnforcer, Refusal};
-use crate::event::{ClockWatch, Time};
+use crate::enforce::{Enforcer, FAST_LANE_MAX, FastLane, LogOnly, NftEnforcer, PortScope, Refusal};
+use crate::event::{ClockWatch, JailId, Time};
 use crate::http::metrics::Metrics;
 use crate::jail::{BanDecision, BanReason, Decision, is_host};
+use crate::jail::{JailConfig, JailSet};
 
 /// How long the thread waits for work before it checks the firewall for
 /// drift.
@@ -47,6 +48,27 @@ pub(super) struct Verdict {
 pub(super) enum Work {
     /// Apply decisions and answer.
     Job(Job),
+    /// Each jail's port scope, after a reload.
+    Scopes(Vec<(JailId, Option<PortScope>)>),
+}
+
+/// Each enabled jail's port scope, by its id in `jails`.
+pub(super) fn scopes(jails: &JailSet, enabled: &[JailConfig]) -> Vec<(JailId, Option<PortScope>)> {
+    enabled
+        .iter()
+        .filter_map(|j| Some((jails.jail_id(&j.name)?, j.scope.clone())))
+        .collect()
+}
+
+/// Hands the enforcer each jail's new port scope; a failure leaves the old
+/// scopes in force (logged).
+fn rescope(enforcer: &mut dyn Enforcer, scopes: &[(JailId, Option<PortScope>)]) {
+    if let Err(e) = enforcer.set_scopes(scopes) {
+        tracing::error!(
+            "firewall ({}): port scopes not changed: {e}; restart to apply them",
+            enforcer.name()
+        );
+    }
 }
 
 /// The enforcer's fast lane, driven from the run loop: a few new bans'
@@ -87,13 +109,14 @@ pub(super) fn build(
     config: &Config,
     opts: &RunOptions,
     owner: &str,
+    scopes: &[(JailId, Option<PortScope>)],
 ) -> Result<Box<dyn Enforcer>, DaemonError> {
     if opts.dry_run || config.firewall.backend == Backend::None {
         tracing::info!("firewall backend none (dry run): decisions are logged, not enforced");
         return Ok(Box::new(LogOnly));
     }
     let feeds = config.feeds.iter().map(|f| f.name.clone()).collect();
-    let nft = NftEnforcer::start_with_feeds(&config.firewall, feeds, owner)
+    let nft = NftEnforcer::start_scoped(&config.firewall, feeds, owner, scopes)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
     Ok(Box::new(nft))
 }
@@ -142,8 +165,12 @@ pub(super) fn spawn(
                         }
                     }
                 }
-                let Work::Job(first) = match work.recv_timeout(IDLE_TICK) {
-                    Ok(w) => w,
+                let first = match work.recv_timeout(IDLE_TICK) {
+                    Ok(Work::Job(j)) => j,
+                    Ok(Work::Scopes(s)) => {
+                        rescope(enforcer.as_mut(), &s);
+                        continue;
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         // Idle: check for drift (a flushed ruleset, elements deleted by hand).
                         if let Err(e) = enforcer.tick() {
@@ -153,15 +180,26 @@ pub(super) fn spawn(
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
-                // Whatever else is queued goes out in the same batch.
+                // Whatever else is queued goes out in the same batch; new
+                // scopes apply between the jobs before and after them.
                 let mut jobs = vec![first];
-                while let Ok(Work::Job(j)) = work.try_recv() {
-                    jobs.push(j);
+                let mut scopes = None;
+                while let Ok(w) = work.try_recv() {
+                    match w {
+                        Work::Job(j) => jobs.push(j),
+                        Work::Scopes(s) => {
+                            scopes = Some(s);
+                            break;
+                        }
+                    }
                 }
                 if let Some(step) = clock.observe(Time::now(), mono_ms()) {
                     enforcer.shift_clock(step);
                 }
                 run_jobs(enforcer.as_mut(), jobs, &verdicts, &metrics);
+                if let Some(s) = scopes {
+                    rescope(enforcer.as_mut(), &s);
+                }
             }
             if let Err(e) = enforcer.close() {
                 tracing::error!("firewall ({}): {e}", enforcer.name());

@@ -207,7 +207,8 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let (store, store_health) = store::open(&state_dir, now);
     let mut jails = build_jails(&config, &enabled, store.as_ref());
     let journal_cursors = store::journal_cursors(store.as_ref());
-    let mut enforcer = enforcer::build(&config, &opts, &lock.dir.to_string_lossy())?;
+    let scopes = enforcer::scopes(&jails, &enabled);
+    let mut enforcer = enforcer::build(&config, &opts, &lock.dir.to_string_lossy(), &scopes)?;
     let firewall = enforcer.name();
 
     // The bans still in force, back in the kernel before anything new.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::enforcer::Work;
 use super::runtime::{JobMeta, Runtime};
 use crate::config::Config;
 use crate::control::Response;
@@ -60,6 +61,12 @@ impl Runtime {
         let started = self.sources.sync(&enabled, &self.jails);
         if let Err(e) = started.and_then(|_| self.dispatch(lifted, JobMeta::default())) {
             return Response::error(e.to_string());
+        }
+        // After the removed jails' unbans, before any new decision: bans
+        // of a jail whose port scope changed move to the new scope's sets.
+        let scopes = super::enforcer::scopes(&self.jails, &enabled);
+        if self.dec_tx.send(Work::Scopes(scopes)).is_err() {
+            return Response::error("the enforcer thread stopped; see the error above".to_string());
         }
         tracing::info!("reloaded {}: {} jail(s)", self.config.origin, enabled.len());
         Response::ok(serde_json::json!({ "config": self.config.origin, "jails": enabled.len() }))

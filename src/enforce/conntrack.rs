@@ -1,10 +1,13 @@
 //! Deleting the conntrack entries of banned sources, over netlink: what
 //! `conntrack -D -s ADDR` does, for a whole batch of addresses in one dump.
+//! A port-scoped ban deletes only the entries its scope matches (original
+//! direction: protocol and destination port), as `conntrack -D -s ADDR -p
+//! udp --dport 5060` would.
 //!
 //! Packets of a banned source are dropped before conntrack anyway; deleting
 //! its entries also ends NAT mappings and stops replies to flows it opened.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -12,6 +15,7 @@ use ipnet::IpNet;
 use super::netlink::{
     NFNL_SUBSYS_CTNETLINK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NfSocket, Reply, attrs, explain,
 };
+use super::scope::PortScope;
 use crate::net::is_host;
 
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -21,6 +25,9 @@ const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V6_SRC: u16 = 3;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
 /// Delete requests per datagram.
 const DELETES_PER_SEND: usize = 512;
 
@@ -46,6 +53,23 @@ fn orig_source(tuple: &[u8]) -> Option<IpAddr> {
     None
 }
 
+/// The original direction's IP protocol and destination port (0 for a
+/// protocol without ports).
+fn orig_proto(tuple: &[u8]) -> (u8, u16) {
+    let Some(p) = attrs(tuple).find(|a| a.ty == CTA_TUPLE_PROTO) else {
+        return (0, 0);
+    };
+    let mut out = (0, 0);
+    for a in attrs(p.data) {
+        match (a.ty, a.data) {
+            (CTA_PROTO_NUM, [n]) => out.0 = *n,
+            (CTA_PROTO_DST_PORT, [h, l]) => out.1 = u16::from_be_bytes([*h, *l]),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Why the conntrack entries of banned sources were not deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -67,13 +91,68 @@ pub enum ConntrackError {
 /// Deletes every conntrack entry whose original source is in `banned`.
 /// Returns how many were deleted.
 pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, ConntrackError> {
-    let hosts: HashSet<IpAddr> = banned
-        .iter()
-        .filter(|n| is_host(n))
-        .map(|n| n.addr())
-        .collect();
-    let nets: Vec<&IpNet> = banned.iter().filter(|n| !is_host(n)).collect();
-    let hit = |a: IpAddr| hosts.contains(&a) || nets.iter().any(|n| n.contains(&a));
+    flush(sock, banned, &[])
+}
+
+/// Which entries a batch of bans deletes: every flow of the unscoped ones,
+/// the flows in scope of the scoped ones.
+struct Targets<'a> {
+    hosts: HashSet<IpAddr>,
+    nets: Vec<&'a IpNet>,
+    scoped_hosts: HashMap<IpAddr, Vec<&'a PortScope>>,
+    scoped_nets: Vec<(&'a IpNet, &'a PortScope)>,
+}
+
+impl<'a> Targets<'a> {
+    fn new(banned: &'a [IpNet], scoped: &'a [(IpNet, &'a PortScope)]) -> Targets<'a> {
+        let mut scoped_hosts: HashMap<IpAddr, Vec<&PortScope>> = HashMap::new();
+        for (n, s) in scoped.iter().filter(|(n, _)| is_host(n)) {
+            scoped_hosts.entry(n.addr()).or_default().push(*s);
+        }
+        Targets {
+            hosts: banned
+                .iter()
+                .filter(|n| is_host(n))
+                .map(|n| n.addr())
+                .collect(),
+            nets: banned.iter().filter(|n| !is_host(n)).collect(),
+            scoped_hosts,
+            scoped_nets: scoped
+                .iter()
+                .filter(|(n, _)| !is_host(n))
+                .map(|(n, s)| (n, *s))
+                .collect(),
+        }
+    }
+
+    /// Whether an entry from `src` of protocol `proto` to `dport` goes.
+    fn hit(&self, src: IpAddr, tuple: &[u8]) -> bool {
+        if self.hosts.contains(&src) || self.nets.iter().any(|n| n.contains(&src)) {
+            return true;
+        }
+        if self.scoped_hosts.is_empty() && self.scoped_nets.is_empty() {
+            return false;
+        }
+        let (proto, dport) = orig_proto(tuple);
+        self.scoped_hosts
+            .get(&src)
+            .is_some_and(|v| v.iter().any(|s| s.matches(proto, dport)))
+            || self
+                .scoped_nets
+                .iter()
+                .any(|(n, s)| n.contains(&src) && s.matches(proto, dport))
+    }
+}
+
+/// Deletes every conntrack entry whose original source is in `banned`, and
+/// those whose source is in one of `scoped` and whose protocol and
+/// destination port its scope matches. Returns how many were deleted.
+pub fn flush(
+    sock: &mut NfSocket,
+    banned: &[IpNet],
+    scoped: &[(IpNet, &PortScope)],
+) -> Result<usize, ConntrackError> {
+    let targets = Targets::new(banned, scoped);
 
     let mut req = sock.buffer();
     let s = req.begin(
@@ -99,7 +178,7 @@ pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, Con
             }
         }
         if let Some(t) = tuple {
-            if orig_source(t.data).is_some_and(hit) {
+            if orig_source(t.data).is_some_and(|a| targets.hit(a, t.data)) {
                 victims.push(Victim {
                     family,
                     tuple: t.raw.to_vec(),
@@ -139,6 +218,57 @@ pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, Con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tuple as the kernel nests it: CTA_TUPLE_IP { src }, CTA_TUPLE_PROTO
+    /// { num, sport, dport }.
+    fn tuple(src: [u8; 4], proto: u8, dport: u16) -> Vec<u8> {
+        fn attr(ty: u16, data: &[u8]) -> Vec<u8> {
+            let len = 4 + data.len();
+            let mut v = Vec::new();
+            v.extend_from_slice(&(len as u16).to_ne_bytes());
+            v.extend_from_slice(&ty.to_ne_bytes());
+            v.extend_from_slice(data);
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+            v
+        }
+        let ip = attr(CTA_TUPLE_IP | 0x8000, &attr(CTA_IP_V4_SRC, &src));
+        let mut p = attr(CTA_PROTO_NUM, &[proto]);
+        p.extend(attr(2, &5555u16.to_be_bytes()));
+        p.extend(attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()));
+        let mut t = ip;
+        t.extend(attr(CTA_TUPLE_PROTO | 0x8000, &p));
+        t
+    }
+
+    #[test]
+    fn a_scoped_ban_deletes_only_the_flows_its_scope_matches() {
+        let sip = PortScope::new(&[crate::enforce::Proto::Udp], &[(5060, 5060)]).unwrap();
+        let scoped = [("192.0.2.7/32".parse().unwrap(), &sip)];
+        let every: [IpNet; 1] = ["198.51.100.0/24".parse().unwrap()];
+        let t = Targets::new(&every, &scoped);
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let tu = tuple([192, 0, 2, 7], 17, 5060);
+        assert_eq!(orig_source(&tu), Some(a));
+        assert_eq!(orig_proto(&tu), (17, 5060));
+        assert!(t.hit(a, &tu));
+        assert!(
+            !t.hit(a, &tuple([192, 0, 2, 7], 6, 22)),
+            "the operator's SSH stays"
+        );
+        assert!(
+            !t.hit(a, &tuple([192, 0, 2, 7], 6, 5060)),
+            "TCP is out of a UDP-only scope"
+        );
+        let b: IpAddr = "198.51.100.9".parse().unwrap();
+        assert!(
+            t.hit(b, &tuple([198, 51, 100, 9], 6, 22)),
+            "unscoped: every flow"
+        );
+        let c: IpAddr = "203.0.113.1".parse().unwrap();
+        assert!(!t.hit(c, &tuple([203, 0, 113, 1], 17, 5060)));
+    }
 
     /// The conntrack warning's wording, as the strings had it.
     #[test]

@@ -17,6 +17,8 @@ use ipnet::IpNet;
 
 use super::intervals::{self, Family, Segment};
 use super::netlink::MsgBuf;
+use super::scope::ScopeId;
+pub(super) use super::sets::SetName;
 use crate::decision::Decision;
 use crate::event::{JailId, Time};
 use crate::net::is_host;
@@ -27,45 +29,6 @@ pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(super) const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 pub(super) const NFTA_DATA_VALUE: u16 = 1;
 pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-
-/// The four kernel sets of bans.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) enum SetName {
-    V4,
-    V6,
-    NetV4,
-    NetV6,
-}
-
-impl SetName {
-    /// The set's name in the table.
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            SetName::V4 => "banned_v4",
-            SetName::V6 => "banned_v6",
-            SetName::NetV4 => "banned_net_v4",
-            SetName::NetV6 => "banned_net_v6",
-        }
-    }
-
-    /// Where a ban of `net` goes: single addresses in the plain sets,
-    /// prefixes in the interval sets.
-    pub(super) fn for_net(net: &IpNet) -> SetName {
-        match (net, is_host(net)) {
-            (IpNet::V4(_), true) => SetName::V4,
-            (IpNet::V6(_), true) => SetName::V6,
-            (IpNet::V4(_), false) => SetName::NetV4,
-            (IpNet::V6(_), false) => SetName::NetV6,
-        }
-    }
-
-    fn for_family(f: Family) -> SetName {
-        match f {
-            Family::V4 => SetName::NetV4,
-            Family::V6 => SetName::NetV6,
-        }
-    }
-}
 
 /// Adding or removing an element.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -362,9 +325,12 @@ impl Slot {
     }
 }
 
-/// The enforcer's ledger: bans in force and what the kernel holds.
+/// The enforcer's ledger: bans in force and what the kernel holds, for the
+/// sets of one scope (every packet, or one port scope's).
 #[derive(Debug, Default)]
 pub(super) struct BanBook {
+    /// Whose sets: `ScopeId::ALL` for the unscoped ones.
+    scope: ScopeId,
     /// Per address or prefix, each jail's ban and what the kernel holds
     /// (one map, one lookup per change).
     slots: HashMap<IpNet, Slot>,
@@ -373,6 +339,19 @@ pub(super) struct BanBook {
 }
 
 impl BanBook {
+    /// An empty ledger of the sets of `scope`.
+    pub(super) fn for_scope(scope: ScopeId) -> BanBook {
+        BanBook {
+            scope,
+            ..BanBook::default()
+        }
+    }
+
+    /// Whose sets this ledger keeps.
+    pub(super) fn scope(&self) -> ScopeId {
+        self.scope
+    }
+
     /// Records decision `d` in the ledger; returns how to undo it.
     pub(super) fn note(&mut self, d: &Decision) -> Undo {
         let (net, jail, end) = match d {
@@ -390,6 +369,37 @@ impl BanBook {
         Undo { net, jail, before }
     }
 
+    /// Takes `jail`'s bans out of the ledger (its scope changed), each
+    /// with its end; `host_ops` and `prefix_ops` then say what to lift.
+    pub(super) fn take_jail(&mut self, jail: JailId) -> Vec<(IpNet, Option<Time>)> {
+        let mut out = Vec::new();
+        for (net, slot) in &mut self.slots {
+            if let Some(end) = slot.bans.take(jail) {
+                out.push((*net, end));
+            }
+        }
+        self.slots.retain(|_, slot| !slot.is_empty());
+        out
+    }
+
+    /// Takes `jail`'s ban of `net` out (a move undone).
+    pub(super) fn take_jail_net(&mut self, jail: JailId, net: &IpNet) {
+        if let Some(slot) = self.slots.get_mut(net) {
+            slot.bans.take(jail);
+            if slot.is_empty() {
+                self.slots.remove(net);
+            }
+        }
+    }
+
+    /// Records `jail`'s ban of `net` until `end` (moved here from another
+    /// scope's ledger).
+    pub(super) fn put(&mut self, net: IpNet, jail: JailId, end: Option<Time>) {
+        let slot = self.slots.entry(net).or_insert(Slot::EMPTY);
+        slot.bans.take(jail);
+        slot.bans.put(jail, end);
+    }
+
     /// Puts back what `note` changed.
     pub(super) fn undo(&mut self, u: Undo) {
         let slot = self.slots.entry(u.net).or_insert(Slot::EMPTY);
@@ -405,7 +415,7 @@ impl BanBook {
     /// Appends to `out` what turns the kernel's element for single address
     /// `net` into what its bans want at `now`.
     pub(super) fn host_ops(&self, net: &IpNet, now: Time, out: &mut Vec<ElemOp>) {
-        let set = SetName::for_net(net);
+        let set = SetName::for_net(net).in_scope(self.scope);
         let key = ElemKey::Host(net.addr());
         let slot = self.slots.get(net);
         let wanted = slot.and_then(|s| s.bans.wanted_end(now));
@@ -464,7 +474,7 @@ impl BanBook {
             .copied()
             .collect();
         let (remove, add) = intervals::diff(&held, &wanted);
-        let set = SetName::for_family(family);
+        let set = SetName::for_family(family).in_scope(self.scope);
         let key = |s: &Segment| ElemKey::Range(s.first_addr(), s.after_last());
         let mut ops: Vec<ElemOp> = remove
             .iter()
@@ -510,7 +520,7 @@ impl BanBook {
         let hosts = self.slots.iter().filter_map(|(net, slot)| {
             Some(ElemOp {
                 kind: OpKind::Add,
-                set: SetName::for_net(net),
+                set: SetName::for_net(net).in_scope(self.scope),
                 key: ElemKey::Host(net.addr()),
                 timeout_ms: timeout(slot.held?, now)?,
             })
@@ -518,7 +528,7 @@ impl BanBook {
         let ranges = self.segments.iter().filter_map(|s| {
             Some(ElemOp {
                 kind: OpKind::Add,
-                set: SetName::for_family(s.family),
+                set: SetName::for_family(s.family).in_scope(self.scope),
                 key: ElemKey::Range(s.first_addr(), s.after_last()),
                 timeout_ms: timeout(s.end, now)?,
             })
@@ -649,6 +659,51 @@ mod tests {
     }
 
     #[test]
+    fn a_jail_moving_scope_takes_its_bans_to_the_new_sets_and_leaves_the_others() {
+        let mut old = BanBook::default();
+        let mut new = BanBook::for_scope(ScopeId(7));
+        let host: IpNet = "203.0.113.1/32".parse().unwrap();
+        let now = Time(0);
+        old.note(&ban(0, "203.0.113.1/32", Some(1000)));
+        old.note(&ban(1, "203.0.113.1/32", Some(500)));
+        old.note(&ban(0, "2001:db8::/64", Some(2000)));
+        old.commit_host(&host, now);
+        let (_, w) = old.prefix_ops(Family::V6, now);
+        old.commit_prefixes(Family::V6, w);
+        let moved = old.take_jail(JailId(0));
+        assert_eq!(moved.len(), 2);
+        for (net, end) in &moved {
+            new.put(*net, JailId(0), *end);
+        }
+        // The new scope's sets get both, with their own ends ...
+        let ops = host_ops(&new, &host, now);
+        assert_eq!(
+            kinds(&ops),
+            [(OpKind::Add, "203.0.113.1".into(), Some(1000))]
+        );
+        assert_eq!(&*ops[0].set.label(), "banned_v4_s00000007");
+        let (ops, _) = new.prefix_ops(Family::V6, now);
+        assert_eq!(&*ops[0].set.label(), "banned_net_v6_s00000007");
+        assert_eq!(ops[0].timeout_ms, Some(2000));
+        // ... and the old sets keep jail 1's shorter ban of the address
+        // (its element shortened) and lose the prefix.
+        assert_eq!(
+            kinds(&host_ops(&old, &host, now)),
+            [
+                (OpKind::Delete, "203.0.113.1".into(), None),
+                (OpKind::Add, "203.0.113.1".into(), Some(500))
+            ]
+        );
+        let (ops, _) = old.prefix_ops(Family::V6, now);
+        assert_eq!(kinds(&ops).len(), 1);
+        assert_eq!(ops[0].kind, OpKind::Delete);
+        assert_eq!(&*ops[0].set.label(), "banned_net_v6");
+        // A move undone leaves nothing behind in the new ledger.
+        new.take_jail_net(JailId(0), &host);
+        assert!(host_ops(&new, &host, now).is_empty());
+    }
+
+    #[test]
     fn undo_restores_the_ledger() {
         let mut b = BanBook::default();
         let net: IpNet = "203.0.113.1/32".parse().unwrap();
@@ -761,7 +816,7 @@ mod tests {
     fn units_are_ranges_of_one_flat_list() {
         let op = |k| ElemOp {
             kind: k,
-            set: SetName::V4,
+            set: SetName::for_net(&"192.0.2.1/32".parse().unwrap()),
             key: ElemKey::Host("192.0.2.1".parse().unwrap()),
             timeout_ms: None,
         };

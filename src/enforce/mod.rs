@@ -7,9 +7,12 @@ pub mod intervals;
 pub mod netlink;
 pub mod nftables;
 mod owner;
+pub mod scope;
+mod sets;
 
 pub use config::{Backend, FirewallConfig, FirewallConfigError};
 pub use nftables::NftEnforcer;
+pub use scope::{PortScope, Proto, ScopeError, ScopeId};
 
 use crate::decision::Decision;
 
@@ -59,6 +62,17 @@ pub trait Enforcer: Send {
             nets.len()
         );
         Ok(nets.len())
+    }
+
+    /// Each jail's port scope (`None`: its bans drop every packet), by
+    /// jail id: at start, and again on reload. A jail whose scope changed
+    /// has its bans moved to its new scope's sets.
+    fn set_scopes(
+        &mut self,
+        scopes: &[(crate::event::JailId, Option<PortScope>)],
+    ) -> Result<(), EnforceError> {
+        let _ = scopes;
+        Ok(())
     }
 
     /// A second, faster way in for a few new bans, if this firewall has

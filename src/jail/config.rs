@@ -19,6 +19,7 @@ use super::Escalation;
 use super::burst::{BurstKey, check_burst, parse_burst};
 use crate::action::ActionRef;
 use crate::duration::{BanTime, Duration};
+use crate::enforce::scope::{PortScope, ScopeKey};
 use crate::filter::FilterOptions;
 use crate::filter::config::{self as filter_config, FilterConfigError};
 use crate::net::NetSet;
@@ -132,6 +133,8 @@ pub struct RawJail {
     actions: Option<Vec<Spanned<String>>>,
     burst: Option<Spanned<toml::Value>>,
     notify: Option<Spanned<toml::Value>>,
+    port: Option<Spanned<toml::Value>>,
+    protocol: Option<Spanned<toml::Value>>,
 }
 
 /// One jail, with `[defaults]` applied.
@@ -208,6 +211,8 @@ pub struct JailConfig {
     pub burst: Option<BurstKey>,
     /// Where this node tells of the bans it decides (`notify`).
     pub notify: Vec<NotifyTarget>,
+    /// What its bans drop (`port`, `protocol`); `None`: every packet.
+    pub scope: Option<PortScope>,
 }
 
 /// A spanned jail error.
@@ -322,6 +327,7 @@ impl JailConfig {
             journal: None,
             burst: None,
             notify: Vec::new(),
+            scope: None,
         }
     }
 
@@ -500,6 +506,17 @@ impl JailConfig {
             Some(v) => parse_notify(v.get_ref()).map_err(|e| Spanned::new(v.span(), e.into()))?,
             None => Vec::new(),
         };
+        let scope = PortScope::from_keys(
+            j.port.as_ref().map(Spanned::get_ref),
+            j.protocol.as_ref().map(Spanned::get_ref),
+        )
+        .map_err(|(key, e)| {
+            let at = match key {
+                ScopeKey::Port => j.port.as_ref(),
+                ScopeKey::Protocol => j.protocol.as_ref(),
+            };
+            Spanned::new(at.map_or_else(|| span.clone(), Spanned::span), e.into())
+        })?;
         Ok(JailConfig {
             name,
             enabled,
@@ -536,6 +553,7 @@ impl JailConfig {
             journal,
             burst,
             notify,
+            scope,
         })
     }
 }

@@ -32,6 +32,7 @@ mod owner;
 mod package;
 mod probe;
 mod restart;
+mod scope;
 mod supervise;
 
 // What a test needs from the machine: shared with the unit tests.

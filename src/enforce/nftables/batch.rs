@@ -6,6 +6,7 @@ use crate::enforce::elements::{ElemKey, ElemOp, OpKind, SetName, Units, put_op};
 use crate::enforce::netlink::{
     MsgBuf, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NfSocket, Reply, explain,
 };
+use crate::enforce::scope::ScopeId;
 use crate::enforce::{EnforceError, FastLane};
 use crate::event::Time;
 use crate::net::is_host;
@@ -166,7 +167,7 @@ fn encode_ops(
             0,
         );
         b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-        b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.label());
         let list = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
         let first = i;
         while i < ops.len()
@@ -193,10 +194,23 @@ fn encode_ops(
 pub(super) struct FastAdd {
     pub(super) sock: NfSocket,
     pub(super) table: String,
+    /// Each jail's port scope, by jail id (the enforcer's, shared).
+    pub(super) scopes: std::sync::Arc<std::sync::RwLock<Vec<ScopeId>>>,
 }
 
 impl FastLane for FastAdd {
     fn add(&mut self, bans: &[crate::decision::BanDecision]) {
+        // Never wait: while the enforcer changes the scopes (a reload),
+        // these bans take the enforcer's way only.
+        let Ok(scopes) = self.scopes.try_read() else {
+            return;
+        };
+        let scope_of = |j: crate::event::JailId| {
+            scopes
+                .get(usize::from(j.0))
+                .copied()
+                .unwrap_or(ScopeId::ALL)
+        };
         let now = Time::now();
         let ops: Vec<ElemOp> = bans
             .iter()
@@ -210,12 +224,13 @@ impl FastLane for FastAdd {
                 };
                 Some(ElemOp {
                     kind: OpKind::Add,
-                    set: SetName::for_net(&b.addr),
+                    set: SetName::for_net(&b.addr).in_scope(scope_of(b.jail)),
                     key: ElemKey::Host(b.addr.addr()),
                     timeout_ms,
                 })
             })
             .collect();
+        drop(scopes);
         if ops.is_empty() {
             return;
         }

@@ -14,11 +14,13 @@ use super::layout::apply_layout;
 use crate::enforce::EnforceError;
 use crate::enforce::elements::{
     NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS,
-    NFTA_SET_ELEM_KEY, SetName,
+    NFTA_SET_ELEM_KEY,
 };
 use crate::enforce::netlink::{
     NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, attrs, explain,
 };
+use crate::enforce::scope::ScopeId;
+use crate::enforce::sets::{SetKind, SetName};
 use crate::event::Time;
 
 /// How often the table and chain are checked, and the set contents compared.
@@ -133,8 +135,19 @@ impl NftEnforcer {
             "firewall: {why}; laying table inet {} out again",
             self.table
         );
-        apply_layout(&self.table, self.set_size, &self.feeds, self.mark())?;
-        let n = self.readd(self.book.all_elements(now))?;
+        let scopes = self.scope_list();
+        apply_layout(
+            &self.table,
+            self.set_size,
+            &self.feeds,
+            &scopes,
+            self.mark(),
+        )?;
+        let mut all = self.book.all_elements(now);
+        for (_, book) in self.scoped.values() {
+            all.extend(book.all_elements(now));
+        }
+        let n = self.readd(all)?;
         self.reload_feeds()?;
         self.chain = self.chain_state()?;
         tracing::warn!(
@@ -160,7 +173,7 @@ impl NftEnforcer {
             0,
         );
         b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
-        b.attr_str(NFTA_SET_ELEM_LIST_SET, set.as_str());
+        b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.label());
         b.end(s);
         let mut keys = HashSet::new();
         let r = self
@@ -212,7 +225,7 @@ impl NftEnforcer {
             Some(libc::ENOENT) => Ok(None),
             Some(e) => Err(EnforceError::Failed(explain(
                 e,
-                &format!("listing set {}", set.as_str()),
+                &format!("listing set {}", set.label()),
             ))),
             None => Ok(Some(keys)),
         }
@@ -225,6 +238,9 @@ impl NftEnforcer {
     pub fn check_drift(&mut self) -> Result<(), EnforceError> {
         let now = Time::now();
         self.book.expire(now);
+        for (_, book) in self.scoped.values_mut() {
+            book.expire(now);
+        }
         match self.chain_state()? {
             None => {
                 return self.relayout(
@@ -256,16 +272,27 @@ impl NftEnforcer {
             return Ok(());
         }
         self.last_verify = std::time::Instant::now();
-        let mut present: HashSet<IpAddr> = HashSet::new();
-        for set in [SetName::V4, SetName::V6, SetName::NetV4, SetName::NetV6] {
-            match self.set_keys(set)? {
-                Some(k) => present.extend(k),
-                None => {
-                    return self.relayout(now, &format!("set {} is gone", set.as_str()));
+        let mut missing = Vec::new();
+        let scopes: Vec<ScopeId> = std::iter::once(ScopeId::ALL)
+            .chain(self.scoped.keys().copied())
+            .collect();
+        for scope in scopes {
+            let mut present: HashSet<IpAddr> = HashSet::new();
+            for kind in SetKind::ALL {
+                let set = SetName { kind, scope };
+                match self.set_keys(set)? {
+                    Some(k) => present.extend(k),
+                    None => {
+                        return self.relayout(now, &format!("set {} is gone", set.label()));
+                    }
                 }
             }
+            let book = match self.scoped.get(&scope) {
+                Some((_, b)) => b,
+                None => &self.book,
+            };
+            missing.extend(book.missing(now, &present));
         }
-        let missing = self.book.missing(now, &present);
         if !missing.is_empty() {
             let n = self.readd(missing)?;
             if n > 0 {

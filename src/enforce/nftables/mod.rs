@@ -15,12 +15,14 @@ mod batch;
 mod drift;
 mod feeds;
 mod layout;
+mod scoped;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
 
-pub use self::layout::layout;
+pub use self::layout::{layout, layout_with, scope_additions};
 
 use self::batch::{FastAdd, MAX_BATCH_OPS, socket_error};
 use self::drift::PROBE_EVERY;
@@ -29,10 +31,11 @@ use super::conntrack;
 use super::elements::{BanBook, OpKind, SetName, Undo, Units};
 use super::intervals::Family;
 use super::netlink::{NfSocket, explain};
+use super::scope::{PortScope, ScopeId};
 use super::{EnforceError, Enforcer, FastLane, Refusal};
 use crate::decision::Decision;
 use crate::enforce::FirewallConfig;
-use crate::event::Time;
+use crate::event::{JailId, Time};
 use crate::net::is_host;
 
 /// Bans in kernel sets of table `inet <table>`.
@@ -52,8 +55,15 @@ pub struct NftEnforcer {
     /// Conntrack flushing stays off after the kernel refused it once.
     conntrack_ok: bool,
     /// Every ban in force as this enforcer applied it, and what the kernel
-    /// holds: restored after drift.
+    /// holds: restored after drift. The unscoped sets'.
     book: BanBook,
+    /// The same for each port scope's sets, with the scope. A scope stays
+    /// laid out until the next restart once a reload left it unused.
+    scoped: BTreeMap<ScopeId, (PortScope, BanBook)>,
+    /// Each jail's scope, by jail id (`ScopeId::ALL` past the end).
+    jail_scope: Vec<ScopeId>,
+    /// The same, for the fast lane (which never waits for it).
+    lane_scopes: Arc<RwLock<Vec<ScopeId>>>,
     /// When the ledger last forgot what ended (a full pass: not on every
     /// batch).
     book_expired: Time,
@@ -83,8 +93,16 @@ impl NftEnforcer {
     fn expire_book(&mut self, now: Time) {
         if now.0 - self.book_expired.0 >= BOOK_SWEEP_MS || now.0 < self.book_expired.0 {
             self.book.expire(now);
+            for (_, book) in self.scoped.values_mut() {
+                book.expire(now);
+            }
             self.book_expired = now;
         }
+    }
+
+    /// The port scopes laid out, in order.
+    fn scope_list(&self) -> Vec<PortScope> {
+        self.scoped.values().map(|(s, _)| s.clone()).collect()
     }
 
     /// Lays out the table (replacing a leftover one) and opens the netlink
@@ -103,13 +121,28 @@ impl NftEnforcer {
         feeds: Vec<String>,
         owner: &str,
     ) -> Result<NftEnforcer, EnforceError> {
+        NftEnforcer::start_scoped(cfg, feeds, owner, &[])
+    }
+
+    /// Like `start_with_feeds`, with the sets and rules of each jail's port
+    /// scope laid out from the start (`scopes`: jail id and scope, for the
+    /// scoped jails).
+    pub fn start_scoped(
+        cfg: &FirewallConfig,
+        feeds: Vec<String>,
+        owner: &str,
+        scopes: &[(JailId, Option<PortScope>)],
+    ) -> Result<NftEnforcer, EnforceError> {
+        let (jail_scope, groups) = scoped::plan(scopes, &BTreeMap::new())?;
+        let list: Vec<PortScope> = groups.values().cloned().collect();
         let mut sock = NfSocket::open().map_err(|e| EnforceError::Failed(socket_error(&e)))?;
         let owner = super::owner::take(&mut sock, &cfg.table, owner)?;
-        let marked = match apply_layout(&cfg.table, cfg.set_size, &feeds, Some(&owner.mark)) {
+        let marked = match apply_layout(&cfg.table, cfg.set_size, &feeds, &list, Some(&owner.mark))
+        {
             Ok(()) => true,
             Err(e) => {
                 // Table comments need Linux 5.10 and nftables 0.9.7.
-                apply_layout(&cfg.table, cfg.set_size, &feeds, None)?;
+                apply_layout(&cfg.table, cfg.set_size, &feeds, &list, None)?;
                 tracing::warn!(
                     "firewall: table inet {} laid out without its owner mark ({e}); only the running daemon's claim guards it",
                     cfg.table
@@ -122,6 +155,9 @@ impl NftEnforcer {
             cfg.table,
             owner.mark
         );
+        for s in &list {
+            tracing::info!("firewall: port scope {s}: sets banned_*_s{:08x}", s.id().0);
+        }
         let mut e = NftEnforcer {
             sock,
             table: cfg.table.clone(),
@@ -131,6 +167,12 @@ impl NftEnforcer {
             destroy: true,
             conntrack_ok: true,
             book: BanBook::default(),
+            scoped: groups
+                .into_iter()
+                .map(|(id, s)| (id, (s, BanBook::for_scope(id))))
+                .collect(),
+            lane_scopes: Arc::new(RwLock::new(jail_scope.clone())),
+            jail_scope,
             book_expired: Time(0),
             set_size: cfg.set_size,
             last_probe: std::time::Instant::now(),
@@ -148,23 +190,18 @@ impl NftEnforcer {
     fn mark(&self) -> Option<&str> {
         self.marked.then_some(self.owner.mark.as_str())
     }
-}
 
-impl Enforcer for NftEnforcer {
-    fn name(&self) -> &'static str {
-        "nftables"
-    }
-
-    fn load_feed(&mut self, name: &str, nets: &[IpNet]) -> Result<usize, EnforceError> {
-        self.replace_feed(name, nets)
-    }
-
-    fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
-        let now = Time::now();
-        self.expire_book(now);
+    /// Applies `decisions` to the sets `book` keeps (one scope's), each
+    /// refused one undone in the ledger; returns the refusals (indexes into
+    /// `decisions`) and the sources newly banned.
+    fn apply_book(
+        &mut self,
+        book: &mut BanBook,
+        decisions: &[Decision],
+        now: Time,
+    ) -> Result<(Vec<Refusal>, Vec<IpNet>), EnforceError> {
         // The ledger first, remembering how to undo each decision.
-        let mut undo: Vec<Option<Undo>> =
-            decisions.iter().map(|d| Some(self.book.note(d))).collect();
+        let mut undo: Vec<Option<Undo>> = decisions.iter().map(|d| Some(book.note(d))).collect();
         // One unit per single address touched (`unit_of` says which, per
         // decision); prefixes one family at a time, below.
         let mut unit_of: Vec<usize> = Vec::with_capacity(decisions.len());
@@ -190,7 +227,7 @@ impl Enforcer for NftEnforcer {
         }
         let mut units = Units::with_capacity(nets.len());
         for net in &nets {
-            self.book.host_ops(net, now, &mut units.ops);
+            book.host_ops(net, now, &mut units.ops);
             units.close();
         }
         let mut refusals: Vec<Refusal> = Vec::new();
@@ -239,7 +276,7 @@ impl Enforcer for NftEnforcer {
                 .iter()
                 .find(|o| o.kind == OpKind::Add)
                 .or(ops.first())
-                .map(|o| format!("{} in set {}", o.key, o.set.as_str()))
+                .map(|o| format!("{} in set {}", o.key, o.set.label()))
                 .unwrap_or_else(|| nets.get(k).map(|n| n.to_string()).unwrap_or_default());
             why.insert(k, explain(errno, &format!("updating {what}")));
         }
@@ -254,7 +291,7 @@ impl Enforcer for NftEnforcer {
         };
         for (k, net) in nets.iter().enumerate() {
             if reason_of(k).is_none() {
-                self.book.commit_host(net, now);
+                book.commit_host(net, now);
             }
         }
         if !why.is_empty() || unreachable.is_some() {
@@ -270,12 +307,12 @@ impl Enforcer for NftEnforcer {
             ks.sort_unstable();
             for k in ks {
                 let reason = reason_of(k).unwrap_or_default();
-                refuse(&mut undo, &mut self.book, &per_unit[&k], reason);
+                refuse(&mut undo, book, &per_unit[&k], reason);
             }
         }
         if let Some(e) = &unreachable_why {
             let rest: Vec<usize> = prefix_decisions.values().flatten().copied().collect();
-            refuse(&mut undo, &mut self.book, &rest, e);
+            refuse(&mut undo, book, &rest, e);
             prefix_decisions.clear();
         }
         // Prefixes: all of a family's changes in one transaction; when the
@@ -284,31 +321,31 @@ impl Enforcer for NftEnforcer {
         let mut families: Vec<(Family, Vec<usize>)> = prefix_decisions.into_iter().collect();
         families.sort();
         for (family, idxs) in families {
-            let (ops, wanted) = self.book.prefix_ops(family, now);
+            let (ops, wanted) = book.prefix_ops(family, now);
             let mut r = Vec::new();
             let mut unit = Units::with_capacity(1);
             unit.ops = ops;
             unit.close();
             self.apply_units(&unit, 0..1, &mut r)?;
             if r.is_empty() {
-                self.book.commit_prefixes(family, wanted);
+                book.commit_prefixes(family, wanted);
                 continue;
             }
             for &i in idxs.iter().rev() {
                 if let Some(u) = undo[i].take() {
-                    self.book.undo(u);
+                    book.undo(u);
                 }
             }
             for &i in &idxs {
-                undo[i] = Some(self.book.note(&decisions[i]));
-                let (ops, wanted) = self.book.prefix_ops(family, now);
+                undo[i] = Some(book.note(&decisions[i]));
+                let (ops, wanted) = book.prefix_ops(family, now);
                 let mut r = Vec::new();
                 let mut unit = Units::with_capacity(1);
                 unit.ops = ops;
                 unit.close();
                 self.apply_units(&unit, 0..1, &mut r)?;
                 match r.first() {
-                    None => self.book.commit_prefixes(family, wanted),
+                    None => book.commit_prefixes(family, wanted),
                     Some(&(_, errno)) => {
                         let net = decisions[i].addr();
                         let reason = explain(
@@ -321,10 +358,10 @@ impl Enforcer for NftEnforcer {
                                     "lifting"
                                 },
                                 crate::net::DisplayNet(&net),
-                                SetName::for_net(&net).as_str()
+                                SetName::for_net(&net).in_scope(book.scope()).label()
                             ),
                         );
-                        refuse(&mut undo, &mut self.book, &[i], &reason);
+                        refuse(&mut undo, book, &[i], &reason);
                     }
                 }
             }
@@ -332,27 +369,59 @@ impl Enforcer for NftEnforcer {
         for r in &refusals {
             tracing::warn!("firewall: {}", r.reason);
         }
-        // Conntrack entries of the sources newly banned.
+        // The sources newly banned, for their conntrack entries.
         let banned: Vec<IpNet> = decisions
             .iter()
             .enumerate()
             .filter(|(i, d)| matches!(d, Decision::Ban(_)) && undo[*i].is_some())
             .map(|(_, d)| d.addr())
             .collect();
-        if !banned.is_empty() && self.conntrack_ok {
-            match conntrack::flush_sources(&mut self.sock, &banned) {
-                Ok(n) if n > 0 => {
-                    tracing::debug!("firewall: deleted {n} conntrack entries of banned sources")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(
-                        "conntrack: {e}; established flows of banned sources are still dropped before conntrack, entries age out by themselves"
-                    );
-                    self.conntrack_ok = false;
-                }
+        Ok((refusals, banned))
+    }
+
+    /// Deletes the conntrack entries of `banned` (every flow) and of
+    /// `scoped` (the flows their scope matches); turned off after the
+    /// kernel refused once.
+    fn flush_conntrack(&mut self, banned: &[IpNet], scoped: &[(IpNet, &PortScope)]) {
+        if (banned.is_empty() && scoped.is_empty()) || !self.conntrack_ok {
+            return;
+        }
+        match conntrack::flush(&mut self.sock, banned, scoped) {
+            Ok(n) if n > 0 => {
+                tracing::debug!("firewall: deleted {n} conntrack entries of banned sources")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(
+                    "conntrack: {e}; established flows of banned sources are still dropped before conntrack, entries age out by themselves"
+                );
+                self.conntrack_ok = false;
             }
         }
+    }
+}
+
+impl Enforcer for NftEnforcer {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn load_feed(&mut self, name: &str, nets: &[IpNet]) -> Result<usize, EnforceError> {
+        self.replace_feed(name, nets)
+    }
+
+    fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
+        let now = Time::now();
+        self.expire_book(now);
+        if !self.scoped.is_empty() {
+            return self.apply_scoped(decisions, now);
+        }
+        // No port scopes: every decision is the unscoped sets'.
+        let mut book = std::mem::take(&mut self.book);
+        let r = self.apply_book(&mut book, decisions, now);
+        self.book = book;
+        let (refusals, banned) = r?;
+        self.flush_conntrack(&banned, &[]);
         Ok(refusals)
     }
 
@@ -361,11 +430,19 @@ impl Enforcer for NftEnforcer {
         Some(Box::new(FastAdd {
             sock,
             table: self.table.clone(),
+            scopes: self.lane_scopes.clone(),
         }))
+    }
+
+    fn set_scopes(&mut self, scopes: &[(JailId, Option<PortScope>)]) -> Result<(), EnforceError> {
+        self.rescope(scopes)
     }
 
     fn shift_clock(&mut self, delta_ms: i64) {
         self.book.shift(delta_ms);
+        for (_, book) in self.scoped.values_mut() {
+            book.shift(delta_ms);
+        }
     }
 
     fn tick(&mut self) -> Result<(), EnforceError> {
@@ -442,14 +519,5 @@ mod tests {
             "{f}"
         );
         assert!(f.contains("ip6 saddr @feed_apiban_v6 drop"), "{f}");
-    }
-
-    #[test]
-    fn sets_by_address_kind() {
-        let f = |s: &str| SetName::for_net(&s.parse().unwrap()).as_str();
-        assert_eq!(f("192.0.2.1/32"), "banned_v4");
-        assert_eq!(f("2001:db8::1/128"), "banned_v6");
-        assert_eq!(f("192.0.2.0/24"), "banned_net_v4");
-        assert_eq!(f("2001:db8::/48"), "banned_net_v6");
     }
 }

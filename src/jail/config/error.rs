@@ -54,6 +54,9 @@ pub enum JailConfigError {
     /// `burst`.
     #[error(transparent)]
     Burst(#[from] crate::jail::burst::BurstError),
+    /// `port` or `protocol`.
+    #[error(transparent)]
+    Scope(#[from] crate::enforce::ScopeError),
     /// `filter`, `fail2ban_filter` or `logtimezone`.
     #[error(transparent)]
     Filter(#[from] FilterConfigError),
