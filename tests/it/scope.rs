@@ -204,9 +204,13 @@ fn a_reload_that_changes_a_jails_port_scope_moves_its_bans() {
     // Another scope: the jail's bans move to its sets.
     config(&dir, "port = [5080, 5081]\nprotocol = [\"udp\"]");
     ok(&dir, &["reload"]);
+    // The reload answers before the enforcer thread moved the bans (they
+    // stay in force in the old sets until then).
     assert!(
-        ns.addresses(&set_name("banned_v4", &second))
-            .contains("198.51.100.7"),
+        wait_until(Duration::from_secs(5), || ns
+            .addresses(&set_name("banned_v4", &second))
+            .contains("198.51.100.7")
+            && ns.addresses(&set_name("banned_v4", &first)).is_empty()),
         "moved to the new scope's set"
     );
     assert_eq!(
@@ -230,6 +234,10 @@ fn a_reload_that_changes_a_jails_port_scope_moves_its_bans() {
     // No scope: its bans drop everything again.
     config(&dir, "");
     ok(&dir, &["reload"]);
+    assert!(wait_until(Duration::from_secs(5), || ns
+        .addresses("banned_v4")
+        .len()
+        == 2));
     let every = ns.addresses("banned_v4");
     assert!(
         every.contains("198.51.100.7") && every.contains("198.51.100.9"),
