@@ -384,6 +384,78 @@ pub fn tc_findings(dev: &str, filters: &Value) -> Vec<Finding> {
     out
 }
 
+/// Runs a tool (name, arguments): its standard output, or why it could not.
+pub type Tool<'a> = dyn FnMut(&str, &[&str]) -> Result<Vec<u8>, String> + 'a;
+
+/// At most this many interfaces have their tc filters read.
+pub const MAX_INTERFACES: usize = 256;
+
+/// Every finding on the host: the ruleset, the interfaces' XDP programs,
+/// their tc ingress filters and iptables-legacy's tables. `run` runs a tool
+/// (name, arguments) and returns its standard output, or why it could not;
+/// a tool that is missing or fails is a finding, never a crash. `legacy` is
+/// `/proc/net/ip_tables_names`, when readable.
+pub fn survey(table: &str, run: &mut Tool<'_>, legacy: Option<&str>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let cannot = |what: &str, e: String| bypass(format!("cannot check {what}: {e}"));
+    let mut json = |tool: &str, args: &[&str]| -> Result<Value, String> {
+        let o = run(tool, args)?;
+        if o.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Array(Vec::new()));
+        }
+        serde_json::from_slice(&o).map_err(|e| format!("its output is not JSON ({e})"))
+    };
+    match json("nft", &["-j", "list", "ruleset"]) {
+        Ok(r) => {
+            let ours = our_priority(&r, table).unwrap_or_else(|| {
+                out.push(note(format!(
+                    "table inet {table} is not laid out on this host (is the daemon running?); compared with the layout's priority raw ({RAW_PRIORITY})"
+                )));
+                RAW_PRIORITY
+            });
+            out.extend(ruleset_findings(&r, table, ours));
+        }
+        Err(e) => out.push(cannot("the nftables ruleset (`nft -j list ruleset`)", e)),
+    }
+    match json("ip", &["-j", "-d", "link", "show"]) {
+        Ok(links) => {
+            out.extend(link_findings(&links));
+            let devs = interfaces(&links);
+            for dev in devs.iter().take(MAX_INTERFACES) {
+                match json("tc", &["-j", "filter", "show", "dev", dev, "ingress"]) {
+                    Ok(f) => out.extend(tc_findings(dev, &f)),
+                    Err(e) => {
+                        out.push(cannot(
+                            "tc ingress filters (`tc -j filter show dev X ingress`)",
+                            e,
+                        ));
+                        break;
+                    }
+                }
+            }
+            if devs.len() > MAX_INTERFACES {
+                out.push(bypass(format!(
+                    "{} interfaces: the tc filters of the first {MAX_INTERFACES} were checked, not those of {} and the rest",
+                    devs.len(),
+                    devs[MAX_INTERFACES]
+                )));
+            }
+        }
+        Err(e) => out.push(cannot(
+            "interfaces for XDP programs (`ip -j -d link show`)",
+            e,
+        )),
+    }
+    let names: Vec<&str> = legacy.map_or(Vec::new(), |l| l.split_whitespace().collect());
+    if !names.is_empty() {
+        out.push(note(format!(
+            "iptables-legacy tables are loaded ({}); `nft` does not show their rules: look for NFQUEUE in `iptables-legacy -t raw -S` and `-t mangle -S`",
+            names.join(", ")
+        )));
+    }
+    out
+}
+
 /// The packet counts of the rules of one chain, by rule comment, from
 /// `nft -j list chain ...` (or a whole ruleset).
 pub fn counters(ruleset: &Value, chain: &str) -> HashMap<String, u64> {

@@ -190,3 +190,78 @@ fn counters_by_comment() {
     assert_eq!(c.get("v4"), Some(&7));
     assert_eq!(c.len(), 1);
 }
+
+/// A missing or failing tool is a finding that says what could not be
+/// checked, never a crash; what the others show is still read.
+#[test]
+fn a_missing_tool_is_a_finding() {
+    let links = br#"[{"ifindex":1,"ifname":"lo"},{"ifindex":2,"ifname":"eth0"}]"#;
+    let mut asked = Vec::new();
+    let f = survey(
+        "sipwarden",
+        &mut |tool, args| {
+            asked.push(format!("{tool} {}", args.join(" ")));
+            match tool {
+                "nft" => Ok(HARMLESS.as_bytes().to_vec()),
+                "ip" => Ok(links.to_vec()),
+                _ => Err(format!(
+                    "cannot run `{tool}`: No such file or directory (os error 2)"
+                )),
+            }
+        },
+        Some("raw\nfilter\n"),
+    );
+    let b = bypasses(&f);
+    assert_eq!(b.len(), 1, "{f:#?}");
+    assert!(
+        b[0].starts_with(
+            "cannot check tc ingress filters (`tc -j filter show dev X ingress`): cannot run `tc`"
+        ),
+        "{}",
+        b[0]
+    );
+    // One failed tc is enough to say so: not one line per interface.
+    assert_eq!(
+        asked,
+        [
+            "nft -j list ruleset",
+            "ip -j -d link show",
+            "tc -j filter show dev lo ingress"
+        ]
+    );
+    assert!(
+        f.iter().any(|x| x
+            .what
+            .starts_with("iptables-legacy tables are loaded (raw, filter)")),
+        "{f:#?}"
+    );
+    // The ruleset's own note (the later queue) is still there.
+    assert!(
+        f.iter().any(|x| x.what.contains("chain inet filter ids")),
+        "{f:#?}"
+    );
+
+    let f = survey("sipwarden", &mut |_, _| Ok(b"not json".to_vec()), None);
+    let b = bypasses(&f);
+    assert_eq!(b.len(), 2, "{f:#?}");
+    assert!(
+        b[0].starts_with(
+            "cannot check the nftables ruleset (`nft -j list ruleset`): its output is not JSON"
+        ),
+        "{}",
+        b[0]
+    );
+    assert!(
+        b[1].starts_with("cannot check interfaces for XDP programs"),
+        "{}",
+        b[1]
+    );
+    // An empty answer (no filters) is no finding.
+    let f = survey("sipwarden", &mut |_, _| Ok(Vec::new()), None);
+    assert!(bypasses(&f).is_empty(), "{f:#?}");
+    assert!(
+        f[0].what
+            .starts_with("table inet sipwarden is not laid out on this host"),
+        "{f:#?}"
+    );
+}

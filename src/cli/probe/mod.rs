@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use self::host::{Finding, RAW_PRIORITY, Severity};
+use self::host::{Finding, Severity};
 use self::netns::{Budget, Pair, ProbeError, addr, inside, run as run_cmd};
 use self::traffic::Listeners;
 use crate::config::Config;
@@ -208,12 +208,6 @@ fn nft_load(ns: &str, text: String, budget: &Budget) -> Result<(), ProbeError> {
     })?
 }
 
-fn ip(s: &str) -> IpAddr {
-    // The constants in `addr` are addresses; a typo there is caught by the
-    // integration test, never by a user.
-    s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
-}
-
 /// The steps in the namespaces; a step that cannot run ends the probe with
 /// an error, a check that fails is printed and counted in `out`.
 fn probe(
@@ -224,11 +218,7 @@ fn probe(
     out: &mut Out,
 ) -> Result<(), ProbeError> {
     let lim = |d: Duration| budget.at_most(d);
-    let (b4, b6, c4) = (
-        ip(addr::BANNED_V4),
-        ip(addr::BANNED_V6),
-        ip(addr::CONTROL_V4),
-    );
+    let (b4, b6, c4) = (addr::BANNED_V4, addr::BANNED_V6, addr::CONTROL_V4);
     // The table, laid out by the daemon's enforcer inside `b`.
     let owner = format!("doctor --probe, process {}", std::process::id());
     let cfg = fw.clone();
@@ -470,74 +460,17 @@ fn probe(
     Ok(())
 }
 
-/// The host's findings; a tool that is missing or fails is a finding too.
+/// The host's findings, from the tools run here (read-only).
 fn host_findings(table: &str) -> Vec<Finding> {
-    let mut out = Vec::new();
     let limit = Duration::from_secs(10);
-    let cannot = |what: &str, e: ProbeError| Finding {
-        severity: Severity::Bypass,
-        what: format!("cannot check {what}: {e}"),
-    };
-    let json = |cmd: &mut Command| -> Result<Value, ProbeError> {
-        let o = run_cmd(cmd, None, limit)?;
-        if o.stdout.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Array(Vec::new()));
-        }
-        serde_json::from_slice(&o.stdout)
-            .map_err(|e| ProbeError::Step(format!("its output is not JSON ({e})")))
-    };
-    match json(Command::new("nft").args(["-j", "list", "ruleset"])) {
-        Ok(r) => {
-            let ours = match host::our_priority(&r, table) {
-                Some(p) => p,
-                None => {
-                    out.push(Finding {
-                        severity: Severity::Note,
-                        what: format!(
-                            "table inet {table} is not laid out on this host (is the daemon running?); compared with the layout's priority raw ({RAW_PRIORITY})"
-                        ),
-                    });
-                    RAW_PRIORITY
-                }
-            };
-            out.extend(host::ruleset_findings(&r, table, ours));
-        }
-        Err(e) => out.push(cannot("the nftables ruleset (`nft -j list ruleset`)", e)),
-    }
-    match json(Command::new("ip").args(["-j", "-d", "link", "show"])) {
-        Ok(links) => {
-            out.extend(host::link_findings(&links));
-            // Bounded: a host with thousands of interfaces gets the first.
-            for dev in host::interfaces(&links).iter().take(256) {
-                match json(Command::new("tc").args(["-j", "filter", "show", "dev", dev, "ingress"]))
-                {
-                    Ok(f) => out.extend(host::tc_findings(dev, &f)),
-                    Err(e) => {
-                        out.push(cannot(
-                            "tc ingress filters (`tc -j filter show dev X ingress`)",
-                            e,
-                        ));
-                        break;
-                    }
-                }
-            }
-        }
-        Err(e) => out.push(cannot(
-            "interfaces for XDP programs (`ip -j -d link show`)",
-            e,
-        )),
-    }
-    if let Ok(names) = std::fs::read_to_string("/proc/net/ip_tables_names") {
-        let names: Vec<&str> = names.split_whitespace().collect();
-        if !names.is_empty() {
-            out.push(Finding {
-                severity: Severity::Note,
-                what: format!(
-                    "iptables-legacy tables are loaded ({}); `nft` does not show their rules: look for NFQUEUE in `iptables-legacy -t raw -S` and `-t mangle -S`",
-                    names.join(", ")
-                ),
-            });
-        }
-    }
-    out
+    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").ok();
+    host::survey(
+        table,
+        &mut |tool, args| {
+            run_cmd(Command::new(tool).args(args), None, limit)
+                .map(|o| o.stdout)
+                .map_err(|e| e.to_string())
+        },
+        legacy.as_deref(),
+    )
 }

@@ -200,16 +200,18 @@ pub struct Pair {
 
 /// The probe's addresses (documentation ranges, RFC 5737 and 3849).
 pub mod addr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
     /// The server in `b`.
-    pub const SERVER_V4: &str = "192.0.2.1";
+    pub const SERVER_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     /// The banned source in `a`.
-    pub const BANNED_V4: &str = "192.0.2.2";
+    pub const BANNED_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
     /// A second source in `a`, never banned: the control.
-    pub const CONTROL_V4: &str = "192.0.2.3";
+    pub const CONTROL_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
     /// The server in `b`, IPv6.
-    pub const SERVER_V6: &str = "2001:db8::1";
+    pub const SERVER_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
     /// The banned source in `a`, IPv6.
-    pub const BANNED_V6: &str = "2001:db8::2";
+    pub const BANNED_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
 }
 
 impl Pair {
@@ -232,6 +234,11 @@ impl Pair {
             .map(drop)
         };
         for ns in [p.a.clone(), p.b.clone()] {
+            // One of this name can only be left by a dead process that had
+            // our pid.
+            if std::path::Path::new(&format!("/run/netns/{ns}")).exists() {
+                let _ = step(&["netns", "del", &ns]);
+            }
             step(&["netns", "add", &ns])?;
             p.made.push(ns);
         }

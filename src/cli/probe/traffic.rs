@@ -19,19 +19,6 @@ fn step(what: &str) -> impl Fn(std::io::Error) -> ProbeError + '_ {
     move |e| ProbeError::Step(format!("{what}: {e}"))
 }
 
-fn sock(ip: &str, port: u16) -> Result<SocketAddr, ProbeError> {
-    format!(
-        "{}:{port}",
-        if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
-        }
-    )
-    .parse()
-    .map_err(|e| ProbeError::Step(format!("address {ip}: {e}")))
-}
-
 /// The server's sockets, made inside its namespace.
 pub struct Listeners {
     /// UDP on the server's IPv4 address.
@@ -47,7 +34,10 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the listeners on `port` inside `ns`.
     pub fn open(ns: &str, port: u16, limit: Duration) -> Result<Listeners, ProbeError> {
-        let (a4, a6) = (sock(addr::SERVER_V4, port)?, sock(addr::SERVER_V6, port)?);
+        let (a4, a6) = (
+            SocketAddr::new(addr::SERVER_V4, port),
+            SocketAddr::new(addr::SERVER_V6, port),
+        );
         inside(ns, limit, move || -> Result<Listeners, ProbeError> {
             let udp4 = UdpSocket::bind(a4).map_err(step("binding UDP 192.0.2.1"))?;
             let udp6 = UdpSocket::bind(a6).map_err(step("binding UDP 2001:db8::1"))?;
@@ -78,9 +68,9 @@ impl Clients {
     /// Binds the sockets (ephemeral ports) inside `ns`.
     pub fn open(ns: &str, limit: Duration) -> Result<Clients, ProbeError> {
         let (b4, c4, b6) = (
-            sock(addr::BANNED_V4, 0)?,
-            sock(addr::CONTROL_V4, 0)?,
-            sock(addr::BANNED_V6, 0)?,
+            SocketAddr::new(addr::BANNED_V4, 0),
+            SocketAddr::new(addr::CONTROL_V4, 0),
+            SocketAddr::new(addr::BANNED_V6, 0),
         );
         inside(ns, limit, move || -> Result<Clients, ProbeError> {
             Ok(Clients {
