@@ -123,6 +123,17 @@ fn a_port_scoped_ban_drops_sip_and_leaves_ssh_and_an_unscoped_one_drops_everythi
     );
 
     ok(&dir, &["ban", "sip", "10.77.0.2"]);
+    // Before any more traffic (a packet of the session would track it anew).
+    let ct = conntrack(&net);
+    assert!(
+        !ct.contains("dport=5060"),
+        "the scoped flows' entries are flushed: {ct}"
+    );
+    let sport = session.local_addr().unwrap().port();
+    assert!(
+        ct.contains(&format!("sport={sport} dport=22")),
+        "the open SSH session's entry is kept: {ct}"
+    );
     // In the scope's set, not in the set that drops everything.
     assert!(
         net.pbx
@@ -151,12 +162,6 @@ fn a_port_scoped_ban_drops_sip_and_leaves_ssh_and_an_unscoped_one_drops_everythi
     let mut buf = [0u8; 2];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ok", "the open SSH session goes on");
-    let ct = conntrack(&net);
-    assert!(
-        !ct.contains("dport=5060"),
-        "the scoped flows' entries are flushed: {ct}"
-    );
-    assert!(ct.contains("dport=22"), "the SSH entries are kept: {ct}");
 
     // The same source banned by the unscoped jail: everything drops.
     ok(&dir, &["ban", "all", "10.77.0.2"]);
