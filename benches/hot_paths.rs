@@ -56,6 +56,7 @@ fn policy() -> JailPolicy {
         wrong_call_state_maxretry: 0,
         invite_weight: 1,
         burst: None,
+        ipv6_prefix: 64,
     }
 }
 

@@ -278,6 +278,21 @@ impl NetSet {
         }
     }
 
+    /// Whether a listed network shares addresses with `net` (by binary
+    /// search alone: cheap enough for every event).
+    pub fn overlaps(&self, net: &IpNet) -> bool {
+        match &canonical_net(*net) {
+            IpNet::V4(n) => {
+                let (a, b) = range4(n);
+                hit(&self.v4, a, b)
+            }
+            IpNet::V6(n) => {
+                let (a, b) = range6(n);
+                hit(&self.v6, a, b)
+            }
+        }
+    }
+
     /// A listed network that shares addresses with `net`, if any.
     pub fn overlapping(&self, net: &IpNet) -> Option<IpNet> {
         let net = canonical_net(*net);

@@ -351,6 +351,13 @@ fn jail_detail(j: &JailView) -> String {
                 },
                 b.start
             ));
+            if !b.seen.is_empty() {
+                out.push_str(&format!(
+                    "  seen failing in it: {}{}\n",
+                    b.seen.join(" "),
+                    if b.seen_more { " and others" } else { "" }
+                ));
+            }
         }
     }
     for s in &j.sources {
@@ -457,5 +464,79 @@ mod tests {
         assert!(text.contains("ban asked for 10.0.0.5"), "{text}");
         assert!(text.contains("2 hang-up(s) sent"), "{text}");
         assert!(text.contains("1 confirmed, 1 failed"), "{text}");
+    }
+
+    /// `status JAIL` of a jail that banned a /64 for the failures of 30 of
+    /// its addresses: the ban is the prefix, with the first 8 addresses
+    /// seen in it and a word that there were more, in JSON and in text.
+    #[test]
+    fn status_shows_a_banned_prefix_with_a_bounded_sample() {
+        use crate::control::page::Page;
+        use crate::control::views::{JailView, jail_view};
+        use crate::decision::Decision;
+        use crate::duration::{BanTime, Duration};
+        use crate::event::{FailureEvent, FailureKind, Time};
+        use crate::jail::{JailSet, JailSpec};
+        let mut policy = crate::jail::tests::policy(30, 600, BanTime::For(Duration(3600)));
+        policy.ipv6_prefix = 64;
+        let spec = JailSpec {
+            name: "sip".into(),
+            filter: None,
+            ignoreself: false,
+            policy,
+            peers: Vec::new(),
+            names: Vec::new(),
+            ignore_files: Vec::new(),
+            ignore_names: Vec::new(),
+        };
+        let mut set = JailSet::new(Vec::new(), &[spec]);
+        let id = set.jail_id("sip").unwrap();
+        let batch: Vec<FailureEvent> = (0..30u32)
+            .map(|i| FailureEvent {
+                time: Time(1000),
+                jail: id,
+                addr: format!("2001:db8:1:2::{:x}", 0x100 + i).parse().unwrap(),
+                kind: FailureKind::RegisterAuth,
+                user: None,
+                scanner: false,
+            })
+            .collect();
+        let mut out = Vec::new();
+        set.handle(&batch, Time(1000), &mut out);
+        let [Decision::Ban(b)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert!(set.confirm(b));
+        let j = set.jail(id).unwrap();
+        let v = jail_view(
+            &set,
+            j,
+            Vec::new(),
+            Some(&Page::default()),
+            Time(2000),
+            &Default::default(),
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["ipv6_prefix"], 64);
+        let ban = &json["banned"][0];
+        assert_eq!(ban["addr"], "2001:db8:1:2::/64");
+        let seen: Vec<&str> = ban["seen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(seen.len(), crate::jail::prefix::SAMPLE_ADDRS);
+        assert_eq!(seen[0], "2001:db8:1:2::100");
+        assert_eq!(ban["seen_more"], true);
+        let back: JailView = serde_json::from_value(json).unwrap();
+        let text = super::jail_detail(&back);
+        assert!(
+            text.contains("2001:db8:1:2::/64")
+                && text.contains(
+                    "seen failing in it: 2001:db8:1:2::100 2001:db8:1:2::101 2001:db8:1:2::102 2001:db8:1:2::103 2001:db8:1:2::104 2001:db8:1:2::105 2001:db8:1:2::106 2001:db8:1:2::107 and others"
+                ),
+            "{text}"
+        );
     }
 }

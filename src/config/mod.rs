@@ -787,6 +787,34 @@ bantime = -1
         assert_eq!(c.jails[0].invite_weight, MAX_INVITE_WEIGHT);
     }
 
+    /// `ipv6_prefix`: 64 unless set, inherited from `[defaults]`, 32 to 128,
+    /// refused with its place otherwise.
+    #[test]
+    fn ipv6_prefix_is_inherited_and_bounded() {
+        let esl = "[jail.a]\nesl = { host = \"127.0.0.1\" }\n";
+        let c = parse(esl).unwrap();
+        assert_eq!(c.jails[0].ipv6_prefix, 64);
+        let c = parse(&format!(
+            "[defaults]\nipv6_prefix = 56\n{esl}[jail.b]\nesl = {{}}\nipv6_prefix = 128\n"
+        ))
+        .unwrap();
+        assert_eq!((c.jails[0].ipv6_prefix, c.jails[1].ipv6_prefix), (56, 128));
+        for bad in ["0", "31", "129", "-1", "300"] {
+            let e = error(&format!("{esl}ipv6_prefix = {bad}\n"));
+            let want = format!(
+                "test.toml:3:15: key `ipv6_prefix`: ipv6_prefix must be 32 to 128, not {bad} (64: a customer's network, as providers hand them out; 128: each address alone; wider than /32 is more than a provider's allocation) (in [jail.a])"
+            );
+            assert!(e.starts_with(&want), "{e}");
+        }
+        let e = error("[defaults]\nipv6_prefix = 8\n");
+        assert!(
+            e.starts_with(
+                "test.toml:2:15: key `ipv6_prefix`: ipv6_prefix must be 32 to 128, not 8"
+            ),
+            "{e}"
+        );
+    }
+
     #[test]
     fn syntax_error_points_at_place() {
         let e = error("[defaults]\nmaxretry = = 5\n");

@@ -149,6 +149,10 @@ pub struct JailView {
     pub total_unbanned: u64,
     /// Addresses forgotten to respect `max_tracked`.
     pub evictions: u64,
+    /// IPv6 sources are counted and banned as their prefix of this many
+    /// bits (128: each address alone).
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
     /// Where the failures come from.
     pub sources: Vec<SourceView>,
     /// The bans in force (only in `status JAIL`): one page of them, oldest
@@ -211,6 +215,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn default_ipv6_prefix() -> u8 {
+    crate::jail::prefix::DEFAULT_IPV6_PREFIX
+}
+
 /// One ban in force.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BanView {
@@ -233,6 +241,14 @@ pub struct BanView {
     /// The node that decided a ban received from the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// For an IPv6 prefix banned for its failures: some of the addresses
+    /// seen failing in it (at most
+    /// [`SAMPLE_ADDRS`](crate::jail::prefix::SAMPLE_ADDRS), first seen first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<String>,
+    /// Other addresses of the prefix failed too, beyond `seen`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seen_more: bool,
 }
 
 /// The result of `unban`.
@@ -320,25 +336,33 @@ pub fn jail_view(
         total_banned: c.total_banned,
         total_unbanned: c.total_unbanned,
         evictions: c.evictions,
+        ipv6_prefix: j.policy().ipv6_prefix,
         sources,
         banned: page.map(|items| {
             items
                 .into_iter()
-                .map(|(_, addr, b)| BanView {
-                    addr: DisplayNet(&addr).to_string(),
-                    jail: j.name().to_string(),
-                    start: b.start.to_string(),
-                    end: b.end.map(|e| e.to_string()),
-                    remaining_s: b.end.map(|e| (e.0 - now.0).max(0) / 1000),
-                    failures: b.failures,
-                    reason: match b.reason {
-                        BanReason::Failures => "failures".into(),
-                        BanReason::Burst => "burst".into(),
-                        BanReason::Manual => "manual".into(),
-                        BanReason::Cluster => "cluster".into(),
-                        BanReason::Fraud => "fraud".into(),
-                    },
-                    origin: origins.get(&(j.id(), addr)).map(|o| o.to_string()),
+                .map(|(_, addr, b)| {
+                    let seen = j.seen(&addr);
+                    BanView {
+                        addr: DisplayNet(&addr).to_string(),
+                        jail: j.name().to_string(),
+                        start: b.start.to_string(),
+                        end: b.end.map(|e| e.to_string()),
+                        remaining_s: b.end.map(|e| (e.0 - now.0).max(0) / 1000),
+                        failures: b.failures,
+                        reason: match b.reason {
+                            BanReason::Failures => "failures".into(),
+                            BanReason::Burst => "burst".into(),
+                            BanReason::Manual => "manual".into(),
+                            BanReason::Cluster => "cluster".into(),
+                            BanReason::Fraud => "fraud".into(),
+                        },
+                        origin: origins.get(&(j.id(), addr)).map(|o| o.to_string()),
+                        seen: seen
+                            .map(|s| s.addrs().iter().map(ToString::to_string).collect())
+                            .unwrap_or_default(),
+                        seen_more: seen.is_some_and(crate::jail::Sample::more),
+                    }
                 })
                 .collect()
         }),

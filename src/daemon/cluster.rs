@@ -66,10 +66,10 @@ impl Runtime {
             if !shared.contains(&ev.jail) {
                 continue;
             }
-            if let Some((jail, maxretry, findtime_ms)) = self.jails.shared_failure(ev) {
+            if let Some((jail, maxretry, findtime_ms, addr)) = self.jails.shared_failure(ev) {
                 c.send(crate::cluster::Outbound::Failure {
                     jail,
-                    addr: ev.addr,
+                    addr,
                     time: ev.time,
                     maxretry,
                     findtime_ms,

@@ -450,6 +450,7 @@ mod tests {
                 wrong_call_state_maxretry: 0,
                 invite_weight: 1,
                 burst: None,
+                ipv6_prefix: 64,
             },
         );
         let filter = FreeSwitchFilter::new(FilterOptions::default());

@@ -35,7 +35,8 @@ mod checks;
 mod error;
 mod ignore;
 
-use checks::{EscKeys, ban_length, maxretry, positive};
+use super::prefix::DEFAULT_IPV6_PREFIX;
+use checks::{EscKeys, ban_length, ipv6_prefix, maxretry, positive};
 pub use error::{JailConfigError, JailWarning};
 pub use ignore::IgnoreSpec;
 use ignore::{IgnoreKeys, ignore_set};
@@ -92,6 +93,7 @@ pub struct RawDefaults {
     bantime_maxtime: Option<Spanned<Duration>>,
     bantime_overalljails: Option<bool>,
     bantime_rndtime: Option<Duration>,
+    ipv6_prefix: Option<Spanned<i64>>,
 }
 
 /// One `[jail.NAME]` as written.
@@ -135,6 +137,7 @@ pub struct RawJail {
     notify: Option<Spanned<toml::Value>>,
     port: Option<Spanned<toml::Value>>,
     protocol: Option<Spanned<toml::Value>>,
+    ipv6_prefix: Option<Spanned<i64>>,
 }
 
 /// One jail, with `[defaults]` applied.
@@ -213,6 +216,9 @@ pub struct JailConfig {
     pub notify: Vec<NotifyTarget>,
     /// What its bans drop (`port`, `protocol`); `None`: every packet.
     pub scope: Option<PortScope>,
+    /// IPv6 sources are counted and banned as their prefix of this many
+    /// bits (`ipv6_prefix`, see [`prefix`](super::prefix)).
+    pub ipv6_prefix: u8,
 }
 
 /// A spanned jail error.
@@ -227,6 +233,7 @@ pub struct Defaults {
     ignoreip: IgnoreKeys,
     ignoreself: bool,
     esc: EscKeys,
+    ipv6_prefix: u8,
 }
 
 impl Defaults {
@@ -244,6 +251,7 @@ impl Defaults {
             },
             ignoreself: true,
             esc: EscKeys::default(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
     }
 
@@ -284,6 +292,7 @@ impl Defaults {
             ignoreip,
             ignoreself: d.ignoreself.unwrap_or(builtin.ignoreself),
             esc,
+            ipv6_prefix: ipv6_prefix(&d.ipv6_prefix)?.unwrap_or(builtin.ipv6_prefix),
         })
     }
 }
@@ -328,6 +337,7 @@ impl JailConfig {
             burst: None,
             notify: Vec::new(),
             scope: None,
+            ipv6_prefix: defaults.ipv6_prefix,
         }
     }
 
@@ -554,6 +564,7 @@ impl JailConfig {
             burst,
             notify,
             scope,
+            ipv6_prefix: ipv6_prefix(&j.ipv6_prefix)?.unwrap_or(defaults.ipv6_prefix),
         })
     }
 }

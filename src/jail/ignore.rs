@@ -46,6 +46,12 @@ impl IgnoreList {
         self.local.contains(addr) || self.shared.contains(addr)
     }
 
+    /// Whether a listed network shares addresses with `net` (cheap: no
+    /// name for it, see [`IgnoreList::overlapping`]).
+    pub fn overlaps(&self, net: &IpNet) -> bool {
+        self.local.overlaps(net) || self.shared.overlaps(net)
+    }
+
     /// A listed network that shares addresses with `net`.
     pub fn overlapping(&self, net: &IpNet) -> Option<IpNet> {
         self.local

@@ -11,6 +11,7 @@ impl Jail {
         self.failing.retain(|_, t| t.times.last() > horizon);
         self.weak.retain(|_, w| w.last() > horizon);
         self.trusted.retain(|_, &mut until| until > now.0);
+        self.sweep_samples();
         self.compact_order();
     }
 
@@ -38,6 +39,7 @@ impl Jail {
                 continue;
             }
             self.failing.remove(&addr);
+            self.forget_key(addr);
             self.counters.evictions += 1;
         }
         self.compact_order();

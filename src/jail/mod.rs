@@ -11,6 +11,7 @@ mod ignore;
 pub mod ignore_file;
 mod memory;
 pub mod names;
+pub mod prefix;
 mod restore;
 pub mod set;
 mod spec;
@@ -24,6 +25,7 @@ pub use burst::Burst;
 pub use config::JailConfig;
 pub use escalation::{BanHistory, Escalation, Jitter};
 pub use ignore::IgnoreList;
+pub use prefix::Sample;
 pub use set::{JailSet, JailSetError, RemoteBan};
 pub use spec::JailSpec;
 
@@ -70,6 +72,9 @@ pub struct JailPolicy {
     /// Ban at once when this many failures arrive this close together
     /// (`burst`), whatever `maxretry` says; `None` = off.
     pub burst: Option<Burst>,
+    /// IPv6 sources are counted and banned as their prefix of this many
+    /// bits (`ipv6_prefix`; 128 = each address alone; see [`prefix`]).
+    pub ipv6_prefix: u8,
 }
 
 /// What one failure event did to a jail.
@@ -143,6 +148,8 @@ pub struct Jail {
     counters: JailCounters,
     /// The random extra of `bantime_rndtime` (seeded by the set).
     jitter: Jitter,
+    /// IPv6 prefixes' samples and log state (kept apart from `failing`).
+    v6: prefix::PrefixBook,
 }
 
 impl Jail {
@@ -163,6 +170,7 @@ impl Jail {
             expiries: BinaryHeap::new(),
             counters: JailCounters::default(),
             jitter: Jitter::default(),
+            v6: prefix::PrefixBook::default(),
         }
     }
 
@@ -216,6 +224,7 @@ impl Jail {
         let host = IpNet::from(addr);
         self.banned.contains_key(&host)
             || self.pending.contains_key(&host)
+            || self.prefix_held(addr)
             || self.prefixes.iter().any(|n| n.contains(&addr))
     }
 
@@ -255,8 +264,11 @@ impl Jail {
         }
         self.pending.remove(&d.addr);
         self.release_pending();
-        if !is_host(&d.addr) && !self.banned.contains_key(&d.addr) {
-            self.prefixes.retain(|p| p != &d.addr);
+        if !self.banned.contains_key(&d.addr) {
+            if self.scanned(&d.addr) {
+                self.prefixes.retain(|p| p != &d.addr);
+            }
+            self.forget_sample(&d.addr);
         }
         self.counters.total_banned = self.counters.total_banned.saturating_sub(1);
         true
@@ -269,6 +281,9 @@ impl Jail {
         if self.policy.ignore.contains(addr) {
             return Outcome::Ignored;
         }
+        // What the failure counts toward: the address, or its IPv6 prefix.
+        let (net, protected) = self.count_net_of(addr);
+        let key = net.addr();
         let findtime = self.policy.findtime.as_millis();
         // A line dated in the future (clock skew, wrong logtimezone) counts as now.
         let t = ev.time.min(now);
@@ -276,9 +291,9 @@ impl Jail {
             return match self.policy.trust_registered {
                 Some(d)
                     if self.trusted.len() < self.policy.max_tracked
-                        || self.trusted.contains_key(&addr) =>
+                        || self.trusted.contains_key(&key) =>
                 {
-                    self.trusted.insert(addr, t.0 + d.as_millis());
+                    self.trusted.insert(key, t.0 + d.as_millis());
                     Outcome::Trusted
                 }
                 _ => Outcome::Ignored,
@@ -294,7 +309,7 @@ impl Jail {
         if weak && self.policy.wrong_call_state_maxretry == 0 {
             return Outcome::Ignored;
         }
-        let trusted = self.trusted.get(&addr).is_some_and(|&until| until > now.0);
+        let trusted = self.trusted.get(&key).is_some_and(|&until| until > now.0);
         let maxretry = if weak {
             self.policy.wrong_call_state_maxretry
         } else if trusted {
@@ -312,45 +327,45 @@ impl Jail {
             1
         };
         let count = if weak {
-            if !self.weak.contains_key(&addr) && self.weak.len() >= self.policy.max_tracked.max(1) {
+            if !self.weak.contains_key(&key) && self.weak.len() >= self.policy.max_tracked.max(1) {
                 return Outcome::Ignored;
             }
-            match self.weak.get_mut(&addr) {
+            match self.weak.get_mut(&key) {
                 Some(w) => w.add(t.0, horizon, weight, maxretry),
                 None => {
-                    self.weak.insert(addr, Times::One(t.0));
+                    self.weak.insert(key, Times::One(t.0));
                     1
                 }
             }
         } else {
-            match self.failing.get_mut(&addr) {
+            match self.failing.get_mut(&key) {
                 Some(track) => track.times.add(t.0, horizon, weight, maxretry),
                 None => {
                     self.make_room();
                     let seq = self.next_seq;
                     self.next_seq = self.next_seq.wrapping_add(1);
-                    self.order.push_back((addr, seq));
+                    self.order.push_back((key, seq));
                     let mut times = Times::One(t.0);
                     let n = if weight > 1 {
                         times.add(t.0, horizon, weight - 1, maxretry)
                     } else {
                         1
                     };
-                    self.failing.insert(addr, Track { seq, times });
+                    self.failing.insert(key, Track { seq, times });
                     n
                 }
             }
         };
         self.counters.total_failed += 1;
+        self.note_counted(net, addr, protected);
         // A known attack tool is banned at its first failure, where asked.
         let scanner = ev.scanner && self.policy.ban_scanners && !trusted;
         // Machine speed bans at once; a trusted phone keeps its allowance.
-        let burst = !weak && !trusted && count < maxretry && self.burst_reached(addr, t.0, weight);
+        let burst = !weak && !trusted && count < maxretry && self.burst_reached(key, t.0, weight);
         if count >= maxretry || scanner || burst {
             let count = count as u32;
-            self.failing.remove(&addr);
-            self.weak.remove(&addr);
-            let net = IpNet::from(addr);
+            self.failing.remove(&key);
+            self.weak.remove(&key);
             let bantime = self.escalated_bantime(&net, history);
             let reason = if burst && !scanner {
                 BanReason::Burst
@@ -385,7 +400,9 @@ impl Jail {
 
     /// Replaces the policy (on reload), keeping failure state and bans.
     pub fn set_policy(&mut self, policy: JailPolicy) {
+        let old_len = self.policy.ipv6_prefix;
         self.policy = policy;
+        self.prefix_policy_changed(old_len);
     }
 
     /// Lifts every ban of this jail (manual), returning the decisions.
@@ -418,7 +435,7 @@ impl Jail {
             b => b,
         };
         let end = bantime.as_millis().map(|ms| now.plus_millis(ms));
-        if !is_host(&addr) && !self.holds(&addr) {
+        if self.scanned(&addr) && !self.holds(&addr) {
             self.prefixes.push(addr);
         }
         self.pending.insert(
@@ -446,9 +463,11 @@ impl Jail {
     /// Lifts the ban on `addr` and forgets its failures (a clean slate).
     pub fn unban(&mut self, addr: IpNet) -> Option<UnbanDecision> {
         let lifted = self.remove_ban(&addr)?;
-        if is_host(&addr) {
-            self.failing.remove(&addr.addr());
-            self.weak.remove(&addr.addr());
+        // A clean slate for what was counted as it: an address, or the
+        // prefix IPv6 sources are counted as.
+        if is_host(&addr) || self.is_count_prefix(&addr) {
+            self.failing.remove(&addr.network());
+            self.weak.remove(&addr.network());
         }
         Some(UnbanDecision {
             jail: self.id,
@@ -489,9 +508,10 @@ impl Jail {
                 if self.pending.contains_key(&addr) {
                     continue;
                 }
-                if !is_host(&addr) {
+                if self.scanned(&addr) {
                     self.prefixes.retain(|p| p != &addr);
                 }
+                self.forget_sample(&addr);
                 out.push(UnbanDecision {
                     jail: self.id,
                     jail_name: self.name.clone(),
@@ -513,9 +533,10 @@ impl Jail {
             }
             None => pending?,
         };
-        if !is_host(addr) {
+        if self.scanned(addr) {
             self.prefixes.retain(|p| p != addr);
         }
+        self.forget_sample(addr);
         Some(b)
     }
 
@@ -569,6 +590,7 @@ pub(crate) mod tests {
             wrong_call_state_maxretry: 0,
             invite_weight: 1,
             burst: None,
+            ipv6_prefix: 128,
         }
     }
 

@@ -8,7 +8,6 @@ use ipnet::IpNet;
 use super::{ActiveBan, BanDecision, BanReason, Jail};
 use crate::duration::{BanTime, Duration};
 use crate::event::Time;
-use crate::net::is_host;
 
 /// The ban in force that decision `d` makes.
 fn active_ban(d: &BanDecision) -> ActiveBan {
@@ -33,7 +32,7 @@ impl Jail {
         reason: BanReason,
     ) -> BanDecision {
         let d = self.restored(addr, start, end, failures, reason);
-        if !is_host(&addr) && !self.holds(&addr) {
+        if self.scanned(&addr) && !self.holds(&addr) {
             self.prefixes.push(addr);
         }
         self.pending.insert(addr, active_ban(&d));
@@ -71,7 +70,7 @@ impl Jail {
     /// Holds ban `d` (from [`Jail::restored`]), which the firewall
     /// accepted: in force at once, replacing any ban of its address.
     pub fn reinstate(&mut self, d: &BanDecision) {
-        if !is_host(&d.addr) && !self.holds(&d.addr) {
+        if self.scanned(&d.addr) && !self.holds(&d.addr) {
             self.prefixes.push(d.addr);
         }
         self.pending.remove(&d.addr);

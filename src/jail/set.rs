@@ -556,16 +556,19 @@ impl JailSet {
         Some(d)
     }
 
-    /// The jail's `shared_count` failures: what the cluster counts.
-    pub fn shared_failure(&self, ev: &FailureEvent) -> Option<(String, u32, u64)> {
+    /// The jail's `shared_count` failures: what the cluster counts (the
+    /// jail's name, maxretry, findtime in ms), and the address it counts
+    /// them as (an IPv6 source's prefix is its first address).
+    pub fn shared_failure(&self, ev: &FailureEvent) -> Option<(String, u32, u64, IpAddr)> {
         let j = self.jail(ev.jail)?;
-        if j.policy().ignore.contains(ev.addr) || j.holds(&IpNet::from(ev.addr)) {
+        if j.policy().ignore.contains(ev.addr) || j.is_banned(ev.addr) {
             return None;
         }
         Some((
             j.name().to_string(),
             j.policy().maxretry,
             j.policy().findtime.0 * 1000,
+            j.count_net_of(ev.addr).0.network(),
         ))
     }
 
@@ -579,7 +582,9 @@ impl JailSet {
     ) -> Option<BanDecision> {
         let id = self.jail_id(jail)?;
         let j = self.slots.get_mut(usize::from(id.0))?.as_mut()?;
-        let net = IpNet::from(addr);
+        // The address the fleet counted as: an IPv6 prefix's first address
+        // bans the prefix (unless it holds an address never banned).
+        let net = j.count_net_of(addr).0;
         if crate::net::never_a_source(addr) || j.policy().ignore.contains(addr) || j.holds(&net) {
             return None;
         }
@@ -1102,7 +1107,10 @@ mod tests {
     fn shared_counts_skip_ignored_and_banned_addresses() {
         let mut set = JailSet::new(own(), &[spec("a", 5)]);
         let e = ev(&set, "a", "203.0.113.9", 1);
-        assert_eq!(set.shared_failure(&e), Some(("a".to_string(), 5, 600_000)));
+        assert_eq!(
+            set.shared_failure(&e),
+            Some(("a".to_string(), 5, 600_000, e.addr))
+        );
         assert!(set.shared_failure(&ev(&set, "a", "192.0.2.3", 1)).is_none());
         let d = set.shared_ban("a", e.addr, 5, Time(1000)).unwrap();
         assert_eq!(d.failures, 5);

@@ -74,6 +74,7 @@ impl JailSpec {
                 wrong_call_state_maxretry: jc.wrong_call_state_maxretry,
                 invite_weight: jc.invite_weight,
                 burst: super::burst::resolve(jc),
+                ipv6_prefix: jc.ipv6_prefix,
             },
             peers: addrs,
             names,

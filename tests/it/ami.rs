@@ -232,8 +232,14 @@ fn security_events_ban_by_remote_address_only() {
         )
         .expect("the attacker is banned");
     assert!(ban.contains("(5 failures"), "{ban}");
+    assert!(
+        d.wait_for("[asterisk] Found 2001:db8::66", Duration::from_secs(20))
+            .is_some(),
+        "the manager brute force is read from RemoteAddress"
+    );
+    // Banned as its /64 (`ipv6_prefix`'s default).
     let ban = d
-        .wait_for("[asterisk] Ban 2001:db8::66", Duration::from_secs(20))
+        .wait_for("[asterisk] Ban 2001:db8::/64", Duration::from_secs(20))
         .expect("the manager brute force is banned");
     assert!(ban.contains("(5 failures"), "{ban}");
     assert!(

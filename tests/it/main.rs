@@ -22,6 +22,7 @@ mod glob;
 mod hep;
 mod http;
 mod ignore_files;
+mod ipv6;
 mod journal;
 mod kamailio;
 mod kernel_truth;

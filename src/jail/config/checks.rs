@@ -90,6 +90,19 @@ pub(super) fn ban_length(b: &Option<Spanned<BanTime>>) -> Result<Option<BanTime>
     }
 }
 
+/// `ipv6_prefix`: 32 to 128.
+pub(super) fn ipv6_prefix(p: &Option<Spanned<i64>>) -> Result<Option<u8>, Bad> {
+    use crate::jail::prefix::MIN_IPV6_PREFIX;
+    match p {
+        Some(p) => u8::try_from(*p.get_ref())
+            .ok()
+            .filter(|n| (MIN_IPV6_PREFIX..=128).contains(n))
+            .map(Some)
+            .ok_or_else(|| Spanned::new(p.span(), JailConfigError::Ipv6Prefix(*p.get_ref()))),
+        None => Ok(None),
+    }
+}
+
 /// `maxretry`: at least 1.
 pub(super) fn maxretry(m: &Option<Spanned<u32>>) -> Result<Option<u32>, Bad> {
     match m {

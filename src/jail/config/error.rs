@@ -11,6 +11,7 @@ use crate::action::SpecError;
 use crate::duration::ZERO_BAN;
 use crate::filter::BUILTIN_FILTERS;
 use crate::filter::config::FilterConfigError;
+use crate::jail::prefix::MIN_IPV6_PREFIX;
 use crate::source::config::{AmiConfigError, EslConfigError, HepConfigError, JournalConfigError};
 
 /// A wrong `[defaults]` or `[jail.NAME]` value.
@@ -19,6 +20,11 @@ pub enum JailConfigError {
     /// `maxretry = 0`.
     #[error("maxretry must be at least 1")]
     Maxretry,
+    /// `ipv6_prefix` out of range.
+    #[error(
+        "ipv6_prefix must be {MIN_IPV6_PREFIX} to 128, not {0} (64: a customer's network, as providers hand them out; 128: each address alone; wider than /{MIN_IPV6_PREFIX} is more than a provider's allocation)"
+    )]
+    Ipv6Prefix(i64),
     /// `max_tracked = 0`.
     #[error("max_tracked must be at least 1")]
     MaxTracked,

@@ -32,6 +32,22 @@ pub enum JailSetError {
         /// The jail.
         jail: String,
     },
+    /// An unban of one address that is banned only as part of a prefix
+    /// (an IPv6 source's, or one banned by hand).
+    #[error(
+        "{} is not banned on its own: jail {jail} bans {}, which holds it; unban {} to lift that",
+        DisplayNet(.net),
+        DisplayNet(.by),
+        DisplayNet(.by)
+    )]
+    CoveredBy {
+        /// The address asked for.
+        net: IpNet,
+        /// The ban that covers it.
+        by: IpNet,
+        /// The jail of that ban.
+        jail: String,
+    },
     /// An unban of an address no (asked) jail holds.
     #[error(
         "{} is not banned{}",
@@ -129,6 +145,9 @@ impl JailSet {
         }
         if out.is_empty() && !all {
             if let Some(net) = addr {
+                if let Some(e) = self.covered(net, jail) {
+                    return Err(e);
+                }
                 return Err(JailSetError::NotBanned {
                     net,
                     jail: jail.map(str::to_string),
@@ -136,6 +155,23 @@ impl JailSet {
             }
         }
         Ok(out)
+    }
+
+    /// Why an unban of address `net` lifted nothing though a ban (of a
+    /// prefix) covers it, if one does.
+    fn covered(&self, net: IpNet, jail: Option<&str>) -> Option<JailSetError> {
+        if !crate::net::is_host(&net) {
+            return None;
+        }
+        self.jails()
+            .filter(|j| jail.is_none_or(|n| n == j.name()))
+            .find_map(|j| {
+                Some(JailSetError::CoveredBy {
+                    net,
+                    by: j.covering(net.addr())?,
+                    jail: j.name().to_string(),
+                })
+            })
     }
 
     /// The error for a jail name that is not running, listing those that are.
