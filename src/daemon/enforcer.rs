@@ -83,6 +83,12 @@ impl FastPath {
         enforcer.fast_lane().map(FastPath)
     }
 
+    /// Each jail's port scope after a reload (before the enforcer thread
+    /// takes them).
+    pub(super) fn set_scopes(&mut self, scopes: &[(JailId, Option<PortScope>)]) {
+        self.0.set_scopes(scopes);
+    }
+
     /// Posts the single-address bans among `decisions` (a burst larger than
     /// [`FAST_LANE_MAX`] is the enforcer's alone).
     pub(super) fn post(&mut self, decisions: &[Decision]) {

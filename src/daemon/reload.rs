@@ -65,6 +65,9 @@ impl Runtime {
         // After the removed jails' unbans, before any new decision: bans
         // of a jail whose port scope changed move to the new scope's sets.
         let scopes = super::enforcer::scopes(&self.jails, &enabled);
+        if let Some(f) = &mut self.fast {
+            f.set_scopes(&scopes);
+        }
         if self.dec_tx.send(Work::Scopes(scopes)).is_err() {
             return Response::error("the enforcer thread stopped; see the error above".to_string());
         }

@@ -98,6 +98,14 @@ pub trait FastLane: Send {
     /// Adds the elements of `bans` (single addresses only; prefixes need the
     /// enforcer's interval ledger). Errors are left to the enforcer.
     fn add(&mut self, bans: &[crate::decision::BanDecision]);
+
+    /// Each jail's port scope after a reload, taken at once so that a ban
+    /// decided right after it never lands in the old scope's sets (the
+    /// enforcer lays out a new scope's sets a moment later; until then an
+    /// element for them is refused, and the enforcer applies the ban).
+    fn set_scopes(&mut self, scopes: &[(crate::event::JailId, Option<PortScope>)]) {
+        let _ = scopes;
+    }
 }
 
 /// Most bans sent down a [`FastLane`] at once; larger bursts go the

@@ -199,6 +199,19 @@ pub(super) struct FastAdd {
 }
 
 impl FastLane for FastAdd {
+    fn set_scopes(&mut self, scopes: &[(crate::event::JailId, Option<crate::enforce::PortScope>)]) {
+        let len = scopes.iter().map(|(j, _)| usize::from(j.0) + 1).max();
+        let mut by_jail = vec![ScopeId::ALL; len.unwrap_or(0)];
+        for (j, s) in scopes {
+            if let (Some(slot), Some(s)) = (by_jail.get_mut(usize::from(j.0)), s) {
+                *slot = s.id();
+            }
+        }
+        if let Ok(mut lane) = self.scopes.write() {
+            *lane = by_jail;
+        }
+    }
+
     fn add(&mut self, bans: &[crate::decision::BanDecision]) {
         // Never wait: while the enforcer changes the scopes (a reload),
         // these bans take the enforcer's way only.

@@ -435,7 +435,15 @@ impl Enforcer for NftEnforcer {
     }
 
     fn set_scopes(&mut self, scopes: &[(JailId, Option<PortScope>)]) -> Result<(), EnforceError> {
-        self.rescope(scopes)
+        let r = self.rescope(scopes);
+        if r.is_err() {
+            // The fast lane took the new scopes already: back to the ones
+            // in force.
+            if let Ok(mut lane) = self.lane_scopes.write() {
+                lane.clone_from(&self.jail_scope);
+            }
+        }
+        r
     }
 
     fn shift_clock(&mut self, delta_ms: i64) {
