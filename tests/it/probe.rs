@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 
 use crate::common::{NetNs, TempDir, bin, daemon_section, need};
 
-/// A configuration with its own table name: the probe lays out that one.
-fn config(dir: &TempDir) -> std::path::PathBuf {
+/// A configuration with its own table name (the probe lays out that one)
+/// and `jails` appended.
+fn config(dir: &TempDir, jails: &str) -> std::path::PathBuf {
     let cfg = dir.path("sipwarden.toml");
     std::fs::write(
         &cfg,
-        format!("{}[firewall]\ntable = \"probetest\"\n", daemon_section(dir)),
+        format!(
+            "{}[firewall]\ntable = \"probetest\"\n{jails}",
+            daemon_section(dir)
+        ),
     )
     .unwrap();
     cfg
@@ -67,7 +71,7 @@ fn the_probe_passes_and_leaves_no_namespace() {
         return;
     }
     let dir = TempDir::new("probe");
-    let cfg = config(&dir);
+    let cfg = config(&dir, "");
     let ns = NetNs::new("pr");
     let (code, text) = probe_in(&ns, &cfg);
     let lines: Vec<&str> = text.lines().collect();
@@ -111,6 +115,17 @@ fn the_probe_passes_and_leaves_no_namespace() {
         ),
         "{text}"
     );
+    // Without a scoped jail, the probe's own scope (SIP's ports) is proved.
+    let scoped = "scoped ban (the probe's own, tcp/udp port 5060-5061), after the ban: ";
+    for want in [
+        "UDP to port 5060 (in scope): 0 of 3",
+        "TCP to port 5060 (in scope): not connected",
+        "the established UDP flow to port 22 (outside the scope): 3 of 3",
+        "TCP to port 22 (outside the scope, as SSH): connected",
+        "conntrack holds 0 entries from 192.0.2.4 in scope and 1",
+    ] {
+        assert!(has("ok", &format!("{scoped}{want}")), "{want}: {text}");
+    }
     assert!(has("probe: PASS", ""), "{text}");
     // The test's namespace has no table, no XDP, no filters.
     assert!(has("host: nothing found", ""), "{text}");
@@ -126,7 +141,14 @@ fn the_probe_reports_what_can_bypass_the_chain() {
         return;
     }
     let dir = TempDir::new("probe-bypass");
-    let cfg = config(&dir);
+    // A jail scoped to UDP 5080: its scope is the one proved.
+    let cfg = config(
+        &dir,
+        &format!(
+            "[jail.sip]\nfilter = \"freeswitch\"\nlogpath = \"{}\"\nport = [5080]\nprotocol = [\"udp\"]\n",
+            dir.path("fs.log").display()
+        ),
+    );
     let ns = NetNs::new("pb");
     ns.sh(&[
         "ip", "link", "add", "in0", "type", "veth", "peer", "name", "out0",
@@ -177,6 +199,21 @@ fn the_probe_reports_what_can_bypass_the_chain() {
         .filter(|l| l.starts_with("warn") && !l.contains("left by an earlier probe"))
         .collect();
     assert!(text.contains("probe: PASS"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("FAIL")), "{text}");
+    // The configured scope is laid out and proved: UDP to 5080 stops, TCP
+    // to 5080 (not in its protocols) and port 22 still pass.
+    let scoped = "scoped ban (the configuration's jail #1, udp port 5080), after the ban: ";
+    for want in [
+        "UDP to port 5080 (in scope): 0 of 3 arrived",
+        "TCP to port 5080 (TCP is not in scope): connected",
+        "TCP to port 22 (outside the scope, as SSH): connected",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(&format!("{scoped}{want}"))),
+            "{want}: {text}"
+        );
+    }
     assert!(
         warns
             .iter()
@@ -203,7 +240,7 @@ fn ctrl_c_deletes_the_namespaces() {
         return;
     }
     let dir = TempDir::new("probe-int");
-    let cfg = config(&dir);
+    let cfg = config(&dir, "");
     let ns = NetNs::new("pi");
     let mut child = Command::new("ip")
         .args([

@@ -8,8 +8,9 @@
 //! established UDP flow (and a TCP connection) must stop, no conntrack
 //! entry may come back for it, and a counter between sipwarden's chain and
 //! conntrack must see none of its packets, while an unbanned neighbour
-//! still gets through. The host's ruleset, interfaces and tc filters are
-//! then read and judged by [`host`].
+//! still gets through. A port-scoped ban ([`scoped`]) must drop only its
+//! ports. The host's ruleset, interfaces and tc filters are then read and
+//! judged by [`host`].
 //!
 //! Exit code: 0 when the probe passed and nothing on the host can bypass
 //! the chain; 1 when the probe failed or could not run; 2 when it passed
@@ -19,6 +20,7 @@
 
 mod host;
 mod netns;
+mod scoped;
 mod traffic;
 
 use std::net::IpAddr;
@@ -34,7 +36,7 @@ use self::traffic::Listeners;
 use crate::config::Config;
 use crate::decision::{BanDecision, BanReason, Decision};
 use crate::duration::BanTime;
-use crate::enforce::{Backend, Enforcer, FirewallConfig, NftEnforcer};
+use crate::enforce::{Backend, Enforcer, FirewallConfig, NftEnforcer, PortScope};
 use crate::event::{JailId, Time};
 
 /// The whole probe's time limit, cleanup excluded.
@@ -79,10 +81,19 @@ impl Out {
 /// the exit code described in the module docs.
 pub fn run(config: Option<&Path>) -> ExitCode {
     netns::catch_signals();
-    let (fw, feeds) = match Config::load(config) {
+    let (fw, feeds, scopes) = match Config::load(config) {
         Ok(c) => (
             c.firewall.clone(),
             c.feeds.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            c.enabled_jails()
+                .enumerate()
+                .map(|(i, j)| {
+                    (
+                        JailId(u16::try_from(i).unwrap_or(u16::MAX - 1)),
+                        j.scope.clone(),
+                    )
+                })
+                .collect::<Vec<_>>(),
         ),
         Err(e) => {
             println!("warn  configuration: {e}; probing the default layout (table inet sipwarden)");
@@ -93,6 +104,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
                     keep_on_exit: true,
                     set_size: 1_000_000,
                 },
+                Vec::new(),
                 Vec::new(),
             )
         }
@@ -116,16 +128,17 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             Err(e) => out.fail(format!("making the namespaces: {e}")),
             Ok(mut pair) => {
                 println!(
-                    "probe: namespaces {} ({}, {}, {}) and {} ({}, {}), joined by a veth pair",
+                    "probe: namespaces {} ({}, {}, {}, {}) and {} ({}, {}), joined by a veth pair",
                     pair.a,
                     addr::BANNED_V4,
                     addr::CONTROL_V4,
+                    addr::SCOPED_V4,
                     addr::BANNED_V6,
                     pair.b,
                     addr::SERVER_V4,
                     addr::SERVER_V6
                 );
-                if let Err(e) = probe(&pair, &fw, feeds, &budget, &mut out) {
+                if let Err(e) = probe(&pair, &fw, feeds, scopes, &budget, &mut out) {
                     if netns::interrupted() {
                         out.fail("the probe stopped: interrupted");
                     } else {
@@ -151,7 +164,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
     let passed = out.failed.is_empty();
     if passed {
         println!(
-            "probe: PASS: bans drop UDP and TCP before conntrack and stop established flows, on this kernel"
+            "probe: PASS: bans drop UDP and TCP before conntrack and stop established flows, a port-scoped ban only its ports, on this kernel"
         );
     } else {
         println!("probe: FAIL: {} check(s) failed", out.failed.len());
@@ -210,20 +223,49 @@ fn nft_load(ns: &str, text: String, budget: &Budget) -> Result<(), ProbeError> {
 
 /// The steps in the namespaces; a step that cannot run ends the probe with
 /// an error, a check that fails is printed and counted in `out`.
+/// A ban of `addr` by jail `jail` for 10 minutes, as a jail decides it.
+fn ban(jail: JailId, addr: IpAddr) -> Decision {
+    let now = Time::now();
+    Decision::Ban(BanDecision {
+        jail,
+        jail_name: "doctor-probe".into(),
+        addr: addr.into(),
+        start: now,
+        end: Some(Time(now.0 + 600_000)),
+        bantime: BanTime::For(crate::duration::Duration(600)),
+        failures: 0,
+        reason: BanReason::Manual,
+    })
+}
+
+/// A jail id past every configured jail: its bans drop every packet.
+const UNSCOPED: JailId = JailId(u16::MAX);
+
 fn probe(
     pair: &Pair,
     fw: &FirewallConfig,
     feeds: Vec<String>,
+    mut scopes: Vec<(JailId, Option<PortScope>)>,
     budget: &Budget,
     out: &mut Out,
 ) -> Result<(), ProbeError> {
     let lim = |d: Duration| budget.at_most(d);
+    // The configuration's first scoped jail is proved; without one, the
+    // probe's own scope is laid out beside the configured sets.
+    let proved = match scopes.iter().find_map(|(j, s)| Some((*j, s.clone()?))) {
+        Some((j, s)) => Some((j, s, format!("the configuration's jail #{}", j.0 + 1))),
+        None => scoped::own_scope().map(|s| {
+            let j = JailId(u16::try_from(scopes.len()).unwrap_or(u16::MAX - 1));
+            scopes.push((j, Some(s.clone())));
+            (j, s, "the probe's own".to_string())
+        }),
+    };
     let (b4, b6, c4) = (addr::BANNED_V4, addr::BANNED_V6, addr::CONTROL_V4);
     // The table, laid out by the daemon's enforcer inside `b`.
     let owner = format!("doctor --probe, process {}", std::process::id());
     let cfg = fw.clone();
     let mut enforcer = inside(&pair.b, lim(Duration::from_secs(10)), move || {
-        NftEnforcer::start_with_feeds(&cfg, feeds, &owner)
+        NftEnforcer::start_scoped(&cfg, feeds, &owner, &scopes)
     })?
     .map_err(|e| ProbeError::Step(format!("the enforcer could not lay out the table: {e}")))?;
     let table = nft_json(&pair.b, &["list", "table", "inet", &fw.table], budget)?;
@@ -294,7 +336,7 @@ fn probe(
             }
         ),
     );
-    let (tcp, peer) = traffic::tcp_connect(&pair.a, &l, lim(WAIT * 2))?;
+    let (tcp, peer) = traffic::tcp_connect(&pair.a, b4, &l, lim(WAIT * 2))?;
     let tcp_ok = peer.is_some_and(|p| p.ip() == b4);
     out.check(
         tcp_ok,
@@ -315,7 +357,7 @@ fn probe(
         ),
     );
     if conntrack {
-        let n = traffic::conntrack_from(&pair.b, &[b4, b6], lim(Duration::from_secs(5)))?;
+        let n = traffic::conntrack_from(&pair.b, &[b4, b6], lim(Duration::from_secs(5)))?.len();
         out.check(
             n > 0,
             format!(
@@ -336,20 +378,7 @@ fn probe(
 
     // The ban, through the enforcer as the daemon applies decisions.
     budget.check()?;
-    let now = Time::now();
-    let ban = |a: IpAddr| {
-        Decision::Ban(BanDecision {
-            jail: JailId(0),
-            jail_name: "doctor-probe".into(),
-            addr: a.into(),
-            start: now,
-            end: Some(Time(now.0 + 600_000)),
-            bantime: BanTime::For(crate::duration::Duration(600)),
-            failures: 0,
-            reason: BanReason::Manual,
-        })
-    };
-    let decisions = vec![ban(b4), ban(b6)];
+    let decisions = vec![ban(UNSCOPED, b4), ban(UNSCOPED, b6)];
     let (enforcer_back, applied) = inside(&pair.b, lim(Duration::from_secs(10)), move || {
         let r = enforcer.apply(&decisions);
         (enforcer, r)
@@ -398,7 +427,7 @@ fn probe(
             got.arrived
         ),
     );
-    let (_, peer) = traffic::tcp_connect(&pair.a, &l, lim(WAIT))?;
+    let (_, peer) = traffic::tcp_connect(&pair.a, b4, &l, lim(WAIT))?;
     out.check(
         peer.is_none(),
         format!(
@@ -421,7 +450,7 @@ fn probe(
         ),
     );
     if conntrack {
-        let n = traffic::conntrack_from(&pair.b, &[b4, b6], lim(Duration::from_secs(5)))?;
+        let n = traffic::conntrack_from(&pair.b, &[b4, b6], lim(Duration::from_secs(5)))?.len();
         out.check(
             n == 0,
             format!(
@@ -456,6 +485,15 @@ fn probe(
             got.arrived
         ),
     );
+    if let Some((jail, scope, whose)) = proved {
+        let ctx = scoped::Ctx {
+            pair,
+            budget,
+            main: &l,
+            conntrack,
+        };
+        enforcer = scoped::prove(&ctx, enforcer, jail, &scope, &whose, out)?;
+    }
     drop(enforcer);
     Ok(())
 }

@@ -208,6 +208,8 @@ pub mod addr {
     pub const BANNED_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
     /// A second source in `a`, never banned: the control.
     pub const CONTROL_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
+    /// A third source in `a`, banned by a port-scoped jail.
+    pub const SCOPED_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 4));
     /// The server in `b`, IPv6.
     pub const SERVER_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
     /// The banned source in `a`, IPv6.
@@ -247,10 +249,10 @@ impl Pair {
         step(&[
             "link", "add", &va, "netns", &p.a, "type", "veth", "peer", "name", &vb, "netns", &p.b,
         ])?;
-        // The banned address first: it is the one TCP connects from.
         let a4 = [
             format!("{}/24", addr::BANNED_V4),
             format!("{}/24", addr::CONTROL_V4),
+            format!("{}/24", addr::SCOPED_V4),
         ];
         for (ns, dev, v4, v6) in [
             (&p.a, &va, &a4[..], addr::BANNED_V6),

@@ -172,19 +172,19 @@ pub struct Tcp {
     server: TcpStream,
 }
 
-/// Connects from the banned address in `ns` to the listener, waiting
-/// `wait` for the connection and for the listener to accept it. Returns
-/// the connection and who the listener saw, when it was accepted.
+/// Connects from `from` (an address of namespace `ns`) to the listener,
+/// waiting `wait` for the connection and for the listener to accept it.
+/// Returns the connection and who the listener saw, when it was accepted.
 pub fn tcp_connect(
     ns: &str,
+    from: IpAddr,
     l: &Listeners,
     wait: Duration,
 ) -> Result<(Option<Tcp>, Option<SocketAddr>), ProbeError> {
     let to = l.tcp_at;
-    // The socket is made on a thread in the source's namespace; its
-    // address is the namespace's primary one, the banned address.
+    // The socket is made on a thread in the source's namespace.
     let client = inside(ns, wait + Duration::from_secs(1), move || {
-        TcpStream::connect_timeout(&to, wait)
+        connect_from(SocketAddr::new(from, 0), to, wait)
     })?;
     let end = Instant::now() + if client.is_ok() { wait } else { Duration::ZERO };
     loop {
@@ -201,6 +201,83 @@ pub fn tcp_connect(
             Err(e) => return Err(step("accepting TCP")(e)),
         }
     }
+}
+
+/// A TCP connection from `from` to `to` (IPv4), given up after `wait`:
+/// std connects only from the address the route picks.
+fn connect_from(from: SocketAddr, to: SocketAddr, wait: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let sin = |a: SocketAddr| -> std::io::Result<libc::sockaddr_in> {
+        let SocketAddr::V4(v4) = a else {
+            return Err(std::io::Error::new(ErrorKind::Unsupported, "IPv4 only"));
+        };
+        // SAFETY: sockaddr_in is plain data; all zero is a valid value.
+        let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        s.sin_family = libc::AF_INET as libc::sa_family_t;
+        s.sin_port = v4.port().to_be();
+        s.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+        Ok(s)
+    };
+    let (src, dst) = (sin(from)?, sin(to)?);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = sock.as_raw_fd();
+    // SAFETY: `src` is a valid sockaddr_in of `len` bytes, alive for the call.
+    if unsafe { libc::bind(raw, (&raw const src).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as for bind.
+    if unsafe { libc::connect(raw, (&raw const dst).cast(), len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    let mut pfd = libc::pollfd {
+        fd: raw,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, alive for the call.
+    match unsafe { libc::poll(&raw mut pfd, 1, ms) } {
+        n if n < 0 => return Err(std::io::Error::last_os_error()),
+        0 => return Err(ErrorKind::TimedOut.into()),
+        _ => {}
+    }
+    let mut err: libc::c_int = 0;
+    let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `elen` are valid for writes of their sizes.
+    let r = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &raw mut elen,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(std::io::Error::from_raw_os_error(err));
+    }
+    let stream = TcpStream::from(sock);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// Sends 5 bytes on an established connection and returns how many the
@@ -224,21 +301,51 @@ pub fn tcp_after(mut t: Tcp, wait: Duration) -> Result<usize, ProbeError> {
     }
 }
 
-/// The original-direction source address of a conntrack tuple.
-fn orig_source(tuple: &[u8]) -> Option<IpAddr> {
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+/// One conntrack entry's original direction: source, protocol, port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The source address.
+    pub src: IpAddr,
+    /// The IP protocol number.
+    pub proto: u8,
+    /// The destination port (0 for protocols without ports).
+    pub dport: u16,
+}
+
+/// The original direction of a conntrack tuple.
+fn orig(tuple: &[u8]) -> Option<Entry> {
     let ip = attrs(tuple).find(|a| a.ty == CTA_TUPLE_IP)?;
-    attrs(ip.data).find_map(|a| match (a.ty, a.data.len()) {
+    let src = attrs(ip.data).find_map(|a| match (a.ty, a.data.len()) {
         (CTA_IP_V4_SRC, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(a.data).ok()?)),
         (CTA_IP_V6_SRC, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(a.data).ok()?)),
         _ => None,
-    })
+    })?;
+    let (mut proto, mut dport) = (0, 0);
+    if let Some(p) = attrs(tuple).find(|a| a.ty == CTA_TUPLE_PROTO) {
+        for a in attrs(p.data) {
+            match (a.ty, a.data) {
+                (CTA_PROTO_NUM, [n, ..]) => proto = *n,
+                (CTA_PROTO_DST_PORT, [h, l, ..]) => dport = u16::from_be_bytes([*h, *l]),
+                _ => {}
+            }
+        }
+    }
+    Some(Entry { src, proto, dport })
 }
 
-/// How many conntrack entries in `ns` have one of `sources` as their
-/// original source.
-pub fn conntrack_from(ns: &str, sources: &[IpAddr], limit: Duration) -> Result<usize, ProbeError> {
+/// The conntrack entries in `ns` whose original source is one of
+/// `sources`.
+pub fn conntrack_from(
+    ns: &str,
+    sources: &[IpAddr],
+    limit: Duration,
+) -> Result<Vec<Entry>, ProbeError> {
     let sources = sources.to_vec();
-    inside(ns, limit, move || -> Result<usize, ProbeError> {
+    inside(ns, limit, move || -> Result<Vec<Entry>, ProbeError> {
         let mut sock = NfSocket::open().map_err(step("opening a netfilter socket"))?;
         let mut req = sock.buffer();
         let s = req.begin(
@@ -248,19 +355,19 @@ pub fn conntrack_from(ns: &str, sources: &[IpAddr], limit: Duration) -> Result<u
             0,
         );
         req.end(s);
-        let mut n = 0;
+        let mut found = Vec::new();
         let r = sock.dump(&req, |m| {
             let body = m.payload.get(4..).unwrap_or_default();
-            if attrs(body)
+            if let Some(e) = attrs(body)
                 .find(|a| a.ty == CTA_TUPLE_ORIG)
-                .and_then(|t| orig_source(t.data))
-                .is_some_and(|a| sources.contains(&a))
+                .and_then(|t| orig(t.data))
+                .filter(|e| sources.contains(&e.src))
             {
-                n += 1;
+                found.push(e);
             }
         });
         match r {
-            Ok(None) => Ok(n),
+            Ok(None) => Ok(found),
             Ok(Some(errno)) => Err(ProbeError::Step(crate::enforce::netlink::explain(
                 errno,
                 "dumping the conntrack table",
