@@ -12,10 +12,12 @@ MAXRETRY=${MAXRETRY:-5}
 WORK=$(mktemp -d)
 NS=swpace$$
 trap 'ip netns del "$NS" 2>/dev/null || true; ip netns del "${NS}f" 2>/dev/null || true; rm -rf "$WORK" || true' EXIT
-cargo build --release -q
+# BIN=... measures another build (bench/run-all.sh passes it).
+[ -n "${BIN:-}" ] || cargo build --release -q
+BIN=${BIN:-$PWD/target/release/sipwarden}
 ip netns add "$NS"
 ip -n "$NS" link set lo up
-ip netns exec "$NS" python3 bench/latency.py w0 "$PWD/target/release/sipwarden" "$WORK" "$MAXRETRY"
+ip netns exec "$NS" python3 bench/latency.py w0 "$BIN" "$WORK" "$MAXRETRY"
 if command -v fail2ban-server >/dev/null; then
   ip netns add "${NS}f"
   ip -n "${NS}f" link set lo up
