@@ -10,24 +10,31 @@ bridge; bench/fleet.sh makes the namespaces and cleans them up).
    nftables netlink multicast group (one socket per namespace, one
    thread, a monotonic timestamp per message, no polling). Redis's
    MONITOR stream (microsecond timestamps) shows when the origin's XADD
-   reached Redis, which splits each figure into the origin's part and the
-   readers' part.
+   reached Redis, and when each reader asked again (XREAD) after it, which
+   splits each figure into the origin's part (request to XADD), the
+   reader's (XADD to its next XREAD) and the run loop's (to the kernel).
+   Also printed: the daemons' CPU per ban (idle use subtracted).
 2. Re-convergence: BANS bans decided across the fleet (BANS / N failures
    in each node's log, maxretry 1), then redis-server killed and started
    again empty. "Re-converged" is what the cluster code promises after
    that (src/cluster/writer.rs `reassert`, src/cluster/reader.rs
    `serve`): every node's writer has reconnected and written the keys of
    its own bans in force again, announcing on the stream each one that was
-   missing; every node's reader has reconnected (both tasks up is the
-   `connected` of `status`); so Redis again holds a key for every ban in
-   force in the fleet (all K + BANS of them). Printed apart: the time
-   until every node has also read the others' re-announcements (its
-   `received` counter), and a check that no kernel set lost a ban.
+   missing; every node's reader has reconnected (in `status`: both tasks
+   up, each with one restart more than before the kill, so an old session
+   not yet noticed does not count); so Redis again holds a key for every
+   ban in force in the fleet (all K + BANS of them). Re-converged is the
+   later of "ban keys back" and "every node reconnected". Printed apart:
+   the time until every node has also read the others' re-announcements
+   (its `received` counter), where Redis spent its CPU (INFO
+   commandstats), and a check that no kernel set lost a ban. The kernel
+   sets are not touched by a Redis restart: nodes keep enforcing.
 
 Environment: N is given by the namespaces; K (default 200) bans in step 1,
 BANS (default 100000) in step 2 (0 skips it), TRIAL_TIMEOUT (3 s),
-REDIS_IP (10.250.0.1). Prints FLEET rows; exits non-zero if a step did not
-finish in its bound.
+BANS_TIMEOUT (300 s for the fleet to hold all BANS), REDIS_IP (10.250.0.1).
+Prints FLEET and FLEET-RESTART rows (stdout) and fleet: notes (stderr);
+exits non-zero if a step did not finish in its bound.
 """
 import ctypes
 import errno
@@ -193,6 +200,7 @@ class Fleet:
             try:
                 r = Resp(self.hub, self.redis_ip, timeout=0.5)
                 if r.cmd("PING") == "PONG":
+                    r.s.settimeout(30)  # a Redis busy with the fleet's scans answers late
                     return r
             except (OSError, ConnectionError):
                 pass
@@ -228,6 +236,21 @@ logpath = "{d}/fs.log"
                 ["ip", "netns", "exec", ns, self.bin, "run", "--config", os.path.join(d, "sw.toml")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 env=dict(os.environ, RUST_LOG="warn,sipwarden::cluster=info")))
+
+    def ip(self, i):
+        return f"10.250.0.{10 + i}"
+
+    def cpu(self):
+        """CPU seconds so far of each daemon, then of redis-server."""
+        hz = os.sysconf("SC_CLK_TCK")
+        out = []
+        for p in [d.pid for d in self.daemons] + [self.redis.pid]:
+            try:
+                f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+                out.append((int(f[11]) + int(f[12])) / hz)
+            except (OSError, IndexError, ValueError):
+                out.append(0.0)
+        return out
 
     def status(self, i):
         r = control(self.sock(i), {"cmd": "status"})
@@ -344,6 +367,7 @@ class Monitor:
     mapped onto perf_counter."""
 
     XADD = re.compile(rb'^\+(\d+\.\d+) \[\d+ ([0-9.]+):\d+\] "XADD" .*?addr\\":\\"([0-9a-f.:/]+)\\"')
+    XREAD = re.compile(rb'^\+(\d+\.\d+) \[\d+ ([0-9.]+):\d+\] "XREAD"')
 
     def __init__(self, ns, host):
         self.r = Resp(ns, host)
@@ -351,6 +375,7 @@ class Monitor:
         self.r.s.setblocking(False)
         self.buf = b""
         self.xadd = {}  # addr -> (perf_counter, client ip)
+        self.xreads = []  # (perf_counter, client ip): a reader asking again
         # Redis's timestamps are wall clock: their offset from perf_counter.
         self.offset = time.time() - time.perf_counter()
 
@@ -368,6 +393,15 @@ class Monitor:
             m = self.XADD.match(line)
             if m:
                 self.xadd[m.group(3).decode()] = (float(m.group(1)) - self.offset, m.group(2).decode())
+                continue
+            m = self.XREAD.match(line)
+            if m:
+                self.xreads.append((float(m.group(1)) - self.offset, m.group(2).decode()))
+
+    def reread(self, since, ip):
+        """When the reader at `ip` asked again after `since` (it has handed
+        the entries of its last answer to the daemon by then), or None."""
+        return next((t for t, who in self.xreads if t > since and who == ip), None)
 
 
 def propagation(fleet, k, timeout):
@@ -375,6 +409,13 @@ def propagation(fleet, k, timeout):
     mon = Monitor(fleet.hub, fleet.redis_ip)
     watch.add_reader(mon.r.s, mon.read)
     rows = []  # (origin's set, last node's set, XADD at redis) from the request, ms
+    split_reader, split_loop = [], []
+    # The daemons' CPU while idle (heartbeats, drift checks), to subtract.
+    idle0 = fleet.cpu()
+    time.sleep(2)
+    idle = [b - a for a, b in zip(idle0, fleet.cpu())]
+    cpu0 = fleet.cpu()
+    t_start = time.monotonic()
     missing = 0
     deadline = time.monotonic() + max(60, k * (timeout + 0.2))
     for t in range(k):
@@ -395,12 +436,23 @@ def propagation(fleet, k, timeout):
             continue
         others = [g for i, g in enumerate(got) if i != origin]
         x = mon.xadd.pop(addr, (None, None))[0]
+        if x is not None:
+            # Per other node: XADD to its reader asking again (the reader's
+            # part), and from then to its kernel set (the run loop's part).
+            last = max((i for i in range(fleet.n) if i != origin), key=lambda i: got[i])
+            rr = mon.reread(x, fleet.ip(last))
+            if rr is not None:
+                split_reader.append((rr - x) * 1000)
+                split_loop.append((got[last] - rr) * 1000)
+        mon.xreads.clear()
         rows.append(((got[origin] - t0) * 1000, (max(others) - t0) * 1000,
                      None if x is None else (x - t0) * 1000,
                      (max(others) - got[origin]) * 1000,
                      sorted((g - t0) * 1000 for g in others)))
         time.sleep(0.03 + (t % 7) * 0.003)  # not in step with anything periodic
     overruns = watch.overruns
+    cpu1 = fleet.cpu()
+    secs = time.monotonic() - t_start
     watch.close()
     mon.r.close()
     print("FLEET | nodes | bans | in every set | origin's set p50 ms | last node's set p50 / p99 / max ms (from the request) "
@@ -422,6 +474,14 @@ def propagation(fleet, k, timeout):
     print("fleet: per ban, the other nodes' sets in order: first / median / last, p50 ms | %s / %s / %s | netlink overruns %d" % (
         ms(pct([r[4][0] for r in rows], 50)), ms(pct([r[4][len(r[4]) // 2] for r in rows], 50)),
         ms(pct([r[4][-1] for r in rows], 50)), overruns), file=sys.stderr)
+    if split_reader:
+        print("fleet: the last node: XADD to its reader asking again p50 / p99 ms | %s / %s | then to its kernel set p50 / p99 ms | %s / %s" % (
+            ms(pct(split_reader, 50)), ms(pct(split_reader, 99)), ms(pct(split_loop, 50)), ms(pct(split_loop, 99))), file=sys.stderr)
+    n = len(rows) + missing
+    if n:
+        d = [max(0.0, b - a - i * secs / 2) for a, b, i in zip(cpu0, cpu1, idle)]
+        print("fleet: CPU per ban asked, idle use subtracted (all daemons / redis-server) ms | %s / %s | daemons idle: %.1f %% of a core together" % (
+            ms(sum(d[:-1]) * 1000 / n), ms(d[-1] * 1000 / n), sum(idle[:-1]) / 2 * 100), file=sys.stderr)
     if missing:
         sys.exit(f"{missing} ban(s) never reached every node within {timeout} s")
     return len(rows)
@@ -472,6 +532,9 @@ def restart(fleet, want):
     nodes = [f"sipwarden:node:n{i}" for i in range(fleet.n)]
     before = fleet.statuses()
     recv0 = [s["cluster"]["received"] for s in before]
+    # A task that noticed the restart counts one more restart; "connected"
+    # alone could still be the old session's, not yet noticed.
+    restarts0 = [{t["name"]: t["restarts"] for t in s["cluster"]["tasks"]} for s in before]
     # What each node must read again: the others' bans (each node
     # re-announces all of its own, since none of their keys survived).
     own = [s["cluster"]["published"] for s in before]
@@ -493,20 +556,35 @@ def restart(fleet, want):
         if time.monotonic() - last_status >= 0.05:
             last_status = time.monotonic()
             sts = fleet.statuses()
-            if t_conn is None and all(s and s["cluster"]["connected"] for s in sts):
+            if t_conn is None and all(
+                    s and s["cluster"]["connected"]
+                    and all(t["up"] and t["restarts"] > restarts0[i].get(t["name"], 0) for t in s["cluster"]["tasks"])
+                    for i, s in enumerate(sts)):
                 t_conn = time.perf_counter() - t0
             if t_read is None and all(
                     s and s["cluster"]["received"] - recv0[i] >= total_own - own[i]
                     for i, s in enumerate(sts)):
                 t_read = time.perf_counter() - t0
         time.sleep(0.01)
+    # Where Redis spent its time since it started again (re-convergence
+    # and what followed until here).
+    stats = r.cmd("INFO", "commandstats")
+    stats = stats.decode() if isinstance(stats, bytes) else str(stats)
+    cmds = []
+    for line in stats.splitlines():
+        m = re.match(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", line)
+        if m:
+            cmds.append((int(m.group(3)), m.group(1), int(m.group(2))))
+    cmds.sort(reverse=True)
+    print("fleet: redis-server since the restart, by CPU: " + ", ".join(
+        "%s %d calls %.0f ms" % (name, calls, usec / 1000) for usec, name, calls in cmds[:6]), file=sys.stderr)
     exact = sum(1 for _ in scan(r, "sipwarden:ban:*"))
     xlen = r.cmd("XLEN", "sipwarden:events")
     r.close()
     after = [banned(s) for s in fleet.statuses()]
     conv = None if t_keys is None or t_conn is None else max(t_keys, t_conn)
     f = lambda v: "%.3f" % v if v is not None else "not within 120 s"
-    print("FLEET-RESTART | bans in force | redis answering s | ban keys back s | every node connected s | "
+    print("FLEET-RESTART | bans in force | redis answering s | ban keys back s | every node reconnected s | "
           "re-converged s (both) | every node read the re-announcements s | ban keys at the end | stream entries | each node's bans at the end")
     print("FLEET-RESTART | %d | %.3f | %s | %s | %s | %s | %d | %s | %s" % (
         want, t_up, f(t_keys), f(t_conn), f(conv), f(t_read), exact, xlen,

@@ -6,7 +6,8 @@
 # ONLY="w0 w1 w2 f2b-w2 w3 w4 w5 w6 wire fleet" limits the rows; the
 # svcrack-against-Kamailio form of W0 and the criterion benches compile test
 # or bench binaries, so they run only when asked: KAMAILIO=1, CRITERION=1.
-# RESULTS (default a new temporary directory) keeps each script's output.
+# RESULTS (default a new temporary directory) keeps each script's output;
+# FORMAT_ONLY=1 RESULTS=DIR prints the table of that run again.
 # About 8 minutes on the 2-vCPU machine, 3 of them fail2ban's W2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,9 @@ step() {
 }
 skip() { echo "SKIPPED | $1 | $2" > "$RESULTS/$1.out"; }
 
-{
+# FORMAT_ONLY=1 prints the table of an earlier run's $RESULTS again.
+[ "${FORMAT_ONLY:-0}" = 1 ] && ONLY=none
+[ "${FORMAT_ONLY:-0}" = 1 ] || {
   echo "machine: $(nproc) CPU, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
   echo "start: $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "binary: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
@@ -67,12 +70,13 @@ want w5 && step w5 600 bash bench/w5_restore.sh
 want w6 && step w6 300 env N="${W6_N:-2000000}" bash bench/w6_esl.sh
 want wire && step wire 300 bash bench/wire_cpu.sh
 want fleet && step fleet 900 bash bench/fleet.sh "$BIN"
-if [ "${CRITERION:-0}" = 1 ]; then
+if [ "${FORMAT_ONLY:-0}" = 1 ]; then :
+elif [ "${CRITERION:-0}" = 1 ]; then
   step criterion 1800 cargo bench --bench hot_paths -- 'esl/|filter/'
 else
   skip criterion "criterion (W6 in process, the filter per line) compiles the bench binary: CRITERION=1 runs cargo bench --bench hot_paths"
 fi
-echo "end: $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/machine.txt"
+[ "${FORMAT_ONLY:-0}" = 1 ] || echo "end: $(date -u '+%Y-%m-%d %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/machine.txt"
 
 python3 - "$RESULTS" <<'PY'
 import glob, os, re, sys
@@ -89,7 +93,11 @@ def rows(name, tag):
 def cell(r):
     """A failed or skipped step, as a table cell."""
     k, name, why = r.split(" | ", 2)
-    return ("skipped: " if k == "SKIPPED" else "failed: ") + why
+    return ("skipped: " if k == "SKIPPED" else "failed: ") + why.replace(" | ", ", ")
+def sec(v):
+    """A time in seconds as the scripts print it (.0345, 15.486555390), to 3 places."""
+    m = re.match(r"^\s*([0-9]*\.?[0-9]+)(.*)$", v)
+    return "%.3f s%s" % (float(m.group(1)), re.sub(r"^\s*s\b", "", m.group(2))) if m else v
 out = []
 def row(work, f2b, sw, target, script):
     out.append("| %s | %s | %s | %s | `%s` |" % (work, f2b, sw, target, script))
@@ -107,7 +115,7 @@ if r is not None:
     else:
         d = {x[1]: x[3] for x in r if len(x) >= 4 and x[3].replace("None", "").strip() and x[1] != "side"}
         f2b = next((v for k, v in d.items() if k.startswith("fail2ban")), "not run")
-        sw = ", ".join("%s %s" % (k.split("(")[0].replace("sipwarden ", ""), v) for k, v in d.items() if k.startswith("sipwarden"))
+        sw = ", ".join("%s %s" % (k.split("(")[0].replace("sipwarden ", "").strip(), v) for k, v in d.items() if k.startswith("sipwarden"))
         row("W0 paced simulators, failures processed before the ban (maxretry 5, one per 12 ms)", f2b, sw, "<= 6", "bench/w0_paced.sh")
 r = rows("w0-kamailio", "W0")
 if r is not None:
@@ -119,8 +127,8 @@ if r is not None:
         row("W1 filter, 200,000 lines", "", cell(r), "", "bench/w1_filter.sh")
     else:
         x = r[-1]
-        row("W1 built-in `freeswitch` filter, whole command", x[2], "%s (%s vs fail2ban; `grep -c` %s s)" % (x[3], x[6], x[5]), "within 5x of grep", "bench/w1_filter.sh")
-        row("W1 fail2ban's own filter file in both", x[2], "%s (%s)" % (x[4], x[7]), ">= 250x", "bench/w1_filter.sh")
+        row("W1 built-in `freeswitch` filter, whole command", sec(x[2]), "%s (%s vs fail2ban; `grep -c` %s)" % (sec(x[3]), x[6], sec(x[5])), "within 5x of grep", "bench/w1_filter.sh")
+        row("W1 fail2ban's own filter file in both", sec(x[2]), "%s (%s)" % (sec(x[4]), x[7]), ">= 250x", "bench/w1_filter.sh")
 f = rows("f2b-w2", "DONE:")
 f2b_w2 = "not run"
 if isinstance(f, str):
@@ -136,7 +144,7 @@ if r is not None:
         row("W2 live burst, 200,000 lines in 5 min appended at once", f2b_w2, cell(r), "< 2 s (issue 23: 2,000,000 lines)", "bench/w2_burst.sh")
     else:
         x = r[-1]
-        row("W2 live burst, 200,000 lines in 5 min appended at once", f2b_w2, "%s of %s due bans in the kernel after %s s; RSS %s KiB (%s anonymous)" % (x[2], x[1], x[3], x[4], x[5] if len(x) > 5 else "?"), "< 2 s (issue 23: 2,000,000 lines)", "bench/w2_burst.sh")
+        row("W2 live burst, 200,000 lines in 5 min appended at once", f2b_w2, "%s of %s due bans in the kernel after %s; RSS %s KiB (%s anonymous)" % (x[2], x[1], sec(x[3]), x[4], x[5] if len(x) > 5 else "?"), "< 2 s (issue 23: 2,000,000 lines)", "bench/w2_burst.sh")
 r = data(rows("w3", "W3"))
 if r is not None:
     if isinstance(r, str):
@@ -156,16 +164,16 @@ if r is not None:
         row("W5 restore / start", "", cell(r), "", "bench/w5_restore.sh")
     else:
         x = r[-1]
-        row("W5 restart, 100,000 bans restored into the kernel", "", "%s; start to all in the kernel %s" % (x[2], x[3]), "", "bench/w5_restore.sh")
+        row("W5 restart, 100,000 bans restored into the kernel", "", "%s; start to all in the kernel %s" % (x[2], sec(x[3])), "", "bench/w5_restore.sh")
         if len(x) > 5:
-            row("start with 100,000 bans in the store, exec to READY=1", "", "%s (kernel table deleted), %s (table kept)" % (x[4], x[5]), "< 0.5 s", "bench/w5_restore.sh")
+            row("start with 100,000 bans in the store, exec to READY=1", "", "%s (kernel table deleted), %s (table kept)" % (sec(x[4]), sec(x[5])), "< 0.5 s", "bench/w5_restore.sh")
 r = data(rows("w6", "W6"))
 if r is not None:
     if isinstance(r, str):
         row("W6 Event Socket intake", "n/a", cell(r), "", "bench/w6_esl.sh")
     else:
         x = r[-1]
-        row("W6 Event Socket intake over a socket, end to end", "n/a", "%s events/s (%s events in %s s, daemon CPU %s)" % (x[3], x[1], x[2], x[4]), "", "bench/w6_esl.sh")
+        row("W6 Event Socket intake over a socket, end to end", "n/a", "%s events/s (%s events in %s, daemon CPU %s)" % (x[3], x[1], sec(x[2]), x[4]), "", "bench/w6_esl.sh")
 r = rows("criterion", "esl")
 if r is not None:
     row("W6 in process, per event (criterion)", "n/a", cell(r) if isinstance(r, str) else "see %s/criterion.out" % res, "<= 150 ns", "cargo bench --bench hot_paths")
@@ -188,9 +196,9 @@ if os.path.exists(p):
             "p50 / p99 / max %s ms (%s of %s bans; origin's set p50 %s ms, origin's XADD at Redis p50 %s ms)" % (x[5], x[3], x[2], x[4], x[7]), "p99 < 20 ms", "bench/fleet.sh")
     for x in conv:
         row("fleet: %s bans, redis-server restarted empty, until re-converged" % x[1], "n/a",
-            "%s s (ban keys back %s s, every node connected %s s; every node read the re-announcements %s s; kernel sets: %s)" % (x[5], x[3], x[4], x[6], x[9]), "< 5 s", "bench/fleet.sh")
+            "%s s (ban keys back %s s, every node reconnected %s s; every node read the re-announcements %s s; kernel sets: %s)" % (x[5], x[3], x[4], x[6], x[9]), "< 5 s", "bench/fleet.sh")
     if bad:
-        row("fleet", "n/a", "failed: " + bad[0].split(" | ", 2)[2], "", "bench/fleet.sh")
+        row("fleet", "n/a", cell(bad[0]), "", "bench/fleet.sh")
 print(open(os.path.join(res, "machine.txt")).read().rstrip())
 print()
 print("| workload | fail2ban (same run) | sipwarden | target | script |")
