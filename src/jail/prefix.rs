@@ -35,39 +35,43 @@ pub const SAMPLE_ADDRS: usize = 8;
 const MAX_TOLD: usize = 4096;
 
 /// Some of the addresses seen in one prefix: the first [`SAMPLE_ADDRS`]
-/// distinct ones, and whether others came after them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sample {
-    addrs: Vec<Ipv6Addr>,
-    more: bool,
+/// distinct ones, and whether others came after them. Most prefixes of a
+/// flood are one-off: their one address is kept inline, with no allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sample {
+    /// One address seen.
+    One(Ipv6Addr),
+    /// Several: those kept, and whether others came after them.
+    Many(Box<(Vec<Ipv6Addr>, bool)>),
 }
 
 impl Sample {
     /// Notes a failure from `a`.
     fn note(&mut self, a: Ipv6Addr) {
-        if self.addrs.contains(&a) {
-            return;
-        }
-        if self.addrs.len() < SAMPLE_ADDRS {
-            // Most prefixes of a flood are one-off: room for one address,
-            // not the four a first push would take.
-            if self.addrs.capacity() == 0 {
-                self.addrs.reserve_exact(1);
+        match self {
+            Sample::One(x) if *x == a => {}
+            Sample::One(x) => {
+                let mut v = Vec::with_capacity(2);
+                v.extend([*x, a]);
+                *self = Sample::Many(Box::new((v, false)));
             }
-            self.addrs.push(a);
-        } else {
-            self.more = true;
+            Sample::Many(m) if m.0.contains(&a) => {}
+            Sample::Many(m) if m.0.len() < SAMPLE_ADDRS => m.0.push(a),
+            Sample::Many(m) => m.1 = true,
         }
     }
 
     /// The addresses kept, in the order first seen.
     pub fn addrs(&self) -> &[Ipv6Addr] {
-        &self.addrs
+        match self {
+            Sample::One(a) => std::slice::from_ref(a),
+            Sample::Many(m) => &m.0,
+        }
     }
 
     /// Whether addresses beyond those kept were seen.
     pub fn more(&self) -> bool {
-        self.more
+        matches!(self, Sample::Many(m) if m.1)
     }
 }
 
@@ -125,7 +129,7 @@ impl Jail {
                 if let Some(s) = book.samples.get_mut(&n) {
                     s.note(a);
                 } else if book.samples.len() < cap {
-                    book.samples.entry(n).or_default().note(a);
+                    book.samples.insert(n, Sample::One(a));
                 }
             }
         }
