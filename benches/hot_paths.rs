@@ -19,13 +19,15 @@ use sipwarden::source::scanner::{DEFAULT_SCANNERS, ScannerList};
 const N: usize = 10_000;
 const NOW: Time = Time(1_795_621_254_000);
 
-/// `N` `sofia::register_failure` frames as FreeSWITCH writes them, from
-/// `N` addresses, in one buffer.
+/// `N` `sofia::register_failure` frames exactly as FreeSWITCH 1.10.12
+/// writes them (the corpus's `esl-plain.raw`: 22 event headers, about 726
+/// bytes with the frame's own headers), from `N` addresses, in one buffer.
 fn esl_stream() -> Vec<u8> {
     let mut stream = Vec::new();
     for i in 0..N as u32 {
         let body = format!(
-            "Event-Subclass: sofia%3A%3Aregister_failure\nEvent-Name: CUSTOM\nCore-UUID: 418244e5-62e0-4fcb-b610-3d7599f3bf29\nFreeSWITCH-Hostname: vm\nEvent-Date-Timestamp: 1795621254659156\nEvent-Calling-File: sofia_reg.c\nprofile-name: internal\nto-user: 1009\nto-host: 10.77.0.1\nnetwork-ip: 10.{}.{}.{}\nuser-agent: friendly-scanner\nprofile-name: internal\nnetwork-port: 5060\nregistration-type: REGISTER\n\n",
+            "Event-Subclass: sofia%3A%3Aregister_failure\nEvent-Name: CUSTOM\nCore-UUID: 418244e5-62e0-4fcb-b610-3d7599f3bf29\nFreeSWITCH-Hostname: vm\nFreeSWITCH-Switchname: vm\nFreeSWITCH-IPv4: 127.0.0.1\nFreeSWITCH-IPv6: %3A%3A1\nEvent-Date-Local: 2026-11-25%2015%3A40%3A54\nEvent-Date-GMT: Wed,%2025%20Nov%202026%2015%3A40%3A54%20GMT\nEvent-Date-Timestamp: 1795621254659156\nEvent-Calling-File: sofia_reg.c\nEvent-Calling-Function: sofia_reg_handle_register_token\nEvent-Calling-Line-Number: 1792\nEvent-Sequence: {}\nprofile-name: internal\nto-user: 1009\nto-host: 10.77.0.1\nnetwork-ip: 10.{}.{}.{}\nuser-agent: friendly-scanner\nprofile-name: internal\nnetwork-port: 5060\nregistration-type: REGISTER\n\n",
+            379 + i,
             100 + i / 65536,
             (i / 256) % 256,
             i % 256

@@ -211,6 +211,13 @@ pub fn parse_addr(b: &[u8]) -> Option<IpAddr> {
     if b.is_empty() || b.len() > 45 {
         return None;
     }
+    if zone.is_none() {
+        // Most sources are dotted quads: read them without the general
+        // parser (a third of an ESL event's cost went to it).
+        if let Some(v4) = dotted_quad(b) {
+            return Some(IpAddr::V4(v4));
+        }
+    }
     let s = std::str::from_utf8(b).ok()?;
     let addr = s.parse::<IpAddr>().ok()?;
     if let Some(z) = zone {
@@ -223,6 +230,37 @@ pub fn parse_addr(b: &[u8]) -> Option<IpAddr> {
         }
     }
     Some(canonical(addr))
+}
+
+/// A strict dotted quad (what `Ipv4Addr`'s parser accepts: four decimal
+/// octets of one to three digits, no leading zero, each at most 255);
+/// `None` for anything else, which then goes to the general parser.
+fn dotted_quad(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        let start = i;
+        let mut v: u32 = 0;
+        while let Some(&c) = b.get(i) {
+            if !c.is_ascii_digit() || i - start == 3 {
+                break;
+            }
+            v = v * 10 + u32::from(c - b'0');
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || (digits > 1 && b[start] == b'0') || v > 255 {
+            return None;
+        }
+        *octet = v as u8;
+        if k < 3 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    (i == b.len()).then_some(std::net::Ipv4Addr::from(octets))
 }
 
 /// Writes an address the way logs show it: bare for a single host.
@@ -381,6 +419,41 @@ fn hit<T: Copy + Ord>(ranges: &[(T, T)], a: T, b: T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_quad_agrees_with_the_standard_parser() {
+        // Every string of up to 9 characters over "0129." plus chosen
+        // edges: accepted exactly when `Ipv4Addr`'s parser accepts it.
+        let alphabet = b"0129.";
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"255.255.255.255".to_vec(),
+            b"256.1.1.1".to_vec(),
+            b"1.2.3.4.".to_vec(),
+            b"01.2.3.4".to_vec(),
+            b"1.2.3.04".to_vec(),
+            b"0.0.0.0".to_vec(),
+            b"1.2.3.1000".to_vec(),
+            b"10.77.0.2".to_vec(),
+            b"1..2.3".to_vec(),
+        ];
+        for len in 1..=9u32 {
+            for n in 0..5usize.pow(len) {
+                let mut s = Vec::new();
+                let mut k = n;
+                for _ in 0..len {
+                    s.push(alphabet[k % 5]);
+                    k /= 5;
+                }
+                cases.push(s);
+            }
+        }
+        for c in cases {
+            let std = std::str::from_utf8(&c)
+                .ok()
+                .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok());
+            assert_eq!(dotted_quad(&c), std, "{:?}", String::from_utf8_lossy(&c));
+        }
+    }
     use std::net::Ipv4Addr;
 
     fn net(s: &str) -> IpNet {

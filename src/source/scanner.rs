@@ -47,6 +47,12 @@ impl ScannerList {
     pub fn matches(&self, user_agent: &str) -> bool {
         self.0.as_ref().is_some_and(|ac| ac.is_match(user_agent))
     }
+
+    /// [`ScannerList::matches`] on raw bytes (a decoded header value that
+    /// need not be UTF-8).
+    pub fn matches_bytes(&self, user_agent: &[u8]) -> bool {
+        self.0.as_ref().is_some_and(|ac| ac.is_match(user_agent))
+    }
 }
 
 #[cfg(test)]

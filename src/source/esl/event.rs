@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use super::frame::{header_lines, text};
+use super::frame::{header_lines, percent_decode, text};
 use crate::event::{FailureKind, Time};
 use crate::net::parse_addr;
 
@@ -106,33 +106,64 @@ impl Field {
     /// Which field starts the header line `line`, and where its value
     /// begins. The first byte picks the candidates; their names' lengths
     /// say where the colon must be, so no line is scanned for it.
+    #[inline(always)]
     fn of_line(line: &[u8]) -> Option<(Field, usize)> {
         use Field::*;
-        let candidates: &[Field] = match line.first()? | 0x20 {
-            b't' => &[ToUser],
-            b'f' => &[FromUser, FromUserUnderscore],
-            b'e' => &[EventName, EventSubclass, EventDateTimestamp],
-            b'n' => &[NetworkIp, NetworkIpUnderscore],
-            b'u' => &[UserAgent],
-            b'r' => &[RegistrationType],
+        // (name, field) with the name's bytes at hand: no `name()` match
+        // per candidate on the hot path.
+        const T: &[(&[u8], Field)] = &[(b"to-user", ToUser)];
+        const F: &[(&[u8], Field)] =
+            &[(b"from-user", FromUser), (b"from_user", FromUserUnderscore)];
+        const E: &[(&[u8], Field)] = &[
+            (b"Event-Name", EventName),
+            (b"Event-Subclass", EventSubclass),
+            (b"Event-Date-Timestamp", EventDateTimestamp),
+        ];
+        const N: &[(&[u8], Field)] = &[
+            (b"network-ip", NetworkIp),
+            (b"network_ip", NetworkIpUnderscore),
+        ];
+        const U: &[(&[u8], Field)] = &[(b"user-agent", UserAgent)];
+        const R: &[(&[u8], Field)] = &[(b"registration-type", RegistrationType)];
+        let candidates = match line.first()? | 0x20 {
+            b't' => T,
+            b'f' => F,
+            b'e' => E,
+            b'n' => N,
+            b'u' => U,
+            b'r' => R,
             _ => return None,
         };
-        candidates.iter().copied().find_map(|f| {
-            let n = f.name().len();
-            (line.get(n) == Some(&b':') && f.name().as_bytes().eq_ignore_ascii_case(&line[..n]))
-                .then_some((f, n + 1))
-        })
+        for &(name, f) in candidates {
+            let n = name.len();
+            if line.get(n) == Some(&b':') && line[..n].eq_ignore_ascii_case(name) {
+                return Some((f, n + 1));
+            }
+        }
+        None
     }
 }
 
 /// Read access to an event's headers, whichever the format.
 pub trait Headers {
-    /// The first value of `f`, decoded.
-    fn get(&self, f: Field) -> Option<Cow<'_, str>>;
+    /// The first value of `f`, decoded, as bytes (borrowed when nothing
+    /// needed decoding): what `classify` reads on the hot path.
+    fn raw(&self, f: Field) -> Option<Cow<'_, [u8]>>;
+
+    /// The first value of `f`, decoded, as text (invalid UTF-8 replaced).
+    fn get(&self, f: Field) -> Option<Cow<'_, str>> {
+        self.raw(f).map(|v| match v {
+            Cow::Borrowed(b) => String::from_utf8_lossy(b),
+            Cow::Owned(o) => match String::from_utf8(o) {
+                Ok(s) => Cow::Owned(s),
+                Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            },
+        })
+    }
 
     /// Whether the first value of `f` decodes to exactly `value`.
     fn is(&self, f: Field, value: &str) -> bool {
-        self.get(f).is_some_and(|v| v == value)
+        self.raw(f).is_some_and(|v| *v == *value.as_bytes())
     }
 }
 
@@ -147,16 +178,7 @@ impl<'a> PlainPick<'a> {
     /// inner body (if any) is never looked at.
     pub fn from_body(body: &'a [u8]) -> PlainPick<'a> {
         let mut fields = [None; Field::ALL.len()];
-        // One vectorised pass finds every line end; a per-line search
-        // costs more in set-up than in scanning on lines this short.
-        let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
-            let line = &body[start..end];
-            start = end + 1;
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                break; // end of the header block
-            }
+        for line in super::lines::lines(body) {
             if let Some((f, at)) = Field::of_line(line) {
                 let slot = &mut fields[f as usize];
                 if slot.is_none() {
@@ -170,8 +192,8 @@ impl<'a> PlainPick<'a> {
 }
 
 impl Headers for PlainPick<'_> {
-    fn get(&self, f: Field) -> Option<Cow<'_, str>> {
-        self.fields[f as usize].map(text)
+    fn raw(&self, f: Field) -> Option<Cow<'_, [u8]>> {
+        self.fields[f as usize].map(percent_decode)
     }
 
     fn is(&self, f: Field, value: &str) -> bool {
@@ -215,6 +237,13 @@ impl JsonEvent {
 }
 
 impl Headers for JsonEvent {
+    fn raw(&self, f: Field) -> Option<Cow<'_, [u8]>> {
+        match self.get(f)? {
+            Cow::Borrowed(s) => Some(Cow::Borrowed(s.as_bytes())),
+            Cow::Owned(s) => Some(Cow::Owned(s.into_bytes())),
+        }
+    }
+
     fn get(&self, f: Field) -> Option<Cow<'_, str>> {
         let name = f.name();
         let v = self.0.get(name).or_else(|| {
@@ -233,7 +262,15 @@ impl Headers for JsonEvent {
 
 /// `Event-Date-Timestamp`: microseconds since the epoch.
 fn event_time(h: &impl Headers) -> Option<Time> {
-    let us: i64 = h.get(Field::EventDateTimestamp)?.trim().parse().ok()?;
+    let v = h.raw(Field::EventDateTimestamp)?;
+    let digits = v.trim_ascii();
+    // At most 18 digits: no i64 overflow.
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let us = digits
+        .iter()
+        .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
     (us > 0).then_some(Time(us / 1000))
 }
 
@@ -257,8 +294,8 @@ pub fn classify(
     }
     // Compared in place: most events are one of these three.
     let (kind, addr_field, other) = if h.is(Field::EventSubclass, "sofia::register_failure") {
-        let invite = h.get(Field::RegistrationType);
-        let kind = if invite.is_some_and(|t| t.eq_ignore_ascii_case("INVITE")) {
+        let invite = h.raw(Field::RegistrationType);
+        let kind = if invite.is_some_and(|t| t.eq_ignore_ascii_case(b"INVITE")) {
             FailureKind::InviteAuth
         } else {
             FailureKind::RegisterAuth
@@ -279,12 +316,13 @@ pub fn classify(
     } else {
         return None;
     };
-    let Some(raw) = h.get(addr_field).or_else(|| h.get(other)) else {
+    let Some(raw) = h.raw(addr_field).or_else(|| h.raw(other)) else {
         return Some(Signal::Unreadable { kind, raw: None });
     };
     // `parse_addr` drops an IPv6 zone (`fe80::1%eth0`): the kernel sees the
     // address without it as the packet's source.
-    let Some(addr) = parse_addr(raw.trim().as_bytes()) else {
+    let Some(addr) = parse_addr(raw.trim_ascii()) else {
+        let raw = String::from_utf8_lossy(&raw);
         let cut = raw.char_indices().nth(64).map_or(raw.len(), |(i, _)| i);
         return Some(Signal::Unreadable {
             kind,
@@ -301,8 +339,8 @@ pub fn classify(
         time: event_time(h),
         user: boxed(user),
         scanner: h
-            .get(Field::UserAgent)
-            .is_some_and(|ua| scanners.matches(&ua)),
+            .raw(Field::UserAgent)
+            .is_some_and(|ua| scanners.matches_bytes(&ua)),
     })
 }
 
@@ -311,4 +349,40 @@ pub fn content_type(headers: &[u8]) -> Cow<'_, str> {
     header_lines(headers)
         .find(|(n, _)| n.eq_ignore_ascii_case(b"Content-Type"))
         .map_or(Cow::Borrowed(""), |(_, v)| text(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_found_by_its_name_in_any_case() {
+        for f in Field::ALL {
+            let line = format!("{}: v", f.name());
+            assert_eq!(
+                Field::of_line(line.as_bytes()),
+                Some((f, f.name().len() + 1))
+            );
+            let upper = line.to_ascii_uppercase();
+            assert_eq!(Field::of_line(upper.as_bytes()).map(|(g, _)| g), Some(f));
+            // A longer name sharing the prefix is another header.
+            let longer = format!("{}x: v", f.name());
+            assert_eq!(Field::of_line(longer.as_bytes()), None);
+        }
+    }
+
+    #[test]
+    fn event_time_reads_microseconds_and_refuses_anything_else() {
+        let at = |v: &[u8]| {
+            let line = [b"Event-Date-Timestamp: ".as_slice(), v].concat();
+            event_time(&PlainPick::from_body(&line))
+        };
+        assert_eq!(at(b"1795621254659156"), Some(Time(1_795_621_254_659)));
+        assert_eq!(at(b" 1795621254659156 "), Some(Time(1_795_621_254_659)));
+        assert_eq!(at(b"0"), None);
+        assert_eq!(at(b"-5"), None);
+        assert_eq!(at(b"12a"), None);
+        assert_eq!(at(b""), None);
+        assert_eq!(at(b"9999999999999999999999"), None);
+    }
 }

@@ -232,9 +232,17 @@ pub fn percent_decode(v: &[u8]) -> Cow<'_, [u8]> {
 
 /// Text of a decoded value (invalid UTF-8 replaced).
 pub fn text(v: &[u8]) -> Cow<'_, str> {
+    // `from_utf8` first: most values are valid, and its check is faster
+    // than the lossy decoder's.
     match percent_decode(v) {
-        Cow::Borrowed(b) => String::from_utf8_lossy(b),
-        Cow::Owned(o) => Cow::Owned(String::from_utf8_lossy(&o).into_owned()),
+        Cow::Borrowed(b) => match std::str::from_utf8(b) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(b),
+        },
+        Cow::Owned(o) => match String::from_utf8(o) {
+            Ok(s) => Cow::Owned(s),
+            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        },
     }
 }
 

@@ -27,6 +27,7 @@
 pub mod calls;
 pub mod event;
 pub mod frame;
+mod lines;
 mod mapper;
 mod stats;
 
