@@ -288,8 +288,14 @@ fn probe(
     // there was not dropped before conntrack. And a stateful input chain
     // (as most hosts have) so the namespace tracks connections.
     let watch = CONNTRACK_PRIORITY - 1;
+    // The probe's own table, never the configured one.
+    let helper = if fw.table == "swprobe" {
+        "swprobe_watch"
+    } else {
+        "swprobe"
+    };
     let watch_rules = format!(
-        "table inet swprobe {{\n\tchain watch {{\n\t\ttype filter hook prerouting priority {watch}; policy accept;\n\t\tip saddr {b4} counter comment \"v4\"\n\t\tip6 saddr {b6} counter comment \"v6\"\n\t}}\n"
+        "table inet {helper} {{\n\tchain watch {{\n\t\ttype filter hook prerouting priority {watch}; policy accept;\n\t\tip saddr {b4} counter comment \"v4\"\n\t\tip6 saddr {b6} counter comment \"v6\"\n\t}}\n"
     );
     let tracked = nft_load(
         &pair.b,
@@ -309,11 +315,7 @@ fn probe(
         }
     };
     let watched = |budget: &Budget| -> Result<u64, ProbeError> {
-        let j = nft_json(
-            &pair.b,
-            &["list", "chain", "inet", "swprobe", "watch"],
-            budget,
-        )?;
+        let j = nft_json(&pair.b, &["list", "chain", "inet", helper, "watch"], budget)?;
         Ok(host::counters(&j, "watch").values().sum())
     };
     let l = Listeners::open(&pair.b, PORT, lim(Duration::from_secs(5)))?;
