@@ -82,7 +82,9 @@ impl Ran {
 #[derive(Debug)]
 pub struct ActionSet {
     jails: HashMap<JailId, JailActions>,
-    seen: HashMap<(JailId, IpAddr), Seen>,
+    /// Ordered, so a prefix's ban finds the addresses inside it (an IPv6
+    /// source's /64) by a range, not a scan.
+    seen: BTreeMap<(JailId, IpAddr), Seen>,
     /// `seen`'s keys by their last failure (then arrival), oldest first:
     /// making room for a new address looks at one entry, never the table.
     by_age: BTreeMap<(i64, u64), (JailId, IpAddr)>,
@@ -119,7 +121,7 @@ impl ActionSet {
     pub fn new() -> ActionSet {
         ActionSet {
             jails: HashMap::new(),
-            seen: HashMap::new(),
+            seen: BTreeMap::new(),
             by_age: BTreeMap::new(),
             arrivals: 0,
             ran: HashMap::new(),
@@ -398,6 +400,37 @@ impl ActionSet {
         Some(s)
     }
 
+    /// Drops what was seen of the addresses inside prefix `net` in one
+    /// jail, told as one: the first and last failure of any of them, the
+    /// newest lines (a jail counts an IPv6 source as its prefix).
+    fn forget_within(&mut self, jail: JailId, net: &IpNet) -> Seen {
+        let keys: Vec<(JailId, IpAddr)> = self
+            .seen
+            .range((jail, net.network())..=(jail, net.broadcast()))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut all = Seen::default();
+        let mut lines: Vec<String> = Vec::new();
+        let mut any = false;
+        for k in keys {
+            let Some(s) = self.forget(k) else { continue };
+            if !any || s.first < all.first {
+                all.first = s.first;
+            }
+            if !any || s.last >= all.last {
+                all.last = s.last;
+                all.user = s.user.or(all.user.take());
+            }
+            any = true;
+            lines.extend(s.lines);
+        }
+        // Each line starts with its time (RFC 3339): the newest are kept.
+        lines.sort();
+        let cut = lines.len().saturating_sub(MAX_MATCHES);
+        all.lines = lines.into_iter().skip(cut).collect();
+        all
+    }
+
     /// A decision the kernel accepted.
     pub fn accepted(&mut self, d: &crate::decision::Decision) {
         match d {
@@ -422,10 +455,11 @@ impl ActionSet {
         if acts.is_none() && !notify {
             return;
         }
-        let seen = (b.addr.prefix_len() == b.addr.max_prefix_len())
-            .then(|| self.forget((b.jail, b.addr.addr())))
-            .flatten()
-            .unwrap_or_default();
+        let seen = if b.addr.prefix_len() == b.addr.max_prefix_len() {
+            self.forget((b.jail, b.addr.addr())).unwrap_or_default()
+        } else {
+            self.forget_within(b.jail, &b.addr)
+        };
         if notify {
             let when = (!seen.lines.is_empty()).then_some((seen.first, seen.last));
             for d in self.notify.deliveries(b, when) {
@@ -871,5 +905,60 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert!(String::from_utf8_lossy(&reports[0].body).contains("ip=198.51.100.7"));
         assert_eq!(v.notify.len(), 2);
+    }
+
+    /// A jail bans an IPv6 source as its /64: the webhook's first and last
+    /// seen, and an action's `<matches>`, are those of the addresses inside
+    /// it (before: none, as no failure came from the prefix's own address);
+    /// what was seen outside it stays.
+    #[test]
+    fn a_prefix_ban_tells_what_was_seen_inside_it() {
+        use crate::notify::test_server::Server;
+        let srv = Server::start(&["200"], None);
+        let v: toml::Table = toml::from_str(&format!(
+            "notify = [{{ type = \"webhook\", url = \"{}\", retries = 0 }}]",
+            srv.url("http"),
+        ))
+        .unwrap();
+        let targets = crate::notify::parse_notify(&v["notify"]).unwrap();
+        let mut set = ActionSet::new();
+        set.configure_notify([(JailId(0), targets.as_slice())], Some("node-a"));
+        set.configure(std::iter::empty());
+        let ev = |addr: &str, ms: i64| FailureEvent {
+            time: Time(ms),
+            jail: JailId(0),
+            addr: addr.parse().unwrap(),
+            kind: FailureKind::RegisterAuth,
+            user: Some(format!("u{ms}").into()),
+            scanner: false,
+        };
+        let t0 = 1_795_621_253_000;
+        let mut batch = vec![
+            ev("2001:db8:1:3::1", t0 - 5000),
+            ev("2001:db8:1:1::1", t0 + 9000),
+        ];
+        batch.extend((0..12).map(|i| ev(&format!("2001:db8:1:2::{:x}", 0x10 + i), t0 + 100 * i)));
+        // What an action's ticket gets: the newest lines, the last user.
+        let mut other = ActionSet::new();
+        other.configure_notify([(JailId(0), targets.as_slice())], None);
+        other.note(&batch);
+        let s = other.forget_within(JailId(0), &"2001:db8:1:2::/64".parse().unwrap());
+        assert_eq!(s.user.as_deref(), Some(&*format!("u{}", t0 + 1100)));
+        assert_eq!(s.lines.len(), MAX_MATCHES);
+        assert!(s.lines[0].contains("2001:db8:1:2::12"), "{:?}", s.lines);
+        assert!(s.lines[9].contains("2001:db8:1:2::1b"), "{:?}", s.lines);
+        // The webhook of the ban.
+        set.note(&batch);
+        set.banned(
+            &ban(JailId(0), "2001:db8:1:2::/64", BanReason::Failures),
+            false,
+        );
+        assert_eq!(set.seen.len(), 2, "the other /64s are kept");
+        set.stop();
+        let got = srv.finish();
+        let hook: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+        assert_eq!(hook["prefix"], "2001:db8:1:2::/64");
+        assert_eq!(hook["first_seen"], "2026-11-25T15:40:53.000Z", "{hook}");
+        assert_eq!(hook["last_seen"], "2026-11-25T15:40:54.100Z", "{hook}");
     }
 }
