@@ -1,7 +1,8 @@
 //! IPv6 prefixes against the real kernel (`ipv6_prefix`, default 64): a
 //! scanner rotating through its /64 ends as one element of
 //! `banned_net_v6`, which drops the rest of that /64 and nothing else; a
-//! /64 holding this host's own address is banned address by address.
+//! /64 holding this host's own address is banned address by address; the
+//! /64 comes back from the store after a restart.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -150,6 +151,27 @@ fn a_rotating_64_is_one_element_of_banned_net_v6_and_drops_only_that_64() {
     assert_eq!(
         ban["seen"],
         serde_json::json!(["2001:db8:1:2::10", "2001:db8:1:2::11", "2001:db8:1:2::12"])
+    );
+
+    // A restart with the kernel's copy wiped: the store brings the /64 back
+    // as the /64, and it still covers the addresses that never failed.
+    assert!(
+        d.stop().is_some_and(|s| s.success()),
+        "SIGTERM stops cleanly"
+    );
+    net.pbx.sh(&["nft", "delete", "table", "inet", "sipwarden"]);
+    let d = start_in(&net.pbx, &cfg);
+    assert!(
+        wait_until(Duration::from_secs(10), || !v6_prefixes(&net).is_empty()),
+        "the stored /64 is restored"
+    );
+    assert_eq!(v6_prefixes(&net), [("2001:db8:1:2::".to_string(), 64)]);
+    let out = cli(&dir, &["status", "freeswitch", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["banned"][0]["addr"], "2001:db8:1:2::/64", "{v}");
+    assert!(
+        !delivered(&other_in_64, &rx, Duration::from_millis(500)),
+        "the restored /64 drops its addresses"
     );
 
     // One address of it cannot be unbanned alone: the answer names the /64.
