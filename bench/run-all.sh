@@ -8,7 +8,8 @@
 # or bench binaries, so they run only when asked: KAMAILIO=1, CRITERION=1.
 # RESULTS (default a new temporary directory) keeps each script's output;
 # FORMAT_ONLY=1 RESULTS=DIR prints the table of that run again.
-# About 8 minutes on the 2-vCPU machine, 3 of them fail2ban's W2.
+# About 15 minutes on the 2-vCPU machine while others compiled, 7 of them
+# fail2ban's W2 (which follows its log until the bans stop changing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
