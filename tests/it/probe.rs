@@ -202,7 +202,7 @@ fn the_probe_reports_what_can_bypass_the_chain() {
     assert!(!text.lines().any(|l| l.starts_with("FAIL")), "{text}");
     // The configured scope is laid out and proved: UDP to 5080 stops, TCP
     // to 5080 (not in its protocols) and port 22 still pass.
-    let scoped = "scoped ban (the configuration's jail #1, udp port 5080), after the ban: ";
+    let scoped = "scoped ban (jail sip, udp port 5080), after the ban: ";
     for want in [
         "UDP to port 5080 (in scope): 0 of 3 arrived",
         "TCP to port 5080 (TCP is not in scope): connected",

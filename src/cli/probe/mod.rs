@@ -81,7 +81,7 @@ impl Out {
 /// the exit code described in the module docs.
 pub fn run(config: Option<&Path>) -> ExitCode {
     netns::catch_signals();
-    let (fw, feeds, scopes) = match Config::load(config) {
+    let (fw, feeds, scopes, names) = match Config::load(config) {
         Ok(c) => (
             c.firewall.clone(),
             c.feeds.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
@@ -94,6 +94,9 @@ pub fn run(config: Option<&Path>) -> ExitCode {
                     )
                 })
                 .collect::<Vec<_>>(),
+            c.enabled_jails()
+                .map(|j| j.name.clone())
+                .collect::<Vec<_>>(),
         ),
         Err(e) => {
             println!("warn  configuration: {e}; probing the default layout (table inet sipwarden)");
@@ -104,6 +107,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
                     keep_on_exit: true,
                     set_size: 1_000_000,
                 },
+                Vec::new(),
                 Vec::new(),
                 Vec::new(),
             )
@@ -138,7 +142,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
                     addr::SERVER_V4,
                     addr::SERVER_V6
                 );
-                if let Err(e) = probe(&pair, &fw, feeds, scopes, &budget, &mut out) {
+                if let Err(e) = probe(&pair, &fw, feeds, scopes, &names, &budget, &mut out) {
                     if netns::interrupted() {
                         out.fail("the probe stopped: interrupted");
                     } else {
@@ -221,8 +225,6 @@ fn nft_load(ns: &str, text: String, budget: &Budget) -> Result<(), ProbeError> {
     })?
 }
 
-/// The steps in the namespaces; a step that cannot run ends the probe with
-/// an error, a check that fails is printed and counted in `out`.
 /// A ban of `addr` by jail `jail` for 10 minutes, as a jail decides it.
 fn ban(jail: JailId, addr: IpAddr) -> Decision {
     let now = Time::now();
@@ -241,11 +243,16 @@ fn ban(jail: JailId, addr: IpAddr) -> Decision {
 /// A jail id past every configured jail: its bans drop every packet.
 const UNSCOPED: JailId = JailId(u16::MAX);
 
+/// The steps in the namespaces; a step that cannot run ends the probe with
+/// an error, a check that fails is printed and counted in `out`. `scopes`
+/// are the enabled jails' port scopes by jail id, laid out as the daemon
+/// lays them out; `names` the jails' names by the same id.
 fn probe(
     pair: &Pair,
     fw: &FirewallConfig,
     feeds: Vec<String>,
     mut scopes: Vec<(JailId, Option<PortScope>)>,
+    names: &[String],
     budget: &Budget,
     out: &mut Out,
 ) -> Result<(), ProbeError> {
@@ -253,7 +260,10 @@ fn probe(
     // The configuration's first scoped jail is proved; without one, the
     // probe's own scope is laid out beside the configured sets.
     let proved = match scopes.iter().find_map(|(j, s)| Some((*j, s.clone()?))) {
-        Some((j, s)) => Some((j, s, format!("the configuration's jail #{}", j.0 + 1))),
+        Some((j, s)) => {
+            let name = names.get(usize::from(j.0)).map_or("?", String::as_str);
+            Some((j, s, format!("jail {name}")))
+        }
         None => scoped::own_scope().map(|s| {
             let j = JailId(u16::try_from(scopes.len()).unwrap_or(u16::MAX - 1));
             scopes.push((j, Some(s.clone())));
