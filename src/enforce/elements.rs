@@ -382,6 +382,13 @@ impl BanBook {
         out
     }
 
+    /// Whether `jail` has a ban of `net` here.
+    pub(super) fn has_ban(&self, jail: JailId, net: &IpNet) -> bool {
+        self.slots
+            .get(net)
+            .is_some_and(|s| s.bans.as_slice().iter().any(|(j, _)| *j == jail))
+    }
+
     /// Takes `jail`'s ban of `net` out (a move undone).
     pub(super) fn take_jail_net(&mut self, jail: JailId, net: &IpNet) {
         if let Some(slot) = self.slots.get_mut(net) {

@@ -260,3 +260,62 @@ fn a_reload_that_changes_a_jails_port_scope_moves_its_bans() {
     );
     d.stop();
 }
+
+/// A ban whose move to its jail's new scope the kernel refused stays in
+/// the old scope's sets (logged); an unban must still lift it there, or
+/// the kernel drops a source `status` no longer shows as banned (for a
+/// permanent ban, for ever).
+#[test]
+fn an_unban_lifts_a_ban_left_in_its_old_scope_by_a_refused_move() {
+    if !need("netns") {
+        return;
+    }
+    let ns = NetNs::new("srm");
+    let dir = TempDir::new("srm");
+    // Sets of one element: the move into the full unscoped set is refused.
+    let write = |scope: &str| {
+        let cfg = config(&dir, scope);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("[firewall]\nset_size = 1\n{text}")).unwrap();
+        cfg
+    };
+    let cfg = write("port = [5060]");
+    let d = start_in(&ns, &cfg);
+    let first = PortScope::new(&[Proto::Udp, Proto::Tcp], &[(5060, 5060)]).unwrap();
+    ok(&dir, &["ban", "all", "198.51.100.9"]);
+    ok(&dir, &["ban", "sip", "198.51.100.7", "--for", "-1"]);
+    assert!(
+        ns.addresses(&set_name("banned_v4", &first))
+            .contains("198.51.100.7")
+    );
+    // Unscoped now: banned_v4 (full) refuses the move.
+    write("");
+    ok(&dir, &["reload"]);
+    assert!(
+        d.wait_for(
+            "could not move to its jail's new port scope",
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "the refused move is logged"
+    );
+    assert!(
+        ns.addresses(&set_name("banned_v4", &first))
+            .contains("198.51.100.7"),
+        "it stays in force in the old scope's set"
+    );
+    ok(&dir, &["unban", "198.51.100.7", "--jail", "sip"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !ns
+            .addresses(&set_name("banned_v4", &first))
+            .contains("198.51.100.7")),
+        "the unban lifts it from the old scope's set: {:?}",
+        ns.addresses(&set_name("banned_v4", &first))
+    );
+    assert_eq!(
+        ns.addresses("banned_v4").into_iter().collect::<Vec<_>>(),
+        ["198.51.100.9"],
+        "the other jail's ban stays"
+    );
+    d.stop();
+}

@@ -61,6 +61,16 @@ impl NftEnforcer {
             .unwrap_or(ScopeId::ALL)
     }
 
+    /// The scopes other than `home` whose ledgers hold `jail`'s ban of
+    /// `net` (left there by a move the kernel refused).
+    fn strays(&self, jail: JailId, net: &IpNet, home: ScopeId) -> Vec<ScopeId> {
+        std::iter::once((ScopeId::ALL, &self.book))
+            .chain(self.scoped.iter().map(|(id, (_, b))| (*id, b)))
+            .filter(|(id, b)| *id != home && b.has_ban(jail, net))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Takes scope `scope`'s ledger out (to apply it while `self` is
     /// borrowed); `put_book` puts it back.
     fn take_book(&mut self, scope: ScopeId) -> BanBook {
@@ -87,7 +97,15 @@ impl NftEnforcer {
     ) -> Result<Vec<Refusal>, EnforceError> {
         let mut groups: BTreeMap<ScopeId, Vec<usize>> = BTreeMap::new();
         for (i, d) in decisions.iter().enumerate() {
-            groups.entry(self.scope_of(d.jail())).or_default().push(i);
+            let home = self.scope_of(d.jail());
+            groups.entry(home).or_default().push(i);
+            // An unban also lifts the jail's ban where a refused move to
+            // its new scope left it (see `move_jail`).
+            if let Decision::Unban(u) = d {
+                for other in self.strays(u.jail, &u.addr, home) {
+                    groups.entry(other).or_default().push(i);
+                }
+            }
         }
         let single = groups.len() == 1;
         let mut refusals = Vec::new();
@@ -116,6 +134,8 @@ impl NftEnforcer {
             }
         }
         refusals.sort_by_key(|r| r.index);
+        // An unban applied in two scopes is refused once.
+        refusals.dedup_by_key(|r| r.index);
         self.flush_scoped(&every, &scoped);
         Ok(refusals)
     }
@@ -210,7 +230,7 @@ impl NftEnforcer {
         // What the new sets refused stays banned in the old ones.
         for (net, end) in moved.iter().filter(|(n, _)| refused.contains(n)) {
             tracing::warn!(
-                "firewall: the ban of {} could not move to its jail's new port scope; it stays in the old sets until it ends",
+                "firewall: the ban of {} could not move to its jail's new port scope; it stays in the old sets until it ends or is lifted",
                 crate::net::DisplayNet(net)
             );
             old.put(*net, jail, *end);
