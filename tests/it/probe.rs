@@ -283,3 +283,26 @@ fn ctrl_c_deletes_the_namespaces() {
     assert_eq!(status.code(), Some(130), "{text}");
     assert_eq!(left_over(pid_of(&text)), Vec::<String>::new());
 }
+
+/// A configuration whose firewall backend is "none" (a dry run left in
+/// place) has the daemon decide bans and drop nothing: the kernel proof
+/// may pass, but the probe must not end with "nothing can bypass".
+#[test]
+fn a_configuration_that_enforces_nothing_is_a_finding() {
+    if !need("netns") {
+        return;
+    }
+    let dir = TempDir::new("probe-none");
+    let cfg = config(&dir, "backend = \"none\"\n");
+    let ns = NetNs::new("pn");
+    let (code, text) = probe_in(&ns, &cfg);
+    assert!(text.contains("probe: PASS"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warn") && l.contains("backend = \"none\"")),
+        "{text}"
+    );
+    assert!(!text.contains("host: nothing found"), "{text}");
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(left_over(pid_of(&text)), Vec::<String>::new());
+}

@@ -177,7 +177,18 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         "host: what could let a banned source past table inet {}'s chain",
         fw.table
     );
-    let findings = host_findings(&fw.table);
+    let mut findings = host_findings(&fw.table);
+    if fw.backend == Backend::None {
+        // The kernel proof above used nftables regardless: say that the
+        // configured daemon would put no ban in the kernel at all.
+        findings.insert(
+            0,
+            Finding {
+                severity: Severity::Bypass,
+                what: "the configuration has [firewall] backend = \"none\": the daemon decides bans and logs them but puts none in the kernel, so nothing is dropped (set backend = \"nftables\")".to_string(),
+            },
+        );
+    }
     for f in &findings {
         match f.severity {
             Severity::Bypass => println!("warn  {}", f.what),
