@@ -84,6 +84,15 @@ pub(super) struct PrefixBook {
     told: HashSet<Ipv6Net>,
 }
 
+/// Whether `a` stands for an IPv4 source behind a translator: NAT64/SIIT's
+/// well-known prefix 64:ff9b::/96 (RFC 6052) or Teredo's 2001::/32. One
+/// /64 there holds every IPv4 client (of the translator, or of one Teredo
+/// relay), so counting it as a prefix would let one attacker ban them all.
+fn translated_v4(a: Ipv6Addr) -> bool {
+    let s = a.segments();
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) || (s[0] == 0x2001 && s[1] == 0)
+}
+
 /// The `len` prefix of `a`.
 fn prefix_of(a: Ipv6Addr, len: u8) -> Ipv6Net {
     Ipv6Net::new(a, len.min(128)).map_or_else(|_| Ipv6Net::from(a), |n| n.trunc())
@@ -104,7 +113,7 @@ impl Jail {
         let (IpAddr::V6(a), Some(len)) = (addr, self.v6_len()) else {
             return (IpNet::from(addr), None);
         };
-        if a.to_ipv4_mapped().is_some() {
+        if a.to_ipv4_mapped().is_some() || translated_v4(a) {
             return (IpNet::from(addr), None);
         }
         let net = prefix_of(a, len);

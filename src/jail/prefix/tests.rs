@@ -495,3 +495,54 @@ fn the_fleets_shared_count_uses_the_prefix() {
     let d = set.shared_ban("sip", ip("2001:db8:a::9"), 5, t(2)).unwrap();
     assert_eq!(d.addr, net("2001:db8:a::9/128"));
 }
+
+/// IPv4 clients seen through NAT64/SIIT's well-known prefix 64:ff9b::/96
+/// (RFC 6052) all share one /64, as do the clients of one Teredo relay
+/// (2001::/32): counted as a /64, one attacker's failures there would ban
+/// every IPv4 client at once. Such sources are counted one by one.
+#[test]
+fn translated_ipv4_sources_are_counted_one_by_one_not_as_their_64() {
+    let mut j = Jail::new(JailId(0), "sip", v6_policy(64));
+    let h = BanHistory::default();
+    // Five IPv4 clients through NAT64, one failure each: no ban.
+    for (i, a) in [
+        "64:ff9b::c000:201",
+        "64:ff9b::c633:6402",
+        "64:ff9b::cb00:7101",
+        "64:ff9b::c000:202",
+        "64:ff9b::c633:6403",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(
+            j.record(&ev(a, i as i64), t(i as i64), &h),
+            Outcome::Found { count: 1 },
+            "{a} is its own source"
+        );
+    }
+    // One of them failing on: banned alone, the others still pass.
+    let mut last = Outcome::Ignored;
+    for s in 10..14 {
+        last = j.record(&ev("64:ff9b::c000:201", s), t(s), &h);
+    }
+    let Outcome::Ban(b) = last else {
+        panic!("the repeating client is banned: {last:?}")
+    };
+    assert_eq!(b.addr, net("64:ff9b::c000:201/128"));
+    assert!(!j.is_banned(ip("64:ff9b::c633:6402")));
+    // Teredo: 2001:0:<relay>::/64 holds every client of that relay.
+    for (i, a) in [
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd3",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(
+            j.record(&ev(a, 20 + i as i64), t(20 + i as i64), &h),
+            Outcome::Found { count: 1 },
+            "{a} is its own source"
+        );
+    }
+}
