@@ -113,7 +113,9 @@ impl Jail {
         let (IpAddr::V6(a), Some(len)) = (addr, self.v6_len()) else {
             return (IpNet::from(addr), None);
         };
-        if a.to_ipv4_mapped().is_some() || translated_v4(a) {
+        // fe80::/64 is every neighbour on every link, the router's
+        // advertisements included: never banned whole.
+        if a.to_ipv4_mapped().is_some() || translated_v4(a) || a.is_unicast_link_local() {
             return (IpNet::from(addr), None);
         }
         let net = prefix_of(a, len);

@@ -546,3 +546,21 @@ fn translated_ipv4_sources_are_counted_one_by_one_not_as_their_64() {
         );
     }
 }
+
+/// Link-local sources all share fe80::/64 on every link (the router's
+/// advertisements and neighbour discovery come from there too): counted
+/// as a /64, a neighbour's failures would cut the host off IPv6 whenever
+/// its own link-local address is not protected (`ignoreself = false`).
+#[test]
+fn link_local_sources_are_counted_one_by_one() {
+    let mut j = Jail::new(JailId(0), "sip", v6_policy(64));
+    let h = BanHistory::default();
+    for i in 0..5i64 {
+        let a = format!("fe80::{:x}", 0x10 + i);
+        assert_eq!(
+            j.record(&ev(&a, i), t(i), &h),
+            Outcome::Found { count: 1 },
+            "{a} is its own source"
+        );
+    }
+}
