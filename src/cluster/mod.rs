@@ -33,6 +33,7 @@
 mod config;
 mod link;
 mod reader;
+mod roster;
 mod supervise;
 mod target;
 mod writer;

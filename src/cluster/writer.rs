@@ -15,19 +15,16 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::link::{self, Failure, Read};
+use super::roster;
 use super::supervise::{SessionError, Task, backoff, random};
 use super::{ClusterConfig, ClusterStats, Inbound, Outbound, PeerView, SharedBan, key_ban, now_ms};
 
 /// Most publications kept while Redis is unreachable.
 const QUEUE_MAX: usize = 100_000;
-/// A node key lives this long without a refresh.
-const NODE_TTL_MS: u64 = 10_000;
 /// How often a node refreshes its key and reads its peers'.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Entries kept in the stream (approximately).
 const STREAM_MAXLEN: u64 = 100_000;
-/// Most peer keys read per heartbeat.
-const PEERS_MAX: usize = 10_000;
 
 /// Shared counting: add the failure, trim to findtime, count, and take the
 /// decision lock when the count reaches maxretry. Returns the count when
@@ -335,35 +332,22 @@ impl Writer {
         });
     }
 
-    /// Refreshes this node's key and reads the peers'.
+    /// Refreshes this node's key and name in the roster and reads the
+    /// peers' keys by name: two round trips for a fleet of up to 500
+    /// nodes, never a scan of the keyspace (see [`roster`]).
     async fn heartbeat(&mut self, conn: &mut MultiplexedConnection) -> Result<(), Failure> {
-        let p = &self.cfg.prefix;
         let me = serde_json::json!({
             "node": self.cfg.node,
             "addrs": self.own_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "at": now_ms(),
         })
         .to_string();
-        let node_key = format!("{p}:node:{}", self.cfg.node);
-        match link::query(
-            conn,
-            redis::cmd("SET")
-                .arg(&node_key)
-                .arg(&me)
-                .arg("PX")
-                .arg(NODE_TTL_MS),
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(Failure::Refused(e)) => self.stats.odd(&format!("{node_key}: {e}")),
-            Err(e) => return Err(e),
+        let beat = roster::beat(conn, &self.cfg.prefix, &self.cfg.node, &me, now_ms()).await?;
+        for what in &beat.odd {
+            self.stats.odd(what);
         }
-        let mut odd = 0;
-        let keys = link::scan(conn, &format!("{p}:node:*"), PEERS_MAX, &mut odd).await?;
-        for _ in 0..odd {
-            self.stats.odd("a node key whose name is not UTF-8");
-        }
+        let own = roster::node_key(&self.cfg.prefix, &self.cfg.node);
+        let keys: Vec<String> = beat.keys.into_iter().filter(|k| *k != own).collect();
         let reads = link::read_keys(conn, &keys).await?;
         let mut peers = Vec::new();
         let mut addrs = Vec::new();
@@ -442,6 +426,9 @@ impl Writer {
             waiting - self.queue.len()
         );
         let mut beat = tokio::time::interval(HEARTBEAT);
+        // A late heartbeat is not made up in a burst (tokio's default),
+        // which left publications one turn in many on a busy machine.
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.tick().await;
         let mut check = tokio::time::interval(link::MASTER_CHECK);
         check.tick().await;

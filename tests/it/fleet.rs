@@ -800,3 +800,104 @@ fn follow(sentinel: &Redis, nodes: &[&Node], to: &Redis, what: &str) {
         nodes.iter().map(|n| n.cluster()).collect::<Vec<_>>()
     );
 }
+
+/// `INFO commandstats` calls of one command (0 when never called).
+fn calls(redis: &Redis, cmd: &str) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The peer names in a node's status.
+fn peer_names(n: &Node) -> Vec<String> {
+    n.cluster()["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["node"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 23 (fleet): the heartbeat found its peers with a `SCAN` of the
+/// whole keyspace (130 round trips at 100,000 bans, every 2 s, on the
+/// task that publishes). Now it issues no `SCAN` while the peers are
+/// still found; the node keys keep their TTL (nodes of the previous
+/// version scan for them); a dead node leaves `peers`, a long-dead name
+/// leaves the roster, and hostile members of the roster are skipped.
+#[test]
+fn the_heartbeat_finds_peers_without_scanning_the_keyspace() {
+    if !need("redis") {
+        return;
+    }
+    let rdir = TempDir::new("fleet-hb-redis");
+    let redis = Redis::start(&rdir, "redis", &[]);
+    let url = format!("redis = \"redis://127.0.0.1:{}\"", redis.port);
+    let a = Node::start("a", &url);
+    let b = Node::start("b", &url);
+    a.wait_connected("a");
+    b.wait_connected("b");
+    assert!(
+        wait_until(Duration::from_secs(20), || peer_names(&a) == ["b"]
+            && peer_names(&b) == ["a"]),
+        "each node sees the other: a {} b {}",
+        a.cluster(),
+        b.cluster()
+    );
+    // Hostile or stale members: a name too long, one whose node key is a
+    // list, and one last seen long ago.
+    let long = "x".repeat(100);
+    redis.cli(&["ZADD", "sipwarden:nodes", "9999999999999", &long]);
+    redis.cli(&["ZADD", "sipwarden:nodes", "9999999999999", "odd"]);
+    redis.cli(&["LPUSH", "sipwarden:node:odd", "x"]);
+    redis.cli(&["ZADD", "sipwarden:nodes", "1", "ghost"]);
+    redis.cli(&["SET", "sipwarden:node:ghost", "{\"node\":\"ghost\"}"]);
+
+    // From here on only heartbeats run (the reader's scan of the ban keys
+    // is at connection time): wait for a few of both nodes (each sets its
+    // node key, inside the script or not), then count.
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || calls(&redis, "set") >= 6),
+        "heartbeats ran (SET of the node keys): {}",
+        redis.cli(&["INFO", "commandstats"])
+    );
+    assert_eq!(
+        calls(&redis, "scan"),
+        0,
+        "no SCAN while heartbeating: {}",
+        redis.cli(&["INFO", "commandstats"])
+    );
+    assert_eq!(peer_names(&a), ["b"], "a still sees b: {}", a.cluster());
+    assert_eq!(peer_names(&b), ["a"], "b still sees a: {}", b.cluster());
+    assert!(
+        a.cluster()["skipped"].as_u64().is_some_and(|n| n >= 2),
+        "the long name and the list are skipped and counted: {}",
+        a.cluster()
+    );
+    // The long-dead name is forgotten; the node keys still expire.
+    assert_eq!(
+        redis.cli(&["ZSCORE", "sipwarden:nodes", "ghost"]).trim(),
+        "",
+        "the long-dead name left the roster"
+    );
+    let ttl: i64 = redis
+        .cli(&["PTTL", "sipwarden:node:a"])
+        .trim()
+        .parse()
+        .unwrap_or(-3);
+    assert!(ttl > 0 && ttl <= 10_000, "a's node key expires: PTTL {ttl}");
+
+    // b dies: its key expires and a no longer lists it.
+    drop(b);
+    assert!(
+        wait_until(Duration::from_secs(40), || peer_names(&a).is_empty()),
+        "the dead node b ages out of a's peers: {}",
+        a.cluster()
+    );
+}
