@@ -82,6 +82,14 @@ fn the_probe_passes_and_leaves_no_namespace() {
     };
     assert!(!lines.iter().any(|l| l.starts_with("FAIL")), "{text}");
     assert!(has("ok", "table inet probetest laid out"), "{text}");
+    // IPv6 as jails ban it by default: the /64, an interval element.
+    assert!(
+        has(
+            "ok",
+            "banned 192.0.2.2 and 2001:db8::/64 through the enforcer"
+        ),
+        "{text}"
+    );
     assert!(has("ok", "priority -300, before conntrack"), "{text}");
     assert!(has("ok", "before the ban: conntrack holds"), "{text}");
     assert!(

@@ -23,7 +23,6 @@ mod netns;
 mod scoped;
 mod traffic;
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -237,7 +236,7 @@ fn nft_load(ns: &str, text: String, budget: &Budget) -> Result<(), ProbeError> {
 }
 
 /// A ban of `addr` by jail `jail` for 10 minutes, as a jail decides it.
-fn ban(jail: JailId, addr: IpAddr) -> Decision {
+fn ban(jail: JailId, addr: impl Into<ipnet::IpNet>) -> Decision {
     let now = Time::now();
     Decision::Ban(BanDecision {
         jail,
@@ -401,7 +400,12 @@ fn probe(
 
     // The ban, through the enforcer as the daemon applies decisions.
     budget.check()?;
-    let decisions = vec![ban(UNSCOPED, b4), ban(UNSCOPED, b6)];
+    // IPv6 as jails ban a source by default (`ipv6_prefix = 64`): its /64,
+    // an element of the interval set banned_net_v6, not of banned_v6.
+    let b6_net = ipnet::IpNet::new(b6, 64)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| b6.into());
+    let decisions = vec![ban(UNSCOPED, b4), ban(UNSCOPED, b6_net)];
     let (enforcer_back, applied) = inside(&pair.b, lim(Duration::from_secs(10)), move || {
         let r = enforcer.apply(&decisions);
         (enforcer, r)
@@ -409,9 +413,8 @@ fn probe(
     enforcer = enforcer_back;
     match applied {
         Ok(refused) if refused.is_empty() => out.ok(format!(
-            "banned {} and {} through the enforcer (10 minutes, kernel timeouts)",
+            "banned {} and {b6_net} through the enforcer (10 minutes, kernel timeouts; the /64 as jails ban IPv6 sources)",
             addr::BANNED_V4,
-            addr::BANNED_V6
         )),
         Ok(refused) => {
             for r in refused {
