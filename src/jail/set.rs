@@ -314,9 +314,9 @@ impl JailSet {
     }
 
     /// Loads escalation history from the store.
-    pub fn load_history(&mut self, counts: Vec<(String, IpNet, u32)>) {
+    pub fn load_history(&mut self, counts: Vec<(Arc<str>, IpNet, u32)>) {
         for (jail, addr, n) in counts {
-            self.history.note_ban(&Arc::from(jail.as_str()), addr, n);
+            self.history.note_ban(&jail, addr, n);
         }
     }
 
@@ -783,7 +783,7 @@ mod tests {
             let mut ends = Vec::new();
             for n in 0..20u8 {
                 let addr = format!("203.0.113.{n}");
-                set.load_history(vec![(jail.to_string(), net(&format!("{addr}/32")), 1)]);
+                set.load_history(vec![(Arc::from(jail), net(&format!("{addr}/32")), 1)]);
                 let mut out = Vec::new();
                 set.handle(&[ev(&set, jail, &addr, 100)], Time(100_000), &mut out);
                 let [Decision::Ban(d)] = out.as_slice() else {

@@ -240,6 +240,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use std::sync::Arc;
 
     fn tmp() -> PathBuf {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -262,6 +263,73 @@ mod tests {
             failures: 5,
             reason: BanReason::Failures,
         })
+    }
+
+    #[test]
+    fn ban_counts_per_jail_and_address_after_the_addresss_last_manual_unban() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        s.write(&[
+            ban("fs", "192.0.2.1/32", 1000, Some(1500)),
+            ban("sip", "192.0.2.1/32", 1100, Some(1600)),
+            ban("fs", "192.0.2.2/32", 1200, Some(1700)),
+            ban("fs", "192.0.2.2/32", 2000, Some(2500)),
+            ban("fs", "2001:db8::/64", 2100, None),
+        ])
+        .unwrap();
+        let sorted = |s: &Store| {
+            let mut v: Vec<(String, String, u32)> = s
+                .ban_counts()
+                .unwrap()
+                .into_iter()
+                .map(|(j, a, n)| (j.to_string(), a.to_string(), n))
+                .collect();
+            v.sort();
+            v
+        };
+        let row = |j: &str, a: &str, n| (j.to_string(), a.to_string(), n);
+        assert_eq!(
+            sorted(&s),
+            vec![
+                row("fs", "192.0.2.1/32", 1),
+                row("fs", "192.0.2.2/32", 2),
+                row("fs", "2001:db8::/64", 1),
+                row("sip", "192.0.2.1/32", 1),
+            ]
+        );
+        // A manual unban in one jail is a clean slate for the address in
+        // every jail; bans after it count again.
+        s.write(&[StoreOp::Unban {
+            jail: "fs".into(),
+            addr: "2001:db8::/64".parse().unwrap(),
+            at: Time(2200),
+            reason: UnbanReason::Manual,
+        }])
+        .unwrap();
+        s.write(&[ban("sip", "2001:db8::/64", 2300, Some(2400))])
+            .unwrap();
+        // A row this build cannot read is skipped, not fatal.
+        s.conn
+            .execute(
+                "INSERT INTO bans (jail, addr, start_ms, end_ms, failures, reason) VALUES ('fs', 'not-an-address', 1, NULL, 1, 'failures')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(
+            sorted(&s),
+            vec![
+                row("fs", "192.0.2.1/32", 1),
+                row("fs", "192.0.2.2/32", 2),
+                row("sip", "192.0.2.1/32", 1),
+                row("sip", "2001:db8::/64", 1),
+            ]
+        );
+        // One name per jail, shared by its rows.
+        let counts = s.ban_counts().unwrap();
+        let fs: Vec<_> = counts.iter().filter(|c| &*c.0 == "fs").collect();
+        assert!(fs.windows(2).all(|w| Arc::ptr_eq(&w[0].0, &w[1].0)));
+        drop(s);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -307,7 +375,7 @@ mod tests {
         assert_eq!(s.active(Time(3500)).unwrap().len(), 1);
         assert_eq!(
             s.ban_counts().unwrap(),
-            vec![("fs".to_string(), "192.0.2.1/32".parse().unwrap(), 2)]
+            vec![(Arc::from("fs"), "192.0.2.1/32".parse().unwrap(), 2)]
         );
         s.write(&[StoreOp::Unban {
             jail: "fs".into(),
