@@ -4,7 +4,7 @@
 //! which only then calls a ban active.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -22,6 +22,10 @@ use crate::jail::{JailConfig, JailSet};
 /// How long the thread waits for work before it checks the firewall for
 /// drift.
 const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Most batches answered before their conntrack flush runs, while more
+/// work keeps arriving (a flood cannot put the flush off for ever).
+const FLUSH_EVERY: usize = 8;
 
 /// Decisions sent together, answered together.
 #[derive(Debug)]
@@ -159,6 +163,11 @@ pub(super) fn spawn(
             let mono = std::time::Instant::now();
             let mono_ms = || mono.elapsed().as_millis() as i64;
             let mut clock = ClockWatch::new(Time::now(), mono_ms());
+            // Batches applied since the last conntrack flush (1: the
+            // restore's, applied before this thread started). The flush
+            // runs once the queue is empty or after FLUSH_EVERY batches,
+            // always after their answers: the ban path never waits for it.
+            let mut unflushed = 1;
             loop {
                 if let Some(step) = clock.observe(Time::now(), mono_ms()) {
                     enforcer.shift_clock(step);
@@ -171,10 +180,26 @@ pub(super) fn spawn(
                         }
                     }
                 }
-                let first = match work.recv_timeout(IDLE_TICK) {
+                let next = if unflushed > 0 {
+                    // Flush pending: more work first, if some is queued
+                    // (its sources join the same dump).
+                    match work.try_recv() {
+                        Ok(w) => Ok(w),
+                        Err(TryRecvError::Empty) => {
+                            enforcer.flush_pending();
+                            unflushed = 0;
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                    }
+                } else {
+                    work.recv_timeout(IDLE_TICK)
+                };
+                let first = match next {
                     Ok(Work::Job(j)) => j,
                     Ok(Work::Scopes(s)) => {
                         rescope(enforcer.as_mut(), &s);
+                        unflushed += 1;
                         continue;
                     }
                     Err(RecvTimeoutError::Timeout) => {
@@ -203,10 +228,16 @@ pub(super) fn spawn(
                     enforcer.shift_clock(step);
                 }
                 run_jobs(enforcer.as_mut(), jobs, &verdicts, &metrics);
+                unflushed += 1;
                 if let Some(s) = scopes {
                     rescope(enforcer.as_mut(), &s);
                 }
+                if unflushed >= FLUSH_EVERY {
+                    enforcer.flush_pending();
+                    unflushed = 0;
+                }
             }
+            enforcer.flush_pending();
             if let Err(e) = enforcer.close() {
                 tracing::error!("firewall ({}): {e}", enforcer.name());
             }
@@ -272,5 +303,166 @@ fn run_jobs(
             decisions: job.decisions,
             refused: mine,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Sender, channel};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::enforce::EnforceError;
+
+    /// Records its calls; a flush after an apply blocks until released
+    /// (bounded), as a slow conntrack dump would.
+    struct SlowFlush {
+        log: Arc<Mutex<Vec<&'static str>>>,
+        applied: bool,
+        release: Receiver<()>,
+    }
+
+    impl Enforcer for SlowFlush {
+        fn name(&self) -> &'static str {
+            "slow-flush"
+        }
+        fn apply(&mut self, _: &[Decision]) -> Result<Vec<Refusal>, EnforceError> {
+            self.log.lock().unwrap().push("apply");
+            self.applied = true;
+            Ok(Vec::new())
+        }
+        fn flush_pending(&mut self) {
+            if std::mem::take(&mut self.applied) {
+                self.log.lock().unwrap().push("flush");
+                let _ = self.release.recv_timeout(Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// The running thread, as the test drives it.
+    struct Running {
+        work: Sender<Work>,
+        verdicts: tokio::sync::mpsc::UnboundedReceiver<Verdict>,
+        log: Arc<Mutex<Vec<&'static str>>>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn start(release: Receiver<()>, queued: Vec<Work>) -> Running {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let e = SlowFlush {
+            log: log.clone(),
+            applied: false,
+            release,
+        };
+        let (work, work_rx) = channel();
+        for w in queued {
+            work.send(w).unwrap();
+        }
+        let (_feeds_tx, feeds_rx) = channel();
+        let (v_tx, verdicts) = tokio::sync::mpsc::unbounded_channel();
+        let thread = spawn(
+            Box::new(e),
+            work_rx,
+            feeds_rx,
+            v_tx,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        Running {
+            work,
+            verdicts,
+            log,
+            thread,
+        }
+    }
+
+    fn job(id: u64) -> Work {
+        Work::Job(Job {
+            id,
+            decisions: Vec::new(),
+        })
+    }
+
+    /// Waits (bounded) for the next verdict.
+    fn verdict(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Verdict>) -> Option<Verdict> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(v) = rx.try_recv() {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn the_answer_does_not_wait_for_the_conntrack_flush() {
+        let (release_tx, release_rx) = channel();
+        let Running {
+            work,
+            mut verdicts,
+            log,
+            thread: h,
+        } = start(release_rx, Vec::new());
+        work.send(job(1)).unwrap();
+        let v = verdict(&mut verdicts);
+        // Only now may the flush end.
+        release_tx.send(()).unwrap();
+        assert_eq!(
+            v.map(|v| v.id),
+            Some(1),
+            "the batch's answer came while its conntrack flush was still running"
+        );
+        drop(work);
+        h.join().unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["apply", "flush"],
+            "the flush still runs, after the answer"
+        );
+    }
+
+    #[test]
+    fn queued_batches_share_a_flush_at_most_flush_every_at_a_time() {
+        // Batches split by scope changes, all queued before the thread
+        // starts: one long flood.
+        let n = 2 * FLUSH_EVERY + 3;
+        let mut queued = Vec::new();
+        for i in 0..n {
+            queued.push(job(i as u64));
+            queued.push(Work::Scopes(Vec::new()));
+        }
+        let (release_tx, release_rx) = channel();
+        for _ in 0..n {
+            release_tx.send(()).unwrap();
+        }
+        let Running {
+            work,
+            mut verdicts,
+            log,
+            thread: h,
+        } = start(release_rx, queued);
+        for _ in 0..n {
+            assert!(verdict(&mut verdicts).is_some(), "every batch is answered");
+        }
+        drop(work);
+        h.join().unwrap();
+        let log = log.lock().unwrap();
+        let runs: Vec<usize> = log.split(|c| *c == "flush").map(|run| run.len()).collect();
+        assert_eq!(log.iter().filter(|c| **c == "apply").count(), n);
+        assert_eq!(
+            log.last(),
+            Some(&"flush"),
+            "the last batches are flushed: {log:?}"
+        );
+        assert!(
+            runs.iter().all(|r| *r <= FLUSH_EVERY),
+            "a flush at least every {FLUSH_EVERY} batches: {log:?}"
+        );
+        assert!(
+            runs.iter().any(|r| *r > 1),
+            "queued batches share one flush: {log:?}"
+        );
     }
 }

@@ -43,6 +43,16 @@ pub trait Enforcer: Send {
     /// firewall could not be reached at all (every decision refused).
     fn apply(&mut self, decisions: &[Decision]) -> Result<Vec<Refusal>, EnforceError>;
 
+    /// Does the slow part of the batches applied since the last call that
+    /// need not hold up their answer: deleting the banned sources'
+    /// conntrack entries (one dump of the whole table for all of them).
+    /// The enforcer thread calls it after it has answered the batches; it
+    /// is safe a few ms late because the kernel drops a banned source's
+    /// packets before conntrack from the moment [`Enforcer::apply`]
+    /// returns, so an entry left meanwhile forwards nothing. A failure is
+    /// logged here and turns the flushing off.
+    fn flush_pending(&mut self) {}
+
     /// The wall clock stepped by `delta_ms` while the kernel's timeouts ran
     /// on: every ban's end moves with it.
     fn shift_clock(&mut self, delta_ms: i64) {

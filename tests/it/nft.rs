@@ -93,10 +93,12 @@ fn ban_drops_an_established_udp_flow_and_expires_in_the_kernel() {
         !delivered(&tx, &rx, Duration::from_millis(500)),
         "banned traffic must be dropped"
     );
-    let ct = net.pbx.sh(&["conntrack", "-L", "-s", "10.77.0.2"]);
+    // Flushed just after the ban's answer: bounded wait.
+    let ct = || net.pbx.sh(&["conntrack", "-L", "-s", "10.77.0.2"]);
     assert!(
-        !ct.contains("src=10.77.0.2"),
-        "conntrack entries of the banned source are flushed: {ct}"
+        wait_until(Duration::from_secs(5), || !ct().contains("src=10.77.0.2")),
+        "conntrack entries of the banned source are flushed: {}",
+        ct()
     );
 
     // SIGKILL: the element stays, and the kernel expires it by itself.

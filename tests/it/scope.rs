@@ -124,11 +124,14 @@ fn a_port_scoped_ban_drops_sip_and_leaves_ssh_and_an_unscoped_one_drops_everythi
 
     ok(&dir, &["ban", "sip", "10.77.0.2"]);
     // Before any more traffic (a packet of the session would track it anew).
-    let ct = conntrack(&net);
+    // The flush runs just after the ban's answer: bounded wait.
     assert!(
-        !ct.contains("dport=5060"),
-        "the scoped flows' entries are flushed: {ct}"
+        wait_until(Duration::from_secs(5), || !conntrack(&net)
+            .contains("dport=5060")),
+        "the scoped flows' entries are flushed: {}",
+        conntrack(&net)
     );
+    let ct = conntrack(&net);
     let sport = session.local_addr().unwrap().port();
     assert!(
         ct.contains(&format!("sport={sport} dport=22")),
@@ -168,7 +171,8 @@ fn a_port_scoped_ban_drops_sip_and_leaves_ssh_and_an_unscoped_one_drops_everythi
     assert!(net.pbx.addresses("banned_v4").contains("10.77.0.2"));
     assert!(!connects(&net.atk, ssh), "an unscoped ban drops SSH too");
     assert!(
-        !conntrack(&net).contains("src=10.77.0.2"),
+        wait_until(Duration::from_secs(5), || !conntrack(&net)
+            .contains("src=10.77.0.2")),
         "an unscoped ban flushes every entry: {}",
         conntrack(&net)
     );

@@ -408,6 +408,8 @@ fn probe(
     let decisions = vec![ban(UNSCOPED, b4), ban(UNSCOPED, b6_net)];
     let (enforcer_back, applied) = inside(&pair.b, lim(Duration::from_secs(10)), move || {
         let r = enforcer.apply(&decisions);
+        // The conntrack flush the daemon runs after answering the batch.
+        enforcer.flush_pending();
         (enforcer, r)
     })?;
     enforcer = enforcer_back;

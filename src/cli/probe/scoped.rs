@@ -95,6 +95,8 @@ pub fn prove(
     let decisions = vec![ban(jail, src)];
     let (back, applied) = inside(&pair.b, lim(Duration::from_secs(10)), move || {
         let r = enforcer.apply(&decisions);
+        // The conntrack flush the daemon runs after answering the batch.
+        enforcer.flush_pending();
         (enforcer, r)
     })?;
     enforcer = back;

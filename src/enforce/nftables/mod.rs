@@ -54,6 +54,11 @@ pub struct NftEnforcer {
     destroy: bool,
     /// Conntrack flushing stays off after the kernel refused it once.
     conntrack_ok: bool,
+    /// Sources banned since the last conntrack flush: every flow of these,
+    /// and of those the flows their scope matches (see
+    /// [`Enforcer::flush_pending`]).
+    ct_every: Vec<IpNet>,
+    ct_scoped: Vec<(IpNet, PortScope)>,
     /// Every ban in force as this enforcer applied it, and what the kernel
     /// holds: restored after drift. The unscoped sets'.
     book: BanBook,
@@ -166,6 +171,8 @@ impl NftEnforcer {
             keep_on_exit: cfg.keep_on_exit,
             destroy: true,
             conntrack_ok: true,
+            ct_every: Vec::new(),
+            ct_scoped: Vec::new(),
             book: BanBook::default(),
             scoped: groups
                 .into_iter()
@@ -379,14 +386,33 @@ impl NftEnforcer {
         Ok((refusals, banned))
     }
 
-    /// Deletes the conntrack entries of `banned` (every flow) and of
-    /// `scoped` (the flows their scope matches); turned off after the
-    /// kernel refused once.
-    fn flush_conntrack(&mut self, banned: &[IpNet], scoped: &[(IpNet, &PortScope)]) {
-        if (banned.is_empty() && scoped.is_empty()) || !self.conntrack_ok {
+    /// Notes `banned` (every flow) and `scoped` (the flows their scope
+    /// matches) for the next conntrack flush, which runs after the batch's
+    /// answer ([`Enforcer::flush_pending`]). Nothing noted once the kernel
+    /// refused a flush. A caller that never flushes still gets one here
+    /// once [`CT_PENDING_MAX`] sources wait.
+    fn note_conntrack(&mut self, banned: &[IpNet], scoped: &[(IpNet, &PortScope)]) {
+        if !self.conntrack_ok {
             return;
         }
-        match conntrack::flush(&mut self.sock, banned, scoped) {
+        self.ct_every.extend_from_slice(banned);
+        self.ct_scoped
+            .extend(scoped.iter().map(|(n, s)| (*n, (*s).clone())));
+        if self.ct_every.len() + self.ct_scoped.len() > CT_PENDING_MAX {
+            self.flush_noted();
+        }
+    }
+
+    /// Deletes the conntrack entries of the sources noted since the last
+    /// flush, in one dump; turned off after the kernel refused once.
+    fn flush_noted(&mut self) {
+        let every = std::mem::take(&mut self.ct_every);
+        let scoped = std::mem::take(&mut self.ct_scoped);
+        if (every.is_empty() && scoped.is_empty()) || !self.conntrack_ok {
+            return;
+        }
+        let refs: Vec<(IpNet, &PortScope)> = scoped.iter().map(|(n, s)| (*n, s)).collect();
+        match conntrack::flush(&mut self.sock, &every, &refs) {
             Ok(n) if n > 0 => {
                 tracing::debug!("firewall: deleted {n} conntrack entries of banned sources")
             }
@@ -400,6 +426,10 @@ impl NftEnforcer {
         }
     }
 }
+
+/// Most sources noted for a conntrack flush before `apply` flushes them
+/// itself (a caller that never calls [`Enforcer::flush_pending`]).
+const CT_PENDING_MAX: usize = 100_000;
 
 impl Enforcer for NftEnforcer {
     fn name(&self) -> &'static str {
@@ -421,8 +451,12 @@ impl Enforcer for NftEnforcer {
         let r = self.apply_book(&mut book, decisions, now);
         self.book = book;
         let (refusals, banned) = r?;
-        self.flush_conntrack(&banned, &[]);
+        self.note_conntrack(&banned, &[]);
         Ok(refusals)
+    }
+
+    fn flush_pending(&mut self) {
+        self.flush_noted();
     }
 
     fn fast_lane(&self) -> Option<Box<dyn FastLane>> {

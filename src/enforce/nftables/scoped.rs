@@ -88,8 +88,8 @@ impl NftEnforcer {
     }
 
     /// Applies `decisions` when some jails are scoped: each scope's share
-    /// to its own sets, then the conntrack entries of each new ban that its
-    /// scope matches deleted in one pass.
+    /// to its own sets; the conntrack entries of each new ban that its
+    /// scope matches are noted for one flush after the answer.
     pub(super) fn apply_scoped(
         &mut self,
         decisions: &[Decision],
@@ -140,15 +140,15 @@ impl NftEnforcer {
         Ok(refusals)
     }
 
-    /// Deletes the conntrack entries of `every` (all flows) and of each of
-    /// `scoped` (the flows its scope matches).
+    /// Notes the conntrack entries of `every` (all flows) and of each of
+    /// `scoped` (the flows its scope matches) for the next flush.
     fn flush_scoped(&mut self, every: &[IpNet], scoped: &[(IpNet, ScopeId)]) {
         let scopes: Vec<(IpNet, PortScope)> = scoped
             .iter()
             .filter_map(|(n, id)| Some((*n, self.scoped.get(id)?.0.clone())))
             .collect();
         let refs: Vec<(IpNet, &PortScope)> = scopes.iter().map(|(n, s)| (*n, s)).collect();
-        self.flush_conntrack(every, &refs);
+        self.note_conntrack(every, &refs);
     }
 
     /// Takes each jail's scope (`scopes`, by jail id; jails left out are
