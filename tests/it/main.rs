@@ -4,6 +4,7 @@
 
 mod actions;
 mod ami;
+mod burst;
 mod cli;
 mod cluster;
 mod common;
