@@ -88,6 +88,18 @@ pub enum ConntrackError {
     Delete(#[source] std::io::Error),
 }
 
+/// How many conntrack entries the calling thread's network namespace holds
+/// (`None`: unknown, e.g. the conntrack module is not loaded). Read from
+/// the namespace's own `nf_conntrack_count`: cheap, unlike a dump, which
+/// walks the host's whole table whatever the namespace holds.
+pub fn count_here() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Deletes every conntrack entry whose original source is in `banned`.
 /// Returns how many were deleted.
 pub fn flush_sources(sock: &mut NfSocket, banned: &[IpNet]) -> Result<usize, ConntrackError> {
