@@ -368,7 +368,9 @@ fn kamailio_hep_bans_a_tls_attacker_the_wire_cannot_see() {
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.atk.name, "timeout", "60", "python3"])
         .arg(&script)
-        .args([PBX, ATTACKER, "20"])
+        // More attempts than it needs: on a loaded machine the ban may come
+        // late, and the attack must still be going on when it does.
+        .args([PBX, ATTACKER, "200"])
         .output()
         .unwrap();
     let ban = d
@@ -388,10 +390,10 @@ fn kamailio_hep_bans_a_tls_attacker_the_wire_cannot_see() {
     );
     let reached = lab.replies("403");
     println!(
-        "hep tls: {reached} of 20 wrong passwords over TLS reached Kamailio before the ban (burst: 3 within 2 s); client: {}",
+        "hep tls: {reached} of 200 wrong passwords over TLS reached Kamailio before the ban (burst: 3 within 2 s); client: {}",
         String::from_utf8_lossy(&out.stdout).trim()
     );
-    assert!((3..20).contains(&reached), "{reached}");
+    assert!((3..200).contains(&reached), "{reached}");
     // The wire sensor saw the TLS bytes and no SIP in them.
     let s: serde_json::Value =
         serde_json::from_slice(&cli(&lab.dir, &["status", "wire", "--json"]).stdout).unwrap();
