@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use super::frame::{header_lines, percent_decode, text};
+use super::frame::{header_lines, percent_decode, text, utf8_text};
 use crate::event::{FailureKind, Time};
 use crate::net::parse_addr;
 
@@ -152,13 +152,7 @@ pub trait Headers {
 
     /// The first value of `f`, decoded, as text (invalid UTF-8 replaced).
     fn get(&self, f: Field) -> Option<Cow<'_, str>> {
-        self.raw(f).map(|v| match v {
-            Cow::Borrowed(b) => String::from_utf8_lossy(b),
-            Cow::Owned(o) => match String::from_utf8(o) {
-                Ok(s) => Cow::Owned(s),
-                Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            },
-        })
+        self.raw(f).map(utf8_text)
     }
 
     /// Whether the first value of `f` decodes to exactly `value`.

@@ -232,9 +232,14 @@ pub fn percent_decode(v: &[u8]) -> Cow<'_, [u8]> {
 
 /// Text of a decoded value (invalid UTF-8 replaced).
 pub fn text(v: &[u8]) -> Cow<'_, str> {
+    utf8_text(percent_decode(v))
+}
+
+/// Decoded bytes as text, invalid UTF-8 replaced; borrows when it can.
+pub fn utf8_text(v: Cow<'_, [u8]>) -> Cow<'_, str> {
     // `from_utf8` first: most values are valid, and its check is faster
     // than the lossy decoder's.
-    match percent_decode(v) {
+    match v {
         Cow::Borrowed(b) => match std::str::from_utf8(b) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => String::from_utf8_lossy(b),
