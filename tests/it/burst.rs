@@ -8,17 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    TempDir, TestNet, append, daemon_section, delivered, need, start_in, wait_until,
+    TempDir, TestNet, append, daemon_section, delivered, fs_auth_failure, need, start_in,
+    wait_until,
 };
-
-/// A FreeSWITCH auth failure from `ip`, dated `ago_s` seconds before now.
-fn failure_line(ip: &str, ago_s: i64) -> String {
-    let at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(ago_s);
-    format!(
-        "{} 3.10% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1001@10.77.0.1] from ip {ip}\n",
-        at.strftime("%Y-%m-%d %H:%M:%S%.6f")
-    )
-}
 
 fn banned_v4(net: &TestNet) -> Vec<String> {
     net.pbx
@@ -75,14 +67,14 @@ fn a_machine_speed_source_is_dropped_at_its_3rd_failure_and_a_slow_one_is_not() 
     // The phone: nine failures, 30 s apart (dated in the log), ending now.
     let phone_lines: String = (0..9)
         .rev()
-        .map(|k| failure_line("10.77.0.3", 30 * k))
+        .map(|k| fs_auth_failure("10.77.0.3", 30 * k))
         .collect();
     append(&log, &phone_lines);
     // The scanner: three failures within the same second.
     append(
         &log,
         &(0..3)
-            .map(|_| failure_line("10.77.0.2", 0))
+            .map(|_| fs_auth_failure("10.77.0.2", 0))
             .collect::<String>(),
     );
     assert!(
@@ -114,7 +106,7 @@ fn a_machine_speed_source_is_dropped_at_its_3rd_failure_and_a_slow_one_is_not() 
         "the phone still gets through"
     );
     // Its 10th failure reaches maxretry.
-    append(&log, &failure_line("10.77.0.3", 0));
+    append(&log, &fs_auth_failure("10.77.0.3", 0));
     assert!(
         d.wait_for(
             "[freeswitch] Ban 10.77.0.3 (10 failures",

@@ -401,3 +401,13 @@ impl Drop for KillByArg {
         }
     }
 }
+
+/// A FreeSWITCH `SIP auth failure` log line from `ip`, dated `ago_s`
+/// seconds before now (UTC, as `logtimezone = "UTC"` reads it).
+pub fn fs_auth_failure(ip: &str, ago_s: i64) -> String {
+    let at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(ago_s);
+    format!(
+        "{} 3.10% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1001@10.77.0.1] from ip {ip}\n",
+        at.strftime("%Y-%m-%d %H:%M:%S%.6f")
+    )
+}

@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    TempDir, TestNet, append, cli, daemon_section, delivered, need, start_in, wait_until,
+    TempDir, TestNet, append, cli, daemon_section, delivered, fs_auth_failure, need, start_in,
+    wait_until,
 };
 
 fn failure_line(ip: &str) -> String {
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.6f");
-    format!(
-        "{now} 3.10% [WARNING] sofia_reg.c:1787 SIP auth failure (REGISTER) on sofia profile 'internal' for [1001@10.77.0.1] from ip {ip}\n"
-    )
+    fs_auth_failure(ip, 0)
 }
 
 /// The prefixes `banned_net_v6` holds, as (first address, length), read
