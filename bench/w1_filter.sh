@@ -31,7 +31,7 @@ if command -v fail2ban-regex >/dev/null && [ -f "$F2B_FILTER" ]; then
   f2b=$(for _ in $(seq "$RUNS"); do wall fail2ban-regex "$LOG" "$F2B_FILTER"; done | median)
   matched_f2b=$(fail2ban-regex "$LOG" "$F2B_FILTER" 2>/dev/null | awk '/^Lines:/{print $6}')
 fi
-grepc=$(for _ in $(seq "$RUNS"); do wall grep -c -e "SIP auth failure" -e "Can't find user" "$LOG"; done | median)
+grepc=$(for _ in $(seq "$RUNS"); do wall env LC_ALL=C grep -c -F -e "SIP auth failure" -e "Can't find user" "$LOG"; done | median)
 rate() { [ "$1" = n/a ] && echo n/a || echo "200000 / $1" | bc; }
 ratio() { [ "$1" = n/a ] || [ "$2" = n/a ] && echo n/a || printf '%.0fx' "$(echo "$1 / $2" | bc -l)"; }
 echo "W1 | lines | fail2ban-regex s (matched) | sipwarden built-in s (matched) | sipwarden + fail2ban filter s (matched) | grep -c s | built-in vs fail2ban | f2b-file vs fail2ban"
