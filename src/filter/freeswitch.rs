@@ -140,11 +140,17 @@ impl Filter for FreeSwitchFilter {
         "freeswitch"
     }
 
+    fn required_literals(&self) -> &'static [&'static [u8]] {
+        // The three words `match_line` rejects every other message by.
+        &[b"SIP auth ", b"Can't find user [", b"IP "]
+    }
+
     fn match_line(&self, line: &[u8], cx: &FilterContext) -> Option<LineMatch> {
         let (tag, after_tag) = level_tag(line)?;
         let msg_at = message_start(line, after_tag)?;
         let msg = &line[msg_at..];
-        // Cheap rejection: a failure message starts with one of three words.
+        // Cheap rejection: a failure message starts with one of three words
+        // (`required_literals` names them: keep the two in step).
         if !(msg.starts_with(b"SIP auth ")
             || msg.starts_with(b"Can't find user [")
             || msg.starts_with(b"IP "))
@@ -478,5 +484,37 @@ mod tests {
             .match_line(lines[0].as_bytes(), &cx(utc("2026-10-25T00:20:00Z")))
             .unwrap();
         assert_eq!(m.time, Some(utc("2026-10-25T00:14:01.100Z")));
+    }
+
+    #[test]
+    fn every_match_holds_a_required_literal() {
+        // `test-filter` skips lines without one of them: a match without
+        // one would be lost there. The real capture and fail2ban's sample,
+        // with challenges counted (the widest setting).
+        let root = env!("CARGO_MANIFEST_DIR");
+        let files = [
+            "../shared/corpus/freeswitch-1.10.12/freeswitch.log",
+            "../shared/corpus/fail2ban-1.1.2.dev1/tests/files/logs/freeswitch",
+        ];
+        let f = FreeSwitchFilter::new(FilterOptions {
+            count_challenges: true,
+            ..FilterOptions::default()
+        });
+        let lits = f.required_literals();
+        let now = cx();
+        let mut matched = 0;
+        for name in files {
+            let path = format!("{root}/{name}");
+            let data = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e} (the shared corpus is needed)"));
+            for line in data.split(|&b| b == b'\n') {
+                if f.match_line(line, &now).is_some() {
+                    matched += 1;
+                    let held = lits.iter().any(|l| memmem::find(line, l).is_some());
+                    assert!(held, "{}", String::from_utf8_lossy(line));
+                }
+            }
+        }
+        assert!(matched > 20, "only {matched} matches: the files changed?");
     }
 }

@@ -68,6 +68,13 @@ pub trait Filter: Send + Sync {
     fn name(&self) -> &str;
     /// Examines one line (without its newline) and reports a failure, if any.
     fn match_line(&self, line: &[u8], cx: &FilterContext) -> Option<LineMatch>;
+    /// Literals one of which every line this filter matches holds, for a
+    /// search across a whole buffer (`test-filter`); empty when there is
+    /// no such set. Listing too few would lose matches: only a filter that
+    /// rejects every line without one of them may name them.
+    fn required_literals(&self) -> &'static [&'static [u8]] {
+        &[]
+    }
     /// Examines a line whose time is known (a journal entry's): the match
     /// takes that time.
     fn match_dated(&self, line: &[u8], cx: &FilterContext, time: Time) -> Option<LineMatch> {

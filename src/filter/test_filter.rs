@@ -331,9 +331,14 @@ fn trim_cr(l: &[u8]) -> &[u8] {
 /// Runs `data` (whole lines) through the filter.
 fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show: Show) -> Part {
     let mut part = Part::default();
+    let owned;
     let prefilter = match filter {
         Which::F2b(f) => f.prefilter(),
-        Which::Builtin(_) => None,
+        Which::Builtin(f) => {
+            let lits = f.required_literals().iter().map(|l| l.to_vec()).collect();
+            owned = crate::filter::f2b::prefilter::searcher(lits);
+            owned.as_ref()
+        }
     };
     let Some(pf) = prefilter else {
         if !data.is_empty() {

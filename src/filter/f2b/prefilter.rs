@@ -67,6 +67,11 @@ pub fn build<'a>(
             literals.extend(cut_proof(&l, lead)?);
         }
     }
+    searcher(literals)
+}
+
+/// A searcher for `literals` (duplicates allowed), `None` for an empty set.
+pub fn searcher(mut literals: Vec<Vec<u8>>) -> Option<Literals> {
     if literals.is_empty() {
         return None;
     }
