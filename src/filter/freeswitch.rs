@@ -123,6 +123,10 @@ fn bracket_user(line: &[u8], open: usize, tail_start: usize) -> Option<Box<str>>
 /// `. Falling back to Digest auth.` is not a rejection.
 pub fn acl_reject(msg: &[u8]) -> Option<std::net::IpAddr> {
     let rest = msg.strip_prefix(b"IP ")?;
+    // The DEBUG variant ends otherwise: no address to read for it.
+    if !trim_end(rest).ends_with(b"\"") {
+        return None;
+    }
     let sp = memchr(b' ', rest)?;
     let addr = parse_addr(&rest[..sp])?;
     let after = &rest[sp..];
@@ -177,7 +181,11 @@ impl Filter for FreeSwitchFilter {
                 _ => FailureKind::Other,
             };
             let (addr, tail_start) = tail_addr(line, b" from ip")?;
-            let user = memmem::find(msg, b" for [")
+            // One searcher for every line (`memmem::find` builds one per call).
+            static FOR: std::sync::LazyLock<memmem::Finder<'static>> =
+                std::sync::LazyLock::new(|| memmem::Finder::new(b" for ["));
+            let user = FOR
+                .find(msg)
                 .and_then(|p| bracket_user(line, msg_at + p + 6, tail_start));
             return Some(LineMatch {
                 addr,

@@ -167,8 +167,11 @@ impl super::Jail {
     /// Whether `addr`'s failure at `t` (already counted, `weight` times)
     /// completes a burst.
     pub(super) fn burst_reached(&self, addr: std::net::IpAddr, t: i64, weight: u32) -> bool {
-        match (&self.policy.burst, self.failing.get(&addr)) {
-            (Some(b), Some(track)) => b.reached(&track.times, t, weight),
+        match (
+            &self.policy.burst,
+            self.failing.get(&super::Key::from(addr)),
+        ) {
+            (Some(b), Some(times)) => b.reached(times, t, weight),
             _ => false,
         }
     }
@@ -375,11 +378,11 @@ mod tests {
     }
 
     /// The rule keeps nothing per address: it reads the failure times the
-    /// jail keeps for maxretry, so a tracked address is as large as before
-    /// (W4: bytes per tracked address).
+    /// jail keeps for maxretry, so a tracked address's table slot stays 32
+    /// bytes (W4: bytes per tracked address).
     #[test]
     fn no_state_per_address() {
-        assert_eq!(std::mem::size_of::<crate::jail::Track>(), 24);
+        assert_eq!(std::mem::size_of::<(crate::jail::Key, Times)>(), 32);
         assert_eq!(std::mem::size_of::<Times>(), 16);
     }
 

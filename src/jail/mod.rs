@@ -97,13 +97,27 @@ pub enum Outcome {
     Trusted,
 }
 
-/// An address's live failure state: the newest failure times within
-/// findtime, at most `maxretry` of them.
-#[derive(Clone, Debug)]
-struct Track {
-    /// Creation number, to recognise this track in the eviction queue.
-    seq: u32,
-    times: Times,
+/// An address as the failure table keys it: 16 bytes, an IPv4 address in
+/// its IPv4-mapped IPv6 form. `IpAddr` takes 17 bytes and pads to 24
+/// beside the times; a flood of spoofed sources is a million of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key([u8; 16]);
+
+impl From<IpAddr> for Key {
+    fn from(a: IpAddr) -> Key {
+        Key(match a {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        })
+    }
+}
+
+impl Key {
+    /// The address back (an IPv4-mapped key as IPv4: sources are
+    /// canonical, so no IPv6 source has that form).
+    fn addr(self) -> IpAddr {
+        std::net::Ipv6Addr::from(self.0).to_canonical()
+    }
 }
 
 /// Counters a jail keeps for `status`.
@@ -125,10 +139,13 @@ pub struct Jail {
     id: JailId,
     name: Arc<str>,
     policy: JailPolicy,
-    failing: HashMap<IpAddr, Track>,
-    /// Tracks in creation order, for oldest-first eviction; entries whose
-    /// track is gone or newer are stale and skipped.
-    order: VecDeque<(IpAddr, u32)>,
+    /// Addresses with live failure state: the newest failure times within
+    /// findtime (at most `maxretry` of them), tagged with their creation
+    /// number.
+    failing: HashMap<Key, Times>,
+    /// Tracked addresses in creation order, for oldest-first eviction;
+    /// entries whose address is gone or retagged are stale and skipped.
+    order: VecDeque<(Key, u32)>,
     next_seq: u32,
     /// Weak signals (`wrong_call_state`), counted apart with their own
     /// threshold; only addresses that sent one are here.
@@ -333,25 +350,26 @@ impl Jail {
             match self.weak.get_mut(&key) {
                 Some(w) => w.add(t.0, horizon, weight, maxretry),
                 None => {
-                    self.weak.insert(key, Times::One(t.0));
+                    self.weak.insert(key, Times::one(t.0, 0));
                     1
                 }
             }
         } else {
-            match self.failing.get_mut(&key) {
-                Some(track) => track.times.add(t.0, horizon, weight, maxretry),
+            let k = Key::from(key);
+            match self.failing.get_mut(&k) {
+                Some(times) => times.add(t.0, horizon, weight, maxretry),
                 None => {
                     self.make_room();
                     let seq = self.next_seq;
                     self.next_seq = self.next_seq.wrapping_add(1);
-                    self.order.push_back((key, seq));
-                    let mut times = Times::One(t.0);
+                    self.order.push_back((k, seq));
+                    let mut times = Times::one(t.0, seq);
                     let n = if weight > 1 {
                         times.add(t.0, horizon, weight - 1, maxretry)
                     } else {
                         1
                     };
-                    self.failing.insert(key, Track { seq, times });
+                    self.failing.insert(k, times);
                     n
                 }
             }
@@ -364,7 +382,7 @@ impl Jail {
         let burst = !weak && !trusted && count < maxretry && self.burst_reached(key, t.0, weight);
         if count >= maxretry || scanner || burst {
             let count = count as u32;
-            self.failing.remove(&key);
+            self.failing.remove(&Key::from(key));
             self.weak.remove(&key);
             let bantime = self.escalated_bantime(&net, history);
             let reason = if burst && !scanner {
@@ -466,7 +484,7 @@ impl Jail {
         // A clean slate for what was counted as it: an address, or the
         // prefix IPv6 sources are counted as.
         if is_host(&addr) || self.is_count_prefix(&addr) {
-            self.failing.remove(&addr.network());
+            self.failing.remove(&Key::from(addr.network()));
             self.weak.remove(&addr.network());
         }
         Some(UnbanDecision {
@@ -551,8 +569,8 @@ impl Jail {
                 shift(e);
             }
         }
-        for track in self.failing.values_mut() {
-            track.times.shift(delta_ms);
+        for times in self.failing.values_mut() {
+            times.shift(delta_ms);
         }
         for w in self.weak.values_mut() {
             w.shift(delta_ms);
@@ -571,6 +589,32 @@ impl Jail {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The compact key loses nothing: IPv4 and IPv6 sources come back as
+    /// given, and an IPv4 address is not confused with any IPv6 one a
+    /// source can have (sources are canonical: never IPv4-mapped).
+    #[test]
+    fn keys_are_distinct_and_give_the_address_back() {
+        let addrs: Vec<IpAddr> = [
+            "192.0.2.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "2001:db8::7",
+            "::",
+            "::1",
+            "::c000:207",
+            "64:ff9b::c000:207",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let keys: std::collections::HashSet<Key> = addrs.iter().map(|&a| Key::from(a)).collect();
+        assert_eq!(keys.len(), addrs.len());
+        for a in addrs {
+            assert_eq!(Key::from(a).addr(), a);
+        }
+        assert_eq!(std::mem::size_of::<Key>(), 16);
+    }
 
     /// A policy for tests: 127.0.0.0/8 and 192.0.2.0/24 ignored.
     pub(crate) fn policy(maxretry: u32, findtime: u64, bantime: BanTime) -> JailPolicy {

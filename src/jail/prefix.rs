@@ -240,7 +240,7 @@ impl Jail {
         let mut samples = std::mem::take(&mut self.v6.samples);
         samples.retain(|n, _| {
             let key = IpAddr::V6(n.network());
-            self.failing.contains_key(&key)
+            self.failing.contains_key(&super::Key::from(key))
                 || self.weak.contains_key(&key)
                 || self.holds(&IpNet::V6(*n))
         });

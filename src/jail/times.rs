@@ -3,16 +3,44 @@
 
 /// Failure times of one address: the common single failure inline, more on
 /// the heap. Kept small: a flood of spoofed sources is a million of these.
+///
+/// Each variant also carries a tag (the jail's creation number for this
+/// address, to recognise it in the eviction queue): it sits in what would
+/// be padding beside the enum's discriminant, so the tag costs no byte.
 #[derive(Clone, Debug)]
 pub(super) enum Times {
-    One(i64),
+    One(i64, u32),
     // A thin pointer keeps this enum at 16 bytes (`Vec` or `Box<[_]>` would
     // not), which is most of a tracked address's size.
     #[allow(clippy::box_collection)]
-    Many(Box<Vec<i64>>),
+    Many(Box<Vec<i64>>, u32),
 }
 
 impl Times {
+    /// A single failure at `t`, tagged `tag`.
+    pub(super) fn one(t: i64, tag: u32) -> Times {
+        Times::One(t, tag)
+    }
+
+    /// The tag given at creation (or by [`Times::set_tag`]).
+    pub(super) fn tag(&self) -> u32 {
+        match self {
+            Times::One(_, tag) | Times::Many(_, tag) => *tag,
+        }
+    }
+
+    /// Retags (an address given a second turn in the eviction queue).
+    pub(super) fn set_tag(&mut self, new: u32) {
+        match self {
+            Times::One(_, tag) | Times::Many(_, tag) => *tag = new,
+        }
+    }
+
+    /// Whether more than one time is kept (a repeating source).
+    pub(super) fn is_many(&self) -> bool {
+        matches!(self, Times::Many(..))
+    }
+
     /// Drops times at or before `horizon`, adds `weight` copies of `t`
     /// (keeping the newest `cap`), returns the count. The work is bounded by
     /// `cap`, never by `weight`: a count never exceeds `cap`, so a weight
@@ -22,7 +50,7 @@ impl Times {
         let add = usize::try_from(weight.max(1))
             .unwrap_or(usize::MAX)
             .min(cap);
-        if let Times::Many(v) = self {
+        if let Times::Many(v, _) = self {
             // In place: no allocation once an address has a vector.
             v.retain(|&x| x > horizon);
             let over = (v.len() + add).saturating_sub(cap);
@@ -30,10 +58,10 @@ impl Times {
             v.resize(v.len() + add, t);
             return v.len();
         }
-        let Times::One(x) = *self else { return 0 };
+        let Times::One(x, tag) = *self else { return 0 };
         let keep_old = x > horizon && add < cap;
         if !keep_old && add == 1 {
-            *self = Times::One(t);
+            *self = Times::One(t, tag);
             return 1;
         }
         let mut v = Vec::with_capacity(usize::from(keep_old) + add);
@@ -42,7 +70,7 @@ impl Times {
         }
         v.resize(v.len() + add, t);
         let len = v.len();
-        *self = Times::Many(Box::new(v));
+        *self = Times::Many(Box::new(v), tag);
         len
     }
 
@@ -51,22 +79,22 @@ impl Times {
     pub(super) fn near(&self, t: i64, span: i64) -> usize {
         let close = |x: i64| x.abs_diff(t) < span.unsigned_abs();
         match self {
-            Times::One(x) => usize::from(close(*x)),
-            Times::Many(v) => v.iter().filter(|&&x| close(x)).count(),
+            Times::One(x, _) => usize::from(close(*x)),
+            Times::Many(v, _) => v.iter().filter(|&&x| close(x)).count(),
         }
     }
 
     pub(super) fn last(&self) -> i64 {
         match self {
-            Times::One(x) => *x,
-            Times::Many(v) => v.last().copied().unwrap_or(i64::MIN),
+            Times::One(x, _) => *x,
+            Times::Many(v, _) => v.last().copied().unwrap_or(i64::MIN),
         }
     }
 
     pub(super) fn shift(&mut self, delta: i64) {
         match self {
-            Times::One(x) => *x += delta,
-            Times::Many(v) => v.iter_mut().for_each(|x| *x += delta),
+            Times::One(x, _) => *x += delta,
+            Times::Many(v, _) => v.iter_mut().for_each(|x| *x += delta),
         }
     }
 }
@@ -77,8 +105,8 @@ mod tests {
 
     fn times(t: &Times) -> Vec<i64> {
         match t {
-            Times::One(x) => vec![*x],
-            Times::Many(v) => v.to_vec(),
+            Times::One(x, _) => vec![*x],
+            Times::Many(v, _) => v.to_vec(),
         }
     }
 
@@ -90,10 +118,10 @@ mod tests {
     fn a_huge_weight_costs_no_more_than_the_cap() {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut t = Times::One(5);
+            let mut t = Times::one(5, 0);
             let a = t.add(10, 0, u32::MAX, 3);
             let b = t.add(11, 0, u32::MAX, 3);
-            let mut u = Times::One(5);
+            let mut u = Times::one(5, 0);
             let c = u.add(10, 0, u32::MAX, 1);
             let _ = tx.send((a, times(&t), b, c, times(&u)));
         });
@@ -106,10 +134,27 @@ mod tests {
         assert_eq!(u, [10]);
     }
 
+    /// The tag survives every change of form: the eviction queue finds the
+    /// address by it.
+    #[test]
+    fn the_tag_stays_through_growth_and_reset() {
+        let mut t = Times::one(5, 7);
+        t.add(6, 0, 1, 5);
+        assert!(t.is_many());
+        assert_eq!(t.tag(), 7);
+        t.set_tag(9);
+        t.add(50, 40, 1, 5);
+        assert_eq!((t.tag(), times(&t)), (9, vec![50]));
+        let mut u = Times::one(5, 3);
+        u.add(50, 40, 1, 5);
+        assert_eq!((u.is_many(), u.tag(), times(&u)), (false, 3, vec![50]));
+        assert_eq!(std::mem::size_of::<Times>(), 16);
+    }
+
     #[test]
     fn the_newest_cap_times_are_kept() {
         // One old time inside the window, weight 2, cap 5.
-        let mut t = Times::One(5);
+        let mut t = Times::one(5, 0);
         assert_eq!(t.add(10, 0, 2, 5), 3);
         assert_eq!(times(&t), [5, 10, 10]);
         // Over the cap: the oldest go first.
@@ -122,14 +167,14 @@ mod tests {
         assert_eq!(t.add(21, 10, 9, 5), 5);
         assert_eq!(times(&t), [21; 5]);
         // Weight 0 counts as 1; an old single time is replaced.
-        let mut t = Times::One(1);
+        let mut t = Times::one(1, 0);
         assert_eq!(t.add(30, 1, 0, 5), 1);
         assert_eq!(times(&t), [30]);
-        let mut t = Times::One(2);
+        let mut t = Times::one(2, 0);
         assert_eq!(t.add(30, 1, 1, 5), 2);
         assert_eq!(times(&t), [2, 30]);
         // A weight of the cap from a single time: the old one is out.
-        let mut t = Times::One(2);
+        let mut t = Times::one(2, 0);
         assert_eq!(t.add(30, 1, 2, 2), 2);
         assert_eq!(times(&t), [30, 30]);
     }
