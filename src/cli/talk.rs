@@ -247,6 +247,10 @@ fn dates_note(s: &crate::control::SourceView) -> String {
             s.dropped_malformed,
             "malformed or over the connection bound",
         ),
+        (
+            s.dropped_kernel.unwrap_or(0),
+            "by the kernel (the sensor did not keep up)",
+        ),
     ] {
         if n > 0 {
             out.push_str(&format!("; {n} dropped {why}"));

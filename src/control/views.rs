@@ -209,6 +209,15 @@ pub struct SourceView {
     /// refused over the bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_malformed: u64,
+    /// Packets the wire sensor took from the kernel (IP packets to or from
+    /// its SIP ports, SIP or not); absent for other sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// Packets the kernel dropped before the wire sensor saw them (its ring
+    /// was full: the sensor did not keep up, failures were missed); absent
+    /// for other sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_kernel: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

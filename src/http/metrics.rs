@@ -150,13 +150,14 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
         .flat_map(|j| {
             j.sources.iter().flat_map(move |src| {
                 [
-                    ("sender", src.dropped_sender),
-                    ("auth", src.dropped_auth),
-                    ("malformed", src.dropped_malformed),
+                    ("sender", src.dropped_sender, "hep"),
+                    ("auth", src.dropped_auth, "hep"),
+                    ("malformed", src.dropped_malformed, "hep"),
+                    ("kernel", src.dropped_kernel.unwrap_or(0), "wire"),
                 ]
                 .into_iter()
-                .filter(|_| src.kind == "hep")
-                .map(move |(why, n)| {
+                .filter(|(_, _, kind)| src.kind == *kind)
+                .map(move |(why, n, _)| {
                     (
                         format!(
                             "{{jail=\"{}\",kind=\"{}\",source=\"{}\",reason=\"{why}\"}}",
@@ -173,7 +174,7 @@ pub fn render(s: &StatusView, m: &Metrics) -> String {
     family(
         "sipwarden_source_dropped_total",
         "counter",
-        "Packets a HEP source dropped, per source and reason (sender outside allow, wrong auth key, malformed).",
+        "Packets a HEP source dropped, per source and reason (sender outside allow, wrong auth key, malformed), or the kernel dropped before a wire sensor saw them (kernel).",
         dropped,
     );
     // Toll fraud, per Event Socket with rules.

@@ -57,12 +57,34 @@ fn says_stale(value: &str) -> bool {
     })
 }
 
+/// The lines of `text` split at each CRLF, as `text.split("\r\n")` gives
+/// them, but found with `memchr` (a substring searcher per message cost
+/// more than the rest of the parse).
+fn crlf_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let b = r.as_bytes();
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\r', &b[from..]).map(|i| from + i) {
+            if b.get(i + 1) == Some(&b'\n') {
+                // Both are ASCII: slicing there keeps UTF-8 boundaries.
+                rest = r.get(i + 2..);
+                return r.get(..i);
+            }
+            from = i + 1;
+        }
+        rest = None;
+        Some(r)
+    })
+}
+
 /// Reads a SIP message's start line and the headers the sensors need.
 /// `None` when it is not SIP.
 pub fn parse_sip(data: &[u8]) -> Option<SipMessage<'_>> {
     let head_end = memchr::memmem::find(data, b"\r\n\r\n").unwrap_or(data.len());
     let text = std::str::from_utf8(&data[..head_end]).ok()?;
-    let mut lines = text.split("\r\n");
+    let mut lines = crlf_lines(text);
     let first = lines.next()?;
     let mut m = SipMessage::default();
     if let Some(rest) = first.strip_prefix("SIP/2.0 ") {
@@ -84,27 +106,31 @@ pub fn parse_sip(data: &[u8]) -> Option<SipMessage<'_>> {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "call-id" | "i" => m.call_id = value,
-            "cseq" => {
-                let mut p = value.split_whitespace();
-                m.cseq = (
-                    p.next().and_then(|n| n.parse().ok()).unwrap_or(0),
-                    p.next().unwrap_or(""),
-                );
-            }
-            "authorization" | "proxy-authorization" => m.authorized = true,
-            "www-authenticate" | "proxy-authenticate" => m.stale |= says_stale(value),
-            "user-agent" => m.user_agent = value,
-            "to" | "t" => {
-                m.to_user = value
-                    .split("sip:")
-                    .nth(1)
-                    .and_then(|r| r.split(['@', '>', ';']).next())
-                    .unwrap_or("");
-            }
-            _ => {}
+        // Compared without case and without a lowered copy: this runs for
+        // every header line of every packet.
+        let name = name.trim();
+        let is = |h: &str| name.eq_ignore_ascii_case(h);
+        if is("call-id") || is("i") {
+            m.call_id = value.trim();
+        } else if is("cseq") {
+            let mut p = value.split_whitespace();
+            m.cseq = (
+                p.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+                p.next().unwrap_or(""),
+            );
+        } else if is("authorization") || is("proxy-authorization") {
+            m.authorized = true;
+        } else if is("www-authenticate") || is("proxy-authenticate") {
+            m.stale |= says_stale(value.trim());
+        } else if is("user-agent") {
+            m.user_agent = value.trim();
+        } else if is("to") || is("t") {
+            m.to_user = value
+                .trim()
+                .split("sip:")
+                .nth(1)
+                .and_then(|r| r.split(['@', '>', ';']).next())
+                .unwrap_or("");
         }
     }
     (!m.call_id.is_empty()).then_some(m)
@@ -165,6 +191,16 @@ impl Tracker {
                     .is_none()
                 {
                     self.order.push_back(key);
+                    // Answered requests leave `pending` but not `order`:
+                    // without this, `order` grew by every request ever
+                    // paired (a leak at thousands of REGISTERs a second).
+                    // Amortized: after the sweep `order` holds at most
+                    // MAX_PENDING keys, so sweeps are MAX_PENDING inserts
+                    // apart at least.
+                    if self.order.len() > 2 * MAX_PENDING {
+                        let pending = &self.pending;
+                        self.order.retain(|k| pending.contains_key(k));
+                    }
                 }
             }
             return None;
@@ -215,6 +251,55 @@ pub fn failure_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Requests answered leave no key behind: the order of pending
+    /// requests stays bounded however many pairs go by.
+    #[test]
+    fn answered_requests_are_forgotten() {
+        let scanners = ScannerList::new(crate::source::scanner::DEFAULT_SCANNERS);
+        let mut t = Tracker::default();
+        let client: IpAddr = "10.0.0.2".parse().unwrap();
+        for i in 0..(2 * MAX_PENDING + 10) {
+            let id = i.to_string();
+            let req = SipMessage {
+                method: Some("REGISTER"),
+                call_id: &id,
+                cseq: (1, "REGISTER"),
+                ..SipMessage::default()
+            };
+            let ans = SipMessage {
+                status: Some(200),
+                call_id: &id,
+                cseq: (1, "REGISTER"),
+                ..SipMessage::default()
+            };
+            assert!(t.observe(client, true, &req, &scanners).is_none());
+            assert!(t.observe(client, false, &ans, &scanners).is_none());
+        }
+        assert_eq!(t.pending(), 0);
+        assert!(t.order.len() <= 2 * MAX_PENDING, "{}", t.order.len());
+    }
+
+    #[test]
+    fn crlf_lines_split_as_str_split_does() {
+        for t in [
+            "",
+            "a",
+            "a\r\nb",
+            "a\r\n",
+            "\r\n\r\n",
+            "a\rb\nc\r\nd",
+            "\r",
+            "a\r\r\nb\n",
+            "é\r\nü\r\n\r",
+        ] {
+            assert_eq!(
+                crlf_lines(t).collect::<Vec<_>>(),
+                t.split("\r\n").collect::<Vec<_>>(),
+                "{t:?}"
+            );
+        }
+    }
 
     const REG: &str = "REGISTER sip:10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5062\r\nFrom: <sip:1009@10.0.0.1>;tag=1\r\nTo: <sip:1009@10.0.0.1>\r\nCall-ID: abc\r\nCSeq: 1 REGISTER\r\nUser-Agent: Yealink\r\nContent-Length: 0\r\n\r\n";
 

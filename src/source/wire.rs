@@ -10,6 +10,13 @@
 //!
 //! The address is the packet's source address (of the request; of the
 //! response's destination), never text from the message.
+//!
+//! Packets come through a TPACKET_V3 ring shared with the kernel
+//! ([`ring`]): one wake-up per block of packets, not one per packet. The
+//! kernel's count of packets it dropped because the ring was full is shown
+//! in `status` (`dropped_kernel`).
+
+mod ring;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +46,13 @@ pub struct WireStats {
     pub messages: AtomicU64,
     /// Failures found.
     pub failures: AtomicU64,
+    /// Packets taken from the kernel: IP packets to or from the SIP ports,
+    /// SIP or not (on the loopback, each once).
+    pub packets: AtomicU64,
+    /// Packets the kernel dropped before the sensor saw them, for want of a
+    /// free block in the ring (the sensor did not keep up): failures in them
+    /// were missed.
+    pub drops: AtomicU64,
 }
 
 /// The transport payload of an IP packet to or from one of `ports`:
@@ -99,7 +113,10 @@ pub struct WireSource {
     pub stats: Arc<WireStats>,
 }
 
-const ETH_P_ALL: u16 = 0x0003;
+/// How long the sensor waits for a block before it looks at `stop` again.
+const POLL_MS: i32 = 250;
+/// How often the kernel's drop counter is read.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl WireSource {
     /// Opens the packet socket (so a missing capability is reported at
@@ -109,7 +126,7 @@ impl WireSource {
         self,
         health: Arc<crate::supervise::Health>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let fd = open_socket(self.cfg.interface.as_deref(), &self.cfg.ports)?;
+        let ring = open_ring(self.cfg.interface.as_deref(), &self.cfg.ports)?;
         std::thread::Builder::new()
             .name("wire".into())
             .spawn(move || {
@@ -122,56 +139,76 @@ impl WireSource {
                     &name,
                     &health,
                     &|| stop.load(Ordering::Relaxed),
-                    || self.run(&fd),
+                    || self.run(&ring),
                 );
             })
     }
 
-    fn run(&self, fd: &std::os::fd::OwnedFd) {
-        use std::os::fd::AsRawFd;
+    fn run(&self, ring: &ring::Ring) {
         self.stats.up.store(true, Ordering::Relaxed);
         let mut tracker = Tracker::default();
-        let mut buf = vec![0u8; 65_536];
         // On loopback every packet shows twice, leaving and arriving: the
         // leaving copy is skipped there (on other interfaces the server's
-        // answers are the leaving packets, and are needed).
+        // answers are the leaving packets, and are needed). Bound to the
+        // loopback, the kernel already leaves them out.
         // SAFETY: a valid C string literal.
         let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) } as i32;
+        let skip_lo_outgoing = !ring.ignores_outgoing;
         let mut batch = Vec::new();
+        let mut stats_at = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            // Block for the first packet, then take what is already queued
-            // (up to 256) before handing the failures on in one batch.
-            let mut flags = 0;
-            for _ in 0..256 {
-                // SAFETY: a zeroed sockaddr_ll is valid for recvfrom to fill.
-                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                // SAFETY: `buf` and `from` are valid for writes of the given
-                // lengths for the duration of the call.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        flags,
-                        (&mut from as *mut libc::sockaddr_ll).cast(),
-                        &mut len,
-                    )
-                };
-                if n <= 0 {
-                    break; // timeout (check `stop`) or nothing more queued
+            match ring.next_block(POLL_MS) {
+                Ok(Some(block)) => {
+                    let mut n = 0u64;
+                    for p in block.packets() {
+                        n += 1;
+                        if skip_lo_outgoing && p.ifindex == lo && p.pkttype == libc::PACKET_OUTGOING
+                        {
+                            continue;
+                        }
+                        self.packet(p.data, &mut tracker, &mut batch);
+                    }
+                    // Handed back to the kernel here.
+                    drop(block);
+                    self.stats.packets.fetch_add(n, Ordering::Relaxed);
                 }
-                flags = libc::MSG_DONTWAIT;
-                if from.sll_ifindex == lo && from.sll_pkttype == libc::PACKET_OUTGOING {
-                    continue;
+                Ok(None) => {}
+                Err(e) => {
+                    // poll(2) on a valid descriptor fails only for want of
+                    // memory: say so, and wait before trying again.
+                    tracing::warn!("wire: waiting for packets: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(u64::from(
+                        POLL_MS.unsigned_abs(),
+                    )));
                 }
-                self.packet(&buf[..n as usize], &mut tracker, &mut batch);
             }
+            if stats_at.elapsed() >= STATS_EVERY {
+                stats_at = std::time::Instant::now();
+                self.take_drops(ring);
+            }
+            // The failures of a block (or several, when the channel was
+            // full) go in one batch.
             if !batch.is_empty() && self.tx.blocking_send(std::mem::take(&mut batch)).is_err() {
-                return;
+                break;
             }
         }
+        self.take_drops(ring);
         self.stats.up.store(false, Ordering::Relaxed);
+    }
+
+    /// Adds the kernel's drops since the last reading to the counters.
+    fn take_drops(&self, ring: &ring::Ring) {
+        match ring.take_stats() {
+            Ok((_passed, dropped)) => {
+                if dropped > 0 {
+                    self.stats.drops.fetch_add(dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        "wire: the kernel dropped {dropped} packet(s) to or from the SIP ports: the sensor did not keep up"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!("wire: reading the packet statistics: {e}"),
+        }
     }
 
     fn packet(&self, pkt: &[u8], tracker: &mut Tracker, out: &mut Vec<FailureEvent>) {
@@ -272,21 +309,8 @@ fn bpf_program(ports: &[u16]) -> Vec<libc::sock_filter> {
 }
 
 /// A packet socket on `interface` (all interfaces for `None`), with the
-/// port filter attached and a 500 ms receive timeout.
-fn open_socket(interface: Option<&str>, ports: &[u16]) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let proto = ETH_P_ALL.to_be();
-    // SAFETY: plain socket(2); the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
-    if raw < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("opening a packet socket ({e}); the wire source needs CAP_NET_RAW"),
-        ));
-    }
-    // SAFETY: `raw` is a fresh descriptor this function owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+/// port filter attached and its ring mapped.
+fn open_ring(interface: Option<&str>, ports: &[u16]) -> std::io::Result<ring::Ring> {
     let ifindex = match interface {
         Some(name) => {
             let c = std::ffi::CString::new(name)
@@ -298,61 +322,14 @@ fn open_socket(interface: Option<&str>, ports: &[u16]) -> std::io::Result<std::o
                     "no interface named {name:?} (see `ip link`)"
                 )));
             }
-            i as i32
+            i32::try_from(i).map_err(|_| std::io::Error::other("interface index out of range"))?
         }
         None => 0,
     };
-    use std::os::fd::AsRawFd;
-    // SAFETY: a zeroed sockaddr_ll is valid; the fields are set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex;
-    // SAFETY: `sll` is a valid sockaddr_ll of the size given.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let prog = bpf_program(ports);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr().cast_mut(),
-    };
-    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel
-    // copies the program.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 500_000,
-    };
-    // SAFETY: `tv` is a valid timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
-    Ok(fd)
+    // SAFETY: a valid C string literal.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let loopback = ifindex != 0 && u32::try_from(ifindex).is_ok_and(|i| i == lo);
+    ring::Ring::open(ifindex, loopback, &bpf_program(ports))
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ mod probe;
 mod restart;
 mod scope;
 mod supervise;
+mod wire;
 
 // What a test needs from the machine: shared with the unit tests.
 #[path = "../../src/test_support.rs"]

@@ -65,6 +65,8 @@ impl SourceGroup {
             reason: None,
             lines: s.messages.load(Ordering::Relaxed),
             matched: s.failures.load(Ordering::Relaxed),
+            packets: Some(s.packets.load(Ordering::Relaxed)),
+            dropped_kernel: Some(s.drops.load(Ordering::Relaxed)),
             ..SourceView::default()
         });
         let journal = self.journal.iter().map(|(label, s)| {
