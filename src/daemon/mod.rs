@@ -297,6 +297,14 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let feed_tasks = feeds::start(&mut rt, feed_tx, &protect_rx);
 
     let http = start_http(&rt.config, &ctl_tx, &metrics).await?;
+    // "Started" (and the control socket's first answer) means a line
+    // written from now on is read: the followers open their files on
+    // threads of their own, each placed at its file's end. A slow disk must
+    // not hold the start for long: 2 s at most.
+    let looking = std::time::Instant::now();
+    while !rt.sources.files_looked() && looking.elapsed() < std::time::Duration::from_secs(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let server = tokio::spawn(control.serve(ctl_tx));
 
     let sig = |kind: SignalKind, name: &str| {

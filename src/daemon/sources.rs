@@ -452,6 +452,18 @@ impl Sources {
         Ok(())
     }
 
+    /// Whether every log follower has made its first look at its file
+    /// (see `FollowStats::looked`).
+    pub(super) fn files_looked(&self) -> bool {
+        self.groups.values().all(|g| {
+            g.files.as_ref().is_none_or(|f| {
+                f.stats()
+                    .iter()
+                    .all(|(_, s)| s.looked.load(Ordering::Acquire))
+            })
+        })
+    }
+
     /// What status shows of jail `name`'s sources.
     pub(super) fn views(&self, name: &str) -> Vec<SourceView> {
         self.groups

@@ -364,6 +364,17 @@ impl FileSource {
             lock(&st.renames).to.clear();
         }
         let trouble = &mut st.trouble;
+        // Whatever comes of the first look, it was made (after this
+        // function's open or refusal).
+        struct Looked<'a>(&'a AtomicBool, bool);
+        impl Drop for Looked<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+        }
+        let _looked = Looked(&self.stats.looked, first);
         let opened = open_regular(&self.path).and_then(|(mut f, m)| {
             let pos = if let Some(at) = trouble.resume_at(Ident::of(&m)) {
                 // The file whose read failed: on from where it failed, so
@@ -659,19 +670,22 @@ mod tests {
     }
 
     impl Running {
-        /// Takes what has arrived until `n` lines are in or `limit` passed.
+        /// Takes what has arrived until `n` lines are in or `limit` passed
+        /// (with a zero limit: what has arrived, once).
         fn collect(&mut self, n: usize, limit: Duration) -> usize {
             let deadline = Instant::now() + limit;
-            while self.got.len() < n && Instant::now() < deadline {
-                match self.rx.try_recv() {
-                    Ok(batch) => self.got.extend(batch.iter().map(|e| match e.addr {
+            loop {
+                while let Ok(batch) = self.rx.try_recv() {
+                    self.got.extend(batch.iter().map(|e| match e.addr {
                         IpAddr::V4(a) => u32::from(a) - 0x0a00_0000,
                         IpAddr::V6(_) => u32::MAX,
-                    })),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }));
                 }
+                if self.got.len() >= n || Instant::now() >= deadline {
+                    return self.got.len();
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            self.got.len()
         }
 
         /// Waits until `f` holds for the counters, at most `limit`.
@@ -775,6 +789,26 @@ mod tests {
         // Not a byte of the device was read: it has no newline, so reading
         // it shows as skipped overlong lines.
         assert_eq!(f.stats.overlong.load(Ordering::Relaxed), 0);
+        assert_eq!(f.stats.lines.load(Ordering::Relaxed), 2);
+    }
+
+    /// Followed from its end while a line is half written: the line's rest
+    /// is not read as a line (here it would read as a failure of its own,
+    /// `fail 7`); the lines after it are.
+    #[test]
+    fn a_file_followed_from_inside_a_line_skips_that_lines_rest() {
+        let dir = Scratch::new("midline");
+        let log = dir.path("freeswitch.log");
+        append(&log, &line(1));
+        append(&log, "user agent: ");
+        let mut f = follow(&log, false);
+        f.need_watch();
+        append(&log, "fail 7\n");
+        append(&log, &line(2));
+        append(&log, &line(3));
+        // Lines arrive in order: a fragment read as a line comes first.
+        f.collect(2, Duration::from_secs(20));
+        assert_eq!(f.got, [2, 3]);
         assert_eq!(f.stats.lines.load(Ordering::Relaxed), 2);
     }
 

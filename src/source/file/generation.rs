@@ -61,6 +61,11 @@ impl Generation {
         let mut tail = vec![0; t];
         // Without it only a file shorter than `pos` shows a truncation.
         if g.file.read_exact_at(&mut tail, pos - t as u64).is_ok() {
+            // Followed from its end (or resumed) inside a line being
+            // written: that line's rest is no line.
+            if tail.last().is_some_and(|&b| b != b'\n') {
+                g.lines.start_mid_line();
+            }
             g.tail = tail;
         }
         g

@@ -9,12 +9,24 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub struct LineSplitter {
     buf: Vec<u8>,
     discarding: bool,
+    /// Reading starts inside a line: its rest is no line (see
+    /// [`LineSplitter::start_mid_line`]).
+    mid_line: bool,
 }
 
 impl LineSplitter {
     /// Feeds `data`; calls `emit` for each whole line (without `\n`). Returns
     /// how many overlong lines were dropped.
     pub fn push(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) -> u64 {
+        if self.mid_line {
+            match memchr::memchr(b'\n', data) {
+                Some(nl) => {
+                    self.mid_line = false;
+                    data = &data[nl + 1..];
+                }
+                None => return 0,
+            }
+        }
         let mut dropped = 0;
         while let Some(nl) = memchr::memchr(b'\n', data) {
             let (head, rest) = (&data[..nl], &data[nl + 1..]);
@@ -61,12 +73,37 @@ impl LineSplitter {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.discarding = false;
+        self.mid_line = false;
+    }
+
+    /// The stream starts inside a line (a file followed from an offset
+    /// that is not a line start): everything up to the first newline is
+    /// dropped, uncounted. Read as a line, that rest would start with
+    /// whatever the line held there (attacker text, say), in place of the
+    /// writer's own timestamp and level a filter anchors on.
+    pub fn start_mid_line(&mut self) {
+        self.buf.clear();
+        self.mid_line = true;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Started inside a line: its rest is dropped (however it arrives), the
+    /// lines after it are whole.
+    #[test]
+    fn a_stream_started_mid_line_drops_the_rest_of_that_line() {
+        let mut s = LineSplitter::default();
+        s.start_mid_line();
+        let mut out = Vec::new();
+        let mut emit = |l: &[u8]| out.push(String::from_utf8_lossy(l).into_owned());
+        assert_eq!(s.push(b"[WARNING] forged from 1.2", &mut emit), 0);
+        assert_eq!(s.push(b".3.4\nwhole one\npart", &mut emit), 0);
+        assert_eq!(s.push(b"ial\n", &mut emit), 0);
+        assert_eq!(out, ["whole one", "partial"]);
+    }
 
     fn split(chunks: &[&[u8]]) -> (Vec<String>, u64) {
         let mut s = LineSplitter::default();

@@ -27,6 +27,11 @@ pub struct FollowStats {
     pub never_source: AtomicU64,
     /// Whether the file is open and followed right now.
     pub open: AtomicBool,
+    /// Whether the first look at the path was made: the file is open at
+    /// the place reading starts from, or known to be missing. A line
+    /// written after this is read; the daemon says it has started only
+    /// once every follower has looked (or a short wait ran out).
+    pub looked: AtomicBool,
     /// Whether its directory is watched (else it is polled every 500 ms).
     pub watched: AtomicBool,
     /// Why it is not, when it is not (`does not exist yet`, `a FIFO (named
