@@ -299,6 +299,14 @@ impl LogFiles {
         });
     }
 
+    /// Whether every follower has made its first look at its file.
+    pub(super) fn looked(&self) -> bool {
+        lock(&self.state)
+            .files
+            .iter()
+            .all(|f| f.stats.looked.load(Ordering::Acquire))
+    }
+
     /// Each followed path with its counters.
     pub(super) fn stats(&self) -> Vec<(PathBuf, Arc<FollowStats>)> {
         lock(&self.state)

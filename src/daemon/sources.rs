@@ -455,13 +455,9 @@ impl Sources {
     /// Whether every log follower has made its first look at its file
     /// (see `FollowStats::looked`).
     pub(super) fn files_looked(&self) -> bool {
-        self.groups.values().all(|g| {
-            g.files.as_ref().is_none_or(|f| {
-                f.stats()
-                    .iter()
-                    .all(|(_, s)| s.looked.load(Ordering::Acquire))
-            })
-        })
+        self.groups
+            .values()
+            .all(|g| g.files.as_ref().is_none_or(|f| f.looked()))
     }
 
     /// What status shows of jail `name`'s sources.

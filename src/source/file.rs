@@ -364,17 +364,6 @@ impl FileSource {
             lock(&st.renames).to.clear();
         }
         let trouble = &mut st.trouble;
-        // Whatever comes of the first look, it was made (after this
-        // function's open or refusal).
-        struct Looked<'a>(&'a AtomicBool, bool);
-        impl Drop for Looked<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    self.0.store(true, Ordering::Release);
-                }
-            }
-        }
-        let _looked = Looked(&self.stats.looked, first);
         let opened = open_regular(&self.path).and_then(|(mut f, m)| {
             let pos = if let Some(at) = trouble.resume_at(Ident::of(&m)) {
                 // The file whose read failed: on from where it failed, so
@@ -387,6 +376,11 @@ impl FileSource {
             };
             Ok((f, m, pos))
         });
+        // The first look is made, whatever came of it: the place reading
+        // starts from is fixed (or the file is known to be missing).
+        if first {
+            self.stats.looked.store(true, Ordering::Release);
+        }
         match opened {
             Ok((f, m, pos)) => {
                 if st.trouble.failing() {
