@@ -27,9 +27,14 @@ pub const STABLE: Duration = Duration::from_secs(30);
 /// time up to [`BACKOFF_MAX`], then a random part of its upper half cut
 /// off, so tasks (or nodes) that failed together do not come back in step.
 pub fn backoff(n: u32, random: u64) -> Duration {
-    let full = BACKOFF_FIRST
-        .saturating_mul(1u32 << n.min(16))
-        .min(BACKOFF_MAX);
+    backoff_upto(n, random, BACKOFF_MAX)
+}
+
+/// [`backoff`] with another ceiling than [`BACKOFF_MAX`] (the fleet link
+/// retries sooner: a reconnection costs the server little, and every
+/// second away is a second the node's bans do not spread).
+pub fn backoff_upto(n: u32, random: u64, max: Duration) -> Duration {
+    let full = BACKOFF_FIRST.saturating_mul(1u32 << n.min(16)).min(max);
     let half = full / 2;
     let ms = half.as_millis() as u64;
     half + Duration::from_millis(if ms == 0 { 0 } else { random % (ms + 1) })
@@ -313,6 +318,15 @@ mod tests {
         let spread: std::collections::HashSet<Duration> =
             (0..20).map(|_| backoff(5, random())).collect();
         assert!(spread.len() > 1);
+        // Another ceiling: reached sooner, never passed, same jitter.
+        let max = Duration::from_secs(1);
+        assert_eq!(backoff_upto(1, 0, max), backoff(1, 0));
+        for n in [3, 4, 40, u32::MAX] {
+            for r in [0, 1, 12345, u64::MAX] {
+                let d = backoff_upto(n, r, max);
+                assert!(d >= max / 2 && d <= max, "{n} {r}: {d:?}");
+            }
+        }
     }
 
     #[test]

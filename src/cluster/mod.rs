@@ -246,14 +246,16 @@ impl Cluster {
         let stats = Arc::new(ClusterStats::default());
         let (tx, rx) = mpsc::channel(65_536);
         let target = config.link.describe();
+        let lost = Arc::new(tokio::sync::Notify::new());
         let writer = writer::Writer::new(
             config.clone(),
             stats.clone(),
             inbound.clone(),
             own_addrs,
             rx,
+            lost.clone(),
         );
-        let reader = reader::Reader::new(config.clone(), stats.clone(), inbound);
+        let reader = reader::Reader::new(config.clone(), stats.clone(), inbound, lost);
         tracing::info!(
             "cluster: node {} with {target} (key prefix {})",
             config.node,

@@ -34,6 +34,9 @@ pub(super) struct Reader {
     last_id: Option<String>,
     /// The sentinel to ask first.
     next_sentinel: usize,
+    /// Told when this task's connection broke, so the writer (idle between
+    /// heartbeats) checks its own at once.
+    lost: Arc<tokio::sync::Notify>,
 }
 
 /// The run loop is gone: the daemon is stopping.
@@ -44,6 +47,7 @@ impl Reader {
         cfg: ClusterConfig,
         stats: Arc<ClusterStats>,
         inbound: mpsc::Sender<Inbound>,
+        lost: Arc<tokio::sync::Notify>,
     ) -> Reader {
         Reader {
             cfg,
@@ -51,6 +55,7 @@ impl Reader {
             inbound,
             last_id: None,
             next_sentinel: 0,
+            lost,
         }
     }
 
@@ -299,11 +304,12 @@ impl Task for Reader {
 
     async fn session(&mut self) -> Result<(), SessionError> {
         let mut l = link::open(&self.cfg.link, &mut self.next_sentinel).await?;
-        self.serve(&mut l.conn, &l.server)
-            .await
-            .map_err(|failure| SessionError::Lost {
+        self.serve(&mut l.conn, &l.server).await.map_err(|failure| {
+            self.lost.notify_one();
+            SessionError::Lost {
                 server: l.server,
                 failure,
-            })
+            }
+        })
     }
 }

@@ -15,7 +15,13 @@ use futures_util::FutureExt;
 use super::HostPort;
 use super::link::{Failure, OpenError};
 pub use crate::supervise::{Health, TaskView, backoff, random};
-use crate::supervise::{STABLE, one_line};
+use crate::supervise::{STABLE, backoff_upto, one_line};
+
+/// The longest pause between two attempts to reach Redis. Lower than the
+/// daemon's other tasks' (10 s): a node waiting out a long backoff after
+/// Redis came back neither publishes nor re-asserts its bans, and a
+/// refused connection costs the server almost nothing.
+pub const LINK_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why a session of a cluster task ended before the daemon stopped: it is
 /// started again after a backoff.
@@ -84,7 +90,7 @@ pub async fn supervise<T: Task>(mut task: T, health: std::sync::Arc<Health>, tar
         if was_up && started.elapsed() >= STABLE {
             attempt = 0;
         }
-        let wait = backoff(attempt, random());
+        let wait = backoff_upto(attempt, random(), LINK_BACKOFF_MAX);
         // Logged when the reason changes, when the link was up, and then
         // at growing intervals (each doubling of the attempt count).
         if was_up || last_logged.as_deref() != Some(why.as_str()) || attempt.is_power_of_two() {

@@ -59,6 +59,10 @@ pub(super) struct Writer {
     next_sentinel: usize,
     /// Said once that this Redis has no `SET ... GET`.
     warned_old: bool,
+    /// The reader's connection broke: Redis may be gone (or restarted
+    /// empty), so this task checks its own link now rather than at the
+    /// next heartbeat, and re-asserts its bans that much sooner.
+    lost: Arc<tokio::sync::Notify>,
 }
 
 /// Why the queue is not being sent although connected: the server refuses
@@ -75,6 +79,7 @@ impl Writer {
         inbound: mpsc::Sender<Inbound>,
         own_addrs: Vec<IpAddr>,
         rx: mpsc::Receiver<Outbound>,
+        lost: Arc<tokio::sync::Notify>,
     ) -> Writer {
         Writer {
             cfg,
@@ -87,6 +92,7 @@ impl Writer {
             seq: 0,
             next_sentinel: 0,
             warned_old: false,
+            lost,
         }
     }
 
@@ -443,6 +449,9 @@ impl Writer {
                 op = self.rx.recv() => {
                     let Some(op) = op else { return Ok(()) };
                     self.handle(conn, op, &mut blocked).await?;
+                }
+                _ = self.lost.notified() => {
+                    link::query(conn, &redis::cmd("PING")).await?;
                 }
                 _ = beat.tick() => {
                     self.heartbeat(conn).await?;

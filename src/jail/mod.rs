@@ -133,6 +133,13 @@ pub struct JailCounters {
     pub evictions: u64,
 }
 
+/// A table keyed by addresses an attacker chooses. Hashed with foldhash,
+/// seeded at random per table (a collision list made for one table or one
+/// process is useless for another); several times cheaper than SipHash on
+/// the 16 bytes of an address, which the Event Socket path hashes per
+/// event. Each table is also bounded (`max_tracked`).
+pub type AddrMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+
 /// One jail: policy plus state.
 #[derive(Debug)]
 pub struct Jail {
@@ -142,23 +149,23 @@ pub struct Jail {
     /// Addresses with live failure state: the newest failure times within
     /// findtime (at most `maxretry` of them), tagged with their creation
     /// number.
-    failing: HashMap<Key, Times>,
+    failing: AddrMap<Key, Times>,
     /// Tracked addresses in creation order, for oldest-first eviction;
     /// entries whose address is gone or retagged are stale and skipped.
     order: VecDeque<(Key, u32)>,
     next_seq: u32,
     /// Weak signals (`wrong_call_state`), counted apart with their own
     /// threshold; only addresses that sent one are here.
-    weak: HashMap<IpAddr, Times>,
+    weak: AddrMap<IpAddr, Times>,
     /// Addresses that registered successfully, until when they are trusted.
-    trusted: HashMap<IpAddr, i64>,
+    trusted: AddrMap<IpAddr, i64>,
     /// Bans the kernel accepted: what status, the store and the fleet see.
-    banned: HashMap<IpNet, ActiveBan>,
+    banned: AddrMap<IpNet, ActiveBan>,
     /// Bans decided and on their way to the kernel: they already stop
     /// counting (no second decision), but are not "active" until the
     /// firewall accepts them ([`Jail::confirm`]) and are undone if it
     /// refuses ([`Jail::refuse`]).
-    pending: HashMap<IpNet, ActiveBan>,
+    pending: AddrMap<IpNet, ActiveBan>,
     /// The banned prefixes (not single hosts), checked per event.
     prefixes: Vec<IpNet>,
     expiries: BinaryHeap<Reverse<(Time, IpNet)>>,
@@ -176,13 +183,13 @@ impl Jail {
             id,
             name: name.into(),
             policy,
-            failing: HashMap::new(),
+            failing: AddrMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
-            weak: HashMap::new(),
-            trusted: HashMap::new(),
-            banned: HashMap::new(),
-            pending: HashMap::new(),
+            weak: AddrMap::default(),
+            trusted: AddrMap::default(),
+            banned: AddrMap::default(),
+            pending: AddrMap::default(),
             prefixes: Vec::new(),
             expiries: BinaryHeap::new(),
             counters: JailCounters::default(),
@@ -222,7 +229,7 @@ impl Jail {
     }
 
     /// Bans in force: those the kernel accepted.
-    pub fn banned(&self) -> &HashMap<IpNet, ActiveBan> {
+    pub fn banned(&self) -> &AddrMap<IpNet, ActiveBan> {
         &self.banned
     }
 
@@ -268,7 +275,7 @@ impl Jail {
     /// bans grows it to several MB).
     fn release_pending(&mut self) {
         if self.pending.is_empty() && self.pending.capacity() > 1024 {
-            self.pending = HashMap::new();
+            self.pending = AddrMap::default();
         }
     }
 
