@@ -46,7 +46,7 @@ impl Jail {
     }
 
     /// Drops stale queue entries once they outnumber live ones.
-    fn compact_order(&mut self) {
+    pub(super) fn compact_order(&mut self) {
         if self.order.len() > 2 * self.failing.len() + 1024 {
             let failing = &self.failing;
             self.order

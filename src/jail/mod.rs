@@ -32,6 +32,7 @@ pub use spec::JailSpec;
 use times::Times;
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -363,20 +364,27 @@ impl Jail {
             }
         } else {
             let k = Key::from(key);
-            match self.failing.get_mut(&k) {
-                Some(times) => times.add(t.0, horizon, weight, maxretry),
-                None => {
-                    self.make_room();
+            // Room is made first (eviction needs the whole jail), and only
+            // for a new address in a full table: then one hash and probe
+            // per failure, found or inserted.
+            if self.failing.len() >= self.policy.max_tracked.max(1)
+                && !self.failing.contains_key(&k)
+            {
+                self.make_room();
+            }
+            match self.failing.entry(k) {
+                Entry::Occupied(o) => o.into_mut().add(t.0, horizon, weight, maxretry),
+                Entry::Vacant(v) => {
                     let seq = self.next_seq;
                     self.next_seq = self.next_seq.wrapping_add(1);
                     self.order.push_back((k, seq));
-                    let mut times = Times::one(t.0, seq);
+                    let times = v.insert(Times::one(t.0, seq));
                     let n = if weight > 1 {
                         times.add(t.0, horizon, weight - 1, maxretry)
                     } else {
                         1
                     };
-                    self.failing.insert(k, times);
+                    self.compact_order();
                     n
                 }
             }

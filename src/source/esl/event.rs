@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use super::frame::{header_lines, percent_decode, text, utf8_text};
+use super::frame::{percent_decode, text, utf8_text};
 use crate::event::{FailureKind, Time};
 use crate::net::parse_addr;
 
@@ -88,7 +88,7 @@ impl Field {
     ];
 
     /// The header's name as FreeSWITCH writes it.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Field::EventName => "Event-Name",
             Field::EventSubclass => "Event-Subclass",
@@ -104,45 +104,140 @@ impl Field {
     }
 
     /// Which field starts the header line `line`, and where its value
-    /// begins. The first byte picks the candidates; their names' lengths
-    /// say where the colon must be, so no line is scanned for it.
+    /// begins (after the colon). Most lines are none of them: their first
+    /// eight bytes, case folded, pick one slot of a small table and differ
+    /// from its key, one compare and no branch on the line's text before
+    /// it. A hit is then checked exactly, a word at a time.
     #[inline(always)]
     fn of_line(line: &[u8]) -> Option<(Field, usize)> {
-        use Field::*;
-        // (name, field) with the name's bytes at hand: no `name()` match
-        // per candidate on the hot path.
-        const T: &[(&[u8], Field)] = &[(b"to-user", ToUser)];
-        const F: &[(&[u8], Field)] =
-            &[(b"from-user", FromUser), (b"from_user", FromUserUnderscore)];
-        const E: &[(&[u8], Field)] = &[
-            (b"Event-Name", EventName),
-            (b"Event-Subclass", EventSubclass),
-            (b"Event-Date-Timestamp", EventDateTimestamp),
-        ];
-        const N: &[(&[u8], Field)] = &[
-            (b"network-ip", NetworkIp),
-            (b"network_ip", NetworkIpUnderscore),
-        ];
-        const U: &[(&[u8], Field)] = &[(b"user-agent", UserAgent)];
-        const R: &[(&[u8], Field)] = &[(b"registration-type", RegistrationType)];
-        let candidates = match line.first()? | 0x20 {
-            b't' => T,
-            b'f' => F,
-            b'e' => E,
-            b'n' => N,
-            b'u' => U,
-            b'r' => R,
-            _ => return None,
-        };
-        for &(name, f) in candidates {
-            let n = name.len();
-            if line.get(n) == Some(&b':') && line[..n].eq_ignore_ascii_case(name) {
-                return Some((f, n + 1));
-            }
+        if line.len() < 8 {
+            return None;
         }
-        None
+        let w0 = word(line, 0);
+        let key = w0 | FOLD;
+        let slot = &SLOTS[slot_of(key)];
+        if slot.key != key {
+            return None;
+        }
+        let name = &NAMES[slot.name as usize];
+        let n = name.len;
+        if line.len() < n {
+            return None;
+        }
+        let [a, b, c] = name.at;
+        let [p0, p1, p2] = name.words;
+        let [f0, f1, f2] = name.folds;
+        let diff =
+            ((word(line, a) | f0) ^ p0) | ((word(line, b) | f1) ^ p1) | ((word(line, c) | f2) ^ p2);
+        (diff == 0).then_some((name.field, n))
     }
 }
+
+/// The eight bytes of `b` from `at` (which the caller has checked are
+/// there), as one little-endian word.
+#[inline(always)]
+fn word(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Folds the case of ASCII letters in every byte of a word (and maps a few
+/// control bytes onto punctuation: only good for picking a slot).
+const FOLD: u64 = 0x2020_2020_2020_2020;
+
+/// A header name with its colon, as three words that cover it (the first
+/// eight bytes, the next eight or those overlapping the end, the last
+/// eight): compared exactly, letters in either case, in three loads.
+#[derive(Clone, Copy)]
+struct Name {
+    field: Field,
+    /// The name's length with its colon: where the value starts.
+    len: usize,
+    /// Where each word starts in the line.
+    at: [usize; 3],
+    /// The words, letters lowercased.
+    words: [u64; 3],
+    /// 0x20 in the bytes of letters (case folded), 0 elsewhere (compared
+    /// exactly: a `\r` is not a `-`).
+    folds: [u64; 3],
+}
+
+impl Name {
+    const fn of(field: Field) -> Name {
+        let name = field.name().as_bytes();
+        let len = name.len() + 1;
+        assert!(len >= 8 && len <= 24, "a name the three words do not cover");
+        let mid = if len >= 16 { 8 } else { len - 8 };
+        let at = [0, mid, len - 8];
+        let mut words = [0u64; 3];
+        let mut folds = [0u64; 3];
+        let mut w = 0;
+        while w < 3 {
+            let mut i = 0;
+            while i < 8 {
+                let at = at[w] + i;
+                let c = if at < name.len() { name[at] } else { b':' };
+                let fold = if c.is_ascii_alphabetic() { 0x20 } else { 0 };
+                words[w] |= ((c | fold) as u64) << (8 * i);
+                folds[w] |= (fold as u64) << (8 * i);
+                i += 1;
+            }
+            w += 1;
+        }
+        Name {
+            field,
+            len,
+            at,
+            words,
+            folds,
+        }
+    }
+}
+
+const NAMES: [Name; Field::ALL.len()] = {
+    let mut out = [Name::of(Field::EventName); Field::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = Name::of(Field::ALL[i]);
+        i += 1;
+    }
+    out
+};
+
+/// A slot of the table: the folded first word of a name (0: empty; a
+/// folded word never is) and which name it is.
+#[derive(Clone, Copy)]
+struct Slot {
+    key: u64,
+    name: u8,
+}
+
+const SLOT_BITS: u32 = 5;
+
+/// Which slot a folded first word picks (a multiplicative hash; the
+/// multiplier was chosen so the ten names never share a slot, which the
+/// table's construction checks when this file compiles).
+#[inline(always)]
+const fn slot_of(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOT_BITS)) as usize
+}
+
+const SLOTS: [Slot; 1 << SLOT_BITS] = {
+    let mut out = [Slot { key: 0, name: 0 }; 1 << SLOT_BITS];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let key = NAMES[i].words[0] | FOLD;
+        let s = slot_of(key);
+        assert!(
+            out[s].key == 0,
+            "two header names share a slot: change the multiplier"
+        );
+        out[s] = Slot { key, name: i as u8 };
+        i += 1;
+    }
+    out
+};
 
 /// Read access to an event's headers, whichever the format.
 pub trait Headers {
@@ -196,25 +291,40 @@ impl Headers for PlainPick<'_> {
 }
 
 /// Whether percent-encoded `raw` decodes to `want`, without decoding it
-/// into a new buffer.
+/// into a new buffer. The runs between escapes are compared as slices (one
+/// `memcmp` each: `sofia%3A%3Aregister_failure` is three).
 fn decoded_eq(raw: &[u8], want: &[u8]) -> bool {
-    let hex = |c: u8| (c as char).to_digit(16);
+    let hex = |c: Option<&u8>| c.and_then(|&c| (c as char).to_digit(16));
     let (mut i, mut j) = (0, 0);
-    while i < raw.len() {
-        let mut b = raw[i];
-        i += 1;
-        if b == b'%' && i + 1 < raw.len() {
-            if let (Some(h), Some(l)) = (hex(raw[i]), hex(raw[i + 1])) {
-                b = (h * 16 + l) as u8;
-                i += 2;
-            }
+    loop {
+        let end = raw[i..]
+            .iter()
+            .position(|&b| b == b'%')
+            .map_or(raw.len(), |p| i + p);
+        let run = &raw[i..end];
+        if want.get(j..j + run.len()) != Some(run) {
+            return false;
         }
+        j += run.len();
+        if end == raw.len() {
+            return j == want.len();
+        }
+        // An escape, or a `%` that starts none (kept as it is).
+        let b = match (hex(raw.get(end + 1)), hex(raw.get(end + 2))) {
+            (Some(h), Some(l)) => {
+                i = end + 3;
+                (h * 16 + l) as u8
+            }
+            _ => {
+                i = end + 1;
+                b'%'
+            }
+        };
         if want.get(j) != Some(&b) {
             return false;
         }
         j += 1;
     }
-    j == want.len()
 }
 
 /// A `text/event-json` body.
@@ -340,9 +450,20 @@ pub fn classify(
 
 /// The `Content-Type` of a frame's header block.
 pub fn content_type(headers: &[u8]) -> Cow<'_, str> {
-    header_lines(headers)
-        .find(|(n, _)| n.eq_ignore_ascii_case(b"Content-Type"))
-        .map_or(Cow::Borrowed(""), |(_, v)| text(v))
+    text(content_type_raw(headers))
+}
+
+/// The `Content-Type` of a frame's header block as it was sent (not
+/// decoded); empty when there is none. The event path compares this with
+/// the usual types first and decodes only what is none of them.
+pub fn content_type_raw(headers: &[u8]) -> &[u8] {
+    const NAME: &[u8] = b"Content-Type:";
+    super::lines::lines(headers)
+        .find(|l| l.len() >= NAME.len() && l[..NAME.len()].eq_ignore_ascii_case(NAME))
+        .map_or(b"", |l| {
+            let v = &l[NAME.len()..];
+            v.strip_prefix(b" ").unwrap_or(v)
+        })
 }
 
 #[cfg(test)]
@@ -362,6 +483,110 @@ mod tests {
             // A longer name sharing the prefix is another header.
             let longer = format!("{}x: v", f.name());
             assert_eq!(Field::of_line(longer.as_bytes()), None);
+        }
+    }
+
+    /// What `of_line` must say, read the plain way.
+    fn of_line_plainly(line: &[u8]) -> Option<(Field, usize)> {
+        Field::ALL.iter().find_map(|&f| {
+            let n = f.name().len();
+            (line.len() > n
+                && line[n] == b':'
+                && line[..n].eq_ignore_ascii_case(f.name().as_bytes()))
+            .then_some((f, n + 1))
+        })
+    }
+
+    #[test]
+    fn of_line_agrees_with_the_plain_reading_byte_by_byte() {
+        // Bytes that fold onto a name's punctuation under `| 0x20` (`\r`
+        // onto `-`, DEL onto `_`, 0x1A onto `:`), the case flip of each
+        // byte, and others.
+        let odd = [
+            b'\r', 0x7f, 0x1a, 0, b'-', b'_', b':', b' ', b'@', b'`', 0xff, b'A', b'z',
+        ];
+        let mut checked = 0;
+        for f in Field::ALL {
+            let line = format!("{}: v", f.name()).into_bytes();
+            for i in 0..line.len() {
+                for c in odd.iter().copied().chain([line[i] ^ 0x20]) {
+                    let mut l = line.clone();
+                    l[i] = c;
+                    assert_eq!(
+                        Field::of_line(&l),
+                        of_line_plainly(&l),
+                        "{:?}",
+                        String::from_utf8_lossy(&l)
+                    );
+                    checked += 1;
+                }
+            }
+            for k in 0..=line.len() {
+                assert_eq!(Field::of_line(&line[..k]), of_line_plainly(&line[..k]));
+            }
+        }
+        assert!(checked > 1000);
+        // Every header line of the corpus's events.
+        let path = crate::test_support::corpus_dir().join("freeswitch-1.10.12/esl-plain.raw");
+        let raw = match std::fs::read(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                assert!(
+                    !crate::test_support::need("corpus"),
+                    "{}: {e}",
+                    path.display()
+                );
+                return;
+            }
+        };
+        let mut hits = 0;
+        for line in raw.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            assert_eq!(Field::of_line(line), of_line_plainly(line));
+            hits += usize::from(Field::of_line(line).is_some());
+        }
+        assert!(hits > 100, "{hits} header lines of the corpus found");
+    }
+
+    #[test]
+    fn decoded_eq_agrees_with_decoding_then_comparing() {
+        let raws: &[&[u8]] = &[
+            b"",
+            b"%",
+            b"%3",
+            b"%3A",
+            b"%3a%3A",
+            b"%zz",
+            b"%%3A",
+            b"a%",
+            b"a%4",
+            b"sofia%3A%3Aregister_failure",
+            b"sofia::register_failure",
+            b"sofia%3A%3Aregister",
+            b"%41%42C",
+            b"x%2",
+            b"%e2%82%ac",
+            b"%FF",
+        ];
+        let wants: Vec<Vec<u8>> = raws
+            .iter()
+            .flat_map(|r| [r.to_vec(), percent_decode(r).into_owned()])
+            .chain([
+                b"sofia::register_failure".to_vec(),
+                b"".to_vec(),
+                b"%".to_vec(),
+            ])
+            .collect();
+        for raw in raws {
+            for want in &wants {
+                assert_eq!(
+                    decoded_eq(raw, want),
+                    *percent_decode(raw) == **want,
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(raw),
+                    String::from_utf8_lossy(want)
+                );
+            }
         }
     }
 

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use super::event::{self, JsonEvent, Signal, classify, content_type};
-use super::frame::{Frame, FrameBuffer, PlainEvent};
+use super::event::{self, JsonEvent, Signal, classify, content_type_raw};
+use super::frame::{Frame, FrameBuffer, PlainEvent, text};
 use crate::event::{FailureEvent, FailureKind, JailId, Time, escape_text};
 use crate::filter::freeswitch::acl_reject;
 use crate::source::Window;
 use crate::source::scanner::ScannerList;
+use std::borrow::Cow;
 
 /// Turns frames into failure events for one jail.
 #[derive(Debug, Clone)]
@@ -67,7 +68,14 @@ impl EventMapper {
 
     /// What one frame means, including events that could not be counted.
     pub fn read(&self, f: &Frame<'_>, now: Time) -> Mapped {
-        let ct = content_type(f.headers);
+        // FreeSWITCH sends the type plainly: decoded only when it is not
+        // one of these as sent.
+        let ct = match content_type_raw(f.headers) {
+            b"text/event-plain" => Cow::Borrowed("text/event-plain"),
+            b"text/event-json" => Cow::Borrowed("text/event-json"),
+            b"log/data" => Cow::Borrowed("log/data"),
+            raw => text(raw),
+        };
         let signal = match &*ct {
             "text/event-plain" => classify(&event::PlainPick::from_body(f.body), &self.scanners),
             "text/event-json" => {
