@@ -7,6 +7,7 @@
 
 use jiff::civil::{Date, DateTime, Time as CivilTime};
 use jiff::tz::TimeZone;
+use std::path::Path;
 
 use crate::event::Time;
 
@@ -204,7 +205,7 @@ pub fn resolve(date: LineDate, tz: &TimeZone, now: Time) -> Option<Time> {
 pub fn parse_zone(name: &str) -> Result<TimeZone, ZoneError> {
     let n = name.trim();
     if n.eq_ignore_ascii_case("local") || n.is_empty() {
-        return Ok(TimeZone::try_system().unwrap_or(TimeZone::UTC));
+        return Ok(local_zone());
     }
     if n.eq_ignore_ascii_case("utc") || n.eq_ignore_ascii_case("z") || n.eq_ignore_ascii_case("gmt")
     {
@@ -222,6 +223,32 @@ pub fn parse_zone(name: &str) -> Result<TimeZone, ZoneError> {
         name: n.to_string(),
         source,
     })
+}
+
+/// The host's zone (`local`): `TZ` as jiff reads it when set, else
+/// `/etc/localtime` read directly, named after its link into a zoneinfo
+/// tree. jiff's own lookup would first list every zone name on the host
+/// (about 40 directory reads, a millisecond or two of every `test-filter`
+/// and start) only to name the same file.
+fn local_zone() -> TimeZone {
+    std::env::var_os("TZ")
+        .is_none()
+        .then(|| zone_file(Path::new("/etc/localtime")))
+        .flatten()
+        .unwrap_or_else(|| TimeZone::try_system().unwrap_or(TimeZone::UTC))
+}
+
+/// The zone in the TZif file `path`, named after what it links to below a
+/// `zoneinfo/` directory (`Local` when it links nowhere such).
+fn zone_file(path: &Path) -> Option<TimeZone> {
+    let data = std::fs::read(path).ok()?;
+    let link = std::fs::read_link(path).ok();
+    let name = link
+        .as_deref()
+        .and_then(|t| t.to_str())
+        .and_then(|t| t.split_once("zoneinfo/"))
+        .map_or("Local", |(_, n)| n);
+    TimeZone::tzif(name, &data).ok()
 }
 
 /// Why a `logtimezone` (or `test-filter --tz`) is not a zone.
@@ -295,6 +322,36 @@ mod tests {
     fn at(line: &str) -> Option<Time> {
         let (d, _) = find_line_date(line.as_bytes())?;
         resolve(d, &TimeZone::UTC, Time(1_795_621_254_000))
+    }
+
+    #[test]
+    fn the_local_zone_is_read_like_jiff_reads_it() {
+        let offsets = |tz: &TimeZone| {
+            // Winter and summer, before and after 2000.
+            [0i64, 962_409_600, 1_795_621_254, 1_784_000_000]
+                .map(|s| tz.to_offset(jiff::Timestamp::from_second(s).unwrap()))
+        };
+        let jiffs = TimeZone::try_system().unwrap_or(TimeZone::UTC);
+        assert_eq!(offsets(&local_zone()), offsets(&jiffs));
+        // A zone with summer time, through a link as /etc/localtime is.
+        // (tzdata: other tests read Europe/Berlin from it too.)
+        let berlin = Path::new("/usr/share/zoneinfo/Europe/Berlin");
+        let dir = std::env::temp_dir().join(format!("sw-localtime-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("localtime");
+        std::os::unix::fs::symlink(berlin, &link).unwrap();
+        let ours = zone_file(&link).unwrap();
+        assert_eq!(ours.iana_name(), Some("Europe/Berlin"));
+        let theirs = TimeZone::get("Europe/Berlin").unwrap();
+        assert_eq!(offsets(&ours), offsets(&theirs));
+        assert_ne!(offsets(&ours)[2], offsets(&ours)[3]);
+        // Not a link: the same rules, named `Local`.
+        let unnamed = zone_file(berlin).unwrap();
+        assert_eq!(unnamed.iana_name(), Some("Local"));
+        assert_eq!(offsets(&unnamed), offsets(&theirs));
+        assert!(zone_file(&dir.join("absent")).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
