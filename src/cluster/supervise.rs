@@ -14,13 +14,16 @@ use futures_util::FutureExt;
 
 use super::HostPort;
 use super::link::{Failure, OpenError};
+use crate::supervise::{BACKOFF_MAX, STABLE, backoff_upto, one_line};
 pub use crate::supervise::{Health, TaskView, backoff, random};
-use crate::supervise::{STABLE, backoff_upto, one_line};
 
-/// The longest pause between two attempts to reach Redis. Lower than the
-/// daemon's other tasks' (10 s): a node waiting out a long backoff after
-/// Redis came back neither publishes nor re-asserts its bans, and a
-/// refused connection costs the server almost nothing.
+/// The longest pause after an attempt to reach Redis that did not connect.
+/// Lower than the daemon's other tasks' (10 s): a node waiting out a long
+/// backoff after Redis came back neither publishes nor re-asserts its
+/// bans, and a refused connection costs the server almost nothing. A
+/// session that connected and then failed waits up to the usual 10 s: each
+/// new session reads every ban key, which would cost Redis dearly from a
+/// whole fleet every second.
 pub const LINK_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Why a session of a cluster task ended before the daemon stopped: it is
@@ -70,6 +73,7 @@ pub async fn supervise<T: Task>(mut task: T, health: std::sync::Arc<Health>, tar
     loop {
         let started = tokio::time::Instant::now();
         let outcome = AssertUnwindSafe(task.session()).catch_unwind().await;
+        let never_connected = matches!(outcome, Ok(Err(SessionError::Open(_))));
         let was_up = health.is_up();
         let why = match outcome {
             Ok(Ok(())) => {
@@ -90,7 +94,12 @@ pub async fn supervise<T: Task>(mut task: T, health: std::sync::Arc<Health>, tar
         if was_up && started.elapsed() >= STABLE {
             attempt = 0;
         }
-        let wait = backoff_upto(attempt, random(), LINK_BACKOFF_MAX);
+        let max = if never_connected {
+            LINK_BACKOFF_MAX
+        } else {
+            BACKOFF_MAX
+        };
+        let wait = backoff_upto(attempt, random(), max);
         // Logged when the reason changes, when the link was up, and then
         // at growing intervals (each doubling of the attempt count).
         if was_up || last_logged.as_deref() != Some(why.as_str()) || attempt.is_power_of_two() {

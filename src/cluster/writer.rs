@@ -451,7 +451,11 @@ impl Writer {
                     self.handle(conn, op, &mut blocked).await?;
                 }
                 _ = self.lost.notified() => {
-                    link::query(conn, &redis::cmd("PING")).await?;
+                    // Only a broken link ends the session: a user whose
+                    // ACL refuses PING (`Refused`) is still connected.
+                    if let Err(e @ Failure::Link(_)) = link::query(conn, &redis::cmd("PING")).await {
+                        return Err(e);
+                    }
                 }
                 _ = beat.tick() => {
                     self.heartbeat(conn).await?;

@@ -226,10 +226,10 @@ pub fn parse_zone(name: &str) -> Result<TimeZone, ZoneError> {
 }
 
 /// The host's zone (`local`): `TZ` as jiff reads it when set, else
-/// `/etc/localtime` read directly, named after its link into a zoneinfo
-/// tree. jiff's own lookup would first list every zone name on the host
-/// (about 40 directory reads, a millisecond or two of every `test-filter`
-/// and start) only to name the same file.
+/// `/etc/localtime` read directly when it links into a zoneinfo tree,
+/// named as jiff names it. jiff's own lookup would first list every zone
+/// name on the host (about 40 directory reads, a millisecond or two of
+/// every `test-filter` and start) only to name the same file.
 fn local_zone() -> TimeZone {
     std::env::var_os("TZ")
         .is_none()
@@ -238,16 +238,14 @@ fn local_zone() -> TimeZone {
         .unwrap_or_else(|| TimeZone::try_system().unwrap_or(TimeZone::UTC))
 }
 
-/// The zone in the TZif file `path`, named after what it links to below a
-/// `zoneinfo/` directory (`Local` when it links nowhere such).
+/// The zone in the TZif file the link `path` points to, named after the
+/// target's path below its last `zoneinfo/` directory, as jiff names it.
+/// `None` when `path` is not such a link: jiff then reads the file unnamed
+/// without listing the zones, and its answer is the one to keep.
 fn zone_file(path: &Path) -> Option<TimeZone> {
+    let link = std::fs::read_link(path).ok()?;
+    let (_, name) = link.to_str()?.rsplit_once("zoneinfo/")?;
     let data = std::fs::read(path).ok()?;
-    let link = std::fs::read_link(path).ok();
-    let name = link
-        .as_deref()
-        .and_then(|t| t.to_str())
-        .and_then(|t| t.split_once("zoneinfo/"))
-        .map_or("Local", |(_, n)| n);
     TimeZone::tzif(name, &data).ok()
 }
 
@@ -346,10 +344,12 @@ mod tests {
         let theirs = TimeZone::get("Europe/Berlin").unwrap();
         assert_eq!(offsets(&ours), offsets(&theirs));
         assert_ne!(offsets(&ours)[2], offsets(&ours)[3]);
-        // Not a link: the same rules, named `Local`.
-        let unnamed = zone_file(berlin).unwrap();
-        assert_eq!(unnamed.iana_name(), Some("Local"));
-        assert_eq!(offsets(&unnamed), offsets(&theirs));
+        // Not a link, or a link into no zoneinfo tree: left to jiff.
+        assert!(zone_file(berlin).is_none());
+        let elsewhere = dir.join("elsewhere");
+        std::fs::copy(berlin, dir.join("berlin")).unwrap();
+        std::os::unix::fs::symlink(dir.join("berlin"), &elsewhere).unwrap();
+        assert!(zone_file(&elsewhere).is_none());
         assert!(zone_file(&dir.join("absent")).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
