@@ -225,12 +225,24 @@ impl Reader {
         // stream's end as it is before the keys are read, so nothing that
         // happens while they are read is missed.
         let mut refused = 0u32;
-        if self.last_id.is_none() {
-            match self.stream_end(conn).await {
+        match self.last_id.clone() {
+            None => match self.stream_end(conn).await {
                 Ok(id) => self.last_id = Some(id),
                 Err(Failure::Refused(e)) => self.wrong_stream(&e, &mut refused).await,
                 Err(e) => return Err(e),
-            }
+            },
+            Some(last) => match self.stream_end(conn).await {
+                Ok(end) => {
+                    if let Some(from) = resume_from(&last, &end) {
+                        tracing::warn!(
+                            "cluster: {stream} on this server ends at {end}, before the last entry read ({last}): it restarted without it, or another took over; following from {end}"
+                        );
+                        self.last_id = Some(from);
+                    }
+                }
+                Err(Failure::Refused(e)) => self.wrong_stream(&e, &mut refused).await,
+                Err(e) => return Err(e),
+            },
         }
         // The current set of bans, on every (re)connection.
         let synced = match self.read_bans(conn).await? {
@@ -311,5 +323,51 @@ impl Task for Reader {
                 failure,
             }
         })
+    }
+}
+
+/// Where to follow the stream from after a reconnection, when not from the
+/// last entry read: the server's stream now ends before that entry (it
+/// restarted without it, or a replica that had not received it took
+/// over). Then from the server's end, so every entry it adds is read
+/// whatever its clock says: their ids come after its own end, not
+/// necessarily after an id another server's clock made. `None`: go on from
+/// `last` (also when either id is not a stream id).
+fn resume_from(last: &str, end: &str) -> Option<String> {
+    let id = |s: &str| -> Option<(u64, u64)> {
+        let (ms, seq) = s.split_once('-')?;
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    };
+    (id(end)? < id(last)?).then(|| end.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_from;
+
+    #[test]
+    fn a_stream_that_lost_what_was_read_is_followed_from_its_end() {
+        // Redis restarted empty: no stream yet.
+        assert_eq!(
+            resume_from("1795621254659-3", "0-0").as_deref(),
+            Some("0-0")
+        );
+        // A replica that had not received the last entries took over.
+        assert_eq!(
+            resume_from("1795621254659-3", "1795621254659-1").as_deref(),
+            Some("1795621254659-1")
+        );
+        assert_eq!(
+            resume_from("1795621254659-0", "1795621254000-7").as_deref(),
+            Some("1795621254000-7")
+        );
+        // Nothing lost: on from the last entry read.
+        assert_eq!(resume_from("1795621254659-3", "1795621254659-3"), None);
+        assert_eq!(resume_from("1795621254659-3", "1795621254660-0"), None);
+        assert_eq!(resume_from("5-0", "10-0"), None);
+        // Not ids: left as they are.
+        assert_eq!(resume_from("x", "0-0"), None);
+        assert_eq!(resume_from("5-0", "nonsense"), None);
+        assert_eq!(resume_from("5-0", "-1-0"), None);
     }
 }
