@@ -58,6 +58,28 @@ pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
 }
 
+/// The path of `rel` in the reference corpus: `None` only when the run
+/// opted out of the `corpus` group; a missing corpus or file fails the
+/// test, naming the path.
+pub fn corpus_path(rel: &str) -> Option<PathBuf> {
+    if !need("corpus") {
+        return None;
+    }
+    let path = corpus_dir().join(rel);
+    assert!(path.exists(), "{} is missing", path.display());
+    Some(path)
+}
+
+/// The bytes of `rel` in the reference corpus, as [`corpus_path`] finds it.
+#[allow(
+    dead_code,
+    reason = "the unit tests read corpus files whole; tests/it, which includes this file too, passes paths"
+)]
+pub fn corpus_file(rel: &str) -> Option<Vec<u8>> {
+    let path = corpus_path(rel)?;
+    Some(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
 fn runs(cmd: &str, arg: &str) -> bool {
     Command::new(cmd)
         .arg(arg)

@@ -393,17 +393,8 @@ mod tests {
     #[test]
     fn corpus_replay_at_freeswitchs_pace_bans_at_the_third_failure() {
         use crate::source::esl::{EventMapper, FrameBuffer};
-        let path = crate::test_support::corpus_dir().join("freeswitch-1.10.12/esl-plain.raw");
-        let raw = match std::fs::read(&path) {
-            Ok(r) => r,
-            Err(e) => {
-                assert!(
-                    !crate::test_support::need("corpus"),
-                    "{}: {e}",
-                    path.display()
-                );
-                return;
-            }
+        let Some(raw) = crate::test_support::corpus_file("freeswitch-1.10.12/esl-plain.raw") else {
+            return;
         };
         let mapper = EventMapper {
             jail: JailId(0),

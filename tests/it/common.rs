@@ -13,14 +13,6 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sipwarden")
 }
 
-/// The shared reference data, when present beside the checkout.
-pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel);
-    p.exists().then_some(p)
-}
-
 /// A directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -155,13 +147,7 @@ pub use crate::test_support::need;
 
 /// A file of the reference data beside the checkout: `None` only when the
 /// run opted out of the `corpus` group; a missing corpus fails the test.
-pub fn corpus(rel: &str) -> Option<PathBuf> {
-    if !need("corpus") {
-        return None;
-    }
-    let rel = format!("corpus/{rel}");
-    Some(shared(&rel).unwrap_or_else(|| panic!("../shared/{rel} is missing")))
-}
+pub use crate::test_support::corpus_path as corpus;
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(args: &[&str]) -> String {

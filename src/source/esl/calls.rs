@@ -368,12 +368,9 @@ mod tests {
     use super::*;
     use crate::source::esl::FrameBuffer;
 
+    /// A file of the call capture (`None`: the run opted out).
     fn corpus(file: &str) -> Option<Vec<u8>> {
-        std::fs::read(format!(
-            "{}/../shared/corpus/freeswitch-1.10.12/calls/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .ok()
+        crate::test_support::corpus_file(&format!("freeswitch-1.10.12/calls/{file}"))
     }
 
     /// The capture's channel events, plain and JSON: inbound A-legs only
@@ -381,11 +378,8 @@ mod tests {
     /// account), accounts from the authenticated user, numbers as dialled.
     #[test]
     fn the_capture_reads_as_eight_a_legs_in_both_formats() {
-        if !crate::test_support::need("corpus") {
-            return;
-        }
         for file in ["esl-calls-plain.raw", "esl-calls-json.raw"] {
-            let raw = corpus(file).expect("../shared/corpus/freeswitch-1.10.12/calls");
+            let Some(raw) = corpus(file) else { return };
             let mut fb = FrameBuffer::default();
             fb.extend(&raw);
             let mut evs = Vec::new();

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use super::event::{self, JsonEvent, Signal, classify, content_type_raw};
-use super::frame::{Frame, FrameBuffer, PlainEvent, text};
+use super::frame::{Frame, FrameBuffer, PlainEvent, percent_decode};
 use crate::event::{FailureEvent, FailureKind, JailId, Time, escape_text};
 use crate::filter::freeswitch::acl_reject;
 use crate::source::Window;
 use crate::source::scanner::ScannerList;
-use std::borrow::Cow;
 
 /// Turns frames into failure events for one jail.
 #[derive(Debug, Clone)]
@@ -68,20 +67,15 @@ impl EventMapper {
 
     /// What one frame means, including events that could not be counted.
     pub fn read(&self, f: &Frame<'_>, now: Time) -> Mapped {
-        // FreeSWITCH sends the type plainly: decoded only when it is not
-        // one of these as sent.
-        let ct = match content_type_raw(f.headers) {
-            b"text/event-plain" => Cow::Borrowed("text/event-plain"),
-            b"text/event-json" => Cow::Borrowed("text/event-json"),
-            b"log/data" => Cow::Borrowed("log/data"),
-            raw => text(raw),
-        };
+        // Compared as bytes: borrowed unless it was percent-encoded, and
+        // never through a UTF-8 check (the types are ASCII).
+        let ct = percent_decode(content_type_raw(f.headers));
         let signal = match &*ct {
-            "text/event-plain" => classify(&event::PlainPick::from_body(f.body), &self.scanners),
-            "text/event-json" => {
+            b"text/event-plain" => classify(&event::PlainPick::from_body(f.body), &self.scanners),
+            b"text/event-json" => {
                 JsonEvent::parse(f.body).and_then(|e| classify(&e, &self.scanners))
             }
-            "log/data" => {
+            b"log/data" => {
                 // Profile ACL rejections fire no event: read them from the log.
                 let msg = f.body.trim_ascii();
                 let Some(addr) = acl_reject(msg).filter(|a| !crate::net::never_a_source(*a)) else {
@@ -186,12 +180,9 @@ pub fn fuzz_frames(data: &[u8]) {
 mod tests {
     use super::*;
 
+    /// A file of the FreeSWITCH capture (`None`: the run opted out).
     fn corpus(name: &str) -> Option<Vec<u8>> {
-        std::fs::read(format!(
-            "{}/../shared/corpus/freeswitch-1.10.12/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .ok()
+        crate::test_support::corpus_file(&format!("freeswitch-1.10.12/{name}"))
     }
 
     fn mapper() -> EventMapper {
@@ -259,10 +250,6 @@ mod tests {
     #[test]
     fn plain_corpus_whole_coalesced_and_byte_by_byte() {
         let Some(raw) = corpus("esl-plain.raw") else {
-            assert!(
-                !crate::test_support::need("corpus"),
-                "the reference corpus is missing a file"
-            );
             return;
         };
         let (whole, frames) = replay(&raw, raw.len());
@@ -280,10 +267,6 @@ mod tests {
     #[test]
     fn json_corpus_gives_the_same_events() {
         let (Some(raw), Some(plain)) = (corpus("esl-json.raw"), corpus("esl-plain.raw")) else {
-            assert!(
-                !crate::test_support::need("corpus"),
-                "the reference corpus is missing a file"
-            );
             return;
         };
         let (json, _) = replay(&raw, raw.len());
