@@ -7,6 +7,7 @@
 
 pub mod asterisk;
 pub mod config;
+mod count;
 pub mod date;
 pub mod f2b;
 pub mod freeswitch;
