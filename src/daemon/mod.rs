@@ -205,6 +205,13 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let now = Time::now();
     let state_dir = config.daemon.state_dir.clone();
     let (store, store_health) = store::open(&state_dir, now);
+    // The store's two big reads run beside the firewall's layout.
+    let reads = store.as_ref().map(|_| {
+        (
+            store::Reading::start("active", &state_dir, move |s| s.active(now)),
+            store::Reading::start("history", &state_dir, store::history),
+        )
+    });
     let mut jails = build_jails(&config, &enabled, store.as_ref());
     let journal_cursors = store::journal_cursors(store.as_ref());
     let scopes = enforcer::scopes(&jails, &enabled);
@@ -212,9 +219,17 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let firewall = enforcer.name();
 
     // The bans still in force, back in the kernel before anything new.
-    let restored = match &store {
-        Some(s) => store::restore(&mut jails, s, enforcer.as_mut(), now),
-        None => Vec::new(),
+    let restored = match (&store, reads) {
+        (Some(s), Some((active, history))) => {
+            let active = active.join(s, |s| s.active(now));
+            let restored = store::restore(&mut jails, active, enforcer.as_mut(), now);
+            match history.join(s, store::history) {
+                Ok(h) => jails.install_history(h),
+                Err(e) => tracing::error!("{e}; escalation starts without history"),
+            }
+            restored
+        }
+        _ => Vec::new(),
     };
 
     // The enforcer runs on its own thread: firewall calls are blocking, and

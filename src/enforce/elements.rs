@@ -10,7 +10,7 @@
 //! atomically or refused as a whole; a refused unit's decisions are undone
 //! in the ledger and go back to whoever asked.
 
-use std::collections::HashMap;
+use crate::net::AddrMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -333,7 +333,7 @@ pub(super) struct BanBook {
     scope: ScopeId,
     /// Per address or prefix, each jail's ban and what the kernel holds
     /// (one map, one lookup per change).
-    slots: HashMap<IpNet, Slot>,
+    slots: AddrMap<IpNet, Slot>,
     /// Intervals in the kernel, both families, sorted.
     segments: Vec<Segment>,
 }

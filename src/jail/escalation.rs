@@ -15,7 +15,7 @@
 //! fail2ban, a first ban (no earlier one) is not mixed. The randomness is a
 //! value handed in ([`Jitter`], seeded by the daemon), so tests are exact.
 
-use std::collections::HashMap;
+use crate::net::AddrMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -107,8 +107,8 @@ impl Escalation {
 /// history and updated as bans happen.
 #[derive(Clone, Debug, Default)]
 pub struct BanHistory {
-    per_jail: HashMap<(Arc<str>, IpNet), u32>,
-    total: HashMap<IpNet, u32>,
+    per_jail: AddrMap<(Arc<str>, IpNet), u32>,
+    total: AddrMap<IpNet, u32>,
 }
 
 impl BanHistory {
@@ -116,6 +116,32 @@ impl BanHistory {
     pub fn note_ban(&mut self, jail: &Arc<str>, addr: IpNet, n: u32) {
         *self.per_jail.entry((jail.clone(), addr)).or_default() += n;
         *self.total.entry(addr).or_default() += n;
+    }
+
+    /// The history of the store's counts per (jail, address), each map
+    /// grown once.
+    pub fn from_counts(counts: Vec<(Arc<str>, IpNet, u32)>) -> BanHistory {
+        let mut h = BanHistory::default();
+        h.per_jail.reserve(counts.len());
+        h.total.reserve(counts.len());
+        for (jail, addr, n) in counts {
+            h.note_ban(&jail, addr, n);
+        }
+        h
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: BanHistory) {
+        if self.per_jail.is_empty() && self.total.is_empty() {
+            *self = other;
+            return;
+        }
+        for ((jail, addr), n) in other.per_jail {
+            *self.per_jail.entry((jail, addr)).or_default() += n;
+        }
+        for (addr, n) in other.total {
+            *self.total.entry(addr).or_default() += n;
+        }
     }
 
     /// A manual unban is a clean slate.

@@ -33,7 +33,7 @@ use times::Times;
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -134,41 +134,7 @@ pub struct JailCounters {
     pub evictions: u64,
 }
 
-/// A table keyed by addresses an attacker chooses, hashed by
-/// [`AddrHasher`]. Each table is also bounded (`max_tracked`).
-pub type AddrMap<K, V> = HashMap<K, V, AddrHasher>;
-
-/// foldhash, several times cheaper than SipHash on the 16 bytes of an
-/// address (which the Event Socket path hashes per event: 20 % of its cost
-/// in process), with its secrets drawn from the operating system's
-/// randomness (through std's `RandomState`): once per process for the
-/// shared part, once per table for the rest. foldhash's own default draws
-/// them from memory addresses and the clock, and foldhash claims no
-/// resistance to an attacker who can observe its hashes; here nothing
-/// outside the process sees a hash or a table's order of iteration that an
-/// unprivileged client could time or read.
-#[derive(Clone, Debug)]
-pub struct AddrHasher(foldhash::quality::SeedableRandomState);
-
-impl Default for AddrHasher {
-    fn default() -> AddrHasher {
-        static SHARED: std::sync::LazyLock<foldhash::SharedSeed> =
-            std::sync::LazyLock::new(|| foldhash::SharedSeed::from_u64(crate::supervise::random()));
-        AddrHasher(foldhash::quality::SeedableRandomState::with_seed(
-            crate::supervise::random(),
-            &SHARED,
-        ))
-    }
-}
-
-impl std::hash::BuildHasher for AddrHasher {
-    type Hasher = foldhash::quality::FoldHasher<'static>;
-
-    #[inline(always)]
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
-}
+pub use crate::net::{AddrHasher, AddrMap};
 
 /// One jail: policy plus state.
 #[derive(Debug)]

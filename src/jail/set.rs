@@ -315,9 +315,13 @@ impl JailSet {
 
     /// Loads escalation history from the store.
     pub fn load_history(&mut self, counts: Vec<(Arc<str>, IpNet, u32)>) {
-        for (jail, addr, n) in counts {
-            self.history.note_ban(&jail, addr, n);
-        }
+        self.install_history(BanHistory::from_counts(counts));
+    }
+
+    /// Adds a history built elsewhere (at start, on a thread of its own
+    /// while the bans in force are restored) to the jails'.
+    pub fn install_history(&mut self, h: BanHistory) {
+        self.history.merge(h);
     }
 
     /// The decision that puts back a ban read from the store, with its own

@@ -79,7 +79,7 @@ impl Store {
             // a jail's name is allocated once, however many rows it has.
             let mut names: HashMap<Arc<str>, usize> = HashMap::new();
             let mut jails: Vec<Arc<str>> = Vec::new();
-            let mut counts: HashMap<(usize, IpNet), u32> = HashMap::new();
+            let mut counts: crate::net::AddrMap<(usize, IpNet), u32> = Default::default();
             let mut q = self.conn.prepare("SELECT jail, addr, start_ms FROM bans")?;
             let mut rows = q.query([])?;
             while let Some(r) = rows.next()? {
