@@ -539,6 +539,18 @@ def restart(fleet, want):
     # re-announces all of its own, since none of their keys survived).
     own = [s["cluster"]["published"] for s in before]
     total_own = sum(own)
+    # CPU of the daemons until re-converged (Redis's own: commandstats
+    # below and its process), for the floor: the work cannot end sooner
+    # than all of it spread over the machine's CPUs.
+    cpu0 = sum(fleet.cpu()[:-1])
+    cpu_conv = None
+    # PERF_RESTART=FILE records the whole machine (perf record -a) from the
+    # kill until re-converged, for a profile of that window.
+    perf = None
+    if os.environ.get("PERF_RESTART"):
+        perf = subprocess.Popen(["perf", "record", "-a", "-F", "1000", "-o", os.environ["PERF_RESTART"]],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
     fleet.redis.kill()
     fleet.redis.wait(5)
     t0 = time.perf_counter()
@@ -565,6 +577,12 @@ def restart(fleet, want):
                     s and s["cluster"]["received"] - recv0[i] >= total_own - own[i]
                     for i, s in enumerate(sts)):
                 t_read = time.perf_counter() - t0
+        if cpu_conv is None and t_keys is not None and t_conn is not None:
+            c = fleet.cpu()
+            cpu_conv = (sum(c[:-1]) - cpu0, c[-1])
+            if perf is not None:
+                perf.send_signal(signal.SIGINT)
+                perf.wait(30)
         time.sleep(0.01)
     # Where Redis spent its time since it started again (re-convergence
     # and what followed until here).
@@ -578,6 +596,11 @@ def restart(fleet, want):
     cmds.sort(reverse=True)
     print("fleet: redis-server since the restart, by CPU: " + ", ".join(
         "%s %d calls %.0f ms" % (name, calls, usec / 1000) for usec, name, calls in cmds[:6]), file=sys.stderr)
+    if cpu_conv is not None:
+        ncpu = os.cpu_count() or 1
+        print("fleet: CPU from the kill until re-converged: daemons %.2f s, redis-server %.2f s; "
+              "spread over %d CPUs at least %.2f s of wall time" % (
+                  cpu_conv[0], cpu_conv[1], ncpu, (cpu_conv[0] + cpu_conv[1]) / ncpu), file=sys.stderr)
     exact = sum(1 for _ in scan(r, "sipwarden:ban:*"))
     xlen = r.cmd("XLEN", "sipwarden:events")
     r.close()

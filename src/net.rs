@@ -421,6 +421,10 @@ fn hit<T: Copy + Ord>(ranges: &[(T, T)], a: T, b: T) -> bool {
 /// the ban history and the enforcer's ledger.
 pub type AddrMap<K, V> = std::collections::HashMap<K, V, AddrHasher>;
 
+/// A set of addresses, hashed as [`AddrMap`] is (what the kernel's sets hold
+/// when they are compared with the ledger).
+pub type AddrSet<K> = std::collections::HashSet<K, AddrHasher>;
+
 /// foldhash, several times cheaper than SipHash on the 16 bytes of an
 /// address (which the Event Socket path hashes per event: 20 % of its cost
 /// in process), with its secrets drawn from the operating system's

@@ -546,11 +546,7 @@ impl BanBook {
     /// The elements of `wanted` (from `all_elements`) whose key is not among
     /// `present` (the keys the kernel lists: single addresses and interval
     /// starts).
-    pub(super) fn missing(
-        &self,
-        now: Time,
-        present: &std::collections::HashSet<IpAddr>,
-    ) -> Vec<ElemOp> {
+    pub(super) fn missing(&self, now: Time, present: &crate::net::AddrSet<IpAddr>) -> Vec<ElemOp> {
         self.all_elements(now)
             .into_iter()
             .filter(|op| match op.key {

@@ -1,7 +1,6 @@
 //! Drift: the table or its sets gone (a flushed ruleset), elements deleted
 //! by hand; laid out and re-added from the ledger.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::NftEnforcer;
@@ -22,10 +21,31 @@ use crate::enforce::netlink::{
 use crate::enforce::scope::ScopeId;
 use crate::enforce::sets::{SetKind, SetName};
 use crate::event::Time;
+use crate::net::AddrSet;
 
-/// How often the table and chain are checked, and the set contents compared.
+/// How often the table and chain are checked, and the set contents compared
+/// (at most; see [`next_verify_wait`]).
 pub(super) const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub(super) const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The comparison of the sets' contents takes at most this share of a core
+/// (1/50, 2 %), whatever the sets hold.
+const VERIFY_SHARE: u32 = 50;
+
+/// The longest wait between two comparisons: elements deleted by hand are
+/// put back within this time even in the largest sets.
+const VERIFY_EVERY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The wait before the next comparison of the sets' contents, after one that
+/// took `took`. Listing a set makes the kernel walk its hash table again for
+/// every reply of the dump, so the cost grows faster than the set: with
+/// 100,000 elements a listing took about half a second of a core, every 5 s,
+/// in every daemon. Waiting 50 times as long as the last one took keeps it
+/// under 2 % of a core; small sets are still compared every 5 s.
+pub(super) fn next_verify_wait(took: std::time::Duration) -> std::time::Duration {
+    took.saturating_mul(VERIFY_SHARE)
+        .clamp(VERIFY_EVERY, VERIFY_EVERY_MAX)
+}
 
 /// The chain the table drops in.
 const CHAIN: &str = "prerouting";
@@ -164,7 +184,7 @@ impl NftEnforcer {
     pub(super) fn set_keys(
         &mut self,
         set: SetName,
-    ) -> Result<Option<HashSet<IpAddr>>, EnforceError> {
+    ) -> Result<Option<AddrSet<IpAddr>>, EnforceError> {
         let mut b = self.sock.buffer();
         let s = b.begin(
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
@@ -175,7 +195,7 @@ impl NftEnforcer {
         b.attr_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
         b.attr_str(NFTA_SET_ELEM_LIST_SET, &set.label());
         b.end(s);
-        let mut keys = HashSet::new();
+        let mut keys = AddrSet::default();
         let r = self
             .sock
             .dump(&b, |m| {
@@ -268,16 +288,17 @@ impl NftEnforcer {
                 }
             }
         }
-        if self.last_verify.elapsed() < VERIFY_EVERY {
+        if self.last_verify.elapsed() < self.verify_wait {
             return Ok(());
         }
-        self.last_verify = std::time::Instant::now();
+        let t0 = std::time::Instant::now();
+        self.last_verify = t0;
         let mut missing = Vec::new();
         let scopes: Vec<ScopeId> = std::iter::once(ScopeId::ALL)
             .chain(self.scoped.keys().copied())
             .collect();
         for scope in scopes {
-            let mut present: HashSet<IpAddr> = HashSet::new();
+            let mut present = AddrSet::default();
             for kind in SetKind::ALL {
                 let set = SetName { kind, scope };
                 match self.set_keys(set)? {
@@ -293,6 +314,12 @@ impl NftEnforcer {
             };
             missing.extend(book.missing(now, &present));
         }
+        let took = t0.elapsed();
+        self.verify_wait = next_verify_wait(took);
+        tracing::debug!(
+            "firewall: sets compared with the ledger in {took:?}; next in {:?}",
+            self.verify_wait
+        );
         if !missing.is_empty() {
             let n = self.readd(missing)?;
             if n > 0 {
@@ -302,5 +329,28 @@ impl NftEnforcer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_sets_are_compared_every_5_s_unless_a_comparison_costs_more_than_2_percent() {
+        assert_eq!(next_verify_wait(Duration::ZERO), VERIFY_EVERY);
+        assert_eq!(next_verify_wait(Duration::from_millis(20)), VERIFY_EVERY);
+        assert_eq!(next_verify_wait(Duration::from_millis(100)), VERIFY_EVERY);
+        // 100,000 elements: about half a second a listing.
+        assert_eq!(
+            next_verify_wait(Duration::from_millis(500)),
+            Duration::from_secs(25)
+        );
+        // Never longer than five minutes, however slow (or a stalled clock's
+        // huge value).
+        assert_eq!(next_verify_wait(Duration::from_secs(60)), VERIFY_EVERY_MAX);
+        assert_eq!(next_verify_wait(Duration::MAX), VERIFY_EVERY_MAX);
     }
 }

@@ -78,6 +78,9 @@ pub struct NftEnforcer {
     /// The chain as laid out (rules and policy): any change is drift.
     chain: Option<drift::ChainState>,
     last_verify: std::time::Instant,
+    /// The wait before the next comparison of the sets' contents
+    /// ([`drift::next_verify_wait`]).
+    verify_wait: std::time::Duration,
     /// Names of the blocklist feeds (sets `feed_<name>_v4`/`_v6`).
     feeds: Vec<String>,
     /// Each feed's current contents, put back after drift.
@@ -185,6 +188,7 @@ impl NftEnforcer {
             last_probe: std::time::Instant::now(),
             chain: None,
             last_verify: std::time::Instant::now(),
+            verify_wait: drift::VERIFY_EVERY,
             feeds,
             feed_nets: HashMap::new(),
         };
