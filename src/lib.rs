@@ -63,6 +63,7 @@ pub mod fuzzing {
                 FilterOptions {
                     count_challenges: true,
                     count_abandoned: true,
+                    without_users: true,
                 },
             ] {
                 if let Some(f) = builtin(name, opts) {

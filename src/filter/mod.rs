@@ -93,6 +93,10 @@ pub struct FilterOptions {
     pub count_challenges: bool,
     /// Count unanswered, challenged calls as failures (`count_abandoned`).
     pub count_abandoned: bool,
+    /// Leave the user tried out of each match (`test-filter`, which never
+    /// shows it: one allocation less per matched line). Filters that read
+    /// no user ignore it.
+    pub without_users: bool,
 }
 
 /// Names of the built-in filters, as accepted by a jail's `filter` key.

@@ -94,7 +94,12 @@ enum Which {
 }
 
 fn load(spec: &str) -> Result<Which, F2bError> {
-    if let Some(f) = builtin(spec, FilterOptions::default()) {
+    // The user tried is never shown here.
+    let opts = FilterOptions {
+        without_users: true,
+        ..FilterOptions::default()
+    };
+    if let Some(f) = builtin(spec, opts) {
         return Ok(Which::Builtin(f));
     }
     let (name, opts) = super::f2b::parse_filter_spec(spec);

@@ -538,6 +538,7 @@ impl JailConfig {
             filter_options: FilterOptions {
                 count_challenges: j.count_challenges.unwrap_or(false),
                 count_abandoned: j.count_abandoned.unwrap_or(false),
+                without_users: false,
             },
             maxretry,
             findtime,
