@@ -539,18 +539,31 @@ def restart(fleet, want):
     # re-announces all of its own, since none of their keys survived).
     own = [s["cluster"]["published"] for s in before]
     total_own = sum(own)
-    # CPU of the daemons until re-converged (Redis's own: commandstats
-    # below and its process), for the floor: the work cannot end sooner
-    # than all of it spread over the machine's CPUs.
-    cpu0 = sum(fleet.cpu()[:-1])
-    cpu_conv = None
     # PERF_RESTART=FILE records the whole machine (perf record -a) from the
-    # kill until re-converged, for a profile of that window.
+    # kill until re-converged (or the wait's end), for a profile of that window.
     perf = None
     if os.environ.get("PERF_RESTART"):
         perf = subprocess.Popen(["perf", "record", "-a", "-F", "1000", "-o", os.environ["PERF_RESTART"]],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
+    try:
+        return restart_timed(fleet, want, nodes, recv0, restarts0, own, total_own, perf)
+    finally:
+        if perf is not None and perf.poll() is None:
+            perf.send_signal(signal.SIGINT)
+            try:
+                perf.wait(30)
+            except subprocess.TimeoutExpired:
+                perf.kill()
+
+
+def restart_timed(fleet, want, nodes, recv0, restarts0, own, total_own, perf):
+    """The timed part of `restart`: the kill, the wait, the report."""
+    # CPU of the daemons until re-converged (Redis's own: commandstats
+    # below and its process), for the floor: the work cannot end sooner
+    # than all of it spread over the machine's CPUs.
+    cpu0 = sum(fleet.cpu()[:-1])
+    cpu_conv = None
     fleet.redis.kill()
     fleet.redis.wait(5)
     t0 = time.perf_counter()

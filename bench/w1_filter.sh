@@ -22,9 +22,10 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # standard output is /dev/null"; 8 reads of the 30 MB instead of 313), which
 # made the `grep -c` row of earlier runs about ten times too fast. The
 # clock is bash's own ($EPOCHREALTIME): a `date` process on each side added
-# about 2 ms to every run, a tenth of sipwarden's.
+# about 2 ms to every run, a tenth of sipwarden's. (Its decimal point
+# follows the locale: a comma becomes a point for bc.)
 wall() { # seconds of one run of "$@"
-  local t0 t1; t0=$EPOCHREALTIME; "$@" >"$WORK/out" 2>&1; t1=$EPOCHREALTIME; echo "$t1 - $t0" | bc -l; }
+  local t0 t1; t0=${EPOCHREALTIME/,/.}; "$@" >"$WORK/out" 2>&1; t1=${EPOCHREALTIME/,/.}; echo "$t1 - $t0" | bc -l; }
 
 builtin=$(for _ in $(seq "$RUNS"); do wall "$BIN" test-filter "$LOG" freeswitch; done | median)
 matched_builtin=$("$BIN" test-filter "$LOG" freeswitch --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["matched"])')

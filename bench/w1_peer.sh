@@ -23,7 +23,7 @@ BIN=${BIN:-$PWD/target/release/sipwarden}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Output to a file, as in w1_filter.sh (never /dev/null, which some tools
 # detect and shortcut).
-wall() { local t0 t1; t0=$EPOCHREALTIME; "$@" >"$WORK/out" 2>&1; t1=$EPOCHREALTIME; echo "$t1 - $t0" | bc -l; }
+wall() { local t0 t1; t0=${EPOCHREALTIME/,/.}; "$@" >"$WORK/out" 2>&1; t1=${EPOCHREALTIME/,/.}; echo "$t1 - $t0" | bc -l; }
 : >"$WORK/peer.t"; : >"$WORK/sw.t"; : >"$WORK/swf.t"
 F2B_FILTER=${F2B_FILTER:-/etc/fail2ban/filter.d/freeswitch.conf}
 for _ in $(seq "$RUNS"); do

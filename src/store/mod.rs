@@ -266,6 +266,39 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_row_is_skipped_and_the_other_bans_are_restored() {
+        let d = tmp();
+        let mut s = Store::open(&d, Time(0)).unwrap();
+        s.write(&[
+            ban("fs", "192.0.2.1/32", 1000, None),
+            ban("fs", "192.0.2.2/32", 1100, None),
+            ban("fs", "192.0.2.3/32", 1200, None),
+            ban("fs", "192.0.2.4/32", 1300, None),
+        ])
+        .unwrap();
+        // Edited by hand: a count past u32, a jail that is not text, an
+        // address that is no address.
+        s.conn
+            .execute(
+                "UPDATE bans SET failures = 1099511627776 WHERE addr = '192.0.2.1/32'",
+                [],
+            )
+            .unwrap();
+        s.conn
+            .execute(
+                "UPDATE bans SET jail = x'00ff' WHERE addr = '192.0.2.2/32'",
+                [],
+            )
+            .unwrap();
+        s.conn
+            .execute("UPDATE bans SET addr = 'x' WHERE addr = '192.0.2.3/32'", [])
+            .unwrap();
+        let active = s.active(Time(2000)).unwrap();
+        let addrs: Vec<String> = active.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(addrs, vec!["192.0.2.4/32"]);
+    }
+
+    #[test]
     fn ban_counts_per_jail_and_address_after_the_addresss_last_manual_unban() {
         let d = tmp();
         let mut s = Store::open(&d, Time(0)).unwrap();

@@ -26,21 +26,30 @@ impl Store {
                 "SELECT jail, addr, start_ms, end_ms, failures, reason FROM bans
                  WHERE lifted_ms IS NULL AND (end_ms IS NULL OR end_ms > ?1) ORDER BY start_ms",
             )?;
+            // A row this build cannot read (a value of another type, a
+            // count out of range: an edited or damaged database) is
+            // skipped, not fatal: the other bans are still restored.
             let rows = q.query_map([now.0], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                    r.get::<_, u32>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
+                Ok((|| {
+                    Some((
+                        r.get::<_, String>(0).ok()?,
+                        r.get::<_, String>(1).ok()?,
+                        r.get::<_, i64>(2).ok()?,
+                        r.get::<_, Option<i64>>(3).ok()?,
+                        r.get::<_, u32>(4).ok()?,
+                        r.get::<_, String>(5).ok()?,
+                    ))
+                })())
             })?;
             let mut out = Vec::new();
+            let mut unreadable = 0u64;
             for row in rows {
-                let (jail, addr, start, end, failures, reason) = row?;
-                // A row this build cannot read is skipped, not fatal.
+                let Some((jail, addr, start, end, failures, reason)) = row? else {
+                    unreadable += 1;
+                    continue;
+                };
                 let Ok(addr) = addr.parse::<IpNet>() else {
+                    unreadable += 1;
                     continue;
                 };
                 out.push(StoredBan {
@@ -51,6 +60,12 @@ impl Store {
                     failures,
                     reason: parse_reason(&reason),
                 });
+            }
+            if unreadable > 0 {
+                tracing::warn!(
+                    "{}: {unreadable} stored ban(s) unreadable (edited or damaged rows); skipped",
+                    self.path.display()
+                );
             }
             Ok(out)
         })();
