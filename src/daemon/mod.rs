@@ -221,9 +221,9 @@ pub async fn run(config: Config, opts: RunOptions) -> Result<(), DaemonError> {
     // The bans still in force, back in the kernel before anything new.
     let restored = match (&store, reads) {
         (Some(s), Some((active, history))) => {
-            let active = active.join(s, |s| s.active(now));
+            let active = active.join(s);
             let restored = store::restore(&mut jails, active, enforcer.as_mut(), now);
-            match history.join(s, store::history) {
+            match history.join(s) {
                 Ok(h) => jails.install_history(h),
                 Err(e) => tracing::error!("{e}; escalation starts without history"),
             }

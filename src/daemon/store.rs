@@ -453,41 +453,43 @@ pub(super) fn open(state_dir: &Path, now: Time) -> (Option<Store>, Health) {
 /// connection, started before the firewall is laid out (the kernel's commit
 /// waits for other CPUs there, tens of milliseconds with the process idle).
 /// With 100,000 bans each read is a fifth to a quarter of a start.
-pub(super) struct Reading<T>(Option<std::thread::JoinHandle<Result<T, StoreError>>>);
+pub(super) struct Reading<T, F> {
+    thread: Option<std::thread::JoinHandle<Result<T, StoreError>>>,
+    /// The read, kept to be done again in line when the thread could not.
+    read: F,
+}
 
-impl<T: Send + 'static> Reading<T> {
+impl<T, F> Reading<T, F>
+where
+    T: Send + 'static,
+    F: Fn(&Store) -> Result<T, StoreError> + Clone + Send + 'static,
+{
     /// Starts `read` on a thread named `name` (when no thread can start,
     /// [`Reading::join`] reads in line).
-    pub(super) fn start(
-        name: &str,
-        state_dir: &Path,
-        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Reading<T> {
+    pub(super) fn start(name: &str, state_dir: &Path, read: F) -> Reading<T, F> {
         let dir = state_dir.to_path_buf();
+        let on_thread = read.clone();
         let spawned = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || read(&Store::open_read_only(&dir)?));
-        Reading(
-            spawned
+            .spawn(move || on_thread(&Store::open_read_only(&dir)?));
+        Reading {
+            thread: spawned
                 .map_err(|e| tracing::warn!("{name}: no thread ({e}); read in line"))
                 .ok(),
-        )
+            read,
+        }
     }
 
     /// What the thread read; when it could not start, failed or panicked,
-    /// `read` again on `s` (the main connection).
-    pub(super) fn join(
-        self,
-        s: &Store,
-        read: impl FnOnce(&Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        match self.0.map(std::thread::JoinHandle::join) {
+    /// the same read again on `s` (the main connection).
+    pub(super) fn join(self, s: &Store) -> Result<T, StoreError> {
+        match self.thread.map(std::thread::JoinHandle::join) {
             Some(Ok(Ok(v))) => return Ok(v),
             Some(Ok(Err(e))) => tracing::warn!("{e}; read again on the main connection"),
             Some(Err(_)) => tracing::error!("a store reader thread failed; read again"),
             None => {}
         }
-        read(s)
+        (self.read)(s)
     }
 }
 
@@ -575,6 +577,11 @@ mod tests {
         })
     }
 
+    /// Whether this runs on the reader thread `name`.
+    fn on(name: &str) -> bool {
+        std::thread::current().name() == Some(name)
+    }
+
     fn store(name: &str) -> (PathBuf, Store) {
         let d = std::env::temp_dir().join(format!(
             "sipwarden-daemon-store-{name}-{}",
@@ -597,16 +604,24 @@ mod tests {
     fn the_reads_beside_the_start_give_what_the_main_connection_reads() {
         let (d, s) = store("same");
         let now = Time(5_000);
-        let active = Reading::start("active", &d, move |s| s.active(now));
-        let history = Reading::start("history", &d, history);
-        let active = active.join(&s, |_| panic!("read on its thread")).unwrap();
+        // Each read panics unless it runs on its own thread: the join
+        // must not have read in line.
+        let active = Reading::start("active", &d, move |s: &Store| {
+            assert!(on("active"), "read in line");
+            s.active(now)
+        });
+        let history = Reading::start("history", &d, |s: &Store| {
+            assert!(on("history"), "read in line");
+            history(s)
+        });
+        let active = active.join(&s).unwrap();
         assert_eq!(active, s.active(now).unwrap());
         assert_eq!(
             active.len(),
             3,
             "the second fs ban of 192.0.2.1 replaced the first"
         );
-        let h = history.join(&s, |_| panic!("read on its thread")).unwrap();
+        let h = history.join(&s).unwrap();
         let a: IpNet = "192.0.2.1/32".parse().unwrap();
         assert_eq!(h.prior(&Arc::from("fs"), &a, false), 2);
         assert_eq!(h.prior(&Arc::from("sip"), &a, false), 1);
@@ -617,17 +632,22 @@ mod tests {
     #[test]
     fn a_read_that_fails_or_panics_on_its_thread_is_done_again_in_line() {
         let (d, s) = store("again");
-        let failed = Reading::start("active", &d, |_| -> Result<Vec<StoredBan>, StoreError> {
-            Err(StoreError {
-                path: "x".into(),
-                source: rusqlite::Error::InvalidQuery,
-            })
+        // Each read fails (or panics) on its thread and succeeds in line.
+        let failed = Reading::start("active", &d, |s: &Store| {
+            if on("active") {
+                return Err(StoreError {
+                    path: "x".into(),
+                    source: rusqlite::Error::InvalidQuery,
+                });
+            }
+            s.active(Time(0))
         });
-        assert_eq!(failed.join(&s, |s| s.active(Time(0))).unwrap().len(), 3);
-        let panicked = Reading::start("history", &d, |_| -> Result<BanHistory, StoreError> {
-            panic!("a reader that fails")
+        assert_eq!(failed.join(&s).unwrap().len(), 3);
+        let panicked = Reading::start("history", &d, |s: &Store| {
+            assert!(!on("history"), "a reader that fails");
+            history(s)
         });
-        let h = panicked.join(&s, history).unwrap();
+        let h = panicked.join(&s).unwrap();
         let a: IpNet = "2001:db8::/64".parse().unwrap();
         assert_eq!(h.prior(&Arc::from("fs"), &a, false), 1);
         // No database where the thread looks: read in line too.
@@ -636,7 +656,7 @@ mod tests {
             std::process::id()
         ));
         let missing = Reading::start("active", &elsewhere, move |s| s.active(Time(0)));
-        assert_eq!(missing.join(&s, |s| s.active(Time(0))).unwrap().len(), 3);
+        assert_eq!(missing.join(&s).unwrap().len(), 3);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use super::f2b::prefilter::{Literals, searcher};
 use super::f2b::{F2bError, F2bFilter, Outcome};
 use super::{FilterContext, FilterOptions, builtin, date::parse_zone};
 use crate::event::Time;
@@ -89,8 +90,20 @@ pub struct TestFilterRun {
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 enum Which {
-    Builtin(Box<dyn super::Filter>),
+    /// A built-in filter, with the searcher for the literals one of which
+    /// every line it matches holds (built once, not per buffer).
+    Builtin(Box<dyn super::Filter>, Option<Literals>),
     F2b(Box<F2bFilter>),
+}
+
+impl Which {
+    /// The searcher for the literals a matching line must hold, if any.
+    fn prefilter(&self) -> Option<&Literals> {
+        match self {
+            Which::Builtin(_, pf) => pf.as_ref(),
+            Which::F2b(f) => f.prefilter(),
+        }
+    }
 }
 
 fn load(spec: &str) -> Result<Which, F2bError> {
@@ -100,7 +113,8 @@ fn load(spec: &str) -> Result<Which, F2bError> {
         ..FilterOptions::default()
     };
     if let Some(f) = builtin(spec, opts) {
-        return Ok(Which::Builtin(f));
+        let lits = f.required_literals().iter().map(|l| l.to_vec()).collect();
+        return Ok(Which::Builtin(f, searcher(lits)));
     }
     let (name, opts) = super::f2b::parse_filter_spec(spec);
     let p = Path::new(&name);
@@ -212,7 +226,7 @@ impl Part {
         self.lines += 1;
         let mut buffered = String::new();
         let verdict = match filter {
-            Which::Builtin(f) => match f.match_line(line, cx) {
+            Which::Builtin(f, _) => match f.match_line(line, cx) {
                 Some(m) => {
                     self.count_hit(0, 1);
                     if self.fails.len() < 5 {
@@ -330,16 +344,7 @@ fn trim_cr(l: &[u8]) -> &[u8] {
 /// Runs `data` (whole lines) through the filter.
 fn scan(data: &[u8], filter: &Which, cx: &FilterContext, show: Show) -> Part {
     let mut part = Part::default();
-    let owned;
-    let prefilter = match filter {
-        Which::F2b(f) => f.prefilter(),
-        Which::Builtin(f) => {
-            let lits = f.required_literals().iter().map(|l| l.to_vec()).collect();
-            owned = crate::filter::f2b::prefilter::searcher(lits);
-            owned.as_ref()
-        }
-    };
-    let Some(pf) = prefilter else {
+    let Some(pf) = filter.prefilter() else {
         if !data.is_empty() {
             // A final newline ends the last line; it does not start one.
             let body = data.strip_suffix(b"\n").unwrap_or(data);
@@ -485,7 +490,7 @@ pub fn scan_log(
     // Lines are independent unless the filter keeps state across them
     // (multi-line buffers, connection ids): then one thread, in order.
     let stateless = match &filter {
-        Which::Builtin(_) => true,
+        Which::Builtin(..) => true,
         Which::F2b(f) => f.is_stateless(),
     };
     let threads = if stateless && end > 1 << 20 {

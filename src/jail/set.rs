@@ -313,11 +313,6 @@ impl JailSet {
         }
     }
 
-    /// Loads escalation history from the store.
-    pub fn load_history(&mut self, counts: Vec<(Arc<str>, IpNet, u32)>) {
-        self.install_history(BanHistory::from_counts(counts));
-    }
-
     /// Adds a history built elsewhere (at start, on a thread of its own
     /// while the bans in force are restored) to the jails'.
     pub fn install_history(&mut self, h: BanHistory) {
@@ -787,7 +782,11 @@ mod tests {
             let mut ends = Vec::new();
             for n in 0..20u8 {
                 let addr = format!("203.0.113.{n}");
-                set.load_history(vec![(Arc::from(jail), net(&format!("{addr}/32")), 1)]);
+                set.install_history(BanHistory::from_counts(vec![(
+                    Arc::from(jail),
+                    net(&format!("{addr}/32")),
+                    1,
+                )]));
                 let mut out = Vec::new();
                 set.handle(&[ev(&set, jail, &addr, 100)], Time(100_000), &mut out);
                 let [Decision::Ban(d)] = out.as_slice() else {
